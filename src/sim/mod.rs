@@ -1,0 +1,1 @@
+//! The ClawMesh API simulator used by the demo and the tests.
