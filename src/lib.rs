@@ -1,9 +1,40 @@
 //! clawmesh-exporter: ClawMesh fleet metrics for Prometheus and OpenTelemetry.
 //!
-//! Data flows one way: `api -> poll -> fleet -> metrics -> expose`.
-//! See ARCHITECTURE.md.
+//! Data flows one way: `api -> poll -> fleet -> metrics -> expose`, and the
+//! `hub` hands rendered results to the `server`. See ARCHITECTURE.md.
 
 pub mod api;
+pub mod config;
+pub mod demo;
+pub mod exporter;
+pub mod expose;
+pub mod fleet;
 pub mod histogram;
+pub mod hub;
+pub mod metrics;
+pub mod poll;
 pub mod secret;
+pub mod server;
 pub mod sim;
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,1 +1,121 @@
-fn main() {}
+//! CLI wiring only: parse, set up logging, dispatch.
+
+use clap::Parser;
+use clawmesh_exporter::config::{Cli, Command, LogFormat, LogLevel, ProcessEnv, SimArgs};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("clawmesh-exporter: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Simulate(sim)) => {
+            init_logging(LogLevel::Info, LogFormat::Logfmt);
+            report(runtime.block_on(simulate(sim)))
+        }
+        Some(Command::Demo(args)) => {
+            init_logging(args.log_level, args.log_format);
+            report(runtime.block_on(clawmesh_exporter::demo::run(args)))
+        }
+        None => {
+            let cfg = match cli.run.validate(&ProcessEnv) {
+                Ok(c) => c,
+                Err(e) => return usage_error(&e.to_string()),
+            };
+            init_logging(cfg.log_level, cfg.log_format);
+            runtime.block_on(async {
+                let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+                    Ok(l) => l,
+                    Err(e) => return usage_error(&format!("cannot listen on {}: {e}", cfg.listen)),
+                };
+                tracing::info!(address = %cfg.listen, path = %cfg.telemetry_path, version = clawmesh_exporter::metrics::version(), "serving metrics");
+                match clawmesh_exporter::exporter::start(&cfg, listener).await {
+                    Ok(running) => {
+                        clawmesh_exporter::shutdown_signal().await;
+                        tracing::info!("shutting down");
+                        running.shutdown().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => usage_error(&e.to_string()),
+                }
+            })
+        }
+    }
+}
+
+async fn simulate(args: SimArgs) -> anyhow::Result<()> {
+    let cfg = clawmesh_exporter::sim::SimConfig {
+        agents: args.agents,
+        history_tasks: args.history_tasks,
+        task_changes_per_minute: args.changes_per_minute,
+        visibility_lag_max: args.visibility_lag,
+        rate_limit_per_minute: args.rate_limit,
+        seed: args.seed,
+        unknown_agent_statuses: args.unknown_agent_statuses,
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    let addr = listener.local_addr()?;
+    println!("ClawMesh simulator on http://{addr}/v1 (key {})", clawmesh_exporter::sim::DEMO_KEY);
+    println!("ground truth: http://{addr}/_sim/ground_truth");
+    let sim = clawmesh_exporter::sim::Simulator::new(cfg);
+    tokio::select! {
+        r = sim.serve(listener) => r?,
+        _ = clawmesh_exporter::shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+/// A bad flag, config or key: one line, exit code 2.
+fn usage_error(msg: &str) -> ExitCode {
+    let line = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or(msg).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    eprintln!("clawmesh-exporter: {line}");
+    ExitCode::from(2)
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clawmesh-exporter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: LogLevel, format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let level = match level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+    };
+    // Our own crate at the chosen level; dependencies one notch quieter.
+    let filter = tracing_subscriber::EnvFilter::new(format!("warn,clawmesh_exporter={level}"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Logfmt => registry
+            .with(tracing_logfmt::builder().layer().with_writer(std::io::stderr))
+            .init(),
+    }
+}

@@ -1,0 +1,302 @@
+//! Flags and environment -> one validated [`Config`]. Every flag can also be
+//! set by an environment variable; the API key only by the environment or a
+//! file, never by a flag (flags show in the process list).
+
+use crate::api::ClientConfig;
+use crate::poll::PollConfig;
+use crate::secret::Secret;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_PORT: u16 = 9817;
+pub const KEY_ENV: &str = "CLAWMESH_API_KEY";
+/// The contract's maximum visibility lag; the overlap may not be shorter.
+pub const MAX_VISIBILITY_LAG: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Parser)]
+#[command(name = "clawmesh-exporter", version, about = "Prometheus and OTLP exporter for ClawMesh agent fleets")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the ClawMesh API simulator on loopback (for trying setups out).
+    Simulate(SimArgs),
+    /// Run the simulator and the exporter against it: live numbers, no key, no network.
+    Demo(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Base URL of the ClawMesh API.
+    #[arg(long = "api-url", env = "CLAWMESH_API_URL", default_value = "https://api.clawmesh.com/v1")]
+    pub api_url: String,
+    /// File holding the API key (else the CLAWMESH_API_KEY environment variable).
+    #[arg(long = "api-key-file", env = "CLAWMESH_API_KEY_FILE", value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+    /// Address to serve /metrics on (host:port, or :port for all interfaces).
+    #[arg(long = "web.listen-address", env = "CLAWMESH_WEB_LISTEN_ADDRESS", default_value = ":9817")]
+    pub listen_address: String,
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", env = "CLAWMESH_WEB_TELEMETRY_PATH", default_value = "/metrics")]
+    pub telemetry_path: String,
+    /// How often tasks are listed (incrementally).
+    #[arg(long = "poll-interval", env = "CLAWMESH_POLL_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// How often agents are listed in full (default: the poll interval).
+    #[arg(long = "agents.interval", env = "CLAWMESH_AGENTS_INTERVAL", value_parser = humantime::parse_duration)]
+    pub agents_interval: Option<Duration>,
+    /// How often open tasks are listed in full to repair the pending/running gauges.
+    #[arg(long = "tasks.reconcile-interval", env = "CLAWMESH_TASKS_RECONCILE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub reconcile_interval: Duration,
+    /// How far back each incremental task listing re-reads; at least the API's 5 s visibility lag.
+    #[arg(long = "tasks.overlap", env = "CLAWMESH_TASKS_OVERLAP", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub overlap: Duration,
+    /// How long finished tasks are remembered to count each exactly once.
+    #[arg(long = "tasks.dedup-horizon", env = "CLAWMESH_TASKS_DEDUP_HORIZON", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub dedup_horizon: Duration,
+    /// Share of the workspace's API rate limit the exporter may spend (0 < share <= 1).
+    #[arg(long = "api.budget-share", env = "CLAWMESH_API_BUDGET_SHARE", default_value_t = 0.1)]
+    pub budget_share: f64,
+    /// Timeout of one API request.
+    #[arg(long = "api.timeout", env = "CLAWMESH_API_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub api_timeout: Duration,
+    /// Attempts per API request, the first included.
+    #[arg(long = "api.max-attempts", env = "CLAWMESH_API_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    #[arg(long = "log.level", env = "CLAWMESH_LOG_LEVEL", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+    #[arg(long = "log.format", env = "CLAWMESH_LOG_FORMAT", value_enum, default_value = "logfmt")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Address to serve the simulated API on.
+    #[arg(long = "listen", default_value = "127.0.0.1:8089")]
+    pub listen: String,
+    #[arg(long, default_value_t = 200)]
+    pub agents: usize,
+    #[arg(long = "history-tasks", default_value_t = 2000)]
+    pub history_tasks: usize,
+    /// Task status changes per minute.
+    #[arg(long = "changes-per-minute", default_value_t = 600.0)]
+    pub changes_per_minute: f64,
+    /// Longest delay before a change shows in listings (the contract's is 5s).
+    #[arg(long = "visibility-lag", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub visibility_lag: Duration,
+    /// Requests per minute per workspace.
+    #[arg(long = "rate-limit", default_value_t = 1000)]
+    pub rate_limit: u32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Agents sometimes take statuses the contract does not list.
+    #[arg(long = "unknown-agent-statuses")]
+    pub unknown_agent_statuses: bool,
+}
+
+/// Where the exporter reads its environment: the process, or a map in tests.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for std::collections::HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// The validated configuration the rest of the program takes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub client: ClientConfig,
+    pub listen: SocketAddr,
+    pub telemetry_path: String,
+    pub poll: PollConfig,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+}
+
+/// A configuration problem, said in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl RunArgs {
+    /// Validate; the key comes from the file or the environment.
+    pub fn validate(&self, env: &dyn Env) -> Result<Config, ConfigError> {
+        let key = match &self.api_key_file {
+            Some(path) => {
+                let raw = std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("--api-key-file {}: {e}", path.display())))?;
+                let key = raw.trim();
+                if key.is_empty() {
+                    return Err(bad(format!("--api-key-file {}: the file is empty", path.display())));
+                }
+                Secret::new(key)
+            }
+            None => match env.var(KEY_ENV).map(|k| k.trim().to_string()) {
+                Some(k) if !k.is_empty() => Secret::new(k),
+                _ => {
+                    return Err(bad(format!(
+                        "no API key: set {KEY_ENV} or --api-key-file PATH (a key with scopes agents:read and tasks:read)"
+                    )))
+                }
+            },
+        };
+        self.validate_with_key(key)
+    }
+
+    pub fn validate_with_key(&self, key: Secret) -> Result<Config, ConfigError> {
+        let url = self.api_url.trim_end_matches('/');
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(bad(format!("--api-url {url:?}: must start with https:// (or http:// for the simulator)")));
+        }
+        let listen = parse_listen(&self.listen_address)?;
+        let path = &self.telemetry_path;
+        if !path.starts_with('/') || ["/", "/healthz", "/readyz"].contains(&path.as_str()) {
+            return Err(bad(format!(
+                "--web.telemetry-path {path:?}: must start with / and not be /, /healthz or /readyz"
+            )));
+        }
+        if self.poll_interval < Duration::from_secs(1) {
+            return Err(bad("--poll-interval: must be at least 1s"));
+        }
+        if self.overlap < MAX_VISIBILITY_LAG {
+            return Err(bad(format!(
+                "--tasks.overlap {}: must be at least 5s, the API's visibility lag, or task changes can be missed",
+                humantime::format_duration(self.overlap)
+            )));
+        }
+        if self.dedup_horizon < self.overlap * 2 {
+            return Err(bad("--tasks.dedup-horizon: must be at least twice --tasks.overlap"));
+        }
+        if !(self.budget_share > 0.0 && self.budget_share <= 1.0) {
+            return Err(bad(format!("--api.budget-share {}: must be in (0, 1], e.g. 0.1 for 10 %", self.budget_share)));
+        }
+        if self.max_attempts == 0 {
+            return Err(bad("--api.max-attempts: must be at least 1"));
+        }
+        Ok(Config {
+            client: ClientConfig {
+                base_url: url.to_string(),
+                key,
+                request_timeout: self.api_timeout,
+                max_attempts: self.max_attempts,
+                budget_share: self.budget_share,
+                ..ClientConfig::default()
+            },
+            listen,
+            telemetry_path: path.clone(),
+            poll: PollConfig {
+                interval: self.poll_interval,
+                agents_interval: self.agents_interval.unwrap_or(self.poll_interval),
+                reconcile_interval: self.reconcile_interval,
+                overlap: self.overlap,
+                dedup_horizon: self.dedup_horizon,
+            },
+            log_level: self.log_level,
+            log_format: self.log_format,
+        })
+    }
+}
+
+/// `host:port`, or `:port` for every interface.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| bad(format!("--web.listen-address {s:?}: expected host:port or :port, e.g. :{DEFAULT_PORT}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut v = vec!["clawmesh-exporter"];
+        v.extend_from_slice(extra);
+        Cli::try_parse_from(v).unwrap().run
+    }
+
+    fn env(key: Option<&str>) -> HashMap<String, String> {
+        key.map(|k| (KEY_ENV.to_string(), k.to_string())).into_iter().collect()
+    }
+
+    #[test]
+    fn defaults_validate_with_a_key_from_the_environment() {
+        let c = args(&[]).validate(&env(Some("k1"))).unwrap();
+        assert_eq!(c.listen.port(), DEFAULT_PORT);
+        assert_eq!(c.client.key.expose(), "k1");
+        assert_eq!(c.poll.interval, Duration::from_secs(15));
+        assert_eq!(c.poll.agents_interval, c.poll.interval);
+        assert_eq!(c.client.budget_share, 0.1);
+    }
+
+    #[test]
+    fn the_key_file_wins_and_is_trimmed() {
+        let dir = std::env::temp_dir().join(format!("cmx-key-{}", std::process::id()));
+        std::fs::write(&dir, "file-key\n").unwrap();
+        let c = args(&["--api-key-file", dir.to_str().unwrap()]).validate(&env(Some("env-key"))).unwrap();
+        assert_eq!(c.client.key.expose(), "file-key");
+        std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn problems_are_one_line_each() {
+        let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
+            (vec![], None, "no API key"),
+            (vec!["--tasks.overlap", "2s"], Some("k"), "visibility lag"),
+            (vec!["--api.budget-share", "1.5"], Some("k"), "budget-share"),
+            (vec!["--web.listen-address", "nonsense"], Some("k"), "listen-address"),
+            (vec!["--web.telemetry-path", "metrics"], Some("k"), "telemetry-path"),
+            (vec!["--api-url", "ftp://x"], Some("k"), "api-url"),
+            (vec!["--api-key-file", "/nonexistent/key"], Some("k"), "/nonexistent/key"),
+        ];
+        for (flags, key, needle) in cases {
+            let e = args(&flags).validate(&env(key)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{flags:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn there_is_no_flag_for_the_key_itself() {
+        assert!(Cli::try_parse_from(["clawmesh-exporter", "--api-key", "x"]).is_err());
+    }
+}

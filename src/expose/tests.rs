@@ -1,0 +1,92 @@
+use super::*;
+use crate::api::types::{Agent, Task, TaskError, TaskMetrics, TaskStatus, Timestamp};
+use crate::fleet::{Fleet, Health};
+
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_micros((1_800_000_000 + secs) * 1_000_000)
+}
+
+/// A small fleet with one of everything, for the golden exposition.
+pub(crate) fn sample_snapshot() -> Snapshot {
+    let mut fleet = Fleet::new(ts(0));
+    let agents: Vec<Agent> = ["idle", "idle", "busy", "error", "hibernating"]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Agent { id: format!("agt_{i}"), status: s.to_string(), created_at: ts(0), updated_at: ts(0) })
+        .collect();
+    fleet.apply_agent_listing(&agents);
+    let task = |id: &str, status: &str, code: Option<&str>| Task {
+        id: id.into(),
+        status: TaskStatus::from_name(status),
+        created_at: ts(1),
+        updated_at: ts(30),
+        started_at: (status != "pending").then(|| ts(3)),
+        finished_at: TaskStatus::from_name(status).is_terminal().then(|| ts(30)),
+        metrics: TaskMetrics {
+            queue_seconds: (status != "pending").then_some(2.0),
+            run_seconds: TaskStatus::from_name(status).is_terminal().then_some(27.0),
+            input_tokens: Some(1200),
+            output_tokens: Some(300),
+        },
+        error: code.map(|c| TaskError { code: Some(c.into()) }),
+    };
+    fleet.apply_task(&task("t1", "pending", None));
+    fleet.apply_task(&task("t2", "running", None));
+    fleet.apply_task(&task("t3", "completed", None));
+    fleet.apply_task(&task("t4", "failed", Some("model_error")));
+    let mut health = Health { up: true, token_expiry: Some(1_900_000_000.0), ..Default::default() };
+    health.last_sync.insert("agents", 1_800_000_040.0);
+    health.last_sync.insert("tasks", 1_800_000_041.5);
+    health.sync_failures.insert("agents", 0);
+    health.sync_failures.insert("tasks", 2);
+    let mut api = crate::api::ApiStats {
+        rate_limit_limit: Some(1000),
+        rate_limit_remaining: Some(870),
+        budget_requests_per_minute: 100.0,
+        budget_wait_seconds: 1.25,
+        ..Default::default()
+    };
+    api.requests.insert(("/tasks".into(), "200".into()), 12);
+    api.requests.insert(("/tasks".into(), "503".into()), 1);
+    api.retries.insert("/tasks".into(), 1);
+    let mut h = crate::histogram::Histogram::new(crate::histogram::API_LATENCY_BUCKETS);
+    h.observe(0.02);
+    api.durations.insert("/tasks".into(), h);
+    fleet.snapshot("ws_test", ts(61), health, api)
+}
+
+#[test]
+fn exposition_matches_golden_text() {
+    let text = render(&[sample_snapshot()])
+        .replace(&format!("revision=\"{}\"", metrics::revision()), "revision=\"REVISION\"")
+        .replace(&format!("version=\"{}\"", metrics::version()), "version=\"VERSION\"");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/exposition.prom");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(path).expect("golden file missing: run with UPDATE_GOLDEN=1");
+    assert_eq!(text, want, "exposition changed: review, then regenerate with UPDATE_GOLDEN=1");
+}
+
+#[test]
+fn every_family_is_documented_in_docs_metrics_md() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let mut names: Vec<&str> = metrics::WORKSPACE_FAMILIES.iter().map(|f| f.name).collect();
+    names.push(metrics::BUILD_INFO);
+    for name in &names {
+        assert!(doc.contains(&format!("`{name}`")), "docs/metrics.md lacks a row for {name}");
+    }
+    // And nothing documented that is not exposed.
+    for word in doc.split('`').filter(|w| w.starts_with("clawmesh_") && !w.contains('{') && !w.contains(' ')) {
+        assert!(names.contains(&word), "docs/metrics.md documents {word}, which the exporter does not expose");
+    }
+}
+
+#[test]
+fn gzip_round_trips() {
+    use std::io::Read;
+    let e = Exposition::new(render(&[sample_snapshot()]));
+    let mut out = String::new();
+    flate2::read::GzDecoder::new(&e.gzip[..]).read_to_string(&mut out).unwrap();
+    assert_eq!(out.as_bytes(), &e.text[..]);
+}

@@ -1,0 +1,32 @@
+//! Label values from the outside world, bounded.
+
+use std::collections::BTreeSet;
+
+/// Admits label values: the known ones always, the first `cap` unknown ones
+/// by their own name, every later one as "other". The admitted set only
+/// grows, so a name keeps its series for the life of the process.
+#[derive(Debug)]
+pub struct BoundedNames {
+    known: &'static [&'static str],
+    unknown: BTreeSet<String>,
+    cap: usize,
+}
+
+pub const OTHER: &str = "other";
+
+impl BoundedNames {
+    pub fn new(known: &'static [&'static str], cap: usize) -> Self {
+        BoundedNames { known, unknown: BTreeSet::new(), cap }
+    }
+
+    pub fn admit(&mut self, name: &str) -> String {
+        if self.known.contains(&name) || self.unknown.contains(name) {
+            return name.to_string();
+        }
+        if self.unknown.len() < self.cap && name != OTHER {
+            self.unknown.insert(name.to_string());
+            return name.to_string();
+        }
+        OTHER.to_string()
+    }
+}

@@ -1,0 +1,318 @@
+//! The fleet state of one workspace: what the exporter knows, and the
+//! exactly-once ledger that turns repeated sightings of tasks into counters.
+//!
+//! Everything enters through [`Fleet::apply_task`] and
+//! [`Fleet::apply_agent_listing`], whether it came from a listing, a
+//! reconciliation or (later) a webhook. No I/O here.
+
+mod bounded;
+
+pub use bounded::BoundedNames;
+
+use crate::api::types::{Agent, Task, TaskStatus, Timestamp};
+use crate::histogram::Histogram;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// The agent statuses the contract names; always exported, zeros included.
+pub const AGENT_STATUSES: [&str; 6] = ["provisioning", "idle", "busy", "paused", "error", "offline"];
+/// Open task statuses always exported.
+pub const OPEN_TASK_STATUSES: [&str; 2] = ["pending", "running"];
+/// Terminal statuses, always exported on the finished counter.
+pub const TERMINAL_STATUSES: [&str; 3] = ["completed", "failed", "cancelled"];
+
+/// Buckets for queue and run durations: seconds to hours, since agent tasks
+/// range from a quick tool call to a long research job.
+pub const TASK_DURATION_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+];
+
+/// Past this many distinct unknown names (statuses, error codes), further
+/// ones are counted under "other" so a misbehaving API cannot blow up the
+/// series count.
+pub const MAX_UNKNOWN_NAMES: usize = 20;
+
+#[derive(Debug, Clone)]
+struct OpenTask {
+    status: TaskStatus,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    /// The queue duration of this task has been observed (or was before
+    /// the counting floor and never will be).
+    queue_seen: bool,
+}
+
+/// What applying one task sighting did; tests and (later) webhook
+/// reconciliation read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// A terminal transition, counted now.
+    Finished,
+    /// A new or changed open task.
+    Updated,
+    /// Nothing new: a duplicate, an older copy, or a terminal task already counted.
+    Unchanged,
+    /// A terminal task that finished at or before the counting floor.
+    BeforeFloor,
+}
+
+/// Counters of terminal transitions and what they carried.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    pub finished: BTreeMap<String, u64>,
+    pub failures: BTreeMap<String, u64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub queue_seconds: Histogram,
+    pub run_seconds: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            finished: TERMINAL_STATUSES.iter().map(|s| (s.to_string(), 0)).collect(),
+            failures: BTreeMap::new(),
+            input_tokens: 0,
+            output_tokens: 0,
+            queue_seconds: Histogram::new(TASK_DURATION_BUCKETS),
+            run_seconds: Histogram::new(TASK_DURATION_BUCKETS),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Fleet {
+    agents: BTreeMap<String, u64>,
+    agent_names: BoundedNames,
+    agents_known: bool,
+    open: HashMap<String, OpenTask>,
+    open_names: BoundedNames,
+    failure_codes: BoundedNames,
+    /// Terminal tasks counted, by id, with the instant they finished. An
+    /// entry can go once the floor passes its finish time: a later sighting
+    /// of that task is then `BeforeFloor` and ignored, never counted twice.
+    ledger: HashMap<Box<str>, Timestamp>,
+    /// Terminal transitions at or before this instant are not counted: they
+    /// happened before the exporter started, or their ledger entry is gone.
+    floor: Timestamp,
+    counters: Counters,
+}
+
+impl Fleet {
+    /// A fleet that counts terminal transitions after `counting_since`.
+    pub fn new(counting_since: Timestamp) -> Self {
+        Fleet {
+            agents: BTreeMap::new(),
+            agent_names: BoundedNames::new(&AGENT_STATUSES, MAX_UNKNOWN_NAMES),
+            agents_known: false,
+            open: HashMap::new(),
+            open_names: BoundedNames::new(&OPEN_TASK_STATUSES, MAX_UNKNOWN_NAMES),
+            failure_codes: BoundedNames::new(&[], MAX_UNKNOWN_NAMES * 2),
+            ledger: HashMap::new(),
+            floor: counting_since,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Replace the agent counts with a complete listing.
+    pub fn apply_agent_listing(&mut self, agents: &[Agent]) {
+        let mut counts: BTreeMap<String, u64> =
+            AGENT_STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+        for a in agents {
+            *counts.entry(self.agent_names.admit(&a.status)).or_default() += 1;
+        }
+        self.agents = counts;
+        self.agents_known = true;
+    }
+
+    /// Apply one sighting of a task, from any source. Idempotent: the same
+    /// sighting applied twice changes nothing the second time.
+    pub fn apply_task(&mut self, t: &Task) -> Applied {
+        if self.ledger.contains_key(t.id.as_str()) {
+            // Terminal is final; a later updated_at only means outputs moved.
+            return Applied::Unchanged;
+        }
+        if t.status.is_terminal() {
+            return self.finish(t);
+        }
+        let started_after_floor = t.started_at.is_some_and(|s| s > self.floor);
+        match self.open.get_mut(t.id.as_str()) {
+            Some(o) if o.updated_at >= t.updated_at => Applied::Unchanged,
+            Some(o) => {
+                o.status = t.status.clone();
+                o.updated_at = t.updated_at;
+                if !o.queue_seen && t.started_at.is_some() {
+                    o.queue_seen = true;
+                    if started_after_floor {
+                        observe(&mut self.counters.queue_seconds, t.metrics.queue_seconds);
+                    }
+                }
+                Applied::Updated
+            }
+            None => {
+                let queue_seen = t.started_at.is_some();
+                if started_after_floor {
+                    observe(&mut self.counters.queue_seconds, t.metrics.queue_seconds);
+                }
+                self.open.insert(
+                    t.id.clone(),
+                    OpenTask {
+                        status: t.status.clone(),
+                        created_at: t.created_at,
+                        updated_at: t.updated_at,
+                        queue_seen,
+                    },
+                );
+                Applied::Updated
+            }
+        }
+    }
+
+    fn finish(&mut self, t: &Task) -> Applied {
+        let open = self.open.remove(t.id.as_str());
+        let finished_at = t.finished_at.unwrap_or(t.updated_at);
+        if finished_at <= self.floor {
+            return Applied::BeforeFloor;
+        }
+        let c = &mut self.counters;
+        // A task created and finished between two polls was never open here:
+        // its queue time is observed now, once.
+        if !open.is_some_and(|o| o.queue_seen) && t.started_at.is_some_and(|s| s > self.floor) {
+            observe(&mut c.queue_seconds, t.metrics.queue_seconds);
+        }
+        *c.finished.entry(t.status.name().to_string()).or_default() += 1;
+        if t.status == TaskStatus::Failed {
+            let code = t
+                .error
+                .as_ref()
+                .and_then(|e| e.code.as_deref())
+                .filter(|c| !c.is_empty())
+                .unwrap_or("unknown");
+            *c.failures.entry(self.failure_codes.admit(code)).or_default() += 1;
+        }
+        c.input_tokens += t.metrics.input_tokens.unwrap_or(0);
+        c.output_tokens += t.metrics.output_tokens.unwrap_or(0);
+        observe(&mut c.run_seconds, t.metrics.run_seconds);
+        self.ledger.insert(t.id.as_str().into(), finished_at);
+        Applied::Finished
+    }
+
+    /// After a complete listing of open tasks started at `listing_start`:
+    /// forget open tasks the listing did not show, unless they changed too
+    /// recently to be visible in it (`lag`). A task missing from the listing
+    /// has finished (the incremental sync counts it) or been deleted.
+    pub fn retain_open(&mut self, seen: &std::collections::HashSet<String>, listing_start: Timestamp, lag: Duration) {
+        let keep_after = listing_start.saturating_sub(lag);
+        // Statuses the contract does not name are not in a pending,running
+        // listing, so its silence says nothing about them.
+        self.open.retain(|id, o| {
+            seen.contains(id) || o.updated_at > keep_after || matches!(o.status, TaskStatus::Other(_))
+        });
+    }
+
+    /// Raise the counting floor (never lowers it) and drop ledger entries at
+    /// or below it: memory stays bounded by the tasks finished since then.
+    pub fn raise_floor(&mut self, floor: Timestamp) {
+        if floor <= self.floor {
+            return;
+        }
+        self.floor = floor;
+        self.ledger.retain(|_, finished| *finished > floor);
+    }
+
+    pub fn floor(&self) -> Timestamp {
+        self.floor
+    }
+
+    /// Agents per status from the last complete listing; `None` before one.
+    pub fn agents(&self) -> Option<&BTreeMap<String, u64>> {
+        self.agents_known.then_some(&self.agents)
+    }
+
+    /// Open tasks per status; pending and running always present.
+    pub fn open_tasks(&mut self) -> BTreeMap<String, u64> {
+        let mut counts: BTreeMap<String, u64> =
+            OPEN_TASK_STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+        for o in self.open.values() {
+            *counts.entry(self.open_names.admit(o.status.name())).or_default() += 1;
+        }
+        counts
+    }
+
+    pub fn oldest_pending_created_at(&self) -> Option<Timestamp> {
+        self.open
+            .values()
+            .filter(|o| o.status == TaskStatus::Pending)
+            .map(|o| o.created_at)
+            .min()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Terminal tasks remembered for de-duplication.
+    pub fn ledger_len(&self) -> usize {
+        self.ledger.len()
+    }
+
+    pub fn open_len(&self) -> usize {
+        self.open.len()
+    }
+}
+
+fn observe(h: &mut Histogram, v: Option<f64>) {
+    if let Some(v) = v {
+        h.observe(v);
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// How the sync of one workspace is going; written by `poll`, read by the
+/// metric table.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    /// The last sync of every resource succeeded.
+    pub up: bool,
+    /// Start of the last successful sync per resource ("agents", "tasks"),
+    /// Unix seconds: the data is at least this fresh.
+    pub last_sync: BTreeMap<&'static str, f64>,
+    pub sync_failures: BTreeMap<&'static str, u64>,
+    /// Unix seconds; `None` for a key that never expires.
+    pub token_expiry: Option<f64>,
+}
+
+/// Everything the metric table needs about one workspace, taken once per sync.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub workspace: String,
+    pub agents: Option<BTreeMap<String, u64>>,
+    pub tasks_open: BTreeMap<String, u64>,
+    pub oldest_pending_age_seconds: f64,
+    pub counters: Counters,
+    pub ledger_len: usize,
+    pub open_len: usize,
+    pub health: Health,
+    pub api: crate::api::ApiStats,
+}
+
+impl Fleet {
+    pub fn snapshot(&mut self, workspace: &str, now: Timestamp, health: Health, api: crate::api::ApiStats) -> Snapshot {
+        let oldest = self.oldest_pending_created_at();
+        Snapshot {
+            workspace: workspace.to_string(),
+            agents: self.agents().cloned(),
+            tasks_open: self.open_tasks(),
+            oldest_pending_age_seconds: oldest
+                .map(|c| (now.micros() - c.micros()).max(0) as f64 / 1e6)
+                .unwrap_or(0.0),
+            counters: self.counters.clone(),
+            ledger_len: self.ledger.len(),
+            open_len: self.open.len(),
+            health,
+            api,
+        }
+    }
+}

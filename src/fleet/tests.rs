@@ -1,0 +1,137 @@
+use super::*;
+use crate::api::types::{TaskError, TaskMetrics};
+
+const S: i64 = 1_000_000;
+
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_micros(1_800_000_000 * S + secs * S)
+}
+
+fn task(id: &str, status: &str, updated: i64) -> Task {
+    let status = TaskStatus::from_name(status);
+    let started = !matches!(status, TaskStatus::Pending);
+    let done = status.is_terminal();
+    Task {
+        id: id.into(),
+        status: status.clone(),
+        created_at: ts(1),
+        updated_at: ts(updated),
+        started_at: started.then(|| ts(2)),
+        finished_at: done.then(|| ts(updated)),
+        metrics: TaskMetrics {
+            queue_seconds: started.then_some(1.0),
+            run_seconds: done.then_some(3.0),
+            input_tokens: done.then_some(10),
+            output_tokens: done.then_some(5),
+        },
+        error: (status == TaskStatus::Failed).then(|| TaskError { code: Some("timeout".into()) }),
+    }
+}
+
+fn finished(f: &Fleet, status: &str) -> u64 {
+    f.counters().finished[status]
+}
+
+#[test]
+fn each_terminal_transition_counts_once_through_duplicates_and_late_moves() {
+    let mut f = Fleet::new(ts(0));
+    assert_eq!(f.apply_task(&task("a", "pending", 1)), Applied::Updated);
+    assert_eq!(f.apply_task(&task("a", "running", 2)), Applied::Updated);
+    assert_eq!(f.apply_task(&task("a", "completed", 5)), Applied::Finished);
+    // The same copy again (overlap window), and a later copy with outputs attached.
+    assert_eq!(f.apply_task(&task("a", "completed", 5)), Applied::Unchanged);
+    let mut late = task("a", "completed", 9);
+    late.finished_at = Some(ts(5));
+    assert_eq!(f.apply_task(&late), Applied::Unchanged);
+    assert_eq!(finished(&f, "completed"), 1);
+    assert_eq!(f.counters().queue_seconds.count(), 1);
+    assert_eq!(f.counters().run_seconds.count(), 1);
+    assert_eq!(f.counters().input_tokens, 10);
+    assert_eq!(f.open_len(), 0);
+}
+
+#[test]
+fn a_task_created_and_finished_between_polls_counts_with_its_queue_time() {
+    let mut f = Fleet::new(ts(0));
+    assert_eq!(f.apply_task(&task("b", "failed", 4)), Applied::Finished);
+    assert_eq!(finished(&f, "failed"), 1);
+    assert_eq!(f.counters().failures["timeout"], 1);
+    assert_eq!(f.counters().queue_seconds.count(), 1);
+}
+
+#[test]
+fn an_older_copy_never_moves_a_task_backwards() {
+    let mut f = Fleet::new(ts(0));
+    f.apply_task(&task("c", "running", 3));
+    assert_eq!(f.apply_task(&task("c", "pending", 1)), Applied::Unchanged);
+    assert_eq!(f.open_tasks()["running"], 1);
+    assert_eq!(f.open_tasks()["pending"], 0);
+    f.apply_task(&task("c", "cancelled", 4));
+    assert_eq!(f.apply_task(&task("c", "running", 3)), Applied::Unchanged);
+    assert_eq!(f.open_tasks()["running"], 0);
+    // Queue time was observed when it started, not again at the end.
+    assert_eq!(f.counters().queue_seconds.count(), 1);
+}
+
+#[test]
+fn transitions_before_the_floor_are_not_counted() {
+    let mut f = Fleet::new(ts(10));
+    assert_eq!(f.apply_task(&task("d", "completed", 9)), Applied::BeforeFloor);
+    assert_eq!(finished(&f, "completed"), 0);
+    // Started before the floor: its queue time belongs to before, too.
+    f.apply_task(&task("e", "running", 9));
+    assert_eq!(f.counters().queue_seconds.count(), 0);
+}
+
+#[test]
+fn the_ledger_is_pruned_and_a_pruned_task_is_never_counted_again() {
+    let mut f = Fleet::new(ts(0));
+    for i in 0..1000 {
+        f.apply_task(&task(&format!("t{i}"), "completed", 1 + i));
+    }
+    assert_eq!(f.ledger_len(), 1000);
+    f.raise_floor(ts(900));
+    assert_eq!(f.ledger_len(), 100);
+    // An output attached late to t5 moves its updated_at: still counted once.
+    let mut late = task("t5", "completed", 2000);
+    late.finished_at = Some(ts(6));
+    assert_eq!(f.apply_task(&late), Applied::BeforeFloor);
+    assert_eq!(finished(&f, "completed"), 1000);
+    // The floor never goes down.
+    f.raise_floor(ts(5));
+    assert_eq!(f.floor(), ts(900));
+}
+
+#[test]
+fn retain_open_forgets_vanished_tasks_but_keeps_recent_ones() {
+    let mut f = Fleet::new(ts(0));
+    f.apply_task(&task("old", "pending", 1));
+    f.apply_task(&task("recent", "pending", 99));
+    f.apply_task(&task("listed", "running", 2));
+    let seen = ["listed".to_string()].into_iter().collect();
+    f.retain_open(&seen, ts(100), Duration::from_secs(5));
+    assert_eq!(f.open_len(), 2);
+    assert_eq!(f.open_tasks()["pending"], 1);
+    assert_eq!(f.oldest_pending_created_at(), Some(ts(1)));
+}
+
+#[test]
+fn unknown_agent_statuses_are_kept_by_name_up_to_a_bound() {
+    let mut f = Fleet::new(ts(0));
+    assert!(f.agents().is_none());
+    let agent = |status: String| Agent {
+        id: status.clone(),
+        status,
+        created_at: ts(0),
+        updated_at: ts(0),
+    };
+    let mut agents: Vec<Agent> = (0..25).map(|i| agent(format!("new_status_{i:02}"))).collect();
+    agents.push(agent("idle".into()));
+    f.apply_agent_listing(&agents);
+    let counts = f.agents().unwrap();
+    assert_eq!(counts["idle"], 1);
+    assert_eq!(counts["offline"], 0);
+    assert_eq!(counts["new_status_00"], 1);
+    assert_eq!(counts["other"], 5);
+    assert_eq!(counts.len(), 6 + MAX_UNKNOWN_NAMES + 1);
+}

@@ -1,0 +1,286 @@
+//! The table of metric families: each declared once, with its name, help,
+//! type, unit and a pure function from a workspace [`Snapshot`] to samples.
+//! Both ways out (Prometheus text in `expose`, OTLP) iterate this table, so
+//! they cannot disagree. Adding a metric is one entry here, a line in the
+//! golden test, and a row in `docs/metrics.md` (a test keeps them in step).
+
+use crate::fleet::Snapshot;
+use crate::histogram::Histogram;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+    Histogram,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stability {
+    Stable,
+    Experimental,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Number(f64),
+    Histogram(Histogram),
+}
+
+/// One sample: label values in the order of the family's `labels`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub labels: Vec<String>,
+    pub value: Value,
+}
+
+pub struct Family {
+    /// Prometheus name, including `_total` for counters.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    /// UCUM unit for OTLP (`s`, `{task}`); Prometheus carries it in the name.
+    pub unit: &'static str,
+    pub stability: Stability,
+    /// Labels besides `workspace`, which every workspace family carries.
+    pub labels: &'static [&'static str],
+    pub collect: fn(&Snapshot, &mut Vec<Sample>),
+}
+
+fn num(labels: &[&str], v: f64) -> Sample {
+    Sample { labels: labels.iter().map(|s| s.to_string()).collect(), value: Value::Number(v) }
+}
+
+fn per_name<'a>(out: &mut Vec<Sample>, map: impl IntoIterator<Item = (&'a String, &'a u64)>) {
+    out.extend(map.into_iter().map(|(k, v)| num(&[k], *v as f64)));
+}
+
+/// Every family labelled by workspace, in exposition order.
+pub const WORKSPACE_FAMILIES: &[Family] = &[
+    Family {
+        name: "clawmesh_agents",
+        help: "Agents per status, from the last complete listing. The six known statuses are always present; unknown ones appear by name (past 20, as \"other\").",
+        kind: Kind::Gauge,
+        unit: "{agent}",
+        stability: Stability::Stable,
+        labels: &["status"],
+        collect: |s, out| {
+            if let Some(a) = &s.agents {
+                per_name(out, a)
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_agents_active",
+        help: "Agents that are idle or busy.",
+        kind: Kind::Gauge,
+        unit: "{agent}",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| {
+            if let Some(a) = &s.agents {
+                let active = a.get("idle").copied().unwrap_or(0) + a.get("busy").copied().unwrap_or(0);
+                out.push(num(&[], active as f64));
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_tasks",
+        help: "Tasks not yet finished, per status (pending, running).",
+        kind: Kind::Gauge,
+        unit: "{task}",
+        stability: Stability::Stable,
+        labels: &["status"],
+        collect: |s, out| per_name(out, &s.tasks_open),
+    },
+    Family {
+        name: "clawmesh_tasks_oldest_pending_age_seconds",
+        help: "Age of the oldest pending task at the last sync; 0 when none is pending.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.push(num(&[], s.oldest_pending_age_seconds)),
+    },
+    Family {
+        name: "clawmesh_tasks_finished_total",
+        help: "Tasks that reached a terminal status (completed, failed, cancelled) since the exporter started, each counted once.",
+        kind: Kind::Counter,
+        unit: "{task}",
+        stability: Stability::Stable,
+        labels: &["status"],
+        collect: |s, out| per_name(out, &s.counters.finished),
+    },
+    Family {
+        name: "clawmesh_task_failures_total",
+        help: "Failed tasks by error code since the exporter started.",
+        kind: Kind::Counter,
+        unit: "{task}",
+        stability: Stability::Stable,
+        labels: &["code"],
+        collect: |s, out| per_name(out, &s.counters.failures),
+    },
+    Family {
+        name: "clawmesh_task_queue_duration_seconds",
+        help: "Time tasks waited from creation to start (the task's metrics.queue_seconds), observed when they start.",
+        kind: Kind::Histogram,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.push(Sample { labels: vec![], value: Value::Histogram(s.counters.queue_seconds.clone()) }),
+    },
+    Family {
+        name: "clawmesh_task_run_duration_seconds",
+        help: "Time tasks ran from start to finish (the task's metrics.run_seconds), observed when they finish.",
+        kind: Kind::Histogram,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.push(Sample { labels: vec![], value: Value::Histogram(s.counters.run_seconds.clone()) }),
+    },
+    Family {
+        name: "clawmesh_task_tokens_total",
+        help: "Model tokens used by finished tasks, by kind (input, output).",
+        kind: Kind::Counter,
+        unit: "{token}",
+        stability: Stability::Stable,
+        labels: &["kind"],
+        collect: |s, out| {
+            out.push(num(&["input"], s.counters.input_tokens as f64));
+            out.push(num(&["output"], s.counters.output_tokens as f64));
+        },
+    },
+    Family {
+        name: "clawmesh_up",
+        help: "1 when the last sync of every resource of the workspace succeeded, else 0.",
+        kind: Kind::Gauge,
+        unit: "1",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.push(num(&[], if s.health.up { 1.0 } else { 0.0 })),
+    },
+    Family {
+        name: "clawmesh_last_sync_timestamp_seconds",
+        help: "Start of the last successful sync per resource (Unix seconds): the data is at least this fresh.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &["resource"],
+        collect: |s, out| out.extend(s.health.last_sync.iter().map(|(r, t)| num(&[r], *t))),
+    },
+    Family {
+        name: "clawmesh_sync_failures_total",
+        help: "Syncs per resource that failed (the last good numbers were kept).",
+        kind: Kind::Counter,
+        unit: "{sync}",
+        stability: Stability::Stable,
+        labels: &["resource"],
+        collect: |s, out| out.extend(s.health.sync_failures.iter().map(|(r, n)| num(&[r], *n as f64))),
+    },
+    Family {
+        name: "clawmesh_api_requests_total",
+        help: "Requests to the ClawMesh API by endpoint and HTTP status (or timeout, connection_error), retries included.",
+        kind: Kind::Counter,
+        unit: "{request}",
+        stability: Stability::Stable,
+        labels: &["endpoint", "code"],
+        collect: |s, out| out.extend(s.api.requests.iter().map(|((e, c), n)| num(&[e, c], *n as f64))),
+    },
+    Family {
+        name: "clawmesh_api_request_duration_seconds",
+        help: "Latency of ClawMesh API requests by endpoint, every attempt.",
+        kind: Kind::Histogram,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &["endpoint"],
+        collect: |s, out| {
+            out.extend(s.api.durations.iter().map(|(e, h)| Sample { labels: vec![e.clone()], value: Value::Histogram(h.clone()) }))
+        },
+    },
+    Family {
+        name: "clawmesh_api_retries_total",
+        help: "ClawMesh API requests that were retried, by endpoint.",
+        kind: Kind::Counter,
+        unit: "{request}",
+        stability: Stability::Stable,
+        labels: &["endpoint"],
+        collect: |s, out| out.extend(s.api.retries.iter().map(|(e, n)| num(&[e], *n as f64))),
+    },
+    Family {
+        name: "clawmesh_api_rate_limit_limit",
+        help: "The workspace's API request limit per minute (X-RateLimit-Limit), shared by all its integrations.",
+        kind: Kind::Gauge,
+        unit: "{request}",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.extend(s.api.rate_limit_limit.map(|v| num(&[], v as f64))),
+    },
+    Family {
+        name: "clawmesh_api_rate_limit_remaining",
+        help: "Requests left in the workspace's current rate-limit window (X-RateLimit-Remaining).",
+        kind: Kind::Gauge,
+        unit: "{request}",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.extend(s.api.rate_limit_remaining.map(|v| num(&[], v as f64))),
+    },
+    Family {
+        name: "clawmesh_api_budget_requests_per_minute",
+        help: "Requests per minute the exporter allows itself: its configured share of the workspace's limit.",
+        kind: Kind::Gauge,
+        unit: "{request}/min",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.push(num(&[], s.api.budget_requests_per_minute)),
+    },
+    Family {
+        name: "clawmesh_api_budget_wait_seconds_total",
+        help: "Time the exporter waited to stay inside its API budget (its share, or a nearly spent window).",
+        kind: Kind::Counter,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.push(num(&[], s.api.budget_wait_seconds)),
+    },
+    Family {
+        name: "clawmesh_api_retry_after_wait_seconds_total",
+        help: "Time the exporter waited because the API asked it to (Retry-After).",
+        kind: Kind::Counter,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.push(num(&[], s.api.retry_after_wait_seconds)),
+    },
+    Family {
+        name: "clawmesh_api_token_expiry_timestamp_seconds",
+        help: "When the API key expires (Unix seconds); absent for a key that never expires.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.extend(s.health.token_expiry.map(|t| num(&[], t))),
+    },
+    Family {
+        name: "clawmesh_exporter_tracked_tasks",
+        help: "Tasks the exporter holds in memory: open ones, and finished ones remembered to count each exactly once.",
+        kind: Kind::Gauge,
+        unit: "{task}",
+        stability: Stability::Experimental,
+        labels: &["state"],
+        collect: |s, out| {
+            out.push(num(&["open"], s.open_len as f64));
+            out.push(num(&["finished"], s.ledger_len as f64));
+        },
+    },
+];
+
+/// The one family without a workspace: which build is running.
+pub const BUILD_INFO: &str = "clawmesh_exporter_build_info";
+pub const BUILD_INFO_HELP: &str = "A metric with a constant 1 value labelled by the version and git revision of the exporter.";
+
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+pub fn revision() -> &'static str {
+    option_env!("CLAWMESH_GIT_REVISION").unwrap_or("unknown")
+}

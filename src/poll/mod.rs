@@ -1,0 +1,280 @@
+//! The per-workspace scheduler: checks the key, then keeps two loops going,
+//! one for agents (full listings) and one for tasks (reconciliation plus
+//! incremental listings), sharing one client and so one API budget. After
+//! every sync it publishes a snapshot to the hub.
+
+use crate::api::types::{Agent, TaskStatus, Timestamp, Token};
+use crate::api::{ApiError, Client, ListEvent, TaskQuery};
+use crate::fleet::{Fleet, Health};
+use crate::hub::Hub;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The resources a workspace syncs; each has its own health series.
+pub const RESOURCES: [&str; 2] = ["agents", "tasks"];
+
+/// The scopes the exporter needs, and the ones it should not have.
+pub const REQUIRED_SCOPES: [&str; 2] = ["agents:read", "tasks:read"];
+const WRITE_SCOPES: [&str; 3] = ["agents:write", "tasks:write", "webhooks:manage"];
+
+#[derive(Debug, Clone)]
+pub struct PollConfig {
+    /// How often tasks are listed incrementally.
+    pub interval: Duration,
+    /// How often agents are listed in full.
+    pub agents_interval: Duration,
+    /// How often open tasks are listed in full to repair the open set.
+    pub reconcile_interval: Duration,
+    /// How far back each incremental listing re-reads; covers the
+    /// contract's visibility lag (at most 5 s).
+    pub overlap: Duration,
+    /// How long finished tasks are remembered for de-duplication.
+    pub dedup_horizon: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            interval: Duration::from_secs(15),
+            agents_interval: Duration::from_secs(15),
+            reconcile_interval: Duration::from_secs(600),
+            overlap: Duration::from_secs(10),
+            dedup_horizon: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why the exporter cannot watch a workspace with this key at all.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the API key lacks scope {scope}: create a key with agents:read and tasks:read")]
+    MissingScope { scope: String },
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// `GET /auth/token`, and the verdict on its scopes.
+pub async fn check_key(client: &Client) -> Result<Token, KeyError> {
+    let token = client.token().await?;
+    for scope in REQUIRED_SCOPES {
+        if !token.scopes.iter().any(|s| s == scope) {
+            return Err(KeyError::MissingScope { scope: scope.to_string() });
+        }
+    }
+    let extra: Vec<&str> =
+        WRITE_SCOPES.iter().copied().filter(|w| token.scopes.iter().any(|s| s == w)).collect();
+    if !extra.is_empty() {
+        tracing::warn!(
+            workspace = %token.workspace_id,
+            scopes = %extra.join(","),
+            "the API key carries write scopes the exporter never uses; a key with only agents:read and tasks:read limits the damage if it leaks"
+        );
+    }
+    Ok(token)
+}
+
+/// The shared state of one workspace: the fleet and how its syncs go.
+struct Workspace {
+    id: String,
+    client: Client,
+    hub: Arc<Hub>,
+    cfg: PollConfig,
+    state: Mutex<State>,
+}
+
+struct State {
+    fleet: Fleet,
+    health: Health,
+    ok: [bool; 2],
+}
+
+/// Start polling a workspace whose key passed [`check_key`]. The loops stop
+/// when `stop` turns true.
+pub fn spawn(
+    client: Client,
+    token: &Token,
+    cfg: PollConfig,
+    hub: Arc<Hub>,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let started = Timestamp::now();
+    let health = Health { token_expiry: token.expires_at.map(|t| t.as_secs_f64()), ..Default::default() };
+    let ws = Arc::new(Workspace {
+        id: token.workspace_id.clone(),
+        client,
+        hub,
+        cfg,
+        state: Mutex::new(State { fleet: Fleet::new(started), health, ok: [false; 2] }),
+    });
+    ws.hub.expect_workspace();
+    ws.publish();
+    let agents = {
+        let ws = ws.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let every = ws.cfg.agents_interval;
+            every_until_stopped(every, stop, || ws.sync_agents()).await
+        })
+    };
+    let tasks = tokio::spawn(async move {
+        let mut sync = TaskSync::new(started);
+        let every = ws.cfg.interval;
+        every_until_stopped(every, stop, || sync.run(&ws)).await
+    });
+    vec![agents, tasks]
+}
+
+/// Run `f` now and then every `every` (measured start to start), until stopped.
+async fn every_until_stopped<F, Fut>(every: Duration, mut stop: watch::Receiver<bool>, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        let start = Instant::now();
+        tokio::select! {
+            _ = f() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(start + every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+impl Workspace {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self) {
+        let snap = {
+            let mut st = self.lock();
+            let State { fleet, health, .. } = &mut *st;
+            fleet.snapshot(&self.id, Timestamp::now(), health.clone(), self.client.stats())
+        };
+        self.hub.publish(snap);
+    }
+
+    /// Record how a sync of `resource` ended and publish.
+    fn finish(&self, resource: usize, started: Timestamp, result: Result<(), ApiError>) {
+        {
+            let mut st = self.lock();
+            let name = RESOURCES[resource];
+            match &result {
+                Ok(()) => {
+                    st.health.last_sync.insert(name, started.as_secs_f64());
+                    st.health.sync_failures.entry(name).or_insert(0);
+                }
+                Err(e) => {
+                    *st.health.sync_failures.entry(name).or_insert(0) += 1;
+                    tracing::warn!(workspace = %self.id, resource = name, error = %e, "sync failed; keeping the last good numbers");
+                }
+            }
+            st.ok[resource] = result.is_ok();
+            st.health.up = st.ok.iter().all(|ok| *ok);
+        }
+        self.publish();
+    }
+
+    async fn sync_agents(&self) {
+        let started = Timestamp::now();
+        let result = async {
+            let mut agents: Vec<Agent> = Vec::new();
+            let mut listing = self.client.list_agents();
+            while let Some(ev) = listing.next().await? {
+                match ev {
+                    ListEvent::Page(page) => agents.extend(page),
+                    ListEvent::Restarted => agents.clear(),
+                }
+            }
+            self.lock().fleet.apply_agent_listing(&agents);
+            tracing::debug!(workspace = %self.id, agents = agents.len(), "agents synced");
+            Ok(())
+        }
+        .await;
+        self.finish(0, started, result);
+    }
+}
+
+/// The task loop's own memory: where the incremental listing resumes.
+struct TaskSync {
+    /// The newest `updated_at` seen in a complete incremental listing.
+    watermark: Timestamp,
+    last_reconcile: Option<Instant>,
+}
+
+impl TaskSync {
+    fn new(started: Timestamp) -> Self {
+        TaskSync { watermark: started, last_reconcile: None }
+    }
+
+    async fn run(&mut self, ws: &Workspace) {
+        let started = Timestamp::now();
+        let result = self.sync(ws, started).await;
+        ws.finish(1, started, result);
+    }
+
+    async fn sync(&mut self, ws: &Workspace, started: Timestamp) -> Result<(), ApiError> {
+        let due = self.last_reconcile.is_none_or(|t| t.elapsed() >= ws.cfg.reconcile_interval);
+        if due {
+            self.reconcile(ws, started).await?;
+            self.last_reconcile = Some(Instant::now());
+        }
+        // Re-read the overlap window: a change with an older updated_at may
+        // have become visible since the last listing (visibility lag).
+        let query = TaskQuery {
+            statuses: vec![],
+            updated_after: Some(self.watermark.saturating_sub(ws.cfg.overlap)),
+            sort_by_updated_at: true,
+        };
+        let mut newest = self.watermark;
+        let mut listing = ws.client.list_tasks(query);
+        while let Some(ev) = listing.next().await? {
+            if let ListEvent::Page(page) = ev {
+                let mut st = ws.lock();
+                for t in &page {
+                    st.fleet.apply_task(t);
+                    newest = newest.max(t.updated_at);
+                }
+            }
+        }
+        // Only a complete listing moves the watermark: a failed one is read again.
+        self.watermark = newest;
+        let forget_before = started
+            .saturating_sub(ws.cfg.dedup_horizon)
+            .min(self.watermark.saturating_sub(ws.cfg.overlap));
+        ws.lock().fleet.raise_floor(forget_before);
+        Ok(())
+    }
+
+    /// A full listing of open tasks: repairs the open set (gauges) from the
+    /// source. Counting stays with the incremental listing and the ledger.
+    async fn reconcile(&mut self, ws: &Workspace, started: Timestamp) -> Result<(), ApiError> {
+        let query = TaskQuery {
+            statuses: vec![TaskStatus::Pending.name().into(), TaskStatus::Running.name().into()],
+            updated_after: None,
+            sort_by_updated_at: false,
+        };
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut listing = ws.client.list_tasks(query);
+        while let Some(ev) = listing.next().await? {
+            match ev {
+                ListEvent::Page(page) => {
+                    let mut st = ws.lock();
+                    for t in page {
+                        st.fleet.apply_task(&t);
+                        seen.insert(t.id);
+                    }
+                }
+                ListEvent::Restarted => seen.clear(),
+            }
+        }
+        ws.lock().fleet.retain_open(&seen, started, ws.cfg.overlap);
+        Ok(())
+    }
+}
