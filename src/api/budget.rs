@@ -1,0 +1,270 @@
+//! The API budget. The rate limit is per workspace and shared with every
+//! other integration, so the exporter spends only a share of it: a token
+//! bucket refilled at `share * limit` requests per minute, plus a pause until
+//! the window resets when the workspace as a whole is nearly out.
+
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The contract's limit, used until a response tells us the real one.
+pub(crate) const DEFAULT_LIMIT: u64 = 1000;
+/// Below this share of the limit left in the window, wait for the reset.
+const LOW_REMAINING_SHARE: f64 = 0.05;
+/// Windows are one minute; a larger `Reset` is a broken header, not a reason
+/// to stop for longer.
+const MAX_RESET_WAIT: Duration = Duration::from_secs(60);
+/// The bucket holds this many seconds' worth of requests.
+const BURST_SECONDS: f64 = 10.0;
+
+pub(crate) struct Budget {
+    /// Held by one acquirer at a time, across its sleep, so that waiters are
+    /// served in order and do not all wake up for the same token.
+    turn: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RateLimitSnapshot {
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    pub reset_seconds: Option<u64>,
+    pub requests_per_minute: f64,
+}
+
+struct State {
+    share: f64,
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    reset_seconds: Option<u64>,
+    tokens: f64,
+    last_refill: Instant,
+    /// No request before this instant (low Remaining or a Retry-After).
+    hold_until: Option<Instant>,
+}
+
+impl State {
+    fn per_minute(&self) -> f64 {
+        self.share * self.limit.unwrap_or(DEFAULT_LIMIT) as f64
+    }
+    fn per_second(&self) -> f64 {
+        self.per_minute() / 60.0
+    }
+    fn capacity(&self) -> f64 {
+        (self.per_second() * BURST_SECONDS).max(1.0)
+    }
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now
+            .saturating_duration_since(self.last_refill)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second()).min(self.capacity());
+        self.last_refill = now;
+    }
+    fn hold(&mut self, until: Instant) {
+        self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+    }
+}
+
+impl Budget {
+    /// `share` must be in (0, 1]; the client checks it.
+    pub(crate) fn new(share: f64) -> Self {
+        let mut state = State {
+            share,
+            limit: None,
+            remaining: None,
+            reset_seconds: None,
+            tokens: 0.0,
+            last_refill: Instant::now(),
+            hold_until: None,
+        };
+        state.tokens = state.capacity();
+        Budget {
+            turn: tokio::sync::Mutex::new(()),
+            state: Mutex::new(state),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere cannot leave State inconsistent: keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until one request may be sent and takes its token. Returns the
+    /// time spent waiting.
+    pub(crate) async fn acquire(&self) -> Duration {
+        let _turn = self.turn.lock().await;
+        let start = Instant::now();
+        loop {
+            let wait = {
+                let mut s = self.state();
+                let now = Instant::now();
+                match s.hold_until {
+                    Some(h) if h > now => Some(h - now),
+                    _ => {
+                        s.hold_until = None;
+                        s.refill(now);
+                        // The epsilon absorbs float error after an exact sleep.
+                        if s.tokens >= 1.0 - 1e-9 {
+                            s.tokens = (s.tokens - 1.0).max(0.0);
+                            None
+                        } else {
+                            Some(Duration::from_secs_f64((1.0 - s.tokens) / s.per_second()))
+                        }
+                    }
+                }
+            };
+            match wait {
+                None => break,
+                Some(d) => tokio::time::sleep(d).await,
+            }
+        }
+        start.elapsed()
+    }
+
+    /// Reads the `X-RateLimit-*` headers of an answer (any status).
+    pub(crate) fn observe(&self, limit: Option<u64>, remaining: Option<u64>, reset: Option<u64>) {
+        let mut s = self.state();
+        let now = Instant::now();
+        // Settle the tokens earned at the old rate before the rate changes.
+        s.refill(now);
+        if let Some(l) = limit.filter(|l| *l > 0) {
+            s.limit = Some(l);
+            s.tokens = s.tokens.min(s.capacity());
+        }
+        if remaining.is_some() {
+            s.remaining = remaining;
+        }
+        if reset.is_some() {
+            s.reset_seconds = reset;
+        }
+        let Some(rem) = remaining else { return };
+        let lim = s.limit.unwrap_or(DEFAULT_LIMIT) as f64;
+        if rem == 0 || (rem as f64) < lim * LOW_REMAINING_SHARE {
+            if let Some(reset) = reset {
+                let wait = Duration::from_secs(reset).min(MAX_RESET_WAIT);
+                tracing::debug!(
+                    remaining = rem,
+                    reset_seconds = reset,
+                    "rate limit nearly spent for the workspace; pausing until the window resets"
+                );
+                s.hold(now + wait);
+            }
+        }
+    }
+
+    /// No request at all before `d` from now (a `Retry-After`).
+    pub(crate) fn hold_for(&self, d: Duration) {
+        let mut s = self.state();
+        let until = Instant::now() + d;
+        s.hold(until);
+    }
+
+    pub(crate) fn snapshot(&self) -> RateLimitSnapshot {
+        let s = self.state();
+        RateLimitSnapshot {
+            limit: s.limit,
+            remaining: s.remaining,
+            reset_seconds: s.reset_seconds,
+            requests_per_minute: s.per_minute(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes `n` tokens and returns the instants (relative to start) at which
+    /// each was granted.
+    async fn grant_times(b: &Budget, n: usize) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            b.acquire().await;
+            out.push(start.elapsed());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn default_limit_until_known() {
+        let b = Budget::new(0.1);
+        let snap = b.snapshot();
+        assert_eq!(snap.limit, None);
+        assert!((snap.requests_per_minute - 100.0).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paces_at_share_of_limit_after_a_burst_of_ten_seconds() {
+        let b = Budget::new(0.1);
+        b.observe(Some(600), Some(600), Some(60));
+        assert!((b.snapshot().requests_per_minute - 60.0).abs() < 1e-9);
+        // 60/min = 1/s; the bucket holds 10 s worth = 10 tokens.
+        let t = grant_times(&b, 70).await;
+        assert!(
+            t[9] < Duration::from_millis(1),
+            "burst of 10 is immediate: {:?}",
+            t[9]
+        );
+        assert!(
+            t[10] >= Duration::from_millis(990),
+            "11th waits: {:?}",
+            t[10]
+        );
+        // Every later grant is one second after the previous one.
+        for w in t[10..].windows(2) {
+            let gap = w[1] - w[0];
+            assert!(
+                gap >= Duration::from_millis(990) && gap <= Duration::from_millis(1010),
+                "{gap:?}"
+            );
+        }
+        // So a minute after the burst no more than 60 more went out.
+        let in_first_minute = t.iter().filter(|d| **d < Duration::from_secs(60)).count();
+        assert!(in_first_minute <= 10 + 60, "{in_first_minute}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn capacity_is_at_least_one() {
+        let b = Budget::new(0.1);
+        b.observe(Some(30), None, None); // 3/min: 0.5 token per 10 s, so 1
+        let t = grant_times(&b, 3).await;
+        assert_eq!(t[0], Duration::ZERO);
+        assert!(
+            t[1] >= Duration::from_millis(19_990) && t[1] <= Duration::from_millis(20_010),
+            "{:?}",
+            t[1]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn low_remaining_waits_for_reset() {
+        let b = Budget::new(0.1);
+        // 40 < 5% of 1000.
+        b.observe(Some(1000), Some(40), Some(7));
+        let waited = b.acquire().await;
+        assert!(
+            waited >= Duration::from_secs(7) && waited < Duration::from_millis(7010),
+            "{waited:?}"
+        );
+        // Enough left: no wait.
+        b.observe(Some(1000), Some(500), Some(30));
+        assert_eq!(b.acquire().await, Duration::ZERO);
+        // Zero left always waits, even with a tiny limit.
+        b.observe(Some(10), Some(0), Some(2));
+        let waited = b.acquire().await;
+        assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_reset_is_capped_and_zero_limit_ignored() {
+        let b = Budget::new(0.1);
+        b.observe(Some(0), Some(0), Some(86_400));
+        assert_eq!(b.snapshot().limit, None);
+        let waited = b.acquire().await;
+        assert!(
+            waited <= MAX_RESET_WAIT + Duration::from_millis(10),
+            "{waited:?}"
+        );
+    }
+}

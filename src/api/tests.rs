@@ -1,0 +1,797 @@
+//! Client tests over real HTTP on loopback: a tiny axum server answers what
+//! each test scripts and records when and what it was asked.
+
+use super::*;
+use crate::secret::Secret;
+use axum::{body::Body, extract::Request, http::Response, Router};
+use proptest::prelude::*;
+
+const KEY: &str = "cmk_live_canary_0123456789";
+
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    query: Vec<(String, String)>,
+    at: Instant,
+    auth: Option<String>,
+}
+
+impl Seen {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    delay: Duration,
+}
+
+impl Reply {
+    fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Reply {
+            status,
+            headers: vec![("content-type", "application/json".to_string())],
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+    fn error(status: u16, code: &str, details: &str) -> Self {
+        Reply::new(
+            status,
+            format!(
+                r#"{{"error":{{"code":"{code}","message":"scripted {code}","request_id":"req_{status}","details":{details}}}}}"#
+            ),
+        )
+    }
+    fn header(mut self, name: &'static str, value: impl ToString) -> Self {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+    fn after(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+struct Server {
+    base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Server {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// Starts a server whose answer to the n-th request (from 0) is `script(n, request)`.
+async fn serve(script: impl Fn(usize, &Seen) -> Reply + Send + Sync + 'static) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let script = Arc::new(script);
+    let log = seen.clone();
+    let app = Router::new().fallback(move |req: Request| {
+        let log = log.clone();
+        let script = script.clone();
+        async move {
+            let query =
+                reqwest::Url::parse(&format!("http://x/?{}", req.uri().query().unwrap_or("")))
+                    .unwrap()
+                    .query_pairs()
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+            let info = Seen {
+                path: req.uri().path().to_string(),
+                query,
+                at: Instant::now(),
+                auth: req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from),
+            };
+            let n = {
+                let mut log = log.lock().unwrap();
+                log.push(info.clone());
+                log.len() - 1
+            };
+            let reply = script(n, &info);
+            if !reply.delay.is_zero() {
+                tokio::time::sleep(reply.delay).await;
+            }
+            let mut b = Response::builder().status(reply.status);
+            for (k, v) in reply.headers {
+                b = b.header(k, v);
+            }
+            b.body(Body::from(reply.body)).unwrap()
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server {
+        base: format!("http://{addr}/v1/"),
+        seen,
+    }
+}
+
+fn config(base: &str) -> ClientConfig {
+    ClientConfig {
+        base_url: base.to_string(),
+        key: Secret::new(KEY),
+        request_timeout: Duration::from_secs(5),
+        max_attempts: 5,
+        backoff_base: Duration::from_millis(2),
+        backoff_cap: Duration::from_millis(20),
+        budget_share: 1.0,
+        page_size: 100,
+    }
+}
+
+fn client(s: &Server) -> Client {
+    Client::new(config(&s.base)).unwrap()
+}
+
+/// Every error is shown to operators: it must never carry the key.
+fn assert_no_key(e: &ApiError) {
+    assert!(!format!("{e}").contains(KEY), "{e}");
+    assert!(!format!("{e:?}").contains(KEY), "{e:?}");
+}
+
+const TOKEN: &str = r#"{"data":{"id":"key_1","name":"mon","workspace_id":"ws_1","scopes":["agents:read","tasks:read"],"created_at":"2026-11-01T00:00:00Z","expires_at":null}}"#;
+
+fn agent(id: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","name":"n","status":"idle","labels":{{}},"created_at":"2026-11-23T10:15:02.1Z","updated_at":"2026-11-23T10:15:02Z","last_heartbeat_at":null,"config":{{"model":"m"}},"new_field":[1,2]}}"#
+    )
+}
+
+fn task(id: &str, instructions_len: usize) -> String {
+    format!(
+        r#"{{"id":"{id}","agent_id":null,"status":"running","instructions":"{}","created_at":"2026-11-23T10:15:02.123456Z","updated_at":"2026-11-23T10:15:03.12Z","started_at":"2026-11-23T10:15:02.5Z","finished_at":null,"transitions":[{{"status":"pending","at":"2026-11-23T10:15:02Z"}}],"metrics":{{"queue_seconds":0.4,"run_seconds":null}},"error":null}}"#,
+        "x".repeat(instructions_len)
+    )
+}
+
+fn page(items: &[String], next: Option<&str>) -> String {
+    format!(
+        r#"{{"data":[{}],"has_more":{},"next_cursor":{}}}"#,
+        items.join(","),
+        next.is_some(),
+        next.map_or("null".to_string(), |c| format!("\"{c}\""))
+    )
+}
+
+#[tokio::test]
+async fn pagination_follows_next_cursor_with_limit_100() {
+    let s = serve(|_, req| match req.param("cursor") {
+        None => Reply::new(200, page(&[agent("a1"), agent("a2")], Some("c1"))),
+        Some("c1") => Reply::new(200, page(&[agent("a3")], Some("c2"))),
+        Some("c2") => Reply::new(200, page(&[agent("a4")], None)),
+        Some(_) => Reply::error(400, "invalid_cursor", "{}"),
+    })
+    .await;
+    let c = client(&s);
+    let agents = c.list_agents().collect_all().await.unwrap();
+    let ids: Vec<_> = agents.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["a1", "a2", "a3", "a4"]);
+
+    let seen = s.seen();
+    assert_eq!(seen.len(), 3);
+    for r in &seen {
+        assert_eq!(r.path, "/v1/agents");
+        assert_eq!(r.param("limit"), Some("100"));
+        assert_eq!(r.auth.as_deref(), Some(format!("Bearer {KEY}").as_str()));
+    }
+    assert_eq!(seen[1].param("cursor"), Some("c1"));
+    assert_eq!(seen[2].param("cursor"), Some("c2"));
+
+    // After the last page the listing is over without asking again.
+    let mut l = c.list_agents();
+    let mut pages = 0;
+    while let Some(ev) = l.next().await.unwrap() {
+        assert!(matches!(ev, ListEvent::Page(_)));
+        pages += 1;
+    }
+    assert_eq!(pages, 3);
+    assert!(l.next().await.unwrap().is_none());
+    assert_eq!(s.count(), 6);
+    assert_eq!(c.stats().count("/agents", "200"), 6);
+}
+
+#[tokio::test]
+async fn task_query_parameters_and_tolerant_parsing() {
+    let s =
+        serve(|_, _| Reply::new(200, page(&[task("t1", 256 * 1024), task("t2", 0)], None))).await;
+    let c = client(&s);
+    let after = types::Timestamp::parse("2026-11-23T10:15:02.000007Z").unwrap();
+    let tasks = c
+        .list_tasks(TaskQuery {
+            statuses: vec!["pending".into(), "running".into()],
+            updated_after: Some(after),
+            sort_by_updated_at: true,
+        })
+        .collect_all()
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[0].metrics.queue_seconds, Some(0.4));
+    let r = &s.seen()[0];
+    assert_eq!(r.path, "/v1/tasks");
+    assert_eq!(r.param("limit"), Some("100"));
+    assert_eq!(r.param("status"), Some("pending,running"));
+    assert_eq!(
+        r.param("updated_after"),
+        Some("2026-11-23T10:15:02.000007Z")
+    );
+    assert_eq!(r.param("sort"), Some("updated_at"));
+
+    // No filters: none sent.
+    c.list_tasks(TaskQuery::default())
+        .collect_all()
+        .await
+        .unwrap();
+    let r = &s.seen()[1];
+    assert_eq!(r.query.len(), 1, "{:?}", r.query);
+}
+
+#[tokio::test]
+async fn token_introspection() {
+    let s = serve(|_, _| Reply::new(200, TOKEN)).await;
+    let t = client(&s).token().await.unwrap();
+    assert_eq!(t.workspace_id, "ws_1");
+    assert_eq!(t.scopes, ["agents:read", "tasks:read"]);
+    assert!(t.expires_at.is_none());
+    assert_eq!(s.seen()[0].path, "/v1/auth/token");
+}
+
+#[tokio::test]
+async fn rate_limited_waits_for_retry_after() {
+    let s = serve(|n, _| {
+        if n == 0 {
+            Reply::error(429, "rate_limited", "{}").header("retry-after", 1)
+        } else {
+            Reply::new(200, TOKEN)
+        }
+    })
+    .await;
+    let c = client(&s);
+    c.token().await.unwrap();
+    let seen = s.seen();
+    assert_eq!(seen.len(), 2);
+    let gap = seen[1].at - seen[0].at;
+    assert!(gap >= Duration::from_secs(1), "retried after {gap:?}");
+    let st = c.stats();
+    assert_eq!(st.count("/auth/token", "429"), 1);
+    assert_eq!(st.count("/auth/token", "200"), 1);
+    assert_eq!(st.retries.get("/auth/token"), Some(&1));
+    assert!(st.retry_after_wait_seconds >= 1.0);
+    assert_eq!(st.durations["/auth/token"].count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_persisting_surfaces_rate_limited() {
+    let s = serve(|_, _| Reply::error(429, "rate_limited", "{}").header("retry-after", 3)).await;
+    let c = client(&s);
+    let e = c.token().await.unwrap_err();
+    assert!(
+        matches!(e, ApiError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3)),
+        "{e:?}"
+    );
+    assert!(e.is_retryable());
+    assert_no_key(&e);
+    assert_eq!(s.count(), 5);
+    for w in s.seen().windows(2) {
+        assert!(w[1].at - w[0].at >= Duration::from_secs(3));
+    }
+}
+
+#[tokio::test]
+async fn server_error_with_html_is_retried() {
+    let s = serve(|n, _| {
+        if n == 0 {
+            let mut r = Reply::new(500, "<html><body>Internal Server Error</body></html>");
+            r.headers = vec![("content-type", "text/html".into())];
+            r
+        } else {
+            Reply::new(200, TOKEN)
+        }
+    })
+    .await;
+    let c = client(&s);
+    c.token().await.unwrap();
+    assert_eq!(s.count(), 2);
+    assert_eq!(c.stats().count("/auth/token", "500"), 1);
+}
+
+#[tokio::test]
+async fn bad_gateway_with_empty_body() {
+    let s = serve(|n, _| {
+        if n == 0 {
+            Reply::new(502, "")
+        } else {
+            Reply::new(200, TOKEN)
+        }
+    })
+    .await;
+    client(&s).token().await.unwrap();
+    assert_eq!(s.count(), 2);
+
+    // When it persists, the typed error says 502 without a code.
+    let s = serve(|_, _| Reply::new(502, "")).await;
+    let e = client(&s).token().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::Server {
+                status: 502,
+                code: None,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(s.count(), 5);
+    assert_no_key(&e);
+
+    // An enveloped 503 keeps its code and request id.
+    let s = serve(|_, _| Reply::error(503, "service_unavailable", "{}")).await;
+    let e = client(&s).token().await.unwrap_err();
+    match &e {
+        ApiError::Server {
+            status: 503,
+            code: Some(code),
+            request_id: Some(rid),
+        } => {
+            assert_eq!(code, "service_unavailable");
+            assert_eq!(rid, "req_503");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn truncated_json_is_retried_then_surfaces() {
+    let full = page(&[agent("a1"), agent("a2")], None);
+    let cut = full[..full.len() / 2].to_string();
+    let (full2, cut2) = (full.clone(), cut.clone());
+    let s =
+        serve(move |n, _| Reply::new(200, if n == 0 { cut2.clone() } else { full2.clone() })).await;
+    let agents = client(&s).list_agents().collect_all().await.unwrap();
+    assert_eq!(agents.len(), 2);
+    assert_eq!(s.count(), 2);
+
+    let s = serve(move |_, _| Reply::new(200, cut.clone())).await;
+    let e = client(&s).list_agents().next().await.unwrap_err();
+    match &e {
+        ApiError::UnexpectedBody {
+            endpoint,
+            status: 200,
+            detail,
+        } => {
+            assert_eq!(endpoint, "/agents");
+            assert!(detail.contains("truncated"), "{detail}");
+            assert!(detail.len() < 300);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.is_retryable());
+    assert_eq!(s.count(), 5);
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    type Check = fn(&ApiError) -> bool;
+    let cases: Vec<(Reply, Check)> = vec![
+        (
+            Reply::error(400, "invalid_request", "{}"),
+            |e| matches!(e, ApiError::BadRequest { code, .. } if code == "invalid_request"),
+        ),
+        (
+            Reply::error(400, "invalid_cursor", "{}"),
+            |e| matches!(e, ApiError::BadRequest { code, .. } if code == "invalid_cursor"),
+        ),
+        (
+            Reply::error(400, "brand_new_code", "{}"),
+            |e| matches!(e, ApiError::BadRequest { code, .. } if code == "brand_new_code"),
+        ),
+        (Reply::error(401, "unauthenticated", "{}"), |e| {
+            matches!(e, ApiError::Unauthenticated { request_id } if request_id == "req_401")
+                && e.is_fatal_auth()
+        }),
+        (Reply::error(401, "token_expired", "{}"), |e| {
+            matches!(e, ApiError::TokenExpired { .. }) && e.is_fatal_auth()
+        }),
+        (
+            Reply::error(
+                403,
+                "insufficient_scope",
+                r#"{"required_scope":"tasks:read"}"#,
+            ),
+            |e| matches!(e, ApiError::InsufficientScope { .. }) && e.is_fatal_auth(),
+        ),
+        (Reply::error(404, "not_found", "{}"), |e| {
+            matches!(e, ApiError::NotFound)
+        }),
+        (Reply::new(404, "<html>nope</html>"), |e| {
+            matches!(e, ApiError::UnexpectedBody { status: 404, .. })
+        }),
+    ];
+    for (reply, check) in cases {
+        let reply = Arc::new(Mutex::new(Some(reply)));
+        let s = serve(move |_, _| {
+            reply
+                .lock()
+                .unwrap()
+                .take()
+                .unwrap_or_else(|| Reply::new(200, TOKEN))
+        })
+        .await;
+        let c = client(&s);
+        let e = c.list_tasks(TaskQuery::default()).next().await.unwrap_err();
+        assert!(check(&e), "{e:?}");
+        assert!(!e.is_retryable(), "{e:?}");
+        assert_no_key(&e);
+        assert_eq!(s.count(), 1, "{e:?} was retried");
+        assert!(c.stats().retries.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn insufficient_scope_names_the_scope() {
+    let s = serve(|_, _| {
+        Reply::error(
+            403,
+            "insufficient_scope",
+            r#"{"required_scope":"tasks:read"}"#,
+        )
+    })
+    .await;
+    let e = client(&s)
+        .list_tasks(TaskQuery::default())
+        .next()
+        .await
+        .unwrap_err();
+    match &e {
+        ApiError::InsufficientScope { scope, request_id } => {
+            assert_eq!(scope, "tasks:read");
+            assert_eq!(request_id, "req_403");
+        }
+        other => panic!("{other:?}"),
+    }
+    let msg = e.to_string();
+    assert!(msg.contains("lacks scope tasks:read"), "{msg}");
+    assert!(msg.contains("agents:read and tasks:read"), "{msg}");
+}
+
+#[tokio::test]
+async fn cursor_expired_restarts_the_listing() {
+    let expired_once = Arc::new(Mutex::new(false));
+    let s = serve(move |_, req| match req.param("cursor") {
+        None => Reply::new(200, page(&[agent("a1")], Some("c1"))),
+        Some("c1") => {
+            let mut e = expired_once.lock().unwrap();
+            if !*e {
+                *e = true;
+                Reply::error(400, "cursor_expired", "{}")
+            } else {
+                Reply::new(200, page(&[agent("a2")], None))
+            }
+        }
+        Some(_) => Reply::error(400, "invalid_cursor", "{}"),
+    })
+    .await;
+    let c = client(&s);
+    let mut l = c.list_agents();
+    let mut events = Vec::new();
+    while let Some(ev) = l.next().await.unwrap() {
+        events.push(match ev {
+            ListEvent::Page(items) => items
+                .iter()
+                .map(|a| a.id.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            ListEvent::Restarted => "restarted".to_string(),
+        });
+    }
+    assert_eq!(events, ["a1", "restarted", "a1", "a2"]);
+    let cursors: Vec<_> = s
+        .seen()
+        .iter()
+        .map(|r| r.param("cursor").map(String::from))
+        .collect();
+    assert_eq!(cursors, [None, Some("c1".into()), None, Some("c1".into())]);
+    // collect_all drops what it had on a restart.
+    assert_eq!(c.list_agents().collect_all().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn cursor_expired_gives_up_after_three_restarts() {
+    let s = serve(|_, req| match req.param("cursor") {
+        None => Reply::new(200, page(&[agent("a1")], Some("c1"))),
+        Some(_) => Reply::error(400, "cursor_expired", "{}"),
+    })
+    .await;
+    let mut l = client(&s).list_agents();
+    let mut restarts = 0;
+    let err = loop {
+        match l.next().await {
+            Ok(Some(ListEvent::Restarted)) => restarts += 1,
+            Ok(Some(ListEvent::Page(_))) => {}
+            Ok(None) => panic!("listing ended"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(restarts, 3);
+    assert!(
+        matches!(&err, ApiError::BadRequest { code, .. } if code == "cursor_expired"),
+        "{err:?}"
+    );
+    assert_eq!(s.count(), 8);
+}
+
+#[tokio::test]
+async fn request_timeout_fires_and_is_retried() {
+    let s = serve(|n, _| {
+        let r = Reply::new(200, TOKEN);
+        if n == 0 {
+            r.after(Duration::from_secs(2))
+        } else {
+            r
+        }
+    })
+    .await;
+    let mut cfg = config(&s.base);
+    cfg.request_timeout = Duration::from_millis(200);
+    let c = Client::new(cfg.clone()).unwrap();
+    let started = Instant::now();
+    c.token().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(s.count(), 2);
+    let st = c.stats();
+    assert_eq!(st.count("/auth/token", "timeout"), 1);
+    assert_eq!(st.count("/auth/token", "200"), 1);
+
+    let s = serve(|_, _| Reply::new(200, TOKEN).after(Duration::from_secs(2))).await;
+    cfg.base_url = s.base.clone();
+    cfg.max_attempts = 2;
+    let e = Client::new(cfg).unwrap().token().await.unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Timeout { endpoint } if endpoint == "/auth/token"),
+        "{e:?}"
+    );
+    assert!(e.is_retryable());
+    assert_eq!(s.count(), 2);
+}
+
+#[tokio::test]
+async fn connection_errors_are_retried_then_surface() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut cfg = config(&format!("http://{addr}/v1"));
+    cfg.max_attempts = 3;
+    let c = Client::new(cfg).unwrap();
+    let e = c.token().await.unwrap_err();
+    assert!(matches!(e, ApiError::Connection { .. }), "{e:?}");
+    assert!(e.is_retryable());
+    assert_no_key(&e);
+    let st = c.stats();
+    assert_eq!(st.count("/auth/token", "connection_error"), 3);
+    assert_eq!(st.retries["/auth/token"], 2);
+}
+
+/// Share 0.1 of a 600/min limit is 60/min: after the 10-second burst the
+/// client sends one request per second (paused time, measured by the server).
+#[tokio::test(start_paused = true)]
+async fn budget_paces_at_share_of_limit() {
+    let s = serve(|_, _| {
+        Reply::new(200, TOKEN)
+            .header("x-ratelimit-limit", 600)
+            .header("x-ratelimit-remaining", 500)
+            .header("x-ratelimit-reset", 30)
+    })
+    .await;
+    let mut cfg = config(&s.base);
+    cfg.budget_share = 0.1;
+    let c = Client::new(cfg).unwrap();
+    for _ in 0..80 {
+        c.token().await.unwrap();
+    }
+    let seen = s.seen();
+    let t0 = seen[0].at;
+    let times: Vec<Duration> = seen.iter().map(|r| r.at - t0).collect();
+    // The first answer tells the limit; the bucket then holds 10 tokens.
+    assert!(times[10] < Duration::from_millis(100), "{:?}", times[10]);
+    for w in times[11..].windows(2) {
+        let gap = w[1] - w[0];
+        assert!(gap >= Duration::from_millis(990), "{gap:?}");
+    }
+    // Never more than burst + rate in any minute.
+    for (i, t) in times.iter().enumerate() {
+        let in_minute = times[i..]
+            .iter()
+            .filter(|u| **u < *t + Duration::from_secs(60))
+            .count();
+        assert!(
+            in_minute <= 71,
+            "{in_minute} requests in the minute from {t:?}"
+        );
+    }
+    let st = c.stats();
+    assert_eq!(st.rate_limit_limit, Some(600));
+    assert!((st.budget_requests_per_minute - 60.0).abs() < 1e-9);
+    assert!(st.budget_wait_seconds >= 68.0, "{}", st.budget_wait_seconds);
+}
+
+#[tokio::test(start_paused = true)]
+async fn low_remaining_waits_for_reset() {
+    let s = serve(|n, _| {
+        let remaining = if n == 0 { 10 } else { 900 };
+        Reply::new(200, TOKEN)
+            .header("x-ratelimit-limit", 1000)
+            .header("x-ratelimit-remaining", remaining)
+            .header("x-ratelimit-reset", 5)
+    })
+    .await;
+    let c = client(&s);
+    for _ in 0..3 {
+        c.token().await.unwrap();
+    }
+    let seen = s.seen();
+    assert!(seen[1].at - seen[0].at >= Duration::from_secs(5));
+    assert!(seen[2].at - seen[1].at < Duration::from_millis(100));
+    let st = c.stats();
+    assert_eq!(st.rate_limit_remaining, Some(900));
+    assert_eq!(st.rate_limit_reset_seconds, Some(5));
+    assert!(st.budget_wait_seconds >= 5.0);
+}
+
+#[tokio::test]
+async fn the_key_never_shows() {
+    let s = serve(|_, _| Reply::error(401, "unauthenticated", "{}")).await;
+    let cfg = config(&s.base);
+    assert!(!format!("{cfg:?}").contains(KEY));
+    let c = Client::new(cfg).unwrap();
+    assert!(!format!("{c:?}").contains(KEY));
+    let e = c.token().await.unwrap_err();
+    assert_no_key(&e);
+
+    let mut bad = config(&s.base);
+    bad.key = Secret::new(format!("{KEY}\n"));
+    let e = Client::new(bad).unwrap_err();
+    assert!(matches!(e, ApiError::Config { .. }));
+    assert_no_key(&e);
+}
+
+#[test]
+fn config_is_validated() {
+    assert!(Client::new(config("http://127.0.0.1:1/v1/")).is_ok());
+    for bad in ["", "api.clawmesh.com/v1", "ftp://x/v1", "http://"] {
+        let e = Client::new(config(bad)).unwrap_err();
+        assert!(matches!(e, ApiError::Config { .. }), "{bad}: {e:?}");
+    }
+    let mut cfg = config("http://127.0.0.1:1/v1");
+    cfg.budget_share = 0.0;
+    assert!(Client::new(cfg.clone()).is_err());
+    cfg.budget_share = 1.5;
+    assert!(Client::new(cfg.clone()).is_err());
+    cfg.budget_share = 0.1;
+    cfg.page_size = 101;
+    assert!(Client::new(cfg.clone()).is_err());
+    let d = ClientConfig::default();
+    assert_eq!(d.base_url, "https://api.clawmesh.com/v1");
+    assert_eq!((d.max_attempts, d.page_size), (5, 100));
+    assert_eq!(d.request_timeout, Duration::from_secs(10));
+}
+
+#[test]
+fn error_mapping_of_odd_answers() {
+    let e = error::from_status(
+        "/tasks",
+        409,
+        br#"{"error":{"code":"conflict","message":"m","request_id":"r"}}"#,
+        None,
+        None,
+    );
+    assert!(
+        matches!(&e, ApiError::Rejected { status: 409, code, .. } if code == "conflict"),
+        "{e:?}"
+    );
+    let e = error::from_status(
+        "/tasks",
+        403,
+        br#"{"error":{"code":"ip_blocked","message":"m","request_id":"r"}}"#,
+        None,
+        None,
+    );
+    assert!(e.is_fatal_auth(), "{e:?}");
+    let e = error::from_status("/tasks", 504, b"<html>", None, Some("hdr_1".into()));
+    assert!(
+        matches!(&e, ApiError::Server { status: 504, code: None, request_id: Some(r) } if r == "hdr_1"),
+        "{e:?}"
+    );
+    let e = error::from_status("/tasks", 401, b"", None, None);
+    assert!(
+        matches!(&e, ApiError::UnexpectedBody { status: 401, .. }) && e.is_fatal_auth(),
+        "{e:?}"
+    );
+    let e = error::from_status(
+        "/tasks",
+        400,
+        br#"{"error":{"code":"invalid_request","message":"m","request_id":"r","details":null}}"#,
+        None,
+        None,
+    );
+    assert!(matches!(&e, ApiError::BadRequest { .. }), "{e:?}");
+    let e = error::from_status(
+        "/tasks",
+        403,
+        br#"{"error":{"code":"insufficient_scope","message":"m","request_id":"r"}}"#,
+        None,
+        None,
+    );
+    assert!(
+        matches!(&e, ApiError::InsufficientScope { scope, .. } if scope == "unknown"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn parse_page_reasons() {
+    let detail = |body: &[u8]| match parse_page::<types::Agent>(body) {
+        Err(ApiError::UnexpectedBody { detail, .. }) => detail,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(detail(b""), "empty body");
+    assert_eq!(detail(b"  <html>"), "HTML instead of JSON");
+    assert!(detail(br#"{"data":[{"id":"#).starts_with("truncated JSON"));
+    assert!(detail(br#"{"data":[],"has_more":true,"next_cursor":null}"#).contains("next_cursor"));
+    assert!(detail(br#"{"data":{},"has_more":false}"#).starts_with("JSON not matching"));
+    let p = parse_page::<types::Agent>(br#"{"data":[],"has_more":false,"next_cursor":null,"x":1}"#)
+        .unwrap();
+    assert!(p.data.is_empty() && !p.has_more);
+}
+
+fn valid_pages() -> (String, String) {
+    (
+        page(&[task("t1", 100), task("t2", 3)], Some("c_9")),
+        page(&[agent("a1"), agent("a2")], Some("c_9")),
+    )
+}
+
+proptest! {
+    #[test]
+    fn parse_page_never_panics_on_random_bytes(body in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = parse_page::<types::Task>(&body);
+        let _ = parse_page::<types::Agent>(&body);
+    }
+
+    #[test]
+    fn parse_page_never_panics_on_truncated_or_mangled_pages(cut in 0.0f64..1.0, at in 0.0f64..1.0, byte in any::<u8>()) {
+        let (tasks, agents) = valid_pages();
+        for full in [tasks.as_bytes(), agents.as_bytes()] {
+            let n = (full.len() as f64 * cut) as usize;
+            let prefix = &full[..n];
+            let r1 = parse_page::<types::Task>(prefix);
+            let r2 = parse_page::<types::Agent>(prefix);
+            // A strict prefix of an object is never a valid page.
+            prop_assert!(r1.is_err() && r2.is_err());
+            let mut mangled = full.to_vec();
+            let i = ((mangled.len() - 1) as f64 * at) as usize;
+            mangled[i] = byte;
+            let _ = parse_page::<types::Task>(&mangled);
+            let _ = parse_page::<types::Agent>(&mangled);
+        }
+        prop_assert!(parse_page::<types::Task>(tasks.as_bytes()).is_ok());
+        prop_assert!(parse_page::<types::Agent>(agents.as_bytes()).is_ok());
+    }
+}
