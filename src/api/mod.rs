@@ -159,6 +159,9 @@ impl Client {
         auth.set_sensitive(true);
         let http = reqwest::Client::builder()
             .use_rustls_tls()
+            // The API never redirects; following one could carry the key to
+            // a host that is not the API.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("clawmesh-exporter/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ApiError::config(format!("cannot build the HTTP client: {e}")))?;

@@ -446,6 +446,18 @@ async fn client_errors_are_not_retried() {
 }
 
 #[tokio::test]
+async fn redirects_are_not_followed() {
+    let s =
+        serve(|_, _| Reply::new(302, "").header("location", "http://127.0.0.1:1/elsewhere")).await;
+    let e = client(&s).token().await.unwrap_err();
+    assert!(
+        matches!(e, ApiError::UnexpectedBody { status: 302, .. }),
+        "{e:?}"
+    );
+    assert_eq!(s.count(), 1);
+}
+
+#[tokio::test]
 async fn insufficient_scope_names_the_scope() {
     let s = serve(|_, _| {
         Reply::error(
@@ -627,6 +639,8 @@ async fn budget_paces_at_share_of_limit() {
         );
     }
     let st = c.stats();
+    // Paused time did not fire a request timeout while the socket was busy.
+    assert_eq!(st.count("/auth/token", "200"), 80);
     assert_eq!(st.rate_limit_limit, Some(600));
     assert!((st.budget_requests_per_minute - 60.0).abs() < 1e-9);
     assert!(st.budget_wait_seconds >= 68.0, "{}", st.budget_wait_seconds);
@@ -670,6 +684,52 @@ async fn the_key_never_shows() {
     let e = Client::new(bad).unwrap_err();
     assert!(matches!(e, ApiError::Config { .. }));
     assert_no_key(&e);
+}
+
+/// A writer that keeps what the tracing subscriber prints.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_never_carry_the_key() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let s = serve(|n, _| match n {
+        0 => Reply::error(429, "rate_limited", "{}"),
+        1 => Reply::new(500, "<html>oops</html>"),
+        2 => Reply::new(200, TOKEN),
+        _ => Reply::error(401, "unauthenticated", "{}"),
+    })
+    .await;
+    let c = client(&s);
+    c.token().await.unwrap();
+    c.token().await.unwrap_err();
+
+    let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("ClawMesh API request failed; retrying"),
+        "{logs}"
+    );
+    assert!(logs.contains("endpoint=\"/auth/token\""), "{logs}");
+    assert!(!logs.contains(KEY), "{logs}");
+    assert!(!logs.contains("Bearer"), "{logs}");
 }
 
 #[test]
@@ -794,4 +854,17 @@ proptest! {
         prop_assert!(parse_page::<types::Task>(tasks.as_bytes()).is_ok());
         prop_assert!(parse_page::<types::Agent>(agents.as_bytes()).is_ok());
     }
+}
+
+/// The poller spawns these futures on a multi-thread runtime.
+#[test]
+fn futures_are_send_and_client_is_sync() {
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_sync<T: Send + Sync>() {}
+    assert_sync::<Client>();
+    let c = Client::new(config("http://127.0.0.1:1/v1")).unwrap();
+    let mut l = c.list_agents();
+    assert_send(&l.next());
+    assert_send(&c.token());
+    assert_send(&c.list_tasks(TaskQuery::default()).collect_all());
 }
