@@ -113,36 +113,42 @@ pub fn spawn(
     ws.publish();
     let agents = {
         let ws = ws.clone();
-        let stop = stop.clone();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
-            let every = ws.cfg.agents_interval;
-            every_until_stopped(every, stop, || ws.sync_agents()).await
+            loop {
+                let start = Instant::now();
+                tokio::select! {
+                    _ = ws.sync_agents() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if sleep_or_stop(start + ws.cfg.agents_interval, &mut stop).await {
+                    return;
+                }
+            }
         })
     };
     let tasks = tokio::spawn(async move {
         let mut sync = TaskSync::new(started);
-        let every = ws.cfg.interval;
-        every_until_stopped(every, stop, || sync.run(&ws)).await
+        let mut stop = stop;
+        loop {
+            let start = Instant::now();
+            tokio::select! {
+                _ = sync.run(&ws) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if sleep_or_stop(start + ws.cfg.interval, &mut stop).await {
+                return;
+            }
+        }
     });
     vec![agents, tasks]
 }
 
-/// Run `f` now and then every `every` (measured start to start), until stopped.
-async fn every_until_stopped<F, Fut>(every: Duration, mut stop: watch::Receiver<bool>, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    loop {
-        let start = Instant::now();
-        tokio::select! {
-            _ = f() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(start + every) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+/// Sleep until `until`; true when told to stop first.
+async fn sleep_or_stop(until: Instant, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep_until(until) => false,
+        _ = stop.wait_for(|s| *s) => true,
     }
 }
 

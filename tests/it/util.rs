@@ -1,0 +1,243 @@
+//! Shared test plumbing: a simulator and an exporter on loopback, scraping,
+//! and waiting for conditions (never for fixed times).
+
+use clawmesh_exporter::config::{Cli, Config};
+use clawmesh_exporter::exporter::{self, Running};
+use clawmesh_exporter::secret::Secret;
+use clawmesh_exporter::sim::{Faults, GroundTruth, SimConfig, Simulator, DEMO_KEY};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub struct Sim {
+    pub sim: Simulator,
+    pub addr: SocketAddr,
+}
+
+impl Sim {
+    pub async fn start(cfg: SimConfig) -> Sim {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sim = Simulator::new(cfg);
+        tokio::spawn(sim.clone().serve(listener));
+        Sim { sim, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn truth(&self) -> GroundTruth {
+        self.sim.ground_truth()
+    }
+
+    pub fn faults(&self, f: Faults) {
+        self.sim.set_faults(f);
+    }
+}
+
+/// A small, busy fleet: many transitions per second so a test sees plenty.
+pub fn busy_fleet(seed: u64) -> SimConfig {
+    SimConfig {
+        agents: 250,
+        history_tasks: 300,
+        task_changes_per_minute: 3000.0,
+        visibility_lag_max: Duration::from_secs(2),
+        seed,
+        big_instructions_every: Some(40),
+        ..SimConfig::default()
+    }
+}
+
+/// Exporter flags for tests: fast polling against `sim`.
+pub fn exporter_config(sim: &Sim, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "clawmesh-exporter",
+        "--poll-interval",
+        "1s",
+        "--tasks.overlap",
+        "6s",
+        "--tasks.reconcile-interval",
+        "5s",
+        "--api.budget-share",
+        "1",
+        "--web.listen-address",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let url = sim.url();
+    args.extend_from_slice(&["--api-url", &url]);
+    let mut cfg = Cli::try_parse_from_args(&args).validate_with_key(Secret::new(DEMO_KEY)).unwrap();
+    cfg.client.backoff_base = Duration::from_millis(20);
+    cfg.client.backoff_cap = Duration::from_millis(500);
+    cfg
+}
+
+trait ParseArgs {
+    fn try_parse_from_args(args: &[&str]) -> clawmesh_exporter::config::RunArgs;
+}
+
+impl ParseArgs for Cli {
+    fn try_parse_from_args(args: &[&str]) -> clawmesh_exporter::config::RunArgs {
+        use clap::Parser;
+        Cli::try_parse_from(args).unwrap().run
+    }
+}
+
+pub async fn start_exporter(cfg: &Config) -> Running {
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
+    exporter::start(cfg, listener).await.expect("exporter starts")
+}
+
+pub async fn scrape(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// Series in an exposition: `name{labels}` as rendered -> value.
+pub fn parse(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of the series `name` whose labels include all of `labels`.
+pub fn value(m: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    m.iter()
+        .find(|(k, _)| {
+            let (n, rest) = k.split_once('{').unwrap_or((k, ""));
+            n == name && labels.iter().all(|(l, v)| rest.contains(&format!("{l}=\"{v}\"")))
+        })
+        .map(|(_, v)| *v)
+}
+
+pub fn must(m: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(m, name, labels).unwrap_or_else(|| panic!("no series {name}{labels:?}"))
+}
+
+/// Poll `cond` every 50 ms until it holds; panic with `what` after `limit`.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn rfc3339_secs(s: &str) -> f64 {
+    chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros() as f64 / 1e6
+}
+
+/// Pause the simulator, then wait until the exporter has completed a sync of
+/// both resources that began after every change so far became visible.
+/// Returns the exposition at that point.
+pub async fn converge(sim: &Sim, exporter: &Running) -> BTreeMap<String, f64> {
+    sim.sim.pause();
+    let visible_by = rfc3339_secs(&sim.truth().visible_by);
+    let mut last = BTreeMap::new();
+    wait_for(Duration::from_secs(60), "a sync after the fleet went quiet", || {
+        let addr = exporter.addr;
+        let last = &mut last;
+        async move {
+            *last = parse(&scrape(addr).await);
+            ["agents", "tasks"].iter().all(|r| {
+                value(last, "clawmesh_last_sync_timestamp_seconds", &[("resource", r)])
+                    .is_some_and(|t| t > visible_by)
+            })
+        }
+    })
+    .await;
+    last
+}
+
+/// The counters the exporter and the ground truth both keep, in one map,
+/// so that two points can be subtracted and compared whole.
+pub fn counters_of_exporter(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for s in ["completed", "failed", "cancelled"] {
+        out.insert(format!("finished/{s}"), value(m, "clawmesh_tasks_finished_total", &[("status", s)]).unwrap_or(0.0));
+    }
+    for (k, v) in m {
+        if let Some(rest) = k.strip_prefix("clawmesh_task_failures_total{") {
+            let code = rest.split("code=\"").nth(1).unwrap().split('"').next().unwrap();
+            out.insert(format!("failures/{code}"), *v);
+        }
+    }
+    for kind in ["input", "output"] {
+        out.insert(format!("tokens/{kind}"), value(m, "clawmesh_task_tokens_total", &[("kind", kind)]).unwrap_or(0.0));
+    }
+    for (h, n) in [("queue", "clawmesh_task_queue_duration_seconds"), ("run", "clawmesh_task_run_duration_seconds")] {
+        out.insert(format!("{h}/count"), value(m, &format!("{n}_count"), &[]).unwrap_or(0.0));
+        out.insert(format!("{h}/sum"), value(m, &format!("{n}_sum"), &[]).unwrap_or(0.0));
+    }
+    out
+}
+
+pub fn counters_of_truth(t: &GroundTruth) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (s, n) in &t.finished_total {
+        out.insert(format!("finished/{s}"), *n as f64);
+    }
+    for (c, n) in &t.failures_by_code {
+        out.insert(format!("failures/{c}"), *n as f64);
+    }
+    for (k, n) in &t.tokens {
+        out.insert(format!("tokens/{k}"), *n as f64);
+    }
+    out.insert("queue/count".into(), t.queue_seconds.count as f64);
+    out.insert("queue/sum".into(), t.queue_seconds.sum);
+    out.insert("run/count".into(), t.run_seconds.count as f64);
+    out.insert("run/sum".into(), t.run_seconds.sum);
+    out
+}
+
+pub fn delta(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (k, v) in after {
+        let d = v - before.get(k).copied().unwrap_or(0.0);
+        // Sums of float seconds: round away the last bits of addition order.
+        let d = if k.ends_with("/sum") { (d * 1000.0).round() / 1000.0 } else { d };
+        if d != 0.0 {
+            out.insert(k.clone(), d);
+        }
+    }
+    out
+}
+
+/// Every gauge the exporter shows equals the ground truth, exactly.
+pub fn assert_gauges_match(m: &BTreeMap<String, f64>, t: &GroundTruth) {
+    for (status, n) in &t.agents {
+        assert_eq!(must(m, "clawmesh_agents", &[("status", status)]), *n as f64, "agents {status}");
+    }
+    let active = t.agents.get("idle").copied().unwrap_or(0) + t.agents.get("busy").copied().unwrap_or(0);
+    assert_eq!(must(m, "clawmesh_agents_active", &[]), active as f64, "active agents");
+    for (status, n) in &t.tasks_open {
+        assert_eq!(must(m, "clawmesh_tasks", &[("status", status)]), *n as f64, "tasks {status}");
+    }
+}
+
+/// A tool the test needs: `Some(path)` when present; when missing, a failure
+/// under `CI=true` and a skip (with a notice) elsewhere.
+pub fn require_tool(name: &str) -> Option<String> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p.to_string_lossy().into_owned()),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{name} is required under CI=true; .ci/run installs it (Debian package prometheus)")
+        }
+        None => {
+            eprintln!("SKIPPED: {name} not installed (apt-get install prometheus); CI=true makes this a failure");
+            None
+        }
+    }
+}
