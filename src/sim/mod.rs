@@ -1,1 +1,316 @@
 //! The ClawMesh API simulator used by the demo and the tests.
+//!
+//! It serves the contract (`/work/shared/clawmesh-api`) under `/v1` with a
+//! living fleet, and unauthenticated control endpoints under `/_sim/`. It has
+//! its own object model (not `crate::api::types`) and serialises the full
+//! contract shape, so that client bugs show. [`GroundTruth`] is the exact
+//! state the tests compare the exporter's numbers against.
+
+mod http;
+mod life;
+mod model;
+mod truth;
+
+#[cfg(test)]
+mod tests;
+
+pub use truth::{GroundTruth, Observations};
+
+use life::Fleet;
+use model::{format_us, now_us, MICROS};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The demo key: scopes agents:read and tasks:read, expires 90 days after start.
+pub const DEMO_KEY: &str = "sim-demo-key";
+/// The id of [`DEMO_KEY`] (what `/auth/token` and `requests_by_key` show).
+pub const DEMO_KEY_ID: &str = "key_sim_demo";
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub workspace_id: String,
+    pub agents: usize,
+    /// Terminal tasks pre-seeded in history.
+    pub history_tasks: usize,
+    /// Task status changes per minute of the living fleet.
+    pub task_changes_per_minute: f64,
+    /// Each change is visible after a uniform random lag in [0, max] from
+    /// its `updated_at`.
+    pub visibility_lag_max: Duration,
+    /// Fixed one-minute windows per workspace.
+    pub rate_limit_per_minute: u32,
+    pub cursor_ttl: Duration,
+    /// Fleet life step.
+    pub tick: Duration,
+    pub seed: u64,
+    /// Share of finished tasks that get an output attached 1-20 s later.
+    pub late_output_probability: f64,
+    /// Agents sometimes enter statuses the contract does not list.
+    pub unknown_agent_statuses: bool,
+    /// Every Nth new task carries 256 KiB of instructions.
+    pub big_instructions_every: Option<usize>,
+    /// Extra keys besides [`DEMO_KEY`].
+    pub keys: Vec<SimKey>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            workspace_id: "ws_sim".to_string(),
+            agents: 200,
+            history_tasks: 2_000,
+            task_changes_per_minute: 600.0,
+            visibility_lag_max: Duration::from_secs(5),
+            rate_limit_per_minute: 1000,
+            cursor_ttl: Duration::from_secs(300),
+            tick: Duration::from_millis(100),
+            seed: 0,
+            late_output_probability: 0.3,
+            unknown_agent_statuses: false,
+            big_instructions_every: Some(50),
+            keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SimKey {
+    pub id: String,
+    pub secret: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Injected faults, all off by default. Probabilities are per /v1 request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// 500 with an HTML body.
+    pub html_500: f64,
+    /// 502 with an empty body.
+    pub empty_502: f64,
+    /// 503 `service_unavailable` with `Retry-After: retry_after_secs`.
+    pub unavailable_503: f64,
+    /// 429 with `Retry-After: retry_after_secs`, even below the limit.
+    pub rate_limit_429: f64,
+    /// A 200 whose JSON body is cut in the middle.
+    pub truncated_json: f64,
+    /// A request carrying a cursor gets 400 `cursor_expired`.
+    pub cursor_expired: f64,
+    /// The request sleeps `hang_ms` before answering normally.
+    pub hang: f64,
+    pub hang_ms: u64,
+    /// For injected 429 and 503; 0 means 1.
+    pub retry_after_secs: u32,
+    /// Added to every request (not counted as a fault).
+    pub latency_ms: u64,
+    /// Every /v1 request answers 503 with an HTML body.
+    pub outage: bool,
+}
+
+/// A key as the simulator knows it.
+#[derive(Clone, Debug)]
+struct KeyEntry {
+    key: SimKey,
+    created_us: i64,
+}
+
+/// Request-side state: keys, rate-limit window, counters, fault dice.
+struct HttpState {
+    keys: HashMap<String, KeyEntry>,
+    window: i64,
+    window_count: u64,
+    /// Per key id: the instant before which it must not come back.
+    not_before: HashMap<String, i64>,
+    counters: truth::RequestCounters,
+    rng: rand::rngs::StdRng,
+    next_request: u64,
+}
+
+struct Inner {
+    cfg: SimConfig,
+    start_us: i64,
+    fleet: Mutex<Fleet>,
+    http: Mutex<HttpState>,
+    faults: Mutex<Faults>,
+    started: AtomicBool,
+    /// Signs cursors so that a cursor never issued is told apart.
+    cursor_secret: u64,
+}
+
+impl Inner {
+    fn fleet(&self) -> MutexGuard<'_, Fleet> {
+        self.fleet.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn http(&self) -> MutexGuard<'_, HttpState> {
+        self.http.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn faults(&self) -> Faults {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+impl Simulator {
+    pub fn new(cfg: SimConfig) -> Simulator {
+        use rand::{Rng, SeedableRng};
+        let start_us = now_us();
+        let fleet = Fleet::new(&cfg, start_us);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5eed_f00d);
+        let cursor_secret = rng.random();
+        let mut keys = HashMap::new();
+        let demo = SimKey {
+            id: DEMO_KEY_ID.to_string(),
+            secret: DEMO_KEY.to_string(),
+            scopes: vec!["agents:read".to_string(), "tasks:read".to_string()],
+            expires_at: chrono::DateTime::from_timestamp_micros(start_us + 90 * 86_400 * MICROS),
+        };
+        for k in std::iter::once(demo).chain(cfg.keys.iter().cloned()) {
+            keys.insert(
+                k.secret.clone(),
+                KeyEntry {
+                    key: k,
+                    created_us: start_us,
+                },
+            );
+        }
+        let http = HttpState {
+            keys,
+            window: 0,
+            window_count: 0,
+            not_before: HashMap::new(),
+            counters: Default::default(),
+            rng,
+            next_request: 0,
+        };
+        Simulator {
+            inner: Arc::new(Inner {
+                cfg,
+                start_us,
+                fleet: Mutex::new(fleet),
+                http: Mutex::new(http),
+                faults: Mutex::new(Faults::default()),
+                started: AtomicBool::new(false),
+                cursor_secret,
+            }),
+        }
+    }
+
+    /// `/v1/...` (the contract) and `/_sim/...` (control).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// Spawns the fleet's life on the current tokio runtime (idempotent).
+    /// The task holds a weak reference and ends when the simulator is dropped.
+    pub fn start(&self) {
+        if self.inner.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let tick = self.inner.cfg.tick.max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(tick);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = now_us();
+            loop {
+                iv.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let now = now_us();
+                // Real elapsed time keeps the change rate true under load;
+                // capped so a stalled runtime does not cause a burst.
+                let dt = ((now - last) as f64 / MICROS as f64).clamp(0.0, 10.0);
+                last = now;
+                inner.fleet().tick(now, dt);
+            }
+        });
+    }
+
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        self.start();
+        axum::serve(listener, self.router()).await
+    }
+
+    pub fn ground_truth(&self) -> GroundTruth {
+        let inner = &self.inner;
+        let now = now_us();
+        let f = inner.fleet();
+        let mut agents: BTreeMap<String, u64> = truth::AGENT_STATUSES
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
+        for id in &f.live_agents {
+            if let Some(a) = f.agents.current(id) {
+                *agents.entry(a.status.clone()).or_default() += 1;
+            }
+        }
+        let mut tasks_open = BTreeMap::new();
+        tasks_open.insert("pending".to_string(), f.pending.len() as u64);
+        tasks_open.insert("running".to_string(), f.running.len() as u64);
+        let oldest_pending_created_at = f
+            .pending
+            .first()
+            .and_then(|(_, id)| f.tasks.current(id))
+            .map(|t| t.created_at.format());
+        let c = f.counters.clone();
+        let (paused, max_visible) = (f.paused, f.max_visible_us);
+        drop(f);
+        let r = inner.http().counters.clone();
+        GroundTruth {
+            workspace_id: inner.cfg.workspace_id.clone(),
+            now: format_us(now),
+            paused,
+            visible_by: format_us(max_visible),
+            agents,
+            tasks_open,
+            oldest_pending_created_at,
+            finished_total: c.finished_total,
+            failures_by_code: c.failures_by_code,
+            tokens: c.tokens,
+            queue_seconds: c.queue_seconds,
+            run_seconds: c.run_seconds,
+            requests_total: r.requests_total,
+            requests_by_key: r.requests_by_key,
+            requests_by_endpoint: r.requests_by_endpoint,
+            rate_limited_total: r.rate_limited_total,
+            retry_after_violations: r.retry_after_violations,
+            faults_injected: r.faults_injected,
+        }
+    }
+
+    /// Replaces all faults.
+    pub fn set_faults(&self, f: Faults) {
+        *self.inner.faults.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+
+    /// No new changes until [`Simulator::resume`]; the API keeps answering
+    /// and pending visibility lags still elapse.
+    pub fn pause(&self) {
+        self.inner.fleet().paused = true;
+    }
+
+    pub fn resume(&self) {
+        self.inner.fleet().paused = false;
+    }
+
+    /// When the simulator started (RFC 3339): every seeded timestamp is
+    /// earlier, every change of the living fleet later.
+    pub fn started_at(&self) -> String {
+        format_us(self.inner.start_us)
+    }
+
+    pub fn add_key(&self, k: SimKey) {
+        let created_us = now_us();
+        self.inner
+            .http()
+            .keys
+            .insert(k.secret.clone(), KeyEntry { key: k, created_us });
+    }
+}

@@ -1,0 +1,669 @@
+//! The fleet's life: seeding, and the tick that applies status changes.
+//! Every change is a new version that becomes visible after a random lag.
+
+use super::model::{
+    stamp, Agent, AgentConfig, AgentConstraints, Metrics, Output, Store, Task, TaskError,
+    Transition, Ts, MICROS,
+};
+use super::truth::FleetCounters;
+use super::SimConfig;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
+
+const DAY: i64 = 86_400 * MICROS;
+const TEAMS: [&str; 5] = ["payments", "growth", "support", "infra", "research"];
+const MODELS: [(&str, &str); 4] = [
+    ("anthropic", "claude-sonnet-4"),
+    ("openai", "gpt-5"),
+    ("google", "gemini-2.5-pro"),
+    ("local", "llama-3.3-70b"),
+];
+const SKILLS: [&str; 6] = ["web_search", "code", "email", "browser", "files", "calendar"];
+/// Failure codes with uneven weights.
+const FAILURES: [(&str, u32, &str); 5] = [
+    ("timeout", 35, "the task exceeded its timeout"),
+    ("model_error", 30, "the model provider returned an error"),
+    ("skill_error", 15, "a skill failed"),
+    ("invalid_input", 12, "the instructions could not be processed"),
+    ("internal", 8, "internal error"),
+];
+const UNKNOWN_AGENT_STATUSES: [&str; 2] = ["hibernating", "upgrading"];
+
+/// Milliseconds-rounded seconds between two instants, as metrics give them.
+fn secs_ms(from_us: i64, to_us: i64) -> f64 {
+    ((to_us - from_us) + 500).div_euclid(1000) as f64 / 1000.0
+}
+
+pub struct Fleet {
+    pub agents: Store<Agent>,
+    pub tasks: Store<Task>,
+    /// Ids of agents not deleted (true state).
+    pub live_agents: Vec<String>,
+    /// (created_at, id) of pending tasks (true state).
+    pub pending: BTreeSet<(i64, String)>,
+    pub running: Vec<String>,
+    /// (visible_at, is_task, id): versions to prune once visible.
+    vis_queue: BinaryHeap<Reverse<(i64, bool, String)>>,
+    pub max_visible_us: i64,
+    /// (due, task id): outputs to attach late.
+    late_outputs: BinaryHeap<Reverse<(i64, String)>>,
+    pub rng: StdRng,
+    change_budget: f64,
+    pub paused: bool,
+    pub counters: FleetCounters,
+    lag_max_us: i64,
+    changes_per_minute: f64,
+    late_output_probability: f64,
+    unknown_agent_statuses: bool,
+    big_every: Option<usize>,
+    new_tasks: usize,
+    target_pending: usize,
+    target_running: usize,
+    big: Arc<str>,
+}
+
+impl Fleet {
+    /// A seeded fleet as of `start_us`: every seeded timestamp is earlier.
+    pub fn new(cfg: &SimConfig, start_us: i64) -> Fleet {
+        let target_open = (cfg.agents * 5 / 100).max(2);
+        let mut f = Fleet {
+            agents: Store::default(),
+            tasks: Store::default(),
+            live_agents: Vec::new(),
+            pending: BTreeSet::new(),
+            running: Vec::new(),
+            vis_queue: BinaryHeap::new(),
+            max_visible_us: start_us,
+            late_outputs: BinaryHeap::new(),
+            rng: StdRng::seed_from_u64(cfg.seed),
+            change_budget: 0.0,
+            paused: false,
+            counters: FleetCounters::default(),
+            lag_max_us: cfg.visibility_lag_max.as_micros() as i64,
+            changes_per_minute: cfg.task_changes_per_minute,
+            late_output_probability: cfg.late_output_probability,
+            unknown_agent_statuses: cfg.unknown_agent_statuses,
+            big_every: cfg.big_instructions_every.filter(|n| *n > 0),
+            new_tasks: 0,
+            target_pending: (target_open * 2 / 5).max(1),
+            target_running: (target_open - target_open * 2 / 5).max(1),
+            big: Arc::from(big_instructions()),
+        };
+        f.seed(cfg, start_us);
+        f
+    }
+
+    fn lag(&mut self) -> i64 {
+        self.rng.random_range(0..=self.lag_max_us)
+    }
+
+    /// Visibility is measured from `updated_at` (not from the wall clock):
+    /// the contract promises a change visible within 5 s of its `updated_at`,
+    /// and `updated_at` is rounded down by up to a second.
+    fn commit_task(&mut self, t: Task) {
+        let vis = t.updated_at.us + self.lag();
+        self.max_visible_us = self.max_visible_us.max(vis);
+        self.vis_queue.push(Reverse((vis, true, t.id.clone())));
+        self.tasks.push(t, vis);
+    }
+
+    fn commit_agent(&mut self, a: Agent) {
+        let vis = a.updated_at.us + self.lag();
+        self.max_visible_us = self.max_visible_us.max(vis);
+        self.vis_queue.push(Reverse((vis, false, a.id.clone())));
+        self.agents.push(a, vis);
+    }
+
+    fn new_id(&mut self, prefix: &str) -> String {
+        const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
+        loop {
+            let s: String = (0..12)
+                .map(|_| ALPHABET[self.rng.random_range(0..ALPHABET.len())] as char)
+                .collect();
+            let id = format!("{prefix}_{s}");
+            if !self.agents.entities.contains_key(&id) && !self.tasks.entities.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.rng.random_range(0..xs.len())]
+    }
+
+    fn new_agent(&mut self, created: Ts, status: &str) -> Agent {
+        let id = self.new_id("agt");
+        let (provider, model) = MODELS[self.rng.random_range(0..MODELS.len())];
+        let skills = SKILLS
+            .iter()
+            .filter(|_| self.rng.random_bool(0.4))
+            .map(|s| s.to_string())
+            .collect();
+        let mut labels = BTreeMap::new();
+        labels.insert("team".to_string(), self.pick(&TEAMS).to_string());
+        let env = self.pick(&["prod", "prod", "staging"]);
+        labels.insert("env".to_string(), env.to_string());
+        Agent {
+            name: format!("{}-agent-{}", labels["team"], &id[4..8]),
+            id,
+            status: status.to_string(),
+            labels,
+            created_at: created,
+            updated_at: created,
+            heartbeat_phase: has_heartbeat(status).then_some(created),
+            running_tasks: 0,
+            config: AgentConfig {
+                model_provider: provider.to_string(),
+                model: model.to_string(),
+                skills,
+                constraints: AgentConstraints {
+                    max_concurrent_tasks: self.rng.random_range(1..=4),
+                    timeout_seconds: self.rng.random_range(5..=60) * 60,
+                },
+            },
+            x_region: "eu-1",
+        }
+    }
+
+    fn new_task(&mut self, created: Ts, big: bool) -> Task {
+        let id = self.new_id("tsk");
+        let team = self.pick(&TEAMS);
+        let what = self.pick(&[
+            "Summarise the open support tickets",
+            "Reconcile yesterday's payouts",
+            "Draft the weekly status email",
+            "Triage new bug reports",
+            "Research competitor pricing",
+        ]);
+        let mut labels = BTreeMap::new();
+        labels.insert("team".to_string(), team.to_string());
+        let prio = self.pick(&["low", "normal", "normal", "high"]);
+        labels.insert("priority".to_string(), prio.to_string());
+        Task {
+            instructions: if big {
+                self.big.clone()
+            } else {
+                Arc::from(format!("{what} for team {team}."))
+            },
+            id,
+            agent_id: None,
+            status: "pending".to_string(),
+            labels,
+            created_at: created,
+            updated_at: created,
+            started_at: None,
+            finished_at: None,
+            transitions: vec![Transition {
+                status: "pending".to_string(),
+                at: created,
+            }],
+            metrics: Metrics::default(),
+            outputs: Vec::new(),
+            error: None,
+            x_region: "eu-1",
+        }
+    }
+
+    fn output(&mut self) -> Output {
+        let n: u32 = self.rng.random();
+        Output {
+            file_id: format!("file_{n:08x}"),
+            name: self.pick(&["report.md", "summary.txt", "data.csv", "result.json"]).to_string(),
+            size_bytes: self.rng.random_range(200..2_000_000),
+        }
+    }
+
+    fn failure(&mut self) -> TaskError {
+        let total: u32 = FAILURES.iter().map(|f| f.1).sum();
+        let mut r = self.rng.random_range(0..total);
+        for (code, w, msg) in FAILURES {
+            if r < w {
+                return TaskError {
+                    code: code.to_string(),
+                    message: msg.to_string(),
+                };
+            }
+            r -= w;
+        }
+        unreachable!("weights cover the range")
+    }
+
+    /// Random terminal outcome: completed ~80%, failed ~12%, cancelled ~8%.
+    fn outcome(&mut self) -> &'static str {
+        let r: f64 = self.rng.random();
+        if r < 0.80 {
+            "completed"
+        } else if r < 0.92 {
+            "failed"
+        } else {
+            "cancelled"
+        }
+    }
+
+    fn seed(&mut self, cfg: &SimConfig, start_us: i64) {
+        let mut agents = Vec::with_capacity(cfg.agents);
+        for _ in 0..cfg.agents {
+            let created_us = start_us - self.rng.random_range(DAY..60 * DAY);
+            let created = stamp(&mut self.rng, created_us, i64::MIN);
+            let r: f64 = self.rng.random();
+            let status = match r {
+                r if r < 0.03 => "provisioning",
+                r if r < 0.08 => "paused",
+                r if r < 0.11 => "error",
+                r if r < 0.15 => "offline",
+                _ => "idle",
+            };
+            let mut a = self.new_agent(created, status);
+            // The current status since some time in the last day.
+            let since_us = start_us - self.rng.random_range(600 * MICROS..DAY);
+            a.updated_at = stamp(&mut self.rng, since_us, created.us);
+            a.heartbeat_phase = has_heartbeat(status).then_some(a.updated_at);
+            agents.push(a);
+        }
+
+        // History: terminal tasks created in the past 30 days.
+        for _ in 0..cfg.history_tasks {
+            let queue_us = self.rng.random_range(MICROS..600 * MICROS);
+            let run_us = self.rng.random_range(5 * MICROS..1800 * MICROS);
+            let latest_created = start_us - queue_us - run_us - 2 * MICROS;
+            let created_us = latest_created - self.rng.random_range(0..29 * DAY);
+            let created = stamp(&mut self.rng, created_us, i64::MIN);
+            let mut t = self.new_task(created, false);
+            let status = self.outcome();
+            let from_pending = status == "cancelled" && self.rng.random_bool(0.5);
+            let finished;
+            if from_pending || agents.is_empty() {
+                finished = stamp(&mut self.rng, created_us + queue_us, created.us);
+                t.status = "cancelled".to_string();
+            } else {
+                let started = stamp(&mut self.rng, created_us + queue_us, created.us);
+                finished = stamp(&mut self.rng, started.us + run_us, started.us);
+                let agent = &agents[self.rng.random_range(0..agents.len())];
+                t.agent_id = Some(agent.id.clone());
+                t.started_at = Some(started);
+                t.transitions.push(Transition {
+                    status: "running".to_string(),
+                    at: started,
+                });
+                t.metrics = Metrics {
+                    queue_seconds: Some(secs_ms(created.us, started.us)),
+                    run_seconds: Some(secs_ms(started.us, finished.us)),
+                    input_tokens: Some(self.rng.random_range(200..20_000)),
+                    output_tokens: Some(self.rng.random_range(50..4_000)),
+                };
+                t.status = status.to_string();
+                if status == "completed" {
+                    t.outputs.push(self.output());
+                }
+                if status == "failed" {
+                    t.error = Some(self.failure());
+                }
+            }
+            t.finished_at = Some(finished);
+            t.transitions.push(Transition {
+                status: t.status.clone(),
+                at: finished,
+            });
+            t.updated_at = finished;
+            self.commit_task(t);
+        }
+
+        // The open set: pending and running tasks created in the last minutes.
+        for _ in 0..self.target_pending {
+            let created_us = start_us - self.rng.random_range(MICROS..120 * MICROS);
+            let created = stamp(&mut self.rng, created_us, i64::MIN);
+            let t = self.new_task(created, false);
+            self.pending.insert((created.us, t.id.clone()));
+            self.commit_task(t);
+        }
+        for _ in 0..self.target_running {
+            let candidates: Vec<usize> = (0..agents.len())
+                .filter(|&i| {
+                    let a = &agents[i];
+                    (a.status == "idle" || a.status == "busy")
+                        && a.running_tasks < a.config.constraints.max_concurrent_tasks
+                })
+                .collect();
+            if candidates.is_empty() {
+                break;
+            }
+            let ai = candidates[self.rng.random_range(0..candidates.len())];
+            let created_us = start_us - self.rng.random_range(60 * MICROS..300 * MICROS);
+            let created = stamp(&mut self.rng, created_us, i64::MIN);
+            let start = created_us + self.rng.random_range(MICROS..50 * MICROS);
+            let started = stamp(&mut self.rng, start, created.us);
+            let mut t = self.new_task(created, false);
+            start_fields(&mut t, &agents[ai].id, started);
+            let a = &mut agents[ai];
+            a.status = "busy".to_string();
+            a.running_tasks += 1;
+            if started.us > a.updated_at.us {
+                a.updated_at = started;
+            }
+            self.running.push(t.id.clone());
+            self.commit_task(t);
+        }
+        for a in agents {
+            self.live_agents.push(a.id.clone());
+            self.commit_agent(a);
+        }
+    }
+
+    /// One step of life at `now_us`, `tick_secs` after the previous one.
+    pub fn tick(&mut self, now_us: i64, tick_secs: f64) {
+        if !self.paused {
+            self.change_budget += self.changes_per_minute * tick_secs / 60.0;
+            while self.change_budget >= 1.0 {
+                self.change_budget -= 1.0;
+                self.task_change(now_us);
+            }
+            // Agents change status now and then (~2% of them a minute), and
+            // are rarely created or deleted.
+            let n = self.live_agents.len().max(1) as f64;
+            if self.rng.random_bool((n * 0.02 * tick_secs / 60.0).min(1.0)) {
+                self.agent_status_change(now_us);
+            }
+            let rare = ((n * 0.001).max(0.05) * tick_secs / 60.0).min(1.0);
+            if self.rng.random_bool(rare) {
+                self.agent_create(now_us);
+            }
+            if self.rng.random_bool(rare) {
+                self.agent_delete(now_us);
+            }
+            while let Some(Reverse((due, _))) = self.late_outputs.peek() {
+                if *due > now_us {
+                    break;
+                }
+                let Reverse((_, id)) = self.late_outputs.pop().expect("peeked");
+                self.attach_output(&id, now_us);
+            }
+        }
+        self.process_visibility(now_us);
+    }
+
+    /// Prunes the versions superseded by ones now visible.
+    pub fn process_visibility(&mut self, now_us: i64) {
+        while let Some(Reverse((vis, _, _))) = self.vis_queue.peek() {
+            if *vis > now_us {
+                break;
+            }
+            let Reverse((_, is_task, id)) = self.vis_queue.pop().expect("peeked");
+            if is_task {
+                self.tasks.prune(&id, now_us);
+            } else {
+                self.agents.prune(&id, now_us);
+            }
+        }
+    }
+
+    /// One task status change, chosen to keep the open set roughly steady:
+    /// in the long run creations = starts + cancellations = finishes.
+    fn task_change(&mut self, now_us: i64) {
+        let (p, r) = (self.pending.len(), self.running.len());
+        let x: f64 = self.rng.random();
+        let done = if x < 1.0 / 3.0 {
+            p < 2 * self.target_pending + 1 && self.create_task(now_us)
+        } else if x < 2.0 / 3.0 {
+            r < 2 * self.target_running + 1 && self.start_or_cancel(now_us)
+        } else {
+            self.finish_task(now_us)
+        };
+        // Fall back so the change still happens.
+        let _ = done
+            || self.start_or_cancel(now_us)
+            || self.finish_task(now_us)
+            || self.create_task(now_us);
+    }
+
+    fn create_task(&mut self, now_us: i64) -> bool {
+        self.new_tasks += 1;
+        let big = self.big_every.is_some_and(|n| self.new_tasks % n == 0);
+        let created = stamp(&mut self.rng, now_us, i64::MIN);
+        let t = self.new_task(created, big);
+        self.pending.insert((created.us, t.id.clone()));
+        self.commit_task(t);
+        true
+    }
+
+    fn start_or_cancel(&mut self, now_us: i64) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        if self.rng.random_bool(0.05) {
+            return self.cancel_pending(now_us);
+        }
+        self.start_task(now_us)
+    }
+
+    /// Some idle or busy agent with room for one more task.
+    fn free_agent(&mut self) -> Option<String> {
+        for _ in 0..32 {
+            if self.live_agents.is_empty() {
+                return None;
+            }
+            let id = &self.live_agents[self.rng.random_range(0..self.live_agents.len())];
+            let a = self.agents.current(id)?;
+            if (a.status == "idle" || a.status == "busy")
+                && a.running_tasks < a.config.constraints.max_concurrent_tasks
+            {
+                return Some(id.clone());
+            }
+        }
+        None
+    }
+
+    /// Starts the oldest pending task on a free agent.
+    fn start_task(&mut self, now_us: i64) -> bool {
+        let Some(agent_id) = self.free_agent() else {
+            return false;
+        };
+        let Some((_, id)) = self.pending.pop_first() else {
+            return false;
+        };
+        let mut t = (**self.tasks.current(&id).expect("pending task")).clone();
+        let started = stamp(&mut self.rng, now_us, t.updated_at.us);
+        start_fields(&mut t, &agent_id, started);
+        self.counters
+            .queue_seconds
+            .observe(t.metrics.queue_seconds.expect("set at start"));
+        self.running.push(id);
+        self.commit_task(t);
+        self.agent_running_delta(&agent_id, 1, now_us);
+        true
+    }
+
+    fn cancel_pending(&mut self, now_us: i64) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let i = self.rng.random_range(0..self.pending.len());
+        let key = self.pending.iter().nth(i).cloned().expect("in range");
+        self.pending.remove(&key);
+        let mut t = (**self.tasks.current(&key.1).expect("pending task")).clone();
+        let at = stamp(&mut self.rng, now_us, t.updated_at.us);
+        finish_fields(&mut t, "cancelled", at);
+        *self.counters.finished_total.entry("cancelled".into()).or_default() += 1;
+        self.commit_task(t);
+        true
+    }
+
+    fn finish_task(&mut self, now_us: i64) -> bool {
+        if self.running.is_empty() {
+            return false;
+        }
+        let i = self.rng.random_range(0..self.running.len());
+        let id = self.running.swap_remove(i);
+        let mut t = (**self.tasks.current(&id).expect("running task")).clone();
+        let at = stamp(&mut self.rng, now_us, t.updated_at.us);
+        let status = self.outcome();
+        finish_fields(&mut t, status, at);
+        let started = t.started_at.expect("running task started");
+        let run = secs_ms(started.us, at.us);
+        // Cancelled runs used fewer tokens.
+        let scale = if status == "cancelled" { 4 } else { 1 };
+        let input = self.rng.random_range(200..20_000) / scale;
+        let output = self.rng.random_range(50..4_000) / scale;
+        t.metrics.run_seconds = Some(run);
+        t.metrics.input_tokens = Some(input);
+        t.metrics.output_tokens = Some(output);
+        if status == "completed" && self.rng.random_bool(0.5) {
+            let o = self.output();
+            t.outputs.push(o);
+        }
+        if status == "failed" {
+            let e = self.failure();
+            *self.counters.failures_by_code.entry(e.code.clone()).or_default() += 1;
+            t.error = Some(e);
+        }
+        let c = &mut self.counters;
+        *c.finished_total.entry(status.into()).or_default() += 1;
+        *c.tokens.entry("input".into()).or_default() += input;
+        *c.tokens.entry("output".into()).or_default() += output;
+        c.run_seconds.observe(run);
+        if self.rng.random_bool(self.late_output_probability.clamp(0.0, 1.0)) {
+            let due = now_us + self.rng.random_range(MICROS..=20 * MICROS);
+            self.late_outputs.push(Reverse((due, id.clone())));
+        }
+        let agent_id = t.agent_id.clone().expect("running task has an agent");
+        self.commit_task(t);
+        self.agent_running_delta(&agent_id, -1, now_us);
+        true
+    }
+
+    /// Attaches an output to a task: a new version, status unchanged.
+    pub fn attach_output(&mut self, id: &str, now_us: i64) -> bool {
+        let Some(cur) = self.tasks.current(id) else {
+            return false;
+        };
+        let mut t = (**cur).clone();
+        t.updated_at = stamp(&mut self.rng, now_us, t.updated_at.us);
+        let o = self.output();
+        t.outputs.push(o);
+        self.commit_task(t);
+        true
+    }
+
+    fn agent_running_delta(&mut self, id: &str, delta: i32, now_us: i64) {
+        let Some(cur) = self.agents.current(id) else {
+            return;
+        };
+        let mut a = (**cur).clone();
+        a.running_tasks = a.running_tasks.saturating_add_signed(delta);
+        if a.running_tasks > 0 && a.status == "idle" {
+            a.status = "busy".to_string();
+        } else if a.running_tasks == 0 && a.status == "busy" {
+            a.status = "idle".to_string();
+        }
+        a.updated_at = stamp(&mut self.rng, now_us, a.updated_at.us);
+        self.commit_agent(a);
+    }
+
+    /// A random agent without running tasks changes status. Idle ones are
+    /// disturbed with probability 0.18, others recover, so ~15% of the fleet
+    /// is not active in the long run.
+    fn agent_status_change(&mut self, now_us: i64) {
+        if self.live_agents.is_empty() {
+            return;
+        }
+        let id = self.live_agents[self.rng.random_range(0..self.live_agents.len())].clone();
+        let Some(cur) = self.agents.current(&id).cloned() else {
+            return;
+        };
+        if cur.running_tasks > 0 {
+            return;
+        }
+        let old = cur.status.clone();
+        let new = match old.as_str() {
+            "idle" => {
+                if !self.rng.random_bool(0.18) {
+                    return;
+                }
+                if self.unknown_agent_statuses && self.rng.random_bool(0.3) {
+                    self.pick(&UNKNOWN_AGENT_STATUSES)
+                } else {
+                    self.pick(&["paused", "paused", "offline", "error"])
+                }
+            }
+            "error" => self.pick(&["idle", "idle", "offline"]),
+            "offline" => self.pick(&["provisioning", "idle"]),
+            _ => "idle",
+        };
+        let mut a = (*cur).clone();
+        a.status = new.to_string();
+        a.updated_at = stamp(&mut self.rng, now_us, a.updated_at.us);
+        if !has_heartbeat(new) {
+            a.heartbeat_phase = None;
+        } else if a.heartbeat_phase.is_none() {
+            a.heartbeat_phase = Some(a.updated_at);
+        }
+        self.commit_agent(a);
+    }
+
+    fn agent_create(&mut self, now_us: i64) {
+        let created = stamp(&mut self.rng, now_us, i64::MIN);
+        let a = self.new_agent(created, "provisioning");
+        self.live_agents.push(a.id.clone());
+        self.commit_agent(a);
+    }
+
+    fn agent_delete(&mut self, now_us: i64) {
+        if self.live_agents.len() <= 1 {
+            return;
+        }
+        let i = self.rng.random_range(0..self.live_agents.len());
+        let Some(cur) = self.agents.current(&self.live_agents[i]) else {
+            return;
+        };
+        if cur.running_tasks > 0 {
+            return;
+        }
+        let updated = stamp(&mut self.rng, now_us, cur.updated_at.us);
+        let id = self.live_agents.swap_remove(i);
+        let vis = updated.us + self.lag();
+        self.max_visible_us = self.max_visible_us.max(vis);
+        self.vis_queue.push(Reverse((vis, false, id.clone())));
+        self.agents.delete(&id, updated.us, vis);
+    }
+}
+
+fn has_heartbeat(status: &str) -> bool {
+    !matches!(status, "provisioning" | "offline")
+}
+
+fn start_fields(t: &mut Task, agent_id: &str, started: Ts) {
+    t.status = "running".to_string();
+    t.agent_id = Some(agent_id.to_string());
+    t.started_at = Some(started);
+    t.updated_at = started;
+    t.metrics.queue_seconds = Some(secs_ms(t.created_at.us, started.us));
+    t.transitions.push(Transition {
+        status: "running".to_string(),
+        at: started,
+    });
+}
+
+fn finish_fields(t: &mut Task, status: &str, at: Ts) {
+    t.status = status.to_string();
+    t.finished_at = Some(at);
+    t.updated_at = at;
+    t.transitions.push(Transition {
+        status: status.to_string(),
+        at,
+    });
+}
+
+/// 256 KiB of text, shared by every task that carries it.
+fn big_instructions() -> String {
+    let line = "Read every attached document carefully and produce a faithful summary. ";
+    let mut s = String::with_capacity(256 * 1024);
+    while s.len() + line.len() <= 256 * 1024 {
+        s.push_str(line);
+    }
+    while s.len() < 256 * 1024 {
+        s.push('.');
+    }
+    s
+}

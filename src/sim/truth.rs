@@ -1,0 +1,78 @@
+//! Ground truth: the true current state (ignoring visibility lag) and the
+//! counters since the simulator started, which tests compare the exporter's
+//! numbers against exactly.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const AGENT_STATUSES: [&str; 6] = ["provisioning", "idle", "busy", "paused", "error", "offline"];
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observations {
+    pub count: u64,
+    pub sum: f64,
+}
+
+impl Observations {
+    pub fn observe(&mut self, v: f64) {
+        self.count += 1;
+        self.sum += v;
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroundTruth {
+    pub workspace_id: String,
+    pub now: String,
+    pub paused: bool,
+    /// Every change made so far is visible by this instant.
+    pub visible_by: String,
+    pub agents: BTreeMap<String, u64>,
+    pub tasks_open: BTreeMap<String, u64>,
+    pub oldest_pending_created_at: Option<String>,
+    pub finished_total: BTreeMap<String, u64>,
+    pub failures_by_code: BTreeMap<String, u64>,
+    pub tokens: BTreeMap<String, u64>,
+    pub queue_seconds: Observations,
+    pub run_seconds: Observations,
+    pub requests_total: u64,
+    pub requests_by_key: BTreeMap<String, u64>,
+    pub requests_by_endpoint: BTreeMap<String, u64>,
+    pub rate_limited_total: u64,
+    pub retry_after_violations: u64,
+    pub faults_injected: u64,
+}
+
+/// Fleet counters since start, kept by the fleet's life.
+#[derive(Clone, Debug)]
+pub struct FleetCounters {
+    pub finished_total: BTreeMap<String, u64>,
+    pub failures_by_code: BTreeMap<String, u64>,
+    pub tokens: BTreeMap<String, u64>,
+    pub queue_seconds: Observations,
+    pub run_seconds: Observations,
+}
+
+impl Default for FleetCounters {
+    fn default() -> Self {
+        let zeros = |names: &[&str]| names.iter().map(|n| (n.to_string(), 0)).collect();
+        FleetCounters {
+            finished_total: zeros(&["completed", "failed", "cancelled"]),
+            failures_by_code: BTreeMap::new(),
+            tokens: zeros(&["input", "output"]),
+            queue_seconds: Observations::default(),
+            run_seconds: Observations::default(),
+        }
+    }
+}
+
+/// Request counters, kept by the HTTP layer.
+#[derive(Clone, Debug, Default)]
+pub struct RequestCounters {
+    pub requests_total: u64,
+    pub requests_by_key: BTreeMap<String, u64>,
+    pub requests_by_endpoint: BTreeMap<String, u64>,
+    pub rate_limited_total: u64,
+    pub retry_after_violations: u64,
+    pub faults_injected: u64,
+}
