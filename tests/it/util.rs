@@ -142,20 +142,18 @@ pub fn rfc3339_secs(s: &str) -> f64 {
 pub async fn converge(sim: &Sim, exporter: &Running) -> BTreeMap<String, f64> {
     sim.sim.pause();
     let visible_by = rfc3339_secs(&sim.truth().visible_by);
-    let mut last = BTreeMap::new();
-    wait_for(Duration::from_secs(60), "a sync after the fleet went quiet", || {
-        let addr = exporter.addr;
-        let last = &mut last;
-        async move {
-            *last = parse(&scrape(addr).await);
-            ["agents", "tasks"].iter().all(|r| {
-                value(last, "clawmesh_last_sync_timestamp_seconds", &[("resource", r)])
-                    .is_some_and(|t| t > visible_by)
-            })
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = parse(&scrape(exporter.addr).await);
+        let synced = ["agents", "tasks"].iter().all(|r| {
+            value(&m, "clawmesh_last_sync_timestamp_seconds", &[("resource", r)]).is_some_and(|t| t > visible_by)
+        });
+        if synced {
+            return m;
         }
-    })
-    .await;
-    last
+        assert!(tokio::time::Instant::now() < deadline, "no sync after the fleet went quiet within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The counters the exporter and the ground truth both keep, in one map,
