@@ -1,0 +1,2 @@
+mod dashboards;
+mod rules;
