@@ -245,3 +245,9 @@ fn every_alert_has_firing_and_silent_unit_tests() {
         assert!(silent.contains(&alert.name), "{}: no unit test where it stays silent", alert.name);
     }
 }
+
+/// The Prometheus snippet is a valid configuration and loads the rule files.
+#[test]
+fn promtool_check_prometheus_config() {
+    run_promtool(&["check", "config"], &[repo_root().join("deploy/prometheus/prometheus.yml")]);
+}
