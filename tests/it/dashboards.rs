@@ -9,7 +9,10 @@ use crate::rules::all_rules;
 use crate::{files_with_suffix, read};
 
 /// Stable dashboard uids: links and bookmarks depend on them, never change them.
-const UIDS: [(&str, &str); 2] = [("clawmesh-exporter.json", "clawmesh-exporter"), ("clawmesh-fleet.json", "clawmesh-fleet")];
+const UIDS: [(&str, &str); 2] = [
+    ("clawmesh-exporter.json", "clawmesh-exporter"),
+    ("clawmesh-fleet.json", "clawmesh-fleet"),
+];
 
 /// The exporter's metric families (the contract) and their type.
 const METRICS: [(&str, &str); 20] = [
@@ -69,7 +72,8 @@ fn dashboards() -> Vec<Dashboard> {
         .iter()
         .map(|p| {
             let file = p.file_name().unwrap().to_string_lossy().to_string();
-            let json = serde_json::from_str(&read(p)).unwrap_or_else(|e| panic!("{file}: invalid JSON: {e}"));
+            let json = serde_json::from_str(&read(p))
+                .unwrap_or_else(|e| panic!("{file}: invalid JSON: {e}"));
             Dashboard { file, json }
         })
         .collect()
@@ -78,9 +82,17 @@ fn dashboards() -> Vec<Dashboard> {
 /// All panels, rows' nested panels included.
 fn panels(dashboard: &Value) -> Vec<&Value> {
     let mut out = Vec::new();
-    for p in dashboard["panels"].as_array().map(Vec::as_slice).unwrap_or_default() {
+    for p in dashboard["panels"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         out.push(p);
-        for nested in p["panels"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for nested in p["panels"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             out.push(nested);
         }
     }
@@ -92,7 +104,10 @@ fn is_row(panel: &Value) -> bool {
 }
 
 fn panel_name(file: &str, panel: &Value) -> String {
-    format!("{file}: panel {:?}", panel["title"].as_str().unwrap_or("<untitled>"))
+    format!(
+        "{file}: panel {:?}",
+        panel["title"].as_str().unwrap_or("<untitled>")
+    )
 }
 
 /// Replaces Grafana's variables by values Prometheus accepts.
@@ -118,16 +133,31 @@ pub fn all_promql_expressions() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for d in dashboards() {
         for panel in panels(&d.json) {
-            for (i, t) in panel["targets"].as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
+            for (i, t) in panel["targets"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
                 if let Some(expr) = t["expr"].as_str() {
-                    let ref_id = t["refId"].as_str().map(str::to_string).unwrap_or_else(|| i.to_string());
-                    out.push((format!("{} target {ref_id}", panel_name(&d.file, panel)), substitute(expr)));
+                    let ref_id = t["refId"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| i.to_string());
+                    out.push((
+                        format!("{} target {ref_id}", panel_name(&d.file, panel)),
+                        substitute(expr),
+                    ));
                 }
             }
         }
     }
     for rule in all_rules() {
-        out.push((format!("{}: {} {}", rule.file, rule.kind, rule.name), rule.expr.clone()));
+        out.push((
+            format!("{}: {} {}", rule.file, rule.kind, rule.name),
+            rule.expr.clone(),
+        ));
     }
     out
 }
@@ -151,7 +181,9 @@ fn metric_identifiers(expr: &str) -> BTreeSet<String> {
             i += 1;
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
                 i += 1;
             }
             let ident: String = chars[start..i].iter().collect();
@@ -176,15 +208,24 @@ fn extractor_finds_metrics_and_recording_rules() {
     let got = metric_identifiers(
         r#"sum by (workspace) (rate(clawmesh_tasks_finished_total{status="clawmesh_fake", workspace=~"$workspace"}[$__rate_interval])) / workspace:clawmesh_tasks_finished:rate5m * 60"#,
     );
-    let want: BTreeSet<String> =
-        ["clawmesh_tasks_finished_total", "workspace:clawmesh_tasks_finished:rate5m"].iter().map(|s| s.to_string()).collect();
+    let want: BTreeSet<String> = [
+        "clawmesh_tasks_finished_total",
+        "workspace:clawmesh_tasks_finished:rate5m",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(got, want);
 }
 
 #[test]
 fn every_metric_name_is_exposed_or_recorded() {
     let exposed = exposed_series();
-    let recorded: HashSet<String> = all_rules().into_iter().filter(|r| r.kind == "record").map(|r| r.name).collect();
+    let recorded: HashSet<String> = all_rules()
+        .into_iter()
+        .filter(|r| r.kind == "record")
+        .map(|r| r.name)
+        .collect();
     let mut problems = Vec::new();
     for (place, expr) in all_promql_expressions() {
         for name in metric_identifiers(&expr) {
@@ -193,7 +234,11 @@ fn every_metric_name_is_exposed_or_recorded() {
             }
         }
     }
-    assert!(problems.is_empty(), "metrics neither exposed nor recorded:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "metrics neither exposed nor recorded:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -201,7 +246,10 @@ fn expressions_are_ready_for_prometheus() {
     let all = all_promql_expressions();
     assert!(all.len() > 30, "only {} expressions found", all.len());
     for (place, expr) in all {
-        assert!(!expr.contains('$') || expr.contains("{{"), "{place}: unsubstituted variable in {expr}");
+        assert!(
+            !expr.contains('$') || expr.contains("{{"),
+            "{place}: unsubstituted variable in {expr}"
+        );
         assert!(!expr.trim().is_empty(), "{place}: empty expression");
     }
 }
@@ -211,7 +259,11 @@ fn dashboards_are_current_grafana_json() {
     for d in dashboards() {
         let version = d.json["schemaVersion"].as_u64().unwrap_or(0);
         assert!(version >= 39, "{}: schemaVersion {version} < 39", d.file);
-        assert!(d.json["title"].as_str().is_some_and(|t| !t.is_empty()), "{}: no title", d.file);
+        assert!(
+            d.json["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{}: no title",
+            d.file
+        );
     }
 }
 
@@ -219,13 +271,26 @@ fn dashboards_are_current_grafana_json() {
 fn dashboard_uids_are_unique_and_stable() {
     let mut seen = HashSet::new();
     for d in dashboards() {
-        let uid = d.json["uid"].as_str().unwrap_or_else(|| panic!("{}: no uid", d.file));
-        assert!(seen.insert(uid.to_string()), "{}: uid {uid} used twice", d.file);
+        let uid = d.json["uid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no uid", d.file));
+        assert!(
+            seen.insert(uid.to_string()),
+            "{}: uid {uid} used twice",
+            d.file
+        );
         let expected = UIDS.iter().find(|(f, _)| *f == d.file).map(|(_, u)| *u);
-        assert_eq!(Some(uid), expected, "{}: uid must stay as listed in UIDS", d.file);
+        assert_eq!(
+            Some(uid),
+            expected,
+            "{}: uid must stay as listed in UIDS",
+            d.file
+        );
         let mut ids = HashSet::new();
         for panel in panels(&d.json) {
-            let id = panel["id"].as_u64().unwrap_or_else(|| panic!("{} has no id", panel_name(&d.file, panel)));
+            let id = panel["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{} has no id", panel_name(&d.file, panel)));
             assert!(ids.insert(id), "{}: panel id {id} used twice", d.file);
         }
     }
@@ -234,21 +299,53 @@ fn dashboard_uids_are_unique_and_stable() {
 #[test]
 fn dashboards_have_datasource_and_workspace_variables() {
     for d in dashboards() {
-        let vars = d.json["templating"]["list"].as_array().unwrap_or_else(|| panic!("{}: no templating", d.file));
+        let vars = d.json["templating"]["list"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: no templating", d.file));
         let var = |name: &str| {
-            vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("{}: no variable {name}", d.file))
+            vars.iter()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("{}: no variable {name}", d.file))
         };
         let ds = var("datasource");
-        assert_eq!(ds["type"], "datasource", "{}: datasource variable type", d.file);
-        assert_eq!(ds["query"], "prometheus", "{}: datasource variable must select prometheus", d.file);
+        assert_eq!(
+            ds["type"], "datasource",
+            "{}: datasource variable type",
+            d.file
+        );
+        assert_eq!(
+            ds["query"], "prometheus",
+            "{}: datasource variable must select prometheus",
+            d.file
+        );
 
         let ws = var("workspace");
         assert_eq!(ws["type"], "query", "{}: workspace variable type", d.file);
-        let query = ws["query"].as_str().or_else(|| ws["query"]["query"].as_str()).unwrap_or_default();
-        assert_eq!(query.replace(' ', ""), "label_values(clawmesh_up,workspace)", "{}: workspace query", d.file);
-        assert_eq!(ws["multi"], true, "{}: workspace must be multi-value", d.file);
-        assert_eq!(ws["includeAll"], true, "{}: workspace must include All", d.file);
-        assert_eq!(ws["datasource"]["uid"], "${datasource}", "{}: workspace variable datasource", d.file);
+        let query = ws["query"]
+            .as_str()
+            .or_else(|| ws["query"]["query"].as_str())
+            .unwrap_or_default();
+        assert_eq!(
+            query.replace(' ', ""),
+            "label_values(clawmesh_up,workspace)",
+            "{}: workspace query",
+            d.file
+        );
+        assert_eq!(
+            ws["multi"], true,
+            "{}: workspace must be multi-value",
+            d.file
+        );
+        assert_eq!(
+            ws["includeAll"], true,
+            "{}: workspace must include All",
+            d.file
+        );
+        assert_eq!(
+            ws["datasource"]["uid"], "${datasource}",
+            "{}: workspace variable datasource",
+            d.file
+        );
     }
 }
 
@@ -259,7 +356,10 @@ fn check_datasource(place: &str, ds: &Value) {
         Value::String(s) => assert!(s.starts_with('$'), "{place}: hard-coded datasource {s:?}"),
         Value::Object(o) => {
             if let Some(uid) = o.get("uid").and_then(Value::as_str) {
-                assert!(uid.starts_with('$') || uid == "-- Grafana --", "{place}: hard-coded datasource uid {uid:?}");
+                assert!(
+                    uid.starts_with('$') || uid == "-- Grafana --",
+                    "{place}: hard-coded datasource uid {uid:?}"
+                );
             }
         }
         other => panic!("{place}: unexpected datasource {other}"),
@@ -270,34 +370,64 @@ fn check_datasource(place: &str, ds: &Value) {
 fn panels_use_the_datasource_variable_and_have_unit_and_description() {
     for d in dashboards() {
         let all = panels(&d.json);
-        assert!(all.iter().filter(|p| !is_row(p)).count() >= 8, "{}: too few panels", d.file);
+        assert!(
+            all.iter().filter(|p| !is_row(p)).count() >= 8,
+            "{}: too few panels",
+            d.file
+        );
         for panel in all {
             let place = panel_name(&d.file, panel);
             check_datasource(&place, &panel["datasource"]);
-            for t in panel["targets"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            for t in panel["targets"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 check_datasource(&place, &t["datasource"]);
             }
             if is_row(panel) {
                 continue; // rows are headings: no data, no unit
             }
-            let unit = panel["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or_default();
-            assert!(!unit.is_empty(), "{place}: no unit (fieldConfig.defaults.unit)");
+            let unit = panel["fieldConfig"]["defaults"]["unit"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                !unit.is_empty(),
+                "{place}: no unit (fieldConfig.defaults.unit)"
+            );
             let desc = panel["description"].as_str().unwrap_or_default();
             assert!(!desc.trim().is_empty(), "{place}: no description");
-            let targets = panel["targets"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let targets = panel["targets"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             assert!(!targets.is_empty(), "{place}: no query");
             for t in targets {
                 let expr = t["expr"].as_str().unwrap_or_default();
                 if expr.contains("clawmesh_") && !expr.contains("clawmesh_exporter_build_info") {
-                    assert!(expr.contains("$workspace"), "{place}: query ignores the workspace variable: {expr}");
+                    assert!(
+                        expr.contains("$workspace"),
+                        "{place}: query ignores the workspace variable: {expr}"
+                    );
                 }
             }
         }
-        for a in d.json["annotations"]["list"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for a in d.json["annotations"]["list"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             check_datasource(&format!("{}: annotation", d.file), &a["datasource"]);
         }
-        for v in d.json["templating"]["list"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            check_datasource(&format!("{}: variable {}", d.file, v["name"]), &v["datasource"]);
+        for v in d.json["templating"]["list"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            check_datasource(
+                &format!("{}: variable {}", d.file, v["name"]),
+                &v["datasource"],
+            );
         }
     }
 }

@@ -11,7 +11,8 @@ use std::process::Command;
 
 use crate::{files_with_suffix, read, repo_root};
 
-const RUNBOOK_BASE: &str = "https://github.com/clawmesh/clawmesh-exporter/blob/main/docs/runbooks.md#";
+const RUNBOOK_BASE: &str =
+    "https://github.com/clawmesh/clawmesh-exporter/blob/main/docs/runbooks.md#";
 const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
 
 /// One recording or alerting rule as written in a rule file.
@@ -30,10 +31,16 @@ pub struct Rule {
 
 impl Rule {
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
     pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.annotations
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -87,8 +94,17 @@ pub fn parse_rule_file(path: &std::path::Path) -> Vec<Rule> {
             section = "";
         }
         if let Some(name) = key_value(trimmed, "record").or_else(|| key_value(trimmed, "alert")) {
-            let kind = if trimmed.starts_with("record") { "record" } else { "alert" };
-            rules.push(Rule { file: file.clone(), kind, name: name.to_string(), ..Rule::default() });
+            let kind = if trimmed.starts_with("record") {
+                "record"
+            } else {
+                "alert"
+            };
+            rules.push(Rule {
+                file: file.clone(),
+                kind,
+                name: name.to_string(),
+                ..Rule::default()
+            });
             section = "";
             i += 1;
             continue;
@@ -104,7 +120,11 @@ pub fn parse_rule_file(path: &std::path::Path) -> Vec<Rule> {
             continue;
         }
         if trimmed == "labels:" || trimmed == "annotations:" {
-            section = if trimmed == "labels:" { "labels" } else { "annotations" };
+            section = if trimmed == "labels:" {
+                "labels"
+            } else {
+                "annotations"
+            };
             section_indent = indent(line);
             i += 1;
             continue;
@@ -129,19 +149,27 @@ pub fn parse_rule_file(path: &std::path::Path) -> Vec<Rule> {
 
 /// Every rule of every `alerts/*.yml` file.
 pub fn all_rules() -> Vec<Rule> {
-    files_with_suffix("alerts", ".yml").iter().flat_map(|p| parse_rule_file(p)).collect()
+    files_with_suffix("alerts", ".yml")
+        .iter()
+        .flat_map(|p| parse_rule_file(p))
+        .collect()
 }
 
 /// The promtool binary, or None (with a notice) when it is missing outside CI.
 fn promtool() -> Option<PathBuf> {
-    let bin = std::env::var_os("PROMTOOL").map(PathBuf::from).unwrap_or_else(|| "promtool".into());
+    let bin = std::env::var_os("PROMTOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "promtool".into());
     match Command::new(&bin).arg("--version").output() {
         Ok(out) if out.status.success() => Some(bin),
         _ => {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("promtool not found ({}); CI=true requires it (install prometheus or set PROMTOOL)", bin.display());
             }
-            eprintln!("notice: promtool not found ({}); skipping. Install it to check the rules.", bin.display());
+            eprintln!(
+                "notice: promtool not found ({}); skipping. Install it to check the rules.",
+                bin.display()
+            );
             None
         }
     }
@@ -156,8 +184,16 @@ fn run_promtool(args: &[&str], files: &[PathBuf]) {
         .current_dir(repo_root())
         .output()
         .expect("run promtool");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool {} failed:\n{text}", args.join(" "));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool {} failed:\n{text}",
+        args.join(" ")
+    );
 }
 
 #[test]
@@ -167,7 +203,10 @@ fn promtool_check_rules() {
 
 #[test]
 fn promtool_test_rules() {
-    run_promtool(&["test", "rules"], &files_with_suffix("alerts/tests", ".yml"));
+    run_promtool(
+        &["test", "rules"],
+        &files_with_suffix("alerts/tests", ".yml"),
+    );
 }
 
 #[test]
@@ -178,7 +217,12 @@ fn parser_reads_the_rule_files() {
     assert!(alerts >= 10, "found only {alerts} alerts");
     assert!(records >= 10, "found only {records} recording rules");
     for rule in &rules {
-        assert!(!rule.expr.trim().is_empty(), "{} {}: no expr parsed", rule.file, rule.name);
+        assert!(
+            !rule.expr.trim().is_empty(),
+            "{} {}: no expr parsed",
+            rule.file,
+            rule.name
+        );
     }
 }
 
@@ -187,10 +231,18 @@ fn recording_rules_follow_level_metric_operations() {
     for rule in all_rules().iter().filter(|r| r.kind == "record") {
         let parts: Vec<&str> = rule.name.split(':').collect();
         let ok = parts.len() == 3
-            && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            })
             && parts[1].starts_with("clawmesh_")
             && !parts[1].ends_with("_total");
-        assert!(ok, "{}: recording rule {} is not level:metric:operations", rule.file, rule.name);
+        assert!(
+            ok,
+            "{}: recording rule {} is not level:metric:operations",
+            rule.file, rule.name
+        );
     }
 }
 
@@ -207,9 +259,15 @@ fn every_alert_is_a_product() {
         let name = &alert.name;
         assert!(names.insert(name.clone()), "alert {name} defined twice");
         let severity = alert.label("severity").unwrap_or_default();
-        assert!(SEVERITIES.contains(&severity), "{name}: severity {severity:?} not one of {SEVERITIES:?}");
+        assert!(
+            SEVERITIES.contains(&severity),
+            "{name}: severity {severity:?} not one of {SEVERITIES:?}"
+        );
         for key in ["summary", "description", "runbook_url"] {
-            assert!(alert.annotation(key).is_some_and(|v| !v.is_empty()), "{name}: annotation {key} missing");
+            assert!(
+                alert.annotation(key).is_some_and(|v| !v.is_empty()),
+                "{name}: annotation {key} missing"
+            );
         }
         assert!(
             alert.annotation("description").unwrap().contains("$value")
@@ -217,8 +275,15 @@ fn every_alert_is_a_product() {
             "{name}: description shows no live value"
         );
         let anchor = name.to_lowercase();
-        assert_eq!(alert.annotation("runbook_url").unwrap(), format!("{RUNBOOK_BASE}{anchor}"), "{name}: runbook_url");
-        assert!(headings.contains(&anchor), "{name}: docs/runbooks.md has no section \"## {name}\"");
+        assert_eq!(
+            alert.annotation("runbook_url").unwrap(),
+            format!("{RUNBOOK_BASE}{anchor}"),
+            "{name}: runbook_url"
+        );
+        assert!(
+            headings.contains(&anchor),
+            "{name}: docs/runbooks.md has no section \"## {name}\""
+        );
     }
 }
 
@@ -231,23 +296,41 @@ fn every_alert_has_firing_and_silent_unit_tests() {
         let text = read(&path);
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
-            let Some(name) = key_value(line.trim(), "alertname") else { continue };
-            let exp = lines[i + 1..].iter().map(|l| l.trim()).find(|l| l.starts_with("exp_alerts:"));
+            let Some(name) = key_value(line.trim(), "alertname") else {
+                continue;
+            };
+            let exp = lines[i + 1..]
+                .iter()
+                .map(|l| l.trim())
+                .find(|l| l.starts_with("exp_alerts:"));
             match exp {
-                Some(l) if l.trim_start_matches("exp_alerts:").trim().starts_with("[]") => silent.insert(name.to_string()),
+                Some(l) if l.trim_start_matches("exp_alerts:").trim().starts_with("[]") => {
+                    silent.insert(name.to_string())
+                }
                 Some(_) => firing.insert(name.to_string()),
                 None => false,
             };
         }
     }
     for alert in all_rules().iter().filter(|r| r.kind == "alert") {
-        assert!(firing.contains(&alert.name), "{}: no unit test where it fires", alert.name);
-        assert!(silent.contains(&alert.name), "{}: no unit test where it stays silent", alert.name);
+        assert!(
+            firing.contains(&alert.name),
+            "{}: no unit test where it fires",
+            alert.name
+        );
+        assert!(
+            silent.contains(&alert.name),
+            "{}: no unit test where it stays silent",
+            alert.name
+        );
     }
 }
 
 /// The Prometheus snippet is a valid configuration and loads the rule files.
 #[test]
 fn promtool_check_prometheus_config() {
-    run_promtool(&["check", "config"], &[repo_root().join("deploy/prometheus/prometheus.yml")]);
+    run_promtool(
+        &["check", "config"],
+        &[repo_root().join("deploy/prometheus/prometheus.yml")],
+    );
 }
