@@ -179,7 +179,7 @@ def dashboard(uid, title, desc, panels):
         "templating": variables(),
         "time": {"from": "now-6h", "to": "now"},
         "timepicker": {},
-        "timezone": "utc",
+        "timezone": "browser",
         "version": 1,
         "weekStart": "",
         "annotations": {"list": [{
