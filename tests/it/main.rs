@@ -4,6 +4,31 @@ mod util;
 
 mod budget;
 mod cli;
+mod dashboards;
 mod exactness;
 mod exposition;
+mod rules;
 mod secrets;
+
+use std::path::{Path, PathBuf};
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Files directly in `dir` (relative to the repository root) whose name ends with `suffix`, sorted.
+pub fn files_with_suffix(dir: &str, suffix: &str) -> Vec<PathBuf> {
+    let dir = repo_root().join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.is_file() && p.to_string_lossy().ends_with(suffix))
+        .collect();
+    files.sort();
+    files
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
