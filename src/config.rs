@@ -16,7 +16,11 @@ pub const KEY_ENV: &str = "CLAWMESH_API_KEY";
 pub const MAX_VISIBILITY_LAG: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
-#[command(name = "clawmesh-exporter", version, about = "Prometheus and OTLP exporter for ClawMesh agent fleets")]
+#[command(
+    name = "clawmesh-exporter",
+    version,
+    about = "Prometheus and OTLP exporter for ClawMesh agent fleets"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -50,16 +54,32 @@ pub enum LogLevel {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Base URL of the ClawMesh API.
-    #[arg(long = "api-url", env = "CLAWMESH_API_URL", default_value = "https://api.clawmesh.com/v1")]
+    #[arg(
+        long = "api-url",
+        env = "CLAWMESH_API_URL",
+        default_value = "https://api.clawmesh.com/v1"
+    )]
     pub api_url: String,
     /// File holding the API key (else the CLAWMESH_API_KEY environment variable).
-    #[arg(long = "api-key-file", env = "CLAWMESH_API_KEY_FILE", value_name = "PATH")]
+    #[arg(
+        long = "api-key-file",
+        env = "CLAWMESH_API_KEY_FILE",
+        value_name = "PATH"
+    )]
     pub api_key_file: Option<PathBuf>,
     /// Address to serve /metrics on (host:port, or :port for all interfaces).
-    #[arg(long = "web.listen-address", env = "CLAWMESH_WEB_LISTEN_ADDRESS", default_value = ":9817")]
+    #[arg(
+        long = "web.listen-address",
+        env = "CLAWMESH_WEB_LISTEN_ADDRESS",
+        default_value = ":9817"
+    )]
     pub listen_address: String,
     /// Path under which to expose metrics.
-    #[arg(long = "web.telemetry-path", env = "CLAWMESH_WEB_TELEMETRY_PATH", default_value = "/metrics")]
+    #[arg(
+        long = "web.telemetry-path",
+        env = "CLAWMESH_WEB_TELEMETRY_PATH",
+        default_value = "/metrics"
+    )]
     pub telemetry_path: String,
     /// How often tasks are listed (incrementally).
     #[arg(long = "poll-interval", env = "CLAWMESH_POLL_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -77,17 +97,35 @@ pub struct RunArgs {
     #[arg(long = "tasks.dedup-horizon", env = "CLAWMESH_TASKS_DEDUP_HORIZON", default_value = "1h", value_parser = humantime::parse_duration)]
     pub dedup_horizon: Duration,
     /// Share of the workspace's API rate limit the exporter may spend (0 < share <= 1).
-    #[arg(long = "api.budget-share", env = "CLAWMESH_API_BUDGET_SHARE", default_value_t = 0.1)]
+    #[arg(
+        long = "api.budget-share",
+        env = "CLAWMESH_API_BUDGET_SHARE",
+        default_value_t = 0.1
+    )]
     pub budget_share: f64,
     /// Timeout of one API request.
     #[arg(long = "api.timeout", env = "CLAWMESH_API_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub api_timeout: Duration,
     /// Attempts per API request, the first included.
-    #[arg(long = "api.max-attempts", env = "CLAWMESH_API_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(
+        long = "api.max-attempts",
+        env = "CLAWMESH_API_MAX_ATTEMPTS",
+        default_value_t = 5
+    )]
     pub max_attempts: u32,
-    #[arg(long = "log.level", env = "CLAWMESH_LOG_LEVEL", value_enum, default_value = "info")]
+    #[arg(
+        long = "log.level",
+        env = "CLAWMESH_LOG_LEVEL",
+        value_enum,
+        default_value = "info"
+    )]
     pub log_level: LogLevel,
-    #[arg(long = "log.format", env = "CLAWMESH_LOG_FORMAT", value_enum, default_value = "logfmt")]
+    #[arg(
+        long = "log.format",
+        env = "CLAWMESH_LOG_FORMAT",
+        value_enum,
+        default_value = "logfmt"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -183,7 +221,9 @@ impl RunArgs {
     pub fn validate_with_key(&self, key: Secret) -> Result<Config, ConfigError> {
         let url = self.api_url.trim_end_matches('/');
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(bad(format!("--api-url {url:?}: must start with https:// (or http:// for the simulator)")));
+            return Err(bad(format!(
+                "--api-url {url:?}: must start with https:// (or http:// for the simulator)"
+            )));
         }
         let listen = parse_listen(&self.listen_address)?;
         let path = &self.telemetry_path;
@@ -202,10 +242,15 @@ impl RunArgs {
             )));
         }
         if self.dedup_horizon < self.overlap * 2 {
-            return Err(bad("--tasks.dedup-horizon: must be at least twice --tasks.overlap"));
+            return Err(bad(
+                "--tasks.dedup-horizon: must be at least twice --tasks.overlap",
+            ));
         }
         if !(self.budget_share > 0.0 && self.budget_share <= 1.0) {
-            return Err(bad(format!("--api.budget-share {}: must be in (0, 1], e.g. 0.1 for 10 %", self.budget_share)));
+            return Err(bad(format!(
+                "--api.budget-share {}: must be in (0, 1], e.g. 0.1 for 10 %",
+                self.budget_share
+            )));
         }
         if self.max_attempts == 0 {
             return Err(bad("--api.max-attempts: must be at least 1"));
@@ -236,11 +281,19 @@ impl RunArgs {
 
 /// `host:port`, or `:port` for every interface.
 pub fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
     full.to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or_else(|| bad(format!("--web.listen-address {s:?}: expected host:port or :port, e.g. :{DEFAULT_PORT}")))
+        .ok_or_else(|| {
+            bad(format!(
+                "--web.listen-address {s:?}: expected host:port or :port, e.g. :{DEFAULT_PORT}"
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -255,7 +308,9 @@ mod tests {
     }
 
     fn env(key: Option<&str>) -> HashMap<String, String> {
-        key.map(|k| (KEY_ENV.to_string(), k.to_string())).into_iter().collect()
+        key.map(|k| (KEY_ENV.to_string(), k.to_string()))
+            .into_iter()
+            .collect()
     }
 
     #[test]
@@ -272,7 +327,9 @@ mod tests {
     fn the_key_file_wins_and_is_trimmed() {
         let dir = std::env::temp_dir().join(format!("cmx-key-{}", std::process::id()));
         std::fs::write(&dir, "file-key\n").unwrap();
-        let c = args(&["--api-key-file", dir.to_str().unwrap()]).validate(&env(Some("env-key"))).unwrap();
+        let c = args(&["--api-key-file", dir.to_str().unwrap()])
+            .validate(&env(Some("env-key")))
+            .unwrap();
         assert_eq!(c.client.key.expose(), "file-key");
         std::fs::remove_file(&dir).unwrap();
     }
@@ -283,10 +340,22 @@ mod tests {
             (vec![], None, "no API key"),
             (vec!["--tasks.overlap", "2s"], Some("k"), "visibility lag"),
             (vec!["--api.budget-share", "1.5"], Some("k"), "budget-share"),
-            (vec!["--web.listen-address", "nonsense"], Some("k"), "listen-address"),
-            (vec!["--web.telemetry-path", "metrics"], Some("k"), "telemetry-path"),
+            (
+                vec!["--web.listen-address", "nonsense"],
+                Some("k"),
+                "listen-address",
+            ),
+            (
+                vec!["--web.telemetry-path", "metrics"],
+                Some("k"),
+                "telemetry-path",
+            ),
             (vec!["--api-url", "ftp://x"], Some("k"), "api-url"),
-            (vec!["--api-key-file", "/nonexistent/key"], Some("k"), "/nonexistent/key"),
+            (
+                vec!["--api-key-file", "/nonexistent/key"],
+                Some("k"),
+                "/nonexistent/key",
+            ),
         ];
         for (flags, key, needle) in cases {
             let e = args(&flags).validate(&env(key)).unwrap_err().to_string();

@@ -22,9 +22,14 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         args.listen_address = "127.0.0.1:9817".into();
     }
     let cfg = args.validate_with_key(Secret::new(DEMO_KEY))?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {}: {e} (choose another with --web.listen-address)", cfg.listen)
-    })?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e} (choose another with --web.listen-address)",
+                cfg.listen
+            )
+        })?;
     let running = crate::exporter::start(&cfg, listener).await?;
     let m = format!("http://{}{}", running.addr, cfg.telemetry_path);
     println!("ClawMesh exporter demo");

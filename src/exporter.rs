@@ -26,10 +26,12 @@ pub struct Running {
 /// scope); an unreachable API is retried, with /readyz saying not ready.
 pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, KeyError> {
     let hub = Hub::new();
-    let addr = listener.local_addr().map_err(|e| KeyError::Api(crate::api::ApiError::Connection {
-        endpoint: "listen".into(),
-        detail: e.to_string(),
-    }))?;
+    let addr = listener.local_addr().map_err(|e| {
+        KeyError::Api(crate::api::ApiError::Connection {
+            endpoint: "listen".into(),
+            detail: e.to_string(),
+        })
+    })?;
     let (stop, stop_rx) = watch::channel(false);
     let app = crate::server::app(hub.clone(), &cfg.telemetry_path);
     let mut server_stop = stop_rx.clone();
@@ -37,7 +39,10 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, KeyEr
         let shutdown = async move {
             let _ = server_stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "the HTTP server stopped");
         }
     });
@@ -58,7 +63,14 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, KeyEr
     tracing::info!(workspace = %token.workspace_id, scopes = %token.scopes.join(","), "API key accepted");
     let workspace = token.workspace_id.clone();
     let loops = poll::spawn(client, &token, cfg.poll.clone(), hub.clone(), stop_rx);
-    Ok(Running { addr, hub, workspace, stop, loops, server })
+    Ok(Running {
+        addr,
+        hub,
+        workspace,
+        stop,
+        loops,
+        server,
+    })
 }
 
 impl Running {

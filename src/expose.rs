@@ -20,8 +20,14 @@ impl Exposition {
     pub fn new(text: String) -> Self {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         // Writing into a Vec cannot fail.
-        let gzip = gz.write_all(text.as_bytes()).and_then(|_| gz.finish()).unwrap_or_default();
-        Exposition { text: Bytes::from(text), gzip: Bytes::from(gzip) }
+        let gzip = gz
+            .write_all(text.as_bytes())
+            .and_then(|_| gz.finish())
+            .unwrap_or_default();
+        Exposition {
+            text: Bytes::from(text),
+            gzip: Bytes::from(gzip),
+        }
     }
 }
 
@@ -73,7 +79,13 @@ fn label(name: &str, value: &str) -> LabelPair {
 fn metric(family: &Family, workspace: &str, s: &Sample) -> proto::Metric {
     let mut m = proto::Metric::default();
     let mut labels = vec![label("workspace", workspace)];
-    labels.extend(family.labels.iter().zip(&s.labels).map(|(n, v)| label(n, v)));
+    labels.extend(
+        family
+            .labels
+            .iter()
+            .zip(&s.labels)
+            .map(|(n, v)| label(n, v)),
+    );
     m.set_label(labels);
     match (&s.value, family.kind) {
         (Value::Number(v), Kind::Counter) => {
@@ -109,7 +121,10 @@ fn metric(family: &Family, workspace: &str, s: &Sample) -> proto::Metric {
 fn build_info() -> MetricFamily {
     let mut mf = header(metrics::BUILD_INFO, metrics::BUILD_INFO_HELP, Kind::Gauge);
     let mut m = proto::Metric::default();
-    m.set_label(vec![label("revision", metrics::revision()), label("version", metrics::version())]);
+    m.set_label(vec![
+        label("revision", metrics::revision()),
+        label("version", metrics::version()),
+    ]);
     let mut g = proto::Gauge::default();
     g.set_value(1.0);
     m.set_gauge(g);

@@ -47,7 +47,10 @@ impl Hub {
     }
 
     pub fn exposition(&self) -> Arc<Exposition> {
-        self.exposition.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.exposition
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn snapshots(&self) -> Vec<Snapshot> {
@@ -61,7 +64,9 @@ impl Hub {
         expected > 0
             && all.len() >= expected
             && all.values().all(|s| {
-                crate::poll::RESOURCES.iter().all(|r| s.health.last_sync.contains_key(r))
+                crate::poll::RESOURCES
+                    .iter()
+                    .all(|r| s.health.last_sync.contains_key(r))
             })
     }
 }

@@ -69,7 +69,10 @@ async fn simulate(args: SimArgs) -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
-    println!("ClawMesh simulator on http://{addr}/v1 (key {})", clawmesh_exporter::sim::DEMO_KEY);
+    println!(
+        "ClawMesh simulator on http://{addr}/v1 (key {})",
+        clawmesh_exporter::sim::DEMO_KEY
+    );
     println!("ground truth: http://{addr}/_sim/ground_truth");
     let sim = clawmesh_exporter::sim::Simulator::new(cfg);
     tokio::select! {
@@ -81,7 +84,11 @@ async fn simulate(args: SimArgs) -> anyhow::Result<()> {
 
 /// A bad flag, config or key: one line, exit code 2.
 fn usage_error(msg: &str) -> ExitCode {
-    let line = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or(msg).trim();
+    let line = msg
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(msg)
+        .trim();
     let line = line.strip_prefix("error: ").unwrap_or(line);
     eprintln!("clawmesh-exporter: {line}");
     ExitCode::from(2)
@@ -112,10 +119,18 @@ fn init_logging(level: LogLevel, format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
         LogFormat::Logfmt => registry
-            .with(tracing_logfmt::builder().layer().with_writer(std::io::stderr))
+            .with(
+                tracing_logfmt::builder()
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
     }
 }

@@ -18,7 +18,10 @@ struct AppState {
 }
 
 pub fn app(hub: Arc<Hub>, telemetry_path: &str) -> Router {
-    let state = AppState { hub, telemetry_path: telemetry_path.to_string() };
+    let state = AppState {
+        hub,
+        telemetry_path: telemetry_path.to_string(),
+    };
     Router::new()
         .route("/", get(landing))
         .route(telemetry_path, get(metrics))
@@ -51,7 +54,11 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         .any(|item| {
             let mut parts = item.split(';').map(str::trim);
             let coding = parts.next().unwrap_or("");
-            let q_zero = parts.any(|p| p.strip_prefix("q=").and_then(|q| q.trim().parse::<f64>().ok()) == Some(0.0));
+            let q_zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f64>().ok())
+                    == Some(0.0)
+            });
             (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
         })
 }
@@ -60,7 +67,10 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if s.hub.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the first sync has not completed\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the first sync has not completed\n",
+        )
     }
 }
 

@@ -80,6 +80,10 @@ struct Inner {
     auth: HeaderValue,
     budget: Budget,
     stats: Mutex<ApiStats>,
+    /// One request in flight per client (per workspace): a `Retry-After`
+    /// learnt by one loop then reaches the others before they send, instead
+    /// of after a request already on the wire.
+    in_flight: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Client {
@@ -174,6 +178,7 @@ impl Client {
                 auth,
                 budget,
                 stats: Mutex::new(ApiStats::default()),
+                in_flight: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -236,6 +241,7 @@ impl Client {
         let url = format!("{}{}", self.inner.base, endpoint);
         let mut attempt: u32 = 0;
         loop {
+            let turn = self.inner.in_flight.lock().await;
             let waited = self.inner.budget.acquire().await;
             if !waited.is_zero() {
                 self.lock_stats().budget_wait_seconds += waited.as_secs_f64();
@@ -291,6 +297,11 @@ impl Client {
                     (status.to_string(), result)
                 }
             };
+            if let Some(ra) = retry_after {
+                // Every request of this client must respect it, retried or not.
+                self.inner.budget.hold_for(ra);
+            }
+            drop(turn);
             self.lock_stats().record_attempt(endpoint, &code, took);
             tracing::debug!(
                 endpoint,
@@ -310,10 +321,6 @@ impl Client {
             let jittered =
                 retry::full_jitter(attempt, cfg.backoff_base, cfg.backoff_cap, &mut rand::rng());
             let delay = retry::retry_delay(jittered, retry_after);
-            if let Some(ra) = retry_after {
-                // Concurrent requests of this client must respect it too.
-                self.inner.budget.hold_for(ra);
-            }
             tracing::warn!(
                 endpoint,
                 status = %code,
@@ -469,7 +476,7 @@ pub fn parse_page<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Page<T>
 fn parse_page_inner<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Page<T>, String> {
     let page: Page<T> =
         serde_json::from_slice(body).map_err(|e| error::describe_bad_body(body, &e))?;
-    if page.has_more && page.next_cursor.as_deref().map_or(true, str::is_empty) {
+    if page.has_more && page.next_cursor.as_deref().is_none_or(str::is_empty) {
         return Err("has_more is true but next_cursor is missing".to_string());
     }
     Ok(page)

@@ -12,7 +12,12 @@ pub(crate) fn sample_snapshot() -> Snapshot {
     let agents: Vec<Agent> = ["idle", "idle", "busy", "error", "hibernating"]
         .iter()
         .enumerate()
-        .map(|(i, s)| Agent { id: format!("agt_{i}"), status: s.to_string(), created_at: ts(0), updated_at: ts(0) })
+        .map(|(i, s)| Agent {
+            id: format!("agt_{i}"),
+            status: s.to_string(),
+            created_at: ts(0),
+            updated_at: ts(0),
+        })
         .collect();
     fleet.apply_agent_listing(&agents);
     let task = |id: &str, status: &str, code: Option<&str>| Task {
@@ -28,13 +33,19 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             input_tokens: Some(1200),
             output_tokens: Some(300),
         },
-        error: code.map(|c| TaskError { code: Some(c.into()) }),
+        error: code.map(|c| TaskError {
+            code: Some(c.into()),
+        }),
     };
     fleet.apply_task(&task("t1", "pending", None));
     fleet.apply_task(&task("t2", "running", None));
     fleet.apply_task(&task("t3", "completed", None));
     fleet.apply_task(&task("t4", "failed", Some("model_error")));
-    let mut health = Health { up: true, token_expiry: Some(1_900_000_000.0), ..Default::default() };
+    let mut health = Health {
+        up: true,
+        token_expiry: Some(1_900_000_000.0),
+        ..Default::default()
+    };
     health.last_sync.insert("agents", 1_800_000_040.0);
     health.last_sync.insert("tasks", 1_800_000_041.5);
     health.sync_failures.insert("agents", 0);
@@ -58,27 +69,47 @@ pub(crate) fn sample_snapshot() -> Snapshot {
 #[test]
 fn exposition_matches_golden_text() {
     let text = render(&[sample_snapshot()])
-        .replace(&format!("revision=\"{}\"", metrics::revision()), "revision=\"REVISION\"")
-        .replace(&format!("version=\"{}\"", metrics::version()), "version=\"VERSION\"");
+        .replace(
+            &format!("revision=\"{}\"", metrics::revision()),
+            "revision=\"REVISION\"",
+        )
+        .replace(
+            &format!("version=\"{}\"", metrics::version()),
+            "version=\"VERSION\"",
+        );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/exposition.prom");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(path, &text).unwrap();
     }
-    let want = std::fs::read_to_string(path).expect("golden file missing: run with UPDATE_GOLDEN=1");
-    assert_eq!(text, want, "exposition changed: review, then regenerate with UPDATE_GOLDEN=1");
+    let want =
+        std::fs::read_to_string(path).expect("golden file missing: run with UPDATE_GOLDEN=1");
+    assert_eq!(
+        text, want,
+        "exposition changed: review, then regenerate with UPDATE_GOLDEN=1"
+    );
 }
 
 #[test]
 fn every_family_is_documented_in_docs_metrics_md() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
     let mut names: Vec<&str> = metrics::WORKSPACE_FAMILIES.iter().map(|f| f.name).collect();
     names.push(metrics::BUILD_INFO);
     for name in &names {
-        assert!(doc.contains(&format!("`{name}`")), "docs/metrics.md lacks a row for {name}");
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "docs/metrics.md lacks a row for {name}"
+        );
     }
     // And nothing documented that is not exposed.
-    for word in doc.split('`').filter(|w| w.starts_with("clawmesh_") && !w.contains('{') && !w.contains(' ')) {
-        assert!(names.contains(&word), "docs/metrics.md documents {word}, which the exporter does not expose");
+    for word in doc
+        .split('`')
+        .filter(|w| w.starts_with("clawmesh_") && !w.contains('{') && !w.contains(' '))
+    {
+        assert!(
+            names.contains(&word),
+            "docs/metrics.md documents {word}, which the exporter does not expose"
+        );
     }
 }
 
@@ -87,6 +118,8 @@ fn gzip_round_trips() {
     use std::io::Read;
     let e = Exposition::new(render(&[sample_snapshot()]));
     let mut out = String::new();
-    flate2::read::GzDecoder::new(&e.gzip[..]).read_to_string(&mut out).unwrap();
+    flate2::read::GzDecoder::new(&e.gzip[..])
+        .read_to_string(&mut out)
+        .unwrap();
     assert_eq!(out.as_bytes(), &e.text[..]);
 }

@@ -16,7 +16,11 @@ pub const OTHER: &str = "other";
 
 impl BoundedNames {
     pub fn new(known: &'static [&'static str], cap: usize) -> Self {
-        BoundedNames { known, unknown: BTreeSet::new(), cap }
+        BoundedNames {
+            known,
+            unknown: BTreeSet::new(),
+            cap,
+        }
     }
 
     pub fn admit(&mut self, name: &str) -> String {

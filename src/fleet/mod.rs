@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// The agent statuses the contract names; always exported, zeros included.
-pub const AGENT_STATUSES: [&str; 6] = ["provisioning", "idle", "busy", "paused", "error", "offline"];
+pub const AGENT_STATUSES: [&str; 6] =
+    ["provisioning", "idle", "busy", "paused", "error", "offline"];
 /// Open task statuses always exported.
 pub const OPEN_TASK_STATUSES: [&str; 2] = ["pending", "running"];
 /// Terminal statuses, always exported on the finished counter.
@@ -70,7 +71,10 @@ pub struct Counters {
 impl Default for Counters {
     fn default() -> Self {
         Counters {
-            finished: TERMINAL_STATUSES.iter().map(|s| (s.to_string(), 0)).collect(),
+            finished: TERMINAL_STATUSES
+                .iter()
+                .map(|s| (s.to_string(), 0))
+                .collect(),
             failures: BTreeMap::new(),
             input_tokens: 0,
             output_tokens: 0,
@@ -188,7 +192,9 @@ impl Fleet {
                 .and_then(|e| e.code.as_deref())
                 .filter(|c| !c.is_empty())
                 .unwrap_or("unknown");
-            *c.failures.entry(self.failure_codes.admit(code)).or_default() += 1;
+            *c.failures
+                .entry(self.failure_codes.admit(code))
+                .or_default() += 1;
         }
         c.input_tokens += t.metrics.input_tokens.unwrap_or(0);
         c.output_tokens += t.metrics.output_tokens.unwrap_or(0);
@@ -201,12 +207,19 @@ impl Fleet {
     /// forget open tasks the listing did not show, unless they changed too
     /// recently to be visible in it (`lag`). A task missing from the listing
     /// has finished (the incremental sync counts it) or been deleted.
-    pub fn retain_open(&mut self, seen: &std::collections::HashSet<String>, listing_start: Timestamp, lag: Duration) {
+    pub fn retain_open(
+        &mut self,
+        seen: &std::collections::HashSet<String>,
+        listing_start: Timestamp,
+        lag: Duration,
+    ) {
         let keep_after = listing_start.saturating_sub(lag);
         // Statuses the contract does not name are not in a pending,running
         // listing, so its silence says nothing about them.
         self.open.retain(|id, o| {
-            seen.contains(id) || o.updated_at > keep_after || matches!(o.status, TaskStatus::Other(_))
+            seen.contains(id)
+                || o.updated_at > keep_after
+                || matches!(o.status, TaskStatus::Other(_))
         });
     }
 
@@ -231,10 +244,14 @@ impl Fleet {
 
     /// Open tasks per status; pending and running always present.
     pub fn open_tasks(&mut self) -> BTreeMap<String, u64> {
-        let mut counts: BTreeMap<String, u64> =
-            OPEN_TASK_STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+        let mut counts: BTreeMap<String, u64> = OPEN_TASK_STATUSES
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
         for o in self.open.values() {
-            *counts.entry(self.open_names.admit(o.status.name())).or_default() += 1;
+            *counts
+                .entry(self.open_names.admit(o.status.name()))
+                .or_default() += 1;
         }
         counts
     }
@@ -299,7 +316,13 @@ pub struct Snapshot {
 }
 
 impl Fleet {
-    pub fn snapshot(&mut self, workspace: &str, now: Timestamp, health: Health, api: crate::api::ApiStats) -> Snapshot {
+    pub fn snapshot(
+        &mut self,
+        workspace: &str,
+        now: Timestamp,
+        health: Health,
+        api: crate::api::ApiStats,
+    ) -> Snapshot {
         let oldest = self.oldest_pending_created_at();
         Snapshot {
             workspace: workspace.to_string(),

@@ -24,7 +24,9 @@ fn task(id: &str, status: &str, updated: i64) -> Task {
             input_tokens: done.then_some(10),
             output_tokens: done.then_some(5),
         },
-        error: (status == TaskStatus::Failed).then(|| TaskError { code: Some("timeout".into()) }),
+        error: (status == TaskStatus::Failed).then(|| TaskError {
+            code: Some("timeout".into()),
+        }),
     }
 }
 
@@ -76,7 +78,10 @@ fn an_older_copy_never_moves_a_task_backwards() {
 #[test]
 fn transitions_before_the_floor_are_not_counted() {
     let mut f = Fleet::new(ts(10));
-    assert_eq!(f.apply_task(&task("d", "completed", 9)), Applied::BeforeFloor);
+    assert_eq!(
+        f.apply_task(&task("d", "completed", 9)),
+        Applied::BeforeFloor
+    );
     assert_eq!(finished(&f, "completed"), 0);
     // Started before the floor: its queue time belongs to before, too.
     f.apply_task(&task("e", "running", 9));
@@ -125,7 +130,9 @@ fn unknown_agent_statuses_are_kept_by_name_up_to_a_bound() {
         created_at: ts(0),
         updated_at: ts(0),
     };
-    let mut agents: Vec<Agent> = (0..25).map(|i| agent(format!("new_status_{i:02}"))).collect();
+    let mut agents: Vec<Agent> = (0..25)
+        .map(|i| agent(format!("new_status_{i:02}")))
+        .collect();
     agents.push(agent("idle".into()));
     f.apply_agent_listing(&agents);
     let counts = f.agents().unwrap();

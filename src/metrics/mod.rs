@@ -47,7 +47,10 @@ pub struct Family {
 }
 
 fn num(labels: &[&str], v: f64) -> Sample {
-    Sample { labels: labels.iter().map(|s| s.to_string()).collect(), value: Value::Number(v) }
+    Sample {
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        value: Value::Number(v),
+    }
 }
 
 fn per_name<'a>(out: &mut Vec<Sample>, map: impl IntoIterator<Item = (&'a String, &'a u64)>) {
@@ -275,7 +278,8 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
 
 /// The one family without a workspace: which build is running.
 pub const BUILD_INFO: &str = "clawmesh_exporter_build_info";
-pub const BUILD_INFO_HELP: &str = "A metric with a constant 1 value labelled by the version and git revision of the exporter.";
+pub const BUILD_INFO_HELP: &str =
+    "A metric with a constant 1 value labelled by the version and git revision of the exporter.";
 
 pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")

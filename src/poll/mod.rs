@@ -61,11 +61,16 @@ pub async fn check_key(client: &Client) -> Result<Token, KeyError> {
     let token = client.token().await?;
     for scope in REQUIRED_SCOPES {
         if !token.scopes.iter().any(|s| s == scope) {
-            return Err(KeyError::MissingScope { scope: scope.to_string() });
+            return Err(KeyError::MissingScope {
+                scope: scope.to_string(),
+            });
         }
     }
-    let extra: Vec<&str> =
-        WRITE_SCOPES.iter().copied().filter(|w| token.scopes.iter().any(|s| s == w)).collect();
+    let extra: Vec<&str> = WRITE_SCOPES
+        .iter()
+        .copied()
+        .filter(|w| token.scopes.iter().any(|s| s == w))
+        .collect();
     if !extra.is_empty() {
         tracing::warn!(
             workspace = %token.workspace_id,
@@ -101,13 +106,20 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let started = Timestamp::now();
-    let health = Health { token_expiry: token.expires_at.map(|t| t.as_secs_f64()), ..Default::default() };
+    let health = Health {
+        token_expiry: token.expires_at.map(|t| t.as_secs_f64()),
+        ..Default::default()
+    };
     let ws = Arc::new(Workspace {
         id: token.workspace_id.clone(),
         client,
         hub,
         cfg,
-        state: Mutex::new(State { fleet: Fleet::new(started), health, ok: [false; 2] }),
+        state: Mutex::new(State {
+            fleet: Fleet::new(started),
+            health,
+            ok: [false; 2],
+        }),
     });
     ws.hub.expect_workspace();
     ws.publish();
@@ -161,7 +173,12 @@ impl Workspace {
         let snap = {
             let mut st = self.lock();
             let State { fleet, health, .. } = &mut *st;
-            fleet.snapshot(&self.id, Timestamp::now(), health.clone(), self.client.stats())
+            fleet.snapshot(
+                &self.id,
+                Timestamp::now(),
+                health.clone(),
+                self.client.stats(),
+            )
         };
         self.hub.publish(snap);
     }
@@ -216,7 +233,10 @@ struct TaskSync {
 
 impl TaskSync {
     fn new(started: Timestamp) -> Self {
-        TaskSync { watermark: started, last_reconcile: None }
+        TaskSync {
+            watermark: started,
+            last_reconcile: None,
+        }
     }
 
     async fn run(&mut self, ws: &Workspace) {
@@ -226,7 +246,9 @@ impl TaskSync {
     }
 
     async fn sync(&mut self, ws: &Workspace, started: Timestamp) -> Result<(), ApiError> {
-        let due = self.last_reconcile.is_none_or(|t| t.elapsed() >= ws.cfg.reconcile_interval);
+        let due = self
+            .last_reconcile
+            .is_none_or(|t| t.elapsed() >= ws.cfg.reconcile_interval);
         if due {
             self.reconcile(ws, started).await?;
             self.last_reconcile = Some(Instant::now());
@@ -262,7 +284,10 @@ impl TaskSync {
     /// source. Counting stays with the incremental listing and the ledger.
     async fn reconcile(&mut self, ws: &Workspace, started: Timestamp) -> Result<(), ApiError> {
         let query = TaskQuery {
-            statuses: vec![TaskStatus::Pending.name().into(), TaskStatus::Running.name().into()],
+            statuses: vec![
+                TaskStatus::Pending.name().into(),
+                TaskStatus::Running.name().into(),
+            ],
             updated_after: None,
             sort_by_updated_at: false,
         };

@@ -21,13 +21,24 @@ const MODELS: [(&str, &str); 4] = [
     ("google", "gemini-2.5-pro"),
     ("local", "llama-3.3-70b"),
 ];
-const SKILLS: [&str; 6] = ["web_search", "code", "email", "browser", "files", "calendar"];
+const SKILLS: [&str; 6] = [
+    "web_search",
+    "code",
+    "email",
+    "browser",
+    "files",
+    "calendar",
+];
 /// Failure codes with uneven weights.
 const FAILURES: [(&str, u32, &str); 5] = [
     ("timeout", 35, "the task exceeded its timeout"),
     ("model_error", 30, "the model provider returned an error"),
     ("skill_error", 15, "a skill failed"),
-    ("invalid_input", 12, "the instructions could not be processed"),
+    (
+        "invalid_input",
+        12,
+        "the instructions could not be processed",
+    ),
     ("internal", 8, "internal error"),
 ];
 const UNKNOWN_AGENT_STATUSES: [&str; 2] = ["hibernating", "upgrading"];
@@ -211,7 +222,9 @@ impl Fleet {
         let n: u32 = self.rng.random();
         Output {
             file_id: format!("file_{n:08x}"),
-            name: self.pick(&["report.md", "summary.txt", "data.csv", "result.json"]).to_string(),
+            name: self
+                .pick(&["report.md", "summary.txt", "data.csv", "result.json"])
+                .to_string(),
             size_bytes: self.rng.random_range(200..2_000_000),
         }
     }
@@ -485,7 +498,11 @@ impl Fleet {
         let mut t = (**self.tasks.current(&key.1).expect("pending task")).clone();
         let at = stamp(&mut self.rng, now_us, t.updated_at.us);
         finish_fields(&mut t, "cancelled", at);
-        *self.counters.finished_total.entry("cancelled".into()).or_default() += 1;
+        *self
+            .counters
+            .finished_total
+            .entry("cancelled".into())
+            .or_default() += 1;
         self.commit_task(t);
         true
     }
@@ -515,7 +532,11 @@ impl Fleet {
         }
         if status == "failed" {
             let e = self.failure();
-            *self.counters.failures_by_code.entry(e.code.clone()).or_default() += 1;
+            *self
+                .counters
+                .failures_by_code
+                .entry(e.code.clone())
+                .or_default() += 1;
             t.error = Some(e);
         }
         let c = &mut self.counters;
@@ -523,7 +544,10 @@ impl Fleet {
         *c.tokens.entry("input".into()).or_default() += input;
         *c.tokens.entry("output".into()).or_default() += output;
         c.run_seconds.observe(run);
-        if self.rng.random_bool(self.late_output_probability.clamp(0.0, 1.0)) {
+        if self
+            .rng
+            .random_bool(self.late_output_probability.clamp(0.0, 1.0))
+        {
             let due = now_us + self.rng.random_range(MICROS..=20 * MICROS);
             self.late_outputs.push(Reverse((due, id.clone())));
         }

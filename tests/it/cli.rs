@@ -9,7 +9,10 @@ fn run(args: &[&str], key: Option<&str>) -> (Option<i32>, String) {
         c.env("CLAWMESH_API_KEY", k);
     }
     let out = c.output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[test]
@@ -19,13 +22,23 @@ fn bad_flags_are_one_line_and_exit_code_2() {
         (&["--no-such-flag"][..], "--no-such-flag"),
         (&["--log.format", "xml"][..], "xml"),
         (&["--tasks.overlap", "1s"][..], "visibility lag"),
-        (&["--api-key", "secret-on-the-command-line"][..], "--api-key"),
+        (
+            &["--api-key", "secret-on-the-command-line"][..],
+            "--api-key",
+        ),
     ] {
         let (code, err) = run(args, Some("k"));
         assert_eq!(code, Some(2), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
         assert!(err.contains(needle), "{args:?}: {err}");
-        assert!(!err.contains("secret-on-the-command-line"), "echoed a key given as a flag: {err}");
+        assert!(
+            !err.contains("secret-on-the-command-line"),
+            "echoed a key given as a flag: {err}"
+        );
     }
 }
 
@@ -33,13 +46,21 @@ fn bad_flags_are_one_line_and_exit_code_2() {
 fn a_missing_key_says_where_to_put_one() {
     let (code, err) = run(&[], None);
     assert_eq!(code, Some(2));
-    assert!(err.contains("CLAWMESH_API_KEY") && err.contains("--api-key-file"), "{err}");
+    assert!(
+        err.contains("CLAWMESH_API_KEY") && err.contains("--api-key-file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn flags_can_come_from_the_environment() {
     let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
-    let out = c.env_clear().env("CLAWMESH_API_KEY", "k").env("CLAWMESH_POLL_INTERVAL", "never").output().unwrap();
+    let out = c
+        .env_clear()
+        .env("CLAWMESH_API_KEY", "k")
+        .env("CLAWMESH_POLL_INTERVAL", "never")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("never"));
 }
@@ -47,7 +68,10 @@ fn flags_can_come_from_the_environment() {
 #[test]
 fn help_and_version_exit_0() {
     for a in ["--help", "--version"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter")).arg(a).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+            .arg(a)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(0));
     }
 }

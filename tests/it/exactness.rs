@@ -11,7 +11,10 @@ async fn run_fleet_for(sim: &Sim, n: u64) {
     let total = |s: &Sim| s.truth().finished_total.values().sum::<u64>();
     let start = total(sim);
     sim.sim.resume();
-    wait_for(Duration::from_secs(120), "tasks to finish", || async { total(sim) >= start + n }).await;
+    wait_for(Duration::from_secs(120), "tasks to finish", || async {
+        total(sim) >= start + n
+    })
+    .await;
 }
 
 /// Two quiet points with a busy stretch between: the exporter's deltas must
@@ -30,8 +33,14 @@ async fn assert_exact(sim: &Sim, cfg_extra: &[&str], finished: u64) {
 
     let want = delta(&counters_of_truth(&t2), &counters_of_truth(&t1));
     let got = delta(&counters_of_exporter(&e2), &counters_of_exporter(&e1));
-    assert!(want["finished/completed"] >= 10.0, "too little happened to prove anything: {want:?}");
-    assert_eq!(got, want, "exporter deltas (left) differ from the ground truth (right)");
+    assert!(
+        want["finished/completed"] >= 10.0,
+        "too little happened to prove anything: {want:?}"
+    );
+    assert_eq!(
+        got, want,
+        "exporter deltas (left) differ from the ground truth (right)"
+    );
     exporter.shutdown().await;
 }
 
@@ -59,13 +68,24 @@ async fn every_fault_switched_on_still_counts_exactly() {
     });
     assert_exact(&sim, &["--api.timeout", "1s"], 300).await;
     let t = sim.truth();
-    assert!(t.faults_injected >= 10, "faults were not exercised: {}", t.faults_injected);
-    assert_eq!(t.retry_after_violations, 0, "the exporter came back before Retry-After");
+    assert!(
+        t.faults_injected >= 10,
+        "faults were not exercised: {}",
+        t.faults_injected
+    );
+    assert_eq!(
+        t.retry_after_violations, 0,
+        "the exporter came back before Retry-After"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visibility_lag_at_the_contract_maximum_counts_exactly() {
-    let sim = Sim::start(SimConfig { visibility_lag_max: Duration::from_secs(5), ..busy_fleet(13) }).await;
+    let sim = Sim::start(SimConfig {
+        visibility_lag_max: Duration::from_secs(5),
+        ..busy_fleet(13)
+    })
+    .await;
     assert_exact(&sim, &[], 300).await;
 }
 
@@ -75,7 +95,13 @@ async fn after_a_restart_counters_start_from_zero_and_gauges_are_right_after_one
     let first = start_exporter(&exporter_config(&sim, &[])).await;
     run_fleet_for(&sim, 100).await;
     let before = converge(&sim, &first).await;
-    assert!(must(&before, "clawmesh_tasks_finished_total", &[("status", "completed")]) > 0.0);
+    assert!(
+        must(
+            &before,
+            "clawmesh_tasks_finished_total",
+            &[("status", "completed")]
+        ) > 0.0
+    );
     first.shutdown().await;
 
     // The fleet is paused: the new process must show the same gauges after
@@ -84,7 +110,10 @@ async fn after_a_restart_counters_start_from_zero_and_gauges_are_right_after_one
     let second = start_exporter(&exporter_config(&sim, &[])).await;
     let after = converge(&sim, &second).await;
     assert_gauges_match(&after, &t0);
-    assert!(delta(&counters_of_exporter(&after), &Default::default()).is_empty(), "counters restart from zero");
+    assert!(
+        delta(&counters_of_exporter(&after), &Default::default()).is_empty(),
+        "counters restart from zero"
+    );
 
     run_fleet_for(&sim, 200).await;
     let e2 = converge(&sim, &second).await;

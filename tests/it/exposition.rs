@@ -8,18 +8,29 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_check_metrics_reports_nothing_on_a_live_exposition() {
-    let Some(promtool) = require_tool("promtool") else { return };
+    let Some(promtool) = require_tool("promtool") else {
+        return;
+    };
     let sim = Sim::start(clawmesh_exporter::sim::SimConfig {
         unknown_agent_statuses: true,
         ..busy_fleet(41)
     })
     .await;
     let exporter = start_exporter(&exporter_config(&sim, &[])).await;
-    wait_for(Duration::from_secs(30), "a finished task on /metrics", || async {
-        let m = parse(&scrape(exporter.addr).await);
-        value(&m, "clawmesh_tasks_finished_total", &[("status", "completed")]).is_some_and(|v| v > 0.0)
-            && value(&m, "clawmesh_task_failures_total", &[]).is_some()
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "a finished task on /metrics",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            value(
+                &m,
+                "clawmesh_tasks_finished_total",
+                &[("status", "completed")],
+            )
+            .is_some_and(|v| v > 0.0)
+                && value(&m, "clawmesh_task_failures_total", &[]).is_some()
+        },
+    )
     .await;
     let text = scrape(exporter.addr).await;
     let mut child = Command::new(promtool)
@@ -29,10 +40,19 @@ async fn promtool_check_metrics_reports_nothing_on_a_live_exposition() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
     exporter.shutdown().await;
 }
 
@@ -40,7 +60,11 @@ async fn promtool_check_metrics_reports_nothing_on_a_live_exposition() {
 async fn fifty_concurrent_scrapers_cost_nothing_upstream() {
     let sim = Sim::start(busy_fleet(42)).await;
     // A long poll interval: between syncs, no request may reach the API.
-    let exporter = start_exporter(&exporter_config(&sim, &["--poll-interval", "1h", "--agents.interval", "1h"])).await;
+    let exporter = start_exporter(&exporter_config(
+        &sim,
+        &["--poll-interval", "1h", "--agents.interval", "1h"],
+    ))
+    .await;
     let ready = format!("http://{}/readyz", exporter.addr);
     wait_for(Duration::from_secs(30), "ready", || {
         let ready = ready.clone();
@@ -53,15 +77,26 @@ async fn fifty_concurrent_scrapers_cost_nothing_upstream() {
     for _ in 0..50 {
         let (c, addr) = (client.clone(), exporter.addr);
         scrapes.push(tokio::spawn(async move {
-            let r = c.get(format!("http://{addr}/metrics")).send().await.unwrap();
+            let r = c
+                .get(format!("http://{addr}/metrics"))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
             r.text().await.unwrap()
         }));
     }
     for s in scrapes {
-        assert!(s.await.unwrap().contains("clawmesh_agents_active{workspace=\"ws_sim\"}"));
+        assert!(s
+            .await
+            .unwrap()
+            .contains("clawmesh_agents_active{workspace=\"ws_sim\"}"));
     }
-    assert_eq!(sim.truth().requests_total, before, "a scrape reached the API");
+    assert_eq!(
+        sim.truth().requests_total,
+        before,
+        "a scrape reached the API"
+    );
     exporter.shutdown().await;
 }
 
@@ -71,15 +106,38 @@ async fn gzip_when_asked_and_health_endpoints() {
     let exporter = start_exporter(&exporter_config(&sim, &[])).await;
     let base = format!("http://{}", exporter.addr);
     let plain = reqwest::Client::builder().no_gzip().build().unwrap();
-    let r = plain.get(format!("{base}/metrics")).header("Accept-Encoding", "gzip").send().await.unwrap();
+    let r = plain
+        .get(format!("{base}/metrics"))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["content-encoding"], "gzip");
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let body = r.bytes().await.unwrap();
     assert_eq!(&body[..2], &[0x1f, 0x8b], "not a gzip stream");
     let r = plain.get(format!("{base}/metrics")).send().await.unwrap();
     assert!(r.headers().get("content-encoding").is_none());
-    assert_eq!(plain.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    let landing = plain.get(format!("{base}/")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        plain
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let landing = plain
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(landing.contains("/metrics"));
     wait_for(Duration::from_secs(30), "ready", || {
         let (c, u) = (plain.clone(), format!("{base}/readyz"));
@@ -95,19 +153,41 @@ async fn a_broken_upstream_keeps_the_last_good_numbers_and_shows_in_health() {
     let exporter = start_exporter(&exporter_config(&sim, &["--api.max-attempts", "2"])).await;
     let good = converge(&sim, &exporter).await;
     assert_eq!(must(&good, "clawmesh_up", &[]), 1.0);
-    sim.faults(clawmesh_exporter::sim::Faults { outage: true, ..Default::default() });
-    wait_for(Duration::from_secs(30), "clawmesh_up to drop to 0", || async {
-        value(&parse(&scrape(exporter.addr).await), "clawmesh_up", &[]) == Some(0.0)
-    })
+    sim.faults(clawmesh_exporter::sim::Faults {
+        outage: true,
+        ..Default::default()
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "clawmesh_up to drop to 0",
+        || async { value(&parse(&scrape(exporter.addr).await), "clawmesh_up", &[]) == Some(0.0) },
+    )
     .await;
     let bad = parse(&scrape(exporter.addr).await);
-    assert!(must(&bad, "clawmesh_sync_failures_total", &[("resource", "tasks")]) >= 1.0);
+    assert!(
+        must(
+            &bad,
+            "clawmesh_sync_failures_total",
+            &[("resource", "tasks")]
+        ) >= 1.0
+    );
     for s in ["idle", "busy", "error"] {
-        assert_eq!(must(&bad, "clawmesh_agents", &[("status", s)]), must(&good, "clawmesh_agents", &[("status", s)]));
+        assert_eq!(
+            must(&bad, "clawmesh_agents", &[("status", s)]),
+            must(&good, "clawmesh_agents", &[("status", s)])
+        );
     }
     assert_eq!(
-        must(&bad, "clawmesh_tasks_finished_total", &[("status", "completed")]),
-        must(&good, "clawmesh_tasks_finished_total", &[("status", "completed")])
+        must(
+            &bad,
+            "clawmesh_tasks_finished_total",
+            &[("status", "completed")]
+        ),
+        must(
+            &good,
+            "clawmesh_tasks_finished_total",
+            &[("status", "completed")]
+        )
     );
     sim.faults(Default::default());
     wait_for(Duration::from_secs(30), "clawmesh_up back to 1", || async {

@@ -52,23 +52,25 @@ pub fn busy_fleet(seed: u64) -> SimConfig {
 
 /// Exporter flags for tests: fast polling against `sim`.
 pub fn exporter_config(sim: &Sim, extra: &[&str]) -> Config {
-    let mut args = vec![
-        "clawmesh-exporter",
-        "--poll-interval",
-        "1s",
-        "--tasks.overlap",
-        "6s",
-        "--tasks.reconcile-interval",
-        "5s",
-        "--api.budget-share",
-        "1",
-        "--web.listen-address",
-        "127.0.0.1:0",
+    let defaults = [
+        ("--poll-interval", "1s"),
+        ("--tasks.overlap", "6s"),
+        ("--tasks.reconcile-interval", "5s"),
+        ("--api.budget-share", "1"),
+        ("--web.listen-address", "127.0.0.1:0"),
     ];
+    let mut args = vec!["clawmesh-exporter"];
+    for (flag, v) in defaults {
+        if !extra.contains(&flag) {
+            args.extend_from_slice(&[flag, v]);
+        }
+    }
     args.extend_from_slice(extra);
     let url = sim.url();
     args.extend_from_slice(&["--api-url", &url]);
-    let mut cfg = Cli::try_parse_from_args(&args).validate_with_key(Secret::new(DEMO_KEY)).unwrap();
+    let mut cfg = Cli::try_parse_from_args(&args)
+        .validate_with_key(Secret::new(DEMO_KEY))
+        .unwrap();
     cfg.client.backoff_base = Duration::from_millis(20);
     cfg.client.backoff_cap = Duration::from_millis(500);
     cfg
@@ -87,11 +89,18 @@ impl ParseArgs for Cli {
 
 pub async fn start_exporter(cfg: &Config) -> Running {
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
-    exporter::start(cfg, listener).await.expect("exporter starts")
+    exporter::start(cfg, listener)
+        .await
+        .expect("exporter starts")
 }
 
 pub async fn scrape(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Series in an exposition: `name{labels}` as rendered -> value.
@@ -110,7 +119,10 @@ pub fn value(m: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> 
     m.iter()
         .find(|(k, _)| {
             let (n, rest) = k.split_once('{').unwrap_or((k, ""));
-            n == name && labels.iter().all(|(l, v)| rest.contains(&format!("{l}=\"{v}\"")))
+            n == name
+                && labels
+                    .iter()
+                    .all(|(l, v)| rest.contains(&format!("{l}=\"{v}\"")))
         })
         .map(|(_, v)| *v)
 }
@@ -127,13 +139,19 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub fn rfc3339_secs(s: &str) -> f64 {
-    chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros() as f64 / 1e6
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .timestamp_micros() as f64
+        / 1e6
 }
 
 /// Pause the simulator, then wait until the exporter has completed a sync of
@@ -146,12 +164,20 @@ pub async fn converge(sim: &Sim, exporter: &Running) -> BTreeMap<String, f64> {
     loop {
         let m = parse(&scrape(exporter.addr).await);
         let synced = ["agents", "tasks"].iter().all(|r| {
-            value(&m, "clawmesh_last_sync_timestamp_seconds", &[("resource", r)]).is_some_and(|t| t > visible_by)
+            value(
+                &m,
+                "clawmesh_last_sync_timestamp_seconds",
+                &[("resource", r)],
+            )
+            .is_some_and(|t| t > visible_by)
         });
         if synced {
             return m;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no sync after the fleet went quiet within 60 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no sync after the fleet went quiet within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -161,20 +187,41 @@ pub async fn converge(sim: &Sim, exporter: &Running) -> BTreeMap<String, f64> {
 pub fn counters_of_exporter(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for s in ["completed", "failed", "cancelled"] {
-        out.insert(format!("finished/{s}"), value(m, "clawmesh_tasks_finished_total", &[("status", s)]).unwrap_or(0.0));
+        out.insert(
+            format!("finished/{s}"),
+            value(m, "clawmesh_tasks_finished_total", &[("status", s)]).unwrap_or(0.0),
+        );
     }
     for (k, v) in m {
         if let Some(rest) = k.strip_prefix("clawmesh_task_failures_total{") {
-            let code = rest.split("code=\"").nth(1).unwrap().split('"').next().unwrap();
+            let code = rest
+                .split("code=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
             out.insert(format!("failures/{code}"), *v);
         }
     }
     for kind in ["input", "output"] {
-        out.insert(format!("tokens/{kind}"), value(m, "clawmesh_task_tokens_total", &[("kind", kind)]).unwrap_or(0.0));
+        out.insert(
+            format!("tokens/{kind}"),
+            value(m, "clawmesh_task_tokens_total", &[("kind", kind)]).unwrap_or(0.0),
+        );
     }
-    for (h, n) in [("queue", "clawmesh_task_queue_duration_seconds"), ("run", "clawmesh_task_run_duration_seconds")] {
-        out.insert(format!("{h}/count"), value(m, &format!("{n}_count"), &[]).unwrap_or(0.0));
-        out.insert(format!("{h}/sum"), value(m, &format!("{n}_sum"), &[]).unwrap_or(0.0));
+    for (h, n) in [
+        ("queue", "clawmesh_task_queue_duration_seconds"),
+        ("run", "clawmesh_task_run_duration_seconds"),
+    ] {
+        out.insert(
+            format!("{h}/count"),
+            value(m, &format!("{n}_count"), &[]).unwrap_or(0.0),
+        );
+        out.insert(
+            format!("{h}/sum"),
+            value(m, &format!("{n}_sum"), &[]).unwrap_or(0.0),
+        );
     }
     out
 }
@@ -197,12 +244,19 @@ pub fn counters_of_truth(t: &GroundTruth) -> BTreeMap<String, f64> {
     out
 }
 
-pub fn delta(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+pub fn delta(
+    after: &BTreeMap<String, f64>,
+    before: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for (k, v) in after {
         let d = v - before.get(k).copied().unwrap_or(0.0);
         // Sums of float seconds: round away the last bits of addition order.
-        let d = if k.ends_with("/sum") { (d * 1000.0).round() / 1000.0 } else { d };
+        let d = if k.ends_with("/sum") {
+            (d * 1000.0).round() / 1000.0
+        } else {
+            d
+        };
         if d != 0.0 {
             out.insert(k.clone(), d);
         }
@@ -213,12 +267,25 @@ pub fn delta(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> B
 /// Every gauge the exporter shows equals the ground truth, exactly.
 pub fn assert_gauges_match(m: &BTreeMap<String, f64>, t: &GroundTruth) {
     for (status, n) in &t.agents {
-        assert_eq!(must(m, "clawmesh_agents", &[("status", status)]), *n as f64, "agents {status}");
+        assert_eq!(
+            must(m, "clawmesh_agents", &[("status", status)]),
+            *n as f64,
+            "agents {status}"
+        );
     }
-    let active = t.agents.get("idle").copied().unwrap_or(0) + t.agents.get("busy").copied().unwrap_or(0);
-    assert_eq!(must(m, "clawmesh_agents_active", &[]), active as f64, "active agents");
+    let active =
+        t.agents.get("idle").copied().unwrap_or(0) + t.agents.get("busy").copied().unwrap_or(0);
+    assert_eq!(
+        must(m, "clawmesh_agents_active", &[]),
+        active as f64,
+        "active agents"
+    );
     for (status, n) in &t.tasks_open {
-        assert_eq!(must(m, "clawmesh_tasks", &[("status", status)]), *n as f64, "tasks {status}");
+        assert_eq!(
+            must(m, "clawmesh_tasks", &[("status", status)]),
+            *n as f64,
+            "tasks {status}"
+        );
     }
 }
 
@@ -226,12 +293,16 @@ pub fn assert_gauges_match(m: &BTreeMap<String, f64>, t: &GroundTruth) {
 /// under `CI=true` and a skip (with a notice) elsewhere.
 pub fn require_tool(name: &str) -> Option<String> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
     });
     match found {
         Some(p) => Some(p.to_string_lossy().into_owned()),
         None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{name} is required under CI=true; .ci/run installs it (Debian package prometheus)")
+            panic!(
+                "{name} is required under CI=true; .ci/run installs it (Debian package prometheus)"
+            )
         }
         None => {
             eprintln!("SKIPPED: {name} not installed (apt-get install prometheus); CI=true makes this a failure");
