@@ -98,7 +98,13 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
-fn admit(inner: &Inner, endpoint: &str, headers: &HeaderMap, has_cursor: bool, f: &Faults) -> Admission {
+fn admit(
+    inner: &Inner,
+    endpoint: &str,
+    headers: &HeaderMap,
+    has_cursor: bool,
+    f: &Faults,
+) -> Admission {
     let now = now_us();
     let secret = bearer(headers);
     let mut h = inner.http();
@@ -225,7 +231,13 @@ async fn answer(
     adm: &Admission,
     handler: impl FnOnce(&Inner, &KeyEntry) -> Result<Vec<u8>, ApiErr>,
 ) -> Response {
-    let err = |e: ApiErr| respond(e.status, "application/json", error_body(&e, &adm.request_id));
+    let err = |e: ApiErr| {
+        respond(
+            e.status,
+            "application/json",
+            error_body(&e, &adm.request_id),
+        )
+    };
     if adm.hang {
         count_fault(inner);
         tokio::time::sleep(Duration::from_millis(faults.hang_ms)).await;
@@ -342,7 +354,10 @@ fn finish(mut r: Response, adm: &Admission) -> Response {
         HeaderValue::from_str(&adm.request_id).expect("ascii"),
     );
     h.insert("x-ratelimit-limit", HeaderValue::from(adm.rate.limit));
-    h.insert("x-ratelimit-remaining", HeaderValue::from(adm.rate.remaining));
+    h.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(adm.rate.remaining),
+    );
     h.insert("x-ratelimit-reset", HeaderValue::from(adm.rate.reset_secs));
     r
 }
@@ -360,17 +375,24 @@ struct TokenOut<'a> {
 }
 
 async fn token(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
-    serve_v1(&sim.inner, "/auth/token", None, &headers, false, |inner, k| {
-        let out = TokenOut {
-            id: &k.key.id,
-            name: &k.key.id,
-            workspace_id: &inner.cfg.workspace_id,
-            scopes: &k.key.scopes,
-            created_at: format_us(k.created_us),
-            expires_at: k.key.expires_at.map(|e| format_us(e.timestamp_micros())),
-        };
-        Ok(serde_json::to_vec(&json!({ "data": out })).expect("serialisable"))
-    })
+    serve_v1(
+        &sim.inner,
+        "/auth/token",
+        None,
+        &headers,
+        false,
+        |inner, k| {
+            let out = TokenOut {
+                id: &k.key.id,
+                name: &k.key.id,
+                workspace_id: &inner.cfg.workspace_id,
+                scopes: &k.key.scopes,
+                created_at: format_us(k.created_us),
+                expires_at: k.key.expires_at.map(|e| format_us(e.timestamp_micros())),
+            };
+            Ok(serde_json::to_vec(&json!({ "data": out })).expect("serialisable"))
+        },
+    )
     .await
 }
 
@@ -381,88 +403,129 @@ fn has_cursor(q: &QueryPairs) -> bool {
 
 async fn list_agents(State(sim): State<Simulator>, headers: HeaderMap, q: QueryPairs) -> Response {
     let hc = has_cursor(&q);
-    serve_v1(&sim.inner, "/agents", Some("agents:read"), &headers, hc, |inner, _| {
-        let Query(q) = q.map_err(|e| ApiErr::bad(e.body_text()))?;
-        let p = ListParams::parse(&q, false)?;
-        let now = now_us();
-        let after = p.after(inner, CursorKind::Agents, now)?;
-        let listing = inner.fleet().agents.list(
-            Order::Created,
-            false,
-            after,
-            p.created_before,
-            now,
-            p.limit,
-            |a| {
-                p.status_ok(&a.status)
-                    && p
-                        .labels
-                        .iter()
-                        .all(|(k, v)| a.labels.get(k).is_some_and(|x| x == v))
-            },
-        );
-        Ok(page(inner, CursorKind::Agents, listing, now))
-    })
+    serve_v1(
+        &sim.inner,
+        "/agents",
+        Some("agents:read"),
+        &headers,
+        hc,
+        |inner, _| {
+            let Query(q) = q.map_err(|e| ApiErr::bad(e.body_text()))?;
+            let p = ListParams::parse(&q, false)?;
+            let now = now_us();
+            let after = p.after(inner, CursorKind::Agents, now)?;
+            let listing = inner.fleet().agents.list(
+                Order::Created,
+                false,
+                after,
+                p.created_before,
+                now,
+                p.limit,
+                |a| {
+                    p.status_ok(&a.status)
+                        && p.labels
+                            .iter()
+                            .all(|(k, v)| a.labels.get(k).is_some_and(|x| x == v))
+                },
+            );
+            Ok(page(inner, CursorKind::Agents, listing, now))
+        },
+    )
     .await
 }
 
 async fn list_tasks(State(sim): State<Simulator>, headers: HeaderMap, q: QueryPairs) -> Response {
     let hc = has_cursor(&q);
-    serve_v1(&sim.inner, "/tasks", Some("tasks:read"), &headers, hc, |inner, _| {
-        let Query(q) = q.map_err(|e| ApiErr::bad(e.body_text()))?;
-        let p = ListParams::parse(&q, true)?;
-        let now = now_us();
-        let kind = match p.order {
-            Order::Created => CursorKind::TasksCreated,
-            Order::Updated => CursorKind::TasksUpdated,
-        };
-        let after = p.after(inner, kind, now)?;
-        // Open-only listings in created order scan the small open index.
-        let only_open = p
-            .statuses
-            .as_ref()
-            .is_some_and(|s| s.iter().all(|s| s == "pending" || s == "running"));
-        let listing = inner.fleet().tasks.list(
-            p.order,
-            only_open,
-            after,
-            p.created_before,
-            now,
-            p.limit,
-            |t| {
-                p.status_ok(&t.status)
-                    && p.agent_id.as_ref().is_none_or(|a| t.agent_id.as_ref() == Some(a))
-                    && p.created_after.is_none_or(|c| t.created_at.us > c)
-                    && p.updated_after.is_none_or(|u| t.updated_at.us > u)
-            },
-        );
-        Ok(page(inner, kind, listing, now))
-    })
+    serve_v1(
+        &sim.inner,
+        "/tasks",
+        Some("tasks:read"),
+        &headers,
+        hc,
+        |inner, _| {
+            let Query(q) = q.map_err(|e| ApiErr::bad(e.body_text()))?;
+            let p = ListParams::parse(&q, true)?;
+            let now = now_us();
+            let kind = match p.order {
+                Order::Created => CursorKind::TasksCreated,
+                Order::Updated => CursorKind::TasksUpdated,
+            };
+            let after = p.after(inner, kind, now)?;
+            // Open-only listings in created order scan the small open index.
+            let only_open = p
+                .statuses
+                .as_ref()
+                .is_some_and(|s| s.iter().all(|s| s == "pending" || s == "running"));
+            let listing = inner.fleet().tasks.list(
+                p.order,
+                only_open,
+                after,
+                p.created_before,
+                now,
+                p.limit,
+                |t| {
+                    p.status_ok(&t.status)
+                        && p.agent_id
+                            .as_ref()
+                            .map_or(true, |a| t.agent_id.as_ref() == Some(a))
+                        && p.created_after.map_or(true, |c| t.created_at.us > c)
+                        && p.updated_after.map_or(true, |u| t.updated_at.us > u)
+                },
+            );
+            Ok(page(inner, kind, listing, now))
+        },
+    )
     .await
 }
 
-async fn get_agent(State(sim): State<Simulator>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    serve_v1(&sim.inner, "/agents/{id}", Some("agents:read"), &headers, false, |inner, _| {
-        let now = now_us();
-        let a = inner.fleet().agents.visible(&id, now).cloned();
-        let a = a.ok_or_else(|| not_found("agent", &id))?;
-        Ok(single(&*a, now))
-    })
+async fn get_agent(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    serve_v1(
+        &sim.inner,
+        "/agents/{id}",
+        Some("agents:read"),
+        &headers,
+        false,
+        |inner, _| {
+            let now = now_us();
+            let a = inner.fleet().agents.visible(&id, now).cloned();
+            let a = a.ok_or_else(|| not_found("agent", &id))?;
+            Ok(single(&*a, now))
+        },
+    )
     .await
 }
 
-async fn get_task(State(sim): State<Simulator>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    serve_v1(&sim.inner, "/tasks/{id}", Some("tasks:read"), &headers, false, |inner, _| {
-        let now = now_us();
-        let t = inner.fleet().tasks.visible(&id, now).cloned();
-        let t = t.ok_or_else(|| not_found("task", &id))?;
-        Ok(single(&*t, now))
-    })
+async fn get_task(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    serve_v1(
+        &sim.inner,
+        "/tasks/{id}",
+        Some("tasks:read"),
+        &headers,
+        false,
+        |inner, _| {
+            let now = now_us();
+            let t = inner.fleet().tasks.visible(&id, now).cloned();
+            let t = t.ok_or_else(|| not_found("task", &id))?;
+            Ok(single(&*t, now))
+        },
+    )
     .await
 }
 
 fn not_found(what: &str, id: &str) -> ApiErr {
-    ApiErr::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} {id}"))
+    ApiErr::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no {what} {id}"),
+    )
 }
 
 async fn fallback(State(sim): State<Simulator>, uri: Uri, headers: HeaderMap) -> Response {
@@ -470,7 +533,11 @@ async fn fallback(State(sim): State<Simulator>, uri: Uri, headers: HeaderMap) ->
         return (StatusCode::NOT_FOUND, "not found").into_response();
     }
     serve_v1(&sim.inner, "other", None, &headers, false, |_, _| {
-        Err(ApiErr::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))
+        Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint",
+        ))
     })
     .await
 }
@@ -589,8 +656,19 @@ fn encode_cursor<T>(inner: &Inner, kind: CursorKind, last: &Hit<T>, now_us: i64)
 
 /// The (sort key, id) a cursor continues after, if it is one we issued for
 /// this listing and still valid.
-fn decode_cursor(inner: &Inner, kind: CursorKind, c: &str, now_us: i64) -> Result<(i64, String), ApiErr> {
-    let invalid = || ApiErr::new(StatusCode::BAD_REQUEST, "invalid_cursor", "the cursor is not valid for this listing");
+fn decode_cursor(
+    inner: &Inner,
+    kind: CursorKind,
+    c: &str,
+    now_us: i64,
+) -> Result<(i64, String), ApiErr> {
+    let invalid = || {
+        ApiErr::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+            "the cursor is not valid for this listing",
+        )
+    };
     if c.len() % 2 != 0 || !c.is_ascii() {
         return Err(invalid());
     }
@@ -696,12 +774,17 @@ impl ListParams {
     fn status_ok(&self, status: &str) -> bool {
         self.statuses
             .as_ref()
-            .is_none_or(|s| s.iter().any(|x| x == status))
+            .map_or(true, |s| s.iter().any(|x| x == status))
     }
 
     /// Where the page starts: after the cursor, and after the strict lower
     /// bound of the sort key, whichever is later.
-    fn after(&self, inner: &Inner, kind: CursorKind, now_us: i64) -> Result<Option<(i64, String)>, ApiErr> {
+    fn after(
+        &self,
+        inner: &Inner,
+        kind: CursorKind,
+        now_us: i64,
+    ) -> Result<Option<(i64, String)>, ApiErr> {
         let cursor = match &self.cursor {
             Some(c) => Some(decode_cursor(inner, kind, c, now_us)?),
             None => None,
@@ -748,11 +831,19 @@ struct KeyIn {
 }
 
 async fn add_key(State(sim): State<Simulator>, Json(k): Json<KeyIn>) -> Response {
-    let expires_at = match k.expires_at.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
+    let expires_at = match k
+        .expires_at
+        .as_deref()
+        .map(chrono::DateTime::parse_from_rfc3339)
+    {
         None => None,
         Some(Ok(d)) => Some(d.with_timezone(&chrono::Utc)),
         Some(Err(_)) => {
-            return (StatusCode::BAD_REQUEST, "expires_at must be RFC 3339 or null").into_response()
+            return (
+                StatusCode::BAD_REQUEST,
+                "expires_at must be RFC 3339 or null",
+            )
+                .into_response()
         }
     };
     sim.add_key(SimKey {

@@ -21,13 +21,24 @@ const MODELS: [(&str, &str); 4] = [
     ("google", "gemini-2.5-pro"),
     ("local", "llama-3.3-70b"),
 ];
-const SKILLS: [&str; 6] = ["web_search", "code", "email", "browser", "files", "calendar"];
+const SKILLS: [&str; 6] = [
+    "web_search",
+    "code",
+    "email",
+    "browser",
+    "files",
+    "calendar",
+];
 /// Failure codes with uneven weights.
 const FAILURES: [(&str, u32, &str); 5] = [
     ("timeout", 35, "the task exceeded its timeout"),
     ("model_error", 30, "the model provider returned an error"),
     ("skill_error", 15, "a skill failed"),
-    ("invalid_input", 12, "the instructions could not be processed"),
+    (
+        "invalid_input",
+        12,
+        "the instructions could not be processed",
+    ),
     ("internal", 8, "internal error"),
 ];
 const UNKNOWN_AGENT_STATUSES: [&str; 2] = ["hibernating", "upgrading"];
@@ -63,6 +74,7 @@ pub struct Fleet {
     target_pending: usize,
     target_running: usize,
     big: Arc<str>,
+    start_us: i64,
 }
 
 impl Fleet {
@@ -91,9 +103,16 @@ impl Fleet {
             target_pending: (target_open * 2 / 5).max(1),
             target_running: (target_open - target_open * 2 / 5).max(1),
             big: Arc::from(big_instructions()),
+            start_us,
         };
         f.seed(cfg, start_us);
         f
+    }
+
+    /// A stamp for a change of the living fleet: later than `after_us` and
+    /// than the start, so "changed since start" is exact despite rounding.
+    fn live_stamp(&mut self, now_us: i64, after_us: i64) -> Ts {
+        stamp(&mut self.rng, now_us, after_us.max(self.start_us))
     }
 
     fn lag(&mut self) -> i64 {
@@ -211,7 +230,9 @@ impl Fleet {
         let n: u32 = self.rng.random();
         Output {
             file_id: format!("file_{n:08x}"),
-            name: self.pick(&["report.md", "summary.txt", "data.csv", "result.json"]).to_string(),
+            name: self
+                .pick(&["report.md", "summary.txt", "data.csv", "result.json"])
+                .to_string(),
             size_bytes: self.rng.random_range(200..2_000_000),
         }
     }
@@ -421,7 +442,7 @@ impl Fleet {
     fn create_task(&mut self, now_us: i64) -> bool {
         self.new_tasks += 1;
         let big = self.big_every.is_some_and(|n| self.new_tasks % n == 0);
-        let created = stamp(&mut self.rng, now_us, i64::MIN);
+        let created = self.live_stamp(now_us, i64::MIN);
         let t = self.new_task(created, big);
         self.pending.insert((created.us, t.id.clone()));
         self.commit_task(t);
@@ -464,7 +485,7 @@ impl Fleet {
             return false;
         };
         let mut t = (**self.tasks.current(&id).expect("pending task")).clone();
-        let started = stamp(&mut self.rng, now_us, t.updated_at.us);
+        let started = self.live_stamp(now_us, t.updated_at.us);
         start_fields(&mut t, &agent_id, started);
         self.counters
             .queue_seconds
@@ -483,9 +504,13 @@ impl Fleet {
         let key = self.pending.iter().nth(i).cloned().expect("in range");
         self.pending.remove(&key);
         let mut t = (**self.tasks.current(&key.1).expect("pending task")).clone();
-        let at = stamp(&mut self.rng, now_us, t.updated_at.us);
+        let at = self.live_stamp(now_us, t.updated_at.us);
         finish_fields(&mut t, "cancelled", at);
-        *self.counters.finished_total.entry("cancelled".into()).or_default() += 1;
+        *self
+            .counters
+            .finished_total
+            .entry("cancelled".into())
+            .or_default() += 1;
         self.commit_task(t);
         true
     }
@@ -497,7 +522,7 @@ impl Fleet {
         let i = self.rng.random_range(0..self.running.len());
         let id = self.running.swap_remove(i);
         let mut t = (**self.tasks.current(&id).expect("running task")).clone();
-        let at = stamp(&mut self.rng, now_us, t.updated_at.us);
+        let at = self.live_stamp(now_us, t.updated_at.us);
         let status = self.outcome();
         finish_fields(&mut t, status, at);
         let started = t.started_at.expect("running task started");
@@ -515,7 +540,11 @@ impl Fleet {
         }
         if status == "failed" {
             let e = self.failure();
-            *self.counters.failures_by_code.entry(e.code.clone()).or_default() += 1;
+            *self
+                .counters
+                .failures_by_code
+                .entry(e.code.clone())
+                .or_default() += 1;
             t.error = Some(e);
         }
         let c = &mut self.counters;
@@ -523,7 +552,10 @@ impl Fleet {
         *c.tokens.entry("input".into()).or_default() += input;
         *c.tokens.entry("output".into()).or_default() += output;
         c.run_seconds.observe(run);
-        if self.rng.random_bool(self.late_output_probability.clamp(0.0, 1.0)) {
+        if self
+            .rng
+            .random_bool(self.late_output_probability.clamp(0.0, 1.0))
+        {
             let due = now_us + self.rng.random_range(MICROS..=20 * MICROS);
             self.late_outputs.push(Reverse((due, id.clone())));
         }
@@ -539,7 +571,7 @@ impl Fleet {
             return false;
         };
         let mut t = (**cur).clone();
-        t.updated_at = stamp(&mut self.rng, now_us, t.updated_at.us);
+        t.updated_at = self.live_stamp(now_us, t.updated_at.us);
         let o = self.output();
         t.outputs.push(o);
         self.commit_task(t);
@@ -557,7 +589,7 @@ impl Fleet {
         } else if a.running_tasks == 0 && a.status == "busy" {
             a.status = "idle".to_string();
         }
-        a.updated_at = stamp(&mut self.rng, now_us, a.updated_at.us);
+        a.updated_at = self.live_stamp(now_us, a.updated_at.us);
         self.commit_agent(a);
     }
 
@@ -593,7 +625,7 @@ impl Fleet {
         };
         let mut a = (*cur).clone();
         a.status = new.to_string();
-        a.updated_at = stamp(&mut self.rng, now_us, a.updated_at.us);
+        a.updated_at = self.live_stamp(now_us, a.updated_at.us);
         if !has_heartbeat(new) {
             a.heartbeat_phase = None;
         } else if a.heartbeat_phase.is_none() {
@@ -603,7 +635,7 @@ impl Fleet {
     }
 
     fn agent_create(&mut self, now_us: i64) {
-        let created = stamp(&mut self.rng, now_us, i64::MIN);
+        let created = self.live_stamp(now_us, i64::MIN);
         let a = self.new_agent(created, "provisioning");
         self.live_agents.push(a.id.clone());
         self.commit_agent(a);
@@ -620,7 +652,7 @@ impl Fleet {
         if cur.running_tasks > 0 {
             return;
         }
-        let updated = stamp(&mut self.rng, now_us, cur.updated_at.us);
+        let updated = self.live_stamp(now_us, cur.updated_at.us);
         let id = self.live_agents.swap_remove(i);
         let vis = updated.us + self.lag();
         self.max_visible_us = self.max_visible_us.max(vis);

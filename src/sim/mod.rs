@@ -149,7 +149,10 @@ impl Inner {
         self.http.lock().unwrap_or_else(|e| e.into_inner())
     }
     fn faults(&self) -> Faults {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -344,7 +344,10 @@ impl<T: Obj> Store<T> {
             created_us,
             versions: Vec::new(),
         });
-        debug_assert!(e.versions.last().is_none_or(|l| l.updated_us < v.updated_us));
+        debug_assert!(e
+            .versions
+            .last()
+            .map_or(true, |l| l.updated_us < v.updated_us));
         e.versions.push(v);
     }
 

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const AGENT_STATUSES: [&str; 6] = ["provisioning", "idle", "busy", "paused", "error", "offline"];
+pub const AGENT_STATUSES: [&str; 6] =
+    ["provisioning", "idle", "busy", "paused", "error", "offline"];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Observations {
