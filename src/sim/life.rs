@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
 const DAY: i64 = 86_400 * MICROS;
+/// Tasks leave history this long after they finish (standard plans).
+const RETENTION: i64 = 30 * DAY;
 const TEAMS: [&str; 5] = ["payments", "growth", "support", "infra", "research"];
 const MODELS: [(&str, &str); 4] = [
     ("anthropic", "claude-sonnet-4"),
@@ -61,6 +63,8 @@ pub struct Fleet {
     pub max_visible_us: i64,
     /// (due, task id): outputs to attach late.
     late_outputs: BinaryHeap<Reverse<(i64, String)>>,
+    /// (leaves history at, task id) of terminal tasks.
+    expiries: BinaryHeap<Reverse<(i64, String)>>,
     pub rng: StdRng,
     change_budget: f64,
     pub paused: bool,
@@ -90,6 +94,7 @@ impl Fleet {
             vis_queue: BinaryHeap::new(),
             max_visible_us: start_us,
             late_outputs: BinaryHeap::new(),
+            expiries: BinaryHeap::new(),
             rng: StdRng::seed_from_u64(cfg.seed),
             change_budget: 0.0,
             paused: false,
@@ -113,6 +118,14 @@ impl Fleet {
     /// than the start, so "changed since start" is exact despite rounding.
     fn live_stamp(&mut self, now_us: i64, after_us: i64) -> Ts {
         stamp(&mut self.rng, now_us, after_us.max(self.start_us))
+    }
+
+    /// Schedules a task that just became terminal to leave history.
+    fn retire_later(&mut self, t: &Task) {
+        if let Some(f) = t.finished_at {
+            self.expiries
+                .push(Reverse((f.us + RETENTION, t.id.clone())));
+        }
     }
 
     fn lag(&mut self) -> i64 {
@@ -285,12 +298,13 @@ impl Fleet {
             agents.push(a);
         }
 
-        // History: terminal tasks created in the past 30 days.
+        // History: terminal tasks created in the past 30 days (so the oldest
+        // leave history while the simulator runs).
         for _ in 0..cfg.history_tasks {
             let queue_us = self.rng.random_range(MICROS..600 * MICROS);
             let run_us = self.rng.random_range(5 * MICROS..1800 * MICROS);
-            let latest_created = start_us - queue_us - run_us - 2 * MICROS;
-            let created_us = latest_created - self.rng.random_range(0..29 * DAY);
+            let span = queue_us + run_us + 2 * MICROS;
+            let created_us = start_us - span - self.rng.random_range(0..RETENTION - span);
             let created = stamp(&mut self.rng, created_us, i64::MIN);
             let mut t = self.new_task(created, false);
             let status = self.outcome();
@@ -329,6 +343,7 @@ impl Fleet {
                 at: finished,
             });
             t.updated_at = finished;
+            self.retire_later(&t);
             self.commit_task(t);
         }
 
@@ -393,6 +408,13 @@ impl Fleet {
             }
             if self.rng.random_bool(rare) {
                 self.agent_delete(now_us);
+            }
+            while let Some(Reverse((at, _))) = self.expiries.peek() {
+                if *at > now_us {
+                    break;
+                }
+                let Reverse((_, id)) = self.expiries.pop().expect("peeked");
+                self.tasks.remove(&id);
             }
             while let Some(Reverse((due, _))) = self.late_outputs.peek() {
                 if *due > now_us {
@@ -511,6 +533,7 @@ impl Fleet {
             .finished_total
             .entry("cancelled".into())
             .or_default() += 1;
+        self.retire_later(&t);
         self.commit_task(t);
         true
     }
@@ -560,6 +583,7 @@ impl Fleet {
             self.late_outputs.push(Reverse((due, id.clone())));
         }
         let agent_id = t.agent_id.clone().expect("running task has an agent");
+        self.retire_later(&t);
         self.commit_task(t);
         self.agent_running_delta(&agent_id, -1, now_us);
         true

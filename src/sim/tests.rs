@@ -676,3 +676,54 @@ async fn finished_total_matches_listing() {
         .iter()
         .any(|t| t["instructions"].as_str().unwrap().len() == 256 * 1024));
 }
+
+/// The large fleet the contract's numbers call for: seeding, and pages that
+/// do not scan the whole history. Slow in debug builds, hence ignored.
+#[tokio::test]
+#[ignore]
+async fn large_fleet_pages_quickly() {
+    let t = Instant::now();
+    let cfg = SimConfig {
+        agents: 10_000,
+        history_tasks: 100_000,
+        task_changes_per_minute: 1000.0,
+        ..SimConfig::default()
+    };
+    let (sim, base) = spawn(cfg).await;
+    eprintln!("seeded in {:?}", t.elapsed());
+    sim.start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let recent = enc(&super::model::format_us(now_us() - 60 * MICROS));
+    for path in [
+        "/v1/tasks?limit=100".to_string(),
+        "/v1/agents?limit=100".to_string(),
+        "/v1/tasks?limit=100&status=pending,running".to_string(),
+        format!("/v1/tasks?limit=100&sort=updated_at&updated_after={recent}"),
+    ] {
+        let t = Instant::now();
+        let a = get(&base, &path, Some(DEMO_KEY)).await;
+        assert_eq!(a.status, 200);
+        eprintln!("{path}: {:?} ({} bytes)", t.elapsed(), a.text.len());
+        assert!(t.elapsed() < Duration::from_millis(500), "{path}");
+    }
+}
+
+#[test]
+fn tasks_leave_history_30_days_after_finishing() {
+    let start = now_us();
+    let mut f = life::Fleet::new(&small(), start);
+    let day = 86_400 * MICROS;
+    let open = f.pending.len() + f.running.len();
+    assert!(f.tasks.entities.values().all(|e| {
+        let t = e.current().unwrap();
+        t.finished_at
+            .map_or(true, |fin| fin.us >= start - 30 * day && fin.us < start)
+    }));
+    f.tick(start + 15 * day, 0.0);
+    let half = f.tasks.entities.len();
+    assert!(half > open && half < 300 + open, "{half}");
+    f.tick(start + 31 * day, 0.0);
+    assert_eq!(f.tasks.entities.len(), open, "only the open tasks are left");
+    assert_eq!(f.tasks.by_created.len(), open);
+    assert_eq!(f.tasks.by_updated.len(), open);
+}
