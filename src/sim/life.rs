@@ -45,9 +45,14 @@ const FAILURES: [(&str, u32, &str); 5] = [
 ];
 const UNKNOWN_AGENT_STATUSES: [&str; 2] = ["hibernating", "upgrading"];
 
+/// Whole milliseconds between two instants, rounded.
+fn millis(from_us: i64, to_us: i64) -> i64 {
+    ((to_us - from_us) + 500).div_euclid(1000)
+}
+
 /// Milliseconds-rounded seconds between two instants, as metrics give them.
 fn secs_ms(from_us: i64, to_us: i64) -> f64 {
-    ((to_us - from_us) + 500).div_euclid(1000) as f64 / 1000.0
+    millis(from_us, to_us) as f64 / 1000.0
 }
 
 pub struct Fleet {
@@ -511,7 +516,7 @@ impl Fleet {
         start_fields(&mut t, &agent_id, started);
         self.counters
             .queue_seconds
-            .observe(t.metrics.queue_seconds.expect("set at start"));
+            .observe_ms(millis(t.created_at.us, started.us));
         self.running.push(id);
         self.commit_task(t);
         self.agent_running_delta(&agent_id, 1, now_us);
@@ -549,6 +554,7 @@ impl Fleet {
         let status = self.outcome();
         finish_fields(&mut t, status, at);
         let started = t.started_at.expect("running task started");
+        let run_ms = millis(started.us, at.us);
         let run = secs_ms(started.us, at.us);
         // Cancelled runs used fewer tokens.
         let scale = if status == "cancelled" { 4 } else { 1 };
@@ -574,7 +580,7 @@ impl Fleet {
         *c.finished_total.entry(status.into()).or_default() += 1;
         *c.tokens.entry("input".into()).or_default() += input;
         *c.tokens.entry("output".into()).or_default() += output;
-        c.run_seconds.observe(run);
+        c.run_seconds.observe_ms(run_ms);
         if self
             .rng
             .random_bool(self.late_output_probability.clamp(0.0, 1.0))

@@ -641,7 +641,17 @@ async fn finished_total_matches_listing() {
         .collect();
     let mut codes: BTreeMap<String, u64> = BTreeMap::new();
     let (mut input, mut output, mut runs) = (0, 0, 0);
+    let (mut run_ms, mut queues, mut queue_ms) = (0i64, 0u64, 0i64);
+    let ms = |v: &Value| (v.as_f64().unwrap() * 1000.0).round() as i64;
     for t in &tasks {
+        if t["started_at"].as_str().is_some_and(|s| us(s) > start) {
+            queues += 1;
+            queue_ms += ms(&t["metrics"]["queue_seconds"]);
+        }
+        if t["metrics"]["run_seconds"].is_number() && us(t["finished_at"].as_str().unwrap()) > start
+        {
+            run_ms += ms(&t["metrics"]["run_seconds"]);
+        }
         let Some(f) = t["finished_at"].as_str() else {
             continue;
         };
@@ -660,6 +670,11 @@ async fn finished_total_matches_listing() {
     assert_eq!(codes, g.failures_by_code);
     assert_eq!((input, output), (g.tokens["input"], g.tokens["output"]));
     assert_eq!(runs, g.run_seconds.count);
+    assert_eq!(run_ms as f64 / 1000.0, g.run_seconds.sum);
+    // Tasks started since start that are still listed (all of them: none
+    // has left history yet).
+    assert_eq!(queues, g.queue_seconds.count);
+    assert_eq!(queue_ms as f64 / 1000.0, g.queue_seconds.sum);
 
     let open = list_all(&base, "/v1/tasks?limit=100&status=pending,running").await;
     let count = |s: &str| open.iter().filter(|t| t["status"] == s).count() as u64;
