@@ -447,23 +447,26 @@ impl Fleet {
         }
     }
 
-    /// One task status change, chosen to keep the open set roughly steady:
-    /// in the long run creations = starts + cancellations = finishes.
+    /// One task status change. Each kind is weighted by how far its queue
+    /// is from its target, so the open set reverts to a steady size; in the
+    /// long run creations = starts + cancellations = finishes.
     fn task_change(&mut self, now_us: i64) {
-        let (p, r) = (self.pending.len(), self.running.len());
-        let x: f64 = self.rng.random();
-        let done = if x < 1.0 / 3.0 {
-            p < 2 * self.target_pending + 1 && self.create_task(now_us)
-        } else if x < 2.0 / 3.0 {
-            r < 2 * self.target_running + 1 && self.start_or_cancel(now_us)
+        let (p, r) = (self.pending.len() as f64, self.running.len() as f64);
+        let (tp, tr) = (self.target_pending as f64, self.target_running as f64);
+        let w = |x: f64| x.clamp(0.05, 3.0);
+        let create = w(1.0 + (tp - p) / tp);
+        let start = if p > 0.0 { w(1.0 + (tr - r) / tr) } else { 0.0 };
+        let finish = if r > 0.0 { w(1.0 + (r - tr) / tr) } else { 0.0 };
+        let x = self.rng.random::<f64>() * (create + start + finish);
+        let done = if x < create {
+            self.create_task(now_us)
+        } else if x < create + start {
+            self.start_or_cancel(now_us)
         } else {
             self.finish_task(now_us)
         };
-        // Fall back so the change still happens.
-        let _ = done
-            || self.start_or_cancel(now_us)
-            || self.finish_task(now_us)
-            || self.create_task(now_us);
+        // No free agent: the change still happens, as another kind.
+        let _ = done || self.finish_task(now_us) || self.create_task(now_us);
     }
 
     fn create_task(&mut self, now_us: i64) -> bool {
@@ -480,7 +483,7 @@ impl Fleet {
         if self.pending.is_empty() {
             return false;
         }
-        if self.rng.random_bool(0.05) {
+        if self.rng.random_bool(0.03) {
             return self.cancel_pending(now_us);
         }
         self.start_task(now_us)

@@ -742,3 +742,35 @@ fn tasks_leave_history_30_days_after_finishing() {
     assert_eq!(f.tasks.by_created.len(), open);
     assert_eq!(f.tasks.by_updated.len(), open);
 }
+
+#[test]
+fn open_set_stays_steady_and_outcomes_are_realistic() {
+    let start = now_us();
+    let cfg = SimConfig {
+        agents: 200,
+        history_tasks: 0,
+        ..SimConfig::default()
+    };
+    let mut f = life::Fleet::new(&cfg, start);
+    let mut max_open = 0;
+    // 20 simulated minutes in 100 ms ticks.
+    for i in 1..=12_000 {
+        f.tick(start + i * 100_000, 0.1);
+        let open = f.pending.len() + f.running.len();
+        max_open = max_open.max(open);
+        if i > 600 {
+            assert!(open >= 1, "open set ran dry at tick {i}");
+        }
+    }
+    assert!(max_open <= 40, "open set grew to {max_open}");
+    let fin = &f.counters.finished_total;
+    let total: u64 = fin.values().sum();
+    // ~600 changes a minute, about a third of them finishes.
+    assert!((3000..5000).contains(&total), "{fin:?}");
+    let share = |s: &str| fin[s] as f64 / total as f64;
+    assert!((0.72..0.86).contains(&share("completed")), "{fin:?}");
+    assert!((0.08..0.16).contains(&share("failed")), "{fin:?}");
+    assert!((0.06..0.16).contains(&share("cancelled")), "{fin:?}");
+    assert!(f.counters.failures_by_code["timeout"] > f.counters.failures_by_code["internal"]);
+    eprintln!("finished {fin:?}, max open {max_open}");
+}
