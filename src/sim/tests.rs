@@ -774,3 +774,31 @@ fn open_set_stays_steady_and_outcomes_are_realistic() {
     assert!(f.counters.failures_by_code["timeout"] > f.counters.failures_by_code["internal"]);
     eprintln!("finished {fin:?}, max open {max_open}");
 }
+
+#[test]
+fn agents_sometimes_enter_unlisted_statuses() {
+    let start = now_us();
+    let cfg = SimConfig {
+        agents: 300,
+        history_tasks: 0,
+        unknown_agent_statuses: true,
+        ..SimConfig::default()
+    };
+    let mut f = life::Fleet::new(&cfg, start);
+    let mut seen = HashSet::new();
+    for i in 1..=36_000 {
+        f.tick(start + i * 100_000, 0.1);
+        if i % 100 == 0 {
+            for id in &f.live_agents {
+                seen.insert(f.agents.current(id).unwrap().status.clone());
+            }
+        }
+    }
+    assert!(
+        seen.contains("hibernating") || seen.contains("upgrading"),
+        "{seen:?}"
+    );
+    for s in truth::AGENT_STATUSES {
+        assert!(seen.contains(s), "{s} never seen: {seen:?}");
+    }
+}
