@@ -740,7 +740,7 @@ impl ListParams {
                         .ok_or_else(|| ApiErr::bad("limit must be an integer from 1 to 100"))?
                 }
                 "cursor" if !v.is_empty() => p.cursor = Some(v.clone()),
-                "status" => {
+                "status" if !v.trim().is_empty() => {
                     p.statuses = Some(
                         v.split(',')
                             .map(|s| s.trim().to_string())

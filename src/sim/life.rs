@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
 const DAY: i64 = 86_400 * MICROS;
+/// Tasks leave history this long after they finish (standard plans).
+const RETENTION: i64 = 30 * DAY;
 const TEAMS: [&str; 5] = ["payments", "growth", "support", "infra", "research"];
 const MODELS: [(&str, &str); 4] = [
     ("anthropic", "claude-sonnet-4"),
@@ -43,9 +45,14 @@ const FAILURES: [(&str, u32, &str); 5] = [
 ];
 const UNKNOWN_AGENT_STATUSES: [&str; 2] = ["hibernating", "upgrading"];
 
+/// Whole milliseconds between two instants, rounded.
+fn millis(from_us: i64, to_us: i64) -> i64 {
+    ((to_us - from_us) + 500).div_euclid(1000)
+}
+
 /// Milliseconds-rounded seconds between two instants, as metrics give them.
 fn secs_ms(from_us: i64, to_us: i64) -> f64 {
-    ((to_us - from_us) + 500).div_euclid(1000) as f64 / 1000.0
+    millis(from_us, to_us) as f64 / 1000.0
 }
 
 pub struct Fleet {
@@ -61,6 +68,8 @@ pub struct Fleet {
     pub max_visible_us: i64,
     /// (due, task id): outputs to attach late.
     late_outputs: BinaryHeap<Reverse<(i64, String)>>,
+    /// (leaves history at, task id) of terminal tasks.
+    expiries: BinaryHeap<Reverse<(i64, String)>>,
     pub rng: StdRng,
     change_budget: f64,
     pub paused: bool,
@@ -74,6 +83,7 @@ pub struct Fleet {
     target_pending: usize,
     target_running: usize,
     big: Arc<str>,
+    start_us: i64,
 }
 
 impl Fleet {
@@ -89,6 +99,7 @@ impl Fleet {
             vis_queue: BinaryHeap::new(),
             max_visible_us: start_us,
             late_outputs: BinaryHeap::new(),
+            expiries: BinaryHeap::new(),
             rng: StdRng::seed_from_u64(cfg.seed),
             change_budget: 0.0,
             paused: false,
@@ -102,9 +113,24 @@ impl Fleet {
             target_pending: (target_open * 2 / 5).max(1),
             target_running: (target_open - target_open * 2 / 5).max(1),
             big: Arc::from(big_instructions()),
+            start_us,
         };
         f.seed(cfg, start_us);
         f
+    }
+
+    /// A stamp for a change of the living fleet: later than `after_us` and
+    /// than the start, so "changed since start" is exact despite rounding.
+    fn live_stamp(&mut self, now_us: i64, after_us: i64) -> Ts {
+        stamp(&mut self.rng, now_us, after_us.max(self.start_us))
+    }
+
+    /// Schedules a task that just became terminal to leave history.
+    fn retire_later(&mut self, t: &Task) {
+        if let Some(f) = t.finished_at {
+            self.expiries
+                .push(Reverse((f.us + RETENTION, t.id.clone())));
+        }
     }
 
     fn lag(&mut self) -> i64 {
@@ -277,12 +303,13 @@ impl Fleet {
             agents.push(a);
         }
 
-        // History: terminal tasks created in the past 30 days.
+        // History: terminal tasks created in the past 30 days (so the oldest
+        // leave history while the simulator runs).
         for _ in 0..cfg.history_tasks {
             let queue_us = self.rng.random_range(MICROS..600 * MICROS);
             let run_us = self.rng.random_range(5 * MICROS..1800 * MICROS);
-            let latest_created = start_us - queue_us - run_us - 2 * MICROS;
-            let created_us = latest_created - self.rng.random_range(0..29 * DAY);
+            let span = queue_us + run_us + 2 * MICROS;
+            let created_us = start_us - span - self.rng.random_range(0..RETENTION - span);
             let created = stamp(&mut self.rng, created_us, i64::MIN);
             let mut t = self.new_task(created, false);
             let status = self.outcome();
@@ -321,6 +348,7 @@ impl Fleet {
                 at: finished,
             });
             t.updated_at = finished;
+            self.retire_later(&t);
             self.commit_task(t);
         }
 
@@ -386,6 +414,13 @@ impl Fleet {
             if self.rng.random_bool(rare) {
                 self.agent_delete(now_us);
             }
+            while let Some(Reverse((at, _))) = self.expiries.peek() {
+                if *at > now_us {
+                    break;
+                }
+                let Reverse((_, id)) = self.expiries.pop().expect("peeked");
+                self.tasks.remove(&id);
+            }
             while let Some(Reverse((due, _))) = self.late_outputs.peek() {
                 if *due > now_us {
                     break;
@@ -412,29 +447,32 @@ impl Fleet {
         }
     }
 
-    /// One task status change, chosen to keep the open set roughly steady:
-    /// in the long run creations = starts + cancellations = finishes.
+    /// One task status change. Each kind is weighted by how far its queue
+    /// is from its target, so the open set reverts to a steady size; in the
+    /// long run creations = starts + cancellations = finishes.
     fn task_change(&mut self, now_us: i64) {
-        let (p, r) = (self.pending.len(), self.running.len());
-        let x: f64 = self.rng.random();
-        let done = if x < 1.0 / 3.0 {
-            p < 2 * self.target_pending + 1 && self.create_task(now_us)
-        } else if x < 2.0 / 3.0 {
-            r < 2 * self.target_running + 1 && self.start_or_cancel(now_us)
+        let (p, r) = (self.pending.len() as f64, self.running.len() as f64);
+        let (tp, tr) = (self.target_pending as f64, self.target_running as f64);
+        let w = |x: f64| x.clamp(0.05, 3.0);
+        let create = w(1.0 + (tp - p) / tp);
+        let start = if p > 0.0 { w(1.0 + (tr - r) / tr) } else { 0.0 };
+        let finish = if r > 0.0 { w(1.0 + (r - tr) / tr) } else { 0.0 };
+        let x = self.rng.random::<f64>() * (create + start + finish);
+        let done = if x < create {
+            self.create_task(now_us)
+        } else if x < create + start {
+            self.start_or_cancel(now_us)
         } else {
             self.finish_task(now_us)
         };
-        // Fall back so the change still happens.
-        let _ = done
-            || self.start_or_cancel(now_us)
-            || self.finish_task(now_us)
-            || self.create_task(now_us);
+        // No free agent: the change still happens, as another kind.
+        let _ = done || self.finish_task(now_us) || self.create_task(now_us);
     }
 
     fn create_task(&mut self, now_us: i64) -> bool {
         self.new_tasks += 1;
         let big = self.big_every.is_some_and(|n| self.new_tasks % n == 0);
-        let created = stamp(&mut self.rng, now_us, i64::MIN);
+        let created = self.live_stamp(now_us, i64::MIN);
         let t = self.new_task(created, big);
         self.pending.insert((created.us, t.id.clone()));
         self.commit_task(t);
@@ -445,7 +483,7 @@ impl Fleet {
         if self.pending.is_empty() {
             return false;
         }
-        if self.rng.random_bool(0.05) {
+        if self.rng.random_bool(0.03) {
             return self.cancel_pending(now_us);
         }
         self.start_task(now_us)
@@ -477,11 +515,11 @@ impl Fleet {
             return false;
         };
         let mut t = (**self.tasks.current(&id).expect("pending task")).clone();
-        let started = stamp(&mut self.rng, now_us, t.updated_at.us);
+        let started = self.live_stamp(now_us, t.updated_at.us);
         start_fields(&mut t, &agent_id, started);
         self.counters
             .queue_seconds
-            .observe(t.metrics.queue_seconds.expect("set at start"));
+            .observe_ms(millis(t.created_at.us, started.us));
         self.running.push(id);
         self.commit_task(t);
         self.agent_running_delta(&agent_id, 1, now_us);
@@ -496,13 +534,14 @@ impl Fleet {
         let key = self.pending.iter().nth(i).cloned().expect("in range");
         self.pending.remove(&key);
         let mut t = (**self.tasks.current(&key.1).expect("pending task")).clone();
-        let at = stamp(&mut self.rng, now_us, t.updated_at.us);
+        let at = self.live_stamp(now_us, t.updated_at.us);
         finish_fields(&mut t, "cancelled", at);
         *self
             .counters
             .finished_total
             .entry("cancelled".into())
             .or_default() += 1;
+        self.retire_later(&t);
         self.commit_task(t);
         true
     }
@@ -514,10 +553,11 @@ impl Fleet {
         let i = self.rng.random_range(0..self.running.len());
         let id = self.running.swap_remove(i);
         let mut t = (**self.tasks.current(&id).expect("running task")).clone();
-        let at = stamp(&mut self.rng, now_us, t.updated_at.us);
+        let at = self.live_stamp(now_us, t.updated_at.us);
         let status = self.outcome();
         finish_fields(&mut t, status, at);
         let started = t.started_at.expect("running task started");
+        let run_ms = millis(started.us, at.us);
         let run = secs_ms(started.us, at.us);
         // Cancelled runs used fewer tokens.
         let scale = if status == "cancelled" { 4 } else { 1 };
@@ -543,7 +583,7 @@ impl Fleet {
         *c.finished_total.entry(status.into()).or_default() += 1;
         *c.tokens.entry("input".into()).or_default() += input;
         *c.tokens.entry("output".into()).or_default() += output;
-        c.run_seconds.observe(run);
+        c.run_seconds.observe_ms(run_ms);
         if self
             .rng
             .random_bool(self.late_output_probability.clamp(0.0, 1.0))
@@ -552,6 +592,7 @@ impl Fleet {
             self.late_outputs.push(Reverse((due, id.clone())));
         }
         let agent_id = t.agent_id.clone().expect("running task has an agent");
+        self.retire_later(&t);
         self.commit_task(t);
         self.agent_running_delta(&agent_id, -1, now_us);
         true
@@ -563,7 +604,7 @@ impl Fleet {
             return false;
         };
         let mut t = (**cur).clone();
-        t.updated_at = stamp(&mut self.rng, now_us, t.updated_at.us);
+        t.updated_at = self.live_stamp(now_us, t.updated_at.us);
         let o = self.output();
         t.outputs.push(o);
         self.commit_task(t);
@@ -581,7 +622,7 @@ impl Fleet {
         } else if a.running_tasks == 0 && a.status == "busy" {
             a.status = "idle".to_string();
         }
-        a.updated_at = stamp(&mut self.rng, now_us, a.updated_at.us);
+        a.updated_at = self.live_stamp(now_us, a.updated_at.us);
         self.commit_agent(a);
     }
 
@@ -617,7 +658,7 @@ impl Fleet {
         };
         let mut a = (*cur).clone();
         a.status = new.to_string();
-        a.updated_at = stamp(&mut self.rng, now_us, a.updated_at.us);
+        a.updated_at = self.live_stamp(now_us, a.updated_at.us);
         if !has_heartbeat(new) {
             a.heartbeat_phase = None;
         } else if a.heartbeat_phase.is_none() {
@@ -627,7 +668,7 @@ impl Fleet {
     }
 
     fn agent_create(&mut self, now_us: i64) {
-        let created = stamp(&mut self.rng, now_us, i64::MIN);
+        let created = self.live_stamp(now_us, i64::MIN);
         let a = self.new_agent(created, "provisioning");
         self.live_agents.push(a.id.clone());
         self.commit_agent(a);
@@ -644,7 +685,7 @@ impl Fleet {
         if cur.running_tasks > 0 {
             return;
         }
-        let updated = stamp(&mut self.rng, now_us, cur.updated_at.us);
+        let updated = self.live_stamp(now_us, cur.updated_at.us);
         let id = self.live_agents.swap_remove(i);
         let vis = updated.us + self.lag();
         self.max_visible_us = self.max_visible_us.max(vis);

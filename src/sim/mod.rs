@@ -5,6 +5,26 @@
 //! its own object model (not `crate::api::types`) and serialises the full
 //! contract shape, so that client bugs show. [`GroundTruth`] is the exact
 //! state the tests compare the exporter's numbers against.
+//!
+//! Control endpoints (JSON, no auth): `GET /_sim/ground_truth`,
+//! `POST /_sim/pause`, `POST /_sim/resume`, `POST /_sim/faults` (body: a
+//! [`Faults`], replaces all), `POST /_sim/keys` (body: a [`SimKey`] with
+//! `expires_at` RFC 3339 or null).
+//!
+//! Notes for test writers:
+//! - A change is visible at `updated_at + lag`, lag uniform in
+//!   `[0, visibility_lag_max]`: the contract's promise is relative to
+//!   `updated_at`, which is rounded down to its random digit count.
+//! - Every change of the living fleet has timestamps later than
+//!   [`Simulator::started_at`]; every seeded one is earlier.
+//! - A /v1 request is judged in this order: injected proxy faults
+//!   (outage, 500, 502, 503, 429), the workspace rate limit, auth and scope,
+//!   the `cursor_expired` fault, the handler, then `truncated_json`. Every
+//!   request counts against the rate-limit window, whatever its answer.
+//! - `requests_by_key` counts requests without a known key under
+//!   `"unauthenticated"`; `requests_by_endpoint` uses `/auth/token`,
+//!   `/agents`, `/agents/{id}`, `/tasks`, `/tasks/{id}` and `other`;
+//!   `rate_limited_total` counts every 429 answered, injected ones included.
 
 mod http;
 mod life;
@@ -277,8 +297,8 @@ impl Simulator {
             finished_total: c.finished_total,
             failures_by_code: c.failures_by_code,
             tokens: c.tokens,
-            queue_seconds: c.queue_seconds,
-            run_seconds: c.run_seconds,
+            queue_seconds: c.queue_seconds.to_observations(),
+            run_seconds: c.run_seconds.to_observations(),
             requests_total: r.requests_total,
             requests_by_key: r.requests_by_key,
             requests_by_endpoint: r.requests_by_endpoint,

@@ -351,6 +351,19 @@ impl<T: Obj> Store<T> {
         e.versions.push(v);
     }
 
+    /// Forgets an object at once, without a deletion version (tasks leaving
+    /// history simply vanish).
+    pub fn remove(&mut self, id: &str) {
+        let Some(e) = self.entities.remove(id) else {
+            return;
+        };
+        for v in e.versions {
+            self.by_updated.remove(&(v.updated_us, id.to_string()));
+        }
+        self.by_created.remove(&(e.created_us, id.to_string()));
+        self.open.remove(&(e.created_us, id.to_string()));
+    }
+
     /// Drops the versions superseded by one visible at `now_us`, and the
     /// object itself once its deletion is visible.
     pub fn prune(&mut self, id: &str, now_us: i64) {

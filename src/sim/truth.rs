@@ -14,10 +14,25 @@ pub struct Observations {
     pub sum: f64,
 }
 
-impl Observations {
-    pub fn observe(&mut self, v: f64) {
+/// Observations of millisecond-rounded seconds, summed in whole
+/// milliseconds: the sum is exact whatever the order, and its f64 form
+/// survives a JSON round trip unchanged.
+#[derive(Clone, Debug, Default)]
+pub struct MsObservations {
+    pub count: u64,
+    pub sum_ms: i64,
+}
+
+impl MsObservations {
+    pub fn observe_ms(&mut self, ms: i64) {
         self.count += 1;
-        self.sum += v;
+        self.sum_ms += ms;
+    }
+    pub fn to_observations(&self) -> Observations {
+        Observations {
+            count: self.count,
+            sum: self.sum_ms as f64 / 1000.0,
+        }
     }
 }
 
@@ -50,8 +65,8 @@ pub struct FleetCounters {
     pub finished_total: BTreeMap<String, u64>,
     pub failures_by_code: BTreeMap<String, u64>,
     pub tokens: BTreeMap<String, u64>,
-    pub queue_seconds: Observations,
-    pub run_seconds: Observations,
+    pub queue_seconds: MsObservations,
+    pub run_seconds: MsObservations,
 }
 
 impl Default for FleetCounters {
@@ -61,8 +76,8 @@ impl Default for FleetCounters {
             finished_total: zeros(&["completed", "failed", "cancelled"]),
             failures_by_code: BTreeMap::new(),
             tokens: zeros(&["input", "output"]),
-            queue_seconds: Observations::default(),
-            run_seconds: Observations::default(),
+            queue_seconds: MsObservations::default(),
+            run_seconds: MsObservations::default(),
         }
     }
 }
