@@ -41,7 +41,8 @@ fn main() -> ExitCode {
                     Ok(l) => l,
                     Err(e) => return usage_error(&format!("cannot listen on {}: {e}", cfg.listen)),
                 };
-                tracing::info!(address = %cfg.listen, path = %cfg.telemetry_path, version = clawmesh_exporter::metrics::version(), "serving metrics");
+                let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(%address, path = %cfg.telemetry_path, version = clawmesh_exporter::metrics::version(), "serving metrics");
                 match clawmesh_exporter::exporter::start(&cfg, listener).await {
                     Ok(running) => {
                         clawmesh_exporter::shutdown_signal().await;

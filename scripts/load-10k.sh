@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Load scenario "10k": a simulated fleet of 10,000 agents, 100,000 tasks in
+# history and 1,000 task changes per minute; the exporter with default
+# settings against it, as separate release processes. Prints what the
+# exporter spends (API requests per minute, CPU per poll cycle, RSS) and the
+# /metrics latency under 50 concurrent scrapers (wrk).
+#   scripts/load-10k.sh [minutes]      (default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=${1:-5}
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
+cargo build --release --quiet
+bin=target/release/clawmesh-exporter
+sim_port=18089; exp_port=19817
+tmp=$(mktemp -d)
+cleanup() { kill "$sim_pid" "$exp_pid" 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+$bin simulate --listen 127.0.0.1:$sim_port --agents 10000 --history-tasks 100000 \
+  --changes-per-minute 1000 --seed 7 >"$tmp/sim.log" 2>&1 &
+sim_pid=$!
+until curl -sf "http://127.0.0.1:$sim_port/_sim/ground_truth" >/dev/null; do sleep 0.2; done
+
+CLAWMESH_API_KEY=sim-demo-key $bin --api-url "http://127.0.0.1:$sim_port/v1" \
+  --web.listen-address "127.0.0.1:$exp_port" --log.level warn >"$tmp/exp.log" 2>&1 &
+exp_pid=$!
+until curl -sf "http://127.0.0.1:$exp_port/readyz" >/dev/null; do sleep 0.5; done
+ready_at=$(date +%s.%N)
+
+requests() { curl -sf "http://127.0.0.1:$sim_port/_sim/ground_truth" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests_by_key"].get("key_sim_demo",0))'; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$exp_pid/stat"; }
+syncs() { curl -sf "http://127.0.0.1:$exp_port/metrics" | awk '/^clawmesh_api_requests_total/ {n+=$2} END {print n+0}'; }
+
+r0=$(requests); c0=$(cpu_ticks)
+sleep $((minutes * 60))   # the measurement window
+r1=$(requests); c1=$(cpu_ticks)
+t1=$(date +%s.%N)
+hz=$(getconf CLK_TCK)
+cycles=$(python3 -c "print(int(($t1-$ready_at)/15))")
+rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$exp_pid/status")
+hwm_kib=$(awk '/VmHWM/ {print $2}' "/proc/$exp_pid/status")
+
+wrk -t2 -c50 -d30s --latency "http://127.0.0.1:$exp_port/metrics" >"$tmp/wrk.txt"
+p50=$(awk '/^ +50%/ {print $2}' "$tmp/wrk.txt"); p99=$(awk '/^ +99%/ {print $2}' "$tmp/wrk.txt")
+rps=$(awk '/^Requests\/sec/ {print $2}' "$tmp/wrk.txt")
+bytes=$(curl -s "http://127.0.0.1:$exp_port/metrics" | wc -c)
+
+python3 - "$r0" "$r1" "$c0" "$c1" "$hz" "$ready_at" "$t1" "$cycles" "$rss_kib" "$hwm_kib" "$p50" "$p99" "$rps" "$bytes" <<'PY'
+import sys
+r0,r1,c0,c1,hz,t0,t1,cycles,rss,hwm=map(float,sys.argv[1:11]); p50,p99,rps,size=sys.argv[11:15]
+mins=(t1-t0)/60
+print(f"| window | {mins:.1f} min after ready |")
+print(f"| API requests per minute | {(r1-r0)/mins:.1f} |")
+print(f"| exporter CPU | {(c1-c0)/hz:.2f} s in the window, {(c1-c0)/hz/max(cycles,1)*1000:.1f} ms per 15 s poll cycle |")
+print(f"| RSS | {rss/1024:.1f} MiB now, {hwm/1024:.1f} MiB peak |")
+print(f"| /metrics, 50 concurrent scrapers (wrk, 30 s) | median {p50}, p99 {p99}, {rps} req/s, {int(size)} bytes |")
+PY
