@@ -25,8 +25,15 @@ fn task(i: usize, status: &str, at: i64) -> Task {
         updated_at: ts(at),
         started_at: Some(ts(at - 20)),
         finished_at: status.is_terminal().then(|| ts(at)),
-        metrics: TaskMetrics { queue_seconds: Some(10.0), run_seconds: Some(20.0), input_tokens: Some(900), output_tokens: Some(300) },
-        error: (status == TaskStatus::Failed).then(|| TaskError { code: Some("timeout".into()) }),
+        metrics: TaskMetrics {
+            queue_seconds: Some(10.0),
+            run_seconds: Some(20.0),
+            input_tokens: Some(900),
+            output_tokens: Some(300),
+        },
+        error: (status == TaskStatus::Failed).then(|| TaskError {
+            code: Some("timeout".into()),
+        }),
     }
 }
 
@@ -49,14 +56,34 @@ fn bench(name: &str, runs: usize, mut f: impl FnMut()) {
 }
 
 fn main() {
-    let statuses = ["idle", "busy", "idle", "paused", "error", "offline", "provisioning", "idle"];
+    let statuses = [
+        "idle",
+        "busy",
+        "idle",
+        "paused",
+        "error",
+        "offline",
+        "provisioning",
+        "idle",
+    ];
     let agents: Vec<Agent> = (0..10_000)
-        .map(|i| Agent { id: format!("agt_{i:06}"), status: statuses[i % statuses.len()].into(), created_at: ts(0), updated_at: ts(0) })
+        .map(|i| Agent {
+            id: format!("agt_{i:06}"),
+            status: statuses[i % statuses.len()].into(),
+            created_at: ts(0),
+            updated_at: ts(0),
+        })
         .collect();
     // 15 s of the scenario: 1,000 changes per minute is 250 changes per poll,
     // re-read twice by the overlap window.
     let cycle: Vec<Task> = (0..250)
-        .map(|i| task(i, ["running", "completed", "failed", "cancelled", "pending"][i % 5], 100 + i as i64))
+        .map(|i| {
+            task(
+                i,
+                ["running", "completed", "failed", "cancelled", "pending"][i % 5],
+                100 + i as i64,
+            )
+        })
         .collect();
 
     bench("apply a 10,000-agent listing", 50, || {
@@ -67,18 +94,39 @@ fn main() {
     let mut n = 0usize;
     let mut fleet = Fleet::new(ts(0));
     fleet.apply_agent_listing(&agents);
-    bench("apply one poll's 250 task changes, twice (overlap)", 200, || {
-        n += 1;
-        for t in cycle.iter().chain(cycle.iter()) {
-            let mut t = t.clone();
-            t.id.push_str(&n.to_string());
-            fleet.apply_task(black_box(&t));
-        }
-    });
-    println!("  (tasks remembered after {n} cycles: {})", fleet.ledger_len());
+    bench(
+        "apply one poll's 250 task changes, twice (overlap)",
+        200,
+        || {
+            n += 1;
+            for t in cycle.iter().chain(cycle.iter()) {
+                let mut t = t.clone();
+                t.id.push_str(&n.to_string());
+                fleet.apply_task(black_box(&t));
+            }
+        },
+    );
+    println!(
+        "  (tasks remembered after {n} cycles: {})",
+        fleet.ledger_len()
+    );
 
-    let snap = fleet.snapshot("ws_bench", ts(200), Health { up: true, ..Default::default() }, ApiStats::default());
-    bench("render /metrics (text + gzip) for one workspace", 200, || {
-        black_box(Exposition::new(render(black_box(std::slice::from_ref(&snap)))));
-    });
+    let snap = fleet.snapshot(
+        "ws_bench",
+        ts(200),
+        Health {
+            up: true,
+            ..Default::default()
+        },
+        ApiStats::default(),
+    );
+    bench(
+        "render /metrics (text + gzip) for one workspace",
+        200,
+        || {
+            black_box(Exposition::new(render(black_box(std::slice::from_ref(
+                &snap,
+            )))));
+        },
+    );
 }
