@@ -96,6 +96,10 @@ pub struct Fleet {
     /// entry can go once the floor passes its finish time: a later sighting
     /// of that task is then `BeforeFloor` and ignored, never counted twice.
     ledger: HashMap<Box<str>, Timestamp>,
+    /// Started tasks that a reconciliation dropped from `open` (they had
+    /// finished, and the incremental listing had not shown it yet), with
+    /// their last `updated_at`: their queue time was observed already.
+    started_unlisted: HashMap<Box<str>, Timestamp>,
     /// Terminal transitions at or before this instant are not counted: they
     /// happened before the exporter started, or their ledger entry is gone.
     floor: Timestamp,
@@ -113,6 +117,7 @@ impl Fleet {
             open_names: BoundedNames::new(&OPEN_TASK_STATUSES, MAX_UNKNOWN_NAMES),
             failure_codes: BoundedNames::new(&[], MAX_UNKNOWN_NAMES * 2),
             ledger: HashMap::new(),
+            started_unlisted: HashMap::new(),
             floor: counting_since,
             counters: Counters::default(),
         }
@@ -155,7 +160,8 @@ impl Fleet {
             }
             None => {
                 let queue_seen = t.started_at.is_some();
-                if started_after_floor {
+                let seen_before = self.started_unlisted.remove(t.id.as_str()).is_some();
+                if started_after_floor && !seen_before {
                     observe(&mut self.counters.queue_seconds, t.metrics.queue_seconds);
                 }
                 self.open.insert(
@@ -174,6 +180,8 @@ impl Fleet {
 
     fn finish(&mut self, t: &Task) -> Applied {
         let open = self.open.remove(t.id.as_str());
+        let seen_started = open.is_some_and(|o| o.queue_seen)
+            | self.started_unlisted.remove(t.id.as_str()).is_some();
         let finished_at = t.finished_at.unwrap_or(t.updated_at);
         if finished_at <= self.floor {
             return Applied::BeforeFloor;
@@ -181,7 +189,7 @@ impl Fleet {
         let c = &mut self.counters;
         // A task created and finished between two polls was never open here:
         // its queue time is observed now, once.
-        if !open.is_some_and(|o| o.queue_seen) && t.started_at.is_some_and(|s| s > self.floor) {
+        if !seen_started && t.started_at.is_some_and(|s| s > self.floor) {
             observe(&mut c.queue_seconds, t.metrics.queue_seconds);
         }
         *c.finished.entry(t.status.name().to_string()).or_default() += 1;
@@ -216,10 +224,15 @@ impl Fleet {
         let keep_after = listing_start.saturating_sub(lag);
         // Statuses the contract does not name are not in a pending,running
         // listing, so its silence says nothing about them.
+        let unlisted = &mut self.started_unlisted;
         self.open.retain(|id, o| {
-            seen.contains(id)
+            let keep = seen.contains(id)
                 || o.updated_at > keep_after
-                || matches!(o.status, TaskStatus::Other(_))
+                || matches!(o.status, TaskStatus::Other(_));
+            if !keep && o.queue_seen {
+                unlisted.insert(id.as_str().into(), o.updated_at);
+            }
+            keep
         });
     }
 
@@ -231,6 +244,9 @@ impl Fleet {
         }
         self.floor = floor;
         self.ledger.retain(|_, finished| *finished > floor);
+        // Such a task started before its last update, so at or before the
+        // floor: its queue time would not be observed again anyway.
+        self.started_unlisted.retain(|_, updated| *updated > floor);
     }
 
     pub fn floor(&self) -> Timestamp {

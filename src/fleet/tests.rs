@@ -142,3 +142,30 @@ fn unknown_agent_statuses_are_kept_by_name_up_to_a_bound() {
     assert_eq!(counts["other"], 5);
     assert_eq!(counts.len(), 6 + MAX_UNKNOWN_NAMES + 1);
 }
+
+#[test]
+fn a_started_task_dropped_by_reconciliation_then_seen_finished_observes_its_queue_time_once() {
+    let mut f = Fleet::new(ts(0));
+    f.apply_task(&task("r", "running", 3));
+    assert_eq!(f.counters().queue_seconds.count(), 1);
+    // It finished; the reconciliation listing of open tasks no longer shows it.
+    f.retain_open(&Default::default(), ts(100), Duration::from_secs(5));
+    assert_eq!(f.open_len(), 0);
+    assert_eq!(f.apply_task(&task("r", "completed", 50)), Applied::Finished);
+    assert_eq!(
+        f.counters().queue_seconds.count(),
+        1,
+        "queue time observed twice"
+    );
+    assert_eq!(f.counters().run_seconds.count(), 1);
+    // And the memory of it goes with the floor.
+    f.apply_task(&task("s", "running", 4));
+    f.retain_open(&Default::default(), ts(100), Duration::from_secs(5));
+    f.raise_floor(ts(10));
+    assert_eq!(f.apply_task(&task("s", "completed", 60)), Applied::Finished);
+    assert_eq!(
+        f.counters().queue_seconds.count(),
+        2,
+        "started before the floor: not observed at finish"
+    );
+}
