@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod config_file;
 pub mod demo;
 pub mod exporter;
 pub mod expose;
@@ -15,7 +16,9 @@ pub mod metrics;
 pub mod poll;
 pub mod secret;
 pub mod server;
+pub mod shard;
 pub mod sim;
+pub mod webconfig;
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

@@ -1,0 +1,558 @@
+//! The YAML configuration file (`--config.file`): many workspaces, each with
+//! its own API URL, key source, labels, budget share and intervals.
+//!
+//! Parsed in two steps, as postgres_exporter does: the YAML becomes a raw
+//! tree, every problem in it is collected with its path in the file
+//! (`workspaces[2].poll_interval: ...`), and only a file without problems
+//! becomes the validated [`WorkspaceConfig`] list the rest of the code takes.
+
+use crate::api::ClientConfig;
+use crate::config::{Env, MAX_VISIBILITY_LAG};
+use crate::poll::PollConfig;
+use crate::secret::Secret;
+use serde_norway::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One workspace to watch, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkspaceConfig {
+    /// Identity across reloads: the name, else the id, else the key source.
+    pub key: String,
+    /// Display name, exported as the label `workspace_name`.
+    pub name: Option<String>,
+    /// The workspace id the key must belong to, when known in advance: lets
+    /// a shard skip a workspace it does not own without a request.
+    pub expected_id: Option<String>,
+    pub client: ClientConfig,
+    pub poll: PollConfig,
+    /// Extra labels on every series of this workspace.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl PartialEq for ClientConfig {
+    fn eq(&self, o: &Self) -> bool {
+        self.base_url == o.base_url
+            && self.key == o.key
+            && self.request_timeout == o.request_timeout
+            && self.max_attempts == o.max_attempts
+            && self.backoff_base == o.backoff_base
+            && self.backoff_cap == o.backoff_cap
+            && self.budget_share == o.budget_share
+            && self.page_size == o.page_size
+    }
+}
+
+impl PartialEq for PollConfig {
+    fn eq(&self, o: &Self) -> bool {
+        self.interval == o.interval
+            && self.agents_interval == o.agents_interval
+            && self.reconcile_interval == o.reconcile_interval
+            && self.overlap == o.overlap
+            && self.dedup_horizon == o.dedup_horizon
+    }
+}
+
+/// Labels the exporter sets itself; a config may not reuse them.
+pub const RESERVED_LABELS: &[&str] = &[
+    "workspace",
+    "workspace_name",
+    "status",
+    "code",
+    "kind",
+    "endpoint",
+    "resource",
+    "state",
+    "le",
+    "result",
+    "version",
+    "revision",
+    "shard",
+    "job",
+    "instance",
+];
+
+const TOP_KEYS: &[&str] = &["defaults", "workspaces"];
+const SETTING_KEYS: &[&str] = &[
+    "api_url",
+    "budget_share",
+    "poll_interval",
+    "agents_interval",
+    "reconcile_interval",
+    "overlap",
+    "dedup_horizon",
+    "timeout",
+    "max_attempts",
+];
+const WORKSPACE_ONLY_KEYS: &[&str] = &["name", "id", "api_key_file", "api_key_env", "labels"];
+
+/// Everything wrong with a file, one problem per line, each with its path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct Problems(pub Vec<String>);
+
+/// Read and validate a configuration file. Relative key file paths are
+/// taken relative to the file's directory.
+pub fn load(path: &Path, env: &dyn Env) -> Result<Vec<WorkspaceConfig>, Problems> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Problems(vec![format!("{}: cannot read: {e}", path.display())]))?;
+    parse(&text, path.parent().unwrap_or(Path::new(".")), env)
+}
+
+pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Vec<WorkspaceConfig>, Problems> {
+    let root: Value =
+        serde_norway::from_str(text).map_err(|e| Problems(vec![format!("not valid YAML: {e}")]))?;
+    let mut p = Vec::new();
+    let Some(top) = root.as_mapping() else {
+        return Err(Problems(vec![
+            "the file must be a mapping with `workspaces:` (and optionally `defaults:`)".into(),
+        ]));
+    };
+    check_keys(top, "", TOP_KEYS, &mut p);
+    let empty = serde_norway::Mapping::new();
+    let defaults = match top.get("defaults") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Mapping(m)) => {
+            check_keys(m, "defaults.", SETTING_KEYS, &mut p);
+            m
+        }
+        Some(_) => {
+            p.push("defaults: must be a mapping".into());
+            &empty
+        }
+    };
+    let list = match top.get("workspaces") {
+        Some(Value::Sequence(s)) if !s.is_empty() => s.as_slice(),
+        Some(Value::Sequence(_)) | None | Some(Value::Null) => {
+            p.push("workspaces: at least one workspace is needed".into());
+            &[]
+        }
+        Some(_) => {
+            p.push("workspaces: must be a list".into());
+            &[]
+        }
+    };
+    let mut out = Vec::new();
+    let mut keys = BTreeSet::new();
+    for (i, w) in list.iter().enumerate() {
+        let at = format!("workspaces[{i}]");
+        let Some(m) = w.as_mapping() else {
+            p.push(format!("{at}: must be a mapping"));
+            continue;
+        };
+        let allowed: Vec<&str> = SETTING_KEYS
+            .iter()
+            .chain(WORKSPACE_ONLY_KEYS)
+            .copied()
+            .collect();
+        check_keys(m, &format!("{at}."), &allowed, &mut p);
+        if let Some(name) = m.get("name").and_then(Value::as_str) {
+            if !keys.insert(name.to_string()) {
+                p.push(format!("{at}: another workspace has the same identity {name:?}: give each a distinct name"));
+            }
+        }
+        let before = p.len();
+        let ws = workspace(m, defaults, &at, base_dir, env, &mut p);
+        if let Some(ws) = ws.filter(|_| p.len() == before) {
+            if ws.name.is_none() && !keys.insert(ws.key.clone()) {
+                p.push(format!(
+                    "{at}: another workspace has the same identity {:?}: give each a distinct name",
+                    ws.key
+                ));
+            }
+            out.push(ws);
+        }
+    }
+    if p.is_empty() {
+        Ok(out)
+    } else {
+        Err(Problems(p))
+    }
+}
+
+fn check_keys(m: &serde_norway::Mapping, at: &str, allowed: &[&str], p: &mut Vec<String>) {
+    for k in m.keys() {
+        match k.as_str() {
+            Some(k) if allowed.contains(&k) => {}
+            Some(k) => p.push(format!(
+                "{at}{k}: unknown key (known: {})",
+                allowed.join(", ")
+            )),
+            None => p.push(format!("{at}{k:?}: keys must be strings")),
+        }
+    }
+}
+
+/// A setting from the workspace, else from `defaults`, with the path it came from.
+fn setting<'a>(
+    m: &'a serde_norway::Mapping,
+    d: &'a serde_norway::Mapping,
+    at: &str,
+    k: &str,
+) -> Option<(&'a Value, String)> {
+    m.get(k)
+        .map(|v| (v, format!("{at}.{k}")))
+        .or_else(|| d.get(k).map(|v| (v, format!("defaults.{k}"))))
+}
+
+fn string(v: &Value, path: &str, p: &mut Vec<String>) -> Option<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+        _ => {
+            p.push(format!("{path}: must be a non-empty string"));
+            None
+        }
+    }
+}
+
+fn duration(
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    k: &str,
+    default: Duration,
+    p: &mut Vec<String>,
+) -> Duration {
+    let Some((v, path)) = setting(m, d, at, k) else {
+        return default;
+    };
+    match v.as_str().map(humantime::parse_duration) {
+        Some(Ok(x)) if !x.is_zero() => x,
+        Some(Ok(_)) => {
+            p.push(format!("{path}: must be longer than zero"));
+            default
+        }
+        Some(Err(e)) => {
+            p.push(format!(
+                "{path}: bad duration {:?}: {e} (examples: 15s, 2m, 1h30m)",
+                v.as_str().unwrap_or("")
+            ));
+            default
+        }
+        None => {
+            p.push(format!(
+                "{path}: bad duration: write it as a string such as \"15s\""
+            ));
+            default
+        }
+    }
+}
+
+fn workspace(
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    base_dir: &Path,
+    env: &dyn Env,
+    p: &mut Vec<String>,
+) -> Option<WorkspaceConfig> {
+    let name = m
+        .get("name")
+        .and_then(|v| string(v, &format!("{at}.name"), p));
+    let expected_id = m.get("id").and_then(|v| string(v, &format!("{at}.id"), p));
+    let key_file = m
+        .get("api_key_file")
+        .and_then(|v| string(v, &format!("{at}.api_key_file"), p));
+    let key_env = m
+        .get("api_key_env")
+        .and_then(|v| string(v, &format!("{at}.api_key_env"), p));
+    let (key, source) = match (&key_file, &key_env) {
+        (Some(f), None) => {
+            let path = base_dir.join(f);
+            match std::fs::read_to_string(&path) {
+                Ok(s) if !s.trim().is_empty() => (Some(Secret::new(s.trim())), format!("file:{f}")),
+                Ok(_) => {
+                    p.push(format!("{at}.api_key_file: {} is empty", path.display()));
+                    (None, String::new())
+                }
+                Err(e) => {
+                    p.push(format!(
+                        "{at}.api_key_file: cannot read {}: {e}",
+                        path.display()
+                    ));
+                    (None, String::new())
+                }
+            }
+        }
+        (None, Some(var)) => match env.var(var).filter(|k| !k.trim().is_empty()) {
+            Some(k) => (Some(Secret::new(k.trim())), format!("env:{var}")),
+            None => {
+                p.push(format!(
+                    "{at}.api_key_env: the environment variable {var} is not set"
+                ));
+                (None, String::new())
+            }
+        },
+        (Some(_), Some(_)) => {
+            p.push(format!("{at}: give api_key_file or api_key_env, not both"));
+            (None, String::new())
+        }
+        (None, None) => {
+            p.push(format!(
+                "{at}: needs api_key_file or api_key_env (a key with agents:read and tasks:read)"
+            ));
+            (None, String::new())
+        }
+    };
+    let api_url = match setting(m, d, at, "api_url") {
+        Some((v, path)) => string(v, &path, p).and_then(|u| {
+            let u = u.trim_end_matches('/').to_string();
+            if u.starts_with("https://") || u.starts_with("http://") {
+                Some(u)
+            } else {
+                p.push(format!(
+                    "{path}: must start with https:// (or http:// for the simulator)"
+                ));
+                None
+            }
+        }),
+        None => Some(ClientConfig::default().base_url),
+    };
+    let budget_share = match setting(m, d, at, "budget_share") {
+        Some((v, path)) => match v.as_f64() {
+            Some(s) if s > 0.0 && s <= 1.0 => s,
+            _ => {
+                p.push(format!(
+                    "{path}: must be a number in (0, 1], e.g. 0.1 for 10 %"
+                ));
+                0.1
+            }
+        },
+        None => ClientConfig::default().budget_share,
+    };
+    let max_attempts = match setting(m, d, at, "max_attempts") {
+        Some((v, path)) => match v.as_u64() {
+            Some(n) if (1..=20).contains(&n) => n as u32,
+            _ => {
+                p.push(format!("{path}: must be a whole number from 1 to 20"));
+                5
+            }
+        },
+        None => ClientConfig::default().max_attempts,
+    };
+    let defaults = PollConfig::default();
+    let interval = duration(m, d, at, "poll_interval", defaults.interval, p);
+    let poll = PollConfig {
+        interval,
+        agents_interval: duration(m, d, at, "agents_interval", interval, p),
+        reconcile_interval: duration(
+            m,
+            d,
+            at,
+            "reconcile_interval",
+            defaults.reconcile_interval,
+            p,
+        ),
+        overlap: duration(m, d, at, "overlap", defaults.overlap, p),
+        dedup_horizon: duration(m, d, at, "dedup_horizon", defaults.dedup_horizon, p),
+    };
+    if poll.overlap < MAX_VISIBILITY_LAG {
+        p.push(format!(
+            "{at}: overlap must be at least 5s, the API's visibility lag"
+        ));
+    }
+    if poll.dedup_horizon < poll.overlap * 2 {
+        p.push(format!(
+            "{at}: dedup_horizon must be at least twice the overlap"
+        ));
+    }
+    if poll.interval < Duration::from_secs(1) {
+        p.push(format!("{at}: poll_interval must be at least 1s"));
+    }
+    let timeout = duration(
+        m,
+        d,
+        at,
+        "timeout",
+        ClientConfig::default().request_timeout,
+        p,
+    );
+    let mut labels = BTreeMap::new();
+    match m.get("labels") {
+        None | Some(Value::Null) => {}
+        Some(Value::Mapping(l)) => {
+            for (k, v) in l {
+                let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else {
+                    p.push(format!("{at}.labels: names and values must be strings"));
+                    continue;
+                };
+                if !valid_label_name(k) {
+                    p.push(format!("{at}.labels.{k}: not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"));
+                } else if RESERVED_LABELS.contains(&k) {
+                    p.push(format!(
+                        "{at}.labels.{k}: the exporter sets this label itself; choose another name"
+                    ));
+                } else {
+                    labels.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        Some(_) => p.push(format!(
+            "{at}.labels: must be a mapping of label names to values"
+        )),
+    }
+    let key = key?;
+    let api_url = api_url?;
+    let identity = name
+        .clone()
+        .or_else(|| expected_id.clone())
+        .unwrap_or_else(|| format!("{source}@{api_url}"));
+    Some(WorkspaceConfig {
+        key: identity,
+        name,
+        expected_id,
+        client: ClientConfig {
+            base_url: api_url,
+            key,
+            request_timeout: timeout,
+            max_attempts,
+            budget_share,
+            ..ClientConfig::default()
+        },
+        poll,
+        labels,
+    })
+}
+
+pub fn valid_label_name(k: &str) -> bool {
+    let mut c = k.chars();
+    matches!(c.next(), Some(f) if f == '_' || f.is_ascii_alphabetic())
+        && c.all(|ch| ch == '_' || ch.is_ascii_alphanumeric())
+        && !k.starts_with("__")
+}
+
+/// `check-config FILE`: the report a user reads, and whether the file is good.
+pub fn check(path: &Path, env: &dyn Env) -> Result<String, Problems> {
+    let list = load(path, env)?;
+    Ok(format!(
+        "{}: OK, {} workspace(s): {}",
+        path.display(),
+        list.len(),
+        list.iter()
+            .map(|w| w.key.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env() -> HashMap<String, String> {
+        [("KEY_B".to_string(), "kb".to_string())]
+            .into_iter()
+            .collect()
+    }
+
+    fn dir_with_key() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "cmx-cfg-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("a.key"), "ka\n").unwrap();
+        d
+    }
+
+    const GOOD: &str = r#"
+defaults:
+  api_url: http://127.0.0.1:1/v1
+  poll_interval: 30s
+  budget_share: 0.05
+workspaces:
+  - name: payments
+    id: ws_a
+    api_key_file: a.key
+    labels: {team: payments, env: prod}
+  - name: search
+    api_key_env: KEY_B
+    poll_interval: 1m
+    agents_interval: 5m
+    budget_share: 0.2
+"#;
+
+    #[test]
+    fn a_good_file_validates_with_defaults_and_overrides() {
+        let d = dir_with_key();
+        let w = parse(GOOD, &d, &env()).unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].key, "payments");
+        assert_eq!(w[0].expected_id.as_deref(), Some("ws_a"));
+        assert_eq!(w[0].client.key.expose(), "ka");
+        assert_eq!(w[0].client.base_url, "http://127.0.0.1:1/v1");
+        assert_eq!(w[0].client.budget_share, 0.05);
+        assert_eq!(w[0].poll.interval, Duration::from_secs(30));
+        assert_eq!(w[0].poll.agents_interval, Duration::from_secs(30));
+        assert_eq!(w[0].labels["team"], "payments");
+        assert_eq!(w[1].client.key.expose(), "kb");
+        assert_eq!(w[1].client.budget_share, 0.2);
+        assert_eq!(w[1].poll.agents_interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_path() {
+        let d = dir_with_key();
+        let bad = r#"
+defaults:
+  poll_intervall: 30s
+workspaces:
+  - name: a
+    api_key_file: missing.key
+    poll_interval: fast
+    labels: {workspace: x, "bad-name": y}
+  - name: b
+    api_key_env: NOT_SET
+    budget_share: 3
+    overlap: 2s
+  - name: a
+    api_key_file: a.key
+  - api_key_file: a.key
+    api_key_env: KEY_B
+colour: blue
+"#;
+        let e = parse(bad, &d, &env()).unwrap_err().0;
+        let want = [
+            "colour: unknown key",
+            "defaults.poll_intervall: unknown key",
+            "workspaces[0].api_key_file: cannot read",
+            "workspaces[0].poll_interval: bad duration \"fast\"",
+            "workspaces[0].labels.workspace: the exporter sets this label itself",
+            "workspaces[0].labels.bad-name: not a valid Prometheus label name",
+            "workspaces[1].api_key_env: the environment variable NOT_SET is not set",
+            "workspaces[1].budget_share: must be a number in (0, 1]",
+            "workspaces[1]: overlap must be at least 5s",
+            "workspaces[2]: another workspace has the same identity \"a\"",
+            "workspaces[3]: give api_key_file or api_key_env, not both",
+        ];
+        for w in want {
+            assert!(
+                e.iter().any(|l| l.starts_with(w)),
+                "missing problem {w:?} in {e:#?}"
+            );
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn not_yaml_or_empty_is_one_clear_problem() {
+        let d = dir_with_key();
+        assert!(parse("workspaces: [", &d, &env()).unwrap_err().0[0].starts_with("not valid YAML"));
+        assert_eq!(
+            parse("workspaces: []", &d, &env()).unwrap_err().0,
+            vec!["workspaces: at least one workspace is needed"]
+        );
+        assert!(parse("- a", &d, &env()).unwrap_err().0[0].contains("must be a mapping"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_problems_or_debug() {
+        let d = dir_with_key();
+        let w = parse(GOOD, &d, &env()).unwrap();
+        assert!(!format!("{w:?}").contains("ka\""));
+        assert!(!format!("{:?}", w[1]).contains("\"kb\""));
+    }
+}
