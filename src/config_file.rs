@@ -12,7 +12,7 @@ use crate::poll::PollConfig;
 use crate::secret::Secret;
 use serde_norway::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// One workspace to watch, validated.
@@ -447,7 +447,7 @@ mod tests {
             .collect()
     }
 
-    fn dir_with_key() -> PathBuf {
+    fn dir_with_key() -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!(
             "cmx-cfg-{}-{:?}",
             std::process::id(),
