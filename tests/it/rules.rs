@@ -317,3 +317,31 @@ fn promtool_check_prometheus_config() {
         &[repo_root().join("deploy/prometheus/prometheus.yml")],
     );
 }
+
+/// The README's alert table lists every alert with its severity, and nothing else.
+#[test]
+fn readme_lists_every_alert_with_its_severity() {
+    let readme = read(&repo_root().join("README.md"));
+    let listed: Vec<(String, String)> = readme
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix("`ClawMesh")?.strip_suffix('`')?;
+            Some((format!("ClawMesh{name}"), cells.get(2)?.to_string()))
+        })
+        .collect();
+    let alerts: Vec<(String, String)> = all_rules()
+        .into_iter()
+        .filter(|r| r.kind == "alert")
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.label("severity").unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed, alerts,
+        "README.md \"Dashboards and alerts\": the table must list every alert of alerts/ with its severity, in file order"
+    );
+}
