@@ -292,7 +292,9 @@ def exporter():
                [("green", None), ("yellow", 300), ("red", 600)]), 4, 4)
     L.add(stat("API errors", "Share of the exporter's API requests not answered 2xx over 5 minutes (includes 429, 403, "
                "timeouts and connection errors).",
-               f'sum(workspace_endpoint_code:clawmesh_api_requests:rate5m{{{WS}, code!~"2.."}}) '
+               # `or vector(0)`: with no failed request there is no series to sum,
+               # and a healthy exporter must show 0 %, not "No data".
+               f'(sum(workspace_endpoint_code:clawmesh_api_requests:rate5m{{{WS}, code!~"2.."}}) or vector(0)) '
                f"/ sum(workspace_endpoint_code:clawmesh_api_requests:rate5m{{{WS}}})",
                "percentunit", [("green", None), ("yellow", 0.05), ("red", 0.2)], decimals=1), 4, 4)
     L.add(stat("Rate limit left (lowest)", "Lowest share of the rate-limit window left among the selected workspaces, "

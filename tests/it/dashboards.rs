@@ -126,10 +126,27 @@ fn substitute(expr: &str) -> String {
     .fold(expr.to_string(), |e, (var, value)| e.replace(var, value))
 }
 
-/// Every PromQL expression of every dashboard panel target and every rule, as
-/// (where, expression), with Grafana variables substituted so that a real
-/// Prometheus can evaluate it.
-pub fn all_promql_expressions() -> Vec<(String, String)> {
+/// One query of one dashboard panel, Grafana variables substituted.
+pub struct PanelQuery {
+    pub file: String,
+    pub title: String,
+    pub ref_id: String,
+    pub expr: String,
+}
+
+impl PanelQuery {
+    /// Where the query is, for messages: file, panel title and refId.
+    pub fn place(&self) -> String {
+        format!(
+            "{}: panel {:?} target {}",
+            self.file, self.title, self.ref_id
+        )
+    }
+}
+
+/// Every PromQL query of every dashboard panel (rows' nested panels included),
+/// with Grafana variables substituted so that a real Prometheus can evaluate it.
+pub fn panel_queries() -> Vec<PanelQuery> {
     let mut out = Vec::new();
     for d in dashboards() {
         for panel in panels(&d.json) {
@@ -141,18 +158,30 @@ pub fn all_promql_expressions() -> Vec<(String, String)> {
                 .enumerate()
             {
                 if let Some(expr) = t["expr"].as_str() {
-                    let ref_id = t["refId"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| i.to_string());
-                    out.push((
-                        format!("{} target {ref_id}", panel_name(&d.file, panel)),
-                        substitute(expr),
-                    ));
+                    out.push(PanelQuery {
+                        file: d.file.clone(),
+                        title: panel["title"].as_str().unwrap_or("<untitled>").to_string(),
+                        ref_id: t["refId"]
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| i.to_string()),
+                        expr: substitute(expr),
+                    });
                 }
             }
         }
     }
+    out
+}
+
+/// Every PromQL expression of every dashboard panel target and every rule, as
+/// (where, expression), with Grafana variables substituted so that a real
+/// Prometheus can evaluate it.
+pub fn all_promql_expressions() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = panel_queries()
+        .into_iter()
+        .map(|q| (q.place(), q.expr))
+        .collect();
     for rule in all_rules() {
         out.push((
             format!("{}: {} {}", rule.file, rule.kind, rule.name),

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::util::require_tool;
 use crate::{files_with_suffix, read, repo_root};
 
 const RUNBOOK_BASE: &str =
@@ -155,28 +156,10 @@ pub fn all_rules() -> Vec<Rule> {
         .collect()
 }
 
-/// The promtool binary, or None (with a notice) when it is missing outside CI.
-fn promtool() -> Option<PathBuf> {
-    let bin = std::env::var_os("PROMTOOL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "promtool".into());
-    match Command::new(&bin).arg("--version").output() {
-        Ok(out) if out.status.success() => Some(bin),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("promtool not found ({}); CI=true requires it (install prometheus or set PROMTOOL)", bin.display());
-            }
-            eprintln!(
-                "notice: promtool not found ({}); skipping. Install it to check the rules.",
-                bin.display()
-            );
-            None
-        }
-    }
-}
-
 fn run_promtool(args: &[&str], files: &[PathBuf]) {
-    let Some(bin) = promtool() else { return };
+    let Some(bin) = require_tool("promtool") else {
+        return;
+    };
     assert!(!files.is_empty(), "no files for promtool {args:?}");
     let out = Command::new(bin)
         .args(args)
@@ -332,5 +315,33 @@ fn promtool_check_prometheus_config() {
     run_promtool(
         &["check", "config"],
         &[repo_root().join("deploy/prometheus/prometheus.yml")],
+    );
+}
+
+/// The README's alert table lists every alert with its severity, and nothing else.
+#[test]
+fn readme_lists_every_alert_with_its_severity() {
+    let readme = read(&repo_root().join("README.md"));
+    let listed: Vec<(String, String)> = readme
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix("`ClawMesh")?.strip_suffix('`')?;
+            Some((format!("ClawMesh{name}"), cells.get(2)?.to_string()))
+        })
+        .collect();
+    let alerts: Vec<(String, String)> = all_rules()
+        .into_iter()
+        .filter(|r| r.kind == "alert")
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.label("severity").unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed, alerts,
+        "README.md \"Dashboards and alerts\": the table must list every alert of alerts/ with its severity, in file order"
     );
 }

@@ -1,0 +1,296 @@
+//! The dashboards and rules against a real Prometheus server (Debian's
+//! `prometheus` package) that scrapes the exporter running against the
+//! simulator every second and evaluates `alerts/*.yml` every second:
+//! every expression parses, every dashboard panel shows data, and a fault in
+//! the simulator makes the matching alert go pending.
+//!
+//! One test does it all in sequence, sharing one Prometheus and one exporter:
+//! starting Prometheus and filling its rate windows is the slow part.
+//!
+//! No rate window needs shortening for the test: with 1 s scrapes and 1 s rule
+//! evaluation, `rate(x[1m])` (what `$__rate_interval` becomes) and the rules'
+//! `[5m]` and `[1h]` windows have the two samples a rate needs within seconds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::dashboards::{all_promql_expressions, panel_queries};
+use crate::files_with_suffix;
+use crate::util::{busy_fleet, exporter_config, require_tool, start_exporter, wait_for, Sim};
+use clawmesh_exporter::sim::Faults;
+
+/// Panels that may be empty while the exporter has never seen a retry, a 403
+/// or a 429: their series come into being with the first such answer (labelled
+/// counters without a known set of label values). The test checks them again,
+/// without this allowance, after it has driven the simulator into a 429 wave.
+const EMPTY_UNTIL_FIRST_RETRY: &[&str] = &["API retries", "403 and 429 answers"];
+
+/// A Prometheus server in its own temporary directory; dropped, it is killed
+/// and the directory removed, also when an assertion failed.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Prometheus {
+    /// Starts `bin` scraping `target` as job `clawmesh` every second, with the
+    /// repository's rule files evaluated every second, and waits until ready.
+    async fn start(bin: &str, target: SocketAddr) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!(
+            "clawmesh-it-prometheus-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let rule_files: String = files_with_suffix("alerts", ".yml")
+            .iter()
+            .map(|p| format!("  - {:?}\n", p.display().to_string()))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n{rule_files}\
+             scrape_configs:\n  - job_name: clawmesh\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        // A free port: bind, read it, release it for Prometheus.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let mut prom = Prometheus {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = prom.child.try_wait() {
+                panic!("prometheus exited ({status}):\n{}", prom.log());
+            }
+            let ready = reqwest::get(format!("{}/-/ready", prom.url))
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return prom;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "prometheus not ready within 30 s:\n{}",
+                prom.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// An instant query: the `data.result` array, or the error Prometheus gave.
+    async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let body: Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(format!("{}: {}", body["errorType"], body["error"]));
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Whether `expr` parses and returns at least one series now.
+    async fn has_data(&self, expr: &str) -> bool {
+        self.query(expr).await.is_ok_and(|r| !r.is_empty())
+    }
+
+    /// The dashboard panel queries that fail or return nothing now, with
+    /// panel title and expression, except the panels titled in `may_be_empty`.
+    async fn empty_panels(&self, may_be_empty: &[&str]) -> Vec<String> {
+        let mut empty = Vec::new();
+        for q in panel_queries() {
+            match self.query(&q.expr).await {
+                Ok(r) if !r.is_empty() => {}
+                Ok(_) if may_be_empty.contains(&q.title.as_str()) => {}
+                Ok(_) => empty.push(format!("{}: no data\n    {}", q.place(), q.expr)),
+                Err(e) => empty.push(format!("{}: {e}\n    {}", q.place(), q.expr)),
+            }
+        }
+        empty
+    }
+
+    /// Requires every panel but those in `may_be_empty` to show data within
+    /// `limit` (series born at a first observation, a histogram's say, need
+    /// two scrapes and a rule evaluation before their rate exists).
+    async fn assert_panels_have_data(&self, may_be_empty: &[&str], limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut empty = self.empty_panels(may_be_empty).await;
+        while !empty.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            empty = self.empty_panels(may_be_empty).await;
+        }
+        assert!(
+            empty.is_empty(),
+            "dashboard panels without data (a metric or label the exporter does not expose?):\n{}",
+            empty.join("\n")
+        );
+    }
+
+    /// Every active alert (pending or firing): (alertname, state, labels).
+    async fn alerts(&self) -> Vec<(String, String, Value)> {
+        let body: Value = reqwest::get(format!("{}/api/v1/alerts", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["status"], "success", "/api/v1/alerts: {body}");
+        body["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                (
+                    a["labels"]["alertname"].as_str().unwrap_or("").to_string(),
+                    a["state"].as_str().unwrap_or("").to_string(),
+                    a["labels"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until `alert` is pending or firing for `workspace`.
+    async fn wait_for_alert(&self, alert: &str, workspace: &str, limit: Duration) {
+        let what = format!("alert {alert} pending or firing for workspace {workspace}");
+        wait_for(limit, &what, || async {
+            self.alerts().await.iter().any(|(name, state, labels)| {
+                name == alert
+                    && (state == "pending" || state == "firing")
+                    && labels["workspace"] == workspace
+            })
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_and_alerts_work_in_a_real_prometheus() {
+    let Some(bin) = require_tool("prometheus") else {
+        return;
+    };
+    let sim = Sim::start(busy_fleet(4)).await;
+    let exporter = start_exporter(&exporter_config(&sim, &[])).await;
+    let prom = Prometheus::start(&bin, exporter.addr).await;
+    let ws = exporter.workspace.clone();
+
+    // 1. Every expression of every panel and every rule parses.
+    let mut bad = Vec::new();
+    for (place, expr) in all_promql_expressions() {
+        if let Err(e) = prom.query(&expr).await {
+            bad.push(format!("{place}: {e}\n    {expr}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "expressions Prometheus rejects:\n{}",
+        bad.join("\n")
+    );
+
+    // 2. Scraped, rates exist, the recording rules have been evaluated.
+    let limit = Duration::from_secs(30);
+    wait_for(limit, "up{job=\"clawmesh\"} == 1", || {
+        prom.has_data("up{job=\"clawmesh\"} == 1")
+    })
+    .await;
+    wait_for(limit, "a finished-task rate over 1m", || {
+        prom.has_data("rate(clawmesh_tasks_finished_total[1m]) > 0")
+    })
+    .await;
+    wait_for(limit, "the recording rules", || {
+        prom.has_data("workspace:clawmesh_tasks_finished:rate5m > 0")
+    })
+    .await;
+
+    // 3. A healthy, busy fleet: every panel shows data (but those waiting for
+    //    a first retry), and no alert is pending or firing. (At the start
+    //    ClawMeshThroughputZero may be pending for an evaluation or two, until
+    //    the recording rule's rate has two samples.)
+    prom.assert_panels_have_data(EMPTY_UNTIL_FIRST_RETRY, limit)
+        .await;
+    wait_for(
+        limit,
+        "no alert pending or firing in a healthy fleet",
+        || async {
+            let active = prom.alerts().await;
+            if !active.is_empty() {
+                eprintln!("active while healthy: {active:?}");
+            }
+            active.is_empty()
+        },
+    )
+    .await;
+
+    // 4. A wave of 429s: the exporter is being rate limited.
+    sim.faults(Faults {
+        rate_limit_429: 0.5,
+        retry_after_secs: 1,
+        ..Faults::default()
+    });
+    prom.wait_for_alert("ClawMeshApiRateLimited", &ws, Duration::from_secs(60))
+        .await;
+    sim.faults(Faults::default());
+
+    // 5. Now every panel shows data, no exception.
+    prom.assert_panels_have_data(&[], limit).await;
+
+    // 6. An outage: every request answers 503, clawmesh_up drops to 0.
+    sim.faults(Faults {
+        outage: true,
+        ..Faults::default()
+    });
+    prom.wait_for_alert("ClawMeshApiUnreachable", &ws, Duration::from_secs(60))
+        .await;
+    sim.faults(Faults::default());
+}
