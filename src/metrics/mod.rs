@@ -276,6 +276,88 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
     },
 ];
 
+/// Facts about the process rather than a workspace: sharding and reloads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessInfo {
+    pub shard: crate::shard::Shard,
+    pub workspaces_configured: usize,
+    pub workspaces_owned: usize,
+    /// Whether the last reload of the config file worked (true before any).
+    pub reload_ok: bool,
+    /// Unix seconds of the last successful (re)load of the configuration.
+    pub reload_success_at: f64,
+}
+
+impl Default for ProcessInfo {
+    fn default() -> Self {
+        ProcessInfo {
+            shard: Default::default(),
+            workspaces_configured: 0,
+            workspaces_owned: 0,
+            reload_ok: true,
+            reload_success_at: crate::api::types::Timestamp::now().as_secs_f64(),
+        }
+    }
+}
+
+/// A family about the process: no `workspace` label.
+pub struct ProcessFamily {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub unit: &'static str,
+    pub stability: Stability,
+    pub labels: &'static [&'static str],
+    pub collect: fn(&ProcessInfo, &mut Vec<Sample>),
+}
+
+pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
+    ProcessFamily {
+        name: "clawmesh_exporter_shard_info",
+        help: "This replica's shard and the number of shards workspaces are split across (constant 1).",
+        kind: Kind::Gauge,
+        unit: "1",
+        stability: Stability::Stable,
+        labels: &["shard", "total_shards"],
+        collect: |p, out| {
+            out.push(Sample {
+                labels: vec![p.shard.index.to_string(), p.shard.total.to_string()],
+                value: Value::Number(1.0),
+            })
+        },
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_workspaces",
+        help: "Workspaces in the configuration, and those this shard owns and polls.",
+        kind: Kind::Gauge,
+        unit: "{workspace}",
+        stability: Stability::Stable,
+        labels: &["state"],
+        collect: |p, out| {
+            out.push(num(&["configured"], p.workspaces_configured as f64));
+            out.push(num(&["owned"], p.workspaces_owned as f64));
+        },
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_config_last_reload_successful",
+        help: "1 when the last (re)load of the configuration file worked; 0 when it was refused and the previous one kept running.",
+        kind: Kind::Gauge,
+        unit: "1",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.push(num(&[], if p.reload_ok { 1.0 } else { 0.0 })),
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_config_last_reload_success_timestamp_seconds",
+        help: "When the configuration was last (re)loaded successfully (Unix seconds).",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.push(num(&[], p.reload_success_at)),
+    },
+];
+
 /// The one family without a workspace: which build is running.
 pub const BUILD_INFO: &str = "clawmesh_exporter_build_info";
 pub const BUILD_INFO_HELP: &str =
