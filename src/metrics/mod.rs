@@ -33,7 +33,9 @@ pub struct Sample {
     pub value: Value,
 }
 
-pub struct Family {
+/// A metric family over some source `T`: a workspace [`Snapshot`], or the
+/// process ([`ProcessInfo`]).
+pub struct FamilyOf<T> {
     /// Prometheus name, including `_total` for counters.
     pub name: &'static str,
     pub help: &'static str,
@@ -41,10 +43,16 @@ pub struct Family {
     /// UCUM unit for OTLP (`s`, `{task}`); Prometheus carries it in the name.
     pub unit: &'static str,
     pub stability: Stability,
-    /// Labels besides `workspace`, which every workspace family carries.
+    /// Labels of the family. Workspace families carry the workspace's own
+    /// labels (`workspace` first) before these.
     pub labels: &'static [&'static str],
-    pub collect: fn(&Snapshot, &mut Vec<Sample>),
+    pub collect: fn(&T, &mut Vec<Sample>),
 }
+
+/// A family of every workspace, labelled by it.
+pub type Family = FamilyOf<Snapshot>;
+/// A family about the process: no `workspace` label.
+pub type ProcessFamily = FamilyOf<ProcessInfo>;
 
 fn num(labels: &[&str], v: f64) -> Sample {
     Sample {
@@ -298,17 +306,6 @@ impl Default for ProcessInfo {
             reload_success_at: crate::api::types::Timestamp::now().as_secs_f64(),
         }
     }
-}
-
-/// A family about the process: no `workspace` label.
-pub struct ProcessFamily {
-    pub name: &'static str,
-    pub help: &'static str,
-    pub kind: Kind,
-    pub unit: &'static str,
-    pub stability: Stability,
-    pub labels: &'static [&'static str],
-    pub collect: fn(&ProcessInfo, &mut Vec<Sample>),
 }
 
 pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
