@@ -16,14 +16,6 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A quiet simulated workspace with its own id.
 async fn workspace_sim(id: &str, seed: u64) -> Sim {
     Sim::start(SimConfig {

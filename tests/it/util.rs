@@ -314,3 +314,12 @@ pub fn require_tool(name: &str) -> Option<String> {
         }
     }
 }
+
+/// A loopback port free right now, for a process that must be told its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
