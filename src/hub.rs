@@ -3,7 +3,7 @@
 //! them. A scrape reads an `Arc`; it never renders and never calls the API.
 
 use crate::expose::{self, Exposition};
-use crate::fleet::Snapshot;
+use crate::fleet::{ExportHealth, Snapshot};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -12,6 +12,8 @@ pub struct Hub {
     snapshots: Mutex<BTreeMap<String, Snapshot>>,
     exposition: RwLock<Arc<Exposition>>,
     expected_workspaces: Mutex<usize>,
+    /// The OTLP pusher's health per workspace; `None` when OTLP is off.
+    otlp: Mutex<Option<BTreeMap<String, ExportHealth>>>,
 }
 
 impl Default for Hub {
@@ -20,6 +22,7 @@ impl Default for Hub {
             snapshots: Mutex::new(BTreeMap::new()),
             exposition: RwLock::new(Arc::new(Exposition::new(expose::render(&[])))),
             expected_workspaces: Mutex::new(0),
+            otlp: Mutex::new(None),
         }
     }
 }
@@ -36,13 +39,28 @@ impl Hub {
 
     /// Replace a workspace's snapshot and re-render the exposition, once.
     pub fn publish(&self, snap: Snapshot) {
-        let text = {
-            let mut all = lock(&self.snapshots);
-            all.insert(snap.workspace.clone(), snap);
-            let list: Vec<Snapshot> = all.values().cloned().collect();
-            expose::render(&list)
-        };
-        let e = Arc::new(Exposition::new(text));
+        let mut all = lock(&self.snapshots);
+        all.insert(snap.workspace.clone(), snap);
+        self.render(&mut all);
+    }
+
+    /// The OTLP pusher reports how its exports went: stamped into every
+    /// snapshot (so both ways out show it) and re-rendered at once.
+    pub fn set_otlp_health(&self, health: BTreeMap<String, ExportHealth>) {
+        let mut all = lock(&self.snapshots);
+        *lock(&self.otlp) = Some(health);
+        self.render(&mut all);
+    }
+
+    /// Render under the snapshots lock, so two renders cannot land out of order.
+    fn render(&self, all: &mut BTreeMap<String, Snapshot>) {
+        if let Some(health) = &*lock(&self.otlp) {
+            for (ws, snap) in all.iter_mut() {
+                snap.otlp = Some(health.get(ws).cloned().unwrap_or_default());
+            }
+        }
+        let list: Vec<Snapshot> = all.values().cloned().collect();
+        let e = Arc::new(Exposition::new(expose::render(&list)));
         *self.exposition.write().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
