@@ -28,6 +28,8 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+// Parsed once at start: the size of the biggest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the ClawMesh API simulator on loopback (for trying setups out).
@@ -127,6 +129,55 @@ pub struct RunArgs {
         default_value = "logfmt"
     )]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+}
+
+/// OTLP push, off unless an endpoint is given (here or in
+/// OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_METRICS_ENDPOINT). The
+/// flags win over the standard OTEL_* variables; see `otlp::settings`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct OtlpArgs {
+    /// OTLP endpoint to push to, e.g. http://collector:4317 (gRPC) or http://collector:4318 (HTTP; /v1/metrics is added to a bare host:port).
+    #[arg(
+        long = "otlp.endpoint",
+        env = "CLAWMESH_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub endpoint: Option<String>,
+    /// OTLP transport [default: http/protobuf, or OTEL_EXPORTER_OTLP_PROTOCOL].
+    #[arg(long = "otlp.protocol", env = "CLAWMESH_OTLP_PROTOCOL", value_enum)]
+    pub protocol: Option<crate::otlp::Protocol>,
+    /// How often to push [default: 60s, or OTEL_METRIC_EXPORT_INTERVAL in ms].
+    #[arg(long = "otlp.interval", env = "CLAWMESH_OTLP_INTERVAL", value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    /// Timeout of one push attempt, and of the last push at shutdown [default: 10s, or OTEL_EXPORTER_OTLP_TIMEOUT in ms].
+    #[arg(long = "otlp.timeout", env = "CLAWMESH_OTLP_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Cumulative totals, or deltas since the last delivered push (Datadog) [default: cumulative].
+    #[arg(
+        long = "otlp.temporality",
+        env = "CLAWMESH_OTLP_TEMPORALITY",
+        value_enum
+    )]
+    pub temporality: Option<crate::otlp::Temporality>,
+    /// Histograms as the explicit buckets of /metrics, or base-2 exponential [default: explicit].
+    #[arg(long = "otlp.histogram", env = "CLAWMESH_OTLP_HISTOGRAM", value_enum)]
+    pub histogram: Option<crate::otlp::HistogramMode>,
+    /// File of extra request headers, one name=value per line (e.g. dd-api-key=...); values are secrets. Merged over OTEL_EXPORTER_OTLP_HEADERS.
+    #[arg(
+        long = "otlp.headers-file",
+        env = "CLAWMESH_OTLP_HEADERS_FILE",
+        value_name = "PATH"
+    )]
+    pub headers_file: Option<PathBuf>,
+    /// PEM file of a CA to trust for the collector, besides the system roots.
+    #[arg(
+        long = "otlp.ca-file",
+        env = "CLAWMESH_OTLP_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -182,6 +233,8 @@ pub struct Config {
     pub poll: PollConfig,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// OTLP push; `None` when off.
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 /// A configuration problem, said in one line.
@@ -215,10 +268,16 @@ impl RunArgs {
                 }
             },
         };
-        self.validate_with_key(key)
+        self.validate_with_key_in(key, env)
     }
 
+    /// Validate with a key already at hand, ignoring the OTEL_* environment.
     pub fn validate_with_key(&self, key: Secret) -> Result<Config, ConfigError> {
+        self.validate_with_key_in(key, &std::collections::HashMap::new())
+    }
+
+    /// Validate with a key already at hand; OTEL_* variables come from `env`.
+    pub fn validate_with_key_in(&self, key: Secret, env: &dyn Env) -> Result<Config, ConfigError> {
         let url = self.api_url.trim_end_matches('/');
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return Err(bad(format!(
@@ -255,6 +314,7 @@ impl RunArgs {
         if self.max_attempts == 0 {
             return Err(bad("--api.max-attempts: must be at least 1"));
         }
+        let otlp = crate::otlp::settings::resolve(&self.otlp, env).map_err(bad)?;
         Ok(Config {
             client: ClientConfig {
                 base_url: url.to_string(),
@@ -275,6 +335,7 @@ impl RunArgs {
             },
             log_level: self.log_level,
             log_format: self.log_format,
+            otlp,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Wiring of one exporter process: server first (so /healthz answers while
-//! the key is checked), then the key check, then the poll loops.
+//! the key is checked), then the key check, then the poll loops and, when
+//! configured, the OTLP pusher.
 
 use crate::api::Client;
 use crate::config::Config;
@@ -19,6 +20,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     loops: Vec<JoinHandle<()>>,
     server: JoinHandle<()>,
+    otlp: Option<crate::otlp::Pusher>,
 }
 
 /// Start serving on `listener` and polling the workspace of the configured
@@ -63,6 +65,11 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, KeyEr
     tracing::info!(workspace = %token.workspace_id, scopes = %token.scopes.join(","), "API key accepted");
     let workspace = token.workspace_id.clone();
     let loops = poll::spawn(client, &token, cfg.poll.clone(), hub.clone(), stop_rx);
+    let otlp = cfg.otlp.clone().and_then(|o| {
+        crate::otlp::start(o, hub.clone())
+            .map_err(|e| tracing::error!(error = %e, "cannot set up OTLP; serving /metrics only"))
+            .ok()
+    });
     Ok(Running {
         addr,
         hub,
@@ -70,15 +77,20 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, KeyEr
         stop,
         loops,
         server,
+        otlp,
     })
 }
 
 impl Running {
-    /// Stop polling and serving; waits for both.
+    /// Stop polling and serving; waits for both. With OTLP on, the numbers
+    /// of the last sync are pushed once more (within `--otlp.timeout`).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for l in self.loops {
             let _ = l.await;
+        }
+        if let Some(p) = self.otlp {
+            p.shutdown().await;
         }
         let _ = self.server.await;
     }
