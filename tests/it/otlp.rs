@@ -69,6 +69,20 @@ impl Store {
     fn len(&self) -> usize {
         self.got.lock().unwrap().len()
     }
+    /// Wait until the exports carry finished tasks: the fleet is flowing.
+    async fn wait_for_finished_tasks(&self) {
+        wait_for(
+            Duration::from_secs(30),
+            "finished tasks to reach OTLP",
+            || async {
+                otlp_view(&self.all())
+                    .iter()
+                    .any(|(k, v)| k.starts_with("clawmesh_tasks_finished_total{") && *v > 0.0)
+            },
+        )
+        .await;
+    }
+
     /// Wait for the next request to arrive; true if one did in time.
     async fn next(&self, limit: Duration) -> bool {
         let before = self.len();
@@ -490,16 +504,7 @@ async fn pushes_what_metrics_shows(wire: Wire, temporality: &str, histogram: &st
         &otlp_args(&endpoint, wire, temporality, histogram, "250ms", "2s"),
     ))
     .await;
-    wait_for(
-        Duration::from_secs(30),
-        "finished tasks to reach OTLP",
-        || async {
-            otlp_view(&receiver.store.all())
-                .iter()
-                .any(|(k, v)| k.starts_with("clawmesh_tasks_finished_total{") && *v > 0.0)
-        },
-    )
-    .await;
+    receiver.store.wait_for_finished_tasks().await;
     converge(&sim, &exporter).await;
     let compared = assert_same_sync(&exporter, &receiver.store, histogram == "exponential").await;
     eprintln!("{wire:?} {temporality} {histogram}: {compared} series equal");
@@ -596,16 +601,7 @@ async fn a_collector_down_or_slow_stalls_nothing_and_recovery_is_exact() {
         "300ms",
     );
     let exporter = start_exporter(&exporter_config(&sim, &args)).await;
-    wait_for(
-        Duration::from_secs(30),
-        "finished tasks to reach OTLP",
-        || async {
-            otlp_view(&receiver.store.all())
-                .iter()
-                .any(|(k, v)| k.starts_with("clawmesh_tasks_finished_total{") && *v > 0.0)
-        },
-    )
-    .await;
+    receiver.store.wait_for_finished_tasks().await;
 
     let health = |m: &BTreeMap<String, f64>| {
         (
