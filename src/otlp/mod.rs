@@ -75,7 +75,7 @@ struct Worker {
     transport: Transport,
     batcher: Batcher,
     health: BTreeMap<String, ExportHealth>,
-    failing: bool,
+    failures_in_a_row: u64,
 }
 
 /// Start pushing the hub's snapshots every `cfg.interval`.
@@ -119,7 +119,7 @@ pub fn start(cfg: OtlpConfig, hub: Arc<Hub>) -> Result<Pusher, String> {
         transport,
         batcher,
         health: BTreeMap::new(),
-        failing: false,
+        failures_in_a_row: 0,
     };
     let task = tokio::spawn(worker.run(stop_rx));
     Ok(Pusher { stop, task })
@@ -201,9 +201,9 @@ impl Worker {
                 if accepted.rejected_points > 0 {
                     tracing::warn!(rejected = accepted.rejected_points, message = %accepted.message, "the OTLP receiver dropped some data points");
                 }
-                if self.failing {
-                    tracing::info!(endpoint = %self.cfg.endpoint, "OTLP exports succeed again");
-                    self.failing = false;
+                if self.failures_in_a_row > 0 {
+                    tracing::info!(endpoint = %self.cfg.endpoint, failed_before = self.failures_in_a_row, "OTLP exports succeed again");
+                    self.failures_in_a_row = 0;
                 }
                 tracing::debug!(
                     points = batch.total_points(),
@@ -229,8 +229,14 @@ impl Worker {
                     }
                     SendError::Retryable(_) => "; the numbers go out with the next export",
                 };
-                tracing::warn!(endpoint = %self.cfg.endpoint, attempts = attempt, error = %e, "OTLP export failed{hint}");
-                self.failing = true;
+                // A long outage says so now and then, not every interval.
+                self.failures_in_a_row += 1;
+                let n = self.failures_in_a_row;
+                if n == 1 || n % 10 == 0 {
+                    tracing::warn!(endpoint = %self.cfg.endpoint, attempts = attempt, failures_in_a_row = n, error = %e, "OTLP export failed{hint}");
+                } else {
+                    tracing::debug!(endpoint = %self.cfg.endpoint, attempts = attempt, failures_in_a_row = n, error = %e, "OTLP export failed{hint}");
+                }
                 for (ws, points) in &batch.points {
                     let h = self.health.entry(ws.clone()).or_default();
                     h.failed += 1;
