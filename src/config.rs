@@ -31,6 +31,8 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+// Parsed once at start: the size of the biggest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the ClawMesh API simulator on loopback (for trying setups out).
@@ -162,6 +164,55 @@ pub struct RunArgs {
         default_value = "logfmt"
     )]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+}
+
+/// OTLP push, off unless an endpoint is given (here or in
+/// OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_METRICS_ENDPOINT). The
+/// flags win over the standard OTEL_* variables; see `otlp::settings`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct OtlpArgs {
+    /// OTLP endpoint to push to, e.g. http://collector:4317 (gRPC) or http://collector:4318 (HTTP; /v1/metrics is added to a bare host:port).
+    #[arg(
+        long = "otlp.endpoint",
+        env = "CLAWMESH_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub endpoint: Option<String>,
+    /// OTLP transport [default: http/protobuf, or OTEL_EXPORTER_OTLP_PROTOCOL].
+    #[arg(long = "otlp.protocol", env = "CLAWMESH_OTLP_PROTOCOL", value_enum)]
+    pub protocol: Option<crate::otlp::Protocol>,
+    /// How often to push [default: 60s, or OTEL_METRIC_EXPORT_INTERVAL in ms].
+    #[arg(long = "otlp.interval", env = "CLAWMESH_OTLP_INTERVAL", value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    /// Timeout of one push attempt, and of the last push at shutdown [default: 10s, or OTEL_EXPORTER_OTLP_TIMEOUT in ms].
+    #[arg(long = "otlp.timeout", env = "CLAWMESH_OTLP_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Cumulative totals, or deltas since the last delivered push (Datadog) [default: cumulative].
+    #[arg(
+        long = "otlp.temporality",
+        env = "CLAWMESH_OTLP_TEMPORALITY",
+        value_enum
+    )]
+    pub temporality: Option<crate::otlp::Temporality>,
+    /// Histograms as the explicit buckets of /metrics, or base-2 exponential [default: explicit].
+    #[arg(long = "otlp.histogram", env = "CLAWMESH_OTLP_HISTOGRAM", value_enum)]
+    pub histogram: Option<crate::otlp::HistogramMode>,
+    /// File of extra request headers, one name=value per line (e.g. dd-api-key=...); values are secrets. Merged over OTEL_EXPORTER_OTLP_HEADERS.
+    #[arg(
+        long = "otlp.headers-file",
+        env = "CLAWMESH_OTLP_HEADERS_FILE",
+        value_name = "PATH"
+    )]
+    pub headers_file: Option<PathBuf>,
+    /// PEM file of a CA to trust for the collector, besides the system roots.
+    #[arg(
+        long = "otlp.ca-file",
+        env = "CLAWMESH_OTLP_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -223,6 +274,8 @@ pub struct Config {
     pub telemetry_path: String,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// OTLP push; `None` when off.
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 /// A configuration problem, said in one line.
@@ -245,7 +298,7 @@ impl RunArgs {
                     p.0.join("; ")
                 ))
             })?;
-            return self.validate_common(workspaces);
+            return self.validate_common(workspaces, env);
         }
         let key = match &self.api_key_file {
             Some(path) => {
@@ -266,10 +319,16 @@ impl RunArgs {
                 }
             },
         };
-        self.validate_with_key(key)
+        self.validate_with_key_in(key, env)
     }
 
+    /// Validate with a key already at hand, ignoring the OTEL_* environment.
     pub fn validate_with_key(&self, key: Secret) -> Result<Config, ConfigError> {
+        self.validate_with_key_in(key, &std::collections::HashMap::new())
+    }
+
+    /// Validate with a key already at hand; OTEL_* variables come from `env`.
+    pub fn validate_with_key_in(&self, key: Secret, env: &dyn Env) -> Result<Config, ConfigError> {
         let url = self.api_url.trim_end_matches('/');
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return Err(bad(format!(
@@ -320,11 +379,15 @@ impl RunArgs {
             },
             labels: Default::default(),
         };
-        self.validate_common(vec![workspace])
+        self.validate_common(vec![workspace], env)
     }
 
     /// The checks that do not depend on where the workspaces came from.
-    fn validate_common(&self, workspaces: Vec<WorkspaceConfig>) -> Result<Config, ConfigError> {
+    fn validate_common(
+        &self,
+        workspaces: Vec<WorkspaceConfig>,
+        env: &dyn Env,
+    ) -> Result<Config, ConfigError> {
         let listen = parse_listen(&self.listen_address)?;
         let path = &self.telemetry_path;
         if !path.starts_with('/')
@@ -339,6 +402,7 @@ impl RunArgs {
             Some(f) => crate::webconfig::load(f).map_err(|p| bad(p.0.join("; ")))?,
             None => WebConfig::default(),
         };
+        let otlp = crate::otlp::settings::resolve(&self.otlp, env).map_err(bad)?;
         Ok(Config {
             workspaces,
             config_file: self.config_file.clone(),
@@ -349,6 +413,7 @@ impl RunArgs {
             telemetry_path: path.clone(),
             log_level: self.log_level,
             log_format: self.log_format,
+            otlp,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! `clawmesh-exporter demo`: the simulator and the exporter in one process,
 //! talking real HTTP over loopback. No key, no network.
 
-use crate::config::RunArgs;
+use crate::config::{ProcessEnv, RunArgs};
 use crate::secret::Secret;
 use crate::sim::{SimConfig, Simulator, DEMO_KEY};
 use std::time::Duration;
@@ -21,7 +21,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     if args.listen_address == ":9817" {
         args.listen_address = "127.0.0.1:9817".into();
     }
-    let cfg = args.validate_with_key(Secret::new(DEMO_KEY))?;
+    let cfg = args.validate_with_key_in(Secret::new(DEMO_KEY), &ProcessEnv)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| {
@@ -37,6 +37,18 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     println!("  simulator:    http://{sim_addr}/v1 (key {DEMO_KEY})");
     println!("  ground truth: http://{sim_addr}/_sim/ground_truth");
     println!("  try:          curl -s {m} | grep -E '^clawmesh_(agents|tasks)'");
+    match &cfg.otlp {
+        Some(o) => println!(
+            "  otlp:         {} ({:?}, every {}, {:?})",
+            o.endpoint,
+            o.protocol,
+            humantime::format_duration(o.interval),
+            o.temporality
+        ),
+        None => println!(
+            "  otlp:         off (try --otlp.endpoint http://127.0.0.1:4317 --otlp.protocol grpc)"
+        ),
+    }
     println!("Ctrl-C stops.");
     crate::shutdown_signal().await;
     running.shutdown().await;

@@ -1,7 +1,8 @@
 //! Wiring of one exporter process: the HTTP server first (so /healthz
 //! answers while keys are checked), then one supervised slot per configured
 //! workspace (key check, shard ownership, poll loops), and reloads of the
-//! configuration file that keep unchanged workspaces running.
+//! configuration file that keep unchanged workspaces running; when
+//! configured, the OTLP pusher.
 
 use crate::api::Client;
 use crate::config::{Config, Env, ProcessEnv};
@@ -28,6 +29,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     signals: JoinHandle<()>,
+    otlp: Option<crate::otlp::Pusher>,
 }
 
 /// Why a workspace cannot be watched with its configuration.
@@ -98,6 +100,11 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
     hub.set_started();
     let signals = tokio::spawn(reload_on_sighup(supervisor.clone(), stop_rx));
     let workspace = supervisor.first_workspace().await;
+    let otlp = cfg.otlp.clone().and_then(|o| {
+        crate::otlp::start(o, hub.clone())
+            .map_err(|e| tracing::error!(error = %e, "cannot set up OTLP; serving /metrics only"))
+            .ok()
+    });
     Ok(Running {
         addr,
         hub,
@@ -106,6 +113,7 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
         stop,
         server,
         signals,
+        otlp,
     })
 }
 
@@ -115,10 +123,14 @@ impl Running {
         self.supervisor.reload().await
     }
 
-    /// Stop polling and serving; waits for both.
+    /// Stop polling and serving; waits for both. With OTLP on, the numbers
+    /// of the last sync are pushed once more (within `--otlp.timeout`).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.supervisor.stop_all().await;
+        if let Some(p) = self.otlp {
+            p.shutdown().await;
+        }
         let _ = self.server.await;
         let _ = self.signals.await;
     }

@@ -1,5 +1,12 @@
 //! A plain cumulative histogram: the data, not a metrics-library handle, so
 //! that any module can record into it and the metric table can render it.
+//!
+//! Every observation lands twice: in the explicit buckets that /metrics
+//! shows, and in a base-2 exponential histogram that OTLP can send instead
+//! (`--otlp.histogram exponential`). Exponential buckets cannot be derived
+//! from explicit ones after the fact, so they are recorded from the raw
+//! values here, the one place every observation passes; count and sum are
+//! shared, so both views always agree on them.
 
 /// Buckets (upper bounds, seconds) for API request latency.
 pub const API_LATENCY_BUCKETS: &[f64] = &[
@@ -13,6 +20,7 @@ pub struct Histogram {
     counts: Vec<u64>,
     sum: f64,
     count: u64,
+    exponential: Exponential,
 }
 
 impl Histogram {
@@ -22,6 +30,7 @@ impl Histogram {
             counts: vec![0; bounds.len() + 1],
             sum: 0.0,
             count: 0,
+            exponential: Exponential::default(),
         }
     }
 
@@ -33,6 +42,7 @@ impl Histogram {
         self.counts[i] += 1;
         self.sum += v;
         self.count += 1;
+        self.exponential.record(v);
     }
 
     pub fn bounds(&self) -> &'static [f64] {
@@ -58,6 +68,252 @@ impl Histogram {
     pub fn bucket_counts(&self) -> &[u64] {
         &self.counts
     }
+
+    /// The same observations in base-2 exponential buckets.
+    pub fn exponential(&self) -> &Exponential {
+        &self.exponential
+    }
+}
+
+/// Most buckets per sign of an [`Exponential`], the OpenTelemetry SDKs'
+/// default: past it the scale drops by one (two buckets merge into one).
+pub const EXP_MAX_BUCKETS: usize = 160;
+/// The finest scale, where an exponential histogram starts.
+pub const EXP_MAX_SCALE: i32 = 20;
+
+/// A base-2 exponential histogram as OpenTelemetry defines it: at scale `s`
+/// bucket `i` holds values in `(2^(i/2^s), 2^((i+1)/2^s)]`. It starts at the
+/// finest scale and halves its resolution whenever the observed range needs
+/// more than [`EXP_MAX_BUCKETS`]; buckets of a finer scale nest exactly in
+/// those of a coarser one, so the result depends only on the values seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exponential {
+    scale: i32,
+    zero_count: u64,
+    positive: ExpBuckets,
+    negative: ExpBuckets,
+}
+
+/// Consecutive bucket counts starting at bucket index `offset`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExpBuckets {
+    pub offset: i32,
+    pub counts: Vec<u64>,
+}
+
+impl Default for Exponential {
+    fn default() -> Self {
+        Exponential {
+            scale: EXP_MAX_SCALE,
+            zero_count: 0,
+            positive: ExpBuckets::default(),
+            negative: ExpBuckets::default(),
+        }
+    }
+}
+
+impl Exponential {
+    pub fn scale(&self) -> i32 {
+        self.scale
+    }
+    pub fn zero_count(&self) -> u64 {
+        self.zero_count
+    }
+    pub fn positive(&self) -> &ExpBuckets {
+        &self.positive
+    }
+    pub fn negative(&self) -> &ExpBuckets {
+        &self.negative
+    }
+    pub fn count(&self) -> u64 {
+        self.zero_count
+            + self.positive.counts.iter().sum::<u64>()
+            + self.negative.counts.iter().sum::<u64>()
+    }
+
+    pub fn record(&mut self, v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        if v == 0.0 {
+            self.zero_count += 1;
+            return;
+        }
+        let index = map_to_index(v.abs(), self.scale);
+        let side = if v > 0.0 {
+            &self.positive
+        } else {
+            &self.negative
+        };
+        let change = side.downscale_needed(index, index);
+        self.downscale(change);
+        let index = index >> change;
+        let side = if v > 0.0 {
+            &mut self.positive
+        } else {
+            &mut self.negative
+        };
+        side.add(index, 1);
+    }
+
+    /// Halve the resolution `change` times.
+    pub fn downscale(&mut self, change: i32) {
+        if change <= 0 {
+            return;
+        }
+        self.positive = self.positive.downscaled(change);
+        self.negative = self.negative.downscaled(change);
+        self.scale -= change;
+    }
+
+    /// What was observed since `earlier`, a previous state of the same
+    /// histogram; `None` when `earlier` holds something this one does not
+    /// (the histogram was reset in between).
+    pub fn since(&self, earlier: &Exponential) -> Option<Exponential> {
+        let scale = self.scale.min(earlier.scale);
+        let (mut now, mut then) = (self.clone(), earlier.clone());
+        now.downscale(now.scale - scale);
+        then.downscale(then.scale - scale);
+        Some(Exponential {
+            scale,
+            zero_count: now.zero_count.checked_sub(then.zero_count)?,
+            positive: now.positive.minus(&then.positive)?,
+            negative: now.negative.minus(&then.negative)?,
+        })
+    }
+
+    /// Add the observations of `other` (of any scale) to this one.
+    pub fn merge(&mut self, other: &Exponential) {
+        let mut other = other.clone();
+        let scale = self.scale.min(other.scale);
+        self.downscale(self.scale - scale);
+        other.downscale(other.scale - scale);
+        self.zero_count += other.zero_count;
+        let change = self
+            .positive
+            .union_downscale_needed(&other.positive)
+            .max(self.negative.union_downscale_needed(&other.negative));
+        self.downscale(change);
+        other.downscale(change);
+        for (i, n) in other.positive.iter() {
+            self.positive.add(i, n);
+        }
+        for (i, n) in other.negative.iter() {
+            self.negative.add(i, n);
+        }
+    }
+}
+
+impl ExpBuckets {
+    fn iter(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        let offset = self.offset;
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(move |(i, n)| (offset + i as i32, *n))
+    }
+
+    fn range(&self) -> Option<(i32, i32)> {
+        (!self.counts.is_empty()).then(|| (self.offset, self.offset + self.counts.len() as i32 - 1))
+    }
+
+    /// How many halvings make `lo..=hi`, together with what is held, fit.
+    fn downscale_needed(&self, lo: i32, hi: i32) -> i32 {
+        let (lo, hi) = match self.range() {
+            Some((a, b)) => (lo.min(a), hi.max(b)),
+            None => (lo, hi),
+        };
+        let mut change = 0;
+        while ((hi >> change) - (lo >> change)) as i64 + 1 > EXP_MAX_BUCKETS as i64 {
+            change += 1;
+        }
+        change
+    }
+
+    fn union_downscale_needed(&self, other: &ExpBuckets) -> i32 {
+        match other.range() {
+            Some((lo, hi)) => self.downscale_needed(lo, hi),
+            None => 0,
+        }
+    }
+
+    fn add(&mut self, index: i32, n: u64) {
+        if self.counts.is_empty() {
+            self.offset = index;
+            self.counts.push(n);
+            return;
+        }
+        if index < self.offset {
+            let grow = (self.offset - index) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.offset = index;
+        }
+        let i = (index - self.offset) as usize;
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, 0);
+        }
+        self.counts[i] += n;
+    }
+
+    fn downscaled(&self, change: i32) -> ExpBuckets {
+        let mut out = ExpBuckets::default();
+        for (i, n) in self.iter() {
+            out.add(i >> change, n);
+        }
+        out
+    }
+
+    /// Bucket-wise difference; `None` if any bucket would go negative.
+    fn minus(&self, other: &ExpBuckets) -> Option<ExpBuckets> {
+        let mut out = self.clone();
+        for (i, n) in other.iter() {
+            let slot = i
+                .checked_sub(out.offset)
+                .filter(|s| *s >= 0)
+                .and_then(|s| out.counts.get_mut(s as usize))?;
+            *slot = slot.checked_sub(n)?;
+        }
+        // Trim empty buckets at both ends.
+        let first = out.counts.iter().position(|n| *n > 0);
+        match first {
+            None => Some(ExpBuckets::default()),
+            Some(first) => {
+                let last = out.counts.iter().rposition(|n| *n > 0).unwrap_or(first);
+                out.counts = out.counts[first..=last].to_vec();
+                out.offset += first as i32;
+                Some(out)
+            }
+        }
+    }
+}
+
+/// The bucket index of `v > 0` at `scale`, per the OpenTelemetry data model:
+/// exact for powers of two (bucket upper bounds are inclusive), by logarithm
+/// otherwise.
+fn map_to_index(v: f64, scale: i32) -> i32 {
+    let bits = v.to_bits();
+    let raw_exp = ((bits >> 52) & 0x7ff) as i32;
+    let mantissa = bits & ((1u64 << 52) - 1);
+    let (exp, power_of_two) = if raw_exp == 0 {
+        // Subnormal: v = mantissa * 2^-1074.
+        let top = 63 - mantissa.leading_zeros() as i32;
+        (top - 1074, mantissa == 1u64 << top)
+    } else {
+        (raw_exp - 1023, mantissa == 0)
+    };
+    if scale <= 0 {
+        let at_zero = if power_of_two { exp - 1 } else { exp };
+        return at_zero >> -scale;
+    }
+    if power_of_two {
+        return (exp << scale) - 1;
+    }
+    // Rounding of the logarithm may stray one bucket near a boundary; keep
+    // the index inside the power-of-two range the exponent fixes, so that
+    // downscaling stays consistent.
+    let by_log = (v.log2() * f64::from(1u32 << scale)).ceil() as i32 - 1;
+    by_log.clamp(exp << scale, ((exp + 1) << scale) - 1)
 }
 
 #[cfg(test)]
@@ -73,5 +329,73 @@ mod tests {
         assert_eq!(h.cumulative().collect::<Vec<_>>(), vec![(1.0, 2), (2.0, 4)]);
         assert_eq!(h.count(), 5);
         assert_eq!(h.bucket_counts(), &[2, 2, 1]);
+        assert_eq!(h.exponential().count(), 5);
+    }
+
+    #[test]
+    fn exponential_indexes_follow_the_data_model() {
+        // Scale 0: buckets (1,2], (2,4]...; powers of two close a bucket.
+        assert_eq!(map_to_index(1.0, 0), -1);
+        assert_eq!(map_to_index(1.5, 0), 0);
+        assert_eq!(map_to_index(2.0, 0), 0);
+        assert_eq!(map_to_index(3.0, 0), 1);
+        assert_eq!(map_to_index(0.25, 0), -3);
+        // Scale -1: buckets (1,4], (4,16]...
+        assert_eq!(map_to_index(4.0, -1), 0);
+        assert_eq!(map_to_index(5.0, -1), 1);
+        // Scale 1: base sqrt(2).
+        assert_eq!(map_to_index(2.0, 1), 1);
+        assert_eq!(map_to_index(1.5, 1), 1);
+        assert_eq!(map_to_index(1.2, 1), 0);
+        assert!(map_to_index(f64::MIN_POSITIVE / 8.0, 3) < map_to_index(f64::MIN_POSITIVE, 3));
+    }
+
+    #[test]
+    fn exponential_downscales_to_fit_and_keeps_every_observation() {
+        let mut e = Exponential::default();
+        let values = [0.0, 0.001, 0.02, 0.5, 1.0, 3.0, 60.0, 3600.0, 7200.0, -2.0];
+        for v in values {
+            e.record(v);
+        }
+        assert_eq!(e.count(), values.len() as u64);
+        assert_eq!(e.zero_count(), 1);
+        assert!(e.positive().counts.len() <= EXP_MAX_BUCKETS);
+        assert!(e.scale() < EXP_MAX_SCALE);
+        // Every value lies inside the bucket it was counted in.
+        let base = 2f64.powf(2f64.powi(-e.scale()));
+        for v in values.iter().filter(|v| **v > 0.0) {
+            let i = map_to_index(*v, e.scale());
+            assert!(
+                base.powi(i) < *v * (1.0 + 1e-12) && *v <= base.powi(i + 1) * (1.0 + 1e-12),
+                "{v}"
+            );
+            let slot = (i - e.positive().offset) as usize;
+            assert!(e.positive().counts[slot] > 0, "{v}");
+        }
+        // The result depends only on the values, not on their order.
+        let mut r = Exponential::default();
+        for v in values.iter().rev() {
+            r.record(*v);
+        }
+        assert_eq!(e, r);
+    }
+
+    #[test]
+    fn exponential_since_and_merge_are_inverse() {
+        let mut a = Exponential::default();
+        for v in [0.5, 0.7, 2.0] {
+            a.record(v);
+        }
+        let earlier = a.clone();
+        for v in [0.0, 0.6, 900.0, 1e-4] {
+            a.record(v);
+        }
+        let d = a.since(&earlier).unwrap();
+        assert_eq!(d.count(), 4);
+        let mut back = earlier.clone();
+        back.merge(&d);
+        assert_eq!(back, a);
+        // A reset shows: the later state lacks what the earlier one had.
+        assert!(Exponential::default().since(&earlier).is_none());
     }
 }

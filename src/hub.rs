@@ -4,7 +4,7 @@
 //! `Arc`; it never renders and never calls the API.
 
 use crate::expose::{self, Exposition};
-use crate::fleet::Snapshot;
+use crate::fleet::{ExportHealth, Snapshot};
 use crate::metrics::ProcessInfo;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,6 +23,20 @@ struct State {
     /// The initial assignment of workspaces is done (a shard may own none).
     started: bool,
     process: ProcessInfo,
+    /// The OTLP pusher's health per workspace; `None` when OTLP is off.
+    otlp: Option<BTreeMap<String, ExportHealth>>,
+}
+
+impl State {
+    /// Put the OTLP export health into every snapshot, so that both ways
+    /// out show it.
+    fn stamp_otlp(&mut self) {
+        if let Some(health) = &self.otlp {
+            for (ws, snap) in self.snapshots.iter_mut() {
+                snap.otlp = Some(health.get(ws).cloned().unwrap_or_default());
+            }
+        }
+    }
 }
 
 impl Default for Hub {
@@ -68,6 +82,7 @@ impl Hub {
             return;
         }
         st.snapshots.insert(snap.workspace.clone(), snap);
+        st.stamp_otlp();
         self.render(&st);
     }
 
@@ -75,6 +90,14 @@ impl Hub {
     pub fn update_process(&self, f: impl FnOnce(&mut ProcessInfo)) {
         let mut st = self.lock();
         f(&mut st.process);
+        self.render(&st);
+    }
+
+    /// The OTLP pusher reports how its exports went; re-rendered at once.
+    pub fn set_otlp_health(&self, health: BTreeMap<String, ExportHealth>) {
+        let mut st = self.lock();
+        st.otlp = Some(health);
+        st.stamp_otlp();
         self.render(&st);
     }
 

@@ -1,7 +1,8 @@
 //! clawmesh-exporter: ClawMesh fleet metrics for Prometheus and OpenTelemetry.
 //!
-//! Data flows one way: `api -> poll -> fleet -> metrics -> expose`, and the
-//! `hub` hands rendered results to the `server`. See ARCHITECTURE.md.
+//! Data flows one way: `api -> poll -> fleet -> metrics -> expose | otlp`, and
+//! the `hub` hands rendered results to the `server` and snapshots to `otlp`.
+//! See ARCHITECTURE.md.
 
 pub mod api;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod fleet;
 pub mod histogram;
 pub mod hub;
 pub mod metrics;
+pub mod otlp;
 pub mod poll;
 pub mod secret;
 pub mod server;

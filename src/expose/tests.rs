@@ -63,7 +63,15 @@ pub(crate) fn sample_snapshot() -> Snapshot {
     let mut h = crate::histogram::Histogram::new(crate::histogram::API_LATENCY_BUCKETS);
     h.observe(0.02);
     api.durations.insert("/tasks".into(), h);
-    fleet.snapshot("ws_test", ts(61), health, api)
+    let mut snap = fleet.snapshot("ws_test", ts(61), health, api);
+    // As the hub stamps it when OTLP is on.
+    snap.otlp = Some(crate::fleet::ExportHealth {
+        succeeded: 40,
+        failed: 2,
+        last_success: Some(1_800_000_060.0),
+        pending_points: 0,
+    });
+    snap
 }
 
 fn process() -> ProcessInfo {

@@ -332,6 +332,24 @@ pub struct Snapshot {
     pub open_len: usize,
     pub health: Health,
     pub api: crate::api::ApiStats,
+    /// How OTLP exports carrying this workspace's numbers went; `None` when
+    /// OTLP is off. Stamped by the hub, not by the poll loops.
+    pub otlp: Option<ExportHealth>,
+}
+
+/// The OTLP pusher's record for one workspace, plain data for the table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportHealth {
+    /// Exports that carried this workspace's numbers and were accepted.
+    pub succeeded: u64,
+    /// Exports that carried them and failed after their retries.
+    pub failed: u64,
+    /// Unix seconds of the last accepted export.
+    pub last_success: Option<f64>,
+    /// Data points of this workspace built but not yet delivered: at most
+    /// one per series, since unsent deltas merge and a newer cumulative
+    /// value replaces an unsent one.
+    pub pending_points: u64,
 }
 
 impl Fleet {
@@ -356,6 +374,7 @@ impl Fleet {
             open_len: self.open.len(),
             health,
             api,
+            otlp: None,
         }
     }
 }

@@ -271,6 +271,38 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         collect: |s, out| out.extend(s.health.token_expiry.map(|t| num(&[], t))),
     },
     Family {
+        name: "clawmesh_otlp_exports_total",
+        help: "OTLP exports that carried the workspace's numbers, by result (success, failure after retries); absent when OTLP is off.",
+        kind: Kind::Counter,
+        unit: "{export}",
+        stability: Stability::Experimental,
+        labels: &["result"],
+        collect: |s, out| {
+            if let Some(o) = &s.otlp {
+                out.push(num(&["success"], o.succeeded as f64));
+                out.push(num(&["failure"], o.failed as f64));
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_otlp_last_success_timestamp_seconds",
+        help: "When an OTLP export carrying the workspace's numbers was last accepted (Unix seconds); absent before the first.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |s, out| out.extend(s.otlp.as_ref().and_then(|o| o.last_success).map(|t| num(&[], t))),
+    },
+    Family {
+        name: "clawmesh_otlp_pending_data_points",
+        help: "Data points of the workspace built for OTLP but not yet delivered; bounded by the series count while the collector is away.",
+        kind: Kind::Gauge,
+        unit: "{data_point}",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |s, out| out.extend(s.otlp.as_ref().map(|o| num(&[], o.pending_points as f64))),
+    },
+    Family {
         name: "clawmesh_exporter_tracked_tasks",
         help: "Tasks the exporter holds in memory: open ones, and finished ones remembered to count each exactly once.",
         kind: Kind::Gauge,

@@ -7,6 +7,7 @@ mod cli;
 mod dashboards;
 mod exactness;
 mod exposition;
+mod otlp;
 mod production;
 mod prometheus;
 mod rules;

@@ -1,0 +1,423 @@
+//! From the metric table to one OTLP request. Pure: no I/O, no clock (the
+//! caller passes the time), so tests can drive it sample by sample.
+//!
+//! Temporality lives here. Cumulative sends each series' current total with
+//! the time it counts from (moved forward when a reset shows: the value went
+//! down). Delta keeps, per series, the last total seen and the increase not
+//! yet delivered: every build adds what happened since the last build to the
+//! undelivered increase and sends that, and only a delivered batch clears it.
+//! So a failed export loses nothing and a retried one counts nothing twice,
+//! and what is held stays one value per series however long the collector
+//! is away.
+
+use super::settings::{HistogramMode, Temporality};
+use crate::fleet::Snapshot;
+use crate::histogram::{Exponential, Histogram};
+use crate::metrics::{self, Family, Kind, Value};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    self as pb, exponential_histogram_data_point::Buckets, metric::Data, number_data_point,
+    AggregationTemporality,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use std::collections::{BTreeMap, HashMap};
+
+/// The data-point attribute that carries the workspace.
+///
+/// A data-point attribute, not a resource attribute: the resource is the
+/// exporter process (`service.*`), which may watch many workspaces, and the
+/// workspace must separate series in every backend. Datadog keeps only
+/// well-known resource attributes as tags unless told otherwise, and the
+/// Collector's Prometheus exporters move resource attributes to `target_info`,
+/// while data-point attributes become tags and labels everywhere, exactly
+/// like the `workspace` label on /metrics.
+pub const WORKSPACE_ATTRIBUTE: &str = "clawmesh.workspace.id";
+/// The configured display name of a workspace (`workspace_name` on /metrics).
+pub const WORKSPACE_NAME_ATTRIBUTE: &str = "clawmesh.workspace.name";
+
+/// Word pairs that are one word in an OpenTelemetry name (`rate_limit`, not
+/// `rate.limit`).
+const COMPOUNDS: &[&str] = &[
+    "oldest_pending",
+    "last_sync",
+    "last_success",
+    "rate_limit",
+    "retry_after",
+    "requests_per_minute",
+    "tracked_tasks",
+    "data_points",
+];
+
+/// The OpenTelemetry name of a family, derived from its Prometheus name:
+/// without `_total` (a Sum says it is a counter), without the unit suffix
+/// `_seconds` (the unit field carries it), and with dots between the words.
+pub fn otel_name(f: &Family) -> String {
+    let mut name = f.name;
+    if f.kind == Kind::Counter {
+        name = name.strip_suffix("_total").unwrap_or(name);
+    }
+    if f.unit == "s" {
+        name = name.strip_suffix("_seconds").unwrap_or(name);
+    }
+    let mut out = name.replace('_', ".");
+    for c in COMPOUNDS {
+        out = out.replace(&c.replace('_', "."), c);
+    }
+    out
+}
+
+/// A histogram's numbers, detached so that differences can be held.
+#[derive(Debug, Clone, PartialEq)]
+struct Hist {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+    exp: Exponential,
+}
+
+impl From<&Histogram> for Hist {
+    fn from(h: &Histogram) -> Self {
+        Hist {
+            bounds: h.bounds(),
+            counts: h.bucket_counts().to_vec(),
+            sum: h.sum(),
+            count: h.count(),
+            exp: h.exponential().clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Point {
+    Number(f64),
+    Hist(Hist),
+}
+
+impl Point {
+    fn of(v: &Value) -> Point {
+        match v {
+            Value::Number(n) => Point::Number(*n),
+            Value::Histogram(h) => Point::Hist(h.into()),
+        }
+    }
+
+    /// What happened between `earlier` and `self`, two totals of one
+    /// series; `None` when the total went down (a reset).
+    fn since(&self, earlier: &Point) -> Option<Point> {
+        match (self, earlier) {
+            (Point::Number(a), Point::Number(b)) => (a >= b).then(|| Point::Number(a - b)),
+            (Point::Hist(a), Point::Hist(b)) => {
+                if a.bounds != b.bounds || a.count < b.count {
+                    return None;
+                }
+                let counts = a
+                    .counts
+                    .iter()
+                    .zip(&b.counts)
+                    .map(|(x, y)| x.checked_sub(*y))
+                    .collect::<Option<Vec<u64>>>()?;
+                Some(Point::Hist(Hist {
+                    bounds: a.bounds,
+                    counts,
+                    sum: a.sum - b.sum,
+                    count: a.count - b.count,
+                    exp: a.exp.since(&b.exp)?,
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    fn plus(self, other: Point) -> Point {
+        match (self, other) {
+            (Point::Number(a), Point::Number(b)) => Point::Number(a + b),
+            (Point::Hist(mut a), Point::Hist(b)) if a.bounds == b.bounds => {
+                for (x, y) in a.counts.iter_mut().zip(&b.counts) {
+                    *x += y;
+                }
+                a.sum += b.sum;
+                a.count += b.count;
+                a.exp.merge(&b.exp);
+                Point::Hist(a)
+            }
+            // A family never changes shape; keep the newer if it did.
+            (_, b) => b,
+        }
+    }
+}
+
+/// What one counter or histogram series carries from build to build.
+struct Series {
+    /// The last total seen.
+    last: Point,
+    last_ns: u64,
+    /// Cumulative: the start of the current count (moves at a reset).
+    start_ns: u64,
+    /// Delta: the increase seen but not yet delivered.
+    undelivered: Option<Point>,
+    /// Generation of the last build that saw this series.
+    seen: u64,
+}
+
+/// One built request and what it holds.
+pub struct Batch {
+    pub request: ExportMetricsServiceRequest,
+    /// When it was built (Unix nanoseconds): the `time` of its points.
+    pub built_ns: u64,
+    /// Data points per workspace.
+    pub points: BTreeMap<String, u64>,
+}
+
+impl Batch {
+    pub fn total_points(&self) -> u64 {
+        self.points.values().sum()
+    }
+}
+
+/// Builds requests from snapshots, keeping what temporality needs.
+pub struct Batcher {
+    temporality: Temporality,
+    histogram: HistogramMode,
+    resource: Resource,
+    /// Deltas count from here: the start, then the last delivered build.
+    delivered_ns: u64,
+    started_ns: u64,
+    series: HashMap<(usize, String, Vec<String>), Series>,
+    generation: u64,
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+impl Batcher {
+    /// `started_ns`: when the exporter began counting (Unix nanoseconds).
+    pub fn new(
+        temporality: Temporality,
+        histogram: HistogramMode,
+        resource: &[(String, String)],
+        started_ns: u64,
+    ) -> Self {
+        Batcher {
+            temporality,
+            histogram,
+            resource: Resource {
+                attributes: resource.iter().map(|(k, v)| kv(k, v)).collect(),
+                ..Default::default()
+            },
+            delivered_ns: started_ns,
+            started_ns,
+            series: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// Series whose state is held (bounded by the series of the table).
+    pub fn held_series(&self) -> usize {
+        self.series.len()
+    }
+
+    /// The request for the newest snapshots, at `now_ns`.
+    pub fn build(&mut self, snaps: &[Snapshot], now_ns: u64) -> Batch {
+        self.generation += 1;
+        let temporality = match self.temporality {
+            Temporality::Cumulative => AggregationTemporality::Cumulative,
+            Temporality::Delta => AggregationTemporality::Delta,
+        } as i32;
+        let mut points: BTreeMap<String, u64> = BTreeMap::new();
+        let mut out = Vec::with_capacity(metrics::WORKSPACE_FAMILIES.len());
+        let mut samples = Vec::new();
+        for (fi, family) in metrics::WORKSPACE_FAMILIES.iter().enumerate() {
+            let mut numbers = Vec::new();
+            let mut explicit = Vec::new();
+            let mut exponential = Vec::new();
+            for snap in snaps {
+                samples.clear();
+                (family.collect)(snap, &mut samples);
+                for s in &samples {
+                    let mut attributes =
+                        Vec::with_capacity(family.labels.len() + snap.labels.len());
+                    // The workspace's own labels, as /metrics has them:
+                    // its id and name under OTel-style keys, configured
+                    // extras as they are.
+                    attributes.extend(snap.labels.iter().map(|(k, v)| match k.as_str() {
+                        "workspace" => kv(WORKSPACE_ATTRIBUTE, v),
+                        "workspace_name" => kv(WORKSPACE_NAME_ATTRIBUTE, v),
+                        _ => kv(k, v),
+                    }));
+                    attributes.extend(family.labels.iter().zip(&s.labels).map(|(k, v)| kv(k, v)));
+                    *points.entry(snap.workspace.clone()).or_default() += 1;
+                    let (point, start_ns) = if family.kind == Kind::Gauge {
+                        (Point::of(&s.value), 0)
+                    } else {
+                        self.advance(
+                            (fi, snap.workspace.clone(), s.labels.clone()),
+                            &s.value,
+                            now_ns,
+                        )
+                    };
+                    match point {
+                        Point::Number(v) => numbers.push(pb::NumberDataPoint {
+                            attributes,
+                            start_time_unix_nano: start_ns,
+                            time_unix_nano: now_ns,
+                            value: Some(number_data_point::Value::AsDouble(v)),
+                            ..Default::default()
+                        }),
+                        Point::Hist(h) if self.histogram == HistogramMode::Explicit => explicit
+                            .push(pb::HistogramDataPoint {
+                                attributes,
+                                start_time_unix_nano: start_ns,
+                                time_unix_nano: now_ns,
+                                count: h.count,
+                                sum: Some(h.sum),
+                                bucket_counts: h.counts,
+                                explicit_bounds: h.bounds.to_vec(),
+                                ..Default::default()
+                            }),
+                        Point::Hist(h) => exponential.push(pb::ExponentialHistogramDataPoint {
+                            attributes,
+                            start_time_unix_nano: start_ns,
+                            time_unix_nano: now_ns,
+                            count: h.count,
+                            sum: Some(h.sum),
+                            scale: h.exp.scale(),
+                            zero_count: h.exp.zero_count(),
+                            positive: Some(buckets(h.exp.positive())),
+                            negative: Some(buckets(h.exp.negative())),
+                            ..Default::default()
+                        }),
+                    }
+                }
+            }
+            let data = match family.kind {
+                _ if numbers.is_empty() && explicit.is_empty() && exponential.is_empty() => {
+                    continue
+                }
+                Kind::Gauge => Data::Gauge(pb::Gauge {
+                    data_points: numbers,
+                }),
+                Kind::Counter => Data::Sum(pb::Sum {
+                    data_points: numbers,
+                    aggregation_temporality: temporality,
+                    is_monotonic: true,
+                }),
+                Kind::Histogram if self.histogram == HistogramMode::Explicit => {
+                    Data::Histogram(pb::Histogram {
+                        data_points: explicit,
+                        aggregation_temporality: temporality,
+                    })
+                }
+                Kind::Histogram => Data::ExponentialHistogram(pb::ExponentialHistogram {
+                    data_points: exponential,
+                    aggregation_temporality: temporality,
+                }),
+            };
+            out.push(pb::Metric {
+                name: otel_name(family),
+                description: family.help.to_string(),
+                unit: family.unit.to_string(),
+                data: Some(data),
+                ..Default::default()
+            });
+        }
+        // Series gone from every snapshot (a workspace removed) are forgotten.
+        let generation = self.generation;
+        self.series.retain(|_, s| s.seen == generation);
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![pb::ResourceMetrics {
+                resource: Some(self.resource.clone()),
+                scope_metrics: vec![pb::ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "clawmesh-exporter".into(),
+                        version: metrics::version().into(),
+                        ..Default::default()
+                    }),
+                    metrics: out,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        Batch {
+            request,
+            built_ns: now_ns,
+            points,
+        }
+    }
+
+    /// The point to send for a counter or histogram series, and its start.
+    fn advance(
+        &mut self,
+        key: (usize, String, Vec<String>),
+        v: &Value,
+        now_ns: u64,
+    ) -> (Point, u64) {
+        let current = Point::of(v);
+        let generation = self.generation;
+        let (started, delivered) = (self.started_ns, self.delivered_ns);
+        let s = self.series.entry(key).or_insert_with(|| Series {
+            // A series first seen now counted zero before: its total counts
+            // from the exporter's start, its increase from the last delivery.
+            last: match &current {
+                Point::Number(_) => Point::Number(0.0),
+                Point::Hist(h) => Point::Hist(Hist {
+                    counts: vec![0; h.counts.len()],
+                    sum: 0.0,
+                    count: 0,
+                    exp: Exponential::default(),
+                    bounds: h.bounds,
+                }),
+            },
+            last_ns: delivered,
+            start_ns: started,
+            undelivered: None,
+            seen: generation,
+        });
+        s.seen = generation;
+        let increase = match current.since(&s.last) {
+            Some(d) => d,
+            None => {
+                // Reset: the count restarted after we last saw it.
+                s.start_ns = s.last_ns;
+                current.clone()
+            }
+        };
+        s.last = current.clone();
+        s.last_ns = now_ns;
+        match self.temporality {
+            Temporality::Cumulative => (current, s.start_ns),
+            Temporality::Delta => {
+                let sum = match s.undelivered.take() {
+                    Some(u) => u.plus(increase),
+                    None => increase,
+                };
+                s.undelivered = Some(sum.clone());
+                (sum, delivered)
+            }
+        }
+    }
+
+    /// The batch built at `built_ns` was accepted: deltas start afresh from it.
+    pub fn delivered(&mut self, built_ns: u64) {
+        self.delivered_ns = built_ns;
+        for s in self.series.values_mut() {
+            s.undelivered = None;
+        }
+    }
+}
+
+fn buckets(b: &crate::histogram::ExpBuckets) -> Buckets {
+    Buckets {
+        offset: b.offset,
+        bucket_counts: b.counts.clone(),
+    }
+}

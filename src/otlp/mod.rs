@@ -1,0 +1,249 @@
+//! The metric table out over OTLP: the same snapshots `/metrics` renders,
+//! pushed to an OpenTelemetry Collector, a Datadog Agent or Datadog's OTLP
+//! intake. One source of numbers: every request is built by iterating
+//! [`crate::metrics::WORKSPACE_FAMILIES`] over `hub.snapshots()`; there are no
+//! instruments updated anywhere else.
+//!
+//! Why not the OpenTelemetry SDK and `opentelemetry-otlp`: the SDK (0.33)
+//! produces data only from its own instruments. Its data model
+//! (`ResourceMetrics`, data points) has crate-private fields, so a batch
+//! cannot be handed to an exporter from outside; it has no observable
+//! histogram, so our histograms (already aggregated, known as buckets) could
+//! only be replayed as fake observations with wrong sums; and
+//! `opentelemetry-otlp`'s transports accept nothing but SDK `ResourceMetrics`.
+//! So the request is built from the official protobuf types of
+//! `opentelemetry-proto` (the ones `opentelemetry-otlp` itself sends), and
+//! sent with the tonic client that crate generates (gRPC) or reqwest
+//! (HTTP/protobuf). Names, units, temporality and exponential histograms
+//! follow the OpenTelemetry data model; see `batch`.
+//!
+//! A collector that is down or slow never stalls polling or `/metrics`: the
+//! pusher is its own task, an export makes a few attempts with backoff within
+//! one interval, and what it holds between exports is bounded by the series
+//! count (see `batch`). How exports go shows on `/metrics` as
+//! `clawmesh_otlp_*`. At shutdown the last numbers are pushed once more,
+//! within `--otlp.timeout`.
+
+mod batch;
+pub mod settings;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+pub use batch::{otel_name, Batch, Batcher, WORKSPACE_ATTRIBUTE};
+pub use settings::{HistogramMode, OtlpConfig, Protocol, Temporality};
+pub use transport::{SendError, Transport};
+
+use crate::fleet::ExportHealth;
+use crate::hub::Hub;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Attempts per export (the first included) before it counts as failed.
+const MAX_ATTEMPTS: u32 = 3;
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Encode a request as it goes on the wire (the HTTP body; gRPC adds a
+/// 5-byte frame header).
+pub fn encode(
+    request: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+) -> bytes::Bytes {
+    bytes::Bytes::from(request.encode_to_vec())
+}
+
+/// A running pusher; [`Pusher::shutdown`] flushes the last numbers.
+pub struct Pusher {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct Worker {
+    cfg: OtlpConfig,
+    hub: Arc<Hub>,
+    transport: Transport,
+    batcher: Batcher,
+    health: BTreeMap<String, ExportHealth>,
+    failures_in_a_row: u64,
+}
+
+/// Start pushing the hub's snapshots every `cfg.interval`.
+pub fn start(cfg: OtlpConfig, hub: Arc<Hub>) -> Result<Pusher, String> {
+    let transport = Transport::new(&cfg)?;
+    let batcher = Batcher::new(
+        cfg.temporality,
+        cfg.histogram,
+        &cfg.resource,
+        unix_nanos(SystemTime::now()),
+    );
+    let header_names: Vec<&str> = cfg.headers.iter().map(|(n, _)| n.as_str()).collect();
+    tracing::info!(
+        endpoint = %cfg.endpoint,
+        protocol = ?cfg.protocol,
+        interval = %humantime::format_duration(cfg.interval),
+        temporality = ?cfg.temporality,
+        histogram = ?cfg.histogram,
+        headers = %header_names.join(","),
+        service = %cfg.service_name(),
+        "pushing metrics over OTLP"
+    );
+    let port_hint = match cfg.protocol {
+        Protocol::Grpc if cfg.endpoint.contains(":4318") => {
+            Some("4318 is the OTLP/HTTP port; use --otlp.protocol http/protobuf, or port 4317")
+        }
+        Protocol::HttpProtobuf if cfg.endpoint.contains(":4317") => {
+            Some("4317 is the OTLP/gRPC port; use --otlp.protocol grpc, or port 4318")
+        }
+        _ => None,
+    };
+    if let Some(hint) = port_hint {
+        tracing::warn!(endpoint = %cfg.endpoint, "{hint}");
+    }
+    // OTLP is on: the health series show (zeros) before the first export.
+    hub.set_otlp_health(BTreeMap::new());
+    let (stop, stop_rx) = watch::channel(false);
+    let worker = Worker {
+        cfg,
+        hub,
+        transport,
+        batcher,
+        health: BTreeMap::new(),
+        failures_in_a_row: 0,
+    };
+    let task = tokio::spawn(worker.run(stop_rx));
+    Ok(Pusher { stop, task })
+}
+
+impl Pusher {
+    /// Push the newest numbers once more (within `--otlp.timeout`) and stop.
+    /// Call it after the poll loops have stopped, so nothing newer can come.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+impl Worker {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut ticker =
+            tokio::time::interval_at(Instant::now() + self.cfg.interval, self.cfg.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let deadline = Instant::now() + self.cfg.interval.max(self.cfg.timeout);
+            tokio::select! {
+                _ = self.export(deadline) => {}
+                // An export in flight is abandoned (undelivered, so its
+                // numbers go out with the flush below).
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        let deadline = Instant::now() + self.cfg.timeout;
+        if tokio::time::timeout_at(deadline, self.export(deadline))
+            .await
+            .is_err()
+        {
+            tracing::warn!(endpoint = %self.cfg.endpoint, "the last OTLP export did not finish before --otlp.timeout; stopping anyway");
+        }
+    }
+
+    /// One export of the newest snapshots: a few attempts until `deadline`.
+    async fn export(&mut self, deadline: Instant) {
+        let snaps = self.hub.snapshots();
+        if snaps.is_empty() {
+            return;
+        }
+        let batch = self.batcher.build(&snaps, unix_nanos(SystemTime::now()));
+        let body = encode(&batch.request);
+        let mut attempt = 1;
+        let result = loop {
+            let result =
+                match tokio::time::timeout_at(deadline, self.transport.send(&batch.request, &body))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(SendError::Retryable(
+                        "no answer before the export's deadline".into(),
+                    )),
+                };
+            match result {
+                Err(SendError::Retryable(e)) if attempt < MAX_ATTEMPTS => {
+                    let backoff = BACKOFF_BASE * 2u32.pow(attempt - 1);
+                    let backoff = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                    if Instant::now() + backoff >= deadline {
+                        break Err(SendError::Retryable(e));
+                    }
+                    tracing::debug!(attempt, error = %e, "OTLP export failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        let now = SystemTime::now();
+        match result {
+            Ok(accepted) => {
+                self.batcher.delivered(batch.built_ns);
+                if accepted.rejected_points > 0 {
+                    tracing::warn!(rejected = accepted.rejected_points, message = %accepted.message, "the OTLP receiver dropped some data points");
+                }
+                if self.failures_in_a_row > 0 {
+                    tracing::info!(endpoint = %self.cfg.endpoint, failed_before = self.failures_in_a_row, "OTLP exports succeed again");
+                    self.failures_in_a_row = 0;
+                }
+                tracing::debug!(
+                    points = batch.total_points(),
+                    bytes = body.len(),
+                    attempt,
+                    "OTLP export delivered"
+                );
+                let t = now
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                for ws in batch.points.keys() {
+                    let h = self.health.entry(ws.clone()).or_default();
+                    h.succeeded += 1;
+                    h.last_success = Some(t);
+                    h.pending_points = 0;
+                }
+            }
+            Err(e) => {
+                let hint = match &e {
+                    SendError::Permanent(_) => {
+                        " (not retried: check the endpoint, protocol and headers)"
+                    }
+                    SendError::Retryable(_) => "; the numbers go out with the next export",
+                };
+                // A long outage says so now and then, not every interval.
+                self.failures_in_a_row += 1;
+                let n = self.failures_in_a_row;
+                if n == 1 || n % 10 == 0 {
+                    tracing::warn!(endpoint = %self.cfg.endpoint, attempts = attempt, failures_in_a_row = n, error = %e, "OTLP export failed{hint}");
+                } else {
+                    tracing::debug!(endpoint = %self.cfg.endpoint, attempts = attempt, failures_in_a_row = n, error = %e, "OTLP export failed{hint}");
+                }
+                for (ws, points) in &batch.points {
+                    let h = self.health.entry(ws.clone()).or_default();
+                    h.failed += 1;
+                    h.pending_points = *points;
+                }
+            }
+        }
+        self.hub.set_otlp_health(self.health.clone());
+    }
+}

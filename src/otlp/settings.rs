@@ -1,0 +1,431 @@
+//! OTLP settings: the `--otlp.*` flags over the standard `OTEL_*`
+//! environment variables (read through the [`Env`] seam) over defaults, to
+//! one validated [`OtlpConfig`]. Flags win; OTLP is off without an endpoint.
+
+use crate::config::{Env, OtlpArgs};
+use crate::secret::Secret;
+use clap::ValueEnum;
+use std::fmt;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// OTLP over gRPC (port 4317 by convention).
+    Grpc,
+    /// OTLP over HTTP with a protobuf body, at `/v1/metrics` (port 4318).
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Temporality {
+    /// Totals since the exporter started (Prometheus-style backends, the Collector).
+    Cumulative,
+    /// Increments since the previous delivered export (Datadog).
+    Delta,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HistogramMode {
+    /// The buckets /metrics shows.
+    Explicit,
+    /// Base-2 exponential buckets recorded from the raw observations.
+    Exponential,
+}
+
+/// The defaults of the OpenTelemetry specification.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_SERVICE_NAME: &str = "clawmesh-exporter";
+
+/// A validated OTLP setup. `Debug` shows header names, never their values.
+#[derive(Clone)]
+pub struct OtlpConfig {
+    /// Where to send: for HTTP the full URL including `/v1/metrics`.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub interval: Duration,
+    /// Timeout of one attempt; also the deadline of the flush at shutdown.
+    pub timeout: Duration,
+    pub temporality: Temporality,
+    pub histogram: HistogramMode,
+    /// Extra request headers (lower-case names); the values are secrets.
+    pub headers: Vec<(String, Secret)>,
+    /// PEM of the CA that signs the collector's certificate, besides the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Resource attributes, `service.name` first.
+    pub resource: Vec<(String, String)>,
+}
+
+impl fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpConfig")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .field("temporality", &self.temporality)
+            .field("histogram", &self.histogram)
+            .field("headers", &self.headers)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field("resource", &self.resource)
+            .finish()
+    }
+}
+
+impl OtlpConfig {
+    pub fn service_name(&self) -> &str {
+        self.resource
+            .iter()
+            .find(|(k, _)| k == "service.name")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(DEFAULT_SERVICE_NAME)
+    }
+}
+
+fn first(env: &dyn Env, names: &[&str]) -> Option<(String, String)> {
+    names.iter().find_map(|n| {
+        env.var(n)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .map(|v| (n.to_string(), v))
+    })
+}
+
+fn parse_enum<T: ValueEnum + Copy>(
+    source: &str,
+    v: &str,
+    extra: &[(&str, T)],
+) -> Result<T, String> {
+    if let Some((_, t)) = extra.iter().find(|(k, _)| k.eq_ignore_ascii_case(v)) {
+        return Ok(*t);
+    }
+    T::from_str(v, true).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|t| t.to_possible_value().map(|p| p.get_name().to_string()))
+            .collect();
+        format!("{source} {v:?}: expected one of {}", names.join(", "))
+    })
+}
+
+fn millis(source: &str, v: &str) -> Result<Duration, String> {
+    v.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{source} {v:?}: expected milliseconds, e.g. 60000"))
+}
+
+/// Resolve the OTLP settings; `Ok(None)` when no endpoint is given anywhere.
+pub fn resolve(args: &OtlpArgs, env: &dyn Env) -> Result<Option<OtlpConfig>, String> {
+    let protocol = match (
+        &args.protocol,
+        first(
+            env,
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ],
+        ),
+    ) {
+        (Some(p), _) => *p,
+        (None, Some((name, v))) => {
+            if v.eq_ignore_ascii_case("http/json") {
+                return Err(format!(
+                    "{name} {v:?}: http/json is not supported; use grpc or http/protobuf"
+                ));
+            }
+            parse_enum(&name, &v, &[])?
+        }
+        // The specification's default.
+        (None, None) => Protocol::HttpProtobuf,
+    };
+    let endpoint = match (
+        &args.endpoint,
+        first(env, &["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]),
+        first(env, &["OTEL_EXPORTER_OTLP_ENDPOINT"]),
+    ) {
+        (Some(e), _, _) => {
+            endpoint_url("--otlp.endpoint", e.trim(), protocol, Base::UnlessPathGiven)?
+        }
+        (None, Some((name, e)), _) => endpoint_url(&name, &e, protocol, Base::Never)?,
+        (None, None, Some((name, e))) => endpoint_url(&name, &e, protocol, Base::Always)?,
+        (None, None, None) => return Ok(None),
+    };
+    let interval = match (args.interval, first(env, &["OTEL_METRIC_EXPORT_INTERVAL"])) {
+        (Some(d), _) => d,
+        (None, Some((name, v))) => millis(&name, &v)?,
+        (None, None) => DEFAULT_INTERVAL,
+    };
+    if interval < Duration::from_millis(100) {
+        return Err("--otlp.interval: must be at least 100ms".into());
+    }
+    let timeout = match (
+        args.timeout,
+        first(
+            env,
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ],
+        ),
+    ) {
+        (Some(d), _) => d,
+        (None, Some((name, v))) => millis(&name, &v)?,
+        (None, None) => DEFAULT_TIMEOUT,
+    };
+    if timeout < Duration::from_millis(10) {
+        return Err("--otlp.timeout: must be at least 10ms".into());
+    }
+    let temporality = match (
+        args.temporality,
+        first(env, &["OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"]),
+    ) {
+        (Some(t), _) => t,
+        // lowmemory: delta for counters and histograms, which is all ours have.
+        (None, Some((name, v))) => parse_enum(&name, &v, &[("lowmemory", Temporality::Delta)])?,
+        (None, None) => Temporality::Cumulative,
+    };
+    let histogram = match (
+        args.histogram,
+        first(
+            env,
+            &["OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"],
+        ),
+    ) {
+        (Some(h), _) => h,
+        (None, Some((name, v))) => parse_enum(
+            &name,
+            &v,
+            &[
+                ("explicit_bucket_histogram", HistogramMode::Explicit),
+                (
+                    "base2_exponential_bucket_histogram",
+                    HistogramMode::Exponential,
+                ),
+            ],
+        )?,
+        (None, None) => HistogramMode::Explicit,
+    };
+    let mut headers: Vec<(String, Secret)> = Vec::new();
+    for (name, list) in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    ]
+    .iter()
+    .filter_map(|n| first(env, &[n]))
+    {
+        for (k, v) in parse_pairs(&name, &list, ',')? {
+            set_header(&mut headers, &name, k, v)?;
+        }
+    }
+    if let Some(path) = &args.headers_file {
+        let source = format!("--otlp.headers-file {}", path.display());
+        let raw = std::fs::read_to_string(path).map_err(|e| format!("{source}: {e}"))?;
+        let lines = raw
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        for line in lines {
+            let (k, v) = line
+                .split_once('=')
+                .or_else(|| line.split_once(':'))
+                .ok_or_else(|| format!("{source}: expected one name=value per line"))?;
+            set_header(
+                &mut headers,
+                &source,
+                k.trim().to_string(),
+                Secret::new(v.trim()),
+            )?;
+        }
+    }
+    let ca_path = match (
+        &args.ca_file,
+        first(
+            env,
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ],
+        ),
+    ) {
+        (Some(p), _) => Some(("--otlp.ca-file".to_string(), p.clone())),
+        (None, Some((name, p))) => Some((name, p.into())),
+        (None, None) => None,
+    };
+    let ca_pem = match ca_path {
+        None => None,
+        Some((source, path)) => {
+            let pem =
+                std::fs::read(&path).map_err(|e| format!("{source} {}: {e}", path.display()))?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(format!(
+                    "{source} {}: no PEM certificate in the file",
+                    path.display()
+                ));
+            }
+            Some(pem)
+        }
+    };
+    Ok(Some(OtlpConfig {
+        endpoint,
+        protocol,
+        interval,
+        timeout,
+        temporality,
+        histogram,
+        headers,
+        ca_pem,
+        resource: resource(env)?,
+    }))
+}
+
+enum Base {
+    /// OTEL_EXPORTER_OTLP_ENDPOINT: a base URL, `v1/metrics` always added for HTTP.
+    Always,
+    /// OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: used as given.
+    Never,
+    /// The flag: added to a bare `http://host:port`, kept when a path is given.
+    UnlessPathGiven,
+}
+
+fn endpoint_url(source: &str, raw: &str, protocol: Protocol, base: Base) -> Result<String, String> {
+    let rest = raw
+        .strip_prefix("http://")
+        .or_else(|| raw.strip_prefix("https://"))
+        .ok_or_else(|| {
+            format!(
+                "{source} {raw:?}: must start with http:// or https://, e.g. http://localhost:4317"
+            )
+        })?;
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    if authority.is_empty() || raw.parse::<http::Uri>().is_err() {
+        return Err(format!(
+            "{source} {raw:?}: not a URL, e.g. http://localhost:4317"
+        ));
+    }
+    if protocol == Protocol::Grpc {
+        // gRPC has its own path (the service and method); only the authority counts.
+        let scheme = if raw.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        return Ok(format!("{scheme}://{authority}"));
+    }
+    let add = match base {
+        Base::Always => true,
+        Base::Never => false,
+        Base::UnlessPathGiven => path.trim_matches('/').is_empty(),
+    };
+    Ok(if add {
+        format!("{}/v1/metrics", raw.trim_end_matches('/'))
+    } else {
+        raw.to_string()
+    })
+}
+
+fn set_header(
+    headers: &mut Vec<(String, Secret)>,
+    source: &str,
+    name: String,
+    value: Secret,
+) -> Result<(), String> {
+    let name = name.to_ascii_lowercase();
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("{source}: {name:?} is not a valid header name"));
+    }
+    // Never echo the value: it is a secret.
+    if http::HeaderValue::from_str(value.expose()).is_err() {
+        return Err(format!(
+            "{source}: the value of header {name} has characters a header cannot carry"
+        ));
+    }
+    headers.retain(|(n, _)| *n != name);
+    headers.push((name, value));
+    Ok(())
+}
+
+/// `k1=v1,k2=v2` with percent-encoded values (W3C Baggage style, as the
+/// specification defines OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES).
+fn parse_pairs(source: &str, list: &str, sep: char) -> Result<Vec<(String, Secret)>, String> {
+    let mut out = Vec::new();
+    for item in list.split(sep).map(str::trim).filter(|i| !i.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{source}: expected key=value pairs separated by commas"))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("{source}: an entry has an empty key"));
+        }
+        let v = percent_decode(v.trim())
+            .ok_or_else(|| format!("{source}: bad percent-encoding in the value of {k}"))?;
+        out.push((k.to_string(), Secret::new(v)));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The resource: the exporter process. `service.name` from OTEL_SERVICE_NAME,
+/// else OTEL_RESOURCE_ATTRIBUTES, else the default; `service.version` is the
+/// build; `service.instance.id` a random UUID unless given.
+fn resource(env: &dyn Env) -> Result<Vec<(String, String)>, String> {
+    let mut given: Vec<(String, String)> = match first(env, &["OTEL_RESOURCE_ATTRIBUTES"]) {
+        Some((name, list)) => parse_pairs(&name, &list, ',')?
+            .into_iter()
+            .map(|(k, v)| (k, v.expose().to_string()))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut take = |key: &str| {
+        given
+            .iter()
+            .position(|(k, _)| k == key)
+            .map(|i| given.remove(i).1)
+    };
+    let from_attributes = take("service.name");
+    let name = first(env, &["OTEL_SERVICE_NAME"])
+        .map(|(_, v)| v)
+        .or(from_attributes)
+        .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
+    let instance = take("service.instance.id").unwrap_or_else(random_uuid);
+    let version = take("service.version").unwrap_or_else(|| crate::metrics::version().to_string());
+    let mut out = vec![
+        ("service.name".to_string(), name),
+        ("service.version".to_string(), version),
+        ("service.instance.id".to_string(), instance),
+    ];
+    out.extend(given);
+    Ok(out)
+}
+
+/// A version-4 UUID, as the specification suggests for `service.instance.id`.
+fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

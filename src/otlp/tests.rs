@@ -1,0 +1,560 @@
+use super::batch::Batcher;
+use super::settings::resolve;
+use super::*;
+use crate::config::OtlpArgs;
+use crate::fleet::{Counters, Health, Snapshot};
+use crate::metrics::WORKSPACE_FAMILIES;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, Metric};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[test]
+fn names_follow_opentelemetry_conventions() {
+    let got: Vec<(String, &str)> = WORKSPACE_FAMILIES
+        .iter()
+        .map(|f| (otel_name(f), f.unit))
+        .collect();
+    let want = [
+        ("clawmesh.agents", "{agent}"),
+        ("clawmesh.agents.active", "{agent}"),
+        ("clawmesh.tasks", "{task}"),
+        ("clawmesh.tasks.oldest_pending.age", "s"),
+        ("clawmesh.tasks.finished", "{task}"),
+        ("clawmesh.task.failures", "{task}"),
+        ("clawmesh.task.queue.duration", "s"),
+        ("clawmesh.task.run.duration", "s"),
+        ("clawmesh.task.tokens", "{token}"),
+        ("clawmesh.up", "1"),
+        ("clawmesh.last_sync.timestamp", "s"),
+        ("clawmesh.sync.failures", "{sync}"),
+        ("clawmesh.api.requests", "{request}"),
+        ("clawmesh.api.request.duration", "s"),
+        ("clawmesh.api.retries", "{request}"),
+        ("clawmesh.api.rate_limit.limit", "{request}"),
+        ("clawmesh.api.rate_limit.remaining", "{request}"),
+        ("clawmesh.api.budget.requests_per_minute", "{request}/min"),
+        ("clawmesh.api.budget.wait", "s"),
+        ("clawmesh.api.retry_after.wait", "s"),
+        ("clawmesh.api.token.expiry.timestamp", "s"),
+        ("clawmesh.otlp.exports", "{export}"),
+        ("clawmesh.otlp.last_success.timestamp", "s"),
+        ("clawmesh.otlp.pending.data_points", "{data_point}"),
+        ("clawmesh.exporter.tracked_tasks", "{task}"),
+    ];
+    let want: Vec<(String, &str)> = want.iter().map(|(n, u)| (n.to_string(), *u)).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn the_readme_maps_every_family() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for f in WORKSPACE_FAMILIES {
+        let row = format!("| `{}` | `{}` | `{}` |", f.name, otel_name(f), f.unit);
+        assert!(
+            readme.contains(&row),
+            "README.md lacks the mapping row {row}"
+        );
+    }
+}
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn args(f: impl FnOnce(&mut OtlpArgs)) -> OtlpArgs {
+    let mut a = OtlpArgs::default();
+    f(&mut a);
+    a
+}
+
+#[test]
+fn the_flags_parse_and_win() {
+    use clap::Parser;
+    let cli = crate::config::Cli::try_parse_from([
+        "clawmesh-exporter",
+        "--otlp.endpoint",
+        "http://c:4317",
+        "--otlp.protocol",
+        "grpc",
+        "--otlp.interval",
+        "15s",
+        "--otlp.temporality",
+        "delta",
+        "--otlp.histogram",
+        "exponential",
+        "--otlp.timeout",
+        "3s",
+    ])
+    .unwrap();
+    let vars = env(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+    ]);
+    let c = cli
+        .run
+        .validate_with_key_in(crate::secret::Secret::new("k"), &vars)
+        .unwrap()
+        .otlp
+        .unwrap();
+    assert_eq!(
+        (
+            c.endpoint.as_str(),
+            c.protocol,
+            c.interval,
+            c.timeout,
+            c.temporality,
+            c.histogram
+        ),
+        (
+            "http://c:4317",
+            Protocol::Grpc,
+            Duration::from_secs(15),
+            Duration::from_secs(3),
+            Temporality::Delta,
+            HistogramMode::Exponential
+        )
+    );
+    assert!(crate::config::Cli::try_parse_from([
+        "clawmesh-exporter",
+        "--otlp.protocol",
+        "http/json"
+    ])
+    .is_err());
+}
+
+#[test]
+fn off_without_an_endpoint() {
+    assert!(resolve(&OtlpArgs::default(), &env(&[])).unwrap().is_none());
+}
+
+#[test]
+fn endpoints_follow_the_specification() {
+    let e = |a: &OtlpArgs, vars: &[(&str, &str)]| resolve(a, &env(vars)).unwrap().unwrap();
+    // The generic variable is a base URL: /v1/metrics is appended for HTTP.
+    let c = e(
+        &OtlpArgs::default(),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/base/")],
+    );
+    assert_eq!(c.endpoint, "http://c:4318/base/v1/metrics");
+    assert_eq!(c.protocol, Protocol::HttpProtobuf);
+    // The metrics variable is used as given, and wins over the generic one.
+    let c = e(
+        &OtlpArgs::default(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "https://b/custom"),
+        ],
+    );
+    assert_eq!(c.endpoint, "https://b/custom");
+    // The flag wins over both; a bare host gets the path, a given path stays.
+    let flag = args(|a| a.endpoint = Some("http://flag:4318".into()));
+    assert_eq!(
+        e(
+            &flag,
+            &[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://b")]
+        )
+        .endpoint,
+        "http://flag:4318/v1/metrics"
+    );
+    let flag = args(|a| a.endpoint = Some("https://otlp.datadoghq.com/v1/metrics".into()));
+    assert_eq!(
+        e(&flag, &[]).endpoint,
+        "https://otlp.datadoghq.com/v1/metrics"
+    );
+    // gRPC: the authority only.
+    let c = e(
+        &OtlpArgs::default(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317/x"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    assert_eq!(
+        (c.endpoint.as_str(), c.protocol),
+        ("http://c:4317", Protocol::Grpc)
+    );
+    // The protocol flag wins over the variable.
+    let flag = args(|a| {
+        a.endpoint = Some("http://c:4318".into());
+        a.protocol = Some(Protocol::HttpProtobuf);
+    });
+    assert_eq!(
+        e(&flag, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).protocol,
+        Protocol::HttpProtobuf
+    );
+}
+
+#[test]
+fn intervals_temporality_and_histograms_from_flags_or_variables() {
+    let base = args(|a| a.endpoint = Some("http://c:4317".into()));
+    let c = resolve(&base, &env(&[])).unwrap().unwrap();
+    assert_eq!(
+        (c.interval, c.timeout, c.temporality, c.histogram),
+        (
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            Temporality::Cumulative,
+            HistogramMode::Explicit
+        )
+    );
+    let vars = [
+        ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta"),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+            "base2_exponential_bucket_histogram",
+        ),
+    ];
+    let c = resolve(&base, &env(&vars)).unwrap().unwrap();
+    assert_eq!(
+        (c.interval, c.timeout, c.temporality, c.histogram),
+        (
+            Duration::from_secs(5),
+            Duration::from_millis(2500),
+            Temporality::Delta,
+            HistogramMode::Exponential
+        )
+    );
+    let flags = args(|a| {
+        a.endpoint = Some("http://c:4317".into());
+        a.interval = Some(Duration::from_secs(7));
+        a.temporality = Some(Temporality::Cumulative);
+        a.histogram = Some(HistogramMode::Explicit);
+    });
+    let c = resolve(&flags, &env(&vars)).unwrap().unwrap();
+    assert_eq!(
+        (c.interval, c.temporality, c.histogram),
+        (
+            Duration::from_secs(7),
+            Temporality::Cumulative,
+            HistogramMode::Explicit
+        )
+    );
+}
+
+#[test]
+fn headers_merge_the_file_over_the_environment_and_stay_secret() {
+    let path = std::env::temp_dir().join(format!("cmx-otlp-headers-{}", std::process::id()));
+    std::fs::write(
+        &path,
+        "# Datadog\nDD-API-KEY=file_canary_123\nx-extra: yes\n",
+    )
+    .unwrap();
+    let a = args(|a| {
+        a.endpoint = Some("http://c:4318".into());
+        a.headers_file = Some(path.clone());
+    });
+    let c = resolve(
+        &a,
+        &env(&[(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "dd-api-key=env_canary_456,x-env=a%20b",
+        )]),
+    )
+    .unwrap()
+    .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let h: Vec<(&str, &str)> = c
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.expose()))
+        .collect();
+    assert_eq!(
+        h,
+        vec![
+            ("x-env", "a b"),
+            ("dd-api-key", "file_canary_123"),
+            ("x-extra", "yes")
+        ]
+    );
+    let debug = format!("{c:?}");
+    assert!(
+        debug.contains("dd-api-key") && !debug.contains("canary"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn problems_are_one_line_without_secrets() {
+    let ep = |a: &mut OtlpArgs| a.endpoint = Some("http://c:4317".into());
+    type Case<'a> = (OtlpArgs, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            args(|a| a.endpoint = Some("c:4317".into())),
+            vec![],
+            "http://",
+        ),
+        (
+            OtlpArgs::default(),
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ],
+            "http/json",
+        ),
+        (
+            OtlpArgs::default(),
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+            ],
+            "expected one of grpc, http/protobuf",
+        ),
+        (
+            args(ep),
+            vec![("OTEL_METRIC_EXPORT_INTERVAL", "1m")],
+            "OTEL_METRIC_EXPORT_INTERVAL",
+        ),
+        (
+            args(ep),
+            vec![("OTEL_EXPORTER_OTLP_HEADERS", "no-equals-sign_canary")],
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        (
+            args(ep),
+            vec![("OTEL_EXPORTER_OTLP_HEADERS", "x=bad\u{7f}canary")],
+            "header x",
+        ),
+        (
+            args(ep),
+            vec![("OTEL_RESOURCE_ATTRIBUTES", "=x")],
+            "OTEL_RESOURCE_ATTRIBUTES",
+        ),
+        (
+            args(|a| {
+                ep(a);
+                a.ca_file = Some("/nonexistent/ca.pem".into());
+            }),
+            vec![],
+            "/nonexistent/ca.pem",
+        ),
+        (
+            args(|a| {
+                ep(a);
+                a.interval = Some(Duration::from_millis(1));
+            }),
+            vec![],
+            "--otlp.interval",
+        ),
+    ];
+    for (a, vars, needle) in cases {
+        let e = resolve(&a, &env(&vars)).unwrap_err();
+        assert!(e.contains(needle), "{vars:?}: {e}");
+        assert!(!e.contains('\n') && !e.contains("canary"), "{e}");
+    }
+}
+
+#[test]
+fn the_resource_names_the_service_and_takes_the_standard_variables() {
+    let a = args(|a| a.endpoint = Some("http://c:4317".into()));
+    let c = resolve(&a, &env(&[])).unwrap().unwrap();
+    let keys: Vec<&str> = c.resource.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["service.name", "service.version", "service.instance.id"]
+    );
+    assert_eq!(c.service_name(), "clawmesh-exporter");
+    assert_eq!(c.resource[2].1.len(), 36);
+    let c = resolve(
+        &a,
+        &env(&[
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=ignored,deployment.environment.name=prod,service.instance.id=pod-1",
+            ),
+            ("OTEL_SERVICE_NAME", "fleet-metrics"),
+        ]),
+    )
+    .unwrap()
+    .unwrap();
+    let r: HashMap<&str, &str> = c
+        .resource
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(r["service.name"], "fleet-metrics");
+    assert_eq!(r["service.instance.id"], "pod-1");
+    assert_eq!(r["deployment.environment.name"], "prod");
+}
+
+// ---- building batches ----
+
+fn snap(ws: &str, completed: u64, runs: &[f64]) -> Snapshot {
+    let mut counters = Counters::default();
+    counters.finished.insert("completed".into(), completed);
+    for r in runs {
+        counters.run_seconds.observe(*r);
+    }
+    Snapshot {
+        workspace: ws.into(),
+        labels: vec![("workspace".into(), ws.into())],
+        agents: Some(
+            [("idle".to_string(), 3), ("busy".to_string(), 2)]
+                .into_iter()
+                .collect(),
+        ),
+        tasks_open: Default::default(),
+        oldest_pending_age_seconds: 0.0,
+        counters,
+        ledger_len: 0,
+        open_len: 0,
+        health: Health::default(),
+        api: Default::default(),
+        otlp: None,
+    }
+}
+
+fn metric<'a>(r: &'a ExportMetricsServiceRequest, name: &str) -> &'a Metric {
+    r.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+fn attr(attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str) -> String {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// (value, start, time) of the `completed` point of `ws`.
+fn finished(r: &ExportMetricsServiceRequest, ws: &str) -> (f64, u64, u64) {
+    let Some(Data::Sum(sum)) = &metric(r, "clawmesh.tasks.finished").data else {
+        panic!("not a sum")
+    };
+    assert!(sum.is_monotonic);
+    let p = sum
+        .data_points
+        .iter()
+        .find(|p| {
+            attr(&p.attributes, "status") == "completed"
+                && attr(&p.attributes, WORKSPACE_ATTRIBUTE) == ws
+        })
+        .unwrap();
+    let Some(number_data_point::Value::AsDouble(v)) = p.value else {
+        panic!("not a double")
+    };
+    (v, p.start_time_unix_nano, p.time_unix_nano)
+}
+
+fn run_hist(r: &ExportMetricsServiceRequest) -> (u64, f64, Vec<u64>) {
+    match &metric(r, "clawmesh.task.run.duration").data {
+        Some(Data::Histogram(h)) => {
+            let p = &h.data_points[0];
+            (p.count, p.sum.unwrap(), p.bucket_counts.clone())
+        }
+        other => panic!("not an explicit histogram: {other:?}"),
+    }
+}
+
+fn batcher(t: Temporality, h: HistogramMode) -> Batcher {
+    Batcher::new(t, h, &[("service.name".into(), "x".into())], 1_000)
+}
+
+#[test]
+fn cumulative_points_are_the_totals_and_a_reset_moves_the_start() {
+    let mut b = batcher(Temporality::Cumulative, HistogramMode::Explicit);
+    let r = b.build(&[snap("w1", 5, &[1.0, 40.0])], 2_000).request;
+    assert_eq!(finished(&r, "w1"), (5.0, 1_000, 2_000));
+    let (count, sum, buckets) = run_hist(&r);
+    assert_eq!((count, sum), (2, 41.0));
+    assert_eq!(buckets.iter().sum::<u64>(), 2);
+    // Gauges: as they are, every workspace apart.
+    let Some(Data::Gauge(g)) = &metric(&r, "clawmesh.agents").data else {
+        panic!()
+    };
+    assert!(g
+        .data_points
+        .iter()
+        .all(|p| attr(&p.attributes, WORKSPACE_ATTRIBUTE) == "w1"));
+    // An unsent cumulative point is simply replaced by the newer one.
+    let r = b.build(&[snap("w1", 9, &[1.0, 40.0])], 3_000).request;
+    assert_eq!(finished(&r, "w1"), (9.0, 1_000, 3_000));
+    // The workspace restarted: the total fell, the start moves after the last sighting.
+    let r = b.build(&[snap("w1", 2, &[])], 4_000).request;
+    assert_eq!(finished(&r, "w1"), (2.0, 3_000, 4_000));
+}
+
+#[test]
+fn deltas_sum_to_the_totals_through_failures_and_resets() {
+    let mut b = batcher(Temporality::Delta, HistogramMode::Explicit);
+    let totals = [3u64, 7, 7, 12, 4, 6];
+    let delivered = [true, false, false, true, false, true];
+    let mut sum = 0.0;
+    let mut last_end = 1_000;
+    let mut runs = Vec::new();
+    let mut hist_count = 0;
+    for (i, (total, ok)) in totals.iter().zip(delivered).enumerate() {
+        runs.push(i as f64);
+        if i == 4 {
+            runs = vec![0.5]; // the restart also resets the histogram
+        }
+        let now = 2_000 + i as u64 * 1_000;
+        let batch = b.build(&[snap("w1", *total, &runs)], now);
+        let (v, start, time) = finished(&batch.request, "w1");
+        // Each delta covers the time since the last delivered export.
+        assert_eq!((start, time), (last_end, now));
+        if ok {
+            b.delivered(batch.built_ns);
+            sum += v;
+            hist_count += run_hist(&batch.request).0;
+            last_end = now;
+        }
+    }
+    // 12 before the restart, then 6 after it.
+    assert_eq!(sum, 18.0);
+    // Histogram deltas: 4 observations before the restart, 2 after.
+    assert_eq!(hist_count, 4 + 2);
+    assert!(b.held_series() > 0);
+}
+
+#[test]
+fn exponential_mode_sends_exponential_histograms_with_the_same_count_and_sum() {
+    let mut b = batcher(Temporality::Cumulative, HistogramMode::Exponential);
+    let r = b
+        .build(&[snap("w1", 1, &[0.0, 0.3, 12.0, 3600.0])], 2_000)
+        .request;
+    let Some(Data::ExponentialHistogram(h)) = &metric(&r, "clawmesh.task.run.duration").data else {
+        panic!("not exponential")
+    };
+    let p = &h.data_points[0];
+    assert_eq!((p.count, p.sum), (4, Some(3612.3)));
+    let in_buckets: u64 = p.zero_count
+        + p.positive
+            .as_ref()
+            .unwrap()
+            .bucket_counts
+            .iter()
+            .sum::<u64>();
+    assert_eq!(in_buckets, 4);
+    assert!(p.scale <= 20);
+}
+
+#[test]
+fn held_state_does_not_grow_with_failed_exports() {
+    let mut b = batcher(Temporality::Delta, HistogramMode::Explicit);
+    let first = b.build(&[snap("w1", 1, &[1.0])], 2_000);
+    let held = b.held_series();
+    let mut last = first;
+    for i in 0..200u64 {
+        last = b.build(&[snap("w1", 1 + i, &[1.0])], 3_000 + i);
+    }
+    assert_eq!(b.held_series(), held);
+    assert_eq!(
+        last.total_points(),
+        b.build(&[snap("w1", 500, &[1.0])], 10_000).total_points()
+    );
+}

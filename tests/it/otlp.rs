@@ -1,0 +1,843 @@
+//! OTLP push against a real receiver built from the official
+//! `opentelemetry-proto` definitions: a tonic gRPC `MetricsService` and an
+//! HTTP/protobuf endpoint at `/v1/metrics`. What arrives must equal what
+//! /metrics shows at the same sync, series by series.
+
+use crate::util::*;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use clawmesh_exporter::metrics::{Kind, WORKSPACE_FAMILIES};
+use clawmesh_exporter::otlp::{otel_name, WORKSPACE_ATTRIBUTE};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric::Data, number_data_point, AggregationTemporality,
+};
+use prost::Message;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+
+// ---------------------------------------------------------------- receiver
+
+/// One request as the receiver got it.
+#[derive(Clone)]
+struct Got {
+    request: ExportMetricsServiceRequest,
+    headers: Vec<(String, String)>,
+}
+
+const NORMAL: u8 = 0;
+/// Answer 403 and echo the request headers in the body, as a careless collector might.
+const REJECT_ECHOING: u8 = 1;
+/// Answer only after 5 s: a collector that is up but too slow.
+const SLOW: u8 = 2;
+
+#[derive(Clone, Default)]
+struct Store {
+    got: Arc<Mutex<Vec<Got>>>,
+    arrived: Arc<Notify>,
+    mode: Arc<AtomicU8>,
+}
+
+impl Store {
+    fn push(&self, request: ExportMetricsServiceRequest, headers: &HeaderMap) {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        self.got.lock().unwrap().push(Got { request, headers });
+        self.arrived.notify_waiters();
+    }
+    fn all(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+    fn len(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+    /// Wait until the exports carry finished tasks: the fleet is flowing.
+    async fn wait_for_finished_tasks(&self) {
+        wait_for(
+            Duration::from_secs(30),
+            "finished tasks to reach OTLP",
+            || async {
+                otlp_view(&self.all())
+                    .iter()
+                    .any(|(k, v)| k.starts_with("clawmesh_tasks_finished_total{") && *v > 0.0)
+            },
+        )
+        .await;
+    }
+
+    /// Wait for the next request to arrive; true if one did in time.
+    async fn next(&self, limit: Duration) -> bool {
+        let before = self.len();
+        let arrived = self.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        if self.len() > before {
+            return true;
+        }
+        tokio::time::timeout(limit, arrived).await.is_ok()
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Store {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let headers = request.metadata().clone().into_headers();
+        self.push(request.into_inner(), &headers);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+async fn http_export(
+    axum::extract::State(store): axum::extract::State<Store>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, [(&'static str, &'static str); 1], Vec<u8>) {
+    let ct = [("content-type", "application/x-protobuf")];
+    match store.mode.load(Ordering::SeqCst) {
+        REJECT_ECHOING => {
+            let echo: Vec<String> = headers
+                .iter()
+                .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            return (
+                StatusCode::FORBIDDEN,
+                ct,
+                format!("bad key; you sent {}", echo.join(" ")).into_bytes(),
+            );
+        }
+        SLOW => {
+            // Too late: the exporter has given up on this one already.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return (StatusCode::SERVICE_UNAVAILABLE, ct, Vec::new());
+        }
+        _ => {}
+    }
+    let request = ExportMetricsServiceRequest::decode(body).expect("a valid OTLP protobuf body");
+    store.push(request, &headers);
+    (
+        StatusCode::OK,
+        ct,
+        ExportMetricsServiceResponse::default().encode_to_vec(),
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Wire {
+    Grpc,
+    Http,
+}
+
+struct Receiver {
+    addr: SocketAddr,
+    store: Store,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiver {
+    async fn start(wire: Wire) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::serve(wire, listener, Store::default())
+    }
+
+    fn serve(wire: Wire, listener: tokio::net::TcpListener, store: Store) -> Receiver {
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let s = store.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stop_rx.await;
+            };
+            match wire {
+                Wire::Grpc => tonic::transport::Server::builder()
+                    .serve_with_incoming_shutdown(
+                        MetricsServiceServer::new(s),
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        shutdown,
+                    )
+                    .await
+                    .unwrap(),
+                Wire::Http => {
+                    let app = axum::Router::new()
+                        .route("/v1/metrics", axum::routing::post(http_export))
+                        .with_state(s);
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                        .unwrap()
+                }
+            }
+        });
+        Receiver {
+            addr,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop serving; the port is closed until [`Receiver::restart`].
+    async fn stop(&mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+
+    async fn restart(&mut self, wire: Wire) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let again = Receiver::serve(wire, listener, self.store.clone());
+        *self = again;
+    }
+}
+
+// ---------------------------------------------------------------- comparing
+
+/// A series as a comparable key: Prometheus name and sorted labels.
+fn key(name: &str, mut labels: Vec<(String, String)>) -> String {
+    labels.sort();
+    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{name}{{{}}}", l.join(","))
+}
+
+/// Parse `name{a="x",le="+Inf"}` as /metrics renders it into a [`key`];
+/// `le` is normalised through f64 so both sides print it alike.
+fn prom_key(series: &str) -> String {
+    let (name, rest) = series.split_once('{').unwrap_or((series, "}"));
+    let mut labels = Vec::new();
+    let mut rest = rest.trim_end_matches('}');
+    while let Some((k, v)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = v.char_indices();
+        let mut end = v.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(n)
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        let k = k.trim_start_matches(',').to_string();
+        if k == "le" {
+            value = format!("{}", value.parse::<f64>().unwrap());
+        }
+        labels.push((k, value));
+        rest = &v[end..];
+    }
+    key(name, labels)
+}
+
+fn attrs(a: &[KeyValue]) -> Vec<(String, String)> {
+    a.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.clone(),
+                other => panic!("attribute {} is not a string: {other:?}", kv.key),
+            };
+            // The workspace travels as a namespaced attribute.
+            let k = if kv.key == WORKSPACE_ATTRIBUTE {
+                "workspace".to_string()
+            } else {
+                kv.key.clone()
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+/// Fold received requests into Prometheus-shaped series: gauges take the
+/// newest value, sums and histograms the newest (cumulative) or the sum of
+/// all (delta). Explicit histograms become `_bucket`/`_sum`/`_count`;
+/// exponential ones `_sum`/`_count` (their buckets are checked for their
+/// total only, as /metrics has no such buckets).
+fn fold(requests: &[ExportMetricsServiceRequest]) -> BTreeMap<String, f64> {
+    let prom: BTreeMap<String, (&str, Kind)> = WORKSPACE_FAMILIES
+        .iter()
+        .map(|f| (otel_name(f), (f.name, f.kind)))
+        .collect();
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for r in requests {
+        for rm in &r.resource_metrics {
+            for sm in &rm.scope_metrics {
+                for m in &sm.metrics {
+                    let (name, kind) = prom[&m.name];
+                    let mut put =
+                        |n: String, labels: Vec<(String, String)>, v: f64, delta: bool| {
+                            let slot = out.entry(key(&n, labels)).or_insert(0.0);
+                            *slot = if delta { *slot + v } else { v };
+                        };
+                    let delta_of = |t: i32| t == AggregationTemporality::Delta as i32;
+                    match m.data.as_ref().unwrap() {
+                        Data::Gauge(g) => {
+                            assert_eq!(kind, Kind::Gauge, "{}", m.name);
+                            for p in &g.data_points {
+                                put(name.into(), attrs(&p.attributes), number(&p.value), false);
+                            }
+                        }
+                        Data::Sum(s) => {
+                            assert!(kind == Kind::Counter && s.is_monotonic, "{}", m.name);
+                            for p in &s.data_points {
+                                put(
+                                    name.into(),
+                                    attrs(&p.attributes),
+                                    number(&p.value),
+                                    delta_of(s.aggregation_temporality),
+                                );
+                            }
+                        }
+                        Data::Histogram(h) => {
+                            let d = delta_of(h.aggregation_temporality);
+                            for p in &h.data_points {
+                                let a = attrs(&p.attributes);
+                                put(format!("{name}_count"), a.clone(), p.count as f64, d);
+                                put(format!("{name}_sum"), a.clone(), p.sum.unwrap(), d);
+                                let mut acc = 0;
+                                for (i, n) in p.bucket_counts.iter().enumerate() {
+                                    acc += n;
+                                    let le =
+                                        p.explicit_bounds.get(i).copied().unwrap_or(f64::INFINITY);
+                                    let mut l = a.clone();
+                                    l.push(("le".into(), format!("{le}")));
+                                    put(format!("{name}_bucket"), l, acc as f64, d);
+                                }
+                            }
+                        }
+                        Data::ExponentialHistogram(h) => {
+                            let d = delta_of(h.aggregation_temporality);
+                            for p in &h.data_points {
+                                let total = p.zero_count
+                                    + p.positive
+                                        .as_ref()
+                                        .map_or(0, |b| b.bucket_counts.iter().sum())
+                                    + p.negative
+                                        .as_ref()
+                                        .map_or(0, |b| b.bucket_counts.iter().sum());
+                                assert_eq!(
+                                    total, p.count,
+                                    "{}: buckets hold every observation",
+                                    m.name
+                                );
+                                let a = attrs(&p.attributes);
+                                put(format!("{name}_count"), a.clone(), p.count as f64, d);
+                                put(format!("{name}_sum"), a, p.sum.unwrap(), d);
+                            }
+                        }
+                        Data::Summary(_) => panic!("no summaries are sent"),
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Data points in a request, as the exporter counts them.
+fn count_points(r: &ExportMetricsServiceRequest) -> usize {
+    r.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .map(|m| match m.data.as_ref().unwrap() {
+            Data::Gauge(g) => g.data_points.len(),
+            Data::Sum(s) => s.data_points.len(),
+            Data::Histogram(h) => h.data_points.len(),
+            Data::ExponentialHistogram(h) => h.data_points.len(),
+            Data::Summary(s) => s.data_points.len(),
+        })
+        .sum()
+}
+
+fn number(v: &Option<number_data_point::Value>) -> f64 {
+    match v {
+        Some(number_data_point::Value::AsDouble(d)) => *d,
+        Some(number_data_point::Value::AsInt(i)) => *i as f64,
+        None => panic!("a number point without a value"),
+    }
+}
+
+/// /metrics as comparable series, the OTLP health series left out: they
+/// describe the export itself and change when it completes.
+fn prom_view(text: &str, exponential: bool) -> BTreeMap<String, f64> {
+    parse(text)
+        .into_iter()
+        .filter(|(k, _)| {
+            k.starts_with("clawmesh_")
+                && !k.starts_with("clawmesh_otlp_")
+                && !k.starts_with("clawmesh_exporter_build_info")
+        })
+        .filter(|(k, _)| !(exponential && k.contains("_bucket{")))
+        .map(|(k, v)| (prom_key(&k), v))
+        .collect()
+}
+
+fn otlp_view(got: &[Got]) -> BTreeMap<String, f64> {
+    let requests: Vec<ExportMetricsServiceRequest> =
+        got.iter().map(|g| g.request.clone()).collect();
+    fold(&requests)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("clawmesh_otlp_"))
+        .collect()
+}
+
+fn same(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> Result<(), String> {
+    let mut diffs = Vec::new();
+    for k in a
+        .keys()
+        .chain(b.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        match (a.get(k), b.get(k)) {
+            (Some(x), Some(y)) if (x - y).abs() <= 1e-9 * x.abs().max(1.0) => {}
+            (x, y) => diffs.push(format!("{k}: /metrics {x:?}, OTLP {y:?}")),
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(diffs.join("\n"))
+    }
+}
+
+/// With the simulator paused and the exporter converged: wait for exports
+/// and compare each with a scrape taken right after it, until one pair
+/// belongs to the same sync (the poll loops keep syncing, and every sync
+/// moves the API counters). Returns the number of series compared.
+async fn assert_same_sync(
+    exporter: &clawmesh_exporter::exporter::Running,
+    store: &Store,
+    exponential: bool,
+) -> usize {
+    let mut last = String::new();
+    for _ in 0..40 {
+        assert!(
+            store.next(Duration::from_secs(10)).await,
+            "no OTLP export arrived"
+        );
+        let prom = prom_view(&scrape(exporter.addr).await, exponential);
+        let otlp = otlp_view(&store.all());
+        match same(&prom, &otlp) {
+            Ok(()) => {
+                let floor = if exponential { 30 } else { 60 };
+                assert!(
+                    prom.len() > floor,
+                    "too few series to mean much: {}",
+                    prom.len()
+                );
+                return prom.len();
+            }
+            Err(d) => last = d,
+        }
+    }
+    panic!("no export matched /metrics at the same sync; last differences:\n{last}");
+}
+
+fn otlp_args<'a>(
+    receiver: &'a str,
+    wire: Wire,
+    temporality: &'a str,
+    histogram: &'a str,
+    interval: &'a str,
+    timeout: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "--otlp.endpoint",
+        receiver,
+        "--otlp.protocol",
+        if wire == Wire::Grpc {
+            "grpc"
+        } else {
+            "http/protobuf"
+        },
+        "--otlp.interval",
+        interval,
+        "--otlp.timeout",
+        timeout,
+        "--otlp.temporality",
+        temporality,
+        "--otlp.histogram",
+        histogram,
+    ]
+}
+
+async fn pushes_what_metrics_shows(wire: Wire, temporality: &str, histogram: &str, seed: u64) {
+    let sim = Sim::start(busy_fleet(seed)).await;
+    let mut receiver = Receiver::start(wire).await;
+    let endpoint = receiver.endpoint();
+    let exporter = start_exporter(&exporter_config(
+        &sim,
+        &otlp_args(&endpoint, wire, temporality, histogram, "250ms", "2s"),
+    ))
+    .await;
+    receiver.store.wait_for_finished_tasks().await;
+    converge(&sim, &exporter).await;
+    let compared = assert_same_sync(&exporter, &receiver.store, histogram == "exponential").await;
+    eprintln!("{wire:?} {temporality} {histogram}: {compared} series equal");
+
+    let got = receiver.store.all();
+    // The resource is the exporter process.
+    let resource = attrs(
+        &got[0].request.resource_metrics[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes,
+    );
+    let r: BTreeMap<_, _> = resource.into_iter().collect();
+    assert_eq!(r["service.name"], "clawmesh-exporter");
+    assert_eq!(r["service.version"], clawmesh_exporter::metrics::version());
+    assert_eq!(r["service.instance.id"].len(), 36);
+    if temporality == "delta" {
+        assert_delta_windows_are_contiguous(&got);
+    }
+    // Every export was delivered, and /metrics says so.
+    let n = got.len() as f64;
+    wait_for(
+        Duration::from_secs(10),
+        "/metrics to count the exports",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            value(&m, "clawmesh_otlp_exports_total", &[("result", "success")])
+                .is_some_and(|v| v >= n)
+        },
+    )
+    .await;
+    let m = parse(&scrape(exporter.addr).await);
+    assert_eq!(
+        must(&m, "clawmesh_otlp_exports_total", &[("result", "failure")]),
+        0.0
+    );
+    assert_eq!(must(&m, "clawmesh_otlp_pending_data_points", &[]), 0.0);
+    exporter.shutdown().await;
+    receiver.stop().await;
+}
+
+/// Delta points of a series cover back-to-back windows: each starts where
+/// the previous delivered one ended, so nothing is counted twice or lost.
+fn assert_delta_windows_are_contiguous(got: &[Got]) {
+    let mut ends: BTreeMap<String, u64> = BTreeMap::new();
+    for g in got {
+        for m in &g.request.resource_metrics[0].scope_metrics[0].metrics {
+            if let Some(Data::Sum(s)) = &m.data {
+                for p in &s.data_points {
+                    let k = format!("{}{:?}", m.name, attrs(&p.attributes));
+                    if let Some(prev) = ends.get(&k) {
+                        assert_eq!(p.start_time_unix_nano, *prev, "{k}: a gap or an overlap");
+                    }
+                    assert!(p.time_unix_nano > p.start_time_unix_nano);
+                    ends.insert(k, p.time_unix_nano);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_cumulative_equals_metrics() {
+    pushes_what_metrics_shows(Wire::Grpc, "cumulative", "explicit", 61).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_cumulative_equals_metrics() {
+    pushes_what_metrics_shows(Wire::Http, "cumulative", "explicit", 62).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_delta_sums_to_metrics() {
+    pushes_what_metrics_shows(Wire::Http, "delta", "explicit", 63).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_delta_exponential_sums_to_metrics() {
+    pushes_what_metrics_shows(Wire::Grpc, "delta", "exponential", 64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_down_or_slow_stalls_nothing_and_recovery_is_exact() {
+    let sim = Sim::start(busy_fleet(65)).await;
+    let mut receiver = Receiver::start(Wire::Http).await;
+    let endpoint = receiver.endpoint();
+    let args = otlp_args(
+        &endpoint,
+        Wire::Http,
+        "cumulative",
+        "explicit",
+        "200ms",
+        "300ms",
+    );
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    receiver.store.wait_for_finished_tasks().await;
+
+    let health = |m: &BTreeMap<String, f64>| {
+        (
+            value(m, "clawmesh_otlp_exports_total", &[("result", "failure")]).unwrap_or(0.0),
+            value(m, "clawmesh_otlp_pending_data_points", &[]).unwrap_or(0.0),
+        )
+    };
+    // Down, then up but too slow: failures are counted, the held points stay
+    // one export's worth, and polling and /metrics go on meanwhile.
+    receiver.stop().await;
+    let most_pending = std::cell::Cell::new(0.0_f64);
+    for (phase, failures_wanted) in [("down", 6.0), ("slow", 10.0)] {
+        if phase == "slow" {
+            receiver.restart(Wire::Http).await;
+            receiver.store.mode.store(SLOW, Ordering::SeqCst);
+        }
+        let synced_before = must(
+            &parse(&scrape(exporter.addr).await),
+            "clawmesh_last_sync_timestamp_seconds",
+            &[("resource", "tasks")],
+        );
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{failures_wanted} failed exports ({phase})"),
+            || async {
+                let started = std::time::Instant::now();
+                let m = parse(&scrape(exporter.addr).await);
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "a scrape took {:?} while the collector was {phase}",
+                    started.elapsed()
+                );
+                let (failures, pending) = health(&m);
+                most_pending.set(most_pending.get().max(pending));
+                failures >= failures_wanted
+            },
+        )
+        .await;
+        let m = parse(&scrape(exporter.addr).await);
+        assert!(
+            must(
+                &m,
+                "clawmesh_last_sync_timestamp_seconds",
+                &[("resource", "tasks")]
+            ) > synced_before,
+            "polling stalled while the collector was {phase}"
+        );
+    }
+    // Back to normal: cumulative values are right again at once.
+    receiver.store.mode.store(NORMAL, Ordering::SeqCst);
+    converge(&sim, &exporter).await;
+    assert_same_sync(&exporter, &receiver.store, false).await;
+    // While away, what was held never exceeded one export's points, however
+    // many exports failed.
+    let most_pending = most_pending.get();
+    let one_export = receiver
+        .store
+        .all()
+        .iter()
+        .map(|g| count_points(&g.request))
+        .max()
+        .unwrap() as f64;
+    assert!(
+        most_pending > 0.0,
+        "failed exports should leave points pending"
+    );
+    assert!(
+        most_pending <= one_export,
+        "pending points {most_pending} grew past one export ({one_export})"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "/metrics to show the recovery",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            health(&m).1 == 0.0
+                && value(&m, "clawmesh_otlp_last_success_timestamp_seconds", &[]).is_some()
+        },
+    )
+    .await;
+    exporter.shutdown().await;
+    receiver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_the_last_numbers() {
+    let sim = Sim::start(busy_fleet(66)).await;
+    let mut receiver = Receiver::start(Wire::Grpc).await;
+    let endpoint = receiver.endpoint();
+    // No periodic export within the test: the flush is the only one.
+    let args = otlp_args(&endpoint, Wire::Grpc, "delta", "explicit", "1h", "5s");
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(30),
+        "a finished task on /metrics",
+        || async {
+            value(
+                &parse(&scrape(exporter.addr).await),
+                "clawmesh_tasks_finished_total",
+                &[("status", "completed")],
+            )
+            .is_some_and(|v| v > 0.0)
+        },
+    )
+    .await;
+    let m = converge(&sim, &exporter).await;
+    assert_eq!(receiver.store.len(), 0);
+    exporter.shutdown().await;
+    let got = receiver.store.all();
+    assert_eq!(got.len(), 1, "exactly one export: the flush at shutdown");
+    let sent = otlp_view(&got);
+    for (k, v) in &m {
+        if k.starts_with("clawmesh_tasks_finished_total{")
+            || k.starts_with("clawmesh_task_tokens_total{")
+            || k.starts_with("clawmesh_agents{")
+        {
+            assert_eq!(sent.get(&prom_key(k)), Some(v), "{k}");
+        }
+    }
+    receiver.stop().await;
+}
+
+// ---------------------------------------------------------------- secrets
+
+const HEADER_CANARY: &str = "otlp_header_canary_5c9e";
+const ENV_CANARY: &str = "otlp_env_canary_77ad";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_secrets_never_reach_logs_or_metrics() {
+    let sim = Sim::start(busy_fleet(67)).await;
+    let receiver = Receiver::start(Wire::Http).await;
+    // A collector that rejects the key and echoes it back in its error.
+    receiver.store.mode.store(REJECT_ECHOING, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("cmx-otlp-secret-{}", std::process::id()));
+    std::fs::write(&dir, format!("dd-api-key={HEADER_CANARY}\n")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        .env_clear()
+        .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("x-tenant-token={ENV_CANARY}"),
+        )
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .args([
+            "--api-url",
+            &sim.url(),
+            "--poll-interval",
+            "1s",
+            "--log.level",
+            "debug",
+        ])
+        .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
+        .args([
+            "--otlp.headers-file",
+            dir.to_str().unwrap(),
+            "--otlp.interval",
+            "200ms",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain the output as it comes, so a full pipe never blocks the exporter.
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    wait_for(
+        Duration::from_secs(30),
+        "rejected exports to be counted",
+        || {
+            let url = url.clone();
+            async move {
+                let Ok(r) = reqwest::get(url).await else {
+                    return false;
+                };
+                let m = parse(&r.text().await.unwrap_or_default());
+                value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
+                    .is_some_and(|v| v >= 2.0)
+            }
+        },
+    )
+    .await;
+    // Then the collector accepts: the headers did go out.
+    receiver.store.mode.store(NORMAL, Ordering::SeqCst);
+    assert!(receiver.store.next(Duration::from_secs(10)).await);
+    let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || {
+        let s = child.wait().unwrap();
+        (s, err.join().unwrap() + &out.join().unwrap())
+    });
+    let (status, logs) = tokio::time::timeout(Duration::from_secs(20), status)
+        .await
+        .expect("exit within the flush deadline")
+        .unwrap();
+    std::fs::remove_file(&dir).unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let sent = receiver.store.all().pop().unwrap().headers;
+    assert!(
+        sent.contains(&("dd-api-key".into(), HEADER_CANARY.into())),
+        "{sent:?}"
+    );
+    assert!(
+        sent.contains(&("x-tenant-token".into(), ENV_CANARY.into())),
+        "{sent:?}"
+    );
+    assert!(
+        logs.contains("level=debug") && logs.contains("OTLP export failed"),
+        "{logs:.2000}"
+    );
+    assert!(
+        logs.contains("dd-api-key"),
+        "the header names may show: {logs:.2000}"
+    );
+    for canary in [HEADER_CANARY, ENV_CANARY] {
+        assert!(
+            !logs.contains(canary),
+            "a header value leaked into the logs"
+        );
+        assert!(
+            !metrics.contains(canary),
+            "a header value leaked into /metrics"
+        );
+    }
+}
