@@ -165,7 +165,7 @@ fn main() {
         ];
         let mut b = Batcher::new(t, h, &resource, 1);
         // Warm up (and, for delta, leave undelivered state as a failing collector would).
-        let first = b.build(&snaps, 2);
+        let first = b.build(&Default::default(), &snaps, 2);
         let bytes = encode(&first.request).len();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         std::io::Write::write_all(&mut gz, &encode(&first.request)).unwrap();
@@ -173,7 +173,7 @@ fn main() {
         let (cpu0, wall0) = (cpu_seconds(), Instant::now());
         let mut sink = 0usize;
         for i in 0..ROUNDS {
-            let batch = b.build(&snaps, 3 + i as u64);
+            let batch = b.build(&Default::default(), &snaps, 3 + i as u64);
             sink += encode(&batch.request).len();
             if t == Temporality::Delta {
                 b.delivered(batch.built_ns);

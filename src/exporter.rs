@@ -208,19 +208,22 @@ impl Supervisor {
         verdict
     }
 
+    /// Stop a slot and remove its series.
     async fn stop_slot(&self, slot: Slot) {
-        let _ = slot.stop.send(true);
-        let _ = slot.task.await;
-        let id = slot.id.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let id = slot.id.clone();
+        halt(slot).await;
+        let id = id.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(id) = id {
             self.hub.forget(&id);
         }
     }
 
+    /// Stop every slot, keeping the last numbers in the hub for a final
+    /// OTLP flush.
     async fn stop_all(&self) {
         let slots = std::mem::take(&mut *self.slots.lock().await);
         for (_, s) in slots {
-            self.stop_slot(s).await;
+            halt(s).await;
         }
     }
 
@@ -284,6 +287,11 @@ impl Supervisor {
         tracing::info!(file = %path.display(), kept, stopped, started, "configuration reloaded");
         Ok(msg)
     }
+}
+
+async fn halt(slot: Slot) {
+    let _ = slot.stop.send(true);
+    let _ = slot.task.await;
 }
 
 /// Check the key, settle ownership, then poll until stopped.

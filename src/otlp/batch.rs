@@ -13,7 +13,7 @@
 use super::settings::{HistogramMode, Temporality};
 use crate::fleet::Snapshot;
 use crate::histogram::{Exponential, Histogram};
-use crate::metrics::{self, Family, Kind, Value};
+use crate::metrics::{self, Kind, Value};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -52,7 +52,7 @@ const COMPOUNDS: &[&str] = &[
 /// The OpenTelemetry name of a family, derived from its Prometheus name:
 /// without `_total` (a Sum says it is a counter), without the unit suffix
 /// `_seconds` (the unit field carries it), and with dots between the words.
-pub fn otel_name(f: &Family) -> String {
+pub fn otel_name<T>(f: &metrics::FamilyOf<T>) -> String {
     let mut name = f.name;
     if f.kind == Kind::Counter {
         name = name.strip_suffix("_total").unwrap_or(name);
@@ -226,7 +226,12 @@ impl Batcher {
     }
 
     /// The request for the newest snapshots, at `now_ns`.
-    pub fn build(&mut self, snaps: &[Snapshot], now_ns: u64) -> Batch {
+    pub fn build(
+        &mut self,
+        process: &metrics::ProcessInfo,
+        snaps: &[Snapshot],
+        now_ns: u64,
+    ) -> Batch {
         self.generation += 1;
         let temporality = match self.temporality {
             Temporality::Cumulative => AggregationTemporality::Cumulative,
@@ -326,6 +331,38 @@ impl Batcher {
                 description: family.help.to_string(),
                 unit: family.unit.to_string(),
                 data: Some(data),
+                ..Default::default()
+            });
+        }
+        // The process's own gauges (shard, reloads): no workspace, no state.
+        for family in metrics::PROCESS_FAMILIES {
+            samples.clear();
+            (family.collect)(process, &mut samples);
+            let data_points: Vec<pb::NumberDataPoint> = samples
+                .iter()
+                .filter_map(|s| match s.value {
+                    metrics::Value::Number(v) => Some(pb::NumberDataPoint {
+                        attributes: family
+                            .labels
+                            .iter()
+                            .zip(&s.labels)
+                            .map(|(k, v)| kv(k, v))
+                            .collect(),
+                        time_unix_nano: now_ns,
+                        value: Some(number_data_point::Value::AsDouble(v)),
+                        ..Default::default()
+                    }),
+                    metrics::Value::Histogram(_) => None,
+                })
+                .collect();
+            if data_points.is_empty() {
+                continue;
+            }
+            out.push(pb::Metric {
+                name: otel_name(family),
+                description: family.help.to_string(),
+                unit: family.unit.to_string(),
+                data: Some(Data::Gauge(pb::Gauge { data_points })),
                 ..Default::default()
             });
         }

@@ -167,7 +167,9 @@ impl Worker {
         if snaps.is_empty() {
             return;
         }
-        let batch = self.batcher.build(&snaps, unix_nanos(SystemTime::now()));
+        let batch = self
+            .batcher
+            .build(&self.hub.process(), &snaps, unix_nanos(SystemTime::now()));
         let body = encode(&batch.request);
         let mut attempt = 1;
         let result = loop {

@@ -51,8 +51,16 @@ fn names_follow_opentelemetry_conventions() {
 fn the_readme_maps_every_family() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    for f in WORKSPACE_FAMILIES {
-        let row = format!("| `{}` | `{}` | `{}` |", f.name, otel_name(f), f.unit);
+    let rows = WORKSPACE_FAMILIES
+        .iter()
+        .map(|f| (f.name, otel_name(f), f.unit))
+        .chain(
+            crate::metrics::PROCESS_FAMILIES
+                .iter()
+                .map(|f| (f.name, otel_name(f), f.unit)),
+        );
+    for (name, otel, unit) in rows {
+        let row = format!("| `{name}` | `{otel}` | `{unit}` |");
         assert!(
             readme.contains(&row),
             "README.md lacks the mapping row {row}"
@@ -467,7 +475,9 @@ fn batcher(t: Temporality, h: HistogramMode) -> Batcher {
 #[test]
 fn cumulative_points_are_the_totals_and_a_reset_moves_the_start() {
     let mut b = batcher(Temporality::Cumulative, HistogramMode::Explicit);
-    let r = b.build(&[snap("w1", 5, &[1.0, 40.0])], 2_000).request;
+    let r = b
+        .build(&Default::default(), &[snap("w1", 5, &[1.0, 40.0])], 2_000)
+        .request;
     assert_eq!(finished(&r, "w1"), (5.0, 1_000, 2_000));
     let (count, sum, buckets) = run_hist(&r);
     assert_eq!((count, sum), (2, 41.0));
@@ -481,10 +491,14 @@ fn cumulative_points_are_the_totals_and_a_reset_moves_the_start() {
         .iter()
         .all(|p| attr(&p.attributes, WORKSPACE_ATTRIBUTE) == "w1"));
     // An unsent cumulative point is simply replaced by the newer one.
-    let r = b.build(&[snap("w1", 9, &[1.0, 40.0])], 3_000).request;
+    let r = b
+        .build(&Default::default(), &[snap("w1", 9, &[1.0, 40.0])], 3_000)
+        .request;
     assert_eq!(finished(&r, "w1"), (9.0, 1_000, 3_000));
     // The workspace restarted: the total fell, the start moves after the last sighting.
-    let r = b.build(&[snap("w1", 2, &[])], 4_000).request;
+    let r = b
+        .build(&Default::default(), &[snap("w1", 2, &[])], 4_000)
+        .request;
     assert_eq!(finished(&r, "w1"), (2.0, 3_000, 4_000));
 }
 
@@ -503,7 +517,7 @@ fn deltas_sum_to_the_totals_through_failures_and_resets() {
             runs = vec![0.5]; // the restart also resets the histogram
         }
         let now = 2_000 + i as u64 * 1_000;
-        let batch = b.build(&[snap("w1", *total, &runs)], now);
+        let batch = b.build(&Default::default(), &[snap("w1", *total, &runs)], now);
         let (v, start, time) = finished(&batch.request, "w1");
         // Each delta covers the time since the last delivered export.
         assert_eq!((start, time), (last_end, now));
@@ -525,7 +539,11 @@ fn deltas_sum_to_the_totals_through_failures_and_resets() {
 fn exponential_mode_sends_exponential_histograms_with_the_same_count_and_sum() {
     let mut b = batcher(Temporality::Cumulative, HistogramMode::Exponential);
     let r = b
-        .build(&[snap("w1", 1, &[0.0, 0.3, 12.0, 3600.0])], 2_000)
+        .build(
+            &Default::default(),
+            &[snap("w1", 1, &[0.0, 0.3, 12.0, 3600.0])],
+            2_000,
+        )
         .request;
     let Some(Data::ExponentialHistogram(h)) = &metric(&r, "clawmesh.task.run.duration").data else {
         panic!("not exponential")
@@ -546,15 +564,16 @@ fn exponential_mode_sends_exponential_histograms_with_the_same_count_and_sum() {
 #[test]
 fn held_state_does_not_grow_with_failed_exports() {
     let mut b = batcher(Temporality::Delta, HistogramMode::Explicit);
-    let first = b.build(&[snap("w1", 1, &[1.0])], 2_000);
+    let first = b.build(&Default::default(), &[snap("w1", 1, &[1.0])], 2_000);
     let held = b.held_series();
     let mut last = first;
     for i in 0..200u64 {
-        last = b.build(&[snap("w1", 1 + i, &[1.0])], 3_000 + i);
+        last = b.build(&Default::default(), &[snap("w1", 1 + i, &[1.0])], 3_000 + i);
     }
     assert_eq!(b.held_series(), held);
     assert_eq!(
         last.total_points(),
-        b.build(&[snap("w1", 500, &[1.0])], 10_000).total_points()
+        b.build(&Default::default(), &[snap("w1", 500, &[1.0])], 10_000)
+            .total_points()
     );
 }

@@ -6,7 +6,7 @@
 use crate::util::*;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use clawmesh_exporter::metrics::{Kind, WORKSPACE_FAMILIES};
+use clawmesh_exporter::metrics::{Kind, PROCESS_FAMILIES, WORKSPACE_FAMILIES};
 use clawmesh_exporter::otlp::{otel_name, WORKSPACE_ATTRIBUTE};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -291,6 +291,11 @@ fn fold(requests: &[ExportMetricsServiceRequest]) -> BTreeMap<String, f64> {
     let prom: BTreeMap<String, (&str, Kind)> = WORKSPACE_FAMILIES
         .iter()
         .map(|f| (otel_name(f), (f.name, f.kind)))
+        .chain(
+            PROCESS_FAMILIES
+                .iter()
+                .map(|f| (otel_name(f), (f.name, f.kind))),
+        )
         .collect();
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
     for r in requests {
