@@ -395,9 +395,22 @@ def exporter():
         "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False, "reducer": ["sum"],
                                                                        "countRows": False, "fields": ""}},
     }, 12, 8)
+    L.row("OTLP export")
+    L.add(timeseries("OTLP exports by result", "Exports per minute to the OpenTelemetry collector or Datadog that "
+                     "carried each workspace's numbers, by result (success, failure after retries). Empty when "
+                     "OTLP is off (no --otlp.endpoint).",
+                     [(f"sum by (workspace, result) (rate(clawmesh_otlp_exports_total{{{WS}}}[$__rate_interval])) * 60",
+                       "{{workspace}} {{result}}")], "cpm"), 8, 8)
+    L.add(timeseries("OTLP data age", "Time since an OTLP export carrying the workspace's numbers was last "
+                     "accepted by the collector.",
+                     [(f"time() - clawmesh_otlp_last_success_timestamp_seconds{{{WS}}}", "{{workspace}}")], "s"),
+          8, 8)
+    L.add(timeseries("OTLP data points held", "Data points built but not yet delivered while the collector is "
+                     "away: bounded by the series count, never growing with the outage.",
+                     [(f"clawmesh_otlp_pending_data_points{{{WS}}}", "{{workspace}}")], "none"), 8, 8)
     return dashboard("clawmesh-exporter", "ClawMesh / Exporter health",
-                     "Health of clawmesh-exporter itself: scrape, sync, ClawMesh API requests, rate limit and "
-                     "API key.", L.panels)
+                     "Health of clawmesh-exporter itself: scrape, sync, ClawMesh API requests, rate limit, "
+                     "API key and OTLP export.", L.panels)
 
 
 def main():

@@ -14,47 +14,24 @@ const UIDS: [(&str, &str); 2] = [
     ("clawmesh-fleet.json", "clawmesh-fleet"),
 ];
 
-/// The exporter's metric families (the contract) and their type.
-const METRICS: [(&str, &str); 20] = [
-    ("clawmesh_agents", "gauge"),
-    ("clawmesh_agents_active", "gauge"),
-    ("clawmesh_tasks", "gauge"),
-    ("clawmesh_tasks_oldest_pending_age_seconds", "gauge"),
-    ("clawmesh_tasks_finished", "counter"),
-    ("clawmesh_task_failures", "counter"),
-    ("clawmesh_task_queue_duration_seconds", "histogram"),
-    ("clawmesh_task_run_duration_seconds", "histogram"),
-    ("clawmesh_task_tokens", "counter"),
-    ("clawmesh_up", "gauge"),
-    ("clawmesh_last_sync_timestamp_seconds", "gauge"),
-    ("clawmesh_sync_failures", "counter"),
-    ("clawmesh_api_requests", "counter"),
-    ("clawmesh_api_request_duration_seconds", "histogram"),
-    ("clawmesh_api_retries", "counter"),
-    ("clawmesh_api_rate_limit_remaining", "gauge"),
-    ("clawmesh_api_rate_limit_limit", "gauge"),
-    ("clawmesh_api_budget_requests_per_minute", "gauge"),
-    ("clawmesh_api_budget_wait_seconds", "counter"),
-    ("clawmesh_api_token_expiry_timestamp_seconds", "gauge"),
-];
 const BUILD_INFO: &str = "clawmesh_exporter_build_info";
 
-/// Every series name the exporter exposes (families with their suffixes).
+/// Every series name the exporter exposes (families with their suffixes),
+/// from the metric table itself, so this list cannot drift from the code.
 fn exposed_series() -> HashSet<String> {
+    use clawmesh_exporter::metrics::{Kind, PROCESS_FAMILIES, WORKSPACE_FAMILIES};
     let mut names: HashSet<String> = HashSet::from([BUILD_INFO.to_string()]);
-    for (name, kind) in METRICS {
-        match kind {
-            "counter" => {
-                names.insert(format!("{name}_total"));
+    let families = WORKSPACE_FAMILIES
+        .iter()
+        .map(|f| (f.name, f.kind))
+        .chain(PROCESS_FAMILIES.iter().map(|f| (f.name, f.kind)));
+    for (name, kind) in families {
+        if kind == Kind::Histogram {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
             }
-            "histogram" => {
-                for suffix in ["_bucket", "_sum", "_count"] {
-                    names.insert(format!("{name}{suffix}"));
-                }
-            }
-            _ => {
-                names.insert(name.to_string());
-            }
+        } else {
+            names.insert(name.to_string());
         }
     }
     names

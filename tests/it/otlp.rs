@@ -143,12 +143,12 @@ async fn http_export(
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
-enum Wire {
+pub(crate) enum Wire {
     Grpc,
     Http,
 }
 
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     store: Store,
     stop: Option<oneshot::Sender<()>>,
@@ -156,7 +156,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start(wire: Wire) -> Receiver {
+    pub(crate) async fn start(wire: Wire) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Receiver::serve(wire, listener, Store::default())
     }
@@ -197,7 +197,7 @@ impl Receiver {
         }
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
@@ -472,7 +472,7 @@ async fn assert_same_sync(
     panic!("no export matched /metrics at the same sync; last differences:\n{last}");
 }
 
-fn otlp_args<'a>(
+pub(crate) fn otlp_args<'a>(
     receiver: &'a str,
     wire: Wire,
     temporality: &'a str,

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::dashboards::{all_promql_expressions, panel_queries};
 use crate::files_with_suffix;
+use crate::otlp::{otlp_args, Receiver, Wire};
 use crate::util::{busy_fleet, exporter_config, require_tool, start_exporter, wait_for, Sim};
 use clawmesh_exporter::sim::Faults;
 
@@ -221,7 +222,11 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
         return;
     };
     let sim = Sim::start(busy_fleet(4)).await;
-    let exporter = start_exporter(&exporter_config(&sim, &[])).await;
+    // OTLP on, to a real receiver, so that the OTLP panels have data too.
+    let receiver = Receiver::start(Wire::Http).await;
+    let endpoint = receiver.endpoint();
+    let otlp = otlp_args(&endpoint, Wire::Http, "cumulative", "explicit", "1s", "2s");
+    let exporter = start_exporter(&exporter_config(&sim, &otlp)).await;
     let prom = Prometheus::start(&bin, exporter.addr).await;
     let ws = exporter.workspace.clone();
 
