@@ -12,9 +12,9 @@
    resources, one replica per workspace unless sharded, shards that add up,
    keys never in flags, a ServiceMonitor that finds the Service and sets
    job="clawmesh", rules and dashboards equal to alerts/ and dashboards/.
-3. The exporter's config file, if the render holds one: `clawmesh-exporter
-   check-config` on it (with stand-in key files), when CLAWMESH_EXPORTER_BIN
-   names a binary that has the subcommand.
+3. Against the exporter itself, when CLAWMESH_EXPORTER_BIN names a binary
+   with the many-workspace CLI: every flag given is one its --help lists, and
+   `check-config` accepts the config file of the render (with stand-in keys).
 
 Prints one line per problem and exits 1 if there is any.
 """
@@ -23,6 +23,7 @@ import collections
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,21 @@ def flags_of(args):
     return [a.split("=", 1)[0] for a in args if a.startswith("--")]
 
 
+_help_flags = None
+
+
+def exporter_flags():
+    """The flags `clawmesh-exporter --help` lists, when CLAWMESH_EXPORTER_BIN is
+    a binary with the many-workspace CLI (it has --config.file); else None."""
+    global _help_flags
+    exe = os.environ.get("CLAWMESH_EXPORTER_BIN")
+    if _help_flags is None and exe:
+        out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False).stdout
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9.-]*", out))
+        _help_flags = flags if "--config.file" in flags else set()
+    return _help_flags or None
+
+
 def check_workload(o, objs, bad):
     kind = o["kind"]
     spec = o["spec"]
@@ -131,7 +147,7 @@ def check_workload(o, objs, bad):
     args = c.get("args", [])
     flags = flags_of(args)
     for f in flags:
-        if f not in KNOWN_FLAGS:
+        if f not in KNOWN_FLAGS or f not in (exporter_flags() or KNOWN_FLAGS):
             bad(o, f"unknown exporter flag {f}")
     if "--api-key" in flags or any(e.get("name") == "CLAWMESH_API_KEY" and "value" in e for e in c.get("env", [])):
         bad(o, "an API key in the pod spec: keys come from a Secret, mounted or referenced")
