@@ -124,9 +124,10 @@ fn main() {
         "render /metrics (text + gzip) for one workspace",
         200,
         || {
-            black_box(Exposition::new(render(black_box(std::slice::from_ref(
-                &snap,
-            )))));
+            black_box(Exposition::new(render(
+                &Default::default(),
+                black_box(std::slice::from_ref(&snap)),
+            )));
         },
     );
 }

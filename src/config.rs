@@ -3,8 +3,11 @@
 //! file, never by a flag (flags show in the process list).
 
 use crate::api::ClientConfig;
+use crate::config_file::WorkspaceConfig;
 use crate::poll::PollConfig;
 use crate::secret::Secret;
+use crate::shard::Shard;
+use crate::webconfig::WebConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -33,7 +36,12 @@ pub enum Command {
     /// Serve the ClawMesh API simulator on loopback (for trying setups out).
     Simulate(SimArgs),
     /// Run the simulator and the exporter against it: live numbers, no key, no network.
-    Demo(RunArgs),
+    Demo(Box<RunArgs>),
+    /// Validate a --config.file and name each problem with its path; exit code 2 when bad.
+    CheckConfig {
+        /// The YAML configuration file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -113,6 +121,33 @@ pub struct RunArgs {
         default_value_t = 5
     )]
     pub max_attempts: u32,
+    /// YAML file listing the workspaces to watch (instead of --api-url and the key); see README.
+    #[arg(
+        long = "config.file",
+        env = "CLAWMESH_CONFIG_FILE",
+        value_name = "PATH"
+    )]
+    pub config_file: Option<PathBuf>,
+    /// This replica's shard: a number from 0, or a StatefulSet pod name ending in -NUMBER.
+    #[arg(long = "shard", env = "CLAWMESH_SHARD", default_value = "0")]
+    pub shard: String,
+    /// How many replicas share the workspaces (by a stable hash of the workspace id).
+    #[arg(
+        long = "total-shards",
+        env = "CLAWMESH_TOTAL_SHARDS",
+        default_value_t = 1
+    )]
+    pub total_shards: u32,
+    /// exporter-toolkit web config: TLS and basic auth for the HTTP endpoint.
+    #[arg(
+        long = "web.config.file",
+        env = "CLAWMESH_WEB_CONFIG_FILE",
+        value_name = "PATH"
+    )]
+    pub web_config_file: Option<PathBuf>,
+    /// Enable POST /-/reload (reloads --config.file, like SIGHUP).
+    #[arg(long = "web.enable-lifecycle", env = "CLAWMESH_WEB_ENABLE_LIFECYCLE")]
+    pub enable_lifecycle: bool,
     #[arg(
         long = "log.level",
         env = "CLAWMESH_LOG_LEVEL",
@@ -176,10 +211,16 @@ impl Env for std::collections::HashMap<String, String> {
 /// The validated configuration the rest of the program takes.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub client: ClientConfig,
+    /// The workspaces to watch (before sharding): one from the flags, or
+    /// those of the config file.
+    pub workspaces: Vec<WorkspaceConfig>,
+    /// Where the workspaces came from, for reloads; `None` for flags.
+    pub config_file: Option<PathBuf>,
+    pub shard: Shard,
+    pub web: WebConfig,
+    pub enable_lifecycle: bool,
     pub listen: SocketAddr,
     pub telemetry_path: String,
-    pub poll: PollConfig,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
 }
@@ -196,6 +237,16 @@ fn bad(msg: impl Into<String>) -> ConfigError {
 impl RunArgs {
     /// Validate; the key comes from the file or the environment.
     pub fn validate(&self, env: &dyn Env) -> Result<Config, ConfigError> {
+        if let Some(file) = &self.config_file {
+            let workspaces = crate::config_file::load(file, env).map_err(|p| {
+                bad(format!(
+                    "--config.file {}: {}",
+                    file.display(),
+                    p.0.join("; ")
+                ))
+            })?;
+            return self.validate_common(workspaces);
+        }
         let key = match &self.api_key_file {
             Some(path) => {
                 let raw = std::fs::read_to_string(path)
@@ -225,13 +276,6 @@ impl RunArgs {
                 "--api-url {url:?}: must start with https:// (or http:// for the simulator)"
             )));
         }
-        let listen = parse_listen(&self.listen_address)?;
-        let path = &self.telemetry_path;
-        if !path.starts_with('/') || ["/", "/healthz", "/readyz"].contains(&path.as_str()) {
-            return Err(bad(format!(
-                "--web.telemetry-path {path:?}: must start with / and not be /, /healthz or /readyz"
-            )));
-        }
         if self.poll_interval < Duration::from_secs(1) {
             return Err(bad("--poll-interval: must be at least 1s"));
         }
@@ -255,7 +299,10 @@ impl RunArgs {
         if self.max_attempts == 0 {
             return Err(bad("--api.max-attempts: must be at least 1"));
         }
-        Ok(Config {
+        let workspace = WorkspaceConfig {
+            key: "flags".into(),
+            name: None,
+            expected_id: None,
             client: ClientConfig {
                 base_url: url.to_string(),
                 key,
@@ -264,8 +311,6 @@ impl RunArgs {
                 budget_share: self.budget_share,
                 ..ClientConfig::default()
             },
-            listen,
-            telemetry_path: path.clone(),
             poll: PollConfig {
                 interval: self.poll_interval,
                 agents_interval: self.agents_interval.unwrap_or(self.poll_interval),
@@ -273,6 +318,35 @@ impl RunArgs {
                 overlap: self.overlap,
                 dedup_horizon: self.dedup_horizon,
             },
+            labels: Default::default(),
+        };
+        self.validate_common(vec![workspace])
+    }
+
+    /// The checks that do not depend on where the workspaces came from.
+    fn validate_common(&self, workspaces: Vec<WorkspaceConfig>) -> Result<Config, ConfigError> {
+        let listen = parse_listen(&self.listen_address)?;
+        let path = &self.telemetry_path;
+        if !path.starts_with('/')
+            || ["/", "/healthz", "/readyz", "/-/reload"].contains(&path.as_str())
+        {
+            return Err(bad(format!(
+                "--web.telemetry-path {path:?}: must start with / and not be /, /healthz, /readyz or /-/reload"
+            )));
+        }
+        let shard = Shard::new(&self.shard, self.total_shards).map_err(bad)?;
+        let web = match &self.web_config_file {
+            Some(f) => crate::webconfig::load(f).map_err(|p| bad(p.0.join("; ")))?,
+            None => WebConfig::default(),
+        };
+        Ok(Config {
+            workspaces,
+            config_file: self.config_file.clone(),
+            shard,
+            web,
+            enable_lifecycle: self.enable_lifecycle,
+            listen,
+            telemetry_path: path.clone(),
             log_level: self.log_level,
             log_format: self.log_format,
         })
@@ -317,10 +391,13 @@ mod tests {
     fn defaults_validate_with_a_key_from_the_environment() {
         let c = args(&[]).validate(&env(Some("k1"))).unwrap();
         assert_eq!(c.listen.port(), DEFAULT_PORT);
-        assert_eq!(c.client.key.expose(), "k1");
-        assert_eq!(c.poll.interval, Duration::from_secs(15));
-        assert_eq!(c.poll.agents_interval, c.poll.interval);
-        assert_eq!(c.client.budget_share, 0.1);
+        assert_eq!(c.workspaces[0].client.key.expose(), "k1");
+        assert_eq!(c.workspaces[0].poll.interval, Duration::from_secs(15));
+        assert_eq!(
+            c.workspaces[0].poll.agents_interval,
+            c.workspaces[0].poll.interval
+        );
+        assert_eq!(c.workspaces[0].client.budget_share, 0.1);
     }
 
     #[test]
@@ -330,7 +407,7 @@ mod tests {
         let c = args(&["--api-key-file", dir.to_str().unwrap()])
             .validate(&env(Some("env-key")))
             .unwrap();
-        assert_eq!(c.client.key.expose(), "file-key");
+        assert_eq!(c.workspaces[0].client.key.expose(), "file-key");
         std::fs::remove_file(&dir).unwrap();
     }
 

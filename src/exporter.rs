@@ -1,85 +1,376 @@
-//! Wiring of one exporter process: server first (so /healthz answers while
-//! the key is checked), then the key check, then the poll loops.
+//! Wiring of one exporter process: the HTTP server first (so /healthz
+//! answers while keys are checked), then one supervised slot per configured
+//! workspace (key check, shard ownership, poll loops), and reloads of the
+//! configuration file that keep unchanged workspaces running.
 
 use crate::api::Client;
-use crate::config::Config;
+use crate::config::{Config, Env, ProcessEnv};
+use crate::config_file::WorkspaceConfig;
 use crate::hub::Hub;
 use crate::poll::{self, KeyError};
+use crate::shard::Shard;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// An exporter that is serving and polling.
 pub struct Running {
     pub addr: SocketAddr,
     pub hub: Arc<Hub>,
+    /// The id of the first workspace this process polls ("" if none).
     pub workspace: String,
+    supervisor: Arc<Supervisor>,
     stop: watch::Sender<bool>,
-    loops: Vec<JoinHandle<()>>,
     server: JoinHandle<()>,
+    signals: JoinHandle<()>,
 }
 
-/// Start serving on `listener` and polling the workspace of the configured
-/// key. Fails only when the key cannot work (rejected, expired, lacking a
-/// scope); an unreachable API is retried, with /readyz saying not ready.
-pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, KeyError> {
+/// Why a workspace cannot be watched with its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{}{source}", in_workspace(workspace))]
+    Key { workspace: String, source: KeyError },
+    #[error("workspace {workspace}: the key belongs to workspace {actual}, not {expected}: fix `id` or the key")]
+    WrongWorkspace {
+        workspace: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("cannot serve on {0}")]
+    Listen(std::io::Error),
+}
+
+/// Start serving on `listener` and watching the configured workspaces that
+/// this shard owns. Fails when a key cannot work (rejected, expired,
+/// lacking a scope, another workspace's); an unreachable API is retried in
+/// the background, with /readyz saying not ready.
+pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, StartError> {
     let hub = Hub::new();
-    let addr = listener.local_addr().map_err(|e| {
-        KeyError::Api(crate::api::ApiError::Connection {
-            endpoint: "listen".into(),
-            detail: e.to_string(),
-        })
-    })?;
+    let addr = listener.local_addr().map_err(StartError::Listen)?;
     let (stop, stop_rx) = watch::channel(false);
-    let app = crate::server::app(hub.clone(), &cfg.telemetry_path);
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
+    let supervisor = Arc::new(Supervisor {
+        hub: hub.clone(),
+        shard: cfg.shard,
+        config_file: cfg.config_file.clone(),
+        slots: tokio::sync::Mutex::new(BTreeMap::new()),
     });
-    let client = Client::new(cfg.client.clone())?;
-    let token = loop {
-        match poll::check_key(&client).await {
-            Ok(t) => break t,
-            Err(KeyError::Api(e)) if !e.is_fatal_auth() => {
-                tracing::warn!(error = %e, "cannot check the API key yet; retrying");
-                tokio::time::sleep(cfg.poll.interval).await;
-            }
-            Err(e) => {
-                let _ = stop.send(true);
-                return Err(e);
-            }
+    hub.update_process(|p| {
+        p.shard = cfg.shard;
+        p.workspaces_configured = cfg.workspaces.len();
+    });
+    let reload: Option<crate::server::Reload> = cfg.enable_lifecycle.then(|| {
+        let sup = supervisor.clone();
+        Arc::new(move || {
+            let sup = sup.clone();
+            Box::pin(async move { sup.reload().await }) as crate::server::ReloadFuture
+        }) as crate::server::Reload
+    });
+    let app = crate::server::app_with(
+        hub.clone(),
+        &cfg.telemetry_path,
+        reload,
+        cfg.web.auth.clone(),
+    );
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        app,
+        cfg.web.tls.clone(),
+        stop_rx.clone(),
+    ));
+
+    let mut verdicts = Vec::new();
+    for ws in &cfg.workspaces {
+        verdicts.push((ws.key.clone(), supervisor.start_slot(ws.clone()).await));
+    }
+    for (key, verdict) in verdicts {
+        if let Ok(Err(e)) = verdict.await {
+            tracing::error!(workspace = %key, error = %e, "cannot watch the workspace");
+            supervisor.stop_all().await;
+            let _ = stop.send(true);
+            return Err(e);
         }
-    };
-    tracing::info!(workspace = %token.workspace_id, scopes = %token.scopes.join(","), "API key accepted");
-    let workspace = token.workspace_id.clone();
-    let loops = poll::spawn(client, &token, cfg.poll.clone(), hub.clone(), stop_rx);
+    }
+    hub.set_started();
+    let signals = tokio::spawn(reload_on_sighup(supervisor.clone(), stop_rx));
+    let workspace = supervisor.first_workspace().await;
     Ok(Running {
         addr,
         hub,
         workspace,
+        supervisor,
         stop,
-        loops,
         server,
+        signals,
     })
 }
 
 impl Running {
+    /// Re-read the configuration file (as SIGHUP does).
+    pub async fn reload(&self) -> Result<String, String> {
+        self.supervisor.reload().await
+    }
+
     /// Stop polling and serving; waits for both.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for l in self.loops {
-            let _ = l.await;
-        }
+        self.supervisor.stop_all().await;
         let _ = self.server.await;
+        let _ = self.signals.await;
+    }
+}
+
+async fn reload_on_sighup(sup: Arc<Supervisor>, mut stop: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            let hangup = tokio::select! {
+                r = hup.recv() => r.is_some(),
+                _ = stop.wait_for(|s| *s) => false,
+            };
+            if !hangup {
+                return;
+            }
+            let _ = sup.reload().await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (sup, stop.wait_for(|s| *s).await);
+}
+
+/// Owns the running workspaces and applies reloads.
+struct Supervisor {
+    hub: Arc<Hub>,
+    shard: Shard,
+    config_file: Option<PathBuf>,
+    slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
+}
+
+/// One configured workspace: its settings and the task that watches it.
+struct Slot {
+    cfg: WorkspaceConfig,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    /// The workspace id, once the key check has told it.
+    id: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// The first outcome of a slot: fatal, or settled (polling, not ours, or
+/// retrying an unreachable API in the background).
+type Verdict = oneshot::Receiver<Result<(), StartError>>;
+
+impl Supervisor {
+    /// Start watching one workspace; the verdict tells how its key check went.
+    async fn start_slot(&self, cfg: WorkspaceConfig) -> Verdict {
+        let (verdict_tx, verdict) = oneshot::channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let id = Arc::new(std::sync::Mutex::new(None));
+        let task = tokio::spawn(watch_workspace(
+            cfg.clone(),
+            self.shard,
+            self.hub.clone(),
+            id.clone(),
+            stop_rx,
+            verdict_tx,
+        ));
+        let old = self.slots.lock().await.insert(
+            cfg.key.clone(),
+            Slot {
+                cfg,
+                stop,
+                task,
+                id,
+            },
+        );
+        if let Some(old) = old {
+            self.stop_slot(old).await;
+        }
+        verdict
+    }
+
+    async fn stop_slot(&self, slot: Slot) {
+        let _ = slot.stop.send(true);
+        let _ = slot.task.await;
+        let id = slot.id.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(id) = id {
+            self.hub.forget(&id);
+        }
+    }
+
+    async fn stop_all(&self) {
+        let slots = std::mem::take(&mut *self.slots.lock().await);
+        for (_, s) in slots {
+            self.stop_slot(s).await;
+        }
+    }
+
+    async fn first_workspace(&self) -> String {
+        let slots = self.slots.lock().await;
+        slots
+            .values()
+            .find_map(|s| s.id.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// Re-read the configuration file; refuse a bad one and keep the old.
+    /// Unchanged workspaces keep running, with their counters.
+    async fn reload(&self) -> Result<String, String> {
+        let Some(path) = &self.config_file else {
+            return Ok("no --config.file: nothing to reload".into());
+        };
+        let result = crate::config_file::load(path, &ProcessEnv as &dyn Env);
+        let new = match result {
+            Ok(n) => n,
+            Err(p) => {
+                let msg = p.0.join("; ");
+                tracing::error!(file = %path.display(), problems = %msg, "configuration refused; the previous one keeps running");
+                self.hub.update_process(|p| p.reload_ok = false);
+                return Err(msg);
+            }
+        };
+        let (mut kept, mut started, mut stopped) = (0, 0, 0);
+        let wanted: BTreeMap<String, WorkspaceConfig> =
+            new.iter().map(|w| (w.key.clone(), w.clone())).collect();
+        let current: Vec<(String, WorkspaceConfig)> = self
+            .slots
+            .lock()
+            .await
+            .iter()
+            .map(|(k, s)| (k.clone(), s.cfg.clone()))
+            .collect();
+        for (key, cfg) in &current {
+            if wanted.get(key) != Some(cfg) {
+                if let Some(slot) = self.slots.lock().await.remove(key) {
+                    self.stop_slot(slot).await;
+                    stopped += 1;
+                }
+            } else {
+                kept += 1;
+            }
+        }
+        for (key, cfg) in wanted {
+            if !current.iter().any(|(k, c)| *k == key && *c == cfg) {
+                // A bad key on reload is logged by the slot; the rest runs on.
+                drop(self.start_slot(cfg).await);
+                started += 1;
+            }
+        }
+        self.hub.update_process(|p| {
+            p.reload_ok = true;
+            p.reload_success_at = crate::api::types::Timestamp::now().as_secs_f64();
+            p.workspaces_configured = new.len();
+        });
+        let msg = format!("configuration reloaded: {kept} workspace(s) kept, {stopped} stopped, {started} started");
+        tracing::info!(file = %path.display(), kept, stopped, started, "configuration reloaded");
+        Ok(msg)
+    }
+}
+
+/// Check the key, settle ownership, then poll until stopped.
+async fn watch_workspace(
+    cfg: WorkspaceConfig,
+    shard: Shard,
+    hub: Arc<Hub>,
+    id_out: Arc<std::sync::Mutex<Option<String>>>,
+    mut stop: watch::Receiver<bool>,
+    verdict: oneshot::Sender<Result<(), StartError>>,
+) {
+    let key = cfg.key.clone();
+    let fail = |source: KeyError| StartError::Key {
+        workspace: key.clone(),
+        source,
+    };
+    if cfg.expected_id.as_ref().is_some_and(|id| !shard.owns(id)) {
+        tracing::debug!(workspace = %key, "another shard owns this workspace");
+        let _ = verdict.send(Ok(()));
+        return;
+    }
+    let client = match Client::new(cfg.client.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = verdict.send(Err(fail(KeyError::Api(e))));
+            return;
+        }
+    };
+    let mut verdict = Some(verdict);
+    let token = loop {
+        let checked = tokio::select! {
+            r = poll::check_key(&client) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match checked {
+            Ok(t) => break t,
+            Err(KeyError::Api(e)) if !e.is_fatal_auth() => {
+                tracing::warn!(workspace = %key, error = %e, "cannot check the API key yet; retrying");
+                if let Some(v) = verdict.take() {
+                    let _ = v.send(Ok(()));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.poll.interval.max(Duration::from_secs(1))) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            Err(e) => {
+                tracing::error!(workspace = %key, error = %e, "the API key cannot be used for this workspace");
+                if let Some(v) = verdict.take() {
+                    let _ = v.send(Err(fail(e)));
+                }
+                return;
+            }
+        }
+    };
+    if let Some(expected) = cfg
+        .expected_id
+        .as_ref()
+        .filter(|e| **e != token.workspace_id)
+    {
+        let e = StartError::WrongWorkspace {
+            workspace: key.clone(),
+            expected: expected.clone(),
+            actual: token.workspace_id.clone(),
+        };
+        tracing::error!(error = %e, "refusing to watch the workspace");
+        if let Some(v) = verdict.take() {
+            let _ = v.send(Err(e));
+        }
+        return;
+    }
+    if !shard.owns(&token.workspace_id) {
+        tracing::debug!(workspace = %token.workspace_id, "another shard owns this workspace");
+        if let Some(v) = verdict.take() {
+            let _ = v.send(Ok(()));
+        }
+        return;
+    }
+    tracing::info!(workspace = %token.workspace_id, scopes = %token.scopes.join(","), "API key accepted");
+    *id_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.workspace_id.clone());
+    let mut labels = Vec::new();
+    if let Some(name) = &cfg.name {
+        labels.push(("workspace_name".to_string(), name.clone()));
+    }
+    labels.extend(cfg.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let loops = poll::spawn(client, &token, cfg.poll.clone(), labels, hub, stop.clone());
+    if let Some(v) = verdict.take() {
+        let _ = v.send(Ok(()));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+}
+
+/// "workspace payments: " before a message, unless the flags name the one workspace.
+fn in_workspace(key: &str) -> String {
+    if key == "flags" {
+        String::new()
+    } else {
+        format!("workspace {key}: ")
     }
 }

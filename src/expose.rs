@@ -3,7 +3,7 @@
 //! the values come only from the table in `metrics`.
 
 use crate::fleet::Snapshot;
-use crate::metrics::{self, Family, Kind, Sample, Value};
+use crate::metrics::{self, Kind, ProcessInfo, Sample, Value};
 use bytes::Bytes;
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use std::io::Write;
@@ -32,17 +32,30 @@ impl Exposition {
 }
 
 /// The text exposition of every workspace plus the exporter's own series.
-pub fn render(snapshots: &[Snapshot]) -> String {
-    let mut families = Vec::with_capacity(metrics::WORKSPACE_FAMILIES.len() + 1);
+pub fn render(process: &ProcessInfo, snapshots: &[Snapshot]) -> String {
+    let mut families = Vec::with_capacity(metrics::WORKSPACE_FAMILIES.len() + 8);
     families.push(build_info());
     let mut samples = Vec::new();
+    for family in metrics::PROCESS_FAMILIES {
+        let mut mf = header(family.name, family.help, family.kind);
+        samples.clear();
+        (family.collect)(process, &mut samples);
+        for s in &samples {
+            mf.mut_metric()
+                .push(metric(family.kind, family.labels, &[], s));
+        }
+        if !mf.get_metric().is_empty() {
+            families.push(mf);
+        }
+    }
     for family in metrics::WORKSPACE_FAMILIES {
         let mut mf = header(family.name, family.help, family.kind);
         for snap in snapshots {
             samples.clear();
             (family.collect)(snap, &mut samples);
             for s in &samples {
-                mf.mut_metric().push(metric(family, &snap.workspace, s));
+                mf.mut_metric()
+                    .push(metric(family.kind, family.labels, &snap.labels, s));
             }
         }
         if !mf.get_metric().is_empty() {
@@ -76,18 +89,14 @@ fn label(name: &str, value: &str) -> LabelPair {
     l
 }
 
-fn metric(family: &Family, workspace: &str, s: &Sample) -> proto::Metric {
+/// One sample, with the workspace's own labels (`workspace` first) before
+/// the family's.
+fn metric(kind: Kind, names: &[&str], workspace: &[(String, String)], s: &Sample) -> proto::Metric {
     let mut m = proto::Metric::default();
-    let mut labels = vec![label("workspace", workspace)];
-    labels.extend(
-        family
-            .labels
-            .iter()
-            .zip(&s.labels)
-            .map(|(n, v)| label(n, v)),
-    );
+    let mut labels: Vec<LabelPair> = workspace.iter().map(|(n, v)| label(n, v)).collect();
+    labels.extend(names.iter().zip(&s.labels).map(|(n, v)| label(n, v)));
     m.set_label(labels);
-    match (&s.value, family.kind) {
+    match (&s.value, kind) {
         (Value::Number(v), Kind::Counter) => {
             let mut c = proto::Counter::default();
             c.set_value(*v);

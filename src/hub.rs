@@ -1,25 +1,37 @@
 //! Where the poll loops leave their results and the HTTP server picks them
-//! up: the latest snapshot per workspace and the exposition rendered from
-//! them. A scrape reads an `Arc`; it never renders and never calls the API.
+//! up: the latest snapshot per workspace, the process-level facts (shard,
+//! reloads), and the exposition rendered from them. A scrape reads an
+//! `Arc`; it never renders and never calls the API.
 
 use crate::expose::{self, Exposition};
 use crate::fleet::Snapshot;
-use std::collections::BTreeMap;
+use crate::metrics::ProcessInfo;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 #[derive(Debug)]
 pub struct Hub {
-    snapshots: Mutex<BTreeMap<String, Snapshot>>,
+    state: Mutex<State>,
     exposition: RwLock<Arc<Exposition>>,
-    expected_workspaces: Mutex<usize>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    snapshots: BTreeMap<String, Snapshot>,
+    /// Workspaces this process polls; each must sync before it is ready.
+    expected: BTreeSet<String>,
+    /// The initial assignment of workspaces is done (a shard may own none).
+    started: bool,
+    process: ProcessInfo,
 }
 
 impl Default for Hub {
     fn default() -> Self {
+        let state = State::default();
+        let e = Exposition::new(expose::render(&state.process, &[]));
         Hub {
-            snapshots: Mutex::new(BTreeMap::new()),
-            exposition: RwLock::new(Arc::new(Exposition::new(expose::render(&[])))),
-            expected_workspaces: Mutex::new(0),
+            state: Mutex::new(state),
+            exposition: RwLock::new(Arc::new(e)),
         }
     }
 }
@@ -29,20 +41,51 @@ impl Hub {
         Arc::new(Hub::default())
     }
 
-    /// One more workspace must complete a sync before the exporter is ready.
-    pub fn expect_workspace(&self) {
-        *lock(&self.expected_workspaces) += 1;
+    /// This process polls `workspace`; it must complete a sync before the
+    /// exporter is ready.
+    pub fn expect(&self, workspace: &str) {
+        let mut st = self.lock();
+        st.expected.insert(workspace.to_string());
+        st.process.workspaces_owned = st.expected.len();
+        self.render(&st);
+    }
+
+    /// This process no longer polls `workspace`: its series go.
+    pub fn forget(&self, workspace: &str) {
+        let mut st = self.lock();
+        st.expected.remove(workspace);
+        st.snapshots.remove(workspace);
+        st.process.workspaces_owned = st.expected.len();
+        self.render(&st);
     }
 
     /// Replace a workspace's snapshot and re-render the exposition, once.
+    /// A snapshot of a workspace no longer expected (a late publish after a
+    /// reload stopped it) is dropped.
     pub fn publish(&self, snap: Snapshot) {
-        let text = {
-            let mut all = lock(&self.snapshots);
-            all.insert(snap.workspace.clone(), snap);
-            let list: Vec<Snapshot> = all.values().cloned().collect();
-            expose::render(&list)
-        };
-        let e = Arc::new(Exposition::new(text));
+        let mut st = self.lock();
+        if !st.expected.contains(&snap.workspace) {
+            return;
+        }
+        st.snapshots.insert(snap.workspace.clone(), snap);
+        self.render(&st);
+    }
+
+    /// Change the process-level facts and re-render.
+    pub fn update_process(&self, f: impl FnOnce(&mut ProcessInfo)) {
+        let mut st = self.lock();
+        f(&mut st.process);
+        self.render(&st);
+    }
+
+    /// The initial assignment of workspaces is done.
+    pub fn set_started(&self) {
+        self.lock().started = true;
+    }
+
+    fn render(&self, st: &State) {
+        let list: Vec<Snapshot> = st.snapshots.values().cloned().collect();
+        let e = Arc::new(Exposition::new(expose::render(&st.process, &list)));
         *self.exposition.write().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
@@ -54,25 +97,30 @@ impl Hub {
     }
 
     pub fn snapshots(&self) -> Vec<Snapshot> {
-        lock(&self.snapshots).values().cloned().collect()
+        self.lock().snapshots.values().cloned().collect()
     }
 
-    /// Ready once every expected workspace has completed a sync of every resource.
+    pub fn process(&self) -> ProcessInfo {
+        self.lock().process.clone()
+    }
+
+    /// Ready once the workspaces are assigned and every one this process
+    /// polls has completed a sync of every resource.
     pub fn is_ready(&self) -> bool {
-        let expected = *lock(&self.expected_workspaces);
-        let all = lock(&self.snapshots);
-        expected > 0
-            && all.len() >= expected
-            && all.values().all(|s| {
-                crate::poll::RESOURCES
-                    .iter()
-                    .all(|r| s.health.last_sync.contains_key(r))
+        let st = self.lock();
+        st.started
+            && st.expected.iter().all(|w| {
+                st.snapshots.get(w).is_some_and(|s| {
+                    crate::poll::RESOURCES
+                        .iter()
+                        .all(|r| s.health.last_sync.contains_key(r))
+                })
             })
     }
-}
 
-/// A poisoned lock only means another thread panicked mid-update of plain
-/// data; serving the data beats serving nothing.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    /// A poisoned lock only means another thread panicked mid-update of
+    /// plain data; serving the data beats serving nothing.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }

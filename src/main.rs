@@ -22,13 +22,27 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Some(Command::CheckConfig { file }) => {
+            match clawmesh_exporter::config_file::check(&file, &ProcessEnv) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    for p in &problems.0 {
+                        eprintln!("{}: {p}", file.display());
+                    }
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some(Command::Simulate(sim)) => {
             init_logging(LogLevel::Info, LogFormat::Logfmt);
             report(runtime.block_on(simulate(sim)))
         }
         Some(Command::Demo(args)) => {
             init_logging(args.log_level, args.log_format);
-            report(runtime.block_on(clawmesh_exporter::demo::run(args)))
+            report(runtime.block_on(clawmesh_exporter::demo::run(*args)))
         }
         None => {
             let cfg = match cli.run.validate(&ProcessEnv) {

@@ -2,12 +2,17 @@
 //! Built by [`app`] so tests can serve it on any listener.
 
 use crate::hub::Hub;
+use crate::webconfig::{require_basic_auth, BasicAuth};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -17,17 +22,96 @@ struct AppState {
     telemetry_path: String,
 }
 
+/// Reloads the configuration: `Ok` says what changed, `Err` why it was refused.
+pub type ReloadFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+pub type Reload = Arc<dyn Fn() -> ReloadFuture + Send + Sync>;
+
 pub fn app(hub: Arc<Hub>, telemetry_path: &str) -> Router {
+    app_with(hub, telemetry_path, None, None)
+}
+
+/// The routes, with `POST /-/reload` when `reload` is given and basic auth
+/// on everything but the probes when `auth` is given.
+pub fn app_with(
+    hub: Arc<Hub>,
+    telemetry_path: &str,
+    reload: Option<Reload>,
+    auth: Option<Arc<BasicAuth>>,
+) -> Router {
     let state = AppState {
         hub,
         telemetry_path: telemetry_path.to_string(),
     };
-    Router::new()
+    let mut router = Router::new()
         .route("/", get(landing))
         .route(telemetry_path, get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(state)
+        .with_state(state);
+    if let Some(reload) = reload {
+        router = router.route(
+            "/-/reload",
+            post(move || {
+                let reload = reload.clone();
+                async move {
+                    match reload().await {
+                        Ok(msg) => (StatusCode::OK, msg + "\n"),
+                        Err(msg) => (
+                            StatusCode::BAD_REQUEST,
+                            format!("configuration refused: {msg}\n"),
+                        ),
+                    }
+                }
+            }),
+        );
+    }
+    if let Some(auth) = auth {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            auth,
+            require_basic_auth,
+        ));
+    }
+    router
+}
+
+/// Serve `app` on `listener`, over TLS when `tls` is given, until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let result = match tls {
+        None => {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                h.graceful_shutdown(Some(Duration::from_secs(5)));
+            });
+            match listener.into_std() {
+                Ok(std_listener) => {
+                    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+                    axum_server::from_tcp_rustls(std_listener, config)
+                        .handle(handle)
+                        .serve(app.into_make_service())
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "the HTTP server stopped");
+    }
 }
 
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {

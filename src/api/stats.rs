@@ -37,6 +37,8 @@ impl ApiStats {
             .entry(endpoint.to_string())
             .or_insert_with(|| Histogram::new(API_LATENCY_BUCKETS))
             .observe(took.as_secs_f64());
+        // A zero, not a missing series, until the first retry.
+        self.retries.entry(endpoint.to_string()).or_insert(0);
     }
 
     pub(crate) fn record_retry(&mut self, endpoint: &str) {

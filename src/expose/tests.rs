@@ -66,9 +66,32 @@ pub(crate) fn sample_snapshot() -> Snapshot {
     fleet.snapshot("ws_test", ts(61), health, api)
 }
 
+fn process() -> ProcessInfo {
+    ProcessInfo {
+        workspaces_configured: 2,
+        workspaces_owned: 1,
+        reload_success_at: 1_800_000_000.0,
+        shard: crate::shard::Shard { index: 1, total: 2 },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn workspace_labels_come_first_then_the_familys() {
+    let mut snap = sample_snapshot();
+    snap.labels
+        .push(("workspace_name".into(), "Payments".into()));
+    snap.labels.push(("team".into(), "pay\"ments".into()));
+    let text = render(&process(), &[snap]);
+    assert!(
+        text.contains(r#"clawmesh_agents{workspace="ws_test",workspace_name="Payments",team="pay\"ments",status="busy"} 1"#),
+        "{text}"
+    );
+}
+
 #[test]
 fn exposition_matches_golden_text() {
-    let text = render(&[sample_snapshot()])
+    let text = render(&process(), &[sample_snapshot()])
         .replace(
             &format!("revision=\"{}\"", metrics::revision()),
             "revision=\"REVISION\"",
@@ -95,6 +118,7 @@ fn every_family_is_documented_in_docs_metrics_md() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
     let mut names: Vec<&str> = metrics::WORKSPACE_FAMILIES.iter().map(|f| f.name).collect();
     names.push(metrics::BUILD_INFO);
+    names.extend(metrics::PROCESS_FAMILIES.iter().map(|f| f.name));
     for name in &names {
         assert!(
             doc.contains(&format!("`{name}`")),
@@ -116,7 +140,7 @@ fn every_family_is_documented_in_docs_metrics_md() {
 #[test]
 fn gzip_round_trips() {
     use std::io::Read;
-    let e = Exposition::new(render(&[sample_snapshot()]));
+    let e = Exposition::new(render(&process(), &[sample_snapshot()]));
     let mut out = String::new();
     flate2::read::GzDecoder::new(&e.gzip[..])
         .read_to_string(&mut out)

@@ -321,6 +321,9 @@ pub struct Health {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub workspace: String,
+    /// Labels on every series of the workspace, `workspace` first, then
+    /// `workspace_name` and the configured extra labels.
+    pub labels: Vec<(String, String)>,
     pub agents: Option<BTreeMap<String, u64>>,
     pub tasks_open: BTreeMap<String, u64>,
     pub oldest_pending_age_seconds: f64,
@@ -342,6 +345,7 @@ impl Fleet {
         let oldest = self.oldest_pending_created_at();
         Snapshot {
             workspace: workspace.to_string(),
+            labels: vec![("workspace".to_string(), workspace.to_string())],
             agents: self.agents().cloned(),
             tasks_open: self.open_tasks(),
             oldest_pending_age_seconds: oldest

@@ -33,7 +33,9 @@ pub struct Sample {
     pub value: Value,
 }
 
-pub struct Family {
+/// A metric family over some source `T`: a workspace [`Snapshot`], or the
+/// process ([`ProcessInfo`]).
+pub struct FamilyOf<T> {
     /// Prometheus name, including `_total` for counters.
     pub name: &'static str,
     pub help: &'static str,
@@ -41,10 +43,16 @@ pub struct Family {
     /// UCUM unit for OTLP (`s`, `{task}`); Prometheus carries it in the name.
     pub unit: &'static str,
     pub stability: Stability,
-    /// Labels besides `workspace`, which every workspace family carries.
+    /// Labels of the family. Workspace families carry the workspace's own
+    /// labels (`workspace` first) before these.
     pub labels: &'static [&'static str],
-    pub collect: fn(&Snapshot, &mut Vec<Sample>),
+    pub collect: fn(&T, &mut Vec<Sample>),
 }
+
+/// A family of every workspace, labelled by it.
+pub type Family = FamilyOf<Snapshot>;
+/// A family about the process: no `workspace` label.
+pub type ProcessFamily = FamilyOf<ProcessInfo>;
 
 fn num(labels: &[&str], v: f64) -> Sample {
     Sample {
@@ -273,6 +281,77 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
             out.push(num(&["open"], s.open_len as f64));
             out.push(num(&["finished"], s.ledger_len as f64));
         },
+    },
+];
+
+/// Facts about the process rather than a workspace: sharding and reloads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessInfo {
+    pub shard: crate::shard::Shard,
+    pub workspaces_configured: usize,
+    pub workspaces_owned: usize,
+    /// Whether the last reload of the config file worked (true before any).
+    pub reload_ok: bool,
+    /// Unix seconds of the last successful (re)load of the configuration.
+    pub reload_success_at: f64,
+}
+
+impl Default for ProcessInfo {
+    fn default() -> Self {
+        ProcessInfo {
+            shard: Default::default(),
+            workspaces_configured: 0,
+            workspaces_owned: 0,
+            reload_ok: true,
+            reload_success_at: crate::api::types::Timestamp::now().as_secs_f64(),
+        }
+    }
+}
+
+pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
+    ProcessFamily {
+        name: "clawmesh_exporter_shard_info",
+        help: "This replica's shard and the number of shards workspaces are split across (constant 1).",
+        kind: Kind::Gauge,
+        unit: "1",
+        stability: Stability::Stable,
+        labels: &["shard", "total_shards"],
+        collect: |p, out| {
+            out.push(Sample {
+                labels: vec![p.shard.index.to_string(), p.shard.total.to_string()],
+                value: Value::Number(1.0),
+            })
+        },
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_workspaces",
+        help: "Workspaces in the configuration, and those this shard owns and polls.",
+        kind: Kind::Gauge,
+        unit: "{workspace}",
+        stability: Stability::Stable,
+        labels: &["state"],
+        collect: |p, out| {
+            out.push(num(&["configured"], p.workspaces_configured as f64));
+            out.push(num(&["owned"], p.workspaces_owned as f64));
+        },
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_config_last_reload_successful",
+        help: "1 when the last (re)load of the configuration file worked; 0 when it was refused and the previous one kept running.",
+        kind: Kind::Gauge,
+        unit: "1",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.push(num(&[], if p.reload_ok { 1.0 } else { 0.0 })),
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_config_last_reload_success_timestamp_seconds",
+        help: "When the configuration was last (re)loaded successfully (Unix seconds).",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.push(num(&[], p.reload_success_at)),
     },
 ];
 

@@ -84,6 +84,7 @@ pub async fn check_key(client: &Client) -> Result<Token, KeyError> {
 /// The shared state of one workspace: the fleet and how its syncs go.
 struct Workspace {
     id: String,
+    labels: Vec<(String, String)>,
     client: Client,
     hub: Arc<Hub>,
     cfg: PollConfig,
@@ -98,10 +99,13 @@ struct State {
 
 /// Start polling a workspace whose key passed [`check_key`]. The loops stop
 /// when `stop` turns true.
+/// `labels` are the workspace's own labels after `workspace`
+/// (`workspace_name`, configured extras).
 pub fn spawn(
     client: Client,
     token: &Token,
     cfg: PollConfig,
+    labels: Vec<(String, String)>,
     hub: Arc<Hub>,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -112,6 +116,7 @@ pub fn spawn(
     };
     let ws = Arc::new(Workspace {
         id: token.workspace_id.clone(),
+        labels,
         client,
         hub,
         cfg,
@@ -121,7 +126,7 @@ pub fn spawn(
             ok: [false; 2],
         }),
     });
-    ws.hub.expect_workspace();
+    ws.hub.expect(&ws.id);
     ws.publish();
     let agents = {
         let ws = ws.clone();
@@ -170,7 +175,7 @@ impl Workspace {
     }
 
     fn publish(&self) {
-        let snap = {
+        let mut snap = {
             let mut st = self.lock();
             let State { fleet, health, .. } = &mut *st;
             fleet.snapshot(
@@ -180,6 +185,7 @@ impl Workspace {
                 self.client.stats(),
             )
         };
+        snap.labels.extend(self.labels.iter().cloned());
         self.hub.publish(snap);
     }
 

@@ -8,6 +8,7 @@ mod dashboards;
 mod deploy;
 mod exactness;
 mod exposition;
+mod production;
 mod prometheus;
 mod rules;
 mod secrets;

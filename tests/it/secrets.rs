@@ -9,14 +9,6 @@ use std::time::Duration;
 
 const CANARY: &str = "cmk_canary_7b1e0f5d9a";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn exporter_cmd(sim: &Sim, port: u16) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
     c.env_clear()

@@ -71,8 +71,10 @@ pub fn exporter_config(sim: &Sim, extra: &[&str]) -> Config {
     let mut cfg = Cli::try_parse_from_args(&args)
         .validate_with_key(Secret::new(DEMO_KEY))
         .unwrap();
-    cfg.client.backoff_base = Duration::from_millis(20);
-    cfg.client.backoff_cap = Duration::from_millis(500);
+    for w in &mut cfg.workspaces {
+        w.client.backoff_base = Duration::from_millis(20);
+        w.client.backoff_cap = Duration::from_millis(500);
+    }
     cfg
 }
 
@@ -159,7 +161,9 @@ pub fn rfc3339_secs(s: &str) -> f64 {
 /// Returns the exposition at that point.
 pub async fn converge(sim: &Sim, exporter: &Running) -> BTreeMap<String, f64> {
     sim.sim.pause();
-    let visible_by = rfc3339_secs(&sim.truth().visible_by);
+    let truth = sim.truth();
+    let visible_by = rfc3339_secs(&truth.visible_by);
+    let ws = truth.workspace_id.as_str();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let m = parse(&scrape(exporter.addr).await);
@@ -167,7 +171,7 @@ pub async fn converge(sim: &Sim, exporter: &Running) -> BTreeMap<String, f64> {
             value(
                 &m,
                 "clawmesh_last_sync_timestamp_seconds",
-                &[("resource", r)],
+                &[("workspace", ws), ("resource", r)],
             )
             .is_some_and(|t| t > visible_by)
         });
@@ -309,4 +313,13 @@ pub fn require_tool(name: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// A loopback port free right now, for a process that must be told its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
