@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
 use crate::repo_root;
 
@@ -79,11 +80,17 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// The parts run one at a time: each starts Python, Node or helm processes,
+/// and on a 2-core machine running them side by side would starve the
+/// timing-sensitive simulator tests that share the test binary.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// Runs one part of scripts/validate-deploy.sh; panics with its output when it fails.
 fn validate(part: &str, needs: &[Need]) {
     if !have(part, needs) {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = run(Command::new("bash").args(["scripts/validate-deploy.sh", part]));
     let said = text(&out);
     assert!(out.status.success(), "deploy {part} is not valid:\n{said}");
@@ -134,6 +141,7 @@ fn manifest_validator_names_each_problem() {
     if !have("validator", &MANIFESTS) {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let broken = r#"
 apiVersion: v1
 kind: Service
