@@ -113,6 +113,24 @@ pub struct RunArgs {
         default_value_t = 5
     )]
     pub max_attempts: u32,
+    // ---- webhooks (issue 6) ----
+    /// File with the webhook signing secret (one per line; two during a rotation). Turns the receiver on at /webhooks/clawmesh. Else the CLAWMESH_WEBHOOK_SECRET environment variable.
+    #[arg(long = "webhook.secret-file", env = "CLAWMESH_WEBHOOK_SECRET_FILE", value_name = "PATH", action = clap::ArgAction::Append)]
+    pub webhook_secret_files: Vec<PathBuf>,
+    /// Poll interval (tasks and agents) while webhook events arrive; polling then only reconciles.
+    #[arg(long = "webhook.poll-interval", env = "CLAWMESH_WEBHOOK_POLL_INTERVAL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub webhook_poll_interval: Duration,
+    /// How long after polling counted a task finished its webhook may still come before it counts as missed.
+    #[arg(long = "webhook.missed-grace", env = "CLAWMESH_WEBHOOK_MISSED_GRACE", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub webhook_missed_grace: Duration,
+    /// Webhook events queued per workspace before the receiver answers 503 (the platform retries).
+    #[arg(
+        long = "webhook.queue-capacity",
+        env = "CLAWMESH_WEBHOOK_QUEUE_CAPACITY",
+        default_value_t = 10_000
+    )]
+    pub webhook_queue_capacity: usize,
+    // ---- end webhooks ----
     #[arg(
         long = "log.level",
         env = "CLAWMESH_LOG_LEVEL",
@@ -182,6 +200,8 @@ pub struct Config {
     pub poll: PollConfig,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// The webhook receiver, when a secret is configured.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 /// A configuration problem, said in one line.
@@ -215,7 +235,47 @@ impl RunArgs {
                 }
             },
         };
-        self.validate_with_key(key)
+        let mut cfg = self.validate_with_key(key)?;
+        if cfg.webhook.is_none() {
+            if let Some(s) = env.var(WEBHOOK_SECRET_ENV) {
+                cfg.webhook = Some(self.webhook_config(secret_lines(WEBHOOK_SECRET_ENV, &s)?)?);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The receiver's settings, given its secrets.
+    fn webhook_config(
+        &self,
+        secrets: Vec<Secret>,
+    ) -> Result<crate::webhook::WebhookConfig, ConfigError> {
+        if self.webhook_queue_capacity == 0 {
+            return Err(bad("--webhook.queue-capacity: must be at least 1"));
+        }
+        Ok(crate::webhook::WebhookConfig {
+            secrets,
+            poll_interval: self.webhook_poll_interval,
+            missed_grace: self.webhook_missed_grace,
+            queue_capacity: self.webhook_queue_capacity,
+        })
+    }
+
+    /// Secrets from `--webhook.secret-file` (any number of files, one
+    /// secret a line, two at most in all); `None` without the flag.
+    fn webhook_from_files(&self) -> Result<Option<crate::webhook::WebhookConfig>, ConfigError> {
+        if self.webhook_secret_files.is_empty() {
+            return Ok(None);
+        }
+        let mut secrets = Vec::new();
+        for path in &self.webhook_secret_files {
+            let what = format!("--webhook.secret-file {}", path.display());
+            let raw = std::fs::read_to_string(path).map_err(|e| bad(format!("{what}: {e}")))?;
+            secrets.extend(secret_lines(&what, &raw)?);
+        }
+        if secrets.len() > 2 {
+            return Err(bad("--webhook.secret-file: at most two secrets in all (the current one and the one being rotated)"));
+        }
+        self.webhook_config(secrets).map(Some)
     }
 
     pub fn validate_with_key(&self, key: Secret) -> Result<Config, ConfigError> {
@@ -275,7 +335,27 @@ impl RunArgs {
             },
             log_level: self.log_level,
             log_format: self.log_format,
+            webhook: self.webhook_from_files()?,
         })
+    }
+}
+
+pub const WEBHOOK_SECRET_ENV: &str = "CLAWMESH_WEBHOOK_SECRET";
+
+/// One secret per non-empty line (trimmed), one or two of them.
+fn secret_lines(what: &str, raw: &str) -> Result<Vec<Secret>, ConfigError> {
+    let secrets: Vec<Secret> = raw
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(Secret::new)
+        .collect();
+    match secrets.len() {
+        0 => Err(bad(format!("{what}: no webhook secret in it"))),
+        1 | 2 => Ok(secrets),
+        _ => Err(bad(format!(
+            "{what}: at most two secrets (the current one and the one being rotated)"
+        ))),
     }
 }
 

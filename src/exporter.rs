@@ -34,6 +34,12 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, KeyEr
     })?;
     let (stop, stop_rx) = watch::channel(false);
     let app = crate::server::app(hub.clone(), &cfg.telemetry_path);
+    // Webhooks (issue 6): on the main listener, so they share its TLS and auth.
+    let receiver = cfg.webhook.clone().map(crate::webhook::Receiver::new);
+    let app = match &receiver {
+        Some(r) => app.merge(r.router()),
+        None => app,
+    };
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
         let shutdown = async move {
@@ -62,7 +68,15 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, KeyEr
     };
     tracing::info!(workspace = %token.workspace_id, scopes = %token.scopes.join(","), "API key accepted");
     let workspace = token.workspace_id.clone();
-    let loops = poll::spawn(client, &token, cfg.poll.clone(), hub.clone(), stop_rx);
+    let inbox = receiver.as_ref().map(|r| r.register(&workspace));
+    let loops = poll::spawn_with_webhooks(
+        client,
+        &token,
+        cfg.poll.clone(),
+        hub.clone(),
+        stop_rx,
+        inbox,
+    );
     Ok(Running {
         addr,
         hub,

@@ -94,6 +94,8 @@ struct State {
     fleet: Fleet,
     health: Health,
     ok: [bool; 2],
+    /// With the webhook receiver on: what it saw, and what polling found first.
+    webhook: Option<crate::webhook::Tracker>,
 }
 
 /// Start polling a workspace whose key passed [`check_key`]. The loops stop
@@ -105,6 +107,23 @@ pub fn spawn(
     hub: Arc<Hub>,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    spawn_with_webhooks(client, token, cfg, hub, stop, None)
+}
+
+/// [`spawn`], and with `inbox` a worker that applies the webhook events
+/// routed to this workspace; polling then slows down while they arrive.
+pub fn spawn_with_webhooks(
+    client: Client,
+    token: &Token,
+    cfg: PollConfig,
+    hub: Arc<Hub>,
+    stop: watch::Receiver<bool>,
+    inbox: Option<crate::webhook::Inbox>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (rx, tracker) = match inbox {
+        Some(i) => (Some(i.rx), Some(i.tracker)),
+        None => (None, None),
+    };
     let started = Timestamp::now();
     let health = Health {
         token_expiry: token.expires_at.map(|t| t.as_secs_f64()),
@@ -119,6 +138,7 @@ pub fn spawn(
             fleet: Fleet::new(started),
             health,
             ok: [false; 2],
+            webhook: tracker,
         }),
     });
     ws.hub.expect_workspace();
@@ -133,12 +153,13 @@ pub fn spawn(
                     _ = ws.sync_agents() => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                if sleep_or_stop(start + ws.cfg.agents_interval, &mut stop).await {
+                if sleep_or_stop(start + ws.interval(ws.cfg.agents_interval), &mut stop).await {
                     return;
                 }
             }
         })
     };
+    let webhooks = rx.map(|rx| tokio::spawn(apply_webhooks(ws.clone(), rx, stop.clone())));
     let tasks = tokio::spawn(async move {
         let mut sync = TaskSync::new(started);
         let mut stop = stop;
@@ -148,12 +169,40 @@ pub fn spawn(
                 _ = sync.run(&ws) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            if sleep_or_stop(start + ws.cfg.interval, &mut stop).await {
+            if sleep_or_stop(start + ws.interval(ws.cfg.interval), &mut stop).await {
                 return;
             }
         }
     });
-    vec![agents, tasks]
+    let mut loops = vec![agents, tasks];
+    loops.extend(webhooks);
+    loops
+}
+
+/// The webhook worker: applies queued events in batches, publishing once
+/// per batch.
+async fn apply_webhooks(
+    ws: Arc<Workspace>,
+    mut rx: tokio::sync::mpsc::Receiver<crate::webhook::Change>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        {
+            let mut st = ws.lock();
+            let State { fleet, webhook, .. } = &mut *st;
+            if let Some(tracker) = webhook {
+                for change in batch.drain(..) {
+                    crate::webhook::apply(fleet, tracker, change);
+                }
+            }
+        }
+        ws.publish();
+    }
 }
 
 /// Sleep until `until`; true when told to stop first.
@@ -169,16 +218,31 @@ impl Workspace {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `normal`, or the webhook poll interval while webhooks are healthy.
+    fn interval(&self, normal: Duration) -> Duration {
+        match &self.lock().webhook {
+            Some(w) => w.poll_interval(normal),
+            None => normal,
+        }
+    }
+
     fn publish(&self) {
         let snap = {
             let mut st = self.lock();
-            let State { fleet, health, .. } = &mut *st;
-            fleet.snapshot(
+            let State {
+                fleet,
+                health,
+                webhook,
+                ..
+            } = &mut *st;
+            let mut snap = fleet.snapshot(
                 &self.id,
                 Timestamp::now(),
                 health.clone(),
                 self.client.stats(),
-            )
+            );
+            snap.webhook = webhook.as_mut().map(|w| w.health());
+            snap
         };
         self.hub.publish(snap);
     }
@@ -215,7 +279,9 @@ impl Workspace {
                     ListEvent::Restarted => agents.clear(),
                 }
             }
-            self.lock().fleet.apply_agent_listing(&agents);
+            self.lock()
+                .fleet
+                .apply_agent_listing_at(&agents, started, self.cfg.overlap);
             tracing::debug!(workspace = %self.id, agents = agents.len(), "agents synced");
             Ok(())
         }
@@ -265,8 +331,12 @@ impl TaskSync {
         while let Some(ev) = listing.next().await? {
             if let ListEvent::Page(page) = ev {
                 let mut st = ws.lock();
+                let State { fleet, webhook, .. } = &mut *st;
                 for t in &page {
-                    st.fleet.apply_task(t);
+                    let applied = fleet.apply_task(t);
+                    if let Some(w) = webhook {
+                        w.polled(t, applied);
+                    }
                     newest = newest.max(t.updated_at);
                 }
             }
