@@ -10,6 +10,7 @@ mod exposition;
 mod prometheus;
 mod rules;
 mod secrets;
+mod webhook;
 
 use std::path::{Path, PathBuf};
 
