@@ -245,7 +245,7 @@ impl RunArgs {
     }
 
     /// The receiver's settings, given its secrets.
-    fn webhook_config(
+    pub fn webhook_config(
         &self,
         secrets: Vec<Secret>,
     ) -> Result<crate::webhook::WebhookConfig, ConfigError> {
@@ -442,6 +442,47 @@ mod tests {
             assert!(e.contains(needle), "{flags:?}: {e}");
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn webhook_secrets_come_from_files_or_the_environment_never_a_flag() {
+        let dir = std::env::temp_dir();
+        let one = dir.join(format!("cmx-wh1-{}", std::process::id()));
+        let two = dir.join(format!("cmx-wh2-{}", std::process::id()));
+        std::fs::write(&one, "whsec_current\nwhsec_previous\n").unwrap();
+        std::fs::write(&two, "whsec_third\n").unwrap();
+        let c = args(&["--webhook.secret-file", one.to_str().unwrap()])
+            .validate(&env(Some("k")))
+            .unwrap();
+        let w = c.webhook.as_ref().unwrap();
+        assert_eq!(w.secrets.len(), 2);
+        assert_eq!(w.poll_interval, Duration::from_secs(120));
+        assert!(
+            !format!("{c:?}").contains("whsec_"),
+            "secrets must be redacted"
+        );
+        let e = args(&[
+            "--webhook.secret-file",
+            one.to_str().unwrap(),
+            "--webhook.secret-file",
+            two.to_str().unwrap(),
+        ])
+        .validate(&env(Some("k")))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at most two") && !e.contains("whsec_"), "{e}");
+        let mut e = env(Some("k"));
+        e.insert(WEBHOOK_SECRET_ENV.into(), "whsec_env".into());
+        let c = args(&[]).validate(&e).unwrap();
+        assert_eq!(c.webhook.unwrap().secrets[0].expose(), "whsec_env");
+        assert!(args(&[])
+            .validate(&env(Some("k")))
+            .unwrap()
+            .webhook
+            .is_none());
+        assert!(Cli::try_parse_from(["clawmesh-exporter", "--webhook.secret", "x"]).is_err());
+        std::fs::remove_file(one).unwrap();
+        std::fs::remove_file(two).unwrap();
     }
 
     #[test]

@@ -121,7 +121,7 @@ pub fn spawn_with_webhooks(
     inbox: Option<crate::webhook::Inbox>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let (rx, tracker) = match inbox {
-        Some(i) => (Some(i.rx), Some(i.tracker)),
+        Some(i) => (Some((i.rx, i.changed)), Some(i.tracker)),
         None => (None, None),
     };
     let started = Timestamp::now();
@@ -159,7 +159,8 @@ pub fn spawn_with_webhooks(
             }
         })
     };
-    let webhooks = rx.map(|rx| tokio::spawn(apply_webhooks(ws.clone(), rx, stop.clone())));
+    let webhooks =
+        rx.map(|(rx, changed)| tokio::spawn(apply_webhooks(ws.clone(), rx, changed, stop.clone())));
     let tasks = tokio::spawn(async move {
         let mut sync = TaskSync::new(started);
         let mut stop = stop;
@@ -180,17 +181,28 @@ pub fn spawn_with_webhooks(
 }
 
 /// The webhook worker: applies queued events in batches, publishing once
-/// per batch.
+/// per batch, and publishes request counts that changed without an event
+/// (refusals, duplicates) at most every quarter second.
 async fn apply_webhooks(
     ws: Arc<Workspace>,
     mut rx: tokio::sync::mpsc::Receiver<crate::webhook::Change>,
+    changed: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(256);
+    let mut counts_published = Instant::now();
     loop {
-        tokio::select! {
-            n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
+        let counts_only = tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => if n == 0 { return } else { false },
+            _ = changed.notified() => true,
             _ = stop.wait_for(|s| *s) => return,
+        };
+        if counts_only {
+            let next = counts_published + Duration::from_millis(250);
+            if sleep_or_stop(next, &mut stop).await {
+                return;
+            }
+            counts_published = Instant::now();
         }
         {
             let mut st = ws.lock();

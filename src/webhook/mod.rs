@@ -33,7 +33,7 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Where the receiver listens on the exporter's HTTP server.
 pub const PATH: &str = "/webhooks/clawmesh";
@@ -100,6 +100,8 @@ impl Counts {
 
 struct Route {
     tx: mpsc::Sender<Change>,
+    /// Tells the worker that counts changed without an event to apply.
+    changed: Arc<Notify>,
     counts: Arc<Counts>,
     last_event: Arc<Mutex<Option<Timestamp>>>,
 }
@@ -117,6 +119,8 @@ pub struct Receiver {
 /// A workspace's end of the receiver: its queue and its webhook state.
 pub struct Inbox {
     pub rx: mpsc::Receiver<Change>,
+    /// Requests were counted that queued nothing: publish the counts.
+    pub changed: Arc<Notify>,
     pub tracker: Tracker,
 }
 
@@ -135,6 +139,7 @@ impl Receiver {
     pub fn register(&self, workspace: &str) -> Inbox {
         let (tx, rx) = mpsc::channel(self.cfg.queue_capacity.max(1));
         let counts = Arc::new(Counts::default());
+        let changed = Arc::new(Notify::new());
         let last_event = Arc::new(Mutex::new(None));
         self.routes
             .write()
@@ -143,12 +148,14 @@ impl Receiver {
                 workspace.to_string(),
                 Route {
                     tx,
+                    changed: changed.clone(),
                     counts: counts.clone(),
                     last_event: last_event.clone(),
                 },
             );
         Inbox {
             rx,
+            changed,
             tracker: Tracker {
                 poll_interval: self.cfg.poll_interval,
                 counts,
@@ -194,7 +201,12 @@ impl Receiver {
         let Some(route) = routes.get(&ev.workspace_id) else {
             return Refused(StatusCode::NOT_FOUND, "unknown_workspace");
         };
-        let answer = |status, result| Outcome::Routed(status, result, route.counts.clone());
+        let answer = |status, result| Outcome::Routed {
+            status,
+            result,
+            counts: route.counts.clone(),
+            changed: route.changed.clone(),
+        };
         *lock(&route.last_event) = Some(Timestamp::now());
         let change = match Change::from_event(&ev.kind, ev.data.object) {
             Ok(Some(c)) => c,
@@ -268,7 +280,12 @@ struct DataIn {
 enum Outcome {
     /// Refused before a verified body named a known workspace.
     Refused(StatusCode, &'static str),
-    Routed(StatusCode, &'static str, Arc<Counts>),
+    Routed {
+        status: StatusCode,
+        result: &'static str,
+        counts: Arc<Counts>,
+        changed: Arc<Notify>,
+    },
 }
 
 async fn receive(
@@ -279,11 +296,21 @@ async fn receive(
     let (status, result) = match r.handle(&headers, body).await {
         Outcome::Refused(s, result) => {
             r.unattributed.add(result);
+            let routes = r.routes.read().unwrap_or_else(|p| p.into_inner());
+            routes.values().for_each(|route| route.changed.notify_one());
             (s, result)
         }
-        Outcome::Routed(s, result, counts) => {
+        Outcome::Routed {
+            status,
+            result,
+            counts,
+            changed,
+        } => {
             counts.add(result);
-            (s, result)
+            // Also after "accepted": the worker may have published the
+            // event before this count.
+            changed.notify_one();
+            (status, result)
         }
     };
     if status.is_client_error() || status.is_server_error() {

@@ -78,6 +78,33 @@ impl Poster {
     }
 }
 
+/// POST 2 MiB in 64 KiB chunks without a Content-Length; the status line.
+async fn chunked_over_limit(addr: std::net::SocketAddr, sig: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST /webhooks/clawmesh HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         x-clawmesh-signature: {sig}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..32 {
+            wr.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            wr.write_all(&chunk).await?;
+            wr.write_all(b"\r\n").await?;
+        }
+        wr.write_all(b"0\r\n\r\n").await
+    });
+    let mut buf = vec![0u8; 64];
+    let n = rd.read(&mut buf).await.unwrap();
+    writer.abort();
+    let line = String::from_utf8_lossy(&buf[..n]);
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
 /// What a delivery could change: every fleet series.
 fn state(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     let mut s = counters_of_exporter(m);
@@ -212,6 +239,12 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
         let got = poster.post(body.clone(), sig.as_deref()).await;
         assert_eq!(got, *want, "{what}");
     }
+    // Chunked, with no length declared: refused while it streams, before the end.
+    assert_eq!(
+        chunked_over_limit(exporter.addr, &sig).await,
+        413,
+        "chunked, 2 MiB"
+    );
     // The worker applies asynchronously: give it time to do something wrong.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = parse(&scrape(exporter.addr).await);
@@ -268,7 +301,7 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
     );
     assert_eq!(r("bad_request"), 1.0);
     assert_eq!(r("stale"), 1.0);
-    assert_eq!(r("too_large"), 1.0);
+    assert_eq!(r("too_large"), 2.0);
     assert_eq!(r("unknown_workspace"), 1.0);
     assert_eq!(r("accepted"), 2.0);
     assert_eq!(r("duplicate"), 2.0);
