@@ -189,31 +189,35 @@ async fn apply_webhooks(
     changed: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
+    const COUNTS_EVERY: Duration = Duration::from_millis(250);
     let mut batch = Vec::with_capacity(256);
-    let mut counts_published = Instant::now();
+    let mut published = Instant::now();
+    // Counts changed since the last publish, without an event.
+    let mut dirty = false;
     loop {
-        let counts_only = tokio::select! {
-            n = rx.recv_many(&mut batch, 256) => if n == 0 { return } else { false },
-            _ = changed.notified() => true,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        if counts_only {
-            let next = counts_published + Duration::from_millis(250);
-            if sleep_or_stop(next, &mut stop).await {
-                return;
-            }
-            counts_published = Instant::now();
-        }
-        {
-            let mut st = ws.lock();
-            let State { fleet, webhook, .. } = &mut *st;
-            if let Some(tracker) = webhook {
-                for change in batch.drain(..) {
-                    crate::webhook::apply(fleet, tracker, change);
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    return;
+                }
+                let mut st = ws.lock();
+                let State { fleet, webhook, .. } = &mut *st;
+                if let Some(tracker) = webhook {
+                    for change in batch.drain(..) {
+                        crate::webhook::apply(fleet, tracker, change);
+                    }
                 }
             }
+            _ = changed.notified(), if !dirty => {
+                dirty = true;
+                continue;
+            }
+            _ = tokio::time::sleep_until(published + COUNTS_EVERY), if dirty => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
         ws.publish();
+        published = Instant::now();
+        dirty = false;
     }
 }
 
