@@ -145,10 +145,11 @@ pub fn dispatch(inner: &Arc<Inner>, events: Vec<SimEvent>) {
             };
             let waits = std::iter::once(0.0).chain(RETRY_SCHEDULE_SECS.iter().map(|w| w * scale));
             let mut ok = false;
-            for (attempt, wait) in waits.enumerate() {
+            for wait in waits {
                 tokio::time::sleep(Duration::from_secs_f64(wait)).await;
                 let lost = s.fail_attempt > 0.0 && rng.random_bool(s.fail_attempt.min(1.0));
-                let delivery = format!("dlv_{id}_{attempt}");
+                // The contract: the same delivery id on every retry.
+                let delivery = format!("dlv_{id}");
                 if !lost && post(&client, &s, &ev.kind, &delivery, &body).await {
                     ok = true;
                     break;
