@@ -403,3 +403,95 @@ async fn webhooks_with_drops_duplicates_and_reordering_count_exactly() {
     std::fs::remove_file(file).ok();
     exporter.shutdown().await;
 }
+
+/// Freshness, webhooks off and on: the delay from a task's completion in the
+/// simulator to the change of `clawmesh_tasks_finished_total` on /metrics,
+/// with production intervals (15 s polls; 2 min while webhooks are healthy)
+/// and the contract's 5 s visibility lag. A load scenario, not a check:
+/// `BENCH_SECS=60 cargo test --test it webhook::freshness -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn freshness() {
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    println!("| webhooks | completions | median | p90 | max | API requests/min |");
+    println!("|---|---|---|---|---|---|");
+    for webhooks in [false, true] {
+        let sim = Sim::start(clawmesh_exporter::sim::SimConfig {
+            visibility_lag_max: Duration::from_secs(5),
+            task_changes_per_minute: 600.0,
+            ..busy_fleet(51)
+        })
+        .await;
+        sim.sim.pause();
+        let file = secret_file("bench", SECRET);
+        let mut flags = vec![
+            "--poll-interval",
+            "15s",
+            "--tasks.reconcile-interval",
+            "10m",
+            "--tasks.overlap",
+            "10s",
+        ];
+        if webhooks {
+            flags.extend(["--webhook.secret-file", file.to_str().unwrap()]);
+        }
+        let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+        converge(&sim, &exporter).await;
+        if webhooks {
+            sim.sim.set_webhooks(WebhookSettings {
+                url: format!("http://{}/webhooks/clawmesh", exporter.addr),
+                secret: SECRET.into(),
+                ..WebhookSettings::default()
+            });
+        }
+        let finished = |m: &BTreeMap<String, f64>| {
+            ["completed", "failed", "cancelled"]
+                .iter()
+                .map(|s| value(m, "clawmesh_tasks_finished_total", &[("status", s)]).unwrap_or(0.0))
+                .sum::<f64>() as u64
+        };
+        let t0 = sim.truth();
+        let base = t0.finished_total.values().sum::<u64>();
+        let requests0 = t0.requests_total;
+        // When the simulator, and then /metrics, first reached each count.
+        let mut truth_at: Vec<tokio::time::Instant> = Vec::new();
+        let mut seen_at: Vec<tokio::time::Instant> = Vec::new();
+        sim.sim.resume();
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            let now = tokio::time::Instant::now();
+            let t = sim.truth().finished_total.values().sum::<u64>() - base;
+            while (truth_at.len() as u64) < t {
+                truth_at.push(now);
+            }
+            let e = finished(&parse(&scrape(exporter.addr).await));
+            let now = tokio::time::Instant::now();
+            while (seen_at.len() as u64) < e {
+                seen_at.push(now);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let requests = sim.truth().requests_total - requests0;
+        let mut delays: Vec<f64> = seen_at
+            .iter()
+            .zip(&truth_at)
+            .map(|(s, t)| s.saturating_duration_since(*t).as_secs_f64())
+            .collect();
+        delays.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f64| delays[((delays.len() - 1) as f64 * p) as usize];
+        println!(
+            "| {} | {} | {:.2} s | {:.2} s | {:.2} s | {:.1} |",
+            if webhooks { "on" } else { "off" },
+            delays.len(),
+            q(0.5),
+            q(0.9),
+            q(1.0),
+            requests as f64 / (secs as f64 / 60.0),
+        );
+        exporter.shutdown().await;
+        std::fs::remove_file(file).ok();
+    }
+}
