@@ -153,7 +153,7 @@ pub fn spawn_with_webhooks(
                     _ = ws.sync_agents() => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                if sleep_or_stop(start + ws.interval(ws.cfg.agents_interval), &mut stop).await {
+                if ws.wait_next(start, ws.cfg.agents_interval, &mut stop).await {
                     return;
                 }
             }
@@ -170,7 +170,7 @@ pub fn spawn_with_webhooks(
                 _ = sync.run(&ws) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            if sleep_or_stop(start + ws.interval(ws.cfg.interval), &mut stop).await {
+            if ws.wait_next(start, ws.cfg.interval, &mut stop).await {
                 return;
             }
         }
@@ -232,6 +232,27 @@ async fn sleep_or_stop(until: Instant, stop: &mut watch::Receiver<bool>) -> bool
 impl Workspace {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sleep until the next sync of a loop that started its last at
+    /// `start`; true when told to stop. While webhooks are healthy the wait
+    /// is longer, but it is re-judged every `normal` interval, so polling
+    /// speeds up again soon after events stop.
+    async fn wait_next(
+        &self,
+        start: Instant,
+        normal: Duration,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        loop {
+            let due = start + self.interval(normal);
+            if sleep_or_stop(due.min(Instant::now() + normal), stop).await {
+                return true;
+            }
+            if Instant::now() >= start + self.interval(normal) {
+                return false;
+            }
+        }
     }
 
     /// `normal`, or the webhook poll interval while webhooks are healthy.
