@@ -5,12 +5,14 @@
 # exporter spends (API requests per minute, CPU per poll cycle, RSS) and the
 # /metrics latency under 50 concurrent scrapers (wrk).
 #   scripts/load-10k.sh [minutes]      (default 5)
+#   WEBHOOKS=1 scripts/load-10k.sh 4   the same with the simulator delivering
+#                                      webhooks to the exporter's receiver
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-5}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 cargo build --release --quiet
-bin=target/release/clawmesh-exporter
+bin=${CARGO_TARGET_DIR:-target}/release/clawmesh-exporter
 sim_port=18089; exp_port=19817
 tmp=$(mktemp -d)
 cleanup() { kill "$sim_pid" "$exp_pid" 2>/dev/null || true; rm -rf "$tmp"; }
@@ -21,10 +23,20 @@ $bin simulate --listen 127.0.0.1:$sim_port --agents 10000 --history-tasks 100000
 sim_pid=$!
 until curl -sf "http://127.0.0.1:$sim_port/_sim/ground_truth" >/dev/null; do sleep 0.2; done
 
+webhook_flags=()
+if [ "${WEBHOOKS:-0}" = 1 ]; then
+  printf 'whsec_load_10k\n' >"$tmp/whsec"
+  webhook_flags=(--webhook.secret-file "$tmp/whsec")
+fi
 CLAWMESH_API_KEY=sim-demo-key $bin --api-url "http://127.0.0.1:$sim_port/v1" \
-  --web.listen-address "127.0.0.1:$exp_port" --log.level warn >"$tmp/exp.log" 2>&1 &
+  --web.listen-address "127.0.0.1:$exp_port" --log.level warn "${webhook_flags[@]}" >"$tmp/exp.log" 2>&1 &
 exp_pid=$!
 until curl -sf "http://127.0.0.1:$exp_port/readyz" >/dev/null; do sleep 0.5; done
+if [ "${WEBHOOKS:-0}" = 1 ]; then
+  curl -sf -X POST -H 'content-type: application/json' \
+    -d "{\"url\": \"http://127.0.0.1:$exp_port/webhooks/clawmesh\", \"secret\": \"whsec_load_10k\"}" \
+    "http://127.0.0.1:$sim_port/_sim/webhooks" >/dev/null
+fi
 ready_at=$(date +%s.%N)
 
 requests() { curl -sf "http://127.0.0.1:$sim_port/_sim/ground_truth" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests_by_key"].get("key_sim_demo",0))'; }

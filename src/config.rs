@@ -150,6 +150,24 @@ pub struct RunArgs {
     /// Enable POST /-/reload (reloads --config.file, like SIGHUP).
     #[arg(long = "web.enable-lifecycle", env = "CLAWMESH_WEB_ENABLE_LIFECYCLE")]
     pub enable_lifecycle: bool,
+    // ---- webhooks (issue 6) ----
+    /// File with the webhook signing secret (one per line; two during a rotation). Turns the receiver on at /webhooks/clawmesh. Else the CLAWMESH_WEBHOOK_SECRET environment variable.
+    #[arg(long = "webhook.secret-file", env = "CLAWMESH_WEBHOOK_SECRET_FILE", value_name = "PATH", action = clap::ArgAction::Append)]
+    pub webhook_secret_files: Vec<PathBuf>,
+    /// Poll interval (tasks and agents) while webhook events arrive; polling then only reconciles.
+    #[arg(long = "webhook.poll-interval", env = "CLAWMESH_WEBHOOK_POLL_INTERVAL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub webhook_poll_interval: Duration,
+    /// How long after polling counted a task finished its webhook may still come before it counts as missed.
+    #[arg(long = "webhook.missed-grace", env = "CLAWMESH_WEBHOOK_MISSED_GRACE", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub webhook_missed_grace: Duration,
+    /// Webhook events queued per workspace before the receiver answers 503 (the platform retries).
+    #[arg(
+        long = "webhook.queue-capacity",
+        env = "CLAWMESH_WEBHOOK_QUEUE_CAPACITY",
+        default_value_t = 10_000
+    )]
+    pub webhook_queue_capacity: usize,
+    // ---- end webhooks ----
     #[arg(
         long = "log.level",
         env = "CLAWMESH_LOG_LEVEL",
@@ -276,6 +294,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// OTLP push; `None` when off.
     pub otlp: Option<crate::otlp::OtlpConfig>,
+    /// The webhook receiver, when a secret is configured.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 /// A configuration problem, said in one line.
@@ -320,6 +340,57 @@ impl RunArgs {
             },
         };
         self.validate_with_key_in(key, env)
+    }
+
+    /// The receiver's settings, given its secrets.
+    pub fn webhook_config(
+        &self,
+        secrets: Vec<Secret>,
+    ) -> Result<crate::webhook::WebhookConfig, ConfigError> {
+        if self.webhook_queue_capacity == 0 {
+            return Err(bad("--webhook.queue-capacity: must be at least 1"));
+        }
+        Ok(crate::webhook::WebhookConfig {
+            secrets,
+            poll_interval: self.webhook_poll_interval,
+            missed_grace: self.webhook_missed_grace,
+            queue_capacity: self.webhook_queue_capacity,
+        })
+    }
+
+    /// The receiver from `--webhook.secret-file`, else from the
+    /// CLAWMESH_WEBHOOK_SECRET environment variable; `None` without either.
+    fn webhook_from(
+        &self,
+        env: &dyn Env,
+    ) -> Result<Option<crate::webhook::WebhookConfig>, ConfigError> {
+        if let Some(w) = self.webhook_from_files()? {
+            return Ok(Some(w));
+        }
+        match env.var(WEBHOOK_SECRET_ENV) {
+            Some(s) => Ok(Some(
+                self.webhook_config(secret_lines(WEBHOOK_SECRET_ENV, &s)?)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Secrets from `--webhook.secret-file` (any number of files, one
+    /// secret a line, two at most in all); `None` without the flag.
+    fn webhook_from_files(&self) -> Result<Option<crate::webhook::WebhookConfig>, ConfigError> {
+        if self.webhook_secret_files.is_empty() {
+            return Ok(None);
+        }
+        let mut secrets = Vec::new();
+        for path in &self.webhook_secret_files {
+            let what = format!("--webhook.secret-file {}", path.display());
+            let raw = std::fs::read_to_string(path).map_err(|e| bad(format!("{what}: {e}")))?;
+            secrets.extend(secret_lines(&what, &raw)?);
+        }
+        if secrets.len() > 2 {
+            return Err(bad("--webhook.secret-file: at most two secrets in all (the current one and the one being rotated)"));
+        }
+        self.webhook_config(secrets).map(Some)
     }
 
     /// Validate with a key already at hand, ignoring the OTEL_* environment.
@@ -414,7 +485,27 @@ impl RunArgs {
             log_level: self.log_level,
             log_format: self.log_format,
             otlp,
+            webhook: self.webhook_from(env)?,
         })
+    }
+}
+
+pub const WEBHOOK_SECRET_ENV: &str = "CLAWMESH_WEBHOOK_SECRET";
+
+/// One secret per non-empty line (trimmed), one or two of them.
+fn secret_lines(what: &str, raw: &str) -> Result<Vec<Secret>, ConfigError> {
+    let secrets: Vec<Secret> = raw
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(Secret::new)
+        .collect();
+    match secrets.len() {
+        0 => Err(bad(format!("{what}: no webhook secret in it"))),
+        1 | 2 => Ok(secrets),
+        _ => Err(bad(format!(
+            "{what}: at most two secrets (the current one and the one being rotated)"
+        ))),
     }
 }
 
@@ -504,6 +595,47 @@ mod tests {
             assert!(e.contains(needle), "{flags:?}: {e}");
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn webhook_secrets_come_from_files_or_the_environment_never_a_flag() {
+        let dir = std::env::temp_dir();
+        let one = dir.join(format!("cmx-wh1-{}", std::process::id()));
+        let two = dir.join(format!("cmx-wh2-{}", std::process::id()));
+        std::fs::write(&one, "whsec_current\nwhsec_previous\n").unwrap();
+        std::fs::write(&two, "whsec_third\n").unwrap();
+        let c = args(&["--webhook.secret-file", one.to_str().unwrap()])
+            .validate(&env(Some("k")))
+            .unwrap();
+        let w = c.webhook.as_ref().unwrap();
+        assert_eq!(w.secrets.len(), 2);
+        assert_eq!(w.poll_interval, Duration::from_secs(120));
+        assert!(
+            !format!("{c:?}").contains("whsec_"),
+            "secrets must be redacted"
+        );
+        let e = args(&[
+            "--webhook.secret-file",
+            one.to_str().unwrap(),
+            "--webhook.secret-file",
+            two.to_str().unwrap(),
+        ])
+        .validate(&env(Some("k")))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at most two") && !e.contains("whsec_"), "{e}");
+        let mut e = env(Some("k"));
+        e.insert(WEBHOOK_SECRET_ENV.into(), "whsec_env".into());
+        let c = args(&[]).validate(&e).unwrap();
+        assert_eq!(c.webhook.unwrap().secrets[0].expose(), "whsec_env");
+        assert!(args(&[])
+            .validate(&env(Some("k")))
+            .unwrap()
+            .webhook
+            .is_none());
+        assert!(Cli::try_parse_from(["clawmesh-exporter", "--webhook.secret", "x"]).is_err());
+        std::fs::remove_file(one).unwrap();
+        std::fs::remove_file(two).unwrap();
     }
 
     #[test]

@@ -3,14 +3,14 @@
 
 use crate::config::{ProcessEnv, RunArgs};
 use crate::secret::Secret;
-use crate::sim::{SimConfig, Simulator, DEMO_KEY};
+use crate::sim::{SimConfig, Simulator, WebhookSettings, DEMO_KEY};
 use std::time::Duration;
 
 pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sim_addr = sim_listener.local_addr()?;
     let sim = Simulator::new(SimConfig::default());
-    tokio::spawn(sim.serve(sim_listener));
+    tokio::spawn(sim.clone().serve(sim_listener));
 
     args.api_url = format!("http://{sim_addr}/v1");
     // The demo should move visibly within seconds, and stay on loopback,
@@ -21,7 +21,19 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     if args.listen_address == ":9817" {
         args.listen_address = "127.0.0.1:9817".into();
     }
-    let cfg = args.validate_with_key_in(Secret::new(DEMO_KEY), &ProcessEnv)?;
+    let mut cfg = args.validate_with_key_in(Secret::new(DEMO_KEY), &ProcessEnv)?;
+    // Webhooks on, in-process: the simulator delivers signed events to the
+    // exporter's receiver with a secret made for this run.
+    if cfg.webhook.is_none() {
+        let made = format!("whsec_demo_{:032x}", rand::random::<u128>());
+        cfg.webhook = Some(args.webhook_config(vec![Secret::new(made)])?);
+    }
+    let webhook_secret = cfg
+        .webhook
+        .as_ref()
+        .and_then(|w| w.secrets.first())
+        .map(|s| s.expose().to_string())
+        .unwrap_or_default();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| {
@@ -32,10 +44,21 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         })?;
     let running = crate::exporter::start(&cfg, listener).await?;
     let m = format!("http://{}{}", running.addr, cfg.telemetry_path);
+    let hook = format!(
+        "http://127.0.0.1:{}{}",
+        running.addr.port(),
+        crate::webhook::PATH
+    );
+    sim.set_webhooks(WebhookSettings {
+        url: hook.clone(),
+        secret: webhook_secret,
+        ..WebhookSettings::default()
+    });
     println!("ClawMesh exporter demo");
     println!("  metrics:      {m}");
     println!("  simulator:    http://{sim_addr}/v1 (key {DEMO_KEY})");
     println!("  ground truth: http://{sim_addr}/_sim/ground_truth");
+    println!("  webhooks:     the simulator delivers signed events to {hook}");
     println!("  try:          curl -s {m} | grep -E '^clawmesh_(agents|tasks)'");
     match &cfg.otlp {
         Some(o) => println!(

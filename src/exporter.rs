@@ -55,8 +55,11 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
     let hub = Hub::new();
     let addr = listener.local_addr().map_err(StartError::Listen)?;
     let (stop, stop_rx) = watch::channel(false);
+    // Webhooks: on the main listener, so they share its TLS and basic auth.
+    let receiver = cfg.webhook.clone().map(crate::webhook::Receiver::new);
     let supervisor = Arc::new(Supervisor {
         hub: hub.clone(),
+        receiver: receiver.clone(),
         shard: cfg.shard,
         config_file: cfg.config_file.clone(),
         slots: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -76,6 +79,7 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
         hub.clone(),
         &cfg.telemetry_path,
         reload,
+        receiver.as_ref().map(|r| r.router()),
         cfg.web.auth.clone(),
     );
     let server = tokio::spawn(crate::server::serve(
@@ -161,6 +165,7 @@ async fn reload_on_sighup(sup: Arc<Supervisor>, mut stop: watch::Receiver<bool>)
 /// Owns the running workspaces and applies reloads.
 struct Supervisor {
     hub: Arc<Hub>,
+    receiver: Option<Arc<crate::webhook::Receiver>>,
     shard: Shard,
     config_file: Option<PathBuf>,
     slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
@@ -189,6 +194,7 @@ impl Supervisor {
             cfg.clone(),
             self.shard,
             self.hub.clone(),
+            self.receiver.clone(),
             id.clone(),
             stop_rx,
             verdict_tx,
@@ -214,6 +220,9 @@ impl Supervisor {
         halt(slot).await;
         let id = id.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(id) = id {
+            if let Some(r) = &self.receiver {
+                r.unregister(&id);
+            }
             self.hub.forget(&id);
         }
     }
@@ -295,10 +304,12 @@ async fn halt(slot: Slot) {
 }
 
 /// Check the key, settle ownership, then poll until stopped.
+#[allow(clippy::too_many_arguments)]
 async fn watch_workspace(
     cfg: WorkspaceConfig,
     shard: Shard,
     hub: Arc<Hub>,
+    receiver: Option<Arc<crate::webhook::Receiver>>,
     id_out: Arc<std::sync::Mutex<Option<String>>>,
     mut stop: watch::Receiver<bool>,
     verdict: oneshot::Sender<Result<(), StartError>>,
@@ -377,7 +388,17 @@ async fn watch_workspace(
         labels.push(("workspace_name".to_string(), name.clone()));
     }
     labels.extend(cfg.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let loops = poll::spawn(client, &token, cfg.poll.clone(), labels, hub, stop.clone());
+    // Events naming this workspace go to its queue from now on.
+    let inbox = receiver.as_ref().map(|r| r.register(&token.workspace_id));
+    let loops = poll::spawn_with_webhooks(
+        client,
+        &token,
+        cfg.poll.clone(),
+        labels,
+        hub,
+        stop.clone(),
+        inbox,
+    );
     if let Some(v) = verdict.take() {
         let _ = v.send(Ok(()));
     }

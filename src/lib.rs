@@ -21,6 +21,7 @@ pub mod server;
 pub mod shard;
 pub mod sim;
 pub mod webconfig;
+pub mod webhook;
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

@@ -27,15 +27,17 @@ pub type ReloadFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Se
 pub type Reload = Arc<dyn Fn() -> ReloadFuture + Send + Sync>;
 
 pub fn app(hub: Arc<Hub>, telemetry_path: &str) -> Router {
-    app_with(hub, telemetry_path, None, None)
+    app_with(hub, telemetry_path, None, None, None)
 }
 
 /// The routes, with `POST /-/reload` when `reload` is given and basic auth
 /// on everything but the probes when `auth` is given.
+/// `extra` routes (the webhook receiver) sit behind the same basic auth.
 pub fn app_with(
     hub: Arc<Hub>,
     telemetry_path: &str,
     reload: Option<Reload>,
+    extra: Option<Router>,
     auth: Option<Arc<BasicAuth>>,
 ) -> Router {
     let state = AppState {
@@ -64,6 +66,9 @@ pub fn app_with(
                 }
             }),
         );
+    }
+    if let Some(extra) = extra {
+        router = router.merge(extra);
     }
     if let Some(auth) = auth {
         router = router.layer(axum::middleware::from_fn_with_state(

@@ -2,8 +2,8 @@
 //! exactly-once ledger that turns repeated sightings of tasks into counters.
 //!
 //! Everything enters through [`Fleet::apply_task`] and
-//! [`Fleet::apply_agent_listing`], whether it came from a listing, a
-//! reconciliation or (later) a webhook. No I/O here.
+//! [`Fleet::apply_agent_listing`] / [`Fleet::apply_agent_event`], whether it
+//! came from a listing, a reconciliation or a webhook. No I/O here.
 
 mod bounded;
 
@@ -32,6 +32,12 @@ pub const TASK_DURATION_BUCKETS: &[f64] = &[
 /// ones are counted under "other" so a misbehaving API cannot blow up the
 /// series count.
 pub const MAX_UNKNOWN_NAMES: usize = 20;
+
+#[derive(Debug, Clone)]
+struct AgentSeen {
+    status: String,
+    updated_at: Timestamp,
+}
 
 #[derive(Debug, Clone)]
 struct OpenTask {
@@ -89,6 +95,12 @@ pub struct Fleet {
     agents: BTreeMap<String, u64>,
     agent_names: BoundedNames,
     agents_known: bool,
+    /// Every agent known, by id: its (admitted) status and `updated_at`.
+    /// A listing replaces it and webhook events update it, never backwards.
+    agent_by_id: HashMap<Box<str>, AgentSeen>,
+    /// Agents a webhook said were deleted, with the deletion's `updated_at`,
+    /// until a listing no longer can show them.
+    agent_gone: HashMap<Box<str>, Timestamp>,
     open: HashMap<String, OpenTask>,
     open_names: BoundedNames,
     failure_codes: BoundedNames,
@@ -113,6 +125,8 @@ impl Fleet {
             agents: BTreeMap::new(),
             agent_names: BoundedNames::new(&AGENT_STATUSES, MAX_UNKNOWN_NAMES),
             agents_known: false,
+            agent_by_id: HashMap::new(),
+            agent_gone: HashMap::new(),
             open: HashMap::new(),
             open_names: BoundedNames::new(&OPEN_TASK_STATUSES, MAX_UNKNOWN_NAMES),
             failure_codes: BoundedNames::new(&[], MAX_UNKNOWN_NAMES * 2),
@@ -123,15 +137,83 @@ impl Fleet {
         }
     }
 
-    /// Replace the agent counts with a complete listing.
+    /// Replace the agents with a complete listing.
     pub fn apply_agent_listing(&mut self, agents: &[Agent]) {
-        let mut counts: BTreeMap<String, u64> =
-            AGENT_STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+        self.apply_agent_listing_at(agents, Timestamp::from_micros(i64::MAX), Duration::ZERO);
+    }
+
+    /// Replace the agents with a complete listing that started at
+    /// `listing_start`, keeping what webhook events told that the listing
+    /// could not show yet: a copy newer than the listed one, an agent
+    /// created within `lag` of the start, a deletion the listing predates.
+    pub fn apply_agent_listing_at(
+        &mut self,
+        agents: &[Agent],
+        listing_start: Timestamp,
+        lag: Duration,
+    ) {
+        let recent = listing_start.saturating_sub(lag);
+        let mut old = std::mem::take(&mut self.agent_by_id);
+        let mut next = HashMap::with_capacity(agents.len());
         for a in agents {
-            *counts.entry(self.agent_names.admit(&a.status)).or_default() += 1;
+            if self
+                .agent_gone
+                .get(a.id.as_str())
+                .is_some_and(|d| *d >= a.updated_at)
+            {
+                continue;
+            }
+            let seen = match old.remove(a.id.as_str()) {
+                Some(e) if e.updated_at > a.updated_at => e,
+                _ => AgentSeen {
+                    status: self.agent_names.admit(&a.status),
+                    updated_at: a.updated_at,
+                },
+            };
+            next.insert(a.id.as_str().into(), seen);
         }
-        self.agents = counts;
+        next.extend(old.into_iter().filter(|(_, e)| e.updated_at > recent));
+        self.agent_gone.retain(|_, d| *d > recent);
+        self.agent_by_id = next;
+        self.agents = AGENT_STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+        for e in self.agent_by_id.values() {
+            *self.agents.entry(e.status.clone()).or_default() += 1;
+        }
         self.agents_known = true;
+    }
+
+    /// Apply an agent as a webhook event carried it (created, changed, or
+    /// `deleted`). Only a copy newer than the one known changes anything.
+    pub fn apply_agent_event(&mut self, a: &Agent, deleted: bool) {
+        if self
+            .agent_gone
+            .get(a.id.as_str())
+            .is_some_and(|d| *d >= a.updated_at)
+        {
+            return;
+        }
+        if let Some(e) = self.agent_by_id.get(a.id.as_str()) {
+            if e.updated_at >= a.updated_at {
+                return;
+            }
+            if let Some(n) = self.agents.get_mut(&e.status) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        if deleted {
+            self.agent_by_id.remove(a.id.as_str());
+            self.agent_gone.insert(a.id.as_str().into(), a.updated_at);
+            return;
+        }
+        let status = self.agent_names.admit(&a.status);
+        *self.agents.entry(status.clone()).or_default() += 1;
+        self.agent_by_id.insert(
+            a.id.as_str().into(),
+            AgentSeen {
+                status,
+                updated_at: a.updated_at,
+            },
+        );
     }
 
     /// Apply one sighting of a task, from any source. Idempotent: the same
@@ -335,6 +417,8 @@ pub struct Snapshot {
     /// How OTLP exports carrying this workspace's numbers went; `None` when
     /// OTLP is off. Stamped by the hub, not by the poll loops.
     pub otlp: Option<ExportHealth>,
+    /// Set by the poll loop when the webhook receiver is on.
+    pub webhook: Option<crate::webhook::WebhookHealth>,
 }
 
 /// The OTLP pusher's record for one workspace, plain data for the table.
@@ -375,6 +459,7 @@ impl Fleet {
             health,
             api,
             otlp: None,
+            webhook: None,
         }
     }
 }

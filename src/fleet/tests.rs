@@ -169,3 +169,67 @@ fn a_started_task_dropped_by_reconciliation_then_seen_finished_observes_its_queu
         "started before the floor: not observed at finish"
     );
 }
+
+fn agent(id: &str, status: &str, updated: i64) -> Agent {
+    Agent {
+        id: id.into(),
+        status: status.into(),
+        created_at: ts(0),
+        updated_at: ts(updated),
+    }
+}
+
+fn agents_in(f: &Fleet, status: &str) -> u64 {
+    f.agents().unwrap()[status]
+}
+
+#[test]
+fn agent_events_apply_by_updated_at_and_a_listing_never_moves_them_back() {
+    let mut f = Fleet::new(ts(0));
+    f.apply_agent_listing_at(
+        &[
+            agent("a", "idle", 10),
+            agent("b", "idle", 10),
+            agent("c", "busy", 10),
+        ],
+        ts(20),
+        Duration::from_secs(5),
+    );
+    assert_eq!((agents_in(&f, "idle"), agents_in(&f, "busy")), (2, 1));
+    // Events: a newer status, an older one (ignored), a creation, a deletion.
+    f.apply_agent_event(&agent("a", "error", 30), false);
+    f.apply_agent_event(&agent("a", "busy", 25), false);
+    f.apply_agent_event(&agent("d", "provisioning", 31), false);
+    f.apply_agent_event(&agent("c", "busy", 32), true);
+    f.apply_agent_event(&agent("c", "busy", 31), false);
+    assert_eq!(agents_in(&f, "error"), 1);
+    assert_eq!(agents_in(&f, "idle"), 1);
+    assert_eq!(agents_in(&f, "busy"), 0);
+    assert_eq!(agents_in(&f, "provisioning"), 1);
+    // A listing that began before those events became visible: older copies
+    // of a and c, no d yet. Nothing moves backwards.
+    f.apply_agent_listing_at(
+        &[
+            agent("a", "idle", 10),
+            agent("b", "idle", 10),
+            agent("c", "busy", 10),
+        ],
+        ts(33),
+        Duration::from_secs(5),
+    );
+    assert_eq!(agents_in(&f, "error"), 1);
+    assert_eq!(agents_in(&f, "idle"), 1);
+    assert_eq!(agents_in(&f, "busy"), 0);
+    assert_eq!(agents_in(&f, "provisioning"), 1);
+    // A listing long after: it is the truth (d was deleted meanwhile, its
+    // event lost; c's deletion is visible).
+    f.apply_agent_listing_at(
+        &[agent("a", "error", 30), agent("b", "paused", 40)],
+        ts(100),
+        Duration::from_secs(5),
+    );
+    assert_eq!(agents_in(&f, "error"), 1);
+    assert_eq!(agents_in(&f, "paused"), 1);
+    assert_eq!(agents_in(&f, "idle") + agents_in(&f, "provisioning"), 0);
+    assert_eq!(f.agents().unwrap().values().sum::<u64>(), 2);
+}

@@ -314,6 +314,38 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
             out.push(num(&["finished"], s.ledger_len as f64));
         },
     },
+    // ---- webhooks (issue 6): present only when the receiver is on ----
+    Family {
+        name: "clawmesh_webhook_requests_total",
+        help: "Webhook deliveries received, by result (accepted, duplicate, ignored, unknown_type, bad_signature, too_large, bad_request, stale, unknown_workspace, queue_full). Refusals before a verified body named a workspace count on every workspace of the receiver.",
+        kind: Kind::Counter,
+        unit: "{request}",
+        stability: Stability::Experimental,
+        labels: &["result"],
+        collect: |s, out| {
+            if let Some(w) = &s.webhook {
+                out.extend(w.requests.iter().map(|(r, n)| num(&[r], *n as f64)));
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_webhook_missed_events_total",
+        help: "Terminal task transitions polling counted first and no webhook brought within --webhook.missed-grace: events the webhook path lost.",
+        kind: Kind::Counter,
+        unit: "{event}",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |s, out| out.extend(s.webhook.as_ref().map(|w| num(&[], w.missed_events as f64))),
+    },
+    Family {
+        name: "clawmesh_webhook_last_event_timestamp_seconds",
+        help: "When the last verified webhook event for the workspace arrived (Unix seconds).",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |s, out| out.extend(s.webhook.as_ref().and_then(|w| w.last_event).map(|t| num(&[], t))),
+    },
 ];
 
 /// Facts about the process rather than a workspace: sharding and reloads.

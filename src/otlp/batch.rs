@@ -47,6 +47,8 @@ const COMPOUNDS: &[&str] = &[
     "requests_per_minute",
     "tracked_tasks",
     "data_points",
+    "missed_events",
+    "last_event",
 ];
 
 /// The OpenTelemetry name of a family, derived from its Prometheus name:

@@ -42,6 +42,9 @@ fn names_follow_opentelemetry_conventions() {
         ("clawmesh.otlp.last_success.timestamp", "s"),
         ("clawmesh.otlp.pending.data_points", "{data_point}"),
         ("clawmesh.exporter.tracked_tasks", "{task}"),
+        ("clawmesh.webhook.requests", "{request}"),
+        ("clawmesh.webhook.missed_events", "{event}"),
+        ("clawmesh.webhook.last_event.timestamp", "s"),
     ];
     let want: Vec<(String, &str)> = want.iter().map(|(n, u)| (n.to_string(), *u)).collect();
     assert_eq!(got, want);
@@ -416,6 +419,7 @@ fn snap(ws: &str, completed: u64, runs: &[f64]) -> Snapshot {
         health: Health::default(),
         api: Default::default(),
         otlp: None,
+        webhook: None,
     }
 }
 

@@ -95,6 +95,8 @@ struct State {
     fleet: Fleet,
     health: Health,
     ok: [bool; 2],
+    /// With the webhook receiver on: what it saw, and what polling found first.
+    webhook: Option<crate::webhook::Tracker>,
 }
 
 /// Start polling a workspace whose key passed [`check_key`]. The loops stop
@@ -109,6 +111,25 @@ pub fn spawn(
     hub: Arc<Hub>,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    spawn_with_webhooks(client, token, cfg, labels, hub, stop, None)
+}
+
+/// [`spawn`], and with `inbox` a worker that applies the webhook events
+/// routed to this workspace; polling then slows down while they arrive.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_with_webhooks(
+    client: Client,
+    token: &Token,
+    cfg: PollConfig,
+    labels: Vec<(String, String)>,
+    hub: Arc<Hub>,
+    stop: watch::Receiver<bool>,
+    inbox: Option<crate::webhook::Inbox>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (rx, tracker) = match inbox {
+        Some(i) => (Some((i.rx, i.changed)), Some(i.tracker)),
+        None => (None, None),
+    };
     let started = Timestamp::now();
     let health = Health {
         token_expiry: token.expires_at.map(|t| t.as_secs_f64()),
@@ -124,6 +145,7 @@ pub fn spawn(
             fleet: Fleet::new(started),
             health,
             ok: [false; 2],
+            webhook: tracker,
         }),
     });
     ws.hub.expect(&ws.id);
@@ -138,12 +160,14 @@ pub fn spawn(
                     _ = ws.sync_agents() => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                if sleep_or_stop(start + ws.cfg.agents_interval, &mut stop).await {
+                if ws.wait_next(start, ws.cfg.agents_interval, &mut stop).await {
                     return;
                 }
             }
         })
     };
+    let webhooks =
+        rx.map(|(rx, changed)| tokio::spawn(apply_webhooks(ws.clone(), rx, changed, stop.clone())));
     let tasks = tokio::spawn(async move {
         let mut sync = TaskSync::new(started);
         let mut stop = stop;
@@ -153,12 +177,55 @@ pub fn spawn(
                 _ = sync.run(&ws) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            if sleep_or_stop(start + ws.cfg.interval, &mut stop).await {
+            if ws.wait_next(start, ws.cfg.interval, &mut stop).await {
                 return;
             }
         }
     });
-    vec![agents, tasks]
+    let mut loops = vec![agents, tasks];
+    loops.extend(webhooks);
+    loops
+}
+
+/// The webhook worker: applies queued events in batches, publishing once
+/// per batch, and publishes request counts that changed without an event
+/// (refusals, duplicates) at most every quarter second.
+async fn apply_webhooks(
+    ws: Arc<Workspace>,
+    mut rx: tokio::sync::mpsc::Receiver<crate::webhook::Change>,
+    changed: Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    const COUNTS_EVERY: Duration = Duration::from_millis(250);
+    let mut batch = Vec::with_capacity(256);
+    let mut published = Instant::now();
+    // Counts changed since the last publish, without an event.
+    let mut dirty = false;
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    return;
+                }
+                let mut st = ws.lock();
+                let State { fleet, webhook, .. } = &mut *st;
+                if let Some(tracker) = webhook {
+                    for change in batch.drain(..) {
+                        crate::webhook::apply(fleet, tracker, change);
+                    }
+                }
+            }
+            _ = changed.notified(), if !dirty => {
+                dirty = true;
+                continue;
+            }
+            _ = tokio::time::sleep_until(published + COUNTS_EVERY), if dirty => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        ws.publish();
+        published = Instant::now();
+        dirty = false;
+    }
 }
 
 /// Sleep until `until`; true when told to stop first.
@@ -174,16 +241,52 @@ impl Workspace {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sleep until the next sync of a loop that started its last at
+    /// `start`; true when told to stop. While webhooks are healthy the wait
+    /// is longer, but it is re-judged every `normal` interval, so polling
+    /// speeds up again soon after events stop.
+    async fn wait_next(
+        &self,
+        start: Instant,
+        normal: Duration,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        loop {
+            let due = start + self.interval(normal);
+            if sleep_or_stop(due.min(Instant::now() + normal), stop).await {
+                return true;
+            }
+            if Instant::now() >= start + self.interval(normal) {
+                return false;
+            }
+        }
+    }
+
+    /// `normal`, or the webhook poll interval while webhooks are healthy.
+    fn interval(&self, normal: Duration) -> Duration {
+        match &self.lock().webhook {
+            Some(w) => w.poll_interval(normal),
+            None => normal,
+        }
+    }
+
     fn publish(&self) {
         let mut snap = {
             let mut st = self.lock();
-            let State { fleet, health, .. } = &mut *st;
-            fleet.snapshot(
+            let State {
+                fleet,
+                health,
+                webhook,
+                ..
+            } = &mut *st;
+            let mut snap = fleet.snapshot(
                 &self.id,
                 Timestamp::now(),
                 health.clone(),
                 self.client.stats(),
-            )
+            );
+            snap.webhook = webhook.as_mut().map(|w| w.health());
+            snap
         };
         snap.labels.extend(self.labels.iter().cloned());
         self.hub.publish(snap);
@@ -221,7 +324,9 @@ impl Workspace {
                     ListEvent::Restarted => agents.clear(),
                 }
             }
-            self.lock().fleet.apply_agent_listing(&agents);
+            self.lock()
+                .fleet
+                .apply_agent_listing_at(&agents, started, self.cfg.overlap);
             tracing::debug!(workspace = %self.id, agents = agents.len(), "agents synced");
             Ok(())
         }
@@ -271,8 +376,12 @@ impl TaskSync {
         while let Some(ev) = listing.next().await? {
             if let ListEvent::Page(page) = ev {
                 let mut st = ws.lock();
+                let State { fleet, webhook, .. } = &mut *st;
                 for t in &page {
-                    st.fleet.apply_task(t);
+                    let applied = fleet.apply_task(t);
+                    if let Some(w) = webhook {
+                        w.polled(t, applied);
+                    }
                     newest = newest.max(t.updated_at);
                 }
             }

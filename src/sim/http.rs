@@ -29,6 +29,7 @@ pub fn router(sim: Simulator) -> Router {
         .route("/_sim/resume", post(resume))
         .route("/_sim/faults", post(set_faults))
         .route("/_sim/keys", post(add_key))
+        .route("/_sim/webhooks", post(set_webhooks))
         .fallback(fallback)
         .with_state(sim)
 }
@@ -817,6 +818,14 @@ async fn resume(State(sim): State<Simulator>) -> Response {
 async fn set_faults(State(sim): State<Simulator>, Json(f): Json<Faults>) -> Response {
     sim.set_faults(f.clone());
     Json(f).into_response()
+}
+
+async fn set_webhooks(
+    State(sim): State<Simulator>,
+    Json(w): Json<super::WebhookSettings>,
+) -> Response {
+    sim.set_webhooks(w.clone());
+    Json(w).into_response()
 }
 
 /// `SimKey` as JSON, `expires_at` RFC 3339 or null.

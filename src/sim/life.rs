@@ -2,7 +2,7 @@
 //! Every change is a new version that becomes visible after a random lag.
 
 use super::model::{
-    stamp, Agent, AgentConfig, AgentConstraints, Metrics, Output, Store, Task, TaskError,
+    stamp, Agent, AgentConfig, AgentConstraints, AgentOut, Metrics, Output, Store, Task, TaskError,
     Transition, Ts, MICROS,
 };
 use super::truth::FleetCounters;
@@ -84,6 +84,9 @@ pub struct Fleet {
     target_running: usize,
     big: Arc<str>,
     start_us: i64,
+    /// Webhook events of the changes since the last drain; `None` while
+    /// webhook delivery is off.
+    pub events: Option<Vec<super::webhooks::SimEvent>>,
 }
 
 impl Fleet {
@@ -114,6 +117,7 @@ impl Fleet {
             target_running: (target_open - target_open * 2 / 5).max(1),
             big: Arc::from(big_instructions()),
             start_us,
+            events: None,
         };
         f.seed(cfg, start_us);
         f
@@ -141,6 +145,16 @@ impl Fleet {
     /// the contract promises a change visible within 5 s of its `updated_at`,
     /// and `updated_at` is rounded down by up to a second.
     fn commit_task(&mut self, t: Task) {
+        if self.events.is_some() {
+            let kind = match self.tasks.current(&t.id).map(|p| p.status.clone()) {
+                None => "task.created".to_string(),
+                Some(p) if p == t.status => "task.output_received".to_string(),
+                Some(_) if t.status == "running" => "task.started".to_string(),
+                Some(_) => format!("task.{}", t.status),
+            };
+            let object = serde_json::to_value(&t).expect("serialisable");
+            self.emit(kind, object, t.updated_at.us);
+        }
         let vis = t.updated_at.us + self.lag();
         self.max_visible_us = self.max_visible_us.max(vis);
         self.vis_queue.push(Reverse((vis, true, t.id.clone())));
@@ -148,10 +162,39 @@ impl Fleet {
     }
 
     fn commit_agent(&mut self, a: Agent) {
+        if self.events.is_some() {
+            let kind = match self.agents.current(&a.id) {
+                None => Some("agent.created"),
+                Some(p) if p.status != a.status => Some("agent.status_changed"),
+                Some(_) => None,
+            };
+            if let Some(kind) = kind {
+                self.emit_agent(kind, &a, a.updated_at.us);
+            }
+        }
         let vis = a.updated_at.us + self.lag();
         self.max_visible_us = self.max_visible_us.max(vis);
         self.vis_queue.push(Reverse((vis, false, a.id.clone())));
         self.agents.push(a, vis);
+    }
+
+    fn emit(&mut self, kind: String, object: serde_json::Value, at_us: i64) {
+        if let Some(out) = &mut self.events {
+            out.push(super::webhooks::SimEvent {
+                kind,
+                object,
+                at_us,
+            });
+        }
+    }
+
+    fn emit_agent(&mut self, kind: &str, a: &Agent, at_us: i64) {
+        let object = serde_json::to_value(AgentOut {
+            agent: a,
+            last_heartbeat_at: a.heartbeat_at(at_us),
+        })
+        .expect("serialisable");
+        self.emit(kind.to_string(), object, at_us);
     }
 
     fn new_id(&mut self, prefix: &str) -> String {
@@ -679,13 +722,18 @@ impl Fleet {
             return;
         }
         let i = self.rng.random_range(0..self.live_agents.len());
-        let Some(cur) = self.agents.current(&self.live_agents[i]) else {
+        let Some(cur) = self.agents.current(&self.live_agents[i]).cloned() else {
             return;
         };
         if cur.running_tasks > 0 {
             return;
         }
         let updated = self.live_stamp(now_us, cur.updated_at.us);
+        if self.events.is_some() {
+            let mut gone = (*cur).clone();
+            gone.updated_at = updated;
+            self.emit_agent("agent.deleted", &gone, updated.us);
+        }
         let id = self.live_agents.swap_remove(i);
         let vis = updated.us + self.lag();
         self.max_visible_us = self.max_visible_us.max(vis);

@@ -9,7 +9,8 @@
 //! Control endpoints (JSON, no auth): `GET /_sim/ground_truth`,
 //! `POST /_sim/pause`, `POST /_sim/resume`, `POST /_sim/faults` (body: a
 //! [`Faults`], replaces all), `POST /_sim/keys` (body: a [`SimKey`] with
-//! `expires_at` RFC 3339 or null).
+//! `expires_at` RFC 3339 or null), `POST /_sim/webhooks` (body: a
+//! [`WebhookSettings`]: deliver signed events of every later change).
 //!
 //! Notes for test writers:
 //! - A change is visible at `updated_at + lag`, lag uniform in
@@ -30,11 +31,13 @@ mod http;
 mod life;
 mod model;
 mod truth;
+mod webhooks;
 
 #[cfg(test)]
 mod tests;
 
 pub use truth::{GroundTruth, Observations};
+pub use webhooks::{WebhookCounts, WebhookSettings};
 
 use life::Fleet;
 use model::{format_us, now_us, MICROS};
@@ -159,6 +162,7 @@ struct Inner {
     started: AtomicBool,
     /// Signs cursors so that a cursor never issued is told apart.
     cursor_secret: u64,
+    webhooks: Mutex<webhooks::Deliverer>,
 }
 
 impl Inner {
@@ -167,6 +171,9 @@ impl Inner {
     }
     fn http(&self) -> MutexGuard<'_, HttpState> {
         self.http.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn webhooks(&self) -> MutexGuard<'_, webhooks::Deliverer> {
+        self.webhooks.lock().unwrap_or_else(|e| e.into_inner())
     }
     fn faults(&self) -> Faults {
         self.faults
@@ -213,6 +220,7 @@ impl Simulator {
             rng,
             next_request: 0,
         };
+        let deliverer = webhooks::Deliverer::new(cfg.seed);
         Simulator {
             inner: Arc::new(Inner {
                 cfg,
@@ -222,6 +230,7 @@ impl Simulator {
                 faults: Mutex::new(Faults::default()),
                 started: AtomicBool::new(false),
                 cursor_secret,
+                webhooks: Mutex::new(deliverer),
             }),
         }
     }
@@ -251,7 +260,14 @@ impl Simulator {
                 // capped so a stalled runtime does not cause a burst.
                 let dt = ((now - last) as f64 / MICROS as f64).clamp(0.0, 10.0);
                 last = now;
-                inner.fleet().tick(now, dt);
+                let events = {
+                    let mut f = inner.fleet();
+                    f.tick(now, dt);
+                    f.events.as_mut().map(std::mem::take)
+                };
+                if let Some(events) = events.filter(|e| !e.is_empty()) {
+                    webhooks::dispatch(&inner, events);
+                }
             }
         });
     }
@@ -305,6 +321,18 @@ impl Simulator {
             rate_limited_total: r.rate_limited_total,
             retry_after_violations: r.retry_after_violations,
             faults_injected: r.faults_injected,
+            webhooks: inner.webhooks().counts.clone(),
+        }
+    }
+
+    /// Deliver webhook events from now on (an empty `url`: stop), with
+    /// `settings`' faults.
+    pub fn set_webhooks(&self, settings: WebhookSettings) {
+        let on = !settings.url.is_empty();
+        self.inner.webhooks().settings = settings;
+        let mut f = self.inner.fleet();
+        if on != f.events.is_some() {
+            f.events = on.then(Vec::new);
         }
     }
 

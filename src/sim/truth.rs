@@ -57,6 +57,9 @@ pub struct GroundTruth {
     pub rate_limited_total: u64,
     pub retry_after_violations: u64,
     pub faults_injected: u64,
+    /// Webhook deliveries (all zero while delivery is off).
+    #[serde(default)]
+    pub webhooks: super::webhooks::WebhookCounts,
 }
 
 /// Fleet counters since start, kept by the fleet's life.

@@ -13,6 +13,7 @@ mod production;
 mod prometheus;
 mod rules;
 mod secrets;
+mod webhook;
 
 use std::path::{Path, PathBuf};
 

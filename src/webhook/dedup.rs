@@ -1,0 +1,119 @@
+//! Event ids seen within the retry horizon, in time buckets so that
+//! forgetting is dropping whole buckets: memory is bounded by the events
+//! received in one horizon plus one bucket.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Buckets per horizon: forgetting is up to 1/12 of the horizon late.
+const BUCKETS: u32 = 12;
+
+#[derive(Debug)]
+pub struct Dedup {
+    horizon: Duration,
+    width: Duration,
+    /// Hard cap on remembered ids; past it the oldest bucket goes early.
+    max_ids: usize,
+    len: usize,
+    buckets: VecDeque<(Instant, HashSet<Box<str>>)>,
+}
+
+impl Dedup {
+    pub fn new(horizon: Duration, max_ids: usize) -> Self {
+        Dedup {
+            horizon,
+            width: horizon / BUCKETS,
+            max_ids,
+            len: 0,
+            buckets: VecDeque::new(),
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.buckets.iter().any(|(_, ids)| ids.contains(id))
+    }
+
+    /// Remember `id` as received at `now`. Forgets ids received more than
+    /// the horizon (plus up to one bucket) ago.
+    pub fn insert(&mut self, id: &str, now: Instant) {
+        self.prune(now);
+        let fresh = self
+            .buckets
+            .back()
+            .is_some_and(|(start, _)| now.saturating_duration_since(*start) < self.width);
+        if !fresh {
+            self.buckets.push_back((now, HashSet::new()));
+        }
+        if let Some((_, ids)) = self.buckets.back_mut() {
+            if ids.insert(id.into()) {
+                self.len += 1;
+            }
+        }
+    }
+
+    /// Undo an insert (the event could not be queued and will come again).
+    pub fn remove(&mut self, id: &str) {
+        for (_, ids) in self.buckets.iter_mut().rev() {
+            if ids.remove(id) {
+                self.len -= 1;
+                return;
+            }
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some((start, ids)) = self.buckets.front() {
+            // Every id in a bucket arrived before start + width.
+            let expired = now.saturating_duration_since(*start) >= self.horizon + self.width;
+            if !(expired || self.len >= self.max_ids) {
+                break;
+            }
+            self.len -= ids.len();
+            self.buckets.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_for_the_horizon_then_forgets_in_buckets() {
+        let h = Duration::from_secs(1200);
+        let mut d = Dedup::new(h, 1_000_000);
+        let t0 = Instant::now();
+        d.insert("a", t0);
+        d.insert("b", t0 + Duration::from_secs(50));
+        assert!(d.contains("a") && d.contains("b"));
+        // Still there just before the horizon.
+        d.insert("c", t0 + h - Duration::from_secs(1));
+        assert!(d.contains("a"));
+        // Gone after horizon plus one bucket; the later ones stay.
+        d.insert("d", t0 + h + Duration::from_secs(100));
+        assert!(!d.contains("a") && !d.contains("b"));
+        assert!(d.contains("c") && d.contains("d"));
+        assert_eq!(d.len(), 2);
+        d.remove("d");
+        assert!(!d.contains("d"));
+        assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn the_cap_bounds_memory() {
+        let mut d = Dedup::new(Duration::from_secs(1200), 100);
+        let t0 = Instant::now();
+        for i in 0..1000u64 {
+            d.insert(&i.to_string(), t0 + Duration::from_secs(i * 2));
+        }
+        assert!(d.len() <= 100 + 50, "{}", d.len());
+    }
+}

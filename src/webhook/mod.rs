@@ -1,0 +1,442 @@
+//! The webhook receiver: ClawMesh pushes signed events; the exporter
+//! verifies them, drops replays and duplicates, and applies them to the
+//! fleet through the same functions as polled objects.
+//!
+//! A request goes through, in this order and touching no state before the
+//! signature holds: the signature header's form (`sha256=` and 64 lowercase
+//! hex digits), the body read with a 1 MiB cap (the declared length first,
+//! then counted while streaming), the HMAC-SHA256 of the exact bytes under
+//! one of at most two secrets (rotation), the JSON, the event's age (older
+//! than the retry horizon: refused), the workspace it names, its type, and
+//! finally de-duplication by event id with a non-blocking push into the
+//! workspace's bounded queue. A worker per workspace (in `poll`) drains the
+//! queue, so the answer never waits for the fleet.
+
+mod dedup;
+mod reconcile;
+mod verify;
+
+pub use dedup::Dedup;
+pub use reconcile::Reconciler;
+pub use verify::{parse_signature, verify};
+
+use crate::api::types::{Agent, Task, Timestamp};
+use crate::fleet::{Applied, Fleet};
+use crate::secret::Secret;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// Where the receiver listens on the exporter's HTTP server.
+pub const PATH: &str = "/webhooks/clawmesh";
+/// The contract's largest body.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// The contract retries after 5 s, 30 s, 1 min, 5 min, 30 min and 2 h: the
+/// last retry comes about 2 h 36 min after the event. Ids are remembered,
+/// and older events refused, past that with a margin.
+pub const RETRY_HORIZON: Duration = Duration::from_secs(3 * 3600);
+/// Bound on remembered event ids, whatever the event rate.
+const MAX_REMEMBERED_IDS: usize = 2_000_000;
+
+pub const SIGNATURE_HEADER: &str = "x-clawmesh-signature";
+
+/// Every result a request can have; all are exported, zeros included.
+pub const RESULTS: [&str; 10] = [
+    "accepted",
+    "duplicate",
+    "ignored",
+    "unknown_type",
+    "bad_signature",
+    "too_large",
+    "bad_request",
+    "stale",
+    "unknown_workspace",
+    "queue_full",
+];
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// One or two secrets (the current one and the one being rotated in or out).
+    pub secrets: Vec<Secret>,
+    /// Poll interval while webhooks are healthy (an event arrived within it).
+    pub poll_interval: Duration,
+    /// How long after polling counted a terminal transition a webhook may
+    /// still arrive before the event counts as missed.
+    pub missed_grace: Duration,
+    /// Events queued per workspace before the receiver answers 503.
+    pub queue_capacity: usize,
+}
+
+/// A verified event, as its workspace's worker applies it.
+#[derive(Debug)]
+pub enum Change {
+    /// A task event; `terminal_event` for task.completed, task.failed and
+    /// task.cancelled (the events the missed-event count is about).
+    Task {
+        task: Task,
+        terminal_event: bool,
+    },
+    Agent(Agent),
+    AgentDeleted(Agent),
+}
+
+/// Requests per result.
+#[derive(Debug, Default)]
+struct Counts(Mutex<BTreeMap<&'static str, u64>>);
+
+impl Counts {
+    fn add(&self, result: &'static str) {
+        *lock(&self.0).entry(result).or_default() += 1;
+    }
+}
+
+struct Route {
+    tx: mpsc::Sender<Change>,
+    /// Tells the worker that counts changed without an event to apply.
+    changed: Arc<Notify>,
+    counts: Arc<Counts>,
+    last_event: Arc<Mutex<Option<Timestamp>>>,
+}
+
+/// The receiver of one exporter process, shared by the HTTP handler and the
+/// workspaces that registered with it.
+pub struct Receiver {
+    cfg: WebhookConfig,
+    dedup: Mutex<Dedup>,
+    routes: RwLock<HashMap<String, Route>>,
+    /// Requests refused before a verified body named a workspace.
+    unattributed: Arc<Counts>,
+}
+
+/// A workspace's end of the receiver: its queue and its webhook state.
+pub struct Inbox {
+    pub rx: mpsc::Receiver<Change>,
+    /// Requests were counted that queued nothing: publish the counts.
+    pub changed: Arc<Notify>,
+    pub tracker: Tracker,
+}
+
+impl Receiver {
+    pub fn new(cfg: WebhookConfig) -> Arc<Self> {
+        Arc::new(Receiver {
+            dedup: Mutex::new(Dedup::new(RETRY_HORIZON, MAX_REMEMBERED_IDS)),
+            routes: RwLock::new(HashMap::new()),
+            unattributed: Arc::new(Counts::default()),
+            cfg,
+        })
+    }
+
+    /// Route events naming `workspace` to a new queue (replacing any
+    /// earlier one), from when its polling starts.
+    pub fn register(&self, workspace: &str) -> Inbox {
+        let (tx, rx) = mpsc::channel(self.cfg.queue_capacity.max(1));
+        let counts = Arc::new(Counts::default());
+        let changed = Arc::new(Notify::new());
+        let last_event = Arc::new(Mutex::new(None));
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                workspace.to_string(),
+                Route {
+                    tx,
+                    changed: changed.clone(),
+                    counts: counts.clone(),
+                    last_event: last_event.clone(),
+                },
+            );
+        Inbox {
+            rx,
+            changed,
+            tracker: Tracker {
+                poll_interval: self.cfg.poll_interval,
+                counts,
+                unattributed: self.unattributed.clone(),
+                last_event,
+                reconciler: Reconciler::new(self.cfg.missed_grace),
+            },
+        }
+    }
+
+    /// Events naming `workspace` are no longer this process's (its slot
+    /// stopped on a reload or moved shard): they get 404, not a dead queue.
+    pub fn unregister(&self, workspace: &str) {
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(workspace);
+    }
+
+    /// `POST /webhooks/clawmesh`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route(PATH, post(receive))
+            .with_state(self.clone())
+    }
+
+    async fn handle(&self, headers: &HeaderMap, body: Body) -> Outcome {
+        use Outcome::Refused;
+        let mut sigs = headers.get_all(SIGNATURE_HEADER).iter();
+        let digest = match (sigs.next(), sigs.next()) {
+            (Some(v), None) => parse_signature(v.as_bytes()),
+            _ => None,
+        };
+        let Some(digest) = digest else {
+            return Refused(StatusCode::UNAUTHORIZED, "bad_signature");
+        };
+        let body = match read_capped(headers, body).await {
+            Ok(b) => b,
+            Err(o) => return o,
+        };
+        if !verify(&self.cfg.secrets, &body, &digest) {
+            return Refused(StatusCode::UNAUTHORIZED, "bad_signature");
+        }
+        let Ok(ev) = serde_json::from_slice::<EventIn>(&body) else {
+            return Refused(StatusCode::BAD_REQUEST, "bad_request");
+        };
+        if ev.created_at < Timestamp::now().saturating_sub(RETRY_HORIZON) {
+            // Past the last retry: a replay, whoever sends it.
+            return Refused(StatusCode::BAD_REQUEST, "stale");
+        }
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let Some(route) = routes.get(&ev.workspace_id) else {
+            return Refused(StatusCode::NOT_FOUND, "unknown_workspace");
+        };
+        let answer = |status, result| Outcome::Routed {
+            status,
+            result,
+            counts: route.counts.clone(),
+            changed: route.changed.clone(),
+        };
+        *lock(&route.last_event) = Some(Timestamp::now());
+        let change = match Change::from_event(&ev.kind, ev.data.object) {
+            Ok(Some(c)) => c,
+            Ok(None) if KNOWN_UNUSED.contains(&ev.kind.as_str()) => {
+                return answer(StatusCode::OK, "ignored")
+            }
+            Ok(None) => return answer(StatusCode::OK, "unknown_type"),
+            Err(_) => return answer(StatusCode::BAD_REQUEST, "bad_request"),
+        };
+        let mut dedup = lock(&self.dedup);
+        if dedup.contains(&ev.id) {
+            return answer(StatusCode::OK, "duplicate");
+        }
+        match route.tx.try_send(change) {
+            Ok(()) => {
+                dedup.insert(&ev.id, Instant::now());
+                answer(StatusCode::OK, "accepted")
+            }
+            // Not remembered: the platform's retry gets another chance.
+            Err(_) => answer(StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
+        }
+    }
+}
+
+/// Event types the exporter knows and has no use for.
+const KNOWN_UNUSED: [&str; 1] = ["skill.activated"];
+
+const TERMINAL_EVENTS: [&str; 3] = ["task.completed", "task.failed", "task.cancelled"];
+
+const TASK_EVENTS: [&str; 6] = [
+    "task.created",
+    "task.started",
+    "task.completed",
+    "task.failed",
+    "task.cancelled",
+    "task.output_received",
+];
+
+impl Change {
+    /// `None` for types without a change to apply.
+    fn from_event(kind: &str, object: serde_json::Value) -> serde_json::Result<Option<Change>> {
+        Ok(Some(match kind {
+            k if TASK_EVENTS.contains(&k) => Change::Task {
+                task: serde_json::from_value(object)?,
+                terminal_event: TERMINAL_EVENTS.contains(&k),
+            },
+            "agent.created" | "agent.status_changed" => {
+                Change::Agent(serde_json::from_value(object)?)
+            }
+            "agent.deleted" => Change::AgentDeleted(serde_json::from_value(object)?),
+            _ => return Ok(None),
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+struct EventIn {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    created_at: Timestamp,
+    workspace_id: String,
+    data: DataIn,
+}
+
+#[derive(Deserialize)]
+struct DataIn {
+    object: serde_json::Value,
+}
+
+enum Outcome {
+    /// Refused before a verified body named a known workspace.
+    Refused(StatusCode, &'static str),
+    Routed {
+        status: StatusCode,
+        result: &'static str,
+        counts: Arc<Counts>,
+        changed: Arc<Notify>,
+    },
+}
+
+async fn receive(
+    State(r): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Body,
+) -> (StatusCode, String) {
+    let (status, result) = match r.handle(&headers, body).await {
+        Outcome::Refused(s, result) => {
+            r.unattributed.add(result);
+            let routes = r.routes.read().unwrap_or_else(|p| p.into_inner());
+            routes.values().for_each(|route| route.changed.notify_one());
+            (s, result)
+        }
+        Outcome::Routed {
+            status,
+            result,
+            counts,
+            changed,
+        } => {
+            counts.add(result);
+            // Also after "accepted": the worker may have published the
+            // event before this count.
+            changed.notify_one();
+            (status, result)
+        }
+    };
+    if status.is_client_error() || status.is_server_error() {
+        tracing::debug!(result, status = status.as_u16(), "webhook refused");
+    }
+    (status, format!("{result}\n"))
+}
+
+/// The body, refused past [`MAX_BODY`]: by its declared length before
+/// reading, and by counting while reading (a chunked or lying sender).
+async fn read_capped(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, Outcome> {
+    let too_large = || Outcome::Refused(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Outcome::Refused(StatusCode::BAD_REQUEST, "bad_request"))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+/// What the metric table shows about a workspace's webhooks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WebhookHealth {
+    /// Requests per result: this workspace's, plus those refused before a
+    /// workspace was known (one receiver serves every workspace, and an
+    /// unverified body names none that can be trusted).
+    pub requests: BTreeMap<&'static str, u64>,
+    pub missed_events: u64,
+    /// When the last verified event for the workspace arrived (Unix seconds).
+    pub last_event: Option<f64>,
+}
+
+/// A workspace's webhook state, kept beside its fleet (under the same lock).
+pub struct Tracker {
+    poll_interval: Duration,
+    counts: Arc<Counts>,
+    unattributed: Arc<Counts>,
+    last_event: Arc<Mutex<Option<Timestamp>>>,
+    pub reconciler: Reconciler,
+}
+
+impl Tracker {
+    /// The poll interval to use now: the webhook one while events arrive,
+    /// else `normal`.
+    pub fn poll_interval(&self, normal: Duration) -> Duration {
+        let recent = lock(&self.last_event)
+            .is_some_and(|t| t > Timestamp::now().saturating_sub(self.poll_interval));
+        if recent {
+            self.poll_interval.max(normal)
+        } else {
+            normal
+        }
+    }
+
+    /// What applying a polled task did: a terminal transition counted by
+    /// polling first is suspected missed.
+    pub fn polled(&mut self, t: &Task, applied: Applied) {
+        if applied == Applied::Finished {
+            self.reconciler.suspect(&t.id, Instant::now());
+        }
+    }
+
+    pub fn health(&mut self) -> WebhookHealth {
+        self.reconciler.sweep(Instant::now());
+        let mut requests: BTreeMap<&'static str, u64> = RESULTS.iter().map(|r| (*r, 0)).collect();
+        for counts in [&self.unattributed, &self.counts] {
+            for (r, n) in lock(&counts.0).iter() {
+                *requests.entry(r).or_default() += n;
+            }
+        }
+        WebhookHealth {
+            requests,
+            missed_events: self.reconciler.missed(),
+            last_event: lock(&self.last_event).map(|t| t.as_secs_f64()),
+        }
+    }
+}
+
+/// Apply one verified change to the fleet, through the functions polling uses.
+pub fn apply(fleet: &mut Fleet, tracker: &mut Tracker, change: Change) {
+    match change {
+        Change::Task {
+            task,
+            terminal_event,
+        } => {
+            // Older than anything polling still reads: the ledger may have
+            // forgotten the task, so a late `task.created` could re-open it.
+            let applied = if task.updated_at > fleet.floor() {
+                fleet.apply_task(&task)
+            } else {
+                Applied::Unchanged
+            };
+            if terminal_event {
+                tracker.reconciler.event_seen(&task.id);
+            } else if applied == Applied::Finished {
+                // Counted from a later event (output_received) carrying
+                // the finished task: its own terminal event is still due.
+                tracker.reconciler.suspect(&task.id, Instant::now());
+            }
+        }
+        Change::Agent(a) => fleet.apply_agent_event(&a, false),
+        Change::AgentDeleted(a) => fleet.apply_agent_event(&a, true),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
