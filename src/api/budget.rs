@@ -155,7 +155,7 @@ impl Budget {
     /// No request at all before `d` from now (a `Retry-After`).
     pub(crate) fn hold_for(&self, d: Duration) {
         let mut s = self.state();
-        let until = Instant::now() + d;
+        let until = Instant::now().checked_add(d).unwrap_or_else(Instant::now);
         s.hold(until);
     }
 

@@ -34,14 +34,33 @@ pub(crate) fn retry_delay(jittered: Duration, retry_after: Option<Duration>) -> 
 
 /// `Retry-After` in whole seconds (the contract's form). An HTTP date or
 /// garbage is ignored: the backoff still applies.
+/// The longest `Retry-After` honoured: the rate-limit window is a minute, so
+/// anything far longer is a misbehaving proxy, and an absurd value must not
+/// overflow the clock or stall the workspace for a day.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 pub(crate) fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
-    value?.trim().parse::<u64>().ok().map(Duration::from_secs)
+    value?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn retry_after_is_capped() {
+        assert_eq!(parse_retry_after(Some("2")), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(Some("18446744073709551615")),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after(Some("soon")), None);
+    }
 
     #[test]
     fn ceiling_doubles_then_caps() {
