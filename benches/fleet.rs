@@ -31,6 +31,7 @@ fn task(i: usize, status: &str, at: i64) -> Task {
             input_tokens: Some(900),
             output_tokens: Some(300),
         },
+        terminal_at: None,
         error: (status == TaskStatus::Failed).then(|| TaskError {
             code: Some("timeout".into()),
         }),

@@ -97,6 +97,7 @@ fn fleet_snapshot() -> Snapshot {
                 input_tokens: Some(1000 + i as u64 % 5000),
                 output_tokens: Some(200 + i as u64 % 900),
             },
+            terminal_at: None,
             error: (status == "failed").then(|| TaskError {
                 code: Some(codes[i % codes.len()].into()),
             }),

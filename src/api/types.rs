@@ -159,6 +159,38 @@ pub struct Task {
     pub metrics: TaskMetrics,
     #[serde(default)]
     pub error: Option<TaskError>,
+    /// When the task entered its terminal status, from `transitions`
+    /// (which never changes, unlike `updated_at`); kept alone, not the list.
+    #[serde(
+        default,
+        rename = "transitions",
+        deserialize_with = "terminal_transition_at"
+    )]
+    pub terminal_at: Option<Timestamp>,
+}
+
+impl Task {
+    /// When the task finished: `finished_at`, else the time of its terminal
+    /// transition, else (neither known) its `updated_at`.
+    pub fn finished_time(&self) -> Timestamp {
+        self.finished_at
+            .or(self.terminal_at)
+            .unwrap_or(self.updated_at)
+    }
+}
+
+fn terminal_transition_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+    #[derive(Deserialize)]
+    struct Transition {
+        status: TaskStatus,
+        at: Timestamp,
+    }
+    let list = Option::<Vec<Transition>>::deserialize(d)?.unwrap_or_default();
+    Ok(list
+        .into_iter()
+        .rev()
+        .find(|t| t.status.is_terminal())
+        .map(|t| t.at))
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -237,5 +269,21 @@ mod tests {
         assert_eq!(t.status, TaskStatus::Other("paused_for_review".into()));
         assert!(!t.status.is_terminal());
         assert!(t.metrics.run_seconds.is_none());
+    }
+
+    #[test]
+    fn a_terminal_task_without_finished_at_finishes_at_its_terminal_transition() {
+        let t: Task = serde_json::from_str(
+            r#"{"id":"t2","status":"completed","created_at":"2026-11-23T10:00:00Z",
+                "updated_at":"2026-11-23T11:00:00Z","finished_at":null,
+                "transitions":[{"status":"pending","at":"2026-11-23T10:00:00Z"},
+                               {"status":"running","at":"2026-11-23T10:00:01Z"},
+                               {"status":"completed","at":"2026-11-23T10:05:00Z"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            t.finished_time(),
+            Timestamp::parse("2026-11-23T10:05:00Z").unwrap()
+        );
     }
 }

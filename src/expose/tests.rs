@@ -33,6 +33,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             input_tokens: Some(1200),
             output_tokens: Some(300),
         },
+        terminal_at: None,
         error: code.map(|c| TaskError {
             code: Some(c.into()),
         }),

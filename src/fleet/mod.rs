@@ -264,7 +264,7 @@ impl Fleet {
         let open = self.open.remove(t.id.as_str());
         let seen_started = open.is_some_and(|o| o.queue_seen)
             | self.started_unlisted.remove(t.id.as_str()).is_some();
-        let finished_at = t.finished_at.unwrap_or(t.updated_at);
+        let finished_at = t.finished_time();
         if finished_at <= self.floor {
             return Applied::BeforeFloor;
         }
@@ -304,13 +304,11 @@ impl Fleet {
         lag: Duration,
     ) {
         let keep_after = listing_start.saturating_sub(lag);
-        // Statuses the contract does not name are not in a pending,running
-        // listing, so its silence says nothing about them.
+        // The listing asked for every open status held here (see
+        // `open_statuses`), so its silence means finished or gone.
         let unlisted = &mut self.started_unlisted;
         self.open.retain(|id, o| {
-            let keep = seen.contains(id)
-                || o.updated_at > keep_after
-                || matches!(o.status, TaskStatus::Other(_));
+            let keep = seen.contains(id) || o.updated_at > keep_after;
             if !keep && o.queue_seen {
                 unlisted.insert(id.as_str().into(), o.updated_at);
             }
@@ -352,6 +350,16 @@ impl Fleet {
                 .or_default() += 1;
         }
         counts
+    }
+
+    /// The statuses of the open tasks held: pending and running, and any
+    /// the contract does not name yet. A reconciliation lists them all, so
+    /// that a task missing from it can be forgotten whatever its status.
+    pub fn open_statuses(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> =
+            OPEN_TASK_STATUSES.iter().map(|s| s.to_string()).collect();
+        names.extend(self.open.values().map(|o| o.status.name().to_string()));
+        names.into_iter().collect()
     }
 
     pub fn oldest_pending_created_at(&self) -> Option<Timestamp> {

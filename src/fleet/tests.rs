@@ -24,6 +24,7 @@ fn task(id: &str, status: &str, updated: i64) -> Task {
             input_tokens: done.then_some(10),
             output_tokens: done.then_some(5),
         },
+        terminal_at: None,
         error: (status == TaskStatus::Failed).then(|| TaskError {
             code: Some("timeout".into()),
         }),
@@ -232,4 +233,34 @@ fn agent_events_apply_by_updated_at_and_a_listing_never_moves_them_back() {
     assert_eq!(agents_in(&f, "paused"), 1);
     assert_eq!(agents_in(&f, "idle") + agents_in(&f, "provisioning"), 0);
     assert_eq!(f.agents().unwrap().values().sum::<u64>(), 2);
+}
+
+#[test]
+fn a_task_in_an_unknown_status_is_reconciled_like_the_others() {
+    let mut f = Fleet::new(ts(0));
+    f.apply_task(&task("x", "awaiting_review", 2));
+    assert_eq!(
+        f.open_statuses(),
+        vec!["awaiting_review", "pending", "running"]
+    );
+    assert_eq!(f.open_tasks()["awaiting_review"], 1);
+    // A reconciliation that asked for that status did not list it: gone.
+    f.retain_open(&Default::default(), ts(100), Duration::from_secs(5));
+    assert_eq!(f.open_len(), 0);
+}
+
+#[test]
+fn without_finished_at_the_terminal_transition_dates_the_finish_not_updated_at() {
+    let mut f = Fleet::new(ts(0));
+    let mut t = task("n", "completed", 10);
+    t.finished_at = None;
+    t.terminal_at = Some(ts(10));
+    assert_eq!(f.apply_task(&t), Applied::Finished);
+    f.raise_floor(ts(20));
+    assert_eq!(f.ledger_len(), 0);
+    // Outputs attached much later move updated_at past the floor: the
+    // finish is still at 10, before the floor, and is not counted again.
+    t.updated_at = ts(500);
+    assert_eq!(f.apply_task(&t), Applied::BeforeFloor);
+    assert_eq!(f.counters().finished["completed"], 1);
 }

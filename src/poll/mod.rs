@@ -3,7 +3,7 @@
 //! incremental listings), sharing one client and so one API budget. After
 //! every sync it publishes a snapshot to the hub.
 
-use crate::api::types::{Agent, TaskStatus, Timestamp, Token};
+use crate::api::types::{Agent, Timestamp, Token};
 use crate::api::{ApiError, Client, ListEvent, TaskQuery};
 use crate::fleet::{Fleet, Health};
 use crate::hub::Hub;
@@ -360,10 +360,16 @@ impl TaskSync {
         let due = self
             .last_reconcile
             .is_none_or(|t| t.elapsed() >= ws.cfg.reconcile_interval);
+        // A failed reconciliation must not stop counting: the incremental
+        // listing runs anyway, and the error is reported after it.
+        let mut reconciled = Ok(());
         if due {
-            self.reconcile(ws, started).await?;
-            self.last_reconcile = Some(Instant::now());
+            reconciled = self.reconcile(ws, started).await;
+            if reconciled.is_ok() {
+                self.last_reconcile = Some(Instant::now());
+            }
         }
+        let listing_start = Timestamp::now();
         // Re-read the overlap window: a change with an older updated_at may
         // have become visible since the last listing (visibility lag).
         let query = TaskQuery {
@@ -386,23 +392,26 @@ impl TaskSync {
                 }
             }
         }
-        // Only a complete listing moves the watermark: a failed one is read again.
-        self.watermark = newest;
+        // Only a complete listing moves the watermark: a failed one is read
+        // again. And never past the listing's own start: a change made while
+        // the pages were read (budget waits, Retry-After) may have become
+        // visible only after its page went by, yet a later page can carry a
+        // newer updated_at. Everything at or before start minus the lag was
+        // visible at the start and so is in this listing; the overlap
+        // (longer than the lag) re-reads the rest next time.
+        self.watermark = newest.min(listing_start);
         let forget_before = started
             .saturating_sub(ws.cfg.dedup_horizon)
             .min(self.watermark.saturating_sub(ws.cfg.overlap));
         ws.lock().fleet.raise_floor(forget_before);
-        Ok(())
+        reconciled
     }
 
     /// A full listing of open tasks: repairs the open set (gauges) from the
     /// source. Counting stays with the incremental listing and the ledger.
     async fn reconcile(&mut self, ws: &Workspace, started: Timestamp) -> Result<(), ApiError> {
         let query = TaskQuery {
-            statuses: vec![
-                TaskStatus::Pending.name().into(),
-                TaskStatus::Running.name().into(),
-            ],
+            statuses: ws.lock().fleet.open_statuses(),
             updated_after: None,
             sort_by_updated_at: false,
         };
