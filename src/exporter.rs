@@ -43,6 +43,8 @@ pub enum StartError {
         expected: String,
         actual: String,
     },
+    #[error("workspace {workspace}: its key belongs to workspace {id}, which another entry of the configuration already watches: remove one")]
+    Duplicate { workspace: String, id: String },
     #[error("cannot serve on {0}")]
     Listen(std::io::Error),
 }
@@ -59,6 +61,7 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
     let receiver = cfg.webhook.clone().map(crate::webhook::Receiver::new);
     let supervisor = Arc::new(Supervisor {
         hub: hub.clone(),
+        reloading: tokio::sync::Mutex::new(()),
         receiver: receiver.clone(),
         shard: cfg.shard,
         config_file: cfg.config_file.clone(),
@@ -130,6 +133,9 @@ impl Running {
     /// Stop polling and serving; waits for both. With OTLP on, the numbers
     /// of the last sync are pushed once more (within `--otlp.timeout`).
     pub async fn shutdown(self) {
+        // A reload in progress finishes first, so it cannot start slots
+        // after they were all stopped.
+        let _no_reload = self.supervisor.reloading.lock().await;
         let _ = self.stop.send(true);
         self.supervisor.stop_all().await;
         if let Some(p) = self.otlp {
@@ -165,6 +171,8 @@ async fn reload_on_sighup(sup: Arc<Supervisor>, mut stop: watch::Receiver<bool>)
 /// Owns the running workspaces and applies reloads.
 struct Supervisor {
     hub: Arc<Hub>,
+    /// One reload at a time (SIGHUP and /-/reload may race).
+    reloading: tokio::sync::Mutex<()>,
     receiver: Option<Arc<crate::webhook::Receiver>>,
     shard: Shard,
     config_file: Option<PathBuf>,
@@ -247,6 +255,7 @@ impl Supervisor {
     /// Re-read the configuration file; refuse a bad one and keep the old.
     /// Unchanged workspaces keep running, with their counters.
     async fn reload(&self) -> Result<String, String> {
+        let _one_at_a_time = self.reloading.lock().await;
         let Some(path) = &self.config_file else {
             return Ok("no --config.file: nothing to reload".into());
         };
@@ -378,6 +387,17 @@ async fn watch_workspace(
         tracing::debug!(workspace = %token.workspace_id, "another shard owns this workspace");
         if let Some(v) = verdict.take() {
             let _ = v.send(Ok(()));
+        }
+        return;
+    }
+    if !hub.claim(&token.workspace_id) {
+        let e = StartError::Duplicate {
+            workspace: key.clone(),
+            id: token.workspace_id.clone(),
+        };
+        tracing::error!(error = %e, "refusing to watch the workspace twice");
+        if let Some(v) = verdict.take() {
+            let _ = v.send(Err(e));
         }
         return;
     }

@@ -55,6 +55,16 @@ impl Hub {
         Arc::new(Hub::default())
     }
 
+    /// Claim `workspace` for one slot: false when another slot of this
+    /// process already polls it (two config entries with keys of the same
+    /// workspace), which must not both publish under one id.
+    pub fn claim(&self, workspace: &str) -> bool {
+        let mut st = self.lock();
+        let new = st.expected.insert(workspace.to_string());
+        st.process.workspaces_owned = st.expected.len();
+        new
+    }
+
     /// This process polls `workspace`; it must complete a sync before the
     /// exporter is ready.
     pub fn expect(&self, workspace: &str) {

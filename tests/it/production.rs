@@ -556,3 +556,27 @@ mod tls {
         exporter.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_entries_for_one_workspace_are_refused() {
+    let sim = workspace_sim("ws_twice", 50).await;
+    let dir = temp_dir("twice");
+    let file = write_config(&dir, &[entry("a", &sim, ""), entry("b", &sim, "")]);
+    let args = clawmesh_exporter::config::RunArgs {
+        config_file: Some(file),
+        listen_address: "127.0.0.1:0".into(),
+        ..exporter_args()
+    };
+    let cfg = args
+        .validate(&std::collections::HashMap::<String, String>::new())
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
+    let err = match clawmesh_exporter::exporter::start(&cfg, listener).await {
+        Ok(_) => panic!("two entries for one workspace were accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("ws_twice") && err.contains("already watches"),
+        "{err}"
+    );
+}
