@@ -116,6 +116,7 @@ pub struct Fleet {
     /// happened before the exporter started, or their ledger entry is gone.
     floor: Timestamp,
     counters: Counters,
+    counting_since: Timestamp,
 }
 
 impl Fleet {
@@ -134,6 +135,7 @@ impl Fleet {
             started_unlisted: HashMap::new(),
             floor: counting_since,
             counters: Counters::default(),
+            counting_since,
         }
     }
 
@@ -418,6 +420,9 @@ pub struct Snapshot {
     pub tasks_open: BTreeMap<String, u64>,
     pub oldest_pending_age_seconds: f64,
     pub counters: Counters,
+    /// When this fleet began counting (Unix seconds): counters are totals
+    /// since then; a new value means they restarted from zero.
+    pub counting_since: f64,
     pub ledger_len: usize,
     pub open_len: usize,
     pub health: Health,
@@ -462,6 +467,7 @@ impl Fleet {
                 .map(|c| (now.micros() - c.micros()).max(0) as f64 / 1e6)
                 .unwrap_or(0.0),
             counters: self.counters.clone(),
+            counting_since: self.counting_since.as_secs_f64(),
             ledger_len: self.ledger.len(),
             open_len: self.open.len(),
             health,

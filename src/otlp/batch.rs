@@ -161,6 +161,9 @@ struct Series {
     undelivered: Option<Point>,
     /// Generation of the last build that saw this series.
     seen: u64,
+    /// When the workspace's counting began (its slot started): a new value
+    /// means its counters restarted from zero, whatever they read now.
+    origin_ns: u64,
 }
 
 /// One built request and what it holds.
@@ -269,6 +272,7 @@ impl Batcher {
                             (fi, snap.workspace.clone(), s.labels.clone()),
                             &s.value,
                             now_ns,
+                            (snap.counting_since * 1e9) as u64,
                         )
                     };
                     match point {
@@ -399,29 +403,42 @@ impl Batcher {
         key: (usize, String, Vec<String>),
         v: &Value,
         now_ns: u64,
+        origin_ns: u64,
     ) -> (Point, u64) {
         let current = Point::of(v);
         let generation = self.generation;
-        let (started, delivered) = (self.started_ns, self.delivered_ns);
+        let delivered = self.delivered_ns;
+        // A series counts from when its workspace's counting began (a slot
+        // restarted by a reload begins again), never before this process.
+        let start = self.started_ns.max(origin_ns);
+        let zero = match &current {
+            Point::Number(_) => Point::Number(0.0),
+            Point::Hist(h) => Point::Hist(Hist {
+                counts: vec![0; h.counts.len()],
+                sum: 0.0,
+                count: 0,
+                exp: Exponential::default(),
+                bounds: h.bounds,
+            }),
+        };
         let s = self.series.entry(key).or_insert_with(|| Series {
             // A series first seen now counted zero before: its total counts
-            // from the exporter's start, its increase from the last delivery.
-            last: match &current {
-                Point::Number(_) => Point::Number(0.0),
-                Point::Hist(h) => Point::Hist(Hist {
-                    counts: vec![0; h.counts.len()],
-                    sum: 0.0,
-                    count: 0,
-                    exp: Exponential::default(),
-                    bounds: h.bounds,
-                }),
-            },
+            // from its start, its increase from the last delivery.
+            last: zero.clone(),
             last_ns: delivered,
-            start_ns: started,
+            start_ns: start,
             undelivered: None,
             seen: generation,
+            origin_ns,
         });
         s.seen = generation;
+        if s.origin_ns != origin_ns {
+            // The workspace's counting restarted: everything it shows now
+            // is new, even where it already exceeds the old total.
+            s.origin_ns = origin_ns;
+            s.start_ns = start;
+            s.last = zero;
+        }
         let increase = match current.since(&s.last) {
             Some(d) => d,
             None => {

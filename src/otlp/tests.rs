@@ -420,6 +420,7 @@ fn snap(ws: &str, completed: u64, runs: &[f64]) -> Snapshot {
         api: Default::default(),
         otlp: None,
         webhook: None,
+        counting_since: 0.0,
     }
 }
 
@@ -580,4 +581,30 @@ fn held_state_does_not_grow_with_failed_exports() {
         b.build(&Default::default(), &[snap("w1", 500, &[1.0])], 10_000)
             .total_points()
     );
+}
+
+#[test]
+fn a_workspace_whose_counting_restarted_starts_its_series_again_even_above_the_old_total() {
+    // A reload restarts a slot: its counters begin again from zero at a new
+    // counting_since. Between two exports it may already exceed the old
+    // total, so only the new origin can tell the reset.
+    let at = |since_ns: u64, done: u64| {
+        let mut s = snap("w1", done, &[]);
+        s.counting_since = since_ns as f64 / 1e9;
+        s
+    };
+    let mut c = batcher(Temporality::Cumulative, HistogramMode::Explicit);
+    c.build(&Default::default(), &[at(1_500, 5)], 2_000);
+    let r = c.build(&Default::default(), &[at(2_500, 7)], 3_000).request;
+    assert_eq!(
+        finished(&r, "w1"),
+        (7.0, 2_500, 3_000),
+        "the start moves to the new origin"
+    );
+
+    let mut d = batcher(Temporality::Delta, HistogramMode::Explicit);
+    d.build(&Default::default(), &[at(1_500, 5)], 2_000);
+    d.delivered(2_000);
+    let r = d.build(&Default::default(), &[at(2_500, 7)], 3_000).request;
+    assert_eq!(finished(&r, "w1").0, 7.0, "all 7 are new, not 7 - 5");
 }
