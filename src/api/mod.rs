@@ -29,6 +29,9 @@ use tokio::time::Instant;
 use budget::Budget;
 use types::{Envelope, Page};
 
+/// The largest response body read (see `send`).
+const MAX_BODY: usize = 64 << 20;
+
 /// How often a listing may start over after `cursor_expired` before failing.
 const MAX_RESTARTS: u32 = 3;
 
@@ -357,8 +360,21 @@ impl Client {
             .await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await?;
-        Ok((status, headers, body))
+        // Read at most MAX_BODY: a page of 100 tasks with 256 KiB
+        // instructions each is about 26 MiB; anything far larger is not the
+        // API, and must not take the process's memory with it. The cut body
+        // then fails to parse, as a truncated one does.
+        let mut resp = resp;
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = resp.chunk().await? {
+            let room = MAX_BODY.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if chunk.len() > room {
+                tracing::warn!(url, limit = MAX_BODY, "response body too large; cut");
+                break;
+            }
+        }
+        Ok((status, headers, body.freeze()))
     }
 }
 
