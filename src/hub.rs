@@ -28,6 +28,18 @@ struct State {
 }
 
 impl State {
+    /// The process facts with what the workspaces' snapshots share: the
+    /// webhook receiver's refusals that name no workspace (the same counts
+    /// in every snapshot, shown once).
+    fn process_view(&self) -> ProcessInfo {
+        let mut p = self.process.clone();
+        p.webhook_unattributed = self
+            .snapshots
+            .values()
+            .find_map(|s| s.webhook.as_ref().map(|w| w.unattributed.clone()));
+        p
+    }
+
     /// Put the OTLP export health into every snapshot, so that both ways
     /// out show it.
     fn stamp_otlp(&mut self) {
@@ -118,7 +130,7 @@ impl Hub {
 
     fn render(&self, st: &State) {
         let list: Vec<Snapshot> = st.snapshots.values().cloned().collect();
-        let e = Arc::new(Exposition::new(expose::render(&st.process, &list)));
+        let e = Arc::new(Exposition::new(expose::render(&st.process_view(), &list)));
         *self.exposition.write().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
@@ -134,7 +146,7 @@ impl Hub {
     }
 
     pub fn process(&self) -> ProcessInfo {
-        self.lock().process.clone()
+        self.lock().process_view()
     }
 
     /// Ready once the workspaces are assigned and every one this process

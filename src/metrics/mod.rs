@@ -6,6 +6,7 @@
 
 use crate::fleet::Snapshot;
 use crate::histogram::Histogram;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -317,7 +318,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
     // ---- webhooks (issue 6): present only when the receiver is on ----
     Family {
         name: "clawmesh_webhook_requests_total",
-        help: "Webhook deliveries received, by result (accepted, duplicate, ignored, unknown_type, bad_signature, too_large, bad_request, stale, unknown_workspace, queue_full). Refusals before a verified body named a workspace count on every workspace of the receiver.",
+        help: "Webhook deliveries received, by result (accepted, duplicate, ignored, unknown_type, bad_signature, too_large, bad_request, stale, unknown_workspace, queue_full). Only requests that named the workspace; refusals before that are in clawmesh_webhook_unattributed_requests_total.",
         kind: Kind::Counter,
         unit: "{request}",
         stability: Stability::Experimental,
@@ -358,6 +359,10 @@ pub struct ProcessInfo {
     pub reload_ok: bool,
     /// Unix seconds of the last successful (re)load of the configuration.
     pub reload_success_at: f64,
+    /// Webhook requests refused before a verified body named a workspace,
+    /// per result; `None` when the receiver is off. Filled in by the hub
+    /// from the workspaces' snapshots at render time.
+    pub webhook_unattributed: Option<BTreeMap<&'static str, u64>>,
 }
 
 impl Default for ProcessInfo {
@@ -368,11 +373,25 @@ impl Default for ProcessInfo {
             workspaces_owned: 0,
             reload_ok: true,
             reload_success_at: crate::api::types::Timestamp::now().as_secs_f64(),
+            webhook_unattributed: None,
         }
     }
 }
 
 pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
+    ProcessFamily {
+        name: "clawmesh_webhook_unattributed_requests_total",
+        help: "Webhook deliveries refused before a verified body named a workspace (bad_signature, too_large, bad_request, stale, unknown_workspace), for the whole receiver; absent when the receiver is off.",
+        kind: Kind::Counter,
+        unit: "{request}",
+        stability: Stability::Experimental,
+        labels: &["result"],
+        collect: |p, out| {
+            if let Some(u) = &p.webhook_unattributed {
+                out.extend(u.iter().map(|(r, n)| num(&[r], *n as f64)));
+            }
+        },
+    },
     ProcessFamily {
         name: "clawmesh_exporter_shard_info",
         help: "This replica's shard and the number of shards workspaces are split across (constant 1).",

@@ -355,10 +355,13 @@ async fn read_capped(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, Out
 /// What the metric table shows about a workspace's webhooks.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WebhookHealth {
-    /// Requests per result: this workspace's, plus those refused before a
-    /// workspace was known (one receiver serves every workspace, and an
-    /// unverified body names none that can be trusted).
+    /// Requests per result that named this workspace.
     pub requests: BTreeMap<&'static str, u64>,
+    /// Requests the receiver refused before a verified body named a
+    /// workspace (one receiver serves every workspace, and an unverified
+    /// body names none that can be trusted): the same shared counts in every
+    /// workspace's health, shown once, at the process level.
+    pub unattributed: BTreeMap<&'static str, u64>,
     pub missed_events: u64,
     /// When the last verified event for the workspace arrived (Unix seconds).
     pub last_event: Option<f64>,
@@ -396,14 +399,16 @@ impl Tracker {
 
     pub fn health(&mut self) -> WebhookHealth {
         self.reconciler.sweep(Instant::now());
-        let mut requests: BTreeMap<&'static str, u64> = RESULTS.iter().map(|r| (*r, 0)).collect();
-        for counts in [&self.unattributed, &self.counts] {
+        let count = |counts: &Counts| -> BTreeMap<&'static str, u64> {
+            let mut m: BTreeMap<&'static str, u64> = RESULTS.iter().map(|r| (*r, 0)).collect();
             for (r, n) in lock(&counts.0).iter() {
-                *requests.entry(r).or_default() += n;
+                *m.entry(r).or_default() += n;
             }
-        }
+            m
+        };
         WebhookHealth {
-            requests,
+            requests: count(&self.counts),
+            unattributed: count(&self.unattributed),
             missed_events: self.reconciler.missed(),
             last_event: lock(&self.last_event).map(|t| t.as_secs_f64()),
         }

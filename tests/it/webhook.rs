@@ -294,7 +294,15 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
         before["finished/completed"] + 2.0,
         "the replay was applied again"
     );
-    let r = |result: &str| must(&m, "clawmesh_webhook_requests_total", &[("result", result)]);
+    // Refusals that named no workspace are counted once, per receiver.
+    let r = |result: &str| {
+        must(&m, "clawmesh_webhook_requests_total", &[("result", result)])
+            + must(
+                &m,
+                "clawmesh_webhook_unattributed_requests_total",
+                &[("result", result)],
+            )
+    };
     assert_eq!(
         r("bad_signature"),
         (bad.iter().filter(|b| b.3 == 401).count()) as f64
@@ -387,7 +395,15 @@ async fn webhooks_with_drops_duplicates_and_reordering_count_exactly() {
         "no terminal delivery was dropped: nothing proven"
     );
     let delivered: u64 = w.delivered.values().sum();
-    let r = |result: &str| must(&m, "clawmesh_webhook_requests_total", &[("result", result)]);
+    // Refusals that named no workspace are counted once, per receiver.
+    let r = |result: &str| {
+        must(&m, "clawmesh_webhook_requests_total", &[("result", result)])
+            + must(
+                &m,
+                "clawmesh_webhook_unattributed_requests_total",
+                &[("result", result)],
+            )
+    };
     assert_eq!(
         r("accepted"),
         delivered as f64,
