@@ -114,22 +114,7 @@ async fn after_a_restart_counters_start_from_zero_and_gauges_are_right_after_one
         delta(&counters_of_exporter(&after), &Default::default()).is_empty(),
         "counters restart from zero"
     );
-    // The simulator stamps each time with 0 to 6 fractional digits, i.e.
-    // rounded down by up to a second: a task finishing in the first second
-    // after the exporter started may carry an earlier finished_at, and
-    // "since the exporter started" would then exclude it. Let that second
-    // pass on the simulator's clock before the fleet moves again.
-    let started = must(
-        &after,
-        "clawmesh_last_sync_timestamp_seconds",
-        &[("resource", "tasks")],
-    );
-    wait_for(
-        Duration::from_secs(10),
-        "a second past the exporter's start",
-        || async { rfc3339_secs(&sim.truth().now) > started + 1.0 },
-    )
-    .await;
+    let_the_start_pass(&sim, &second).await;
 
     run_fleet_for(&sim, 200).await;
     let e2 = converge(&sim, &second).await;

@@ -323,3 +323,33 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Wait until the simulator's clock is a second past the exporter's start.
+/// The simulator stamps each time with 0 to 6 fractional digits, i.e.
+/// rounded down by up to a second: a task that starts or finishes in the
+/// first second after the exporter started may carry an earlier time, and
+/// "since the exporter started" would exclude it. Tests that compare with
+/// the ground truth from the exporter's start let that second pass on the
+/// simulator's clock before the fleet moves.
+pub async fn let_the_start_pass(sim: &Sim, exporter: &Running) {
+    let ws = sim.truth().workspace_id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let started = loop {
+        let m = parse(&scrape(exporter.addr).await);
+        let labels = [("workspace", ws.as_str()), ("resource", "tasks")];
+        if let Some(t) = value(&m, "clawmesh_last_sync_timestamp_seconds", &labels) {
+            break t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no task sync within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "a second past the exporter's start",
+        || async { rfc3339_secs(&sim.truth().now) > started + 1.0 },
+    )
+    .await;
+}

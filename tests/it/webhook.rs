@@ -336,6 +336,7 @@ async fn webhooks_with_drops_duplicates_and_reordering_count_exactly() {
         ],
     );
     let exporter = start_exporter(&cfg).await;
+    let_the_start_pass(&sim, &exporter).await;
     let t0 = sim.truth();
     sim.sim.set_webhooks(WebhookSettings {
         url: format!("http://{}/webhooks/clawmesh", exporter.addr),
