@@ -294,15 +294,7 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
         before["finished/completed"] + 2.0,
         "the replay was applied again"
     );
-    // Refusals that named no workspace are counted once, per receiver.
-    let r = |result: &str| {
-        must(&m, "clawmesh_webhook_requests_total", &[("result", result)])
-            + must(
-                &m,
-                "clawmesh_webhook_unattributed_requests_total",
-                &[("result", result)],
-            )
-    };
+    let r = |result: &str| requests(&m, result);
     assert_eq!(
         r("bad_signature"),
         (bad.iter().filter(|b| b.3 == 401).count()) as f64
@@ -396,15 +388,7 @@ async fn webhooks_with_drops_duplicates_and_reordering_count_exactly() {
         "no terminal delivery was dropped: nothing proven"
     );
     let delivered: u64 = w.delivered.values().sum();
-    // Refusals that named no workspace are counted once, per receiver.
-    let r = |result: &str| {
-        must(&m, "clawmesh_webhook_requests_total", &[("result", result)])
-            + must(
-                &m,
-                "clawmesh_webhook_unattributed_requests_total",
-                &[("result", result)],
-            )
-    };
+    let r = |result: &str| requests(&m, result);
     assert_eq!(
         r("accepted"),
         delivered as f64,
@@ -511,4 +495,15 @@ async fn freshness() {
         exporter.shutdown().await;
         std::fs::remove_file(file).ok();
     }
+}
+
+/// Webhook requests with `result`: those that named the workspace, plus the
+/// refusals that named none (counted once, per receiver).
+fn requests(m: &BTreeMap<String, f64>, result: &str) -> f64 {
+    must(m, "clawmesh_webhook_requests_total", &[("result", result)])
+        + must(
+            m,
+            "clawmesh_webhook_unattributed_requests_total",
+            &[("result", result)],
+        )
 }
