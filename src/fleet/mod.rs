@@ -49,6 +49,16 @@ struct OpenTask {
     queue_seen: bool,
 }
 
+/// A finished task in the ledger: when it finished, and which of its
+/// metrics were known (they are null until known, and may come later).
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    finished_at: Timestamp,
+    run: bool,
+    input: bool,
+    output: bool,
+}
+
 /// What applying one task sighting did; tests and (later) webhook
 /// reconciliation read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +117,7 @@ pub struct Fleet {
     /// Terminal tasks counted, by id, with the instant they finished. An
     /// entry can go once the floor passes its finish time: a later sighting
     /// of that task is then `BeforeFloor` and ignored, never counted twice.
-    ledger: HashMap<Box<str>, Timestamp>,
+    ledger: HashMap<Box<str>, Counted>,
     /// Started tasks that a reconciliation dropped from `open` (they had
     /// finished, and the incremental listing had not shown it yet), with
     /// their last `updated_at`: their queue time was observed already.
@@ -221,8 +231,24 @@ impl Fleet {
     /// Apply one sighting of a task, from any source. Idempotent: the same
     /// sighting applied twice changes nothing the second time.
     pub fn apply_task(&mut self, t: &Task) -> Applied {
-        if self.ledger.contains_key(t.id.as_str()) {
-            // Terminal is final; a later updated_at only means outputs moved.
+        if let Some(c) = self.ledger.get_mut(t.id.as_str()) {
+            // Terminal is final; a later updated_at only means outputs
+            // moved, or metrics that were null became known: those count
+            // now, once.
+            let m = &t.metrics;
+            let k = &mut self.counters;
+            if !c.run && m.run_seconds.is_some() {
+                c.run = true;
+                observe(&mut k.run_seconds, m.run_seconds);
+            }
+            if !c.input && m.input_tokens.is_some() {
+                c.input = true;
+                k.input_tokens += m.input_tokens.unwrap_or(0);
+            }
+            if !c.output && m.output_tokens.is_some() {
+                c.output = true;
+                k.output_tokens += m.output_tokens.unwrap_or(0);
+            }
             return Applied::Unchanged;
         }
         if t.status.is_terminal() {
@@ -291,7 +317,14 @@ impl Fleet {
         c.input_tokens += t.metrics.input_tokens.unwrap_or(0);
         c.output_tokens += t.metrics.output_tokens.unwrap_or(0);
         observe(&mut c.run_seconds, t.metrics.run_seconds);
-        self.ledger.insert(t.id.as_str().into(), finished_at);
+        let m = &t.metrics;
+        let counted = Counted {
+            finished_at,
+            run: m.run_seconds.is_some(),
+            input: m.input_tokens.is_some(),
+            output: m.output_tokens.is_some(),
+        };
+        self.ledger.insert(t.id.as_str().into(), counted);
         Applied::Finished
     }
 
@@ -325,7 +358,7 @@ impl Fleet {
             return;
         }
         self.floor = floor;
-        self.ledger.retain(|_, finished| *finished > floor);
+        self.ledger.retain(|_, c| c.finished_at > floor);
         // Such a task started before its last update, so at or before the
         // floor: its queue time would not be observed again anyway.
         self.started_unlisted.retain(|_, updated| *updated > floor);

@@ -264,3 +264,29 @@ fn without_finished_at_the_terminal_transition_dates_the_finish_not_updated_at()
     assert_eq!(f.apply_task(&t), Applied::BeforeFloor);
     assert_eq!(f.counters().finished["completed"], 1);
 }
+
+#[test]
+fn metrics_that_become_known_after_the_finish_count_once_when_they_arrive() {
+    let mut f = Fleet::new(ts(0));
+    let mut t = task("m", "completed", 10);
+    t.metrics.run_seconds = None;
+    t.metrics.output_tokens = None;
+    assert_eq!(f.apply_task(&t), Applied::Finished);
+    assert_eq!(f.counters().run_seconds.count(), 0);
+    assert_eq!(
+        (f.counters().input_tokens, f.counters().output_tokens),
+        (10, 0)
+    );
+    // Later copies carry them: counted once, the input tokens not again.
+    t.updated_at = ts(20);
+    t.metrics.run_seconds = Some(3.0);
+    t.metrics.output_tokens = Some(5);
+    assert_eq!(f.apply_task(&t), Applied::Unchanged);
+    assert_eq!(f.apply_task(&t), Applied::Unchanged);
+    assert_eq!(f.counters().run_seconds.count(), 1);
+    assert_eq!(
+        (f.counters().input_tokens, f.counters().output_tokens),
+        (10, 5)
+    );
+    assert_eq!(f.counters().finished["completed"], 1);
+}
