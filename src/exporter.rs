@@ -78,7 +78,7 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
             Box::pin(async move { sup.reload().await }) as crate::server::ReloadFuture
         }) as crate::server::Reload
     });
-    let app = crate::server::app_with(
+    let app = crate::server::app(
         hub.clone(),
         &cfg.telemetry_path,
         reload,
@@ -410,7 +410,7 @@ async fn watch_workspace(
     labels.extend(cfg.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     // Events naming this workspace go to its queue from now on.
     let inbox = receiver.as_ref().map(|r| r.register(&token.workspace_id));
-    let loops = poll::spawn_with_webhooks(
+    let loops = poll::spawn(
         client,
         &token,
         cfg.poll.clone(),

@@ -67,7 +67,8 @@ impl Hub {
         Arc::new(Hub::default())
     }
 
-    /// Claim `workspace` for one slot: false when another slot of this
+    /// Claim `workspace` for one slot, which must then complete a sync
+    /// before the exporter is ready: false when another slot of this
     /// process already polls it (two config entries with keys of the same
     /// workspace), which must not both publish under one id.
     pub fn claim(&self, workspace: &str) -> bool {
@@ -75,15 +76,6 @@ impl Hub {
         let new = st.expected.insert(workspace.to_string());
         st.process.workspaces_owned = st.expected.len();
         new
-    }
-
-    /// This process polls `workspace`; it must complete a sync before the
-    /// exporter is ready.
-    pub fn expect(&self, workspace: &str) {
-        let mut st = self.lock();
-        st.expected.insert(workspace.to_string());
-        st.process.workspaces_owned = st.expected.len();
-        self.render(&st);
     }
 
     /// This process no longer polls `workspace`: its series go.

@@ -26,14 +26,10 @@ struct AppState {
 pub type ReloadFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
 pub type Reload = Arc<dyn Fn() -> ReloadFuture + Send + Sync>;
 
-pub fn app(hub: Arc<Hub>, telemetry_path: &str) -> Router {
-    app_with(hub, telemetry_path, None, None, None)
-}
-
 /// The routes, with `POST /-/reload` when `reload` is given and basic auth
 /// on everything but the probes when `auth` is given.
 /// `extra` routes (the webhook receiver) sit behind the same basic auth.
-pub fn app_with(
+pub fn app(
     hub: Arc<Hub>,
     telemetry_path: &str,
     reload: Option<Reload>,

@@ -3,7 +3,7 @@
 //! incremental listings), sharing one client and so one API budget. After
 //! every sync it publishes a snapshot to the hub.
 
-use crate::api::types::{Agent, Timestamp, Token};
+use crate::api::types::{Timestamp, Token};
 use crate::api::{ApiError, Client, ListEvent, TaskQuery};
 use crate::fleet::{Fleet, Health};
 use crate::hub::Hub;
@@ -99,25 +99,14 @@ struct State {
     webhook: Option<crate::webhook::Tracker>,
 }
 
-/// Start polling a workspace whose key passed [`check_key`]. The loops stop
-/// when `stop` turns true.
+/// Start polling a workspace whose key passed [`check_key`] and which its
+/// caller has claimed in the hub. The loops stop when `stop` turns true.
 /// `labels` are the workspace's own labels after `workspace`
-/// (`workspace_name`, configured extras).
-pub fn spawn(
-    client: Client,
-    token: &Token,
-    cfg: PollConfig,
-    labels: Vec<(String, String)>,
-    hub: Arc<Hub>,
-    stop: watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    spawn_with_webhooks(client, token, cfg, labels, hub, stop, None)
-}
-
-/// [`spawn`], and with `inbox` a worker that applies the webhook events
-/// routed to this workspace; polling then slows down while they arrive.
+/// (`workspace_name`, configured extras). With `inbox`, a worker applies the
+/// webhook events routed to this workspace; polling then slows down while
+/// they arrive.
 #[allow(clippy::too_many_arguments)]
-pub fn spawn_with_webhooks(
+pub fn spawn(
     client: Client,
     token: &Token,
     cfg: PollConfig,
@@ -148,7 +137,6 @@ pub fn spawn_with_webhooks(
             webhook: tracker,
         }),
     });
-    ws.hub.expect(&ws.id);
     ws.publish();
     let agents = {
         let ws = ws.clone();
@@ -316,14 +304,7 @@ impl Workspace {
     async fn sync_agents(&self) {
         let started = Timestamp::now();
         let result = async {
-            let mut agents: Vec<Agent> = Vec::new();
-            let mut listing = self.client.list_agents();
-            while let Some(ev) = listing.next().await? {
-                match ev {
-                    ListEvent::Page(page) => agents.extend(page),
-                    ListEvent::Restarted => agents.clear(),
-                }
-            }
+            let agents = self.client.list_agents().collect_all().await?;
             self.lock()
                 .fleet
                 .apply_agent_listing_at(&agents, started, self.cfg.overlap);
