@@ -30,8 +30,9 @@ fn task(i: usize, status: &str, at: i64) -> Task {
             run_seconds: Some(20.0),
             input_tokens: Some(900),
             output_tokens: Some(300),
+            invalid: false,
         },
-        terminal_at: None,
+        transitions: Default::default(),
         error: (status == TaskStatus::Failed).then(|| TaskError {
             code: Some("timeout".into()),
         }),

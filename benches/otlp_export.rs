@@ -96,8 +96,9 @@ fn fleet_snapshot() -> Snapshot {
                 run_seconds: finished.then_some(run),
                 input_tokens: Some(1000 + i as u64 % 5000),
                 output_tokens: Some(200 + i as u64 % 900),
+                invalid: false,
             },
-            terminal_at: None,
+            transitions: Default::default(),
             error: (status == "failed").then(|| TaskError {
                 code: Some(codes[i % codes.len()].into()),
             }),

@@ -106,6 +106,15 @@ pub struct RunArgs {
     /// How long finished tasks are remembered to count each exactly once.
     #[arg(long = "tasks.dedup-horizon", env = "CLAWMESH_TASKS_DEDUP_HORIZON", default_value = "1h", value_parser = humantime::parse_duration)]
     pub dedup_horizon: Duration,
+    /// How long a task in a status the API's contract does not name counts as open after its last change.
+    #[arg(long = "tasks.unknown-status-ttl", env = "CLAWMESH_TASKS_UNKNOWN_STATUS_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub unknown_status_ttl: Duration,
+    /// How long after a failure its error code may stay null before it counts under code="unknown".
+    #[arg(long = "tasks.failure-code-grace", env = "CLAWMESH_TASKS_FAILURE_CODE_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub failure_code_grace: Duration,
+    /// Objects naming an instant further than this ahead of the API's own clock are refused and counted.
+    #[arg(long = "api.max-timestamp-lead", env = "CLAWMESH_API_MAX_TIMESTAMP_LEAD", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_timestamp_lead: Duration,
     /// Share of the workspace's API rate limit the exporter may spend (0 < share <= 1).
     #[arg(
         long = "api.budget-share",
@@ -420,6 +429,11 @@ impl RunArgs {
                 "--tasks.dedup-horizon: must be at least twice --tasks.overlap",
             ));
         }
+        if self.failure_code_grace >= self.dedup_horizon {
+            return Err(bad(
+                "--tasks.failure-code-grace: must be shorter than --tasks.dedup-horizon (a failure is forgotten after the horizon)",
+            ));
+        }
         if !(self.budget_share > 0.0 && self.budget_share <= 1.0) {
             return Err(bad(format!(
                 "--api.budget-share {}: must be in (0, 1], e.g. 0.1 for 10 %",
@@ -447,6 +461,11 @@ impl RunArgs {
                 reconcile_interval: self.reconcile_interval,
                 overlap: self.overlap,
                 dedup_horizon: self.dedup_horizon,
+                fleet: crate::fleet::FleetLimits {
+                    max_timestamp_lead: self.max_timestamp_lead,
+                    unknown_status_ttl: self.unknown_status_ttl,
+                    failure_code_grace: self.failure_code_grace,
+                },
             },
             labels: Default::default(),
         };

@@ -51,6 +51,7 @@ impl PartialEq for PollConfig {
             && self.reconcile_interval == o.reconcile_interval
             && self.overlap == o.overlap
             && self.dedup_horizon == o.dedup_horizon
+            && self.fleet == o.fleet
     }
 }
 
@@ -82,6 +83,9 @@ const SETTING_KEYS: &[&str] = &[
     "reconcile_interval",
     "overlap",
     "dedup_horizon",
+    "unknown_status_ttl",
+    "failure_code_grace",
+    "max_timestamp_lead",
     "timeout",
     "max_attempts",
 ];
@@ -346,7 +350,38 @@ fn workspace(
         ),
         overlap: duration(m, d, at, "overlap", defaults.overlap, p),
         dedup_horizon: duration(m, d, at, "dedup_horizon", defaults.dedup_horizon, p),
+        fleet: crate::fleet::FleetLimits {
+            max_timestamp_lead: duration(
+                m,
+                d,
+                at,
+                "max_timestamp_lead",
+                defaults.fleet.max_timestamp_lead,
+                p,
+            ),
+            unknown_status_ttl: duration(
+                m,
+                d,
+                at,
+                "unknown_status_ttl",
+                defaults.fleet.unknown_status_ttl,
+                p,
+            ),
+            failure_code_grace: duration(
+                m,
+                d,
+                at,
+                "failure_code_grace",
+                defaults.fleet.failure_code_grace,
+                p,
+            ),
+        },
     };
+    if poll.fleet.failure_code_grace >= poll.dedup_horizon {
+        p.push(format!(
+            "{at}: failure_code_grace must be shorter than dedup_horizon"
+        ));
+    }
     if poll.overlap < MAX_VISIBILITY_LAG {
         p.push(format!(
             "{at}: overlap must be at least 5s, the API's visibility lag"

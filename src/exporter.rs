@@ -298,7 +298,7 @@ impl Supervisor {
         }
         self.hub.update_process(|p| {
             p.reload_ok = true;
-            p.reload_success_at = crate::api::types::Timestamp::now().as_secs_f64();
+            p.reload_success_at = crate::api::types::Timestamp::host_now().as_secs_f64();
             p.workspaces_configured = new.len();
         });
         let msg = format!("configuration reloaded: {kept} workspace(s) kept, {stopped} stopped, {started} started");

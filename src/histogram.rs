@@ -225,7 +225,9 @@ impl ExpBuckets {
             None => (lo, hi),
         };
         let mut change = 0;
-        while ((hi >> change) - (lo >> change)) as i64 + 1 > EXP_MAX_BUCKETS as i64 {
+        // In i64: the indexes of 1e308 and of a subnormal are each near
+        // 2^30 in size, and their difference does not fit an i32.
+        while (hi >> change) as i64 - (lo >> change) as i64 + 1 > EXP_MAX_BUCKETS as i64 {
             change += 1;
         }
         change

@@ -7,6 +7,7 @@
 //! jitter, never sooner than `Retry-After`.
 
 mod budget;
+pub mod clock;
 mod error;
 mod retry;
 mod stats;
@@ -15,6 +16,7 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use error::shorten;
 pub use error::ApiError;
 pub use stats::ApiStats;
 
@@ -27,7 +29,8 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use tokio::time::Instant;
 
 use budget::Budget;
-use types::{Envelope, Page};
+use clock::{ApiClock, ApiTime};
+use types::{Envelope, Page, Timestamp};
 
 /// The largest response body read (see `send`).
 const MAX_BODY: usize = 64 << 20;
@@ -82,6 +85,8 @@ struct Inner {
     /// "Bearer <key>", marked sensitive so that reqwest never prints it.
     auth: HeaderValue,
     budget: Budget,
+    /// The API's clock, from the `Date` of every answer.
+    clock: ApiClock,
     stats: Mutex<ApiStats>,
     /// One request in flight per client (per workspace): a `Retry-After`
     /// learnt by one loop then reaches the others before they send, instead
@@ -180,6 +185,7 @@ impl Client {
                 http,
                 auth,
                 budget,
+                clock: ApiClock::default(),
                 stats: Mutex::new(ApiStats::default()),
                 in_flight: tokio::sync::Mutex::new(()),
             }),
@@ -224,7 +230,15 @@ impl Client {
         s.rate_limit_remaining = rl.remaining;
         s.rate_limit_reset_seconds = rl.reset_seconds;
         s.budget_requests_per_minute = rl.requests_per_minute;
+        s.clock_skew_seconds = self.inner.clock.skew_seconds();
         s
+    }
+
+    /// The API's time now, from the `Date` of its answers (the host's
+    /// clock before the first): every comparison with an API timestamp
+    /// uses it, never the host's clock.
+    pub fn api_time(&self) -> ApiTime {
+        self.inner.clock.now()
     }
 
     fn lock_stats(&self) -> std::sync::MutexGuard<'_, ApiStats> {
@@ -251,8 +265,14 @@ impl Client {
             }
 
             let started = Instant::now();
+            let sent = Timestamp::host_now();
             let answer = tokio::time::timeout(cfg.request_timeout, self.send(&url, query)).await;
             let took = started.elapsed();
+            if let Ok(Ok((_, headers, _))) = &answer {
+                self.inner
+                    .clock
+                    .observe(header_str(headers, "date"), sent, Timestamp::host_now());
+            }
 
             let mut retry_after = None;
             let (code, result) = match answer {

@@ -25,6 +25,9 @@ pub struct ApiStats {
     pub budget_wait_seconds: f64,
     /// Total time slept before retries that carried a `Retry-After`.
     pub retry_after_wait_seconds: f64,
+    /// The API's clock minus the host's, from its `Date` headers; `None`
+    /// before the first answer that carried one.
+    pub clock_skew_seconds: Option<f64>,
 }
 
 impl ApiStats {

@@ -22,7 +22,10 @@ impl Timestamp {
     pub fn as_secs_f64(self) -> f64 {
         self.0 as f64 / Self::MICROS_PER_SEC as f64
     }
-    pub fn now() -> Self {
+    /// The host's clock. Only for what is compared with the host's clock
+    /// (health timestamps, the webhook replay window); anything compared
+    /// with an API timestamp takes `Client::api_time` instead.
+    pub fn host_now() -> Self {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -126,22 +129,177 @@ impl<'de> Deserialize<'de> for TaskStatus {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A task's `metrics`, every field null until known. A value the contract
+/// cannot mean (a negative or non-integral count, a negative duration, a
+/// string) is taken as unknown and flagged in `invalid`: one bad field
+/// must neither fail the whole page nor reach a counter.
+#[derive(Debug, Clone, Default)]
 pub struct TaskMetrics {
-    #[serde(default)]
     pub queue_seconds: Option<f64>,
-    #[serde(default)]
     pub run_seconds: Option<f64>,
-    #[serde(default)]
     pub input_tokens: Option<u64>,
-    #[serde(default)]
     pub output_tokens: Option<u64>,
+    /// Some field held a value that is not a valid one.
+    pub invalid: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+impl<'de> Deserialize<'de> for TaskMetrics {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Raw {
+            queue_seconds: Lenient<Seconds>,
+            run_seconds: Lenient<Seconds>,
+            input_tokens: Lenient<u64>,
+            output_tokens: Lenient<u64>,
+        }
+        let r = Raw::deserialize(d)?;
+        Ok(TaskMetrics {
+            invalid: [
+                r.queue_seconds.is_invalid(),
+                r.run_seconds.is_invalid(),
+                r.input_tokens.is_invalid(),
+                r.output_tokens.is_invalid(),
+            ]
+            .contains(&true),
+            queue_seconds: r.queue_seconds.value().map(|s| s.0),
+            run_seconds: r.run_seconds.value().map(|s| s.0),
+            input_tokens: r.input_tokens.value(),
+            output_tokens: r.output_tokens.value(),
+        })
+    }
+}
+
+/// A duration in seconds: finite and not negative.
+#[derive(Debug, Clone, Copy)]
+struct Seconds(f64);
+
+/// A JSON value read without failing: null, a valid `T`, or anything else.
+#[derive(Debug, Clone, Copy, Default)]
+enum Lenient<T> {
+    #[default]
+    Null,
+    Valid(T),
+    Invalid,
+}
+
+impl<T: Copy> Lenient<T> {
+    fn value(&self) -> Option<T> {
+        match self {
+            Lenient::Valid(v) => Some(*v),
+            _ => None,
+        }
+    }
+    fn is_invalid(&self) -> bool {
+        matches!(self, Lenient::Invalid)
+    }
+}
+
+/// How a number becomes a `T`, or does not.
+trait FromNumber: Sized {
+    fn from_u64(v: u64) -> Option<Self>;
+    fn from_i64(v: i64) -> Option<Self>;
+    fn from_f64(v: f64) -> Option<Self>;
+}
+
+impl FromNumber for u64 {
+    fn from_u64(v: u64) -> Option<Self> {
+        Some(v)
+    }
+    fn from_i64(v: i64) -> Option<Self> {
+        u64::try_from(v).ok()
+    }
+    fn from_f64(v: f64) -> Option<Self> {
+        // 2^64 is exactly representable; everything below it that is whole fits.
+        (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 18_446_744_073_709_551_616.0)
+            .then_some(v as u64)
+    }
+}
+
+impl FromNumber for Seconds {
+    fn from_u64(v: u64) -> Option<Self> {
+        Some(Seconds(v as f64))
+    }
+    fn from_i64(v: i64) -> Option<Self> {
+        (v >= 0).then_some(Seconds(v as f64))
+    }
+    fn from_f64(v: f64) -> Option<Self> {
+        (v.is_finite() && v >= 0.0).then_some(Seconds(v))
+    }
+}
+
+impl<'de, T: FromNumber> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: FromNumber> serde::de::Visitor<'de> for V<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number or null")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient::Null)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(T::from_u64(v).map_or(Lenient::Invalid, Lenient::Valid))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(T::from_i64(v).map_or(Lenient::Invalid, Lenient::Valid))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(T::from_f64(v).map_or(Lenient::Invalid, Lenient::Valid))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Lenient::Invalid)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Lenient::Invalid)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Lenient::Invalid)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Lenient::Invalid)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A failed task's `error`: only its code is read. Anything but a string
+/// code (absent, null, a number) is "not known yet".
+#[derive(Debug, Clone, Default)]
 pub struct TaskError {
-    #[serde(default)]
     pub code: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for TaskError {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Ok(TaskError {
+            code: v
+                .get("code")
+                .and_then(|c| c.as_str())
+                .filter(|c| !c.is_empty())
+                .map(str::to_string),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,14 +317,60 @@ pub struct Task {
     pub metrics: TaskMetrics,
     #[serde(default)]
     pub error: Option<TaskError>,
-    /// When the task entered its terminal status, from `transitions`
-    /// (which never changes, unlike `updated_at`); kept alone, not the list.
-    #[serde(
-        default,
-        rename = "transitions",
-        deserialize_with = "terminal_transition_at"
-    )]
+    /// What `transitions` says (it only grows, unlike `updated_at`); kept
+    /// as a summary, not the list.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub transitions: Transitions,
+}
+
+/// The summary of a task's `transitions` the exporter uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transitions {
+    /// How many: a copy with more is further along.
+    pub count: u32,
+    /// When the task first ran.
+    pub running_at: Option<Timestamp>,
+    /// When it entered its (last) terminal status.
     pub terminal_at: Option<Timestamp>,
+    /// The latest `at` of any transition.
+    pub latest_at: Option<Timestamp>,
+}
+
+impl<'de> Deserialize<'de> for Transitions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Transition {
+            status: TaskStatus,
+            at: Timestamp,
+        }
+        let mut out = Transitions::default();
+        for t in Vec::<Transition>::deserialize(d)? {
+            out.count = out.count.saturating_add(1);
+            if t.status == TaskStatus::Running && out.running_at.is_none() {
+                out.running_at = Some(t.at);
+            }
+            if t.status.is_terminal() {
+                out.terminal_at = Some(t.at);
+            }
+            out.latest_at = out.latest_at.max(Some(t.at));
+        }
+        Ok(out)
+    }
+}
+
+/// How far along a copy of a task is: (stage, transitions, updated_at),
+/// compared in that order.
+pub type Progress = (u8, u32, Timestamp);
+
+/// How far along its lifecycle a task is: pending, then running (and any
+/// status the contract does not name), then terminal. A task never moves
+/// back a stage.
+pub fn stage(status: &TaskStatus) -> u8 {
+    match status {
+        TaskStatus::Pending => 0,
+        TaskStatus::Running | TaskStatus::Other(_) => 1,
+        TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled => 2,
+    }
 }
 
 impl Task {
@@ -174,23 +378,37 @@ impl Task {
     /// transition, else (neither known) its `updated_at`.
     pub fn finished_time(&self) -> Timestamp {
         self.finished_at
-            .or(self.terminal_at)
+            .or(self.transitions.terminal_at)
             .unwrap_or(self.updated_at)
     }
-}
 
-fn terminal_transition_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
-    #[derive(Deserialize)]
-    struct Transition {
-        status: TaskStatus,
-        at: Timestamp,
+    /// When the task started, if it did: `started_at`, else its first
+    /// running transition.
+    pub fn started_time(&self) -> Option<Timestamp> {
+        self.started_at.or(self.transitions.running_at)
     }
-    let list = Option::<Vec<Transition>>::deserialize(d)?.unwrap_or_default();
-    Ok(list
+
+    /// Which of two copies of one task is further along: the later stage,
+    /// then more transitions, then the later `updated_at`. Equal keys are
+    /// the same state as far as the lifecycle can tell.
+    pub fn progress(&self) -> Progress {
+        (stage(&self.status), self.transitions.count, self.updated_at)
+    }
+
+    /// The latest instant the task names anywhere.
+    pub fn latest_stamp(&self) -> Timestamp {
+        [
+            Some(self.created_at),
+            Some(self.updated_at),
+            self.started_at,
+            self.finished_at,
+            self.transitions.latest_at,
+        ]
         .into_iter()
-        .rev()
-        .find(|t| t.status.is_terminal())
-        .map(|t| t.at))
+        .flatten()
+        .max()
+        .unwrap_or(self.updated_at)
+    }
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -269,6 +487,60 @@ mod tests {
         assert_eq!(t.status, TaskStatus::Other("paused_for_review".into()));
         assert!(!t.status.is_terminal());
         assert!(t.metrics.run_seconds.is_none());
+    }
+
+    #[test]
+    fn bad_numbers_in_metrics_read_as_unknown_and_fail_nothing() {
+        let page: Page<Task> = serde_json::from_str(
+            r#"{"data":[{"id":"t1","status":"completed","created_at":"2026-11-23T10:00:00Z",
+                "updated_at":"2026-11-23T10:00:05Z","transitions":[],
+                "metrics":{"queue_seconds":-1,"run_seconds":"soon","input_tokens":-5,
+                           "output_tokens":1.5,"extra":[1,2]},
+                "error":{"code":42}},
+               {"id":"t2","status":"completed","created_at":"2026-11-23T10:00:00Z",
+                "updated_at":"2026-11-23T10:00:05Z","transitions":[],
+                "metrics":{"queue_seconds":2,"run_seconds":3.25,"input_tokens":18446744073709551615,
+                           "output_tokens":7.0},"error":"boom"}],
+               "has_more":false,"next_cursor":null}"#,
+        )
+        .unwrap();
+        let (a, b) = (&page.data[0], &page.data[1]);
+        assert!(a.metrics.invalid);
+        assert_eq!(
+            (
+                a.metrics.queue_seconds,
+                a.metrics.run_seconds,
+                a.metrics.input_tokens,
+                a.metrics.output_tokens
+            ),
+            (None, None, None, None)
+        );
+        assert_eq!(a.error.as_ref().unwrap().code, None);
+        assert!(!b.metrics.invalid);
+        assert_eq!(b.metrics.queue_seconds, Some(2.0));
+        assert_eq!(b.metrics.input_tokens, Some(u64::MAX));
+        assert_eq!(b.metrics.output_tokens, Some(7));
+        assert_eq!(b.error.as_ref().unwrap().code, None);
+    }
+
+    #[test]
+    fn transitions_summarise_stage_count_and_times() {
+        let t: Task = serde_json::from_str(
+            r#"{"id":"t","status":"running","created_at":"2026-11-23T10:00:00Z",
+                "updated_at":"2026-11-23T10:00:03Z","started_at":null,
+                "transitions":[{"status":"pending","at":"2026-11-23T10:00:00Z"},
+                               {"status":"running","at":"2026-11-23T10:00:01Z"},
+                               {"status":"awaiting_input","at":"2026-11-23T10:00:02Z"},
+                               {"status":"running","at":"2026-11-23T10:00:03Z"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(t.transitions.count, 4);
+        assert_eq!(t.started_time(), Timestamp::parse("2026-11-23T10:00:01Z"));
+        assert_eq!(
+            t.latest_stamp(),
+            Timestamp::parse("2026-11-23T10:00:03Z").unwrap()
+        );
+        assert_eq!(t.progress().0, 1);
     }
 
     #[test]

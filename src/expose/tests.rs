@@ -32,8 +32,9 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             run_seconds: TaskStatus::from_name(status).is_terminal().then_some(27.0),
             input_tokens: Some(1200),
             output_tokens: Some(300),
+            invalid: false,
         },
-        terminal_at: None,
+        transitions: Default::default(),
         error: code.map(|c| TaskError {
             code: Some(c.into()),
         }),
@@ -56,6 +57,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
         rate_limit_remaining: Some(870),
         budget_requests_per_minute: 100.0,
         budget_wait_seconds: 1.25,
+        clock_skew_seconds: Some(-15.25),
         ..Default::default()
     };
     api.requests.insert(("/tasks".into(), "200".into()), 12);

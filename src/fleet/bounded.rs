@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 
 /// Admits label values: the known ones always, the first `cap` unknown ones
-/// by their own name, every later one as "other". The admitted set only
+/// (of at most [`MAX_NAME_LEN`] bytes) by their own name, every later one
+/// as "other". The admitted set only
 /// grows, so a name keeps its series for the life of the process.
 #[derive(Debug)]
 pub struct BoundedNames {
@@ -13,6 +14,10 @@ pub struct BoundedNames {
 }
 
 pub const OTHER: &str = "other";
+
+/// A name longer than this (bytes) is "other": label values, and status
+/// names that go into reconciliation URLs, stay short.
+pub const MAX_NAME_LEN: usize = 128;
 
 impl BoundedNames {
     pub fn new(known: &'static [&'static str], cap: usize) -> Self {
@@ -27,7 +32,7 @@ impl BoundedNames {
         if self.known.contains(&name) || self.unknown.contains(name) {
             return name.to_string();
         }
-        if self.unknown.len() < self.cap && name != OTHER {
+        if self.unknown.len() < self.cap && name != OTHER && name.len() <= MAX_NAME_LEN {
             self.unknown.insert(name.to_string());
             return name.to_string();
         }

@@ -9,9 +9,10 @@ mod bounded;
 
 pub use bounded::BoundedNames;
 
-use crate::api::types::{Agent, Task, TaskStatus, Timestamp};
+use crate::api::clock::ApiTime;
+use crate::api::types::{Agent, Progress, Task, TaskStatus, Timestamp};
 use crate::histogram::Histogram;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 /// The agent statuses the contract names; always exported, zeros included.
@@ -21,6 +22,22 @@ pub const AGENT_STATUSES: [&str; 6] =
 pub const OPEN_TASK_STATUSES: [&str; 2] = ["pending", "running"];
 /// Terminal statuses, always exported on the finished counter.
 pub const TERMINAL_STATUSES: [&str; 3] = ["completed", "failed", "cancelled"];
+/// What a failure whose code stays null past the grace counts under.
+pub const UNKNOWN_CODE: &str = "unknown";
+/// The failure codes the contract names, and [`UNKNOWN_CODE`]: always
+/// exported, so that `increase()` sees each code's first failure.
+pub const FAILURE_CODES: [&str; 6] = [
+    "timeout",
+    "model_error",
+    "skill_error",
+    "invalid_input",
+    "internal",
+    UNKNOWN_CODE,
+];
+/// Resources and reasons of `clawmesh_api_rejected_objects_total`, always
+/// exported.
+pub const REJECT_RESOURCES: [&str; 2] = ["agents", "tasks"];
+pub const REJECT_REASONS: [&str; 2] = ["future_timestamp", "invalid_number"];
 
 /// Buckets for queue and run durations: seconds to hours, since agent tasks
 /// range from a quick tool call to a long research job.
@@ -33,30 +50,67 @@ pub const TASK_DURATION_BUCKETS: &[f64] = &[
 /// series count.
 pub const MAX_UNKNOWN_NAMES: usize = 20;
 
+/// How the fleet judges what the API tells it; `poll` fills it from flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetLimits {
+    /// An object naming an instant further than this ahead of the API's
+    /// own clock is refused (`future_timestamp`): applied, it would win
+    /// every later comparison and pin its state.
+    pub max_timestamp_lead: Duration,
+    /// A task in a status the contract does not name counts as open for at
+    /// most this long after its last change: such a status may be
+    /// terminal-like (`expired`) and never change again.
+    pub unknown_status_ttl: Duration,
+    /// A failed task whose `error.code` is still null this long after it
+    /// finished counts under `unknown`.
+    pub failure_code_grace: Duration,
+}
+
+impl Default for FleetLimits {
+    fn default() -> Self {
+        FleetLimits {
+            max_timestamp_lead: Duration::from_secs(300),
+            unknown_status_ttl: Duration::from_secs(3600),
+            failure_code_grace: Duration::from_secs(300),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct AgentSeen {
     status: String,
     updated_at: Timestamp,
 }
 
-#[derive(Debug, Clone)]
-struct OpenTask {
-    status: TaskStatus,
-    created_at: Timestamp,
-    updated_at: Timestamp,
-    /// The queue duration of this task has been observed (or was before
-    /// the counting floor and never will be).
-    queue_seen: bool,
-}
-
-/// A finished task in the ledger: when it finished, and which of its
-/// metrics were known (they are null until known, and may come later).
-#[derive(Debug, Clone, Copy)]
-struct Counted {
-    finished_at: Timestamp,
+/// Which of a task's once-only observations are made (or never will be):
+/// each is counted when its value first becomes known, whichever copy of
+/// the task carries it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Marks {
+    queue: bool,
     run: bool,
     input: bool,
     output: bool,
+    /// The failure is counted by code (or the task did not fail).
+    code: bool,
+}
+
+#[derive(Debug, Clone)]
+struct OpenTask {
+    /// The admitted status (an unknown one bounded like a label value).
+    status: TaskStatus,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    /// `Task::progress` of the copy held: only a copy further along moves it.
+    progress: Progress,
+    marks: Marks,
+}
+
+/// A finished task in the ledger: when it finished, and what was counted.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    finished_at: Timestamp,
+    marks: Marks,
 }
 
 /// What applying one task sighting did; tests and (later) webhook
@@ -71,6 +125,8 @@ pub enum Applied {
     Unchanged,
     /// A terminal task that finished at or before the counting floor.
     BeforeFloor,
+    /// Refused: it names an instant implausibly far ahead of the API's clock.
+    Rejected,
 }
 
 /// Counters of terminal transitions and what they carried.
@@ -82,20 +138,24 @@ pub struct Counters {
     pub output_tokens: u64,
     pub queue_seconds: Histogram,
     pub run_seconds: Histogram,
+    /// (resource, reason) -> sightings refused whole or in part.
+    pub rejected: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl Default for Counters {
     fn default() -> Self {
+        let zeros = |names: &[&str]| names.iter().map(|s| (s.to_string(), 0)).collect();
         Counters {
-            finished: TERMINAL_STATUSES
-                .iter()
-                .map(|s| (s.to_string(), 0))
-                .collect(),
-            failures: BTreeMap::new(),
+            finished: zeros(&TERMINAL_STATUSES),
+            failures: zeros(&FAILURE_CODES),
             input_tokens: 0,
             output_tokens: 0,
             queue_seconds: Histogram::new(TASK_DURATION_BUCKETS),
             run_seconds: Histogram::new(TASK_DURATION_BUCKETS),
+            rejected: REJECT_RESOURCES
+                .iter()
+                .flat_map(|r| REJECT_REASONS.iter().map(move |why| ((*r, *why), 0)))
+                .collect(),
         }
     }
 }
@@ -118,19 +178,27 @@ pub struct Fleet {
     /// entry can go once the floor passes its finish time: a later sighting
     /// of that task is then `BeforeFloor` and ignored, never counted twice.
     ledger: HashMap<Box<str>, Counted>,
-    /// Started tasks that a reconciliation dropped from `open` (they had
-    /// finished, and the incremental listing had not shown it yet), with
-    /// their last `updated_at`: their queue time was observed already.
-    started_unlisted: HashMap<Box<str>, Timestamp>,
+    /// Failed tasks in the ledger still waiting for their code.
+    codes_waiting: usize,
+    /// Open tasks that a reconciliation (or the unknown-status limit)
+    /// dropped from `open`, with what was counted of them and how far
+    /// along they were: a stale copy does not bring them back, and their
+    /// queue time is not observed twice.
+    unlisted: HashMap<Box<str>, (Marks, Progress)>,
     /// Terminal transitions at or before this instant are not counted: they
     /// happened before the exporter started, or their ledger entry is gone.
     floor: Timestamp,
     counters: Counters,
     counting_since: Timestamp,
+    /// The API's time as last told by `poll`; `None` (tests) judges nothing
+    /// against it.
+    api_time: Option<ApiTime>,
+    limits: FleetLimits,
 }
 
 impl Fleet {
-    /// A fleet that counts terminal transitions after `counting_since`.
+    /// A fleet that counts terminal transitions after `counting_since`,
+    /// with no API clock (tests, benchmarks).
     pub fn new(counting_since: Timestamp) -> Self {
         Fleet {
             agents: BTreeMap::new(),
@@ -140,13 +208,58 @@ impl Fleet {
             agent_gone: HashMap::new(),
             open: HashMap::new(),
             open_names: BoundedNames::new(&OPEN_TASK_STATUSES, MAX_UNKNOWN_NAMES),
-            failure_codes: BoundedNames::new(&[], MAX_UNKNOWN_NAMES * 2),
+            failure_codes: BoundedNames::new(&FAILURE_CODES, MAX_UNKNOWN_NAMES * 2),
             ledger: HashMap::new(),
-            started_unlisted: HashMap::new(),
+            codes_waiting: 0,
+            unlisted: HashMap::new(),
             floor: counting_since,
             counters: Counters::default(),
             counting_since,
+            api_time: None,
+            limits: FleetLimits::default(),
         }
+    }
+
+    /// A fleet of a workspace whose API read `api` at the start: it counts
+    /// what finishes after `api.latest` (nothing that finished before the
+    /// start, whatever the clocks), and reports `host_start` as the start
+    /// of its counters (the host's clock, as Prometheus and OTLP read it).
+    pub fn starting(api: ApiTime, host_start: Timestamp, limits: FleetLimits) -> Self {
+        let mut f = Fleet::new(api.latest);
+        f.counting_since = host_start;
+        f.api_time = Some(api);
+        f.limits = limits;
+        f
+    }
+
+    /// The API's time now, before applying what was just read.
+    pub fn set_api_time(&mut self, t: ApiTime) {
+        self.api_time = Some(t);
+    }
+
+    fn reject(&mut self, resource: &'static str, reason: &'static str, id: &str) {
+        let n = self
+            .counters
+            .rejected
+            .entry((resource, reason))
+            .or_default();
+        *n = n.saturating_add(1);
+        // The 1st, 2nd, 4th, 8th ... of a kind: a flood cannot flood the log.
+        if n.is_power_of_two() {
+            tracing::warn!(
+                resource,
+                reason,
+                id = %crate::api::shorten(id, 64),
+                refused_so_far = *n,
+                "an object from the ClawMesh API was refused (future_timestamp: not applied; invalid_number: applied without the invalid value)"
+            );
+        }
+    }
+
+    /// Names an instant too far ahead of the API's own clock to be true.
+    fn implausible(&self, latest: Timestamp) -> bool {
+        self.api_time
+            .is_some_and(|t| latest > t.latest.saturating_add(self.limits.max_timestamp_lead))
     }
 
     /// Replace the agents with a complete listing.
@@ -155,9 +268,15 @@ impl Fleet {
     }
 
     /// Replace the agents with a complete listing that started at
-    /// `listing_start`, keeping what webhook events told that the listing
-    /// could not show yet: a copy newer than the listed one, an agent
-    /// created within `lag` of the start, a deletion the listing predates.
+    /// `listing_start` (the API's time, its latest bound), keeping what
+    /// webhook events told that the listing could not show yet: a copy
+    /// newer than the listed one, an agent created within `lag` of the
+    /// start, a deletion the listing predates.
+    ///
+    /// Ties: a listed copy replaces a held one of the same `updated_at`
+    /// (the listing is read later than what it replaces, and the next
+    /// listing repairs a wrong guess); a deletion beats every copy of the
+    /// same `updated_at`.
     pub fn apply_agent_listing_at(
         &mut self,
         agents: &[Agent],
@@ -168,6 +287,14 @@ impl Fleet {
         let mut old = std::mem::take(&mut self.agent_by_id);
         let mut next = HashMap::with_capacity(agents.len());
         for a in agents {
+            if self.implausible(a.updated_at.max(a.created_at)) {
+                self.reject("agents", "future_timestamp", &a.id);
+                // What was known of it stands.
+                if let Some(e) = old.remove(a.id.as_str()) {
+                    next.insert(a.id.as_str().into(), e);
+                }
+                continue;
+            }
             if self
                 .agent_gone
                 .get(a.id.as_str())
@@ -195,8 +322,14 @@ impl Fleet {
     }
 
     /// Apply an agent as a webhook event carried it (created, changed, or
-    /// `deleted`). Only a copy newer than the one known changes anything.
+    /// `deleted`). A copy older than the one known changes nothing; one of
+    /// the same `updated_at` does (an event is news, and a deletion must
+    /// not be lost for carrying the agent's last `updated_at`).
     pub fn apply_agent_event(&mut self, a: &Agent, deleted: bool) {
+        if self.implausible(a.updated_at.max(a.created_at)) {
+            self.reject("agents", "future_timestamp", &a.id);
+            return;
+        }
         if self
             .agent_gone
             .get(a.id.as_str())
@@ -205,7 +338,7 @@ impl Fleet {
             return;
         }
         if let Some(e) = self.agent_by_id.get(a.id.as_str()) {
-            if e.updated_at >= a.updated_at {
+            if e.updated_at > a.updated_at {
                 return;
             }
             if let Some(n) = self.agents.get_mut(&e.status) {
@@ -229,123 +362,195 @@ impl Fleet {
     }
 
     /// Apply one sighting of a task, from any source. Idempotent: the same
-    /// sighting applied twice changes nothing the second time.
+    /// sighting applied twice changes nothing the second time. Order-proof:
+    /// a copy that is not further along (`Task::progress`) than the one
+    /// held never moves the task, and a value that becomes known in any
+    /// copy is counted once.
     pub fn apply_task(&mut self, t: &Task) -> Applied {
-        if let Some(c) = self.ledger.get_mut(t.id.as_str()) {
-            // Terminal is final; a later updated_at only means outputs
-            // moved, or metrics that were null became known: those count
-            // now, once.
-            let m = &t.metrics;
-            let k = &mut self.counters;
-            if !c.run && m.run_seconds.is_some() {
-                c.run = true;
-                observe(&mut k.run_seconds, m.run_seconds);
+        if self.implausible(t.latest_stamp()) {
+            self.reject("tasks", "future_timestamp", &t.id);
+            return Applied::Rejected;
+        }
+        if t.metrics.invalid {
+            // Applied without the invalid values (they read as unknown).
+            self.reject("tasks", "invalid_number", &t.id);
+        }
+        if let Some(mut c) = self.ledger.get(t.id.as_str()).copied() {
+            // Terminal is final; a later copy only moves outputs, or brings
+            // values that were null: those count now, once.
+            let waiting = !c.marks.code;
+            self.count_known(&mut c.marks, t, true);
+            if waiting && c.marks.code {
+                self.codes_waiting -= 1;
             }
-            if !c.input && m.input_tokens.is_some() {
-                c.input = true;
-                k.input_tokens += m.input_tokens.unwrap_or(0);
-            }
-            if !c.output && m.output_tokens.is_some() {
-                c.output = true;
-                k.output_tokens += m.output_tokens.unwrap_or(0);
-            }
+            self.ledger.insert(t.id.as_str().into(), c);
             return Applied::Unchanged;
         }
         if t.status.is_terminal() {
             return self.finish(t);
         }
-        let started_after_floor = t.started_at.is_some_and(|s| s > self.floor);
-        match self.open.get_mut(t.id.as_str()) {
-            Some(o) if o.updated_at >= t.updated_at => Applied::Unchanged,
-            Some(o) => {
-                o.status = t.status.clone();
+        let progress = t.progress();
+        if let Some(mut o) = self.open.remove(t.id.as_str()) {
+            self.count_known(&mut o.marks, t, false);
+            let moved = progress > o.progress;
+            if moved {
+                o.status = self.admit_status(&t.status);
                 o.updated_at = t.updated_at;
-                if !o.queue_seen && t.started_at.is_some() {
-                    o.queue_seen = true;
-                    if started_after_floor {
-                        observe(&mut self.counters.queue_seconds, t.metrics.queue_seconds);
+                o.progress = progress;
+            }
+            if self.settled(&o.status, o.updated_at) {
+                self.unlisted
+                    .insert(t.id.as_str().into(), (o.marks, o.progress));
+            } else {
+                self.open.insert(t.id.clone(), o);
+            }
+            return if moved {
+                Applied::Updated
+            } else {
+                Applied::Unchanged
+            };
+        }
+        let mut marks = Marks::default();
+        if let Some((m, p)) = self.unlisted.remove(t.id.as_str()) {
+            if progress <= p {
+                // A stale copy of a task already gone from the open set.
+                let mut m = m;
+                self.count_known(&mut m, t, false);
+                self.unlisted.insert(t.id.as_str().into(), (m, p));
+                return Applied::Unchanged;
+            }
+            marks = m;
+        }
+        self.count_known(&mut marks, t, false);
+        let status = self.admit_status(&t.status);
+        if self.settled(&status, t.updated_at) {
+            self.unlisted
+                .insert(t.id.as_str().into(), (marks, progress));
+            return Applied::Unchanged;
+        }
+        self.open.insert(
+            t.id.clone(),
+            OpenTask {
+                status,
+                created_at: t.created_at,
+                updated_at: t.updated_at,
+                progress,
+                marks,
+            },
+        );
+        Applied::Updated
+    }
+
+    /// A status as held: the contract's own, or an unknown one bounded like
+    /// a label value (past the cap, or too long, "other").
+    fn admit_status(&mut self, s: &TaskStatus) -> TaskStatus {
+        match s {
+            TaskStatus::Other(name) => TaskStatus::Other(self.open_names.admit(name)),
+            known => known.clone(),
+        }
+    }
+
+    /// A task in an unknown status unchanged for longer than the limit:
+    /// it no longer counts as open.
+    fn settled(&self, status: &TaskStatus, updated_at: Timestamp) -> bool {
+        matches!(status, TaskStatus::Other(_))
+            && self.api_time.is_some_and(|now| {
+                updated_at < now.earliest.saturating_sub(self.limits.unknown_status_ttl)
+            })
+    }
+
+    /// Count what `t` makes known for the first time: its queue time (once
+    /// it started after the floor), and for a terminal copy its run time,
+    /// tokens and failure code.
+    fn count_known(&mut self, marks: &mut Marks, t: &Task, terminal: bool) {
+        let floor = self.floor;
+        let m = &t.metrics;
+        let c = &mut self.counters;
+        if !marks.queue {
+            match t.started_time() {
+                Some(s) if s <= floor => marks.queue = true,
+                Some(_) => {
+                    if let Some(q) = m.queue_seconds {
+                        c.queue_seconds.observe(q);
+                        marks.queue = true;
                     }
                 }
-                Applied::Updated
+                None => {}
             }
-            None => {
-                let queue_seen = t.started_at.is_some();
-                let seen_before = self.started_unlisted.remove(t.id.as_str()).is_some();
-                if started_after_floor && !seen_before {
-                    observe(&mut self.counters.queue_seconds, t.metrics.queue_seconds);
-                }
-                self.open.insert(
-                    t.id.clone(),
-                    OpenTask {
-                        status: t.status.clone(),
-                        created_at: t.created_at,
-                        updated_at: t.updated_at,
-                        queue_seen,
-                    },
-                );
-                Applied::Updated
+        }
+        if !terminal {
+            return;
+        }
+        if let (false, Some(v)) = (marks.run, m.run_seconds) {
+            c.run_seconds.observe(v);
+            marks.run = true;
+        }
+        if let (false, Some(v)) = (marks.input, m.input_tokens) {
+            c.input_tokens = c.input_tokens.saturating_add(v);
+            marks.input = true;
+        }
+        if let (false, Some(v)) = (marks.output, m.output_tokens) {
+            c.output_tokens = c.output_tokens.saturating_add(v);
+            marks.output = true;
+        }
+        if !marks.code {
+            if t.status != TaskStatus::Failed {
+                marks.code = true;
+            } else if let Some(code) = t.error.as_ref().and_then(|e| e.code.as_deref()) {
+                let code = self.failure_codes.admit(code);
+                *self.counters.failures.entry(code).or_default() += 1;
+                marks.code = true;
             }
         }
     }
 
     fn finish(&mut self, t: &Task) -> Applied {
-        let open = self.open.remove(t.id.as_str());
-        let seen_started = open.is_some_and(|o| o.queue_seen)
-            | self.started_unlisted.remove(t.id.as_str()).is_some();
+        let marks = match self.open.remove(t.id.as_str()) {
+            Some(o) => Some(o.marks),
+            None => None,
+        };
+        let unlisted = self.unlisted.remove(t.id.as_str()).map(|(m, _)| m);
+        let mut marks = marks.or(unlisted).unwrap_or_default();
         let finished_at = t.finished_time();
         if finished_at <= self.floor {
             return Applied::BeforeFloor;
         }
-        let c = &mut self.counters;
-        // A task created and finished between two polls was never open here:
-        // its queue time is observed now, once.
-        if !seen_started && t.started_at.is_some_and(|s| s > self.floor) {
-            observe(&mut c.queue_seconds, t.metrics.queue_seconds);
+        *self
+            .counters
+            .finished
+            .entry(t.status.name().to_string())
+            .or_default() += 1;
+        // A task created and finished between two polls was never open
+        // here: its queue time is observed now, once.
+        self.count_known(&mut marks, t, true);
+        if !marks.code {
+            self.codes_waiting += 1;
         }
-        *c.finished.entry(t.status.name().to_string()).or_default() += 1;
-        if t.status == TaskStatus::Failed {
-            let code = t
-                .error
-                .as_ref()
-                .and_then(|e| e.code.as_deref())
-                .filter(|c| !c.is_empty())
-                .unwrap_or("unknown");
-            *c.failures
-                .entry(self.failure_codes.admit(code))
-                .or_default() += 1;
-        }
-        c.input_tokens += t.metrics.input_tokens.unwrap_or(0);
-        c.output_tokens += t.metrics.output_tokens.unwrap_or(0);
-        observe(&mut c.run_seconds, t.metrics.run_seconds);
-        let m = &t.metrics;
-        let counted = Counted {
-            finished_at,
-            run: m.run_seconds.is_some(),
-            input: m.input_tokens.is_some(),
-            output: m.output_tokens.is_some(),
-        };
-        self.ledger.insert(t.id.as_str().into(), counted);
+        self.ledger
+            .insert(t.id.as_str().into(), Counted { finished_at, marks });
         Applied::Finished
     }
 
-    /// After a complete listing of open tasks started at `listing_start`:
-    /// forget open tasks the listing did not show, unless they changed too
-    /// recently to be visible in it (`lag`). A task missing from the listing
-    /// has finished (the incremental sync counts it) or been deleted.
+    /// After complete listings of open tasks in the statuses `asked`,
+    /// started at `listing_start` (the API's time, its latest bound):
+    /// forget open tasks of those statuses that the listings did not show,
+    /// unless they changed too recently to be visible in them (`lag`). A
+    /// task missing from them has finished (the incremental sync counts
+    /// it) or been deleted.
     pub fn retain_open(
         &mut self,
-        seen: &std::collections::HashSet<String>,
+        seen: &HashSet<String>,
+        asked: &HashSet<String>,
         listing_start: Timestamp,
         lag: Duration,
     ) {
         let keep_after = listing_start.saturating_sub(lag);
-        // The listing asked for every open status held here (see
-        // `open_statuses`), so its silence means finished or gone.
-        let unlisted = &mut self.started_unlisted;
+        let unlisted = &mut self.unlisted;
         self.open.retain(|id, o| {
-            let keep = seen.contains(id) || o.updated_at > keep_after;
-            if !keep && o.queue_seen {
-                unlisted.insert(id.as_str().into(), o.updated_at);
+            let keep =
+                seen.contains(id) || o.updated_at > keep_after || !asked.contains(o.status.name());
+            if !keep {
+                unlisted.insert(id.as_str().into(), (o.marks, o.progress));
             }
             keep
         });
@@ -353,15 +558,65 @@ impl Fleet {
 
     /// Raise the counting floor (never lowers it) and drop ledger entries at
     /// or below it: memory stays bounded by the tasks finished since then.
+    /// A failure still without its code is counted under `unknown` as its
+    /// entry goes.
     pub fn raise_floor(&mut self, floor: Timestamp) {
         if floor <= self.floor {
             return;
         }
         self.floor = floor;
-        self.ledger.retain(|_, c| c.finished_at > floor);
-        // Such a task started before its last update, so at or before the
-        // floor: its queue time would not be observed again anyway.
-        self.started_unlisted.retain(|_, updated| *updated > floor);
+        let mut unknown = 0;
+        self.ledger.retain(|_, c| {
+            let keep = c.finished_at > floor;
+            if !keep && !c.marks.code {
+                unknown += 1;
+            }
+            keep
+        });
+        self.count_unknown_codes(unknown);
+        // Such a task changed last at or before the floor: a copy of it can
+        // only be one that is not counted again anyway.
+        self.unlisted.retain(|_, (_, p)| p.2 > floor);
+    }
+
+    fn count_unknown_codes(&mut self, n: u64) {
+        if n > 0 {
+            self.codes_waiting = self.codes_waiting.saturating_sub(n as usize);
+            *self
+                .counters
+                .failures
+                .entry(UNKNOWN_CODE.to_string())
+                .or_default() += n;
+        }
+    }
+
+    /// Time-based settling, after each sync: failures whose code stayed
+    /// null past the grace count under `unknown`; tasks in unknown
+    /// statuses unchanged past their limit stop counting as open.
+    pub fn settle(&mut self) {
+        let Some(now) = self.api_time else { return };
+        if self.codes_waiting > 0 {
+            let due = now.earliest.saturating_sub(self.limits.failure_code_grace);
+            let mut unknown = 0;
+            for c in self.ledger.values_mut() {
+                if !c.marks.code && c.finished_at < due {
+                    c.marks.code = true;
+                    unknown += 1;
+                }
+            }
+            self.count_unknown_codes(unknown);
+        }
+        let settled: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, o)| self.settled(&o.status, o.updated_at))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in settled {
+            if let Some(o) = self.open.remove(&id) {
+                self.unlisted.insert(id.into(), (o.marks, o.progress));
+            }
+        }
     }
 
     pub fn floor(&self) -> Timestamp {
@@ -374,27 +629,37 @@ impl Fleet {
     }
 
     /// Open tasks per status; pending and running always present.
-    pub fn open_tasks(&mut self) -> BTreeMap<String, u64> {
+    pub fn open_tasks(&self) -> BTreeMap<String, u64> {
         let mut counts: BTreeMap<String, u64> = OPEN_TASK_STATUSES
             .iter()
             .map(|s| (s.to_string(), 0))
             .collect();
         for o in self.open.values() {
-            *counts
-                .entry(self.open_names.admit(o.status.name()))
-                .or_default() += 1;
+            *counts.entry(o.status.name().to_string()).or_default() += 1;
         }
         counts
     }
 
-    /// The statuses of the open tasks held: pending and running, and any
-    /// the contract does not name yet. A reconciliation lists them all, so
-    /// that a task missing from it can be forgotten whatever its status.
-    pub fn open_statuses(&self) -> Vec<String> {
-        let mut names: std::collections::BTreeSet<String> =
-            OPEN_TASK_STATUSES.iter().map(|s| s.to_string()).collect();
-        names.extend(self.open.values().map(|o| o.status.name().to_string()));
-        names.into_iter().collect()
+    /// The statuses a reconciliation lists: pending and running, then the
+    /// unknown ones of open tasks held, by their admitted names (at most
+    /// [`MAX_UNKNOWN_NAMES`], each of bounded length; "other" is not a
+    /// status to ask for).
+    pub fn open_statuses(&self) -> (Vec<String>, Vec<String>) {
+        let known = OPEN_TASK_STATUSES.iter().map(|s| s.to_string()).collect();
+        let unknown: BTreeSet<String> = self
+            .open
+            .values()
+            .filter_map(|o| match &o.status {
+                TaskStatus::Other(n) if n != bounded::OTHER => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        (known, unknown.into_iter().collect())
+    }
+
+    /// How long a task in an unknown status counts as open.
+    pub fn unknown_status_ttl(&self) -> Duration {
+        self.limits.unknown_status_ttl
     }
 
     pub fn oldest_pending_created_at(&self) -> Option<Timestamp> {
@@ -416,12 +681,6 @@ impl Fleet {
 
     pub fn open_len(&self) -> usize {
         self.open.len()
-    }
-}
-
-fn observe(h: &mut Histogram, v: Option<f64>) {
-    if let Some(v) = v {
-        h.observe(v);
     }
 }
 
@@ -483,6 +742,8 @@ pub struct ExportHealth {
 }
 
 impl Fleet {
+    /// `now` is the API's time (an estimate), against which ages of API
+    /// timestamps are measured.
     pub fn snapshot(
         &mut self,
         workspace: &str,
@@ -497,7 +758,7 @@ impl Fleet {
             agents: self.agents().cloned(),
             tasks_open: self.open_tasks(),
             oldest_pending_age_seconds: oldest
-                .map(|c| (now.micros() - c.micros()).max(0) as f64 / 1e6)
+                .map(|c| now.micros().saturating_sub(c.micros()).max(0) as f64 / 1e6)
                 .unwrap_or(0.0),
             counters: self.counters.clone(),
             counting_since: self.counting_since.as_secs_f64(),

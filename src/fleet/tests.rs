@@ -1,5 +1,6 @@
 use super::*;
-use crate::api::types::{TaskError, TaskMetrics};
+use crate::api::clock::ApiTime;
+use crate::api::types::{TaskError, TaskMetrics, Transitions};
 
 const S: i64 = 1_000_000;
 
@@ -23,13 +24,33 @@ fn task(id: &str, status: &str, updated: i64) -> Task {
             run_seconds: done.then_some(3.0),
             input_tokens: done.then_some(10),
             output_tokens: done.then_some(5),
+            invalid: false,
         },
-        terminal_at: None,
+        transitions: transitions_for(&status, updated),
         error: (status == TaskStatus::Failed).then(|| TaskError {
             code: Some("timeout".into()),
         }),
     }
 }
+
+/// `transitions` as the API would summarise them for a task in `status`
+/// last changed at `updated`: pending, then running, then terminal.
+fn transitions_for(status: &TaskStatus, updated: i64) -> Transitions {
+    let stage = crate::api::types::stage(status);
+    Transitions {
+        count: stage as u32 + 1,
+        running_at: (stage > 0).then(|| ts(2)),
+        terminal_at: status.is_terminal().then(|| ts(updated)),
+        latest_at: Some(ts(updated)),
+    }
+}
+
+/// The statuses a reconciliation asked for.
+fn asked(names: &[&str]) -> HashSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+const OPEN: &[&str] = &["pending", "running"];
 
 fn finished(f: &Fleet, status: &str) -> u64 {
     f.counters().finished[status]
@@ -115,7 +136,7 @@ fn retain_open_forgets_vanished_tasks_but_keeps_recent_ones() {
     f.apply_task(&task("recent", "pending", 99));
     f.apply_task(&task("listed", "running", 2));
     let seen = ["listed".to_string()].into_iter().collect();
-    f.retain_open(&seen, ts(100), Duration::from_secs(5));
+    f.retain_open(&seen, &asked(OPEN), ts(100), Duration::from_secs(5));
     assert_eq!(f.open_len(), 2);
     assert_eq!(f.open_tasks()["pending"], 1);
     assert_eq!(f.oldest_pending_created_at(), Some(ts(1)));
@@ -150,7 +171,12 @@ fn a_started_task_dropped_by_reconciliation_then_seen_finished_observes_its_queu
     f.apply_task(&task("r", "running", 3));
     assert_eq!(f.counters().queue_seconds.count(), 1);
     // It finished; the reconciliation listing of open tasks no longer shows it.
-    f.retain_open(&Default::default(), ts(100), Duration::from_secs(5));
+    f.retain_open(
+        &Default::default(),
+        &asked(OPEN),
+        ts(100),
+        Duration::from_secs(5),
+    );
     assert_eq!(f.open_len(), 0);
     assert_eq!(f.apply_task(&task("r", "completed", 50)), Applied::Finished);
     assert_eq!(
@@ -161,7 +187,12 @@ fn a_started_task_dropped_by_reconciliation_then_seen_finished_observes_its_queu
     assert_eq!(f.counters().run_seconds.count(), 1);
     // And the memory of it goes with the floor.
     f.apply_task(&task("s", "running", 4));
-    f.retain_open(&Default::default(), ts(100), Duration::from_secs(5));
+    f.retain_open(
+        &Default::default(),
+        &asked(OPEN),
+        ts(100),
+        Duration::from_secs(5),
+    );
     f.raise_floor(ts(10));
     assert_eq!(f.apply_task(&task("s", "completed", 60)), Applied::Finished);
     assert_eq!(
@@ -241,11 +272,27 @@ fn a_task_in_an_unknown_status_is_reconciled_like_the_others() {
     f.apply_task(&task("x", "awaiting_review", 2));
     assert_eq!(
         f.open_statuses(),
-        vec!["awaiting_review", "pending", "running"]
+        (
+            vec!["pending".to_string(), "running".to_string()],
+            vec!["awaiting_review".to_string()]
+        )
     );
     assert_eq!(f.open_tasks()["awaiting_review"], 1);
-    // A reconciliation that asked for that status did not list it: gone.
-    f.retain_open(&Default::default(), ts(100), Duration::from_secs(5));
+    // A reconciliation that did not ask for it keeps it.
+    f.retain_open(
+        &Default::default(),
+        &asked(OPEN),
+        ts(100),
+        Duration::from_secs(5),
+    );
+    assert_eq!(f.open_len(), 1);
+    // One that asked for that status and did not list it: gone.
+    f.retain_open(
+        &Default::default(),
+        &asked(&["pending", "running", "awaiting_review"]),
+        ts(100),
+        Duration::from_secs(5),
+    );
     assert_eq!(f.open_len(), 0);
 }
 
@@ -254,7 +301,7 @@ fn without_finished_at_the_terminal_transition_dates_the_finish_not_updated_at()
     let mut f = Fleet::new(ts(0));
     let mut t = task("n", "completed", 10);
     t.finished_at = None;
-    t.terminal_at = Some(ts(10));
+    t.transitions.terminal_at = Some(ts(10));
     assert_eq!(f.apply_task(&t), Applied::Finished);
     f.raise_floor(ts(20));
     assert_eq!(f.ledger_len(), 0);
@@ -289,4 +336,303 @@ fn metrics_that_become_known_after_the_finish_count_once_when_they_arrive() {
         (10, 5)
     );
     assert_eq!(f.counters().finished["completed"], 1);
+}
+
+// ---- Exact under everything the contract allows (issue 9) ----
+
+/// A fleet on an API clock reading `now` (seconds from the test base).
+fn fleet_at(now: i64) -> Fleet {
+    let mut f = Fleet::starting(
+        ApiTime::host(ts(0)),
+        Timestamp::from_micros(0),
+        FleetLimits::default(),
+    );
+    f.set_api_time(ApiTime::host(ts(now)));
+    f
+}
+
+#[test]
+fn equal_updated_at_never_moves_a_task_backwards() {
+    // Pending then running within one whole second: both say updated_at 5.
+    for (first, second) in [("pending", "running"), ("running", "pending")] {
+        let mut f = Fleet::new(ts(0));
+        f.apply_task(&task("t", first, 5));
+        f.apply_task(&task("t", second, 5));
+        assert_eq!(f.open_tasks()["running"], 1, "{first} then {second}");
+        assert_eq!(f.open_tasks()["pending"], 0, "{first} then {second}");
+        assert_eq!(f.counters().queue_seconds.count(), 1);
+    }
+    // A later stage wins even over a later updated_at of an earlier one.
+    let mut f = Fleet::new(ts(0));
+    f.apply_task(&task("u", "running", 5));
+    assert_eq!(f.apply_task(&task("u", "pending", 6)), Applied::Unchanged);
+    assert_eq!(f.open_tasks()["running"], 1);
+    // More transitions win at equal updated_at and stage: running, then an
+    // unknown status, then running again, all in one second.
+    let mut f = Fleet::new(ts(0));
+    let mut r1 = task("v", "running", 5);
+    r1.transitions.count = 2;
+    let mut paused = task("v", "awaiting_input", 5);
+    paused.transitions.count = 3;
+    let mut r2 = task("v", "running", 5);
+    r2.transitions.count = 4;
+    for t in [&r1, &r2, &paused, &r1] {
+        f.apply_task(t);
+    }
+    assert_eq!(f.open_tasks()["running"], 1);
+    assert_eq!(
+        f.open_tasks().get("awaiting_input").copied().unwrap_or(0),
+        0
+    );
+}
+
+#[test]
+fn agent_events_at_the_listed_updated_at_apply_and_deletions_are_never_lost() {
+    let agent = |id: &str, status: &str, at: i64| Agent {
+        id: id.into(),
+        status: status.into(),
+        created_at: ts(0),
+        updated_at: ts(at),
+    };
+    let mut f = Fleet::new(ts(0));
+    f.apply_agent_listing_at(
+        &[agent("a", "idle", 10), agent("b", "idle", 10)],
+        ts(100),
+        Duration::from_secs(5),
+    );
+    // An event with the listed updated_at is news: it applies.
+    f.apply_agent_event(&agent("a", "busy", 10), false);
+    assert_eq!(f.agents().unwrap()["busy"], 1);
+    // A deletion carrying the agent's last updated_at is not lost...
+    f.apply_agent_event(&agent("b", "idle", 10), true);
+    assert_eq!(f.agents().unwrap()["idle"], 0);
+    // ...and a listing read before it (same updated_at) does not bring it back.
+    f.apply_agent_listing_at(
+        &[agent("a", "busy", 10), agent("b", "idle", 10)],
+        ts(101),
+        Duration::from_secs(5),
+    );
+    assert_eq!(f.agents().unwrap().values().sum::<u64>(), 1);
+    // The other way round: a listed copy replaces an event copy of the same
+    // updated_at (the listing was read later; the next one repairs a guess).
+    f.apply_agent_event(&agent("a", "paused", 12), false);
+    f.apply_agent_listing_at(&[agent("a", "error", 12)], ts(102), Duration::from_secs(5));
+    assert_eq!(f.agents().unwrap()["error"], 1);
+    assert_eq!(f.agents().unwrap()["paused"], 0);
+}
+
+#[test]
+fn the_counting_floor_at_start_is_the_api_time_not_the_host_time() {
+    // The host reads 100 s, the API 85 s (15 s behind). A task that
+    // finished at API time 90, after the start, counts; one at 80 does not.
+    let api = ApiTime {
+        earliest: ts(85),
+        latest: ts(86),
+    };
+    let mut f = Fleet::starting(api, ts(100), FleetLimits::default());
+    assert_eq!(f.floor(), ts(86));
+    assert_eq!(
+        f.apply_task(&task("after", "completed", 90)),
+        Applied::Finished
+    );
+    assert_eq!(
+        f.apply_task(&task("before", "completed", 80)),
+        Applied::BeforeFloor
+    );
+}
+
+#[test]
+fn a_queue_time_null_when_first_seen_running_counts_once_when_known() {
+    let mut f = Fleet::new(ts(0));
+    let mut r = task("q", "running", 3);
+    r.metrics.queue_seconds = None;
+    f.apply_task(&r);
+    assert_eq!(f.counters().queue_seconds.count(), 0);
+    // The value arrives on a later copy (or one of the same updated_at).
+    r.metrics.queue_seconds = Some(1.5);
+    f.apply_task(&r);
+    f.apply_task(&r);
+    assert_eq!(f.counters().queue_seconds.count(), 1);
+    assert_eq!(f.counters().queue_seconds.sum(), 1.5);
+    f.apply_task(&task("q", "completed", 9));
+    assert_eq!(
+        f.counters().queue_seconds.count(),
+        1,
+        "not again at the finish"
+    );
+    // Created and finished between two polls, queue still null: it counts
+    // when a later copy of the finished task carries it.
+    let mut c = task("c", "completed", 9);
+    c.metrics.queue_seconds = None;
+    f.apply_task(&c);
+    c.metrics.queue_seconds = Some(2.0);
+    c.updated_at = ts(12);
+    f.apply_task(&c);
+    assert_eq!(f.counters().queue_seconds.count(), 2);
+}
+
+#[test]
+fn a_failure_code_filled_late_counts_once_under_its_code() {
+    let mut f = fleet_at(10);
+    let mut t = task("x", "failed", 8);
+    t.error = Some(TaskError { code: None });
+    f.apply_task(&t);
+    assert_eq!(finished(&f, "failed"), 1);
+    assert_eq!(f.counters().failures.values().sum::<u64>(), 0, "not yet");
+    t.error = Some(TaskError {
+        code: Some("model_error".into()),
+    });
+    f.apply_task(&t);
+    f.apply_task(&t);
+    assert_eq!(f.counters().failures["model_error"], 1);
+    assert_eq!(f.counters().failures.values().sum::<u64>(), 1);
+    // A failure whose code stays null: unknown, once, after the grace.
+    let mut n = task("n", "failed", 9);
+    n.error = None;
+    f.apply_task(&n);
+    f.settle();
+    assert_eq!(f.counters().failures["unknown"], 0, "within the grace");
+    f.set_api_time(ApiTime::host(ts(9 + 301)));
+    f.settle();
+    f.settle();
+    assert_eq!(f.counters().failures["unknown"], 1);
+    // The code arriving after that does not move it.
+    n.error = Some(TaskError {
+        code: Some("timeout".into()),
+    });
+    f.apply_task(&n);
+    assert_eq!(f.counters().failures["timeout"], 0);
+    // And one forgotten by the floor before the grace ends counts unknown too.
+    let mut g = task("g", "failed", 400);
+    g.error = None;
+    f.apply_task(&g);
+    f.raise_floor(ts(500));
+    assert_eq!(f.counters().failures["unknown"], 2);
+    assert_eq!(
+        f.counters().failures.values().sum::<u64>(),
+        finished(&f, "failed")
+    );
+}
+
+#[test]
+fn the_contract_failure_codes_are_present_at_zero_from_the_start() {
+    let f = Fleet::new(ts(0));
+    for code in [
+        "timeout",
+        "model_error",
+        "skill_error",
+        "invalid_input",
+        "internal",
+        "unknown",
+    ] {
+        assert_eq!(f.counters().failures.get(code), Some(&0), "{code}");
+    }
+}
+
+#[test]
+fn a_terminal_like_unknown_status_stops_counting_as_open_after_its_limit() {
+    let mut f = fleet_at(10);
+    f.apply_task(&task("e", "expired", 5));
+    assert_eq!(f.open_tasks()["expired"], 1);
+    f.set_api_time(ApiTime::host(ts(5 + 3601)));
+    f.settle();
+    assert_eq!(f.open_len(), 0, "memory is bounded by the limit");
+    assert!(!f.open_tasks().contains_key("expired") || f.open_tasks()["expired"] == 0);
+    // The reconciliation showing the old task again does not bring it back.
+    assert_eq!(f.apply_task(&task("e", "expired", 5)), Applied::Unchanged);
+    assert_eq!(f.open_len(), 0);
+    // A task first seen in it long after its last change never enters.
+    f.apply_task(&task("old", "expired", 1));
+    assert_eq!(f.open_len(), 0);
+    // If it moves on (a new copy, further along), it counts again.
+    let mut done = task("e", "completed", 3700);
+    done.finished_at = Some(ts(3700));
+    assert_eq!(f.apply_task(&done), Applied::Finished);
+}
+
+#[test]
+fn unknown_statuses_are_bounded_in_names_and_length() {
+    let mut f = Fleet::new(ts(0));
+    for i in 0..30 {
+        f.apply_task(&task(&format!("t{i}"), &format!("status_{i:02}"), 5));
+    }
+    f.apply_task(&task("long", &"z".repeat(1 << 20), 5));
+    let open = f.open_tasks();
+    assert_eq!(open.len(), 2 + MAX_UNKNOWN_NAMES + 1, "{:?}", open.keys());
+    assert_eq!(open["other"], 11);
+    let (_, unknown) = f.open_statuses();
+    assert_eq!(unknown.len(), MAX_UNKNOWN_NAMES);
+    assert!(unknown.iter().all(|n| n.len() <= 128 && n != "other"));
+}
+
+#[test]
+fn timestamps_far_in_the_future_are_refused_and_counted() {
+    let mut f = fleet_at(100);
+    let mut t = task("f", "running", 100);
+    t.updated_at = Timestamp::parse("9999-12-31T23:59:59Z").unwrap();
+    assert_eq!(f.apply_task(&t), Applied::Rejected);
+    assert_eq!(f.open_len(), 0);
+    assert_eq!(f.counters().rejected[&("tasks", "future_timestamp")], 1);
+    // The honest copies go on as usual.
+    assert_eq!(f.apply_task(&task("f", "running", 100)), Applied::Updated);
+    let mut done = task("f", "completed", 101);
+    done.finished_at = Some(Timestamp::parse("9999-01-01T00:00:00Z").unwrap());
+    assert_eq!(f.apply_task(&done), Applied::Rejected);
+    assert_eq!(
+        f.apply_task(&task("f", "completed", 102)),
+        Applied::Finished
+    );
+    // Within the allowed lead (5 m): applied.
+    assert_eq!(
+        f.apply_task(&task("g", "pending", 100 + 299)),
+        Applied::Updated
+    );
+    // Agents: a future copy does not pin the agent.
+    let agent = |status: &str, at: &str| Agent {
+        id: "a".into(),
+        status: status.into(),
+        created_at: ts(0),
+        updated_at: Timestamp::parse(at).unwrap(),
+    };
+    let now = ts(100);
+    f.apply_agent_listing_at(
+        &[agent("idle", "9999-12-31T00:00:00Z")],
+        now,
+        Duration::ZERO,
+    );
+    assert_eq!(f.agents().unwrap().values().sum::<u64>(), 0);
+    f.apply_agent_event(&agent("error", "9999-12-31T00:00:00Z"), false);
+    f.apply_agent_listing_at(
+        &[agent("busy", &format!("{:?}", ts(99)))],
+        now,
+        Duration::ZERO,
+    );
+    assert_eq!(f.agents().unwrap()["busy"], 1);
+    assert_eq!(f.counters().rejected[&("agents", "future_timestamp")], 2);
+}
+
+#[test]
+fn token_counts_near_the_limit_saturate_instead_of_wrapping() {
+    let mut f = Fleet::new(ts(0));
+    for i in 0..3 {
+        let mut t = task(&format!("t{i}"), "completed", 5 + i);
+        t.metrics.input_tokens = Some(u64::MAX / 2 + 1);
+        f.apply_task(&t);
+    }
+    assert_eq!(f.counters().input_tokens, u64::MAX);
+}
+
+#[test]
+fn absurd_durations_neither_panic_nor_land_in_a_histogram_wrongly() {
+    let mut f = Fleet::new(ts(0));
+    for (i, v) in [1e308, 1e-310, 0.0, f64::MIN_POSITIVE]
+        .into_iter()
+        .enumerate()
+    {
+        let mut t = task(&format!("t{i}"), "completed", 5);
+        t.metrics.run_seconds = Some(v);
+        f.apply_task(&t);
+    }
+    assert_eq!(f.counters().run_seconds.count(), 4);
+    assert_eq!(f.counters().run_seconds.exponential().count(), 4);
 }

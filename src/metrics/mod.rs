@@ -218,6 +218,24 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         collect: |s, out| out.extend(s.api.retries.iter().map(|(e, n)| num(&[e], *n as f64))),
     },
     Family {
+        name: "clawmesh_api_clock_skew_seconds",
+        help: "The ClawMesh API's clock minus the exporter's, from the API's Date headers (positive: the API is ahead). API timestamps are compared with the API's clock; absent before the first answer with a Date.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |s, out| out.extend(s.api.clock_skew_seconds.map(|v| num(&[], v))),
+    },
+    Family {
+        name: "clawmesh_api_rejected_objects_total",
+        help: "Sightings of API objects refused whole (reason future_timestamp: an instant far ahead of the API's own clock) or in part (invalid_number: a negative or malformed metric, read as unknown), by resource.",
+        kind: Kind::Counter,
+        unit: "{object}",
+        stability: Stability::Stable,
+        labels: &["resource", "reason"],
+        collect: |s, out| out.extend(s.counters.rejected.iter().map(|((r, why), n)| num(&[r, why], *n as f64))),
+    },
+    Family {
         name: "clawmesh_api_rate_limit_limit",
         help: "The workspace's API request limit per minute (X-RateLimit-Limit), shared by all its integrations.",
         kind: Kind::Gauge,
@@ -372,7 +390,7 @@ impl Default for ProcessInfo {
             workspaces_configured: 0,
             workspaces_owned: 0,
             reload_ok: true,
-            reload_success_at: crate::api::types::Timestamp::now().as_secs_f64(),
+            reload_success_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
             webhook_unattributed: None,
         }
     }

@@ -32,6 +32,8 @@ fn names_follow_opentelemetry_conventions() {
         ("clawmesh.api.requests", "{request}"),
         ("clawmesh.api.request.duration", "s"),
         ("clawmesh.api.retries", "{request}"),
+        ("clawmesh.api.clock.skew", "s"),
+        ("clawmesh.api.rejected.objects", "{object}"),
         ("clawmesh.api.rate_limit.limit", "{request}"),
         ("clawmesh.api.rate_limit.remaining", "{request}"),
         ("clawmesh.api.budget.requests_per_minute", "{request}/min"),

@@ -3,9 +3,10 @@
 //! incremental listings), sharing one client and so one API budget. After
 //! every sync it publishes a snapshot to the hub.
 
+use crate::api::clock::ApiTime;
 use crate::api::types::{Timestamp, Token};
 use crate::api::{ApiError, Client, ListEvent, TaskQuery};
-use crate::fleet::{Fleet, Health};
+use crate::fleet::{Fleet, FleetLimits, Health};
 use crate::hub::Hub;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,9 @@ pub struct PollConfig {
     pub overlap: Duration,
     /// How long finished tasks are remembered for de-duplication.
     pub dedup_horizon: Duration,
+    /// How the fleet judges what the API says (future stamps, unknown
+    /// statuses, late failure codes).
+    pub fleet: FleetLimits,
 }
 
 impl Default for PollConfig {
@@ -43,6 +47,7 @@ impl Default for PollConfig {
             reconcile_interval: Duration::from_secs(600),
             overlap: Duration::from_secs(10),
             dedup_horizon: Duration::from_secs(3600),
+            fleet: FleetLimits::default(),
         }
     }
 }
@@ -119,7 +124,11 @@ pub fn spawn(
         Some(i) => (Some((i.rx, i.changed)), Some(i.tracker)),
         None => (None, None),
     };
-    let started = Timestamp::now();
+    // The key check has read the API's clock: the counting floor and the
+    // first watermark are the API's time at the start, not the host's.
+    let started = Timestamp::host_now();
+    let api_start = client.api_time();
+    let limits = cfg.fleet;
     let health = Health {
         token_expiry: token.expires_at.map(|t| t.as_secs_f64()),
         ..Default::default()
@@ -131,7 +140,7 @@ pub fn spawn(
         hub,
         cfg,
         state: Mutex::new(State {
-            fleet: Fleet::new(started),
+            fleet: Fleet::starting(api_start, started, limits),
             health,
             ok: [false; 2],
             webhook: tracker,
@@ -157,7 +166,7 @@ pub fn spawn(
     let webhooks =
         rx.map(|(rx, changed)| tokio::spawn(apply_webhooks(ws.clone(), rx, changed, stop.clone())));
     let tasks = tokio::spawn(async move {
-        let mut sync = TaskSync::new(started);
+        let mut sync = TaskSync::new(api_start.latest);
         let mut stop = stop;
         loop {
             let start = Instant::now();
@@ -195,8 +204,10 @@ async fn apply_webhooks(
                 if n == 0 {
                     return;
                 }
+                let api_time = ws.client.api_time();
                 let mut st = ws.lock();
                 let State { fleet, webhook, .. } = &mut *st;
+                fleet.set_api_time(api_time);
                 if let Some(tracker) = webhook {
                     for change in batch.drain(..) {
                         crate::webhook::apply(fleet, tracker, change);
@@ -269,7 +280,7 @@ impl Workspace {
             } = &mut *st;
             let mut snap = fleet.snapshot(
                 &self.id,
-                Timestamp::now(),
+                self.client.api_time().estimate(),
                 health.clone(),
                 self.client.stats(),
             );
@@ -302,12 +313,15 @@ impl Workspace {
     }
 
     async fn sync_agents(&self) {
-        let started = Timestamp::now();
+        let started = Timestamp::host_now();
         let result = async {
+            let api_start = self.client.api_time();
             let agents = self.client.list_agents().collect_all().await?;
-            self.lock()
-                .fleet
-                .apply_agent_listing_at(&agents, started, self.cfg.overlap);
+            let mut st = self.lock();
+            st.fleet.set_api_time(self.client.api_time());
+            st.fleet
+                .apply_agent_listing_at(&agents, api_start.latest, self.cfg.overlap);
+            drop(st);
             tracing::debug!(workspace = %self.id, agents = agents.len(), "agents synced");
             Ok(())
         }
@@ -318,7 +332,8 @@ impl Workspace {
 
 /// The task loop's own memory: where the incremental listing resumes.
 struct TaskSync {
-    /// The newest `updated_at` seen in a complete incremental listing.
+    /// The newest `updated_at` seen in a complete incremental listing, never
+    /// past the API's time at that listing's start.
     watermark: Timestamp,
     last_reconcile: Option<Instant>,
 }
@@ -332,12 +347,15 @@ impl TaskSync {
     }
 
     async fn run(&mut self, ws: &Workspace) {
-        let started = Timestamp::now();
-        let result = self.sync(ws, started).await;
+        // Health is on the host's clock (Prometheus compares it with
+        // time()); everything compared with API timestamps is on the API's.
+        let started = Timestamp::host_now();
+        let result = self.sync(ws).await;
         ws.finish(1, started, result);
     }
 
-    async fn sync(&mut self, ws: &Workspace, started: Timestamp) -> Result<(), ApiError> {
+    async fn sync(&mut self, ws: &Workspace) -> Result<(), ApiError> {
+        let started = ws.client.api_time();
         let due = self
             .last_reconcile
             .is_none_or(|t| t.elapsed() >= ws.cfg.reconcile_interval);
@@ -350,7 +368,9 @@ impl TaskSync {
                 self.last_reconcile = Some(Instant::now());
             }
         }
-        let listing_start = Timestamp::now();
+        // The earliest the API's clock can read now: were it later, the
+        // watermark could pass a change that becomes visible late.
+        let listing_start = ws.client.api_time().earliest;
         // Re-read the overlap window: a change with an older updated_at may
         // have become visible since the last listing (visibility lag).
         let query = TaskQuery {
@@ -362,14 +382,18 @@ impl TaskSync {
         let mut listing = ws.client.list_tasks(query);
         while let Some(ev) = listing.next().await? {
             if let ListEvent::Page(page) = ev {
+                let api_time = ws.client.api_time();
                 let mut st = ws.lock();
                 let State { fleet, webhook, .. } = &mut *st;
+                fleet.set_api_time(api_time);
                 for t in &page {
                     let applied = fleet.apply_task(t);
                     if let Some(w) = webhook {
                         w.polled(t, applied);
                     }
-                    newest = newest.max(t.updated_at);
+                    if applied != crate::fleet::Applied::Rejected {
+                        newest = newest.max(t.updated_at);
+                    }
                 }
             }
         }
@@ -382,35 +406,119 @@ impl TaskSync {
         // (longer than the lag) re-reads the rest next time.
         self.watermark = newest.min(listing_start);
         let forget_before = started
+            .earliest
             .saturating_sub(ws.cfg.dedup_horizon)
             .min(self.watermark.saturating_sub(ws.cfg.overlap));
-        ws.lock().fleet.raise_floor(forget_before);
+        let api_time = ws.client.api_time();
+        let mut st = ws.lock();
+        st.fleet.raise_floor(forget_before);
+        st.fleet.set_api_time(api_time);
+        st.fleet.settle();
+        drop(st);
         reconciled
     }
 
     /// A full listing of open tasks: repairs the open set (gauges) from the
     /// source. Counting stays with the incremental listing and the ledger.
-    async fn reconcile(&mut self, ws: &Workspace, started: Timestamp) -> Result<(), ApiError> {
-        let query = TaskQuery {
-            statuses: ws.lock().fleet.open_statuses(),
+    /// Pending and running are listed whole; statuses the contract does not
+    /// name (held by some open task) only as far back as they count as
+    /// open, in as many listings as keep each URL short.
+    async fn reconcile(&mut self, ws: &Workspace, started: ApiTime) -> Result<(), ApiError> {
+        let (known, unknown, ttl) = {
+            let st = ws.lock();
+            let (k, u) = st.fleet.open_statuses();
+            (k, u, st.fleet.unknown_status_ttl())
+        };
+        let since = started.earliest.saturating_sub(ttl);
+        let mut queries = vec![TaskQuery {
+            statuses: known.clone(),
             updated_after: None,
             sort_by_updated_at: false,
-        };
+        }];
+        queries.extend(
+            status_chunks(&unknown, MAX_STATUS_PARAM).map(|statuses| TaskQuery {
+                statuses,
+                updated_after: Some(since),
+                sort_by_updated_at: false,
+            }),
+        );
         let mut seen: HashSet<String> = HashSet::new();
-        let mut listing = ws.client.list_tasks(query);
-        while let Some(ev) = listing.next().await? {
-            match ev {
-                ListEvent::Page(page) => {
-                    let mut st = ws.lock();
-                    for t in page {
-                        st.fleet.apply_task(&t);
-                        seen.insert(t.id);
+        for query in queries {
+            let mut mine: HashSet<String> = HashSet::new();
+            let mut listing = ws.client.list_tasks(query);
+            while let Some(ev) = listing.next().await? {
+                match ev {
+                    ListEvent::Page(page) => {
+                        let api_time = ws.client.api_time();
+                        let mut st = ws.lock();
+                        st.fleet.set_api_time(api_time);
+                        for t in page {
+                            st.fleet.apply_task(&t);
+                            mine.insert(t.id);
+                        }
                     }
+                    ListEvent::Restarted => mine.clear(),
                 }
-                ListEvent::Restarted => seen.clear(),
+            }
+            seen.extend(mine);
+        }
+        let asked: HashSet<String> = known.into_iter().chain(unknown).collect();
+        ws.lock()
+            .fleet
+            .retain_open(&seen, &asked, started.latest, ws.cfg.overlap);
+        Ok(())
+    }
+}
+
+/// The longest `status=` value a reconciliation sends (bytes of the names
+/// and commas, before escaping): URLs stay far below what servers and
+/// proxies accept (commonly 8 KiB).
+const MAX_STATUS_PARAM: usize = 1024;
+
+/// `names` in groups whose comma-joined length stays within `max`; a name
+/// longer than `max` alone is left out (it cannot be asked for safely).
+fn status_chunks(names: &[String], max: usize) -> impl Iterator<Item = Vec<String>> + '_ {
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    let mut len = 0;
+    for n in names.iter().filter(|n| !n.is_empty() && n.len() <= max) {
+        match chunks.last_mut() {
+            Some(c) if len + 1 + n.len() <= max => {
+                c.push(n.clone());
+                len += 1 + n.len();
+            }
+            _ => {
+                chunks.push(vec![n.clone()]);
+                len = n.len();
             }
         }
-        ws.lock().fleet.retain_open(&seen, started, ws.cfg.overlap);
-        Ok(())
+    }
+    chunks.into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciliation_statuses_split_into_short_groups() {
+        let names: Vec<String> = (0..40)
+            .map(|i| format!("status_{i:03}_{}", "x".repeat(90)))
+            .collect();
+        let chunks: Vec<Vec<String>> = status_chunks(&names, MAX_STATUS_PARAM).collect();
+        assert!(chunks.len() > 1);
+        for c in &chunks {
+            assert!(
+                c.join(",").len() <= MAX_STATUS_PARAM,
+                "{}",
+                c.join(",").len()
+            );
+        }
+        let all: Vec<String> = chunks.concat();
+        assert_eq!(all, names, "every name asked for once, in order");
+        let huge = vec!["y".repeat(MAX_STATUS_PARAM + 1), "ok".to_string()];
+        assert_eq!(
+            status_chunks(&huge, MAX_STATUS_PARAM).collect::<Vec<_>>(),
+            vec![vec!["ok".to_string()]]
+        );
     }
 }

@@ -202,7 +202,7 @@ impl Receiver {
         let Ok(ev) = serde_json::from_slice::<EventIn>(&body) else {
             return Refused(StatusCode::BAD_REQUEST, "bad_request");
         };
-        if ev.created_at < Timestamp::now().saturating_sub(RETRY_HORIZON) {
+        if ev.created_at < Timestamp::host_now().saturating_sub(RETRY_HORIZON) {
             // Past the last retry: a replay, whoever sends it.
             return Refused(StatusCode::BAD_REQUEST, "stale");
         }
@@ -216,7 +216,7 @@ impl Receiver {
             counts: route.counts.clone(),
             changed: route.changed.clone(),
         };
-        *lock(&route.last_event) = Some(Timestamp::now());
+        *lock(&route.last_event) = Some(Timestamp::host_now());
         let change = match Change::from_event(&ev.kind, ev.data.object) {
             Ok(Some(c)) => c,
             Ok(None) if KNOWN_UNUSED.contains(&ev.kind.as_str()) => {
@@ -381,7 +381,7 @@ impl Tracker {
     /// else `normal`.
     pub fn poll_interval(&self, normal: Duration) -> Duration {
         let recent = lock(&self.last_event)
-            .is_some_and(|t| t > Timestamp::now().saturating_sub(self.poll_interval));
+            .is_some_and(|t| t > Timestamp::host_now().saturating_sub(self.poll_interval));
         if recent {
             self.poll_interval.max(normal)
         } else {

@@ -324,11 +324,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Wait until the simulator's clock is a second past the exporter's start.
+/// Wait until the simulator's clock is two seconds past the exporter's start.
 /// The simulator stamps each time with 0 to 6 fractional digits, i.e.
-/// rounded down by up to a second: a task that starts or finishes in the
-/// first second after the exporter started may carry an earlier time, and
-/// "since the exporter started" would exclude it. Tests that compare with
+/// rounded down by up to a second, and the exporter's counting floor is the
+/// API's time at its start rounded up to the second of a `Date` header: a
+/// task that starts or finishes in the first two seconds after the exporter
+/// started may fall before the floor, and "since the exporter started"
+/// would exclude it. Tests that compare with
 /// the ground truth from the exporter's start let that second pass on the
 /// simulator's clock before the fleet moves.
 pub async fn let_the_start_pass(sim: &Sim, exporter: &Running) {
@@ -348,8 +350,8 @@ pub async fn let_the_start_pass(sim: &Sim, exporter: &Running) {
     };
     wait_for(
         Duration::from_secs(10),
-        "a second past the exporter's start",
-        || async { rfc3339_secs(&sim.truth().now) > started + 1.0 },
+        "two seconds past the exporter's start",
+        || async { rfc3339_secs(&sim.truth().now) > started + 2.0 },
     )
     .await;
 }
