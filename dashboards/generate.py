@@ -345,6 +345,17 @@ def exporter():
                      "ClawMeshApiKeyMissingScope) or 429 (rate limited: ClawMeshApiRateLimited).",
                      [(f'sum by (workspace, endpoint, code) (workspace_endpoint_code:clawmesh_api_requests:rate5m{{{WS}, code=~"403|429"}}) * 60',
                        "{{workspace}} {{endpoint}} {{code}}")], "cpm"), 12, 8)
+    L.add(timeseries("API clock skew", "The ClawMesh API's clock minus the exporter's, per workspace, estimated from "
+                     "the API's Date headers: positive when the API is ahead. Red areas: beyond ±30 s, where "
+                     "ClawMeshApiClockSkew fires after 10 min and data ages are suspect.",
+                     [(f"clawmesh_api_clock_skew_seconds{{{WS}}}", "{{workspace}}")], "s", min0=False,
+                     steps=[("red", None), ("transparent", -30), ("red", 30)], threshold_style="dashed+area"), 12, 8)
+    L.add(timeseries("Rejected API objects", "Objects from the API the exporter refused to apply, per minute, by "
+                     "workspace, resource (agents, tasks) and reason (future_timestamp: a timestamp far ahead of "
+                     "the API's clock; invalid_number: a negative or non-finite number). Refusals that go on for "
+                     "20 min are ClawMeshApiRejectingObjects; the exporter's log names each object.",
+                     [(f"sum by (workspace, resource, reason) (rate(clawmesh_api_rejected_objects_total{{{WS}}}[$__rate_interval])) * 60",
+                       "{{workspace}} {{resource}} {{reason}}")], "cpm", draw_style="bars"), 12, 8)
 
     L.row("Rate limit and key")
     L.add(timeseries("Rate limit remaining", "Requests left in the current rate-limit window as a share of the "
@@ -409,8 +420,8 @@ def exporter():
                      "away: bounded by the series count, never growing with the outage.",
                      [(f"clawmesh_otlp_pending_data_points{{{WS}}}", "{{workspace}}")], "none"), 8, 8)
     return dashboard("clawmesh-exporter", "ClawMesh / Exporter health",
-                     "Health of clawmesh-exporter itself: scrape, sync, ClawMesh API requests, rate limit, "
-                     "API key and OTLP export.", L.panels)
+                     "Health of clawmesh-exporter itself: scrape, sync, ClawMesh API requests, clock skew and "
+                     "refused objects, rate limit, API key and OTLP export.", L.panels)
 
 
 def main():
