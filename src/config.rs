@@ -38,7 +38,7 @@ pub enum Command {
     /// Serve the ClawMesh API simulator on loopback (for trying setups out).
     Simulate(SimArgs),
     /// Run the simulator and the exporter against it: live numbers, no key, no network.
-    Demo(Box<RunArgs>),
+    Demo(Box<DemoArgs>),
     /// Validate a --config.file and name each problem with its path; exit code 2 when bad.
     CheckConfig {
         /// The YAML configuration file.
@@ -265,6 +265,39 @@ pub struct SimArgs {
     /// Agents sometimes take statuses the contract does not list.
     #[arg(long = "unknown-agent-statuses")]
     pub unknown_agent_statuses: bool,
+    #[command(flatten)]
+    pub latitude: LatitudeArgs,
+}
+
+/// `demo`: the exporter's flags, and how the simulator behind it behaves.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub latitude: LatitudeArgs,
+}
+
+/// What the contract allows that the simulator does only when asked.
+#[derive(Debug, Clone, Args)]
+pub struct LatitudeArgs {
+    /// Contract latitude the simulator takes: all, none, or a comma-separated
+    /// list of whole-seconds, late-metrics, late-failure-codes,
+    /// deletion-keeps-updated-at, unknown-task-statuses, lag-always-max.
+    #[arg(long = "latitude", value_name = "LIST", default_value = "none", value_parser = crate::sim::Latitude::parse_list)]
+    pub latitude: crate::sim::Latitude,
+    /// The simulated API's clock minus the host's, e.g. -15s or +1m.
+    #[arg(long = "clock-offset", value_name = "DURATION", default_value = "0s", allow_hyphen_values = true, value_parser = crate::sim::parse_signed_ms)]
+    pub clock_offset_ms: i64,
+}
+
+impl LatitudeArgs {
+    pub fn to_latitude(&self) -> crate::sim::Latitude {
+        crate::sim::Latitude {
+            clock_offset_ms: self.clock_offset_ms,
+            ..self.latitude.clone()
+        }
+    }
 }
 
 /// Where the exporter reads its environment: the process, or a map in tests.

@@ -3,13 +3,18 @@
 
 use crate::config::{ProcessEnv, RunArgs};
 use crate::secret::Secret;
-use crate::sim::{SimConfig, Simulator, WebhookSettings, DEMO_KEY};
+use crate::sim::{Latitude, SimConfig, Simulator, WebhookSettings, DEMO_KEY};
 use std::time::Duration;
 
-pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
+/// `latitude`: what the simulator does beyond its defaults (`--latitude`,
+/// `--clock-offset`).
+pub async fn run(mut args: RunArgs, latitude: Latitude) -> anyhow::Result<()> {
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sim_addr = sim_listener.local_addr()?;
-    let sim = Simulator::new(SimConfig::default());
+    let sim = Simulator::new(SimConfig {
+        latitude,
+        ..SimConfig::default()
+    });
     tokio::spawn(sim.clone().serve(sim_listener));
 
     args.api_url = format!("http://{sim_addr}/v1");

@@ -41,8 +41,9 @@ fn main() -> ExitCode {
             report(runtime.block_on(simulate(sim)))
         }
         Some(Command::Demo(args)) => {
-            init_logging(args.log_level, args.log_format);
-            report(runtime.block_on(clawmesh_exporter::demo::run(*args)))
+            init_logging(args.run.log_level, args.run.log_format);
+            let latitude = args.latitude.to_latitude();
+            report(runtime.block_on(clawmesh_exporter::demo::run(args.run, latitude)))
         }
         None => {
             let cfg = match cli.run.validate(&ProcessEnv) {
@@ -80,6 +81,7 @@ async fn simulate(args: SimArgs) -> anyhow::Result<()> {
         rate_limit_per_minute: args.rate_limit,
         seed: args.seed,
         unknown_agent_statuses: args.unknown_agent_statuses,
+        latitude: args.latitude.to_latitude(),
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;

@@ -1,7 +1,7 @@
 //! The HTTP face: axum handlers, auth, keyset pagination, rate limiting,
 //! fault injection, and the `/_sim/` control endpoints.
 
-use super::model::{format_us, now_us, Agent, AgentOut, Hit, Listing, Order, Task, MICROS};
+use super::model::{imf_fixdate, Agent, AgentOut, Hit, Listing, Order, Task, MICROS};
 use super::{Faults, Inner, KeyEntry, SimKey, Simulator};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -87,6 +87,7 @@ struct Admission {
     key: Option<KeyEntry>,
     hang: bool,
     injected: Option<Injected>,
+    page_retry: bool,
     cursor_fault: bool,
     truncate: bool,
 }
@@ -106,7 +107,7 @@ fn admit(
     has_cursor: bool,
     f: &Faults,
 ) -> Admission {
-    let now = now_us();
+    let now = inner.clock.now_us();
     let secret = bearer(headers);
     let mut h = inner.http();
     h.next_request += 1;
@@ -159,6 +160,7 @@ fn admit(
     } else {
         None
     };
+    let page_retry = has_cursor && roll(f.page_retry_after);
     let cursor_fault = has_cursor && roll(f.cursor_expired);
     let truncate = roll(f.truncated_json);
     Admission {
@@ -168,6 +170,7 @@ fn admit(
         key,
         hang,
         injected,
+        page_retry,
         cursor_fault,
         truncate,
     }
@@ -180,7 +183,7 @@ fn count_fault(inner: &Inner) {
 /// Remembers that `key` was told to wait `secs`.
 fn record_retry_after(inner: &Inner, key: &Option<KeyEntry>, secs: i64) {
     if let Some(k) = key {
-        let until = now_us() + secs * MICROS;
+        let until = inner.clock.now_us() + secs * MICROS;
         inner.http().not_before.insert(k.key.id.clone(), until);
     }
 }
@@ -222,7 +225,7 @@ async fn serve_v1(
     }
     let adm = admit(inner, endpoint, headers, has_cursor, &faults);
     let resp = answer(inner, scope, &faults, &adm, handler).await;
-    finish(resp, &adm)
+    finish(resp, &adm, inner.clock.now_us())
 }
 
 async fn answer(
@@ -296,7 +299,7 @@ async fn answer(
     if key
         .key
         .expires_at
-        .is_some_and(|e| e.timestamp_micros() <= now_us())
+        .is_some_and(|e| e.timestamp_micros() <= inner.clock.now_us())
     {
         return err(ApiErr::new(
             StatusCode::UNAUTHORIZED,
@@ -314,6 +317,12 @@ async fn answer(
             e.details = Some(json!({ "required_scope": s }));
             return err(e);
         }
+    }
+    if adm.page_retry {
+        count_fault(inner);
+        inner.http().counters.rate_limited_total += 1;
+        record_retry_after(inner, &adm.key, retry);
+        return with_retry_after(err(rate_limited()), retry);
     }
     if adm.cursor_fault {
         count_fault(inner);
@@ -347,9 +356,14 @@ fn cursor_expired() -> ApiErr {
     )
 }
 
-/// Headers every /v1 answer carries.
-fn finish(mut r: Response, adm: &Admission) -> Response {
+/// Headers every /v1 answer carries, `Date` from the API's clock (hyper
+/// adds its own, from the host's, only when there is none).
+fn finish(mut r: Response, adm: &Admission, now_us: i64) -> Response {
     let h = r.headers_mut();
+    h.insert(
+        header::DATE,
+        HeaderValue::from_str(&imf_fixdate(now_us)).expect("ascii"),
+    );
     h.insert(
         "x-request-id",
         HeaderValue::from_str(&adm.request_id).expect("ascii"),
@@ -388,8 +402,8 @@ async fn token(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
                 name: &k.key.id,
                 workspace_id: &inner.cfg.workspace_id,
                 scopes: &k.key.scopes,
-                created_at: format_us(k.created_us),
-                expires_at: k.key.expires_at.map(|e| format_us(e.timestamp_micros())),
+                created_at: inner.api_ts(k.created_us),
+                expires_at: k.key.expires_at.map(|e| inner.api_ts(e.timestamp_micros())),
             };
             Ok(serde_json::to_vec(&json!({ "data": out })).expect("serialisable"))
         },
@@ -413,7 +427,7 @@ async fn list_agents(State(sim): State<Simulator>, headers: HeaderMap, q: QueryP
         |inner, _| {
             let Query(q) = q.map_err(|e| ApiErr::bad(e.body_text()))?;
             let p = ListParams::parse(&q, false)?;
-            let now = now_us();
+            let now = inner.clock.now_us();
             let after = p.after(inner, CursorKind::Agents, now)?;
             let listing = inner.fleet().agents.list(
                 Order::Created,
@@ -446,7 +460,7 @@ async fn list_tasks(State(sim): State<Simulator>, headers: HeaderMap, q: QueryPa
         |inner, _| {
             let Query(q) = q.map_err(|e| ApiErr::bad(e.body_text()))?;
             let p = ListParams::parse(&q, true)?;
-            let now = now_us();
+            let now = inner.clock.now_us();
             let kind = match p.order {
                 Order::Created => CursorKind::TasksCreated,
                 Order::Updated => CursorKind::TasksUpdated,
@@ -491,7 +505,7 @@ async fn get_agent(
         &headers,
         false,
         |inner, _| {
-            let now = now_us();
+            let now = inner.clock.now_us();
             let a = inner.fleet().agents.visible(&id, now).cloned();
             let a = a.ok_or_else(|| not_found("agent", &id))?;
             Ok(single(&*a, now))
@@ -512,7 +526,7 @@ async fn get_task(
         &headers,
         false,
         |inner, _| {
-            let now = now_us();
+            let now = inner.clock.now_us();
             let t = inner.fleet().tasks.visible(&id, now).cloned();
             let t = t.ok_or_else(|| not_found("task", &id))?;
             Ok(single(&*t, now))

@@ -2,15 +2,15 @@
 //! Every change is a new version that becomes visible after a random lag.
 
 use super::model::{
-    stamp, Agent, AgentConfig, AgentConstraints, AgentOut, Metrics, Output, Store, Task, TaskError,
-    Transition, Ts, MICROS,
+    stamp_with, Agent, AgentConfig, AgentConstraints, AgentOut, Metrics, Output, Store, Task,
+    TaskError, Transition, Ts, MICROS,
 };
 use super::truth::FleetCounters;
-use super::SimConfig;
+use super::{Latitude, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 const DAY: i64 = 86_400 * MICROS;
@@ -55,6 +55,17 @@ fn secs_ms(from_us: i64, to_us: i64) -> f64 {
     millis(from_us, to_us) as f64 / 1000.0
 }
 
+/// Values a later version fills in (late metrics, late failure codes).
+#[derive(Debug, Default)]
+struct Fill {
+    task: String,
+    queue_ms: Option<i64>,
+    run_ms: Option<i64>,
+    input: Option<u64>,
+    output: Option<u64>,
+    error: Option<TaskError>,
+}
+
 pub struct Fleet {
     pub agents: Store<Agent>,
     pub tasks: Store<Task>,
@@ -68,6 +79,18 @@ pub struct Fleet {
     pub max_visible_us: i64,
     /// (due, task id): outputs to attach late.
     late_outputs: BinaryHeap<Reverse<(i64, String)>>,
+    /// (due, fill number): values to fill in late, with the fills by number.
+    late_fills: BinaryHeap<Reverse<(i64, u64)>>,
+    fills: HashMap<u64, Fill>,
+    next_fill: u64,
+    /// (due, task id): `awaiting_input` tasks to return to running.
+    resumes: BinaryHeap<Reverse<(i64, String)>>,
+    /// Tasks now `expired` and `awaiting_input` (true state).
+    pub expired: usize,
+    pub awaiting: usize,
+    latitude: Latitude,
+    failed_share: f64,
+    cancelled_share: f64,
     /// (leaves history at, task id) of terminal tasks.
     expiries: BinaryHeap<Reverse<(i64, String)>>,
     pub rng: StdRng,
@@ -102,6 +125,15 @@ impl Fleet {
             vis_queue: BinaryHeap::new(),
             max_visible_us: start_us,
             late_outputs: BinaryHeap::new(),
+            late_fills: BinaryHeap::new(),
+            fills: HashMap::new(),
+            next_fill: 0,
+            resumes: BinaryHeap::new(),
+            expired: 0,
+            awaiting: 0,
+            latitude: cfg.latitude.clone(),
+            failed_share: cfg.failed_share.clamp(0.0, 1.0),
+            cancelled_share: cfg.cancelled_share.clamp(0.0, 1.0),
             expiries: BinaryHeap::new(),
             rng: StdRng::seed_from_u64(cfg.seed),
             change_budget: 0.0,
@@ -123,10 +155,18 @@ impl Fleet {
         f
     }
 
+    /// A stamp for `now_us`, later than `after_us` (at or after it under
+    /// whole-second stamps).
+    fn stamp(&mut self, now_us: i64, after_us: i64) -> Ts {
+        let whole = self.latitude.whole_second_stamps;
+        stamp_with(&mut self.rng, now_us, after_us, whole)
+    }
+
     /// A stamp for a change of the living fleet: later than `after_us` and
-    /// than the start, so "changed since start" is exact despite rounding.
+    /// than the start, so "changed since start" is exact despite rounding
+    /// (at or after both under whole-second stamps).
     fn live_stamp(&mut self, now_us: i64, after_us: i64) -> Ts {
-        stamp(&mut self.rng, now_us, after_us.max(self.start_us))
+        self.stamp(now_us, after_us.max(self.start_us))
     }
 
     /// Schedules a task that just became terminal to leave history.
@@ -138,6 +178,9 @@ impl Fleet {
     }
 
     fn lag(&mut self) -> i64 {
+        if self.latitude.lag_always_max {
+            return self.lag_max_us;
+        }
         self.rng.random_range(0..=self.lag_max_us)
     }
 
@@ -146,9 +189,21 @@ impl Fleet {
     /// and `updated_at` is rounded down by up to a second.
     fn commit_task(&mut self, t: Task) {
         if self.events.is_some() {
-            let kind = match self.tasks.current(&t.id).map(|p| p.status.clone()) {
+            let prev = self
+                .tasks
+                .current(&t.id)
+                .map(|p| (p.status.clone(), p.outputs.len()));
+            let kind = match prev {
                 None => "task.created".to_string(),
-                Some(p) if p == t.status => "task.output_received".to_string(),
+                Some((p, n)) if p == t.status && n < t.outputs.len() => {
+                    "task.output_received".to_string()
+                }
+                // Late metrics or a late failure code: a type of its own
+                // (the contract: new types may be added).
+                Some((p, _)) if p == t.status => "task.updated".to_string(),
+                Some((p, _)) if p == "awaiting_input" && t.status == "running" => {
+                    "task.resumed".to_string()
+                }
                 Some(_) if t.status == "running" => "task.started".to_string(),
                 Some(_) => format!("task.{}", t.status),
             };
@@ -179,11 +234,16 @@ impl Fleet {
     }
 
     fn emit(&mut self, kind: String, object: serde_json::Value, at_us: i64) {
+        let digits = if self.latitude.whole_second_stamps {
+            0
+        } else {
+            6
+        };
         if let Some(out) = &mut self.events {
             out.push(super::webhooks::SimEvent {
                 kind,
                 object,
-                at_us,
+                at: Ts { us: at_us, digits },
             });
         }
     }
@@ -304,7 +364,7 @@ impl Fleet {
         for (code, w, msg) in FAILURES {
             if r < w {
                 return TaskError {
-                    code: code.to_string(),
+                    code: Some(code.to_string()),
                     message: msg.to_string(),
                 };
             }
@@ -313,15 +373,16 @@ impl Fleet {
         unreachable!("weights cover the range")
     }
 
-    /// Random terminal outcome: completed ~80%, failed ~12%, cancelled ~8%.
+    /// Random terminal outcome of a run: failed `failed_share`, cancelled
+    /// `cancelled_share`, completed the rest (by default 91/5/4 %).
     fn outcome(&mut self) -> &'static str {
         let r: f64 = self.rng.random();
-        if r < 0.80 {
-            "completed"
-        } else if r < 0.92 {
+        if r < self.failed_share {
             "failed"
-        } else {
+        } else if r < self.failed_share + self.cancelled_share {
             "cancelled"
+        } else {
+            "completed"
         }
     }
 
@@ -329,7 +390,7 @@ impl Fleet {
         let mut agents = Vec::with_capacity(cfg.agents);
         for _ in 0..cfg.agents {
             let created_us = start_us - self.rng.random_range(DAY..60 * DAY);
-            let created = stamp(&mut self.rng, created_us, i64::MIN);
+            let created = self.stamp(created_us, i64::MIN);
             let r: f64 = self.rng.random();
             let status = match r {
                 r if r < 0.03 => "provisioning",
@@ -341,7 +402,7 @@ impl Fleet {
             let mut a = self.new_agent(created, status);
             // The current status since some time in the last day.
             let since_us = start_us - self.rng.random_range(600 * MICROS..DAY);
-            a.updated_at = stamp(&mut self.rng, since_us, created.us);
+            a.updated_at = self.stamp(since_us, created.us);
             a.heartbeat_phase = has_heartbeat(status).then_some(a.updated_at);
             agents.push(a);
         }
@@ -353,17 +414,17 @@ impl Fleet {
             let run_us = self.rng.random_range(5 * MICROS..1800 * MICROS);
             let span = queue_us + run_us + 2 * MICROS;
             let created_us = start_us - span - self.rng.random_range(0..RETENTION - span);
-            let created = stamp(&mut self.rng, created_us, i64::MIN);
+            let created = self.stamp(created_us, i64::MIN);
             let mut t = self.new_task(created, false);
             let status = self.outcome();
             let from_pending = status == "cancelled" && self.rng.random_bool(0.5);
             let finished;
             if from_pending || agents.is_empty() {
-                finished = stamp(&mut self.rng, created_us + queue_us, created.us);
+                finished = self.stamp(created_us + queue_us, created.us);
                 t.status = "cancelled".to_string();
             } else {
-                let started = stamp(&mut self.rng, created_us + queue_us, created.us);
-                finished = stamp(&mut self.rng, started.us + run_us, started.us);
+                let started = self.stamp(created_us + queue_us, created.us);
+                finished = self.stamp(started.us + run_us, started.us);
                 let agent = &agents[self.rng.random_range(0..agents.len())];
                 t.agent_id = Some(agent.id.clone());
                 t.started_at = Some(started);
@@ -398,7 +459,7 @@ impl Fleet {
         // The open set: pending and running tasks created in the last minutes.
         for _ in 0..self.target_pending {
             let created_us = start_us - self.rng.random_range(MICROS..120 * MICROS);
-            let created = stamp(&mut self.rng, created_us, i64::MIN);
+            let created = self.stamp(created_us, i64::MIN);
             let t = self.new_task(created, false);
             self.pending.insert((created.us, t.id.clone()));
             self.commit_task(t);
@@ -416,9 +477,9 @@ impl Fleet {
             }
             let ai = candidates[self.rng.random_range(0..candidates.len())];
             let created_us = start_us - self.rng.random_range(60 * MICROS..300 * MICROS);
-            let created = stamp(&mut self.rng, created_us, i64::MIN);
+            let created = self.stamp(created_us, i64::MIN);
             let start = created_us + self.rng.random_range(MICROS..50 * MICROS);
-            let started = stamp(&mut self.rng, start, created.us);
+            let started = self.stamp(start, created.us);
             let mut t = self.new_task(created, false);
             start_fields(&mut t, &agents[ai].id, started);
             let a = &mut agents[ai];
@@ -470,6 +531,22 @@ impl Fleet {
                 }
                 let Reverse((_, id)) = self.late_outputs.pop().expect("peeked");
                 self.attach_output(&id, now_us);
+            }
+            while let Some(Reverse((due, _))) = self.late_fills.peek() {
+                if *due > now_us {
+                    break;
+                }
+                let Reverse((_, n)) = self.late_fills.pop().expect("peeked");
+                if let Some(fill) = self.fills.remove(&n) {
+                    self.apply_fill(fill, now_us);
+                }
+            }
+            while let Some(Reverse((due, _))) = self.resumes.peek() {
+                if *due > now_us {
+                    break;
+                }
+                let Reverse((_, id)) = self.resumes.pop().expect("peeked");
+                self.resume_task(&id, now_us);
             }
         }
         self.process_visibility(now_us);
@@ -526,10 +603,112 @@ impl Fleet {
         if self.pending.is_empty() {
             return false;
         }
+        if self.latitude.unknown_task_statuses && self.rng.random_bool(0.02) {
+            return self.expire_pending(now_us);
+        }
         if self.rng.random_bool(0.03) {
             return self.cancel_pending(now_us);
         }
         self.start_task(now_us)
+    }
+
+    /// A random pending task becomes `expired`, a status outside the
+    /// contract that it never leaves (and that never leaves history).
+    fn expire_pending(&mut self, now_us: i64) -> bool {
+        let i = self.rng.random_range(0..self.pending.len());
+        let key = self.pending.iter().nth(i).cloned().expect("in range");
+        self.pending.remove(&key);
+        let mut t = (**self.tasks.current(&key.1).expect("pending task")).clone();
+        let at = self.live_stamp(now_us, t.updated_at.us);
+        t.status = "expired".to_string();
+        t.updated_at = at;
+        t.transitions.push(Transition {
+            status: "expired".to_string(),
+            at,
+        });
+        self.expired += 1;
+        self.commit_task(t);
+        true
+    }
+
+    /// Schedules `fill` 1-20 s after `now_us`.
+    fn fill_later(&mut self, fill: Fill, now_us: i64) {
+        let due = now_us + self.rng.random_range(MICROS..=20 * MICROS);
+        self.next_fill += 1;
+        self.fills.insert(self.next_fill, fill);
+        self.late_fills.push(Reverse((due, self.next_fill)));
+    }
+
+    /// A new version of the task (status unchanged) with the late values;
+    /// the ground truth counts them now that they are known.
+    fn apply_fill(&mut self, fill: Fill, now_us: i64) {
+        let Some(cur) = self.tasks.current(&fill.task) else {
+            return;
+        };
+        let mut t = (**cur).clone();
+        let c = &mut self.counters;
+        if let Some(ms) = fill.queue_ms {
+            t.metrics.queue_seconds = Some(ms as f64 / 1000.0);
+            c.queue_seconds.observe_ms(ms);
+        }
+        if let Some(ms) = fill.run_ms {
+            t.metrics.run_seconds = Some(ms as f64 / 1000.0);
+            c.run_seconds.observe_ms(ms);
+        }
+        if let Some(n) = fill.input {
+            t.metrics.input_tokens = Some(n);
+            *c.tokens.entry("input".into()).or_default() += n;
+        }
+        if let Some(n) = fill.output {
+            t.metrics.output_tokens = Some(n);
+            *c.tokens.entry("output".into()).or_default() += n;
+        }
+        if let Some(e) = fill.error {
+            if let Some(code) = &e.code {
+                *c.failures_by_code.entry(code.clone()).or_default() += 1;
+            }
+            t.error = Some(e);
+        }
+        t.updated_at = self.live_stamp(now_us, t.updated_at.us);
+        self.commit_task(t);
+    }
+
+    /// A running task goes `awaiting_input` (outside the contract) and
+    /// returns to running 1-10 s later; its agent keeps it meanwhile.
+    fn await_input(&mut self, id: String, now_us: i64) -> bool {
+        let mut t = (**self.tasks.current(&id).expect("running task")).clone();
+        let at = self.live_stamp(now_us, t.updated_at.us);
+        t.status = "awaiting_input".to_string();
+        t.updated_at = at;
+        t.transitions.push(Transition {
+            status: "awaiting_input".to_string(),
+            at,
+        });
+        self.awaiting += 1;
+        let due = now_us + self.rng.random_range(MICROS..=10 * MICROS);
+        self.resumes.push(Reverse((due, id)));
+        self.commit_task(t);
+        true
+    }
+
+    fn resume_task(&mut self, id: &str, now_us: i64) {
+        let Some(cur) = self.tasks.current(id) else {
+            return;
+        };
+        if cur.status != "awaiting_input" {
+            return;
+        }
+        let mut t = (**cur).clone();
+        let at = self.live_stamp(now_us, t.updated_at.us);
+        t.status = "running".to_string();
+        t.updated_at = at;
+        t.transitions.push(Transition {
+            status: "running".to_string(),
+            at,
+        });
+        self.awaiting -= 1;
+        self.running.push(id.to_string());
+        self.commit_task(t);
     }
 
     /// Some idle or busy agent with room for one more task.
@@ -560,9 +739,18 @@ impl Fleet {
         let mut t = (**self.tasks.current(&id).expect("pending task")).clone();
         let started = self.live_stamp(now_us, t.updated_at.us);
         start_fields(&mut t, &agent_id, started);
-        self.counters
-            .queue_seconds
-            .observe_ms(millis(t.created_at.us, started.us));
+        let queue_ms = millis(t.created_at.us, started.us);
+        if self.latitude.late_metrics {
+            t.metrics.queue_seconds = None;
+            let fill = Fill {
+                task: id.clone(),
+                queue_ms: Some(queue_ms),
+                ..Fill::default()
+            };
+            self.fill_later(fill, now_us);
+        } else {
+            self.counters.queue_seconds.observe_ms(queue_ms);
+        }
         self.running.push(id);
         self.commit_task(t);
         self.agent_running_delta(&agent_id, 1, now_us);
@@ -595,6 +783,9 @@ impl Fleet {
         }
         let i = self.rng.random_range(0..self.running.len());
         let id = self.running.swap_remove(i);
+        if self.latitude.unknown_task_statuses && self.rng.random_bool(0.05) {
+            return self.await_input(id, now_us);
+        }
         let mut t = (**self.tasks.current(&id).expect("running task")).clone();
         let at = self.live_stamp(now_us, t.updated_at.us);
         let status = self.outcome();
@@ -609,24 +800,67 @@ impl Fleet {
         t.metrics.run_seconds = Some(run);
         t.metrics.input_tokens = Some(input);
         t.metrics.output_tokens = Some(output);
+        // Late metrics: any subset (sometimes none) is null for now, known
+        // (and counted) when a later version fills it in.
+        let mut fill = Fill {
+            task: id.clone(),
+            ..Fill::default()
+        };
+        if self.latitude.late_metrics {
+            if self.rng.random_bool(0.5) {
+                t.metrics.run_seconds = None;
+                fill.run_ms = Some(run_ms);
+            }
+            if self.rng.random_bool(0.5) {
+                t.metrics.input_tokens = None;
+                fill.input = Some(input);
+            }
+            if self.rng.random_bool(0.5) {
+                t.metrics.output_tokens = None;
+                fill.output = Some(output);
+            }
+        }
         if status == "completed" && self.rng.random_bool(0.5) {
             let o = self.output();
             t.outputs.push(o);
         }
+        let mut code_fill = None;
         if status == "failed" {
             let e = self.failure();
-            *self
-                .counters
-                .failures_by_code
-                .entry(e.code.clone())
-                .or_default() += 1;
-            t.error = Some(e);
+            if self.latitude.late_failure_codes {
+                // Both shapes: no error object yet, or one without a code.
+                t.error = self.rng.random_bool(0.5).then(|| TaskError {
+                    code: None,
+                    message: e.message.clone(),
+                });
+                code_fill = Some(Fill {
+                    task: id.clone(),
+                    error: Some(e),
+                    ..Fill::default()
+                });
+            } else {
+                let code = e.code.clone().expect("drawn with a code");
+                *self.counters.failures_by_code.entry(code).or_default() += 1;
+                t.error = Some(e);
+            }
         }
         let c = &mut self.counters;
         *c.finished_total.entry(status.into()).or_default() += 1;
-        *c.tokens.entry("input".into()).or_default() += input;
-        *c.tokens.entry("output".into()).or_default() += output;
-        c.run_seconds.observe_ms(run_ms);
+        if fill.input.is_none() {
+            *c.tokens.entry("input".into()).or_default() += input;
+        }
+        if fill.output.is_none() {
+            *c.tokens.entry("output".into()).or_default() += output;
+        }
+        if fill.run_ms.is_none() {
+            c.run_seconds.observe_ms(run_ms);
+        }
+        if fill.run_ms.is_some() || fill.input.is_some() || fill.output.is_some() {
+            self.fill_later(fill, now_us);
+        }
+        if let Some(f) = code_fill {
+            self.fill_later(f, now_us);
+        }
         if self
             .rng
             .random_bool(self.late_output_probability.clamp(0.0, 1.0))
@@ -728,14 +962,21 @@ impl Fleet {
         if cur.running_tasks > 0 {
             return;
         }
-        let updated = self.live_stamp(now_us, cur.updated_at.us);
+        // When it happens; what `updated_at` it carries.
+        let at = self.live_stamp(now_us, cur.updated_at.us);
+        let updated = if self.latitude.deletion_keeps_updated_at {
+            cur.updated_at
+        } else {
+            at
+        };
         if self.events.is_some() {
             let mut gone = (*cur).clone();
             gone.updated_at = updated;
-            self.emit_agent("agent.deleted", &gone, updated.us);
+            self.emit_agent("agent.deleted", &gone, at.us);
         }
         let id = self.live_agents.swap_remove(i);
-        let vis = updated.us + self.lag();
+        // Visible within the lag of when it happened.
+        let vis = at.us + self.lag();
         self.max_visible_us = self.max_visible_us.max(vis);
         self.vis_queue.push(Reverse((vis, false, id.clone())));
         self.agents.delete(&id, updated.us, vis);

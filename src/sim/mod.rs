@@ -14,20 +14,33 @@
 //!
 //! Notes for test writers:
 //! - A change is visible at `updated_at + lag`, lag uniform in
-//!   `[0, visibility_lag_max]`: the contract's promise is relative to
-//!   `updated_at`, which is rounded down to its random digit count.
+//!   `[0, visibility_lag_max]` (exactly the max under
+//!   [`Latitude::lag_always_max`]): the contract's promise is relative to
+//!   `updated_at`, which is rounded down to its random digit count. A
+//!   deletion that keeps `updated_at` is measured from when it happens.
 //! - Every change of the living fleet has timestamps later than
-//!   [`Simulator::started_at`]; every seeded one is earlier.
+//!   [`Simulator::started_at`]; every seeded one is earlier. Under
+//!   [`Latitude::whole_second_stamps`] the start is a whole second and the
+//!   living fleet's stamps are at or after it (not strictly later), and
+//!   successive versions of one object may carry the same `updated_at`.
+//! - Every instant (stamps, visibility, cursors, rate-limit windows,
+//!   Retry-After, key expiry, heartbeats, the ground truth's `now` and
+//!   `visible_by`) is on the API's clock: the host's plus
+//!   [`Latitude::clock_offset_ms`] ([`GroundTruth::clock_offset_ms`]). Every
+//!   /v1 answer carries a `Date` header from that clock. A [`SimKey`]'s
+//!   `expires_at` is on the API's clock too.
 //! - A /v1 request is judged in this order: injected proxy faults
 //!   (outage, 500, 502, 503, 429), the workspace rate limit, auth and scope,
-//!   the `cursor_expired` fault, the handler, then `truncated_json`. Every
-//!   request counts against the rate-limit window, whatever its answer.
+//!   the `page_retry_after` fault, the `cursor_expired` fault, the handler,
+//!   then `truncated_json`. Every request counts against the rate-limit
+//!   window, whatever its answer.
 //! - `requests_by_key` counts requests without a known key under
 //!   `"unauthenticated"`; `requests_by_endpoint` uses `/auth/token`,
 //!   `/agents`, `/agents/{id}`, `/tasks`, `/tasks/{id}` and `other`;
 //!   `rate_limited_total` counts every 429 answered, injected ones included.
 
 mod http;
+mod latitude;
 mod life;
 mod model;
 mod truth;
@@ -36,11 +49,12 @@ mod webhooks;
 #[cfg(test)]
 mod tests;
 
+pub use latitude::{parse_signed_ms, Latitude};
 pub use truth::{GroundTruth, Observations};
 pub use webhooks::{WebhookCounts, WebhookSettings};
 
 use life::Fleet;
-use model::{format_us, now_us, MICROS};
+use model::{format_us, whole_second, Clock, MICROS};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,6 +91,15 @@ pub struct SimConfig {
     pub big_instructions_every: Option<usize>,
     /// Extra keys besides [`DEMO_KEY`].
     pub keys: Vec<SimKey>,
+    /// Share of the tasks finishing from running that fail. The alert
+    /// ClawMeshTaskErrorRatioElevated fires above 10 % failed over an hour:
+    /// the default fleet stays well below it; set it higher for an incident.
+    pub failed_share: f64,
+    /// Share of the tasks finishing from running that are cancelled (with
+    /// the pending tasks cancelled, ~7 % of all finishes by default).
+    pub cancelled_share: f64,
+    /// What the contract allows beyond what the simulator does by default.
+    pub latitude: Latitude,
 }
 
 impl Default for SimConfig {
@@ -95,6 +118,9 @@ impl Default for SimConfig {
             unknown_agent_statuses: false,
             big_instructions_every: Some(50),
             keys: Vec::new(),
+            failed_share: 0.05,
+            cancelled_share: 0.04,
+            latitude: Latitude::default(),
         }
     }
 }
@@ -126,6 +152,10 @@ pub struct Faults {
     /// The request sleeps `hang_ms` before answering normally.
     pub hang: f64,
     pub hang_ms: u64,
+    /// A page request carrying a cursor (mid-listing) gets 429
+    /// `rate_limited` with `Retry-After: retry_after_secs`: a listing
+    /// slowed mid-way.
+    pub page_retry_after: f64,
     /// For injected 429 and 503; 0 means 1.
     pub retry_after_secs: u32,
     /// Added to every request (not counted as a fault).
@@ -155,6 +185,8 @@ struct HttpState {
 
 struct Inner {
     cfg: SimConfig,
+    /// The API's clock.
+    clock: Clock,
     start_us: i64,
     fleet: Mutex<Fleet>,
     http: Mutex<HttpState>,
@@ -175,6 +207,19 @@ impl Inner {
     fn webhooks(&self) -> MutexGuard<'_, webhooks::Deliverer> {
         self.webhooks.lock().unwrap_or_else(|e| e.into_inner())
     }
+    /// An instant as the API prints it outside the fleet's objects (keys):
+    /// six digits, or a whole second under whole-second stamps.
+    fn api_ts(&self, us: i64) -> String {
+        if self.cfg.latitude.whole_second_stamps {
+            model::Ts {
+                us: whole_second(us),
+                digits: 0,
+            }
+            .format()
+        } else {
+            format_us(us)
+        }
+    }
     fn faults(&self) -> Faults {
         self.faults
             .lock()
@@ -191,7 +236,11 @@ pub struct Simulator {
 impl Simulator {
     pub fn new(cfg: SimConfig) -> Simulator {
         use rand::{Rng, SeedableRng};
-        let start_us = now_us();
+        let clock = Clock::from_offset_ms(cfg.latitude.clock_offset_ms);
+        let mut start_us = clock.now_us();
+        if cfg.latitude.whole_second_stamps {
+            start_us = whole_second(start_us);
+        }
         let fleet = Fleet::new(&cfg, start_us);
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5eed_f00d);
         let cursor_secret = rng.random();
@@ -224,6 +273,7 @@ impl Simulator {
         Simulator {
             inner: Arc::new(Inner {
                 cfg,
+                clock,
                 start_us,
                 fleet: Mutex::new(fleet),
                 http: Mutex::new(http),
@@ -251,11 +301,14 @@ impl Simulator {
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(tick);
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last = now_us();
+            let Some(clock) = weak.upgrade().map(|i| i.clock) else {
+                return;
+            };
+            let mut last = clock.now_us();
             loop {
                 iv.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
-                let now = now_us();
+                let now = clock.now_us();
                 // Real elapsed time keeps the change rate true under load;
                 // capped so a stalled runtime does not cause a burst.
                 let dt = ((now - last) as f64 / MICROS as f64).clamp(0.0, 10.0);
@@ -279,7 +332,7 @@ impl Simulator {
 
     pub fn ground_truth(&self) -> GroundTruth {
         let inner = &self.inner;
-        let now = now_us();
+        let now = inner.clock.now_us();
         let f = inner.fleet();
         let mut agents: BTreeMap<String, u64> = truth::AGENT_STATUSES
             .iter()
@@ -293,6 +346,10 @@ impl Simulator {
         let mut tasks_open = BTreeMap::new();
         tasks_open.insert("pending".to_string(), f.pending.len() as u64);
         tasks_open.insert("running".to_string(), f.running.len() as u64);
+        if inner.cfg.latitude.unknown_task_statuses {
+            tasks_open.insert("expired".to_string(), f.expired as u64);
+            tasks_open.insert("awaiting_input".to_string(), f.awaiting as u64);
+        }
         let oldest_pending_created_at = f
             .pending
             .first()
@@ -305,6 +362,7 @@ impl Simulator {
         GroundTruth {
             workspace_id: inner.cfg.workspace_id.clone(),
             now: format_us(now),
+            clock_offset_ms: inner.cfg.latitude.clock_offset_ms,
             paused,
             visible_by: format_us(max_visible),
             agents,
@@ -351,14 +409,20 @@ impl Simulator {
         self.inner.fleet().paused = false;
     }
 
-    /// When the simulator started (RFC 3339): every seeded timestamp is
-    /// earlier, every change of the living fleet later.
+    /// When the simulator started (RFC 3339, API clock): every seeded
+    /// timestamp is earlier, every change of the living fleet later (at or
+    /// after under whole-second stamps).
     pub fn started_at(&self) -> String {
         format_us(self.inner.start_us)
     }
 
+    /// The API's clock now, in microseconds since the epoch.
+    pub fn now_us(&self) -> i64 {
+        self.inner.clock.now_us()
+    }
+
     pub fn add_key(&self, k: SimKey) {
-        let created_us = now_us();
+        let created_us = self.inner.clock.now_us();
         self.inner
             .http()
             .keys

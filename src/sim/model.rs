@@ -44,8 +44,39 @@ pub fn format_us(us: i64) -> String {
     Ts { us, digits: 6 }.format()
 }
 
-pub fn now_us() -> i64 {
+/// The host's clock (tests compare against it; the simulator itself reads
+/// its [`Clock`]).
+pub fn host_now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
+}
+
+/// The API's clock: the host's plus a fixed offset. Every instant the
+/// simulator uses comes from one of these, never from the host directly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clock {
+    pub offset_us: i64,
+}
+
+impl Clock {
+    pub fn from_offset_ms(ms: i64) -> Clock {
+        Clock {
+            offset_us: ms.saturating_mul(1000),
+        }
+    }
+    pub fn now_us(&self) -> i64 {
+        host_now_us() + self.offset_us
+    }
+}
+
+/// An instant as an HTTP `Date` (IMF-fixdate, RFC 9110 5.6.7).
+pub fn imf_fixdate(us: i64) -> String {
+    let dt = chrono::DateTime::from_timestamp(us.div_euclid(MICROS), 0).unwrap_or_default();
+    dt.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+/// `us` rounded down to a whole second.
+pub fn whole_second(us: i64) -> i64 {
+    us - us.rem_euclid(MICROS)
 }
 
 /// A timestamp for `now_us` with a random number (0..=6) of fractional
@@ -53,7 +84,21 @@ pub fn now_us() -> i64 {
 /// an object's `updated_at` strictly increases with each change). If the
 /// rounding would not be later, more digits are used; failing that, one
 /// microsecond after `after_us`.
+#[cfg(test)]
 pub fn stamp(rng: &mut impl Rng, now_us: i64, after_us: i64) -> Ts {
+    stamp_with(rng, now_us, after_us, false)
+}
+
+/// [`stamp`], or with `whole_seconds` a stamp with 0 fractional digits that
+/// is only at or after `after_us` (versions of one object may then share an
+/// `updated_at`). `after_us` must itself be a whole second then.
+pub fn stamp_with(rng: &mut impl Rng, now_us: i64, after_us: i64, whole_seconds: bool) -> Ts {
+    if whole_seconds {
+        return Ts {
+            us: whole_second(now_us).max(after_us),
+            digits: 0,
+        };
+    }
     let mut d: u8 = rng.random_range(0..=6);
     loop {
         let g = 10i64.pow(6 - d as u32);
@@ -153,7 +198,8 @@ pub struct Output {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskError {
-    pub code: String,
+    /// `None` (serialised null) while a late failure code is not yet known.
+    pub code: Option<String>,
     pub message: String,
 }
 
@@ -175,10 +221,6 @@ pub struct Task {
     pub outputs: Vec<Output>,
     pub error: Option<TaskError>,
     pub x_region: &'static str,
-}
-
-pub fn is_terminal(status: &str) -> bool {
-    matches!(status, "completed" | "failed" | "cancelled")
 }
 
 /// What the store needs to know about an object.
@@ -214,8 +256,14 @@ impl Obj for Task {
     fn updated_us(&self) -> i64 {
         self.updated_at.us
     }
+    /// Pending, running, and `awaiting_input` (a status outside the
+    /// contract that returns to running); not `expired`, which a task never
+    /// leaves.
     fn is_open(&self) -> bool {
-        !is_terminal(&self.status)
+        matches!(
+            self.status.as_str(),
+            "pending" | "running" | "awaiting_input"
+        )
     }
 }
 
@@ -228,8 +276,9 @@ pub struct Version<T> {
 
 pub struct Entity<T> {
     pub created_us: i64,
-    /// Ascending by `updated_us`; older ones are pruned once a newer one is
-    /// visible, so this stays short.
+    /// Non-decreasing by `updated_us` (equal under whole-second stamps, or
+    /// for a deletion that keeps `updated_at`); older ones are pruned once a
+    /// newer one is visible, so this stays short.
     pub versions: Vec<Version<T>>,
 }
 
@@ -253,7 +302,9 @@ pub struct Store<T> {
     pub entities: HashMap<String, Entity<T>>,
     /// (created_at, id) of every object with a retained version.
     pub by_created: BTreeSet<(i64, String)>,
-    /// (updated_at, id) of every retained version.
+    /// (updated_at, id) of every retained version. Versions of one object
+    /// with equal `updated_at` share one entry, removed only with the last
+    /// of them.
     pub by_updated: BTreeSet<(i64, String)>,
     /// (created_at, id) of objects with a retained open version: listings
     /// filtered to open statuses scan this instead of the whole history.
@@ -317,7 +368,8 @@ impl<T: Obj> Store<T> {
         );
     }
 
-    /// Records a deletion; `updated_us` must be later than the last version.
+    /// Records a deletion; `updated_us` must not be earlier than the last
+    /// version's.
     pub fn delete(&mut self, id: &str, updated_us: i64, visible_us: i64) {
         let Some(c) = self.entities.get(id).map(|e| e.created_us) else {
             return;
@@ -347,7 +399,7 @@ impl<T: Obj> Store<T> {
         debug_assert!(e
             .versions
             .last()
-            .is_none_or(|l| l.updated_us < v.updated_us));
+            .is_none_or(|l| l.updated_us <= v.updated_us));
         e.versions.push(v);
     }
 
@@ -373,8 +425,12 @@ impl<T: Obj> Store<T> {
         let Some(i) = e.visible_idx(now_us) else {
             return;
         };
-        for v in e.versions.drain(..i) {
-            self.by_updated.remove(&(v.updated_us, id.to_string()));
+        let dropped: Vec<i64> = e.versions.drain(..i).map(|v| v.updated_us).collect();
+        for u in dropped {
+            // A newer version with the same updated_at still uses the key.
+            if !e.versions.iter().any(|v| v.updated_us == u) {
+                self.by_updated.remove(&(u, id.to_string()));
+            }
         }
         let created = e.created_us;
         let gone = e.versions.len() == 1 && e.versions[0].obj.is_none();

@@ -39,11 +39,18 @@ impl MsObservations {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroundTruth {
     pub workspace_id: String,
+    /// The API's clock (as are `visible_by` and every stamp).
     pub now: String,
+    /// The API's clock minus the host's, in milliseconds: a host instant is
+    /// an API instant minus this.
+    #[serde(default)]
+    pub clock_offset_ms: i64,
     pub paused: bool,
     /// Every change made so far is visible by this instant.
     pub visible_by: String,
     pub agents: BTreeMap<String, u64>,
+    /// `pending` and `running`; with unknown task statuses on, also
+    /// `expired` and `awaiting_input`.
     pub tasks_open: BTreeMap<String, u64>,
     pub oldest_pending_created_at: Option<String>,
     pub finished_total: BTreeMap<String, u64>,
@@ -65,7 +72,10 @@ pub struct GroundTruth {
 /// Fleet counters since start, kept by the fleet's life.
 #[derive(Clone, Debug)]
 pub struct FleetCounters {
+    /// At the terminal transition.
     pub finished_total: BTreeMap<String, u64>,
+    /// The next four: when the version carrying the value is committed (at
+    /// the transition, or later under late metrics / late failure codes).
     pub failures_by_code: BTreeMap<String, u64>,
     pub tokens: BTreeMap<String, u64>,
     pub queue_seconds: MsObservations,

@@ -8,7 +8,7 @@
 //! (as the rest of the simulator is independent of `api`), so a bug on
 //! either side shows.
 
-use super::model::format_us;
+use super::model::Ts;
 use super::Inner;
 use hmac::{Hmac, Mac};
 use rand::{Rng, SeedableRng};
@@ -65,7 +65,8 @@ pub struct WebhookCounts {
 pub struct SimEvent {
     pub kind: String,
     pub object: Value,
-    pub at_us: i64,
+    /// When it happened (the event's `created_at`).
+    pub at: Ts,
 }
 
 pub struct Deliverer {
@@ -125,7 +126,7 @@ pub fn dispatch(inner: &Arc<Inner>, events: Vec<SimEvent>) {
         let body = serde_json::to_vec(&serde_json::json!({
             "id": id,
             "type": ev.kind,
-            "created_at": format_us(ev.at_us),
+            "created_at": ev.at.format(),
             "workspace_id": inner.cfg.workspace_id,
             "data": {"object": ev.object},
         }))

@@ -43,6 +43,66 @@ fn bad_flags_are_one_line_and_exit_code_2() {
 }
 
 #[test]
+fn bad_simulator_latitude_is_one_line_and_exit_code_2() {
+    for (args, needle) in [
+        (
+            &["simulate", "--latitude", "late-everything"][..],
+            "late-everything",
+        ),
+        (&["demo", "--latitude", "whole-seconds,bogus"][..], "bogus"),
+        (
+            &["simulate", "--clock-offset", "soon"][..],
+            "--clock-offset",
+        ),
+        (&["demo", "--clock-offset", "--15s"][..], "--clock-offset"),
+    ] {
+        let (code, err) = run(args, None);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn simulator_latitude_flags_parse() {
+    use clap::Parser;
+    use clawmesh_exporter::config::{Cli, Command};
+    use clawmesh_exporter::sim::Latitude;
+    let cli = Cli::try_parse_from([
+        "clawmesh-exporter",
+        "simulate",
+        "--latitude",
+        "all",
+        "--clock-offset",
+        "-15s",
+    ])
+    .unwrap();
+    let Some(Command::Simulate(s)) = cli.command else {
+        panic!("not simulate")
+    };
+    assert_eq!(s.latitude.to_latitude(), Latitude::all(-15_000));
+    let cli = Cli::try_parse_from([
+        "clawmesh-exporter",
+        "demo",
+        "--latitude",
+        "late-metrics,lag-always-max",
+        "--clock-offset=+1m",
+    ])
+    .unwrap();
+    let Some(Command::Demo(d)) = cli.command else {
+        panic!("not demo")
+    };
+    let l = d.latitude.to_latitude();
+    assert!(l.late_metrics && l.lag_always_max && !l.whole_second_stamps);
+    assert_eq!(l.clock_offset_ms, 60_000);
+    let cli = Cli::try_parse_from(["clawmesh-exporter", "simulate"]).unwrap();
+    let Some(Command::Simulate(s)) = cli.command else {
+        panic!("not simulate")
+    };
+    assert_eq!(s.latitude.to_latitude(), Latitude::default());
+}
+
+#[test]
 fn a_missing_key_says_where_to_put_one() {
     let (code, err) = run(&[], None);
     assert_eq!(code, Some(2));

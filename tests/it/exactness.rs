@@ -126,3 +126,22 @@ async fn after_a_restart_counters_start_from_zero_and_gauges_are_right_after_one
     );
     second.shutdown().await;
 }
+
+/// Everything the contract allows at once (whole-second stamps, the API's
+/// clock off the host's, late metrics and failure codes, deletions keeping
+/// updated_at, unknown task statuses, the lag always at its maximum, and
+/// listings slowed mid-way), with the clock behind and ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the exporter learns the contract's latitude on main; expected to fail before that"]
+async fn the_contracts_latitude_still_counts_exactly() {
+    for (seed, offset_ms) in [(21, -45_000), (22, 45_000)] {
+        let sim = Sim::start(latitude_fleet(seed, offset_ms)).await;
+        sim.faults(Faults {
+            page_retry_after: 0.05,
+            retry_after_secs: 1,
+            ..Faults::default()
+        });
+        assert_exact(&sim, &[], 300).await;
+        assert_eq!(sim.truth().retry_after_violations, 0);
+    }
+}

@@ -4,7 +4,7 @@
 use clawmesh_exporter::config::{Cli, Config};
 use clawmesh_exporter::exporter::{self, Running};
 use clawmesh_exporter::secret::Secret;
-use clawmesh_exporter::sim::{Faults, GroundTruth, SimConfig, Simulator, DEMO_KEY};
+use clawmesh_exporter::sim::{Faults, GroundTruth, Latitude, SimConfig, Simulator, DEMO_KEY};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,6 +47,15 @@ pub fn busy_fleet(seed: u64) -> SimConfig {
         seed,
         big_instructions_every: Some(40),
         ..SimConfig::default()
+    }
+}
+
+/// [`busy_fleet`] with every latitude the contract allows, the API's clock
+/// `offset_ms` off the host's.
+pub fn latitude_fleet(seed: u64, offset_ms: i64) -> SimConfig {
+    SimConfig {
+        latitude: Latitude::all(offset_ms),
+        ..busy_fleet(seed)
     }
 }
 
@@ -156,13 +165,20 @@ pub fn rfc3339_secs(s: &str) -> f64 {
         / 1e6
 }
 
+/// An instant of the truth (the API's clock, RFC 3339) on the host's clock,
+/// in seconds: what the exporter's own timestamps are comparable with.
+pub fn host_secs(truth: &GroundTruth, api_instant: &str) -> f64 {
+    rfc3339_secs(api_instant) - truth.clock_offset_ms as f64 / 1000.0
+}
+
 /// Pause the simulator, then wait until the exporter has completed a sync of
 /// both resources that began after every change so far became visible.
 /// Returns the exposition at that point.
 pub async fn converge(sim: &Sim, exporter: &Running) -> BTreeMap<String, f64> {
     sim.sim.pause();
     let truth = sim.truth();
-    let visible_by = rfc3339_secs(&truth.visible_by);
+    // The exporter stamps its syncs with the host's clock.
+    let visible_by = host_secs(&truth, &truth.visible_by);
     let ws = truth.workspace_id.as_str();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -324,14 +340,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Wait until the simulator's clock is two seconds past the exporter's start.
+/// Wait until the simulator's clock is two seconds past the exporter's start
+/// (the exporter's start on the host's clock, converted).
 /// The simulator stamps each time with 0 to 6 fractional digits, i.e.
 /// rounded down by up to a second, and the exporter's counting floor is the
 /// API's time at its start rounded up to the second of a `Date` header: a
 /// task that starts or finishes in the first two seconds after the exporter
 /// started may fall before the floor, and "since the exporter started"
 /// would exclude it. Tests that compare with
-/// the ground truth from the exporter's start let that second pass on the
+/// the ground truth from the exporter's start let those seconds pass on the
 /// simulator's clock before the fleet moves.
 pub async fn let_the_start_pass(sim: &Sim, exporter: &Running) {
     let ws = sim.truth().workspace_id;
@@ -351,7 +368,10 @@ pub async fn let_the_start_pass(sim: &Sim, exporter: &Running) {
     wait_for(
         Duration::from_secs(10),
         "two seconds past the exporter's start",
-        || async { rfc3339_secs(&sim.truth().now) > started + 2.0 },
+        || async {
+            let t = sim.truth();
+            host_secs(&t, &t.now) > started + 2.0
+        },
     )
     .await;
 }
