@@ -28,6 +28,11 @@ impl BoundedNames {
         }
     }
 
+    /// The unknown names admitted so far.
+    pub fn admitted(&self) -> impl Iterator<Item = &str> {
+        self.unknown.iter().map(String::as_str)
+    }
+
     pub fn admit(&mut self, name: &str) -> String {
         if self.known.contains(&name) || self.unknown.contains(name) {
             return name.to_string();

@@ -628,10 +628,14 @@ impl Fleet {
         self.agents_known.then_some(&self.agents)
     }
 
-    /// Open tasks per status; pending and running always present.
+    /// Open tasks per status; pending and running always present, and an
+    /// unknown status once seen (at 0 when no task is in it any more, so
+    /// its series does not vanish).
     pub fn open_tasks(&self) -> BTreeMap<String, u64> {
         let mut counts: BTreeMap<String, u64> = OPEN_TASK_STATUSES
             .iter()
+            .copied()
+            .chain(self.open_names.admitted())
             .map(|s| (s.to_string(), 0))
             .collect();
         for o in self.open.values() {

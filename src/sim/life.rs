@@ -631,9 +631,10 @@ impl Fleet {
         true
     }
 
-    /// Schedules `fill` 1-20 s after `now_us`.
+    /// Schedules `fill` 1 s to [`super::MAX_FILL_DELAY`] after `now_us`.
     fn fill_later(&mut self, fill: Fill, now_us: i64) {
-        let due = now_us + self.rng.random_range(MICROS..=20 * MICROS);
+        let max = super::MAX_FILL_DELAY.as_micros() as i64;
+        let due = now_us + self.rng.random_range(MICROS..=max);
         self.next_fill += 1;
         self.fills.insert(self.next_fill, fill);
         self.late_fills.push(Reverse((due, self.next_fill)));

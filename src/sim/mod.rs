@@ -61,6 +61,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// The longest a late value (`late_metrics`, `late_failure_codes`) waits
+/// after its transition, counted while the fleet lives (not paused).
+pub const MAX_FILL_DELAY: Duration = Duration::from_secs(20);
+
 /// The demo key: scopes agents:read and tasks:read, expires 90 days after start.
 pub const DEMO_KEY: &str = "sim-demo-key";
 /// The id of [`DEMO_KEY`] (what `/auth/token` and `requests_by_key` show).

@@ -22,6 +22,7 @@ async fn run_fleet_for(sim: &Sim, n: u64) {
 async fn assert_exact(sim: &Sim, cfg_extra: &[&str], finished: u64) {
     let exporter = start_exporter(&exporter_config(sim, cfg_extra)).await;
     run_fleet_for(sim, finished / 4).await;
+    let_the_late_values_of_the_start_pass(sim, &exporter).await;
     let e1 = converge(sim, &exporter).await;
     let t1 = sim.truth();
     assert_gauges_match(&e1, &t1);
@@ -132,7 +133,6 @@ async fn after_a_restart_counters_start_from_zero_and_gauges_are_right_after_one
 /// updated_at, unknown task statuses, the lag always at its maximum, and
 /// listings slowed mid-way), with the clock behind and ahead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the exporter learns the contract's latitude on main; expected to fail before that"]
 async fn the_contracts_latitude_still_counts_exactly() {
     for (seed, offset_ms) in [(21, -45_000), (22, 45_000)] {
         let sim = Sim::start(latitude_fleet(seed, offset_ms)).await;
@@ -144,4 +144,41 @@ async fn the_contracts_latitude_still_counts_exactly() {
         assert_exact(&sim, &[], 300).await;
         assert_eq!(sim.truth().retry_after_violations, 0);
     }
+}
+
+/// The skew case: the API's clock 15 s behind ours, every change visible
+/// only at the contract's maximum lag, and listings stalled mid-way by a
+/// `Retry-After` longer than the overlap. A watermark capped by the host's
+/// clock passes the changes that became visible during the stall; capped
+/// by the API's clock, every one is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_clock_behind_and_a_retry_after_mid_listing_lose_nothing() {
+    let sim = Sim::start(SimConfig {
+        latitude: clawmesh_exporter::sim::Latitude {
+            clock_offset_ms: -15_000,
+            lag_always_max: true,
+            ..Default::default()
+        },
+        visibility_lag_max: Duration::from_secs(5),
+        ..busy_fleet(23)
+    })
+    .await;
+    sim.faults(Faults {
+        page_retry_after: 0.08,
+        retry_after_secs: 12,
+        ..Faults::default()
+    });
+    assert_exact(
+        &sim,
+        &["--tasks.overlap", "10s", "--api.max-attempts", "10"],
+        300,
+    )
+    .await;
+    let t = sim.truth();
+    assert!(
+        t.faults_injected >= 2,
+        "no listing was stalled: {}",
+        t.faults_injected
+    );
+    assert_eq!(t.retry_after_violations, 0);
 }
