@@ -40,6 +40,8 @@ pub struct ApiErr {
     code: &'static str,
     message: String,
     details: Option<Value>,
+    /// Sent as `Retry-After` (whole seconds).
+    retry_after: Option<i64>,
 }
 
 impl ApiErr {
@@ -49,6 +51,7 @@ impl ApiErr {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
     }
     fn bad(message: impl Into<String>) -> Self {
@@ -236,11 +239,15 @@ async fn answer(
     handler: impl FnOnce(&Inner, &KeyEntry) -> Result<Vec<u8>, ApiErr>,
 ) -> Response {
     let err = |e: ApiErr| {
-        respond(
+        let r = respond(
             e.status,
             "application/json",
             error_body(&e, &adm.request_id),
-        )
+        );
+        match e.retry_after {
+            Some(secs) => with_retry_after(r, secs),
+            None => r,
+        }
     };
     if adm.hang {
         count_fault(inner);
@@ -338,6 +345,41 @@ async fn answer(
         }
         Err(e) => err(e),
     }
+}
+
+/// The `tail_page_retry_after` fault: a page of an incremental listing
+/// whose cursor is within the visibility lag of now (where changes behind
+/// the cursor may still become visible) answers 429 with `Retry-After`.
+fn stall_the_tail(
+    inner: &Inner,
+    key: &KeyEntry,
+    p: &ListParams,
+    kind: CursorKind,
+    after: Option<&(i64, String)>,
+    now_us: i64,
+) -> Result<(), ApiErr> {
+    let f = inner.faults();
+    let lag = inner.cfg.visibility_lag_max.as_micros() as i64;
+    let at_tail = kind == CursorKind::TasksUpdated
+        && p.cursor.is_some()
+        && after.is_some_and(|(k, _)| *k > now_us - lag);
+    if !at_tail || f.tail_page_retry_after <= 0.0 {
+        return Ok(());
+    }
+    let hit = inner
+        .http()
+        .rng
+        .random_bool(f.tail_page_retry_after.min(1.0));
+    if !hit {
+        return Ok(());
+    }
+    let secs = f.retry_after_secs.max(1) as i64;
+    count_fault(inner);
+    inner.http().counters.rate_limited_total += 1;
+    record_retry_after(inner, &Some(key.clone()), secs);
+    let mut e = rate_limited();
+    e.retry_after = Some(secs);
+    Err(e)
 }
 
 fn rate_limited() -> ApiErr {
@@ -457,7 +499,7 @@ async fn list_tasks(State(sim): State<Simulator>, headers: HeaderMap, q: QueryPa
         Some("tasks:read"),
         &headers,
         hc,
-        |inner, _| {
+        |inner, key| {
             let Query(q) = q.map_err(|e| ApiErr::bad(e.body_text()))?;
             let p = ListParams::parse(&q, true)?;
             let now = inner.clock.now_us();
@@ -466,6 +508,7 @@ async fn list_tasks(State(sim): State<Simulator>, headers: HeaderMap, q: QueryPa
                 Order::Updated => CursorKind::TasksUpdated,
             };
             let after = p.after(inner, kind, now)?;
+            stall_the_tail(inner, key, &p, kind, after.as_ref(), now)?;
             // Open-only listings in created order scan the small open index.
             let only_open = p
                 .statuses

@@ -160,6 +160,11 @@ pub struct Faults {
     /// `rate_limited` with `Retry-After: retry_after_secs`: a listing
     /// slowed mid-way.
     pub page_retry_after: f64,
+    /// Like `page_retry_after`, but only for pages of a `sort=updated_at`
+    /// task listing whose cursor is within `visibility_lag_max` of now: the
+    /// tail of an incremental listing, where a change behind the cursor
+    /// can still become visible while the listing waits.
+    pub tail_page_retry_after: f64,
     /// For injected 429 and 503; 0 means 1.
     pub retry_after_secs: u32,
     /// Added to every request (not counted as a fault).

@@ -12,6 +12,7 @@ mod otlp;
 mod production;
 mod prometheus;
 mod rules;
+mod scenario;
 mod secrets;
 mod webhook;
 

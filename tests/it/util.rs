@@ -171,6 +171,17 @@ pub fn host_secs(truth: &GroundTruth, api_instant: &str) -> f64 {
     rfc3339_secs(api_instant) - truth.clock_offset_ms as f64 / 1000.0
 }
 
+/// Let the fleet live until at least `n` more tasks have finished.
+pub async fn run_fleet_for(sim: &Sim, n: u64) {
+    let total = |s: &Sim| s.truth().finished_total.values().sum::<u64>();
+    let start = total(sim);
+    sim.sim.resume();
+    wait_for(Duration::from_secs(120), "tasks to finish", || async {
+        total(sim) >= start + n
+    })
+    .await;
+}
+
 /// Pause the simulator, then wait until the exporter has completed a sync of
 /// both resources that began after every change so far became visible.
 /// Returns the exposition at that point.
