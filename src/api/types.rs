@@ -524,6 +524,25 @@ mod tests {
     }
 
     #[test]
+    fn attack_an_out_of_range_number_in_metrics_does_not_fail_the_page() {
+        // 1e400 is a JSON number (RFC 8259 grammar); as a duration it is
+        // not a valid one, so it must read as unknown, as "soon" does,
+        // not fail the page (which would stop the incremental sync for as
+        // long as the task is in the overlap: for good, since the watermark
+        // only moves after a complete listing).
+        let page: Result<Page<Task>, _> = serde_json::from_str(
+            r#"{"data":[{"id":"t1","status":"completed","created_at":"2026-11-23T10:00:00Z",
+                "updated_at":"2026-11-23T10:00:05Z","transitions":[],
+                "metrics":{"queue_seconds":1e400,"run_seconds":2,"input_tokens":1e400,
+                           "output_tokens":-1e400}}],
+               "has_more":false,"next_cursor":null}"#,
+        );
+        let page = page.expect("one bad number must not fail the page");
+        assert!(page.data[0].metrics.invalid);
+        assert_eq!(page.data[0].metrics.run_seconds, Some(2.0));
+    }
+
+    #[test]
     fn transitions_summarise_stage_count_and_times() {
         let t: Task = serde_json::from_str(
             r#"{"id":"t","status":"running","created_at":"2026-11-23T10:00:00Z",
