@@ -35,11 +35,16 @@ impl Timestamp {
         let dt = chrono::DateTime::parse_from_rfc3339(s).ok()?;
         Some(Timestamp(dt.timestamp_micros()))
     }
+    /// A duration's microseconds as an i64, saturating: `as` would keep
+    /// the low 64 bits of a longer one (300000 years wraps negative).
+    fn duration_micros(d: std::time::Duration) -> i64 {
+        i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+    }
     pub fn saturating_sub(self, d: std::time::Duration) -> Self {
-        Timestamp(self.0.saturating_sub(d.as_micros() as i64))
+        Timestamp(self.0.saturating_sub(Self::duration_micros(d)))
     }
     pub fn saturating_add(self, d: std::time::Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_micros() as i64))
+        Timestamp(self.0.saturating_add(Self::duration_micros(d)))
     }
     /// RFC 3339 with all six fractional digits, for query parameters.
     pub fn to_rfc3339(self) -> String {
