@@ -35,11 +35,16 @@ impl Timestamp {
         let dt = chrono::DateTime::parse_from_rfc3339(s).ok()?;
         Some(Timestamp(dt.timestamp_micros()))
     }
+    /// A duration's microseconds as an i64, saturating: `as` would keep
+    /// the low 64 bits of a longer one (300000 years wraps negative).
+    fn duration_micros(d: std::time::Duration) -> i64 {
+        i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+    }
     pub fn saturating_sub(self, d: std::time::Duration) -> Self {
-        Timestamp(self.0.saturating_sub(d.as_micros() as i64))
+        Timestamp(self.0.saturating_sub(Self::duration_micros(d)))
     }
     pub fn saturating_add(self, d: std::time::Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_micros() as i64))
+        Timestamp(self.0.saturating_add(Self::duration_micros(d)))
     }
     /// RFC 3339 with all six fractional digits, for query parameters.
     pub fn to_rfc3339(self) -> String {
@@ -521,6 +526,25 @@ mod tests {
         assert_eq!(b.metrics.input_tokens, Some(u64::MAX));
         assert_eq!(b.metrics.output_tokens, Some(7));
         assert_eq!(b.error.as_ref().unwrap().code, None);
+    }
+
+    #[test]
+    fn attack_an_out_of_range_number_in_metrics_does_not_fail_the_page() {
+        // 1e400 is a JSON number (RFC 8259 grammar); as a duration it is
+        // not a valid one, so it must read as unknown, as "soon" does,
+        // not fail the page (which would stop the incremental sync for as
+        // long as the task is in the overlap: for good, since the watermark
+        // only moves after a complete listing).
+        let page: Result<Page<Task>, _> = serde_json::from_str(
+            r#"{"data":[{"id":"t1","status":"completed","created_at":"2026-11-23T10:00:00Z",
+                "updated_at":"2026-11-23T10:00:05Z","transitions":[],
+                "metrics":{"queue_seconds":1e400,"run_seconds":2,"input_tokens":1e400,
+                           "output_tokens":-1e400}}],
+               "has_more":false,"next_cursor":null}"#,
+        );
+        let page = page.expect("one bad number must not fail the page");
+        assert!(page.data[0].metrics.invalid);
+        assert_eq!(page.data[0].metrics.run_seconds, Some(2.0));
     }
 
     #[test]

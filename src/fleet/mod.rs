@@ -377,9 +377,12 @@ impl Fleet {
         }
         if let Some(mut c) = self.ledger.get(t.id.as_str()).copied() {
             // Terminal is final; a later copy only moves outputs, or brings
-            // values that were null: those count now, once.
+            // values that were null: those count now, once. A stale open
+            // copy (a webhook retry of `task.started`, delivered out of
+            // order) carries no final values: it must neither count its
+            // partial usage nor settle the failure code.
             let waiting = !c.marks.code;
-            self.count_known(&mut c.marks, t, true);
+            self.count_known(&mut c.marks, t, t.status.is_terminal());
             if waiting && c.marks.code {
                 self.codes_waiting -= 1;
             }

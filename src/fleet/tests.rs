@@ -636,3 +636,199 @@ fn absurd_durations_neither_panic_nor_land_in_a_histogram_wrongly() {
     assert_eq!(f.counters().run_seconds.count(), 4);
     assert_eq!(f.counters().run_seconds.exponential().count(), 4);
 }
+
+// ---- Adversarial review (branch attack) ----
+
+#[test]
+fn attack_a_stale_running_copy_after_the_failure_does_not_settle_its_code() {
+    // The task fails with its code still null (late failure codes); then a
+    // webhook retry of its `task.started` event arrives (delivery order is
+    // not guaranteed). That running copy must not count as a terminal one.
+    let mut f = fleet_at(10);
+    let mut failed = task("x", "failed", 8);
+    failed.error = Some(TaskError { code: None });
+    assert_eq!(f.apply_task(&failed), Applied::Finished);
+    let stale = task("x", "running", 3);
+    assert_eq!(f.apply_task(&stale), Applied::Unchanged);
+    // The code arrives on a later copy: it counts under its code.
+    failed.error = Some(TaskError {
+        code: Some("timeout".into()),
+    });
+    failed.updated_at = ts(12);
+    f.apply_task(&failed);
+    assert_eq!(
+        f.counters().failures.values().sum::<u64>(),
+        finished(&f, "failed"),
+        "every failure counted by code: {:?}",
+        f.counters().failures
+    );
+    assert_eq!(f.counters().failures["timeout"], 1);
+}
+
+#[test]
+fn attack_a_stale_running_copy_after_the_finish_does_not_count_partial_usage() {
+    // Usage is "null until known": a running copy may carry the tokens used
+    // so far. The finished copy still has them null (late metrics); a stale
+    // running copy arriving after it must not count its partial value in
+    // place of the final one.
+    let mut f = fleet_at(10);
+    let mut done = task("y", "completed", 8);
+    done.metrics.input_tokens = None;
+    done.metrics.run_seconds = None;
+    f.apply_task(&done);
+    let mut stale = task("y", "running", 3);
+    stale.metrics.input_tokens = Some(400);
+    stale.metrics.run_seconds = Some(0.5);
+    f.apply_task(&stale);
+    done.metrics.input_tokens = Some(1000);
+    done.metrics.run_seconds = Some(6.0);
+    done.updated_at = ts(12);
+    f.apply_task(&done);
+    assert_eq!(f.counters().input_tokens, 1000);
+    assert_eq!(f.counters().run_seconds.sum(), 6.0);
+}
+
+#[test]
+fn attack_an_unknown_status_before_pending_does_not_hide_the_task_from_pending() {
+    // New statuses may be added anywhere in the lifecycle: a task created
+    // `scheduled` that becomes `pending` (its transitions grow 1 -> 2) is
+    // pending, and counts in the pending gauge and the oldest-pending age.
+    let mut f = fleet_at(10);
+    let mut sched = task("s", "scheduled", 3);
+    sched.started_at = None;
+    sched.metrics.queue_seconds = None;
+    sched.transitions = Transitions {
+        count: 1,
+        running_at: None,
+        terminal_at: None,
+        latest_at: Some(ts(3)),
+    };
+    f.apply_task(&sched);
+    let mut pending = task("s", "pending", 5);
+    pending.transitions.count = 2;
+    assert_eq!(f.apply_task(&pending), Applied::Updated);
+    assert_eq!(f.open_tasks()["pending"], 1);
+    assert!(f.oldest_pending_created_at().is_some());
+}
+
+#[test]
+fn attack_a_deletion_keeping_its_old_updated_at_outlives_one_listing() {
+    // deletion-keeps-updated-at: the deletion carries the agent's last
+    // updated_at (10), long before now (100). A listing that started before
+    // the deletion was visible (started within the lag of it) still shows the
+    // agent: the deletion must beat that copy too, not only the first one.
+    let agent = |id: &str, at: i64| Agent {
+        id: id.into(),
+        status: "idle".into(),
+        created_at: ts(0),
+        updated_at: ts(at),
+    };
+    let lag = Duration::from_secs(10);
+    let mut f = fleet_at(100);
+    f.apply_agent_listing_at(&[agent("a", 10)], ts(90), lag);
+    // The deletion happens at API time 100; its event comes at once.
+    f.apply_agent_event(&agent("a", 10), true);
+    // A listing started at 98 (before the deletion) ends now.
+    f.apply_agent_listing_at(&[agent("a", 10)], ts(98), lag);
+    assert_eq!(f.agents().unwrap().values().sum::<u64>(), 0);
+    // The next one started at 102, within the lag of the deletion: it may
+    // still show the agent.
+    f.set_api_time(ApiTime::host(ts(103)));
+    f.apply_agent_listing_at(&[agent("a", 10)], ts(102), lag);
+    assert_eq!(
+        f.agents().unwrap().values().sum::<u64>(),
+        0,
+        "the deleted agent came back"
+    );
+}
+
+#[test]
+fn attack_finite_durations_do_not_overflow_the_histogram_sum() {
+    // Each value is a finite, non-negative number of seconds, as the
+    // contract's `number` allows; the sum must not become +Inf for good.
+    let mut f = Fleet::new(ts(0));
+    for i in 0..2 {
+        let mut t = task(&format!("t{i}"), "completed", 5);
+        t.metrics.run_seconds = Some(1e308);
+        f.apply_task(&t);
+    }
+    assert!(
+        f.counters().run_seconds.sum().is_finite(),
+        "sum {}",
+        f.counters().run_seconds.sum()
+    );
+}
+
+#[test]
+fn attack_timestamp_arithmetic_saturates_for_huge_durations() {
+    let t = Timestamp::from_micros(0);
+    assert_eq!(t.saturating_add(Duration::MAX).micros(), i64::MAX);
+    assert!(t.saturating_sub(Duration::MAX).micros() <= i64::MIN + 1);
+    // 300000 years (a "never refuse" --api.max-timestamp-lead) is more
+    // microseconds than an i64 holds: it must not wrap into the past.
+    let lead = humantime::parse_duration("300000y").unwrap();
+    let now = ts(0);
+    assert!(now.saturating_add(lead) > now);
+    let mut f = Fleet::starting(
+        ApiTime::host(ts(0)),
+        Timestamp::from_micros(0),
+        FleetLimits {
+            max_timestamp_lead: lead,
+            ..FleetLimits::default()
+        },
+    );
+    f.set_api_time(ApiTime::host(ts(10)));
+    assert_eq!(f.apply_task(&task("p", "pending", 5)), Applied::Updated);
+}
+
+/// An HTTP `Date` for API instant `t`.
+fn http_date(t: Timestamp) -> String {
+    chrono::DateTime::from_timestamp_micros(t.micros())
+        .unwrap()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
+}
+
+#[test]
+fn attack_the_floor_at_start_is_fixed_by_an_answer_without_a_date() {
+    use crate::api::clock::ApiClock;
+    // As poll::spawn does: the floor is the API's time after the key check.
+    // The API's clock is 45 s behind the host's; the key check's answer
+    // carried no Date (the contract promises none; a proxy may drop it).
+    let clock = ApiClock::default();
+    let host_start = ts(1000);
+    clock.observe(None, ts(999), host_start);
+    let mut f = Fleet::starting(clock.at(host_start), host_start, FleetLimits::default());
+    // Every later answer carries the API's Date.
+    clock.observe(Some(&http_date(ts(1010 - 45))), ts(1010), ts(1010));
+    f.set_api_time(clock.at(ts(1011)));
+    // The API's clock read 955 at the start: a task that finished at 965,
+    // ten seconds after the start, is a transition to count.
+    assert_eq!(
+        f.apply_task(&task("t", "completed", 965)),
+        Applied::Finished,
+        "floor {:?}",
+        f.floor()
+    );
+}
+
+#[test]
+fn attack_one_lying_date_at_start_counts_the_whole_history() {
+    use crate::api::clock::ApiClock;
+    // The key check's answer carries a Date a day behind (a proxy answering
+    // with its own clock, a cached answer); every later one the true time.
+    let clock = ApiClock::default();
+    let host_start = ts(100_000);
+    clock.observe(Some(&http_date(ts(100_000 - 86_400))), ts(99_999), host_start);
+    let mut f = Fleet::starting(clock.at(host_start), host_start, FleetLimits::default());
+    clock.observe(Some(&http_date(ts(100_010))), ts(100_010), ts(100_010));
+    f.set_api_time(clock.at(ts(100_011)));
+    // Finished an hour before the exporter started: not a transition of
+    // this process's counters.
+    assert_eq!(
+        f.apply_task(&task("old", "completed", 100_000 - 3600)),
+        Applied::BeforeFloor,
+        "floor {:?}",
+        f.floor()
+    );
+}
