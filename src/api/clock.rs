@@ -14,8 +14,12 @@
 //! the API's clock read `date .. date + 1 s` at some host instant between
 //! `sent` and `received`, so
 //! `offset >= date - received` and `offset < date + 1 s - sent`.
-//! Answers within [`KEEP`] of each other narrow the interval; one that does
-//! not fit it (the API's clock stepped) replaces it.
+//! Answers within [`KEEP`] of each other narrow the interval. One answer
+//! that does not fit it is held aside, not believed: a proxy answering
+//! with its own clock, or a cached answer, must not move every boundary.
+//! A second answer that fits the held one (the API's clock really
+//! stepped) replaces the interval. The clock is *confirmed* once two
+//! answers agree.
 
 use super::types::Timestamp;
 use std::sync::Mutex;
@@ -33,6 +37,11 @@ pub struct ApiTime {
     /// The API's clock reads at most this now: the bound for "keep what
     /// could still be invisible" windows and for "after our start".
     pub latest: Timestamp,
+    /// The host's instant this is for.
+    pub host: Timestamp,
+    /// How many answers agree on the offset: 0 when the host's clock stands
+    /// in (no `Date` seen), 1 for one answer's word; 2 and more confirm it.
+    pub answers: u32,
 }
 
 impl ApiTime {
@@ -50,7 +59,23 @@ impl ApiTime {
         ApiTime {
             earliest: now,
             latest: now,
+            host: now,
+            answers: 0,
         }
+    }
+
+    /// Two answers agree on the offset.
+    pub fn confirmed(self) -> bool {
+        self.answers >= 2
+    }
+
+    /// The API's time (latest bound) at another host instant, by the same
+    /// offset.
+    pub fn latest_at(self, host: Timestamp) -> Timestamp {
+        Timestamp::from_micros(
+            host.micros()
+                .saturating_add(self.latest.micros().saturating_sub(self.host.micros())),
+        )
     }
 }
 
@@ -61,12 +86,33 @@ struct Interval {
     hi: i64,
     /// Host time of the last answer that narrowed or set it.
     at: Timestamp,
+    /// Answers that agreed on it.
+    answers: u32,
+}
+
+impl Interval {
+    fn meet(self, o: Interval) -> Option<Interval> {
+        (self.lo.max(o.lo) <= self.hi.min(o.hi)).then_some(Interval {
+            lo: self.lo.max(o.lo),
+            hi: self.hi.min(o.hi),
+            at: o.at,
+            answers: self.answers.saturating_add(o.answers),
+        })
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct State {
+    current: Option<Interval>,
+    /// An answer that did not fit `current`, until another confirms or
+    /// contradicts it.
+    held: Option<Interval>,
 }
 
 /// The measured offset of one client's API; cheap to read.
 #[derive(Debug, Default)]
 pub struct ApiClock {
-    interval: Mutex<Option<Interval>>,
+    state: Mutex<State>,
 }
 
 /// An offset past this is logged as a warning once per change of mind.
@@ -88,24 +134,42 @@ impl ApiClock {
             // Received before sent: the host's clock stepped. Nothing to learn.
             return;
         }
-        let mut cur = self.interval.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = cur
-            .filter(|c| received.micros().saturating_sub(c.at.micros()) <= KEEP.as_micros() as i64);
-        let next = match fresh {
-            Some(c) if lo.max(c.lo) <= hi.min(c.hi) => Interval {
-                lo: lo.max(c.lo),
-                hi: hi.min(c.hi),
-                at: received,
-            },
-            _ => Interval {
-                lo,
-                hi,
-                at: received,
-            },
+        let new = Interval {
+            lo,
+            hi,
+            at: received,
+            answers: 1,
         };
-        let warn_before = cur.map(|c| skew_is_large(c.lo, c.hi));
-        *cur = Some(next);
-        drop(cur);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let warn_before = st.current.map(|c| skew_is_large(c.lo, c.hi));
+        match st.current {
+            None => st.current = Some(new),
+            Some(c) => {
+                let fresh =
+                    received.micros().saturating_sub(c.at.micros()) <= KEEP.as_micros() as i64;
+                if let Some(m) = c.meet(new) {
+                    // Agrees: narrow (a stale interval may have drifted, so
+                    // the new answer's own bounds stand, but it counts).
+                    st.current = Some(if fresh {
+                        m
+                    } else {
+                        Interval {
+                            answers: m.answers,
+                            ..new
+                        }
+                    });
+                    st.held = None;
+                } else if let Some(m) = st.held.and_then(|h| h.meet(new)) {
+                    // Two answers agree on a new offset: the clock stepped.
+                    st.current = Some(m);
+                    st.held = None;
+                } else {
+                    st.held = Some(new);
+                }
+            }
+        }
+        let next = st.current.expect("set above");
+        drop(st);
         let large = skew_is_large(next.lo, next.hi);
         if large && warn_before != Some(true) {
             tracing::warn!(
@@ -117,14 +181,25 @@ impl ApiClock {
 
     /// The API's time at host instant `host_now`.
     pub fn at(&self, host_now: Timestamp) -> ApiTime {
-        let cur = *self.interval.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.state.lock().unwrap_or_else(|p| p.into_inner()).current;
         match cur {
             None => ApiTime::host(host_now),
             Some(c) => ApiTime {
                 earliest: Timestamp::from_micros(host_now.micros().saturating_add(c.lo)),
                 latest: Timestamp::from_micros(host_now.micros().saturating_add(c.hi)),
+                host: host_now,
+                answers: c.answers,
             },
         }
+    }
+
+    /// Two answers agreed on the offset.
+    pub fn confirmed(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .current
+            .is_some_and(|c| c.answers >= 2)
     }
 
     /// The API's time now.
@@ -135,7 +210,7 @@ impl ApiClock {
     /// The measured offset (API minus host) in seconds; `None` before any
     /// answer carried a `Date`.
     pub fn skew_seconds(&self) -> Option<f64> {
-        let cur = *self.interval.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.state.lock().unwrap_or_else(|p| p.into_inner()).current;
         cur.map(|c| midpoint(c.lo, c.hi) as f64 / 1e6)
     }
 }
@@ -196,17 +271,61 @@ mod tests {
         let t = c.at(host("20"));
         assert!(t.latest.micros() - t.earliest.micros() < 1_000_000);
         assert!(t.earliest <= host("20") && host("20") <= t.latest);
-        // The API's clock steps 30 s ahead: the new answer does not fit; it wins.
+        assert!(c.confirmed());
+        // The API's clock steps 30 s ahead: one answer that does not fit is
+        // held aside; a second that agrees with it wins.
         c.observe(
             Some("Wed, 02 Dec 2026 10:00:51 GMT"),
             host("20.9"),
             host("21.0"),
+        );
+        assert!(
+            c.at(host("21")).latest < host("22"),
+            "one answer moved the clock"
+        );
+        c.observe(
+            Some("Wed, 02 Dec 2026 10:00:52 GMT"),
+            host("21.9"),
+            host("22.0"),
         );
         let t = c.at(host("21"));
         assert!(
             t.earliest >= host("51") && t.latest < ts("2026-12-02T10:00:52.1Z"),
             "{t:?}"
         );
+    }
+
+    #[test]
+    fn one_lying_answer_does_not_move_the_clock() {
+        let c = ApiClock::default();
+        let host = |s: &str| ts(&format!("2026-12-02T10:00:{s}Z"));
+        c.observe(
+            Some("Wed, 02 Dec 2026 10:00:10 GMT"),
+            host("09.9"),
+            host("10.0"),
+        );
+        c.observe(
+            Some("Wed, 02 Dec 2026 10:00:11 GMT"),
+            host("10.9"),
+            host("11.0"),
+        );
+        // A proxy's answer a day behind, then the API again.
+        c.observe(
+            Some("Tue, 01 Dec 2026 10:00:12 GMT"),
+            host("11.9"),
+            host("12.0"),
+        );
+        c.observe(
+            Some("Wed, 02 Dec 2026 10:00:13 GMT"),
+            host("12.9"),
+            host("13.0"),
+        );
+        let t = c.at(host("14"));
+        assert!(
+            t.earliest >= host("13") && t.latest <= host("15.2"),
+            "{t:?}"
+        );
+        assert!(t.answers >= 2);
     }
 
     #[test]

@@ -200,90 +200,44 @@ impl<T: Copy> Lenient<T> {
     }
 }
 
-/// How a number becomes a `T`, or does not.
+/// How the text of a JSON number becomes a `T`, or does not.
 trait FromNumber: Sized {
-    fn from_u64(v: u64) -> Option<Self>;
-    fn from_i64(v: i64) -> Option<Self>;
-    fn from_f64(v: f64) -> Option<Self>;
+    fn from_number(text: &str) -> Option<Self>;
 }
 
 impl FromNumber for u64 {
-    fn from_u64(v: u64) -> Option<Self> {
-        Some(v)
-    }
-    fn from_i64(v: i64) -> Option<Self> {
-        u64::try_from(v).ok()
-    }
-    fn from_f64(v: f64) -> Option<Self> {
-        // 2^64 is exactly representable; everything below it that is whole fits.
-        (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 18_446_744_073_709_551_616.0)
-            .then_some(v as u64)
+    fn from_number(text: &str) -> Option<Self> {
+        text.parse::<u64>().ok().or_else(|| {
+            // 7.0 or 1e3 are whole numbers too; 2^64 and beyond, negative
+            // or fractional ones are not counts.
+            let v: f64 = text.parse().ok()?;
+            (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 18_446_744_073_709_551_616.0)
+                .then_some(v as u64)
+        })
     }
 }
 
 impl FromNumber for Seconds {
-    fn from_u64(v: u64) -> Option<Self> {
-        Some(Seconds(v as f64))
-    }
-    fn from_i64(v: i64) -> Option<Self> {
-        (v >= 0).then_some(Seconds(v as f64))
-    }
-    fn from_f64(v: f64) -> Option<Self> {
+    fn from_number(text: &str) -> Option<Self> {
+        // Out of f64's range (1e400) parses as infinite: not a duration.
+        let v: f64 = text.parse().ok()?;
         (v.is_finite() && v >= 0.0).then_some(Seconds(v))
     }
 }
 
 impl<'de, T: FromNumber> Deserialize<'de> for Lenient<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: FromNumber> serde::de::Visitor<'de> for V<T> {
-            type Value = Lenient<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a number or null")
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Lenient::Null)
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(Lenient::Null)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                d.deserialize_any(self)
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(T::from_u64(v).map_or(Lenient::Invalid, Lenient::Valid))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(T::from_i64(v).map_or(Lenient::Invalid, Lenient::Valid))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(T::from_f64(v).map_or(Lenient::Invalid, Lenient::Valid))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Lenient::Invalid)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Lenient::Invalid)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Self::Value, A::Error> {
-                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Lenient::Invalid)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Self::Value, A::Error> {
-                while a
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(Lenient::Invalid)
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
+        // As raw text: serde_json would refuse a number out of f64's range
+        // before any visitor saw it, failing the whole page.
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let text = raw.get().trim();
+        Ok(if text == "null" {
+            Lenient::Null
+        } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            T::from_number(text).map_or(Lenient::Invalid, Lenient::Valid)
+        } else {
+            Lenient::Invalid
+        })
     }
 }
 
@@ -363,9 +317,31 @@ impl<'de> Deserialize<'de> for Transitions {
     }
 }
 
-/// How far along a copy of a task is: (stage, transitions, updated_at),
-/// compared in that order.
-pub type Progress = (u8, u32, Timestamp);
+/// Where a copy of a task is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub stage: u8,
+    /// The status is one the contract names (its stage is certain).
+    pub known: bool,
+    pub transitions: u32,
+    pub updated_at: Timestamp,
+}
+
+impl Progress {
+    /// Whether this copy is further along than `held`: never back from
+    /// running to pending (whatever a hostile `transitions` says); else
+    /// more transitions (the list only grows, and a status the contract
+    /// does not name may come anywhere, even before pending), then the
+    /// later stage, then the later `updated_at`. Neither further along:
+    /// the same state as far as the lifecycle can tell.
+    pub fn further_than(&self, held: &Progress) -> bool {
+        if self.known && held.known && self.stage < held.stage {
+            return false;
+        }
+        (self.transitions, self.stage, self.updated_at)
+            > (held.transitions, held.stage, held.updated_at)
+    }
+}
 
 /// How far along its lifecycle a task is: pending, then running (and any
 /// status the contract does not name), then terminal. A task never moves
@@ -393,11 +369,14 @@ impl Task {
         self.started_at.or(self.transitions.running_at)
     }
 
-    /// Which of two copies of one task is further along: the later stage,
-    /// then more transitions, then the later `updated_at`. Equal keys are
-    /// the same state as far as the lifecycle can tell.
+    /// Where this copy is in its lifecycle; see [`Progress::further_than`].
     pub fn progress(&self) -> Progress {
-        (stage(&self.status), self.transitions.count, self.updated_at)
+        Progress {
+            stage: stage(&self.status),
+            known: !matches!(self.status, TaskStatus::Other(_)),
+            transitions: self.transitions.count,
+            updated_at: self.updated_at,
+        }
     }
 
     /// The latest instant the task names anywhere.
@@ -564,7 +543,7 @@ mod tests {
             t.latest_stamp(),
             Timestamp::parse("2026-11-23T10:00:03Z").unwrap()
         );
-        assert_eq!(t.progress().0, 1);
+        assert_eq!(t.progress().stage, 1);
     }
 
     #[test]

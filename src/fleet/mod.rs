@@ -45,6 +45,11 @@ pub const TASK_DURATION_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
 ];
 
+/// The longest duration (seconds, about 31 years) taken as true: longer
+/// ones are refused as `invalid_number`, so that no sum of them can
+/// overflow to infinity.
+pub const MAX_DURATION_SECONDS: f64 = 1e9;
+
 /// Past this many distinct unknown names (statuses, error codes), further
 /// ones are counted under "other" so a misbehaving API cannot blow up the
 /// series count.
@@ -168,9 +173,11 @@ pub struct Fleet {
     /// Every agent known, by id: its (admitted) status and `updated_at`.
     /// A listing replaces it and webhook events update it, never backwards.
     agent_by_id: HashMap<Box<str>, AgentSeen>,
-    /// Agents a webhook said were deleted, with the deletion's `updated_at`,
-    /// until a listing no longer can show them.
-    agent_gone: HashMap<Box<str>, Timestamp>,
+    /// Agents a webhook said were deleted: the deletion's `updated_at`, and
+    /// when it came (the API's time), until a listing started long enough
+    /// after that no longer can show them. The deletion may carry the
+    /// agent's last `updated_at`, long past: that cannot date it.
+    agent_gone: HashMap<Box<str>, (Timestamp, Timestamp)>,
     open: HashMap<String, OpenTask>,
     open_names: BoundedNames,
     failure_codes: BoundedNames,
@@ -193,6 +200,9 @@ pub struct Fleet {
     /// The API's time as last told by `poll`; `None` (tests) judges nothing
     /// against it.
     api_time: Option<ApiTime>,
+    /// The host's instant of the start while the API's clock was not yet
+    /// confirmed by two answers: the floor follows the clock until it is.
+    provisional_start: Option<Timestamp>,
     limits: FleetLimits,
 }
 
@@ -216,6 +226,7 @@ impl Fleet {
             counters: Counters::default(),
             counting_since,
             api_time: None,
+            provisional_start: None,
             limits: FleetLimits::default(),
         }
     }
@@ -229,12 +240,26 @@ impl Fleet {
         f.counting_since = host_start;
         f.api_time = Some(api);
         f.limits = limits;
+        if !api.confirmed() {
+            f.provisional_start = Some(api.host);
+        }
         f
     }
 
-    /// The API's time now, before applying what was just read.
+    /// The API's time now, before applying what was just read. While the
+    /// start was judged on an unconfirmed clock (no `Date` yet, or one
+    /// answer's word), the floor at start follows the clock's best word,
+    /// until two answers agree.
     pub fn set_api_time(&mut self, t: ApiTime) {
         self.api_time = Some(t);
+        if let Some(host_start) = self.provisional_start {
+            if t.answers > 0 {
+                self.floor = t.latest_at(host_start);
+            }
+            if t.confirmed() {
+                self.provisional_start = None;
+            }
+        }
     }
 
     fn reject(&mut self, resource: &'static str, reason: &'static str, id: &str) {
@@ -298,7 +323,7 @@ impl Fleet {
             if self
                 .agent_gone
                 .get(a.id.as_str())
-                .is_some_and(|d| *d >= a.updated_at)
+                .is_some_and(|(d, _)| *d >= a.updated_at)
             {
                 continue;
             }
@@ -312,7 +337,7 @@ impl Fleet {
             next.insert(a.id.as_str().into(), seen);
         }
         next.extend(old.into_iter().filter(|(_, e)| e.updated_at > recent));
-        self.agent_gone.retain(|_, d| *d > recent);
+        self.agent_gone.retain(|_, (_, came)| *came > recent);
         self.agent_by_id = next;
         self.agents = AGENT_STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
         for e in self.agent_by_id.values() {
@@ -333,7 +358,7 @@ impl Fleet {
         if self
             .agent_gone
             .get(a.id.as_str())
-            .is_some_and(|d| *d >= a.updated_at)
+            .is_some_and(|(d, _)| *d >= a.updated_at)
         {
             return;
         }
@@ -347,7 +372,9 @@ impl Fleet {
         }
         if deleted {
             self.agent_by_id.remove(a.id.as_str());
-            self.agent_gone.insert(a.id.as_str().into(), a.updated_at);
+            let came = self.api_time.map_or(a.updated_at, |t| t.latest);
+            self.agent_gone
+                .insert(a.id.as_str().into(), (a.updated_at, came.max(a.updated_at)));
             return;
         }
         let status = self.agent_names.admit(&a.status);
@@ -395,7 +422,7 @@ impl Fleet {
         let progress = t.progress();
         if let Some(mut o) = self.open.remove(t.id.as_str()) {
             self.count_known(&mut o.marks, t, false);
-            let moved = progress > o.progress;
+            let moved = progress.further_than(&o.progress);
             if moved {
                 o.status = self.admit_status(&t.status);
                 o.updated_at = t.updated_at;
@@ -415,7 +442,7 @@ impl Fleet {
         }
         let mut marks = Marks::default();
         if let Some((m, p)) = self.unlisted.remove(t.id.as_str()) {
-            if progress <= p {
+            if !progress.further_than(&p) {
                 // A stale copy of a task already gone from the open set.
                 let mut m = m;
                 self.count_known(&mut m, t, false);
@@ -468,13 +495,21 @@ impl Fleet {
     fn count_known(&mut self, marks: &mut Marks, t: &Task, terminal: bool) {
         let floor = self.floor;
         let m = &t.metrics;
+        let absurd = |v: Option<f64>| v.is_some_and(|v| !(0.0..=MAX_DURATION_SECONDS).contains(&v));
+        if (!marks.queue && absurd(m.queue_seconds))
+            || (terminal && !marks.run && absurd(m.run_seconds))
+        {
+            self.reject("tasks", "invalid_number", &t.id);
+        }
         let c = &mut self.counters;
         if !marks.queue {
             match t.started_time() {
                 Some(s) if s <= floor => marks.queue = true,
                 Some(_) => {
                     if let Some(q) = m.queue_seconds {
-                        c.queue_seconds.observe(q);
+                        if !absurd(Some(q)) {
+                            c.queue_seconds.observe(q);
+                        }
                         marks.queue = true;
                     }
                 }
@@ -485,7 +520,9 @@ impl Fleet {
             return;
         }
         if let (false, Some(v)) = (marks.run, m.run_seconds) {
-            c.run_seconds.observe(v);
+            if !absurd(Some(v)) {
+                c.run_seconds.observe(v);
+            }
             marks.run = true;
         }
         if let (false, Some(v)) = (marks.input, m.input_tokens) {
@@ -579,7 +616,7 @@ impl Fleet {
         self.count_unknown_codes(unknown);
         // Such a task changed last at or before the floor: a copy of it can
         // only be one that is not counted again anyway.
-        self.unlisted.retain(|_, (_, p)| p.2 > floor);
+        self.unlisted.retain(|_, (_, p)| p.updated_at > floor);
     }
 
     fn count_unknown_codes(&mut self, n: u64) {

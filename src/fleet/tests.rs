@@ -428,6 +428,8 @@ fn the_counting_floor_at_start_is_the_api_time_not_the_host_time() {
     let api = ApiTime {
         earliest: ts(85),
         latest: ts(86),
+        host: ts(100),
+        answers: 2,
     };
     let mut f = Fleet::starting(api, ts(100), FleetLimits::default());
     assert_eq!(f.floor(), ts(86));
@@ -633,8 +635,15 @@ fn absurd_durations_neither_panic_nor_land_in_a_histogram_wrongly() {
         t.metrics.run_seconds = Some(v);
         f.apply_task(&t);
     }
-    assert_eq!(f.counters().run_seconds.count(), 4);
-    assert_eq!(f.counters().run_seconds.exponential().count(), 4);
+    // 1e308 s is refused (no sum may overflow); the rest, subnormal
+    // included, is observed without a panic.
+    assert_eq!(f.counters().run_seconds.count(), 3);
+    assert_eq!(f.counters().run_seconds.exponential().count(), 3);
+    assert_eq!(f.counters().rejected[&("tasks", "invalid_number")], 1);
+    let mut h = crate::histogram::Histogram::new(TASK_DURATION_BUCKETS);
+    h.observe(1e308);
+    h.observe(1e-310);
+    assert_eq!(h.exponential().count(), 2);
 }
 
 // ---- Adversarial review (branch attack) ----
@@ -819,9 +828,16 @@ fn attack_one_lying_date_at_start_counts_the_whole_history() {
     // with its own clock, a cached answer); every later one the true time.
     let clock = ApiClock::default();
     let host_start = ts(100_000);
-    clock.observe(Some(&http_date(ts(100_000 - 86_400))), ts(99_999), host_start);
+    clock.observe(
+        Some(&http_date(ts(100_000 - 86_400))),
+        ts(99_999),
+        host_start,
+    );
     let mut f = Fleet::starting(clock.at(host_start), host_start, FleetLimits::default());
+    // Two answers that agree are needed to overrule the first (one answer
+    // alone may be the liar).
     clock.observe(Some(&http_date(ts(100_010))), ts(100_010), ts(100_010));
+    clock.observe(Some(&http_date(ts(100_011))), ts(100_011), ts(100_011));
     f.set_api_time(clock.at(ts(100_011)));
     // Finished an hour before the exporter started: not a transition of
     // this process's counters.

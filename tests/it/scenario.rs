@@ -80,6 +80,7 @@ impl Scenario {
             truncated_json: maybe(0.03),
             cursor_expired: maybe(0.08),
             page_retry_after: maybe(0.05),
+            tail_page_retry_after: maybe(0.1),
             hang: maybe(0.02),
             hang_ms: 1500,
             ..Faults::default()
