@@ -1,6 +1,7 @@
 //! `cargo bench --bench fleet`: the exporter's own work per poll cycle at the
 //! 10k scenario's scale, without the network: applying a page of task
-//! changes, a 10,000-agent listing, and rendering /metrics once.
+//! changes, a 10,000-agent listing, parsing a page of 100 tasks as the API
+//! sends them, and rendering /metrics once.
 //! Prints the median and spread over repeated runs.
 
 use clawmesh_exporter::api::types::{Agent, Task, TaskError, TaskMetrics, TaskStatus, Timestamp};
@@ -37,6 +38,24 @@ fn task(i: usize, status: &str, at: i64) -> Task {
             code: Some("timeout".into()),
         }),
     }
+}
+
+/// One page of 100 finished tasks in the contract's full shape (transitions,
+/// metrics, outputs, labels, instructions), as the simulator writes them.
+fn page_of_tasks() -> Vec<u8> {
+    let mut items = Vec::new();
+    for i in 0..100 {
+        items.push(format!(
+            r#"{{"id":"tsk_{i:08}","agent_id":"agt_{i:06}","status":"completed","instructions":"Summarise the open support tickets for team payments.","labels":{{"team":"payments","priority":"normal"}},"created_at":"2026-12-02T10:00:00.123Z","updated_at":"2026-12-02T10:05:00.5Z","started_at":"2026-12-02T10:00:01Z","finished_at":"2026-12-02T10:05:00.5Z","transitions":[{{"status":"pending","at":"2026-12-02T10:00:00.123Z"}},{{"status":"running","at":"2026-12-02T10:00:01Z"}},{{"status":"completed","at":"2026-12-02T10:05:00.5Z"}}],"metrics":{{"queue_seconds":0.877,"run_seconds":299.5,"input_tokens":{},"output_tokens":{}}},"outputs":[{{"file_id":"file_{i:08x}","name":"report.md","size_bytes":1200}}],"error":null,"x_region":"eu-1"}}"#,
+            1000 + i,
+            200 + i
+        ));
+    }
+    format!(
+        r#"{{"data":[{}],"has_more":true,"next_cursor":"abc"}}"#,
+        items.join(",")
+    )
+    .into_bytes()
 }
 
 fn median(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -87,6 +106,12 @@ fn main() {
             )
         })
         .collect();
+
+    let page = page_of_tasks();
+    bench("parse a page of 100 tasks (the API's JSON)", 200, || {
+        let p = clawmesh_exporter::api::parse_page::<Task>(black_box(&page)).unwrap();
+        black_box(p);
+    });
 
     bench("apply a 10,000-agent listing", 50, || {
         let mut f = Fleet::new(ts(0));

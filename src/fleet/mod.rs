@@ -85,6 +85,7 @@ impl Default for FleetLimits {
 struct AgentSeen {
     status: String,
     updated_at: Timestamp,
+    created_at: Timestamp,
 }
 
 /// Which of a task's once-only observations are made (or never will be):
@@ -332,11 +333,16 @@ impl Fleet {
                 _ => AgentSeen {
                     status: self.agent_names.admit(&a.status),
                     updated_at: a.updated_at,
+                    created_at: a.created_at,
                 },
             };
             next.insert(a.id.as_str().into(), seen);
         }
-        next.extend(old.into_iter().filter(|(_, e)| e.updated_at > recent));
+        // An agent missing from a complete listing is deleted, unless it was
+        // created too recently to be visible in it (a webhook told of it
+        // first). Its last change being recent says nothing: a listing
+        // shows every agent whose creation is visible, in some state.
+        next.extend(old.into_iter().filter(|(_, e)| e.created_at > recent));
         self.agent_gone.retain(|_, (_, came)| *came > recent);
         self.agent_by_id = next;
         self.agents = AGENT_STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
@@ -384,6 +390,7 @@ impl Fleet {
             AgentSeen {
                 status,
                 updated_at: a.updated_at,
+                created_at: a.created_at,
             },
         );
     }

@@ -231,7 +231,10 @@ fn agent_events_apply_by_updated_at_and_a_listing_never_moves_them_back() {
     // Events: a newer status, an older one (ignored), a creation, a deletion.
     f.apply_agent_event(&agent("a", "error", 30), false);
     f.apply_agent_event(&agent("a", "busy", 25), false);
-    f.apply_agent_event(&agent("d", "provisioning", 31), false);
+    // d is new: created when its event says (too recent for a listing).
+    let mut d = agent("d", "provisioning", 31);
+    d.created_at = ts(31);
+    f.apply_agent_event(&d, false);
     f.apply_agent_event(&agent("c", "busy", 32), true);
     f.apply_agent_event(&agent("c", "busy", 31), false);
     assert_eq!(agents_in(&f, "error"), 1);
@@ -349,6 +352,33 @@ fn fleet_at(now: i64) -> Fleet {
     );
     f.set_api_time(ApiTime::host(ts(now)));
     f
+}
+
+#[test]
+fn an_agent_missing_from_a_listing_is_gone_even_if_it_changed_just_before() {
+    // Seen busy in one listing, then (task finished, agent deleted) absent
+    // from the next, which started within the lag of that last change:
+    // deleted, not kept with its old status.
+    let agent = |id: &str, status: &str, created: i64, at: i64| Agent {
+        id: id.into(),
+        status: status.into(),
+        created_at: ts(created),
+        updated_at: ts(at),
+    };
+    let lag = Duration::from_secs(6);
+    let mut f = Fleet::new(ts(0));
+    f.apply_agent_listing_at(
+        &[agent("a", "busy", 1, 99), agent("b", "idle", 1, 50)],
+        ts(100),
+        lag,
+    );
+    f.apply_agent_listing_at(&[agent("b", "idle", 1, 50)], ts(101), lag);
+    assert_eq!(f.agents().unwrap()["busy"], 0);
+    assert_eq!(f.agents().unwrap().values().sum::<u64>(), 1);
+    // One a webhook told of, created too recently to be listed, stays.
+    f.apply_agent_event(&agent("c", "provisioning", 100, 100), false);
+    f.apply_agent_listing_at(&[agent("b", "idle", 1, 50)], ts(102), lag);
+    assert_eq!(f.agents().unwrap()["provisioning"], 1);
 }
 
 #[test]

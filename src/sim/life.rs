@@ -107,6 +107,9 @@ pub struct Fleet {
     target_running: usize,
     big: Arc<str>,
     start_us: i64,
+    /// The instant of the tick in progress: nothing is visible before it
+    /// is made, whatever its (rounded-down) `updated_at` says.
+    now_us: i64,
     /// Webhook events of the changes since the last drain; `None` while
     /// webhook delivery is off.
     pub events: Option<Vec<super::webhooks::SimEvent>>,
@@ -149,9 +152,12 @@ impl Fleet {
             target_running: (target_open - target_open * 2 / 5).max(1),
             big: Arc::from(big_instructions()),
             start_us,
+            // Seeded history is visible from its stamps, as before the start.
+            now_us: i64::MIN,
             events: None,
         };
         f.seed(cfg, start_us);
+        f.now_us = start_us;
         f
     }
 
@@ -184,6 +190,14 @@ impl Fleet {
         self.rng.random_range(0..=self.lag_max_us)
     }
 
+    /// When a change stamped `stamp_us` becomes visible: its stamp plus the
+    /// lag, and never before it is made (a stamp rounded down to the
+    /// second would otherwise make it visible "in the past", and the
+    /// ground truth's `visible_by` would come before the change).
+    fn visible_at(&mut self, stamp_us: i64) -> i64 {
+        (stamp_us + self.lag()).max(self.now_us)
+    }
+
     /// Visibility is measured from `updated_at` (not from the wall clock):
     /// the contract promises a change visible within 5 s of its `updated_at`,
     /// and `updated_at` is rounded down by up to a second.
@@ -210,7 +224,7 @@ impl Fleet {
             let object = serde_json::to_value(&t).expect("serialisable");
             self.emit(kind, object, t.updated_at.us);
         }
-        let vis = t.updated_at.us + self.lag();
+        let vis = self.visible_at(t.updated_at.us);
         self.max_visible_us = self.max_visible_us.max(vis);
         self.vis_queue.push(Reverse((vis, true, t.id.clone())));
         self.tasks.push(t, vis);
@@ -227,7 +241,7 @@ impl Fleet {
                 self.emit_agent(kind, &a, a.updated_at.us);
             }
         }
-        let vis = a.updated_at.us + self.lag();
+        let vis = self.visible_at(a.updated_at.us);
         self.max_visible_us = self.max_visible_us.max(vis);
         self.vis_queue.push(Reverse((vis, false, a.id.clone())));
         self.agents.push(a, vis);
@@ -499,6 +513,7 @@ impl Fleet {
 
     /// One step of life at `now_us`, `tick_secs` after the previous one.
     pub fn tick(&mut self, now_us: i64, tick_secs: f64) {
+        self.now_us = now_us;
         if !self.paused {
             self.change_budget += self.changes_per_minute * tick_secs / 60.0;
             while self.change_budget >= 1.0 {
@@ -977,7 +992,7 @@ impl Fleet {
         }
         let id = self.live_agents.swap_remove(i);
         // Visible within the lag of when it happened.
-        let vis = at.us + self.lag();
+        let vis = self.visible_at(at.us);
         self.max_visible_us = self.max_visible_us.max(vis);
         self.vis_queue.push(Reverse((vis, false, id.clone())));
         self.agents.delete(&id, updated.us, vis);
