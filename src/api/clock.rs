@@ -353,4 +353,75 @@ mod tests {
         let _ = c.at(Timestamp::from_micros(i64::MAX));
         let _ = c.skew_seconds();
     }
+
+    // ---- Adversarial review, round 2 (branch attack2) ----
+
+    fn at_ms(ms: i64) -> Timestamp {
+        Timestamp::from_micros(ts("2026-12-02T10:00:00Z").micros() + ms * 1000)
+    }
+
+    fn date_at(api_ms: i64) -> String {
+        chrono::DateTime::from_timestamp_micros(at_ms(api_ms).micros())
+            .unwrap()
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string()
+    }
+
+    /// One answer from an API whose clock is `offset_ms` ahead of the host,
+    /// sent at host `sent_ms`, answered 5 ms later, received 10 ms later.
+    fn answer(c: &ApiClock, sent_ms: i64, offset_ms: i64) {
+        c.observe(
+            Some(&date_at(sent_ms + 5 + offset_ms)),
+            at_ms(sent_ms),
+            at_ms(sent_ms + 10),
+        );
+    }
+
+    #[test]
+    fn attack2_one_answer_off_by_under_a_second_narrows_the_clock_off_the_truth_for_good() {
+        // The API agrees with the host. Polls every 5 s at the same
+        // sub-second phase (a periodic loop on a synced host does that).
+        let c = ApiClock::default();
+        for k in 0..3 {
+            answer(&c, k * 5000 + 200, 0);
+        }
+        // One answer from a proxy 0.9 s ahead: it overlaps the interval,
+        // so it narrows it instead of being held aside.
+        answer(&c, 15_200, 900);
+        // Ten minutes of true answers at the same phase.
+        for k in 4..124 {
+            answer(&c, k * 5000 + 200, 0);
+        }
+        let now = at_ms(124 * 5000);
+        let t = c.at(now);
+        // The true API time is `now`: the bounds must hold it.
+        assert!(
+            t.earliest <= now && now <= t.latest,
+            "API time {now:?} outside [{:?}, {:?}] ten minutes after one answer",
+            t.earliest,
+            t.latest
+        );
+    }
+
+    #[test]
+    fn attack2_a_real_step_under_a_second_is_never_followed() {
+        // Answers at many phases narrow the interval to ~10 ms around 0.
+        let c = ApiClock::default();
+        for (k, phase) in [0, 990, 500, 250, 750, 100, 900].iter().enumerate() {
+            answer(&c, k as i64 * 5000 + phase, 0);
+        }
+        // The API's NTP steps it 0.5 s ahead; polls keep their phase.
+        for k in 7..127 {
+            answer(&c, k * 5000 + 300, 500);
+        }
+        let now = at_ms(127 * 5000);
+        let api_now = at_ms(127 * 5000 + 500);
+        let t = c.at(now);
+        assert!(
+            t.earliest <= api_now && api_now <= t.latest,
+            "API time {api_now:?} outside [{:?}, {:?}] ten minutes after the step",
+            t.earliest,
+            t.latest
+        );
+    }
 }

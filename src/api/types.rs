@@ -562,3 +562,76 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod attack2 {
+    use super::*;
+
+    fn task_json(metrics: &str) -> String {
+        format!(
+            r#"{{"id":"t1","status":"completed","created_at":"2026-11-23T10:00:00Z",
+                "updated_at":"2026-11-23T10:00:05Z","transitions":[],
+                "metrics":{metrics}}}"#
+        )
+    }
+
+    #[test]
+    fn attack2_webhook_value_path_reads_metrics() {
+        // The webhook path parses the body to serde_json::Value first, then
+        // the task from that Value: the RawValue-based metrics must still read.
+        let v: serde_json::Value = serde_json::from_str(&task_json(
+            r#"{"queue_seconds":1.5,"run_seconds":2,"input_tokens":7,"output_tokens":1E2}"#,
+        ))
+        .unwrap();
+        let t: Task = serde_json::from_value(v).expect("a webhook task must parse");
+        assert!(!t.metrics.invalid, "{:?}", t.metrics);
+        assert_eq!(t.metrics.queue_seconds, Some(1.5));
+        assert_eq!(t.metrics.run_seconds, Some(2.0));
+        assert_eq!(t.metrics.input_tokens, Some(7));
+        assert_eq!(t.metrics.output_tokens, Some(100));
+    }
+
+    #[test]
+    fn attack2_number_spellings() {
+        for (m, q, tok) in [
+            (
+                r#"{"queue_seconds":-0,"input_tokens":-0}"#,
+                Some(0.0),
+                Some(0),
+            ),
+            (
+                r#"{"queue_seconds":0.0e0,"input_tokens":0.0e0}"#,
+                Some(0.0),
+                Some(0),
+            ),
+            (
+                r#"{"queue_seconds": 1E2 ,"input_tokens": 1E2 }"#,
+                Some(100.0),
+                Some(100),
+            ),
+            (
+                r#"{"input_tokens":18446744073709551615}"#,
+                None,
+                Some(u64::MAX),
+            ),
+        ] {
+            let t: Task = serde_json::from_str(&task_json(m)).unwrap();
+            assert_eq!(
+                (t.metrics.queue_seconds, t.metrics.input_tokens),
+                (q, tok),
+                "{m}"
+            );
+            assert!(!t.metrics.invalid, "{m}");
+            let v: serde_json::Value = serde_json::from_str(&task_json(m)).unwrap();
+            let t: Task = serde_json::from_value(v).unwrap();
+            assert_eq!(
+                (t.metrics.queue_seconds, t.metrics.input_tokens),
+                (q, tok),
+                "value {m}"
+            );
+        }
+        let huge = format!(r#"{{"input_tokens":{}}}"#, "9".repeat(5000));
+        let t: Task = serde_json::from_str(&task_json(&huge)).unwrap();
+        assert!(t.metrics.invalid);
+    }
+}

@@ -204,6 +204,10 @@ pub struct Fleet {
     /// The host's instant of the start while the API's clock was not yet
     /// confirmed by two answers: the floor follows the clock until it is.
     provisional_start: Option<Timestamp>,
+    /// The highest floor `raise_floor` pruned the ledger (and `unlisted`)
+    /// to: the floor never falls below it, whatever the clock says, or a
+    /// late copy of a forgotten task would count again.
+    pruned_to: Timestamp,
     limits: FleetLimits,
 }
 
@@ -228,6 +232,7 @@ impl Fleet {
             counting_since,
             api_time: None,
             provisional_start: None,
+            pruned_to: Timestamp::from_micros(i64::MIN),
             limits: FleetLimits::default(),
         }
     }
@@ -255,7 +260,7 @@ impl Fleet {
         self.api_time = Some(t);
         if let Some(host_start) = self.provisional_start {
             if t.answers > 0 {
-                self.floor = t.latest_at(host_start);
+                self.floor = t.latest_at(host_start).max(self.pruned_to);
             }
             if t.confirmed() {
                 self.provisional_start = None;
@@ -612,6 +617,7 @@ impl Fleet {
             return;
         }
         self.floor = floor;
+        self.pruned_to = self.pruned_to.max(floor);
         let mut unknown = 0;
         self.ledger.retain(|_, c| {
             let keep = c.finished_at > floor;

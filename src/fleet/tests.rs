@@ -878,3 +878,44 @@ fn attack_one_lying_date_at_start_counts_the_whole_history() {
         f.floor()
     );
 }
+
+// ---- Adversarial review, round 2 (branch attack2) ----
+
+#[test]
+fn attack2_a_provisional_floor_never_falls_below_what_the_ledger_forgot() {
+    // The key check saw one Date (later answers carry none, or never agree):
+    // the clock stays unconfirmed, so the floor "follows the clock" on every
+    // set_api_time, long after raise_floor pruned the ledger past it.
+    let api = ApiTime {
+        earliest: ts(99_999),
+        latest: ts(100_000),
+        host: ts(100_000),
+        answers: 1,
+    };
+    let mut f = Fleet::starting(api, ts(100_000), FleetLimits::default());
+    assert_eq!(
+        f.apply_task(&task("t", "completed", 100_100)),
+        Applied::Finished
+    );
+    assert_eq!(finished(&f, "completed"), 1);
+    // Two hours on, one sync in poll's order: raise_floor(forget_before),
+    // then set_api_time with the (still unconfirmed) clock.
+    let later = ApiTime {
+        earliest: ts(107_199),
+        latest: ts(107_200),
+        host: ts(107_200),
+        answers: 1,
+    };
+    f.raise_floor(ts(107_200 - 3600));
+    f.set_api_time(later);
+    assert!(
+        f.floor() >= ts(107_200 - 3600),
+        "the floor fell back below the pruned ledger: {:?}",
+        f.floor()
+    );
+    // A late copy of the pruned task (outputs attached late move updated_at).
+    let mut late = task("t", "completed", 100_100);
+    late.updated_at = ts(107_190);
+    f.apply_task(&late);
+    assert_eq!(finished(&f, "completed"), 1, "one task counted twice");
+}
