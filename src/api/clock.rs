@@ -14,12 +14,15 @@
 //! the API's clock read `date .. date + 1 s` at some host instant between
 //! `sent` and `received`, so
 //! `offset >= date - received` and `offset < date + 1 s - sent`.
-//! Answers within [`KEEP`] of each other narrow the interval. One answer
-//! that does not fit it is held aside, not believed: a proxy answering
+//! The answers of the last [`KEEP`] are kept: the offset lies in the
+//! intersection of the newest run of them that agree. An answer that
+//! disagrees with the one before it is held aside, not believed, until a
+//! second agrees with it (then the API's clock stepped): a proxy answering
 //! with its own clock, or a cached answer, must not move every boundary.
-//! A second answer that fits the held one (the API's clock really
-//! stepped) replaces the interval. The clock is *confirmed* once two
-//! answers agree.
+//! Answers older than [`KEEP`] drop out, so one wrong answer that happened
+//! to overlap (a lie under a second, a step under a second) narrows the
+//! interval for a minute at most, never for good. The clock is
+//! *confirmed* once two answers agree.
 
 use super::types::Timestamp;
 use std::sync::Mutex;
@@ -84,7 +87,7 @@ struct Interval {
     /// Bounds of the offset in microseconds, `lo <= offset <= hi`.
     lo: i64,
     hi: i64,
-    /// Host time of the last answer that narrowed or set it.
+    /// Host time of the (newest) answer.
     at: Timestamp,
     /// Answers that agreed on it.
     answers: u32,
@@ -95,18 +98,22 @@ impl Interval {
         (self.lo.max(o.lo) <= self.hi.min(o.hi)).then_some(Interval {
             lo: self.lo.max(o.lo),
             hi: self.hi.min(o.hi),
-            at: o.at,
+            at: self.at.max(o.at),
             answers: self.answers.saturating_add(o.answers),
         })
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+/// At most this many recent answers are kept.
+const MAX_ANSWERS: usize = 64;
+
+#[derive(Debug, Default)]
 struct State {
+    /// The answers of the last [`KEEP`], oldest first.
+    recent: std::collections::VecDeque<Interval>,
+    /// What the clock says: the newest run of agreeing answers (one that
+    /// disagrees alone does not replace it).
     current: Option<Interval>,
-    /// An answer that did not fit `current`, until another confirms or
-    /// contradicts it.
-    held: Option<Interval>,
 }
 
 /// The measured offset of one client's API; cheap to read.
@@ -142,30 +149,27 @@ impl ApiClock {
         };
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let warn_before = st.current.map(|c| skew_is_large(c.lo, c.hi));
-        match st.current {
-            None => st.current = Some(new),
-            Some(c) => {
-                let fresh =
-                    received.micros().saturating_sub(c.at.micros()) <= KEEP.as_micros() as i64;
-                if let Some(m) = c.meet(new) {
-                    // Agrees: narrow (a stale interval may have drifted, so
-                    // the new answer's own bounds stand, but it counts).
-                    st.current = Some(if fresh {
-                        m
-                    } else {
-                        Interval {
-                            answers: m.answers,
-                            ..new
-                        }
-                    });
-                    st.held = None;
-                } else if let Some(m) = st.held.and_then(|h| h.meet(new)) {
-                    // Two answers agree on a new offset: the clock stepped.
-                    st.current = Some(m);
-                    st.held = None;
-                } else {
-                    st.held = Some(new);
-                }
+        let keep_after = received.micros().saturating_sub(KEEP.as_micros() as i64);
+        st.recent.retain(|a| a.at.micros() > keep_after);
+        if st.recent.len() >= MAX_ANSWERS {
+            st.recent.pop_front();
+        }
+        st.recent.push_back(new);
+        // The newest run of answers that agree, newest first.
+        let mut run = new;
+        for older in st.recent.iter().rev().skip(1) {
+            match run.meet(*older) {
+                Some(m) => run = m,
+                None => break,
+            }
+        }
+        if run.answers >= 2 || st.current.is_none() {
+            st.current = Some(run);
+        } else if let Some(c) = st.current.as_mut() {
+            // One answer that disagrees with the one before: held aside.
+            // What the clock says stands, but ages like the answers do.
+            if c.at.micros() <= keep_after {
+                *c = run;
             }
         }
         let next = st.current.expect("set above");
