@@ -142,7 +142,23 @@ impl Scenario {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut exporter = self.start_exporter(&sim, &dir).await;
-        self.stretch(&sim, &exporter, "first").await;
+        self.stretch(&sim, &exporter, "first", true).await;
+        if self.event != Event::Nothing {
+            // A new client cannot know a Retry-After its predecessor was
+            // told: let any such wait run out (faults off) before the event.
+            sim.faults(Faults::default());
+            let t = sim.truth();
+            let until = host_secs(&t, &t.now) + self.faults.retry_after_secs.max(1) as f64 + 1.0;
+            wait_for(
+                Duration::from_secs(10),
+                "a Retry-After to run out",
+                || async {
+                    let t = sim.truth();
+                    host_secs(&t, &t.now) > until
+                },
+            )
+            .await;
+        }
         match self.event {
             Event::Nothing => {}
             Event::Restart => {
@@ -158,7 +174,12 @@ impl Scenario {
             }
         }
         if self.event != Event::Nothing {
-            self.stretch(&sim, &exporter, "after the restart or reload")
+            sim.faults(self.faults.clone());
+            // A task that entered a status the contract does not name before
+            // this start is unknown to the new slot: it can only ask for such
+            // statuses by a name it has seen (docs/metrics.md). Those gauges
+            // are compared in the first stretch only.
+            self.stretch(&sim, &exporter, "after the restart or reload", false)
                 .await;
         }
         exporter.shutdown().await;
@@ -169,18 +190,28 @@ impl Scenario {
 
     /// One measured stretch: a quiet point, a busy stretch, a quiet point;
     /// gauges equal the truth at both, counter deltas between them.
-    async fn stretch(&self, sim: &Sim, exporter: &Running, which: &str) {
+    async fn stretch(&self, sim: &Sim, exporter: &Running, which: &str, unknown_statuses: bool) {
+        let gauges = |m: &std::collections::BTreeMap<String, f64>,
+                      t: &clawmesh_exporter::sim::GroundTruth| {
+            if unknown_statuses {
+                assert_gauges_match(m, t)
+            } else {
+                let mut t = t.clone();
+                t.tasks_open.retain(|s, _| s == "pending" || s == "running");
+                assert_gauges_match(m, &t)
+            }
+        };
         run_fleet_for(sim, self.finished / 4).await;
         if self.late_values() {
             let_the_late_values_of_the_start_pass(sim, exporter).await;
         }
         let e1 = converge(sim, exporter).await;
         let t1 = sim.truth();
-        assert_gauges_match(&e1, &t1);
+        gauges(&e1, &t1);
         run_fleet_for(sim, self.finished).await;
         let e2 = converge(sim, exporter).await;
         let t2 = sim.truth();
-        assert_gauges_match(&e2, &t2);
+        gauges(&e2, &t2);
         let want = delta(&counters_of_truth(&t2), &counters_of_truth(&t1));
         let got = delta(&counters_of_exporter(&e2), &counters_of_exporter(&e1));
         assert_eq!(

@@ -13,6 +13,15 @@ use std::time::Duration;
 pub struct Sim {
     pub sim: Simulator,
     pub addr: SocketAddr,
+    /// The server; aborted on drop, so that a finished test's fleet stops
+    /// living (its life task ends with the last reference).
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 impl Sim {
@@ -20,8 +29,8 @@ impl Sim {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sim = Simulator::new(cfg);
-        tokio::spawn(sim.clone().serve(listener));
-        Sim { sim, addr }
+        let server = tokio::spawn(sim.clone().serve(listener));
+        Sim { sim, addr, server }
     }
 
     pub fn url(&self) -> String {
