@@ -28,7 +28,7 @@ use super::types::Timestamp;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// How long a measured interval is trusted to narrow later ones.
+/// How long an answer is kept to narrow (or outvote) later ones.
 const KEEP: Duration = Duration::from_secs(60);
 
 /// The API's time now, bounded from both sides.
@@ -50,11 +50,7 @@ pub struct ApiTime {
 impl ApiTime {
     /// The best single estimate (the middle of the interval): for ages.
     pub fn estimate(self) -> Timestamp {
-        Timestamp::from_micros(
-            self.earliest.micros() / 2
-                + self.latest.micros() / 2
-                + (self.earliest.micros() % 2 + self.latest.micros() % 2) / 2,
-        )
+        Timestamp::from_micros(midpoint(self.earliest.micros(), self.latest.micros()))
     }
 
     /// The host's clock taken as the API's (no `Date` seen yet).
@@ -197,15 +193,6 @@ impl ApiClock {
         }
     }
 
-    /// Two answers agreed on the offset.
-    pub fn confirmed(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .current
-            .is_some_and(|c| c.answers >= 2)
-    }
-
     /// The API's time now.
     pub fn now(&self) -> ApiTime {
         self.at(Timestamp::host_now())
@@ -219,8 +206,9 @@ impl ApiClock {
     }
 }
 
+/// The middle of `lo..=hi`, without overflow.
 fn midpoint(lo: i64, hi: i64) -> i64 {
-    lo / 2 + hi / 2
+    lo / 2 + hi / 2 + (lo % 2 + hi % 2) / 2
 }
 
 fn skew_is_large(lo: i64, hi: i64) -> bool {
@@ -275,7 +263,7 @@ mod tests {
         let t = c.at(host("20"));
         assert!(t.latest.micros() - t.earliest.micros() < 1_000_000);
         assert!(t.earliest <= host("20") && host("20") <= t.latest);
-        assert!(c.confirmed());
+        assert!(c.now().confirmed());
         // The API's clock steps 30 s ahead: one answer that does not fit is
         // held aside; a second that agrees with it wins.
         c.observe(

@@ -106,8 +106,8 @@ struct OpenTask {
     /// The admitted status (an unknown one bounded like a label value).
     status: TaskStatus,
     created_at: Timestamp,
-    updated_at: Timestamp,
-    /// `Task::progress` of the copy held: only a copy further along moves it.
+    /// `Task::progress` of the copy held (its `updated_at` included): only
+    /// a copy further along moves it.
     progress: Progress,
     marks: Marks,
 }
@@ -437,10 +437,9 @@ impl Fleet {
             let moved = progress.further_than(&o.progress);
             if moved {
                 o.status = self.admit_status(&t.status);
-                o.updated_at = t.updated_at;
                 o.progress = progress;
             }
-            if self.settled(&o.status, o.updated_at) {
+            if self.settled(&o.status, o.progress.updated_at) {
                 self.unlisted
                     .insert(t.id.as_str().into(), (o.marks, o.progress));
             } else {
@@ -475,7 +474,6 @@ impl Fleet {
             OpenTask {
                 status,
                 created_at: t.created_at,
-                updated_at: t.updated_at,
                 progress,
                 marks,
             },
@@ -495,10 +493,14 @@ impl Fleet {
     /// A task in an unknown status unchanged for longer than the limit:
     /// it no longer counts as open.
     fn settled(&self, status: &TaskStatus, updated_at: Timestamp) -> bool {
-        matches!(status, TaskStatus::Other(_))
-            && self.api_time.is_some_and(|now| {
-                updated_at < now.earliest.saturating_sub(self.limits.unknown_status_ttl)
-            })
+        settled_by(self.unknown_cutoff(), status, updated_at)
+    }
+
+    /// Tasks in unknown statuses last changed before this stop counting as
+    /// open; `None` without an API clock.
+    fn unknown_cutoff(&self) -> Option<Timestamp> {
+        self.api_time
+            .map(|now| now.earliest.saturating_sub(self.limits.unknown_status_ttl))
     }
 
     /// Count what `t` makes known for the first time: its queue time (once
@@ -557,12 +559,9 @@ impl Fleet {
     }
 
     fn finish(&mut self, t: &Task) -> Applied {
-        let marks = match self.open.remove(t.id.as_str()) {
-            Some(o) => Some(o.marks),
-            None => None,
-        };
+        let open = self.open.remove(t.id.as_str()).map(|o| o.marks);
         let unlisted = self.unlisted.remove(t.id.as_str()).map(|(m, _)| m);
-        let mut marks = marks.or(unlisted).unwrap_or_default();
+        let mut marks = open.or(unlisted).unwrap_or_default();
         let finished_at = t.finished_time();
         if finished_at <= self.floor {
             return Applied::BeforeFloor;
@@ -599,8 +598,9 @@ impl Fleet {
         let keep_after = listing_start.saturating_sub(lag);
         let unlisted = &mut self.unlisted;
         self.open.retain(|id, o| {
-            let keep =
-                seen.contains(id) || o.updated_at > keep_after || !asked.contains(o.status.name());
+            let keep = seen.contains(id)
+                || o.progress.updated_at > keep_after
+                || !asked.contains(o.status.name());
             if !keep {
                 unlisted.insert(id.as_str().into(), (o.marks, o.progress));
             }
@@ -659,17 +659,15 @@ impl Fleet {
             }
             self.count_unknown_codes(unknown);
         }
-        let settled: Vec<String> = self
-            .open
-            .iter()
-            .filter(|(_, o)| self.settled(&o.status, o.updated_at))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in settled {
-            if let Some(o) = self.open.remove(&id) {
-                self.unlisted.insert(id.into(), (o.marks, o.progress));
+        let cutoff = self.unknown_cutoff();
+        let unlisted = &mut self.unlisted;
+        self.open.retain(|id, o| {
+            let settled = settled_by(cutoff, &o.status, o.progress.updated_at);
+            if settled {
+                unlisted.insert(id.as_str().into(), (o.marks, o.progress));
             }
-        }
+            !settled
+        });
     }
 
     pub fn floor(&self) -> Timestamp {
@@ -739,6 +737,12 @@ impl Fleet {
     pub fn open_len(&self) -> usize {
         self.open.len()
     }
+}
+
+/// Whether a task in `status`, last changed at `updated_at`, is past the
+/// unknown-status limit `cutoff`.
+fn settled_by(cutoff: Option<Timestamp>, status: &TaskStatus, updated_at: Timestamp) -> bool {
+    matches!(status, TaskStatus::Other(_)) && cutoff.is_some_and(|c| updated_at < c)
 }
 
 #[cfg(test)]

@@ -216,10 +216,8 @@ async fn apply_webhooks(
                 if n == 0 {
                     return;
                 }
-                let api_time = ws.client.api_time();
-                let mut st = ws.lock();
+                let mut st = ws.lock_at_api_time();
                 let State { fleet, webhook, .. } = &mut *st;
-                fleet.set_api_time(api_time);
                 if let Some(tracker) = webhook {
                     for change in batch.drain(..) {
                         crate::webhook::apply(fleet, tracker, change);
@@ -250,6 +248,16 @@ async fn sleep_or_stop(until: Instant, stop: &mut watch::Receiver<bool>) -> bool
 impl Workspace {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state, its fleet told the API's time now: the lock to apply what
+    /// was just read under. The time is read first, so no lock is held
+    /// while the client's clock is.
+    fn lock_at_api_time(&self) -> std::sync::MutexGuard<'_, State> {
+        let api_time = self.client.api_time();
+        let mut st = self.lock();
+        st.fleet.set_api_time(api_time);
+        st
     }
 
     /// Sleep until the next sync of a loop that started its last at
@@ -329,8 +337,7 @@ impl Workspace {
         let result = async {
             let api_start = self.client.api_time();
             let agents = self.client.list_agents().collect_all().await?;
-            let mut st = self.lock();
-            st.fleet.set_api_time(self.client.api_time());
+            let mut st = self.lock_at_api_time();
             st.fleet
                 .apply_agent_listing_at(&agents, api_start.latest, self.cfg.overlap);
             drop(st);
@@ -394,10 +401,8 @@ impl TaskSync {
         let mut listing = ws.client.list_tasks(query);
         while let Some(ev) = listing.next().await? {
             if let ListEvent::Page(page) = ev {
-                let api_time = ws.client.api_time();
-                let mut st = ws.lock();
+                let mut st = ws.lock_at_api_time();
                 let State { fleet, webhook, .. } = &mut *st;
-                fleet.set_api_time(api_time);
                 for t in &page {
                     let applied = fleet.apply_task(t);
                     if let Some(w) = webhook {
@@ -421,6 +426,8 @@ impl TaskSync {
             .earliest
             .saturating_sub(ws.cfg.dedup_horizon)
             .min(self.watermark.saturating_sub(ws.cfg.overlap));
+        // Raise, then tell the time: a floor that still follows an
+        // unconfirmed clock is set from it, kept above what was pruned.
         let api_time = ws.client.api_time();
         let mut st = ws.lock();
         st.fleet.raise_floor(forget_before);
@@ -461,9 +468,7 @@ impl TaskSync {
             while let Some(ev) = listing.next().await? {
                 match ev {
                     ListEvent::Page(page) => {
-                        let api_time = ws.client.api_time();
-                        let mut st = ws.lock();
-                        st.fleet.set_api_time(api_time);
+                        let mut st = ws.lock_at_api_time();
                         for t in page {
                             st.fleet.apply_task(&t);
                             mine.insert(t.id);
