@@ -635,12 +635,7 @@ impl Fleet {
         self.pending.remove(&key);
         let mut t = (**self.tasks.current(&key.1).expect("pending task")).clone();
         let at = self.live_stamp(now_us, t.updated_at.us);
-        t.status = "expired".to_string();
-        t.updated_at = at;
-        t.transitions.push(Transition {
-            status: "expired".to_string(),
-            at,
-        });
+        enter_status(&mut t, "expired", at);
         self.expired += 1;
         self.commit_task(t);
         true
@@ -694,12 +689,7 @@ impl Fleet {
     fn await_input(&mut self, id: String, now_us: i64) -> bool {
         let mut t = (**self.tasks.current(&id).expect("running task")).clone();
         let at = self.live_stamp(now_us, t.updated_at.us);
-        t.status = "awaiting_input".to_string();
-        t.updated_at = at;
-        t.transitions.push(Transition {
-            status: "awaiting_input".to_string(),
-            at,
-        });
+        enter_status(&mut t, "awaiting_input", at);
         self.awaiting += 1;
         let due = now_us + self.rng.random_range(MICROS..=10 * MICROS);
         self.resumes.push(Reverse((due, id)));
@@ -716,12 +706,7 @@ impl Fleet {
         }
         let mut t = (**cur).clone();
         let at = self.live_stamp(now_us, t.updated_at.us);
-        t.status = "running".to_string();
-        t.updated_at = at;
-        t.transitions.push(Transition {
-            status: "running".to_string(),
-            at,
-        });
+        enter_status(&mut t, "running", at);
         self.awaiting -= 1;
         self.running.push(id.to_string());
         self.commit_task(t);
@@ -1003,26 +988,27 @@ fn has_heartbeat(status: &str) -> bool {
     !matches!(status, "provisioning" | "offline")
 }
 
-fn start_fields(t: &mut Task, agent_id: &str, started: Ts) {
-    t.status = "running".to_string();
-    t.agent_id = Some(agent_id.to_string());
-    t.started_at = Some(started);
-    t.updated_at = started;
-    t.metrics.queue_seconds = Some(secs_ms(t.created_at.us, started.us));
-    t.transitions.push(Transition {
-        status: "running".to_string(),
-        at: started,
-    });
-}
-
-fn finish_fields(t: &mut Task, status: &str, at: Ts) {
+/// The task enters `status` at `at`: its status, `updated_at` and a
+/// transition.
+fn enter_status(t: &mut Task, status: &str, at: Ts) {
     t.status = status.to_string();
-    t.finished_at = Some(at);
     t.updated_at = at;
     t.transitions.push(Transition {
         status: status.to_string(),
         at,
     });
+}
+
+fn start_fields(t: &mut Task, agent_id: &str, started: Ts) {
+    enter_status(t, "running", started);
+    t.agent_id = Some(agent_id.to_string());
+    t.started_at = Some(started);
+    t.metrics.queue_seconds = Some(secs_ms(t.created_at.us, started.us));
+}
+
+fn finish_fields(t: &mut Task, status: &str, at: Ts) {
+    enter_status(t, status, at);
+    t.finished_at = Some(at);
 }
 
 /// 256 KiB of text, shared by every task that carries it.

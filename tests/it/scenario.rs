@@ -147,15 +147,12 @@ impl Scenario {
             // A new client cannot know a Retry-After its predecessor was
             // told: let any such wait run out (faults off) before the event.
             sim.faults(Faults::default());
-            let t = sim.truth();
-            let until = host_secs(&t, &t.now) + self.faults.retry_after_secs.max(1) as f64 + 1.0;
-            wait_for(
+            let until = sim_now_host_secs(&sim) + self.faults.retry_after_secs.max(1) as f64 + 1.0;
+            wait_for_sim_clock(
+                &sim,
+                until,
                 Duration::from_secs(10),
                 "a Retry-After to run out",
-                || async {
-                    let t = sim.truth();
-                    host_secs(&t, &t.now) > until
-                },
             )
             .await;
         }

@@ -371,15 +371,25 @@ pub async fn let_the_late_values_of_the_start_pass(sim: &Sim, exporter: &Running
     let started = exporter_start_host_secs(sim, exporter).await;
     let past = started + 2.0 + clawmesh_exporter::sim::MAX_FILL_DELAY.as_secs_f64();
     sim.sim.resume();
-    wait_for(
+    wait_for_sim_clock(
+        sim,
+        past,
         Duration::from_secs(60),
         "the late values of tasks before the exporter's start",
-        || async {
-            let t = sim.truth();
-            host_secs(&t, &t.now) > past
-        },
     )
     .await;
+}
+
+/// The simulator's clock, now on the host's (Unix seconds).
+pub fn sim_now_host_secs(sim: &Sim) -> f64 {
+    let t = sim.truth();
+    host_secs(&t, &t.now)
+}
+
+/// Wait until the simulator's clock, converted to the host's, is past
+/// `host_secs` (Unix seconds).
+pub async fn wait_for_sim_clock(sim: &Sim, host_secs: f64, limit: Duration, what: &str) {
+    wait_for(limit, what, || async { sim_now_host_secs(sim) > host_secs }).await;
 }
 
 /// The exporter's first task sync (host clock), once it has one.
@@ -412,13 +422,11 @@ async fn exporter_start_host_secs(sim: &Sim, exporter: &Running) -> f64 {
 /// simulator's clock before the fleet moves.
 pub async fn let_the_start_pass(sim: &Sim, exporter: &Running) {
     let started = exporter_start_host_secs(sim, exporter).await;
-    wait_for(
+    wait_for_sim_clock(
+        sim,
+        started + 2.0,
         Duration::from_secs(10),
         "two seconds past the exporter's start",
-        || async {
-            let t = sim.truth();
-            host_secs(&t, &t.now) > started + 2.0
-        },
     )
     .await;
 }
