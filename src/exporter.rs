@@ -54,6 +54,7 @@ pub enum StartError {
 /// lacking a scope, another workspace's); an unreachable API is retried in
 /// the background, with /readyz saying not ready.
 pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, StartError> {
+    crate::supervise::install_panic_hook();
     let hub = Hub::new();
     let addr = listener.local_addr().map_err(StartError::Listen)?;
     let (stop, stop_rx) = watch::channel(false);
@@ -94,11 +95,11 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
 
     let mut verdicts = Vec::new();
     for ws in &cfg.workspaces {
-        verdicts.push((ws.key.clone(), supervisor.start_slot(ws.clone()).await));
+        verdicts.push(supervisor.start_slot(ws.clone()).await);
     }
-    for (key, verdict) in verdicts {
+    for verdict in verdicts {
+        // A fatal one is said once, by the caller (exit code 2).
         if let Ok(Err(e)) = verdict.await {
-            tracing::error!(workspace = %key, error = %e, "cannot watch the workspace");
             supervisor.stop_all().await;
             let _ = stop.send(true);
             return Err(e);
@@ -195,6 +196,12 @@ type Verdict = oneshot::Receiver<Result<(), StartError>>;
 impl Supervisor {
     /// Start watching one workspace; the verdict tells how its key check went.
     async fn start_slot(&self, cfg: WorkspaceConfig) -> Verdict {
+        // A slot of the same key stops first: its end must not take the
+        // new one's series with it.
+        let old = self.slots.lock().await.remove(&cfg.key);
+        if let Some(old) = old {
+            self.stop_slot(old).await;
+        }
         let (verdict_tx, verdict) = oneshot::channel();
         let (stop, stop_rx) = watch::channel(false);
         let id = Arc::new(std::sync::Mutex::new(None));
@@ -207,7 +214,7 @@ impl Supervisor {
             stop_rx,
             verdict_tx,
         ));
-        let old = self.slots.lock().await.insert(
+        self.slots.lock().await.insert(
             cfg.key.clone(),
             Slot {
                 cfg,
@@ -216,16 +223,15 @@ impl Supervisor {
                 id,
             },
         );
-        if let Some(old) = old {
-            self.stop_slot(old).await;
-        }
         verdict
     }
 
     /// Stop a slot and remove its series.
     async fn stop_slot(&self, slot: Slot) {
         let id = slot.id.clone();
+        let key = slot.cfg.key.clone();
         halt(slot).await;
+        self.hub.settle(&key);
         let id = id.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(id) = id {
             if let Some(r) = &self.receiver {
@@ -312,7 +318,10 @@ async fn halt(slot: Slot) {
     let _ = slot.task.await;
 }
 
-/// Check the key, settle ownership, then poll until stopped.
+/// Check the key, settle ownership, then poll until stopped. Until the
+/// key check settles, the slot shows as a pending workspace with
+/// `clawmesh_up` 0 (see [`pending_snapshot`]), and stays so when its key is
+/// refused after a reload.
 #[allow(clippy::too_many_arguments)]
 async fn watch_workspace(
     cfg: WorkspaceConfig,
@@ -324,47 +333,82 @@ async fn watch_workspace(
     verdict: oneshot::Sender<Result<(), StartError>>,
 ) {
     let key = cfg.key.clone();
-    let fail = |source: KeyError| StartError::Key {
-        workspace: key.clone(),
-        source,
+    let mut verdict = Some(verdict);
+    // At start the caller prints a fatal verdict as its one line; after a
+    // reload nobody waits for it, so the slot logs it.
+    let refuse = |verdict: &mut Option<oneshot::Sender<Result<(), StartError>>>, e: StartError| {
+        match verdict.take() {
+            Some(v) if !v.is_closed() => {
+                let _ = v.send(Err(e));
+            }
+            _ => {
+                tracing::error!(error = %e, "cannot watch the workspace; its series show clawmesh_up 0 until the configuration is fixed")
+            }
+        }
+    };
+    let settle = |verdict: &mut Option<oneshot::Sender<Result<(), StartError>>>| {
+        hub.settle(&key);
+        if let Some(v) = verdict.take() {
+            let _ = v.send(Ok(()));
+        }
     };
     if cfg.expected_id.as_ref().is_some_and(|id| !shard.owns(id)) {
         tracing::debug!(workspace = %key, "another shard owns this workspace");
-        let _ = verdict.send(Ok(()));
+        settle(&mut verdict);
         return;
     }
     let client = match Client::new(cfg.client.clone()) {
         Ok(c) => c,
         Err(e) => {
-            let _ = verdict.send(Err(fail(KeyError::Api(e))));
+            refuse(
+                &mut verdict,
+                StartError::Key {
+                    workspace: key.clone(),
+                    source: KeyError::Api(e),
+                },
+            );
             return;
         }
     };
-    let mut verdict = Some(verdict);
+    hub.set_pending(&key, pending_snapshot(&cfg, &client));
+    let mut backoff = crate::supervise::Backoff::default();
     let token = loop {
         let checked = tokio::select! {
-            r = poll::check_key(&client) => r,
+            r = crate::supervise::guard(poll::check_key(&client)) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
-        match checked {
-            Ok(t) => break t,
-            Err(KeyError::Api(e)) if !e.is_fatal_auth() => {
-                tracing::warn!(workspace = %key, error = %e, "cannot check the API key yet; retrying");
+        let pause = match checked {
+            Ok(Ok(t)) => break t,
+            Ok(Err(KeyError::Api(e))) if !e.is_fatal_auth() => {
+                tracing::warn!(workspace = %key, api = %cfg.client.base_url, error = %e, "cannot check the API key yet; retrying (clawmesh_up is 0 meanwhile)");
+                // Not fatal: start goes on, and this slot keeps trying.
                 if let Some(v) = verdict.take() {
                     let _ = v.send(Ok(()));
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(cfg.poll.interval.max(Duration::from_secs(1))) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
+                cfg.poll.interval.max(Duration::from_secs(1))
             }
-            Err(e) => {
-                tracing::error!(workspace = %key, error = %e, "the API key cannot be used for this workspace");
-                if let Some(v) = verdict.take() {
-                    let _ = v.send(Err(fail(e)));
-                }
+            Ok(Err(e)) => {
+                hub.set_pending(&key, pending_snapshot(&cfg, &client));
+                refuse(
+                    &mut verdict,
+                    StartError::Key {
+                        workspace: key.clone(),
+                        source: e,
+                    },
+                );
                 return;
             }
+            Err(caught) => {
+                let pause = backoff.failed();
+                hub.count_restart("key_check");
+                crate::supervise::report("key_check", &key, &caught, pause);
+                pause
+            }
+        };
+        hub.set_pending(&key, pending_snapshot(&cfg, &client));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     };
     if let Some(expected) = cfg
@@ -372,59 +416,90 @@ async fn watch_workspace(
         .as_ref()
         .filter(|e| **e != token.workspace_id)
     {
-        let e = StartError::WrongWorkspace {
-            workspace: key.clone(),
-            expected: expected.clone(),
-            actual: token.workspace_id.clone(),
-        };
-        tracing::error!(error = %e, "refusing to watch the workspace");
-        if let Some(v) = verdict.take() {
-            let _ = v.send(Err(e));
-        }
+        refuse(
+            &mut verdict,
+            StartError::WrongWorkspace {
+                workspace: key.clone(),
+                expected: expected.clone(),
+                actual: token.workspace_id.clone(),
+            },
+        );
         return;
     }
     if !shard.owns(&token.workspace_id) {
         tracing::debug!(workspace = %token.workspace_id, "another shard owns this workspace");
-        if let Some(v) = verdict.take() {
-            let _ = v.send(Ok(()));
-        }
+        settle(&mut verdict);
         return;
     }
     if !hub.claim(&token.workspace_id) {
-        let e = StartError::Duplicate {
-            workspace: key.clone(),
-            id: token.workspace_id.clone(),
-        };
-        tracing::error!(error = %e, "refusing to watch the workspace twice");
-        if let Some(v) = verdict.take() {
-            let _ = v.send(Err(e));
-        }
+        refuse(
+            &mut verdict,
+            StartError::Duplicate {
+                workspace: key.clone(),
+                id: token.workspace_id.clone(),
+            },
+        );
         return;
     }
     tracing::info!(workspace = %token.workspace_id, scopes = %token.scopes.join(","), "API key accepted");
     *id_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.workspace_id.clone());
-    let mut labels = Vec::new();
-    if let Some(name) = &cfg.name {
-        labels.push(("workspace_name".to_string(), name.clone()));
-    }
-    labels.extend(cfg.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     // Events naming this workspace go to its queue from now on.
     let inbox = receiver.as_ref().map(|r| r.register(&token.workspace_id));
     let loops = poll::spawn(
         client,
         &token,
         cfg.poll.clone(),
-        labels,
-        hub,
+        workspace_labels(&cfg),
+        hub.clone(),
         stop.clone(),
         inbox,
     );
-    if let Some(v) = verdict.take() {
-        let _ = v.send(Ok(()));
-    }
+    // The workspace publishes under its id now (not ready before its first
+    // sync): the pending series go.
+    settle(&mut verdict);
     for l in loops {
-        let _ = l.await;
+        if let Err(e) = l.await {
+            // Each round is guarded (see poll::spawn); this is only the
+            // loop's own frame.
+            tracing::error!(workspace = %token.workspace_id, error = %e, "a poll loop ended abnormally");
+        }
     }
+}
+
+/// The workspace's labels after `workspace`: `workspace_name`, then the
+/// configured extras.
+fn workspace_labels(cfg: &WorkspaceConfig) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    if let Some(name) = &cfg.name {
+        labels.push(("workspace_name".to_string(), name.clone()));
+    }
+    labels.extend(cfg.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels
+}
+
+/// What a slot shows before its key check settles: `clawmesh_up` 0, no
+/// sync yet, the key check's requests. Its `workspace` label is the
+/// configured id, else the entry's name or key source ("" for the flags'
+/// one workspace): the id is not known before the API answers.
+fn pending_snapshot(cfg: &WorkspaceConfig, client: &Client) -> crate::fleet::Snapshot {
+    let workspace = match (&cfg.expected_id, cfg.key.as_str()) {
+        (Some(id), _) => id.clone(),
+        (None, "flags") => String::new(),
+        (None, key) => key.to_string(),
+    };
+    let now = crate::api::types::Timestamp::host_now();
+    let health = crate::fleet::Health {
+        sync_failures: poll::RESOURCES.iter().map(|r| (*r, 0)).collect(),
+        ..Default::default()
+    };
+    let mut snap = crate::fleet::Fleet::starting(client.api_time(), now, cfg.poll.fleet).snapshot(
+        &workspace,
+        now,
+        health,
+        client.stats(),
+    );
+    snap.labels.extend(workspace_labels(cfg));
+    snap
 }
 
 /// "workspace payments: " before a message, unless the flags name the one workspace.

@@ -401,3 +401,76 @@ mod tests {
         assert!(Exponential::default().since(&earlier).is_none());
     }
 }
+
+#[cfg(test)]
+mod extreme_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Values at the ends of the f64 range, where bucket indexes are
+    /// largest: the API's numbers reach the histograms only through the
+    /// fleet's bounds, but the maths must not depend on them.
+    const EXTREMES: [f64; 9] = [
+        1e308,
+        1e-310,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+        -1e308,
+        -5e-324,
+        1.0,
+        0.0,
+    ];
+
+    #[test]
+    fn extremes_in_every_pair_are_counted() {
+        for a in EXTREMES {
+            for b in EXTREMES {
+                let mut h = Histogram::new(API_LATENCY_BUCKETS);
+                h.observe(a);
+                h.observe(b);
+                let e = h.exponential();
+                assert_eq!(e.count(), 2, "{a} {b}");
+                assert!(e.positive().counts.len() <= EXP_MAX_BUCKETS);
+                assert!(e.negative().counts.len() <= EXP_MAX_BUCKETS);
+                let mut m = Exponential::default();
+                m.merge(e);
+                assert_eq!(m.count(), 2);
+                assert_eq!(e.since(&Exponential::default()).map(|d| d.count()), Some(2));
+            }
+        }
+    }
+
+    proptest! {
+        /// Any finite values, in any order: no panic, every one counted,
+        /// bucket arrays bounded, and merge/since consistent.
+        #[test]
+        fn any_finite_values_are_safe(values in proptest::collection::vec(
+            prop_oneof![
+                any::<f64>().prop_filter("finite", |v| v.is_finite()),
+                proptest::sample::select(EXTREMES.to_vec()),
+            ],
+            1..40,
+        )) {
+            let mut h = Histogram::new(API_LATENCY_BUCKETS);
+            let (first, rest) = values.split_at(values.len() / 2);
+            for v in first {
+                h.observe(*v);
+            }
+            let earlier = h.exponential().clone();
+            for v in rest {
+                h.observe(*v);
+            }
+            let e = h.exponential();
+            prop_assert_eq!(h.count(), values.len() as u64);
+            prop_assert_eq!(e.count(), values.len() as u64);
+            prop_assert!(e.positive().counts.len() <= EXP_MAX_BUCKETS);
+            prop_assert!(e.negative().counts.len() <= EXP_MAX_BUCKETS);
+            let delta = e.since(&earlier).expect("a later state holds the earlier one");
+            prop_assert_eq!(delta.count(), rest.len() as u64);
+            let mut back = earlier.clone();
+            back.merge(&delta);
+            prop_assert_eq!(back.count(), e.count());
+        }
+    }
+}

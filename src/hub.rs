@@ -18,6 +18,10 @@ pub struct Hub {
 #[derive(Debug, Default)]
 struct State {
     snapshots: BTreeMap<String, Snapshot>,
+    /// Per configured slot whose key check has not settled (unreachable
+    /// API, a rejected key after a reload): a snapshot with `clawmesh_up`
+    /// 0, so that such a workspace shows and alerts from the first scrape.
+    pending: BTreeMap<String, Snapshot>,
     /// Workspaces this process polls; each must sync before it is ready.
     expected: BTreeSet<String>,
     /// The initial assignment of workspaces is done (a shard may own none).
@@ -51,6 +55,22 @@ impl State {
     }
 }
 
+impl State {
+    /// What is exposed: the polled workspaces, then the pending slots whose
+    /// `workspace` label no other snapshot has (two series with one label
+    /// set would break the scrape).
+    fn all_snapshots(&self) -> Vec<Snapshot> {
+        let mut seen: BTreeSet<&str> = self.snapshots.keys().map(String::as_str).collect();
+        let mut list: Vec<Snapshot> = self.snapshots.values().cloned().collect();
+        for p in self.pending.values() {
+            if seen.insert(p.workspace.as_str()) {
+                list.push(p.clone());
+            }
+        }
+        list
+    }
+}
+
 impl Default for Hub {
     fn default() -> Self {
         let state = State::default();
@@ -76,6 +96,24 @@ impl Hub {
         let new = st.expected.insert(workspace.to_string());
         st.process.workspaces_owned = st.expected.len();
         new
+    }
+
+    /// The configured slot `slot` has not settled yet (its key check cannot
+    /// reach the API, or its key was refused): show `snap` for it, and the
+    /// exporter is not ready.
+    pub fn set_pending(&self, slot: &str, snap: Snapshot) {
+        let mut st = self.lock();
+        st.pending.insert(slot.to_string(), snap);
+        self.render(&st);
+    }
+
+    /// The slot `slot` settled (it polls, another shard owns it, or it
+    /// stopped): its pending series go.
+    pub fn settle(&self, slot: &str) {
+        let mut st = self.lock();
+        if st.pending.remove(slot).is_some() {
+            self.render(&st);
+        }
     }
 
     /// This process no longer polls `workspace`: its series go.
@@ -107,6 +145,11 @@ impl Hub {
         self.render(&st);
     }
 
+    /// A guarded loop panicked and goes on (see `supervise`).
+    pub fn count_restart(&self, task: &'static str) {
+        self.update_process(|p| *p.task_restarts.entry(task).or_insert(0) += 1);
+    }
+
     /// The OTLP pusher reports how its exports went; re-rendered at once.
     pub fn set_otlp_health(&self, health: BTreeMap<String, ExportHealth>) {
         let mut st = self.lock();
@@ -121,7 +164,7 @@ impl Hub {
     }
 
     fn render(&self, st: &State) {
-        let list: Vec<Snapshot> = st.snapshots.values().cloned().collect();
+        let list = st.all_snapshots();
         let e = Arc::new(Exposition::new(expose::render(&st.process_view(), &list)));
         *self.exposition.write().unwrap_or_else(|p| p.into_inner()) = e;
     }
@@ -133,19 +176,23 @@ impl Hub {
             .clone()
     }
 
+    /// Every workspace's snapshot, pending slots included (OTLP carries
+    /// their `clawmesh_up` 0 too).
     pub fn snapshots(&self) -> Vec<Snapshot> {
-        self.lock().snapshots.values().cloned().collect()
+        self.lock().all_snapshots()
     }
 
     pub fn process(&self) -> ProcessInfo {
         self.lock().process_view()
     }
 
-    /// Ready once the workspaces are assigned and every one this process
-    /// polls has completed a sync of every resource.
+    /// Ready once the workspaces are assigned, no configured slot is still
+    /// pending, and every workspace this process polls has completed a sync
+    /// of every resource.
     pub fn is_ready(&self) -> bool {
         let st = self.lock();
         st.started
+            && st.pending.is_empty()
             && st.expected.iter().all(|w| {
                 st.snapshots.get(w).is_some_and(|s| {
                     crate::poll::RESOURCES

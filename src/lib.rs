@@ -20,6 +20,7 @@ pub mod secret;
 pub mod server;
 pub mod shard;
 pub mod sim;
+pub mod supervise;
 pub mod webconfig;
 pub mod webhook;
 

@@ -381,6 +381,9 @@ pub struct ProcessInfo {
     /// per result; `None` when the receiver is off. Filled in by the hub
     /// from the workspaces' snapshots at render time.
     pub webhook_unattributed: Option<BTreeMap<&'static str, u64>>,
+    /// Panics caught per guarded loop (see `supervise`), every loop at 0
+    /// from the start.
+    pub task_restarts: BTreeMap<&'static str, u64>,
 }
 
 impl Default for ProcessInfo {
@@ -392,6 +395,7 @@ impl Default for ProcessInfo {
             reload_ok: true,
             reload_success_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
             webhook_unattributed: None,
+            task_restarts: crate::supervise::TASKS.iter().map(|t| (*t, 0)).collect(),
         }
     }
 }
@@ -453,6 +457,15 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
         stability: Stability::Stable,
         labels: &[],
         collect: |p, out| out.push(num(&[], p.reload_success_at)),
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_task_restarts_total",
+        help: "Panics caught in the exporter's loops (key_check, poll_agents, poll_tasks, webhook_worker, otlp_pusher); each loop went on after a pause. Any increase is a bug: see the log.",
+        kind: Kind::Counter,
+        unit: "{restart}",
+        stability: Stability::Stable,
+        labels: &["task"],
+        collect: |p, out| out.extend(p.task_restarts.iter().map(|(t, n)| num(&[t], *n as f64))),
     },
 ];
 

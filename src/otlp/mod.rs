@@ -145,15 +145,21 @@ impl Worker {
                 _ = stop.wait_for(|s| *s) => break,
             }
             let deadline = Instant::now() + self.cfg.interval.max(self.cfg.timeout);
+            let hub = self.hub.clone();
             tokio::select! {
-                _ = self.export(deadline) => {}
+                // A panic in an export is caught, counted and logged; the
+                // next tick exports again (the ticker is the pause).
+                r = crate::supervise::guard(self.export(deadline)) => if let Err(c) = r {
+                    hub.count_restart("otlp_pusher");
+                    crate::supervise::report("otlp_pusher", "", &c, self.cfg.interval);
+                },
                 // An export in flight is abandoned (undelivered, so its
                 // numbers go out with the flush below).
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
         let deadline = Instant::now() + self.cfg.timeout;
-        if tokio::time::timeout_at(deadline, self.export(deadline))
+        if tokio::time::timeout_at(deadline, crate::supervise::guard(self.export(deadline)))
             .await
             .is_err()
         {

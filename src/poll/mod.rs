@@ -8,6 +8,7 @@ use crate::api::types::{Timestamp, Token};
 use crate::api::{ApiError, Client, ListEvent, TaskQuery};
 use crate::fleet::{Fleet, FleetLimits, Health};
 use crate::hub::Hub;
+use crate::supervise::{guard, Backoff, Caught};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -163,13 +164,18 @@ pub fn spawn(
         let ws = ws.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
+            let mut backoff = Backoff::default();
             loop {
                 let start = Instant::now();
-                tokio::select! {
-                    _ = ws.sync_agents() => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                if ws.wait_next(start, ws.cfg.agents_interval, &mut stop).await {
+                let round = guard(async {
+                    tokio::select! {
+                        _ = ws.sync_agents() => {}
+                        _ = stop.wait_for(|s| *s) => return true,
+                    }
+                    ws.wait_next(start, ws.cfg.agents_interval, &mut stop).await
+                })
+                .await;
+                if ws.after_round(0, round, &mut backoff, &mut stop).await {
                     return;
                 }
             }
@@ -180,13 +186,21 @@ pub fn spawn(
     let tasks = tokio::spawn(async move {
         let mut sync = TaskSync::new(api_start.latest);
         let mut stop = stop;
+        let mut backoff = Backoff::default();
         loop {
             let start = Instant::now();
-            tokio::select! {
-                _ = sync.run(&ws) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            if ws.wait_next(start, ws.cfg.interval, &mut stop).await {
+            let round = guard(async {
+                tokio::select! {
+                    _ = sync.run(&ws) => {}
+                    _ = stop.wait_for(|s| *s) => return true,
+                }
+                ws.wait_next(start, ws.cfg.interval, &mut stop).await
+            })
+            .await;
+            // A panic mid-listing leaves the watermark where the last
+            // complete listing put it: the next round reads it all again,
+            // and the ledger keeps the counts exact.
+            if ws.after_round(1, round, &mut backoff, &mut stop).await {
                 return;
             }
         }
@@ -210,30 +224,51 @@ async fn apply_webhooks(
     let mut published = Instant::now();
     // Counts changed since the last publish, without an event.
     let mut dirty = false;
+    let mut backoff = Backoff::default();
     loop {
-        tokio::select! {
-            n = rx.recv_many(&mut batch, 256) => {
-                if n == 0 {
-                    return;
-                }
-                let mut st = ws.lock_at_api_time();
-                let State { fleet, webhook, .. } = &mut *st;
-                if let Some(tracker) = webhook {
-                    for change in batch.drain(..) {
-                        crate::webhook::apply(fleet, tracker, change);
+        // One round: a batch applied, or counts due. A panic in it loses
+        // that batch (polling still finds its changes) but not the worker.
+        let round = guard(async {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        return true;
+                    }
+                    let mut st = ws.lock_at_api_time();
+                    let State { fleet, webhook, .. } = &mut *st;
+                    if let Some(tracker) = webhook {
+                        crate::supervise::injected(&ws.id, "webhook_worker");
+                        for change in batch.drain(..) {
+                            crate::webhook::apply(fleet, tracker, change);
+                        }
                     }
                 }
+                _ = changed.notified(), if !dirty => {
+                    dirty = true;
+                    return false;
+                }
+                _ = tokio::time::sleep_until(published + COUNTS_EVERY), if dirty => {}
+                _ = stop.wait_for(|s| *s) => return true,
             }
-            _ = changed.notified(), if !dirty => {
-                dirty = true;
-                continue;
+            ws.publish();
+            published = Instant::now();
+            dirty = false;
+            false
+        })
+        .await;
+        match round {
+            Ok(true) => return,
+            Ok(false) => backoff.succeeded(),
+            Err(c) => {
+                batch.clear();
+                let pause = backoff.failed();
+                ws.hub.count_restart("webhook_worker");
+                crate::supervise::report("webhook_worker", &ws.id, &c, pause);
+                if sleep_or_stop(Instant::now() + pause, &mut stop).await {
+                    return;
+                }
             }
-            _ = tokio::time::sleep_until(published + COUNTS_EVERY), if dirty => {}
-            _ = stop.wait_for(|s| *s) => return,
         }
-        ws.publish();
-        published = Instant::now();
-        dirty = false;
     }
 }
 
@@ -311,6 +346,40 @@ impl Workspace {
         self.hub.publish(snap);
     }
 
+    /// After a round of the loop of `resource`: true when told to stop.
+    /// A round that panicked is a failed sync (the workspace is down until
+    /// a round succeeds), counted as a restart, and the loop pauses.
+    async fn after_round(
+        &self,
+        resource: usize,
+        round: Result<bool, Caught>,
+        backoff: &mut Backoff,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let caught = match round {
+            Ok(stopped) => {
+                backoff.succeeded();
+                return stopped;
+            }
+            Err(c) => c,
+        };
+        let task = ["poll_agents", "poll_tasks"][resource];
+        let pause = backoff.failed();
+        self.hub.count_restart(task);
+        crate::supervise::report(task, &self.id, &caught, pause);
+        {
+            let mut st = self.lock();
+            *st.health
+                .sync_failures
+                .entry(RESOURCES[resource])
+                .or_insert(0) += 1;
+            st.ok[resource] = false;
+            st.health.up = false;
+        }
+        self.publish();
+        sleep_or_stop(Instant::now() + pause, stop).await
+    }
+
     /// Record how a sync of `resource` ended and publish.
     fn finish(&self, resource: usize, started: Timestamp, result: Result<(), ApiError>) {
         {
@@ -334,6 +403,7 @@ impl Workspace {
 
     async fn sync_agents(&self) {
         let started = Timestamp::host_now();
+        crate::supervise::injected(&self.id, "poll_agents");
         let result = async {
             let api_start = self.client.api_time();
             let agents = self.client.list_agents().collect_all().await?;
@@ -412,6 +482,10 @@ impl TaskSync {
                         newest = newest.max(t.updated_at);
                     }
                 }
+                // Mid-listing, the lock held (it is poisoned then): the
+                // watermark has not moved, so the next round reads it all
+                // again and the ledger keeps the counts exact.
+                crate::supervise::injected(&ws.id, "poll_tasks");
             }
         }
         // Only a complete listing moves the watermark: a failed one is read

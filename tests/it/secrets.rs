@@ -102,6 +102,9 @@ async fn a_key_without_a_scope_is_one_clear_line_and_exit_code_2_without_the_key
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or("");
     assert!(last.contains("lacks scope tasks:read"), "{err}");
+    // Said once: not also logged by the slot and by the start.
+    let saying = err.lines().filter(|l| l.contains("lacks scope")).count();
+    assert_eq!(saying, 1, "the refusal must be one line: {err}");
     assert!(!err.contains(CANARY) && !String::from_utf8_lossy(&out.stdout).contains(CANARY));
 }
 
@@ -125,6 +128,11 @@ async fn an_expired_or_unknown_key_fails_clearly_without_the_key() {
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.to_lowercase().contains(needle), "{err}");
+        let saying = err
+            .lines()
+            .filter(|l| l.to_lowercase().contains(needle))
+            .count();
+        assert_eq!(saying, 1, "the refusal must be one line: {err}");
         assert!(!err.contains(CANARY), "{err}");
     }
 }
