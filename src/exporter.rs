@@ -151,8 +151,12 @@ async fn reload_on_sighup(sup: Arc<Supervisor>, mut stop: watch::Receiver<bool>)
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload (--web.enable-lifecycle) or a restart");
+                return;
+            }
         };
         loop {
             let hangup = tokio::select! {

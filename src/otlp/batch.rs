@@ -340,35 +340,60 @@ impl Batcher {
                 ..Default::default()
             });
         }
-        // The process's own gauges (shard, reloads): no workspace, no state.
-        for family in metrics::PROCESS_FAMILIES {
+        // The process's own series (shard, reloads, caught panics): no
+        // workspace; its counters keep state as the workspaces' do, from
+        // the process's start.
+        for (pi, family) in metrics::PROCESS_FAMILIES.iter().enumerate() {
             samples.clear();
             (family.collect)(process, &mut samples);
-            let data_points: Vec<pb::NumberDataPoint> = samples
-                .iter()
-                .filter_map(|s| match s.value {
-                    metrics::Value::Number(v) => Some(pb::NumberDataPoint {
-                        attributes: family
-                            .labels
-                            .iter()
-                            .zip(&s.labels)
-                            .map(|(k, v)| kv(k, v))
-                            .collect(),
-                        time_unix_nano: now_ns,
-                        value: Some(number_data_point::Value::AsDouble(v)),
-                        ..Default::default()
-                    }),
-                    metrics::Value::Histogram(_) => None,
-                })
-                .collect();
+            let mut data_points = Vec::with_capacity(samples.len());
+            for s in &samples {
+                let metrics::Value::Number(v) = s.value else {
+                    continue;
+                };
+                let (value, start_ns) = if family.kind == Kind::Counter {
+                    let key = (
+                        metrics::WORKSPACE_FAMILIES.len() + pi,
+                        String::new(),
+                        s.labels.clone(),
+                    );
+                    match self.advance(key, &s.value, now_ns, self.started_ns) {
+                        (Point::Number(v), start) => (v, start),
+                        (Point::Hist(_), _) => continue,
+                    }
+                } else {
+                    (v, 0)
+                };
+                data_points.push(pb::NumberDataPoint {
+                    attributes: family
+                        .labels
+                        .iter()
+                        .zip(&s.labels)
+                        .map(|(k, v)| kv(k, v))
+                        .collect(),
+                    start_time_unix_nano: start_ns,
+                    time_unix_nano: now_ns,
+                    value: Some(number_data_point::Value::AsDouble(value)),
+                    ..Default::default()
+                });
+            }
             if data_points.is_empty() {
                 continue;
             }
+            let data = if family.kind == Kind::Counter {
+                Data::Sum(pb::Sum {
+                    data_points,
+                    aggregation_temporality: temporality,
+                    is_monotonic: true,
+                })
+            } else {
+                Data::Gauge(pb::Gauge { data_points })
+            };
             out.push(pb::Metric {
                 name: otel_name(family),
                 description: family.help.to_string(),
                 unit: family.unit.to_string(),
-                data: Some(Data::Gauge(pb::Gauge { data_points })),
+                data: Some(data),
                 ..Default::default()
             });
         }

@@ -159,11 +159,17 @@ impl Worker {
             }
         }
         let deadline = Instant::now() + self.cfg.timeout;
-        if tokio::time::timeout_at(deadline, crate::supervise::guard(self.export(deadline)))
+        match tokio::time::timeout_at(deadline, crate::supervise::guard(self.export(deadline)))
             .await
-            .is_err()
         {
-            tracing::warn!(endpoint = %self.cfg.endpoint, "the last OTLP export did not finish before --otlp.timeout; stopping anyway");
+            Ok(Ok(())) => {}
+            Ok(Err(c)) => {
+                self.hub.count_restart("otlp_pusher");
+                crate::supervise::report("otlp_pusher", "", &c, Duration::ZERO);
+            }
+            Err(_) => {
+                tracing::warn!(endpoint = %self.cfg.endpoint, "the last OTLP export did not finish before --otlp.timeout; stopping anyway")
+            }
         }
     }
 

@@ -410,7 +410,15 @@ fn panels_use_the_datasource_variable_and_have_unit_and_description() {
             assert!(!targets.is_empty(), "{place}: no query");
             for t in targets {
                 let expr = t["expr"].as_str().unwrap_or_default();
-                if expr.contains("clawmesh_") && !expr.contains("clawmesh_exporter_build_info") {
+                // The process's own series (build info, caught panics)
+                // carry no workspace label.
+                let process_only = metric_identifiers(expr).iter().all(|m| {
+                    m == clawmesh_exporter::metrics::BUILD_INFO
+                        || clawmesh_exporter::metrics::PROCESS_FAMILIES
+                            .iter()
+                            .any(|f| f.name == m)
+                });
+                if expr.contains("clawmesh_") && !process_only {
                     assert!(
                         expr.contains("$workspace"),
                         "{place}: query ignores the workspace variable: {expr}"
