@@ -509,3 +509,78 @@ fn requests(m: &BTreeMap<String, f64>, result: &str) -> f64 {
             &[("result", result)],
         )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_webhook_worker_is_caught_and_later_deliveries_are_applied() {
+    let sim = Sim::start(clawmesh_exporter::sim::SimConfig {
+        workspace_id: "ws_webhook_panic".into(),
+        ..busy_fleet(36)
+    })
+    .await;
+    sim.sim.pause();
+    let file = secret_file("panic", SECRET);
+    let cfg = exporter_config(&sim, &["--webhook.secret-file", file.to_str().unwrap()]);
+    let exporter = start_exporter(&cfg).await;
+    let ws = exporter.workspace.clone();
+    let before = state(&converge(&sim, &exporter).await);
+    let poster = Poster {
+        url: format!("http://{}/webhooks/clawmesh", exporter.addr),
+        client: reqwest::Client::new(),
+    };
+    let completed = |m: &BTreeMap<String, f64>| {
+        must(
+            m,
+            "clawmesh_tasks_finished_total",
+            &[("status", "completed")],
+        )
+    };
+    let restarts = |m: &BTreeMap<String, f64>| {
+        must(
+            m,
+            "clawmesh_exporter_task_restarts_total",
+            &[("task", "webhook_worker")],
+        )
+    };
+
+    // The batch of the first delivery panics: acknowledged (it was queued),
+    // lost (polling would find a real task's change), and the worker lives.
+    clawmesh_exporter::supervise::inject_panics(&ws, "webhook_worker", 1);
+    let first = completed_event("evt_panic_1", "tsk_panic_1", &ws, &now_rfc3339(0)).into_bytes();
+    let s = sign_with(SECRET, &first);
+    assert_eq!(poster.post(first, Some(&s)).await, 200);
+    wait_for(
+        Duration::from_secs(30),
+        "the worker's panic to be counted",
+        || async { restarts(&parse(&scrape(exporter.addr).await)) == 1.0 },
+    )
+    .await;
+
+    // Deliveries after it are applied, once each (the worker paused 1 s).
+    for i in 2..=4 {
+        let body = completed_event(
+            &format!("evt_panic_{i}"),
+            &format!("tsk_panic_{i}"),
+            &ws,
+            &now_rfc3339(0),
+        )
+        .into_bytes();
+        let s = sign_with(SECRET, &body);
+        assert_eq!(poster.post(body, Some(&s)).await, 200, "delivery {i}");
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "the later deliveries to be applied",
+        || async {
+            completed(&parse(&scrape(exporter.addr).await)) == before["finished/completed"] + 3.0
+        },
+    )
+    .await;
+    let m = parse(&scrape(exporter.addr).await);
+    assert_eq!(restarts(&m), 1.0);
+    assert_eq!(
+        requests(&m, "queue_full"),
+        0.0,
+        "the queue must drain after the panic"
+    );
+    exporter.shutdown().await;
+}
