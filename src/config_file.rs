@@ -8,7 +8,7 @@
 
 use crate::api::ClientConfig;
 use crate::config::{Env, MAX_VISIBILITY_LAG};
-use crate::files::FileLimits;
+use crate::files::{FileError, FileLimits};
 use crate::poll::PollConfig;
 use crate::secret::Secret;
 use serde_norway::Value;
@@ -289,7 +289,12 @@ fn workspace(
                     (None, String::new())
                 }
                 Err(e) => {
-                    p.push(format!("{at}.api_key_file {}: {e}", path.display()));
+                    p.push(match e {
+                        FileError::Io(e) => {
+                            format!("{at}.api_key_file: cannot read {}: {e}", path.display())
+                        }
+                        e => format!("{at}.api_key_file: {} {e}", path.display()),
+                    });
                     (None, String::new())
                 }
             }
@@ -570,7 +575,7 @@ colour: blue
         let want = [
             "colour: unknown key",
             "defaults.poll_intervall: unknown key",
-            "workspaces[0].api_key_file ",
+            "workspaces[0].api_key_file: cannot read",
             "workspaces[0].poll_interval: bad duration \"fast\"",
             "workspaces[0].labels.workspace: the exporter sets this label itself",
             "workspaces[0].labels.bad-name: not a valid Prometheus label name",
@@ -654,7 +659,7 @@ colour: blue
             .0;
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
-            e[0].starts_with("workspaces[0].api_key_file /dev/zero: is a character device"),
+            e[0].starts_with("workspaces[0].api_key_file: /dev/zero is a character device"),
             "{e:?}"
         );
     }
