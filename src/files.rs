@@ -197,77 +197,153 @@ fn unix_kind(_: &std::fs::FileType) -> &'static str {
 /// before any parser sees it (a parser's own limits come after its work:
 /// a 100,000-deep file took serde_norway 33 s).
 ///
-/// An upper bound of the depth, never lower than the parser's: block
-/// nesting is counted from indentation (a stack of columns, with each
-/// `- ` of a compact sequence one level more), flow nesting from `[` and
-/// `{` where a value may begin, outside quotes and comments.
+/// An upper bound of the parser's depth: block nesting is counted from
+/// indentation (a stack of columns, each `- ` or `? ` of a compact
+/// sequence one level more), flow nesting from `[` and `{`. Quotes,
+/// comments and block scalars are recognised where YAML recognises them
+/// (a quote or a flow collection only where a node begins), so that none
+/// can hide brackets the parser would nest; where unsure, it counts more.
 pub fn check_yaml_depth(text: &str, max: usize) -> Result<(), FileError> {
-    let too_deep = Err(FileError::TooDeep(max));
-    let mut indents: Vec<usize> = Vec::new();
-    let mut flow = 0usize;
-    let mut quote: Option<u8> = None;
+    let mut s = DepthScan {
+        max,
+        indents: Vec::new(),
+        flow: 0,
+        quote: None,
+        block_scalar_over: None,
+    };
     for line in text.lines() {
-        let bytes = line.as_bytes();
-        let mut i = 0;
-        if flow == 0 && quote.is_none() {
-            let col = bytes.iter().take_while(|b| **b == b' ').count();
-            let rest = &bytes[col..];
-            if rest.is_empty() || rest[0] == b'#' {
-                continue;
-            }
-            while indents.last().is_some_and(|top| *top > col) {
-                indents.pop();
-            }
-            if indents.last() != Some(&col) {
-                indents.push(col);
-            }
-            i = col;
-            // `- - - x`: each marker opens one more level.
-            while i + 1 < bytes.len() && matches!(bytes[i], b'-' | b'?') && bytes[i + 1] == b' ' {
-                i += 2;
-                while i < bytes.len() && bytes[i] == b' ' {
-                    i += 1;
-                }
-                indents.push(i);
-            }
-            if indents.len() > max {
-                return too_deep;
-            }
-        }
-        let mut prev = b' ';
-        while i < bytes.len() {
-            let b = bytes[i];
-            match quote {
-                Some(q) => {
-                    if b == b'\\' && q == b'"' {
-                        i += 1;
-                    } else if b == q {
-                        quote = None;
-                    }
-                }
-                None => match b {
-                    b'#' if prev == b' ' || prev == b'\t' => break,
-                    b'"' | b'\'' if starts_value(prev) => quote = Some(b),
-                    b'[' | b'{' if starts_value(prev) => {
-                        flow += 1;
-                        if indents.len() + flow > max {
-                            return too_deep;
-                        }
-                    }
-                    b']' | b'}' if flow > 0 => flow -= 1,
-                    _ => {}
-                },
-            }
-            prev = b;
-            i += 1;
-        }
+        s.line(line.as_bytes())?;
     }
     Ok(())
 }
 
-/// Whether a value (a flow collection, a quoted string) may begin after `prev`.
-fn starts_value(prev: u8) -> bool {
-    matches!(prev, b' ' | b'\t' | b':' | b',' | b'[' | b'{' | b'-' | b'?')
+struct DepthScan {
+    max: usize,
+    /// Columns of the open block collections.
+    indents: Vec<usize>,
+    /// Open flow collections.
+    flow: usize,
+    /// The open quote, in flow context (a block-context quote ends with
+    /// its line: see `line`).
+    quote: Option<u8>,
+    /// In a block scalar (`|`, `>`): its lines are those indented more than this.
+    block_scalar_over: Option<usize>,
+}
+
+impl DepthScan {
+    fn too_deep(&self) -> Result<(), FileError> {
+        if self.indents.len() + self.flow > self.max {
+            Err(FileError::TooDeep(self.max))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn line(&mut self, b: &[u8]) -> Result<(), FileError> {
+        let col = b.iter().take_while(|c| **c == b' ').count();
+        let blank = col == b.len();
+        if let Some(over) = self.block_scalar_over {
+            if blank || col > over {
+                return Ok(());
+            }
+            self.block_scalar_over = None;
+        }
+        let mut i = 0;
+        let mut at_node = true;
+        if self.flow == 0 && self.quote.is_none() {
+            if blank || b[col] == b'#' {
+                return Ok(());
+            }
+            while self.indents.last().is_some_and(|top| *top > col) {
+                self.indents.pop();
+            }
+            if self.indents.last() != Some(&col) {
+                self.indents.push(col);
+            }
+            i = col;
+            if b[i..].starts_with(b"---") && b.get(i + 3).is_none_or(|c| *c == b' ') {
+                i += 3;
+            }
+            // `- - - x`: each marker opens one more level.
+            while i < b.len()
+                && matches!(b[i], b'-' | b'?' | b':')
+                && b.get(i + 1).is_none_or(|c| *c == b' ')
+            {
+                i += 1;
+                while i < b.len() && b[i] == b' ' {
+                    i += 1;
+                }
+                self.indents.push(i);
+            }
+            self.too_deep()?;
+        }
+        let mut prev = b' ';
+        while i < b.len() {
+            let c = b[i];
+            if let Some(q) = self.quote {
+                if c == b'\\' && q == b'"' {
+                    i += 1;
+                } else if c == q {
+                    // '' inside '...' is an escaped quote.
+                    if q == b'\'' && b.get(i + 1) == Some(&b'\'') {
+                        i += 1;
+                    } else {
+                        self.quote = None;
+                        at_node = false;
+                    }
+                }
+                prev = c;
+                i += 1;
+                continue;
+            }
+            let flow = self.flow > 0;
+            match c {
+                b' ' | b'\t' => {
+                    // `key: value`: a node begins after the colon.
+                    if prev == b':' && !flow {
+                        at_node = true;
+                    }
+                }
+                b'#' if prev == b' ' || prev == b'\t' => break,
+                b'"' | b'\'' if at_node => self.quote = Some(c),
+                // Properties of the node that follows.
+                b'&' | b'!' if at_node => {
+                    while i + 1 < b.len()
+                        && !matches!(b[i + 1], b' ' | b',' | b'[' | b']' | b'{' | b'}')
+                    {
+                        i += 1;
+                    }
+                }
+                b'|' | b'>' if at_node && !flow => {
+                    self.block_scalar_over = Some(self.indents.last().copied().unwrap_or(0));
+                    break;
+                }
+                // In flow context these are always indicators; in block
+                // context only where a node begins.
+                b'[' | b'{' if flow || at_node => {
+                    self.flow += 1;
+                    self.too_deep()?;
+                    at_node = true;
+                }
+                b']' | b'}' if flow => {
+                    self.flow -= 1;
+                    at_node = false;
+                }
+                b',' | b':' | b'?' if flow => at_node = true,
+                _ => at_node = false,
+            }
+            prev = c;
+            i += 1;
+        }
+        if self.flow == 0 {
+            // A quote in block context that runs past its line is taken
+            // as ended: a multi-line quoted scalar is then counted as
+            // code (more, never less), and a quote the parser does not
+            // see (in a multi-line plain scalar) cannot hide lines.
+            self.quote = None;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -380,7 +456,96 @@ workspaces:
     list: [[1, 2], [3, {a: [4]}]]
 "#;
         check_yaml_depth(normal, 8).unwrap();
+        // Nothing hides nesting the parser would build: quotes and comments
+        // where the parser sees none, block scalars that ended.
+        let hidden = "[".repeat(200);
+        for trick in [
+            format!("k: a \"b\nn: {hidden}"),
+            format!("k: -\"x\nn: {hidden}"),
+            format!("k: a:\"x\nn: {hidden}"),
+            format!("k: a\n  \"b\nn: {hidden}"),
+            format!("k: [\"a #\", {hidden}"),
+            format!("k: [a \"b, {hidden}"),
+            format!("k: &a {hidden}"),
+            format!("k: !!seq {hidden}"),
+            format!("k: ['it''s', {hidden}"),
+            format!("- k: |\n    text \"\n  n: {hidden}"),
+            format!("--- {hidden}"),
+            format!("k: [\"]]]]\", {hidden}"),
+        ] {
+            let e = check_yaml_depth(&trick, 64);
+            assert!(e.is_err(), "not refused: {}", &trick[..trick.len().min(40)]);
+        }
+        // A block scalar's text is not YAML.
+        check_yaml_depth("k: |\n  [[[[[[[[[[\n  \"x\nn: 1\n", 4).unwrap();
         check_yaml_depth(&"[".repeat(63), 64).unwrap();
         assert!(check_yaml_depth(&"[".repeat(65), 64).is_err());
+    }
+
+    /// Nesting of a parsed YAML value: collections count, scalars do not.
+    fn depth(v: &serde_norway::Value) -> usize {
+        use serde_norway::Value::*;
+        match v {
+            Sequence(s) => 1 + s.iter().map(depth).max().unwrap_or(0),
+            Mapping(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+            Tagged(t) => depth(&t.value),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn the_scan_never_counts_less_than_the_parser() {
+        for text in [
+            "a: [1, [2, [3]]]",
+            "a:\n  b:\n    - c\n    - [d, {e: f}]",
+            "- - - x",
+            "? [a]\n: {b: [c]}",
+            "k: \"[[[\"\nl: '{{'\n",
+            "k: &x [1]\nl: *x\n",
+            "k: >\n  folded [\n  text\nl: [[1]]\n",
+        ] {
+            let v: serde_norway::Value = serde_norway::from_str(text).unwrap();
+            let d = depth(&v);
+            assert!(
+                check_yaml_depth(text, d - 1).is_err(),
+                "{text}: {d} deep, not seen"
+            );
+            check_yaml_depth(text, d + 2).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_scan_never_counts_less_than_the_parser_on_the_repository_s_yaml() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut stack = vec![root.join("deploy"), root.join("alerts"), root.join("docs")];
+        let mut checked = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let name = p.to_string_lossy();
+                if !(name.ends_with(".yml") || name.ends_with(".yaml")) {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p).unwrap();
+                let Ok(v) = serde_norway::from_str::<serde_norway::Value>(&text) else {
+                    continue; // templates, several documents
+                };
+                let actual = depth(&v);
+                check_yaml_depth(&text, DEFAULT_MAX_YAML_DEPTH)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                if actual > 0 {
+                    assert!(
+                        check_yaml_depth(&text, actual - 1).is_err(),
+                        "{name}: {actual} deep, not seen"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "only {checked} files");
     }
 }
