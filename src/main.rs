@@ -21,6 +21,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let code = dispatch(cli, &runtime);
+    // What had to finish did (the server, the last OTLP push); a reload
+    // still reading a file on a hung mount is not waited for.
+    runtime.shutdown_background();
+    code
+}
+
+fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file }) => {
             // The file named here, else the one the exporter would read.
