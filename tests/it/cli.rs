@@ -311,3 +311,25 @@ fn the_readme_and_the_shipped_prometheus_config_agree() {
     );
     assert!(readme.contains("`deploy/prometheus/prometheus.yml` is a complete"));
 }
+
+#[test]
+fn every_flag_is_documented_in_the_readme() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let (_, help, _) = run_env(&["--help"], &[]);
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .map(|l| l.split([' ', '=', ',']).next().unwrap())
+        .filter(|f| !matches!(*f, "help" | "version"))
+        .collect();
+    assert!(flags.len() > 20, "{flags:?}");
+    let missing: Vec<_> = flags
+        .iter()
+        .filter(|f| !readme.contains(&format!("`--{f}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "flags without a row in README.md: {missing:?}"
+    );
+}
