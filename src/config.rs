@@ -41,8 +41,8 @@ pub enum Command {
     Demo(Box<DemoArgs>),
     /// Validate a --config.file and name each problem with its path; exit code 2 when bad.
     CheckConfig {
-        /// The YAML configuration file.
-        file: PathBuf,
+        /// The YAML configuration file [default: --config.file, or CLAWMESH_CONFIG_FILE].
+        file: Option<PathBuf>,
     },
 }
 
@@ -176,7 +176,25 @@ pub struct RunArgs {
         default_value_t = 10_000
     )]
     pub webhook_queue_capacity: usize,
+    /// Longest webhook event id accepted, in bytes; a longer one is refused (bad_request).
+    #[arg(long = "webhook.max-id-length", env = "CLAWMESH_WEBHOOK_MAX_ID_LENGTH", default_value_t = crate::webhook::DEFAULT_MAX_ID_LENGTH)]
+    pub webhook_max_id_length: usize,
+    /// Memory for remembered webhook event ids (de-duplication), e.g. 16MiB; past it the oldest are forgotten early.
+    #[arg(long = "webhook.dedup-max-size", env = "CLAWMESH_WEBHOOK_DEDUP_MAX_SIZE", default_value = "16MiB", value_parser = crate::files::parse_size)]
+    pub webhook_dedup_max_size: u64,
     // ---- end webhooks ----
+    // ---- operator files (issue 10) ----
+    /// Largest file read: the config file, key and secret files, the web config and its certificates, OTLP headers and CA (e.g. 1MiB).
+    #[arg(long = "files.max-size", env = "CLAWMESH_FILES_MAX_SIZE", default_value = "1MiB", value_parser = crate::files::parse_size)]
+    pub files_max_size: u64,
+    /// How long reading one of those files may take (a hung network file system cannot hang start or reload).
+    #[arg(long = "files.read-timeout", env = "CLAWMESH_FILES_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub files_read_timeout: Duration,
+    /// Deepest nesting accepted in the YAML files (config file, web config).
+    #[arg(long = "files.max-yaml-depth", env = "CLAWMESH_FILES_MAX_YAML_DEPTH", default_value_t = crate::files::DEFAULT_MAX_YAML_DEPTH)]
+    pub files_max_yaml_depth: usize,
+    // ---- end operator files ----
+    /// Least severe log level written.
     #[arg(
         long = "log.level",
         env = "CLAWMESH_LOG_LEVEL",
@@ -184,6 +202,7 @@ pub struct RunArgs {
         default_value = "info"
     )]
     pub log_level: LogLevel,
+    /// Log line format, on stderr.
     #[arg(
         long = "log.format",
         env = "CLAWMESH_LOG_FORMAT",
@@ -270,7 +289,12 @@ pub struct SimArgs {
 }
 
 /// `demo`: the exporter's flags, and how the simulator behind it behaves.
+/// Its own defaults: loopback only, and numbers that move within seconds.
 #[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("listen_address", |a| a.default_value("127.0.0.1:9817")),
+    mut_arg("poll_interval", |a| a.default_value("5s"))
+)]
 pub struct DemoArgs {
     #[command(flatten)]
     pub run: RunArgs,
@@ -338,6 +362,8 @@ pub struct Config {
     pub otlp: Option<crate::otlp::OtlpConfig>,
     /// The webhook receiver, when a secret is configured.
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// Bounds of every file read, at start and on reload.
+    pub files: crate::files::FileLimits,
 }
 
 /// A configuration problem, said in one line.
@@ -352,8 +378,9 @@ fn bad(msg: impl Into<String>) -> ConfigError {
 impl RunArgs {
     /// Validate; the key comes from the file or the environment.
     pub fn validate(&self, env: &dyn Env) -> Result<Config, ConfigError> {
+        let files = self.file_limits()?;
         if let Some(file) = &self.config_file {
-            let workspaces = crate::config_file::load(file, env).map_err(|p| {
+            let workspaces = crate::config_file::load(file, env, &files).map_err(|p| {
                 bad(format!(
                     "--config.file {}: {}",
                     file.display(),
@@ -364,7 +391,7 @@ impl RunArgs {
         }
         let key = match &self.api_key_file {
             Some(path) => {
-                let raw = std::fs::read_to_string(path)
+                let raw = crate::files::read_to_string(path, &files)
                     .map_err(|e| bad(format!("--api-key-file {}: {e}", path.display())))?;
                 let key = raw.trim();
                 if key.is_empty() {
@@ -392,11 +419,16 @@ impl RunArgs {
         if self.webhook_queue_capacity == 0 {
             return Err(bad("--webhook.queue-capacity: must be at least 1"));
         }
+        if self.webhook_max_id_length == 0 {
+            return Err(bad("--webhook.max-id-length: must be at least 1"));
+        }
         Ok(crate::webhook::WebhookConfig {
             secrets,
             poll_interval: self.webhook_poll_interval,
             missed_grace: self.webhook_missed_grace,
             queue_capacity: self.webhook_queue_capacity,
+            max_id_length: self.webhook_max_id_length,
+            dedup_max_bytes: usize::try_from(self.webhook_dedup_max_size).unwrap_or(usize::MAX),
         })
     }
 
@@ -426,7 +458,8 @@ impl RunArgs {
         let mut secrets = Vec::new();
         for path in &self.webhook_secret_files {
             let what = format!("--webhook.secret-file {}", path.display());
-            let raw = std::fs::read_to_string(path).map_err(|e| bad(format!("{what}: {e}")))?;
+            let raw = crate::files::read_to_string(path, &self.file_limits()?)
+                .map_err(|e| bad(format!("{what}: {e}")))?;
             secrets.extend(secret_lines(&what, &raw)?);
         }
         if secrets.len() > 2 {
@@ -521,11 +554,12 @@ impl RunArgs {
             )));
         }
         let shard = Shard::new(&self.shard, self.total_shards).map_err(bad)?;
+        let files = self.file_limits()?;
         let web = match &self.web_config_file {
-            Some(f) => crate::webconfig::load(f).map_err(|p| bad(p.0.join("; ")))?,
+            Some(f) => crate::webconfig::load(f, &files).map_err(|p| bad(p.0.join("; ")))?,
             None => WebConfig::default(),
         };
-        let otlp = crate::otlp::settings::resolve(&self.otlp, env).map_err(bad)?;
+        let otlp = crate::otlp::settings::resolve(&self.otlp, env, &files).map_err(bad)?;
         Ok(Config {
             workspaces,
             config_file: self.config_file.clone(),
@@ -538,6 +572,27 @@ impl RunArgs {
             log_format: self.log_format,
             otlp,
             webhook: self.webhook_from(env)?,
+            files,
+        })
+    }
+
+    /// The `--files.*` bounds.
+    pub fn file_limits(&self) -> Result<crate::files::FileLimits, ConfigError> {
+        if self.files_max_size == 0 {
+            return Err(bad("--files.max-size: must be at least 1 byte, e.g. 1MiB"));
+        }
+        if self.files_read_timeout.is_zero() {
+            return Err(bad(
+                "--files.read-timeout: must be longer than zero, e.g. 5s",
+            ));
+        }
+        if self.files_max_yaml_depth < 4 {
+            return Err(bad("--files.max-yaml-depth: must be at least 4 (the configuration file itself nests 4 deep)"));
+        }
+        Ok(crate::files::FileLimits {
+            max_bytes: self.files_max_size,
+            timeout: self.files_read_timeout,
+            max_yaml_depth: self.files_max_yaml_depth,
         })
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::api::ClientConfig;
 use crate::config::{Env, MAX_VISIBILITY_LAG};
+use crate::files::{FileError, FileLimits};
 use crate::poll::PollConfig;
 use crate::secret::Secret;
 use serde_norway::Value;
@@ -97,14 +98,27 @@ const WORKSPACE_ONLY_KEYS: &[&str] = &["name", "id", "api_key_file", "api_key_en
 pub struct Problems(pub Vec<String>);
 
 /// Read and validate a configuration file. Relative key file paths are
-/// taken relative to the file's directory.
-pub fn load(path: &Path, env: &dyn Env) -> Result<Vec<WorkspaceConfig>, Problems> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Problems(vec![format!("{}: cannot read: {e}", path.display())]))?;
-    parse(&text, path.parent().unwrap_or(Path::new(".")), env)
+/// taken relative to the file's directory. Problems do not name the file:
+/// the caller says which file it read.
+pub fn load(
+    path: &Path,
+    env: &dyn Env,
+    files: &FileLimits,
+) -> Result<Vec<WorkspaceConfig>, Problems> {
+    let text =
+        crate::files::read_to_string(path, files).map_err(|e| Problems(vec![e.to_string()]))?;
+    parse(&text, path.parent().unwrap_or(Path::new(".")), env, files)
 }
 
-pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Vec<WorkspaceConfig>, Problems> {
+pub fn parse(
+    text: &str,
+    base_dir: &Path,
+    env: &dyn Env,
+    files: &FileLimits,
+) -> Result<Vec<WorkspaceConfig>, Problems> {
+    // Before the parser: its work on deep nesting is quadratic.
+    crate::files::check_yaml_depth(text, files.max_yaml_depth)
+        .map_err(|e| Problems(vec![format!("the file {e}")]))?;
     let root: Value =
         serde_norway::from_str(text).map_err(|e| Problems(vec![format!("not valid YAML: {e}")]))?;
     let mut p = Vec::new();
@@ -157,7 +171,7 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Vec<Workspace
             }
         }
         let before = p.len();
-        let ws = workspace(m, defaults, &at, base_dir, env, &mut p);
+        let ws = workspace(m, defaults, &at, base_dir, env, files, &mut p);
         if let Some(ws) = ws.filter(|_| p.len() == before) {
             if ws.name.is_none() && !keys.insert(ws.key.clone()) {
                 p.push(format!(
@@ -171,6 +185,9 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Vec<Workspace
     if p.is_empty() {
         Ok(out)
     } else {
+        // A bad `defaults:` entry is found once per workspace: say it once.
+        let mut seen = BTreeSet::new();
+        p.retain(|l| seen.insert(l.clone()));
         Err(Problems(p))
     }
 }
@@ -249,6 +266,7 @@ fn workspace(
     at: &str,
     base_dir: &Path,
     env: &dyn Env,
+    files: &FileLimits,
     p: &mut Vec<String>,
 ) -> Option<WorkspaceConfig> {
     let name = m
@@ -264,17 +282,19 @@ fn workspace(
     let (key, source) = match (&key_file, &key_env) {
         (Some(f), None) => {
             let path = base_dir.join(f);
-            match std::fs::read_to_string(&path) {
+            match crate::files::read_to_string(&path, files) {
                 Ok(s) if !s.trim().is_empty() => (Some(Secret::new(s.trim())), format!("file:{f}")),
                 Ok(_) => {
                     p.push(format!("{at}.api_key_file: {} is empty", path.display()));
                     (None, String::new())
                 }
                 Err(e) => {
-                    p.push(format!(
-                        "{at}.api_key_file: cannot read {}: {e}",
-                        path.display()
-                    ));
+                    p.push(match e {
+                        FileError::Io(e) => {
+                            format!("{at}.api_key_file: cannot read {}: {e}", path.display())
+                        }
+                        e => format!("{at}.api_key_file: {} {e}", path.display()),
+                    });
                     (None, String::new())
                 }
             }
@@ -458,8 +478,8 @@ pub fn valid_label_name(k: &str) -> bool {
 }
 
 /// `check-config FILE`: the report a user reads, and whether the file is good.
-pub fn check(path: &Path, env: &dyn Env) -> Result<String, Problems> {
-    let list = load(path, env)?;
+pub fn check(path: &Path, env: &dyn Env, files: &FileLimits) -> Result<String, Problems> {
+    let list = load(path, env, files)?;
     Ok(format!(
         "{}: OK, {} workspace(s): {}",
         path.display(),
@@ -513,7 +533,7 @@ workspaces:
     #[test]
     fn a_good_file_validates_with_defaults_and_overrides() {
         let d = dir_with_key();
-        let w = parse(GOOD, &d, &env()).unwrap();
+        let w = parse(GOOD, &d, &env(), &FileLimits::default()).unwrap();
         assert_eq!(w.len(), 2);
         assert_eq!(w[0].key, "payments");
         assert_eq!(w[0].expected_id.as_deref(), Some("ws_a"));
@@ -549,7 +569,9 @@ workspaces:
     api_key_env: KEY_B
 colour: blue
 "#;
-        let e = parse(bad, &d, &env()).unwrap_err().0;
+        let e = parse(bad, &d, &env(), &FileLimits::default())
+            .unwrap_err()
+            .0;
         let want = [
             "colour: unknown key",
             "defaults.poll_intervall: unknown key",
@@ -575,19 +597,70 @@ colour: blue
     #[test]
     fn not_yaml_or_empty_is_one_clear_problem() {
         let d = dir_with_key();
-        assert!(parse("workspaces: [", &d, &env()).unwrap_err().0[0].starts_with("not valid YAML"));
+        assert!(parse("workspaces: [", &d, &env(), &FileLimits::default())
+            .unwrap_err()
+            .0[0]
+            .starts_with("not valid YAML"));
         assert_eq!(
-            parse("workspaces: []", &d, &env()).unwrap_err().0,
+            parse("workspaces: []", &d, &env(), &FileLimits::default())
+                .unwrap_err()
+                .0,
             vec!["workspaces: at least one workspace is needed"]
         );
-        assert!(parse("- a", &d, &env()).unwrap_err().0[0].contains("must be a mapping"));
+        assert!(parse("- a", &d, &env(), &FileLimits::default())
+            .unwrap_err()
+            .0[0]
+            .contains("must be a mapping"));
     }
 
     #[test]
     fn secrets_never_show_in_problems_or_debug() {
         let d = dir_with_key();
-        let w = parse(GOOD, &d, &env()).unwrap();
+        let w = parse(GOOD, &d, &env(), &FileLimits::default()).unwrap();
         assert!(!format!("{w:?}").contains("ka\""));
         assert!(!format!("{:?}", w[1]).contains("\"kb\""));
+    }
+
+    #[test]
+    fn a_bad_default_is_one_problem_not_one_per_workspace() {
+        let d = dir_with_key();
+        let text = "defaults:\n  poll_interval: fast\nworkspaces:\n  - name: a\n    api_key_env: KEY_B\n  - name: b\n    api_key_env: KEY_B\n";
+        let e = parse(text, &d, &env(), &FileLimits::default())
+            .unwrap_err()
+            .0;
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].starts_with("defaults.poll_interval: bad duration"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let d = dir_with_key();
+        let t = std::time::Instant::now();
+        let deep = format!("workspaces: {}", "[".repeat(100_000));
+        let e = parse(&deep, &d, &env(), &FileLimits::default())
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            e,
+            vec!["the file is nested deeper than 64 levels (--files.max-yaml-depth)"]
+        );
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_key_file_that_is_not_a_regular_file_is_named() {
+        let d = dir_with_key();
+        let text = "workspaces:\n  - name: a\n    api_key_file: /dev/zero\n";
+        let e = parse(text, &d, &env(), &FileLimits::default())
+            .unwrap_err()
+            .0;
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("workspaces[0].api_key_file: /dev/zero is a character device"),
+            "{e:?}"
+        );
     }
 }

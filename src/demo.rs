@@ -4,7 +4,6 @@
 use crate::config::{ProcessEnv, RunArgs};
 use crate::secret::Secret;
 use crate::sim::{Latitude, SimConfig, Simulator, WebhookSettings, DEMO_KEY};
-use std::time::Duration;
 
 /// `latitude`: what the simulator does beyond its defaults (`--latitude`,
 /// `--clock-offset`).
@@ -17,15 +16,8 @@ pub async fn run(mut args: RunArgs, latitude: Latitude) -> anyhow::Result<()> {
     });
     tokio::spawn(sim.clone().serve(sim_listener));
 
+    // Loopback and a 5 s poll are the demo's own defaults (`DemoArgs`).
     args.api_url = format!("http://{sim_addr}/v1");
-    // The demo should move visibly within seconds, and stay on loopback,
-    // unless the user asked otherwise.
-    if args.poll_interval == Duration::from_secs(15) {
-        args.poll_interval = Duration::from_secs(5);
-    }
-    if args.listen_address == ":9817" {
-        args.listen_address = "127.0.0.1:9817".into();
-    }
     let mut cfg = args.validate_with_key_in(Secret::new(DEMO_KEY), &ProcessEnv)?;
     // Webhooks on, in-process: the simulator delivers signed events to the
     // exporter's receiver with a secret made for this run.

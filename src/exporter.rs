@@ -66,6 +66,8 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
         receiver: receiver.clone(),
         shard: cfg.shard,
         config_file: cfg.config_file.clone(),
+        files: cfg.files,
+        stopping: stop_rx.clone(),
         slots: tokio::sync::Mutex::new(BTreeMap::new()),
     });
     hub.update_process(|p| {
@@ -133,10 +135,10 @@ impl Running {
 
     /// Stop polling and serving; waits for both. With OTLP on, the numbers
     /// of the last sync are pushed once more (within `--otlp.timeout`).
+    /// Never waits for a reload: one in progress gives up, and one that
+    /// gets past its checks stops what it started (see `Supervisor::reload`).
     pub async fn shutdown(self) {
-        // A reload in progress finishes first, so it cannot start slots
-        // after they were all stopped.
-        let _no_reload = self.supervisor.reloading.lock().await;
+        // First, so that a reload sees it before starting slots.
         let _ = self.stop.send(true);
         self.supervisor.stop_all().await;
         if let Some(p) = self.otlp {
@@ -181,6 +183,10 @@ struct Supervisor {
     receiver: Option<Arc<crate::webhook::Receiver>>,
     shard: Shard,
     config_file: Option<PathBuf>,
+    /// Bounds of the files a reload reads.
+    files: crate::files::FileLimits,
+    /// True once shutdown began: a reload then starts nothing.
+    stopping: watch::Receiver<bool>,
     slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
 }
 
@@ -265,15 +271,29 @@ impl Supervisor {
     /// Re-read the configuration file; refuse a bad one and keep the old.
     /// Unchanged workspaces keep running, with their counters.
     async fn reload(&self) -> Result<String, String> {
-        let _one_at_a_time = self.reloading.lock().await;
+        let shutting_down = || Err("shutting down: not reloaded".to_string());
+        let mut stopping = self.stopping.clone();
+        let _one_at_a_time = tokio::select! {
+            l = self.reloading.lock() => l,
+            _ = stopping.wait_for(|s| *s) => return shutting_down(),
+        };
         let Some(path) = &self.config_file else {
             return Ok("no --config.file: nothing to reload".into());
         };
-        let result = crate::config_file::load(path, &ProcessEnv as &dyn Env);
+        // Files are read off the runtime, each within --files.read-timeout;
+        // shutdown does not wait even for that.
+        let (file, files) = (path.clone(), self.files);
+        let reading = tokio::task::spawn_blocking(move || {
+            crate::config_file::load(&file, &ProcessEnv as &dyn Env, &files)
+        });
+        let result = tokio::select! {
+            r = reading => r.unwrap_or_else(|e| Err(crate::config_file::Problems(vec![format!("the reading failed: {e}")]))),
+            _ = stopping.wait_for(|s| *s) => return shutting_down(),
+        };
         let new = match result {
             Ok(n) => n,
             Err(p) => {
-                let msg = p.0.join("; ");
+                let msg = format!("{}: {}", path.display(), p.0.join("; "));
                 tracing::error!(file = %path.display(), problems = %msg, "configuration refused; the previous one keeps running");
                 self.hub.update_process(|p| p.reload_ok = false);
                 return Err(msg);
@@ -300,11 +320,20 @@ impl Supervisor {
             }
         }
         for (key, cfg) in wanted {
+            if *self.stopping.borrow() {
+                return shutting_down();
+            }
             if !current.iter().any(|(k, c)| *k == key && *c == cfg) {
                 // A bad key on reload is logged by the slot; the rest runs on.
                 drop(self.start_slot(cfg).await);
                 started += 1;
             }
+        }
+        if *self.stopping.borrow() {
+            // Shutdown began while slots were starting and may have
+            // stopped all before these were in: stop them too.
+            self.stop_all().await;
+            return shutting_down();
         }
         self.hub.update_process(|p| {
             p.reload_ok = true;

@@ -10,6 +10,7 @@ pub mod config_file;
 pub mod demo;
 pub mod exporter;
 pub mod expose;
+pub mod files;
 pub mod fleet;
 pub mod histogram;
 pub mod hub;

@@ -21,9 +21,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let code = dispatch(cli, &runtime);
+    // What had to finish did (the server, the last OTLP push); a reload
+    // still reading a file on a hung mount is not waited for.
+    runtime.shutdown_background();
+    code
+}
+
+fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file }) => {
-            match clawmesh_exporter::config_file::check(&file, &ProcessEnv) {
+            // The file named here, else the one the exporter would read.
+            let Some(file) = file.or(cli.run.config_file.clone()) else {
+                return usage_error(
+                    "check-config: no file to check: name it (check-config clawmesh.yml), or set --config.file or CLAWMESH_CONFIG_FILE",
+                );
+            };
+            let files = match cli.run.file_limits() {
+                Ok(f) => f,
+                Err(e) => return usage_error(&e.to_string()),
+            };
+            match clawmesh_exporter::config_file::check(&file, &ProcessEnv, &files) {
                 Ok(report) => {
                     println!("{report}");
                     ExitCode::SUCCESS
@@ -101,14 +119,27 @@ async fn simulate(args: SimArgs) -> anyhow::Result<()> {
 
 /// A bad flag, config or key: one line, exit code 2.
 fn usage_error(msg: &str) -> ExitCode {
-    let line = msg
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or(msg)
-        .trim();
-    let line = line.strip_prefix("error: ").unwrap_or(line);
-    eprintln!("clawmesh-exporter: {line}");
+    eprintln!("clawmesh-exporter: {}", one_line(msg));
     ExitCode::from(2)
+}
+
+/// clap's message in one line: what is wrong, what is missing and its
+/// "did you mean" tip, without the usage that follows.
+fn one_line(msg: &str) -> String {
+    let kept: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut line = String::new();
+    for l in kept {
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(l.strip_prefix("error: ").unwrap_or(l));
+    }
+    line
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

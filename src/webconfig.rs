@@ -65,15 +65,15 @@ impl std::fmt::Debug for WebConfig {
     }
 }
 
-pub fn load(path: &Path) -> Result<WebConfig, Problems> {
+pub fn load(path: &Path, files: &crate::files::FileLimits) -> Result<WebConfig, Problems> {
     let one = |m: String| Problems(vec![format!("{}: {m}", path.display())]);
-    let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read: {e}")))?;
+    let text = crate::files::read_yaml(path, files).map_err(|e| one(e.to_string()))?;
     let raw: RawWebConfig = serde_norway::from_str(&text).map_err(|e| one(e.to_string()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut problems = Vec::new();
     let tls = match raw.tls_server_config {
         None => None,
-        Some(t) => match tls_config(&t, dir) {
+        Some(t) => match tls_config(&t, dir, files) {
             Ok(c) => Some(Arc::new(c)),
             Err(e) => {
                 problems.push(format!("{}: tls_server_config: {e}", path.display()));
@@ -97,7 +97,11 @@ pub fn load(path: &Path) -> Result<WebConfig, Problems> {
     Ok(WebConfig { tls, auth })
 }
 
-fn tls_config(t: &RawTls, dir: &Path) -> Result<rustls::ServerConfig, String> {
+fn tls_config(
+    t: &RawTls,
+    dir: &Path,
+    files: &crate::files::FileLimits,
+) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&'static rustls::SupportedProtocolVersion] = match t.min_version.as_deref() {
         None | Some("TLS12") => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -112,10 +116,11 @@ fn tls_config(t: &RawTls, dir: &Path) -> Result<rustls::ServerConfig, String> {
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?;
-    let certs = read_certs(&dir.join(&t.cert_file))?;
+    let certs = read_certs(&dir.join(&t.cert_file), files)?;
     let key = {
         let path = dir.join(&t.key_file);
-        let pem = std::fs::read(&path).map_err(|e| format!("key_file {}: {e}", path.display()))?;
+        let pem = crate::files::read(&path, files)
+            .map_err(|e| format!("key_file {}: {e}", path.display()))?;
         rustls_pemfile::private_key(&mut pem.as_slice())
             .map_err(|e| format!("key_file {}: {e}", path.display()))?
             .ok_or_else(|| format!("key_file {}: no private key in it", path.display()))?
@@ -126,7 +131,7 @@ fn tls_config(t: &RawTls, dir: &Path) -> Result<rustls::ServerConfig, String> {
         "RequireAndVerifyClientCert" | "VerifyClientCertIfGiven" => {
             let ca = t.client_ca_file.as_ref().ok_or_else(|| format!("client_auth_type {auth_type} needs client_ca_file"))?;
             let mut roots = rustls::RootCertStore::empty();
-            for c in read_certs(&dir.join(ca))? {
+            for c in read_certs(&dir.join(ca), files)? {
                 roots.add(c).map_err(|e| format!("client_ca_file: {e}"))?;
             }
             let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
@@ -146,8 +151,11 @@ fn tls_config(t: &RawTls, dir: &Path) -> Result<rustls::ServerConfig, String> {
     Ok(cfg)
 }
 
-fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_certs(
+    path: &Path,
+    files: &crate::files::FileLimits,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    let pem = crate::files::read(path, files).map_err(|e| format!("{}: {e}", path.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -265,14 +273,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("web.yml");
         std::fs::write(&f, "basic_auth_users:\n  bob: plain\n").unwrap();
-        let e = load(&f).unwrap_err().0;
+        let e = load(&f, &Default::default()).unwrap_err().0;
         assert!(
             e[0].contains("basic_auth_users.bob: not a bcrypt hash"),
             "{e:?}"
         );
         std::fs::write(&f, "tls_server_config:\n  cert_file: none.crt\n  key_file: none.key\n  min_version: TLS11\n").unwrap();
-        assert!(load(&f).unwrap_err().0[0].contains("TLS12 is the oldest"));
+        assert!(load(&f, &Default::default()).unwrap_err().0[0].contains("TLS12 is the oldest"));
         std::fs::write(&f, "tls_config: {}\n").unwrap();
-        assert!(load(&f).unwrap_err().0[0].contains("unknown field"));
+        assert!(load(&f, &Default::default()).unwrap_err().0[0].contains("unknown field"));
     }
 }

@@ -116,7 +116,11 @@ fn millis(source: &str, v: &str) -> Result<Duration, String> {
 }
 
 /// Resolve the OTLP settings; `Ok(None)` when no endpoint is given anywhere.
-pub fn resolve(args: &OtlpArgs, env: &dyn Env) -> Result<Option<OtlpConfig>, String> {
+pub fn resolve(
+    args: &OtlpArgs,
+    env: &dyn Env,
+    files: &crate::files::FileLimits,
+) -> Result<Option<OtlpConfig>, String> {
     let protocol = match (
         &args.protocol,
         first(
@@ -220,7 +224,8 @@ pub fn resolve(args: &OtlpArgs, env: &dyn Env) -> Result<Option<OtlpConfig>, Str
     }
     if let Some(path) = &args.headers_file {
         let source = format!("--otlp.headers-file {}", path.display());
-        let raw = std::fs::read_to_string(path).map_err(|e| format!("{source}: {e}"))?;
+        let raw =
+            crate::files::read_to_string(path, files).map_err(|e| format!("{source}: {e}"))?;
         let lines = raw
             .lines()
             .map(str::trim)
@@ -255,8 +260,8 @@ pub fn resolve(args: &OtlpArgs, env: &dyn Env) -> Result<Option<OtlpConfig>, Str
     let ca_pem = match ca_path {
         None => None,
         Some((source, path)) => {
-            let pem =
-                std::fs::read(&path).map_err(|e| format!("{source} {}: {e}", path.display()))?;
+            let pem = crate::files::read(&path, files)
+                .map_err(|e| format!("{source} {}: {e}", path.display()))?;
             if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
                 return Err(format!(
                     "{source} {}: no PEM certificate in the file",

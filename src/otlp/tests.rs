@@ -1,5 +1,4 @@
 use super::batch::Batcher;
-use super::settings::resolve;
 use super::*;
 use crate::config::OtlpArgs;
 use crate::fleet::{Counters, Health, Snapshot};
@@ -9,6 +8,11 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, Metric};
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// The settings with the default bounds on the files they name.
+fn resolve(a: &OtlpArgs, env: &dyn crate::config::Env) -> Result<Option<OtlpConfig>, String> {
+    super::settings::resolve(a, env, &Default::default())
+}
 
 #[test]
 fn names_follow_opentelemetry_conventions() {

@@ -45,6 +45,8 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub const RETRY_HORIZON: Duration = Duration::from_secs(3 * 3600);
 /// Bound on remembered event ids, whatever the event rate.
 const MAX_REMEMBERED_IDS: usize = 2_000_000;
+/// The contract's ids look like `evt_01J8KA`; one of 1 MiB is no event id.
+pub const DEFAULT_MAX_ID_LENGTH: usize = 256;
 
 pub const SIGNATURE_HEADER: &str = "x-clawmesh-signature";
 
@@ -73,6 +75,10 @@ pub struct WebhookConfig {
     pub missed_grace: Duration,
     /// Events queued per workspace before the receiver answers 503.
     pub queue_capacity: usize,
+    /// Longest event id accepted, in bytes (`--webhook.max-id-length`).
+    pub max_id_length: usize,
+    /// Memory for remembered event ids (`--webhook.dedup-max-size`).
+    pub dedup_max_bytes: usize,
 }
 
 /// A verified event, as its workspace's worker applies it.
@@ -127,7 +133,11 @@ pub struct Inbox {
 impl Receiver {
     pub fn new(cfg: WebhookConfig) -> Arc<Self> {
         Arc::new(Receiver {
-            dedup: Mutex::new(Dedup::new(RETRY_HORIZON, MAX_REMEMBERED_IDS)),
+            dedup: Mutex::new(Dedup::new(
+                RETRY_HORIZON,
+                MAX_REMEMBERED_IDS,
+                cfg.dedup_max_bytes,
+            )),
             routes: RwLock::new(HashMap::new()),
             unattributed: Arc::new(Counts::default()),
             cfg,
@@ -216,6 +226,10 @@ impl Receiver {
             counts: route.counts.clone(),
             changed: route.changed.clone(),
         };
+        if ev.id.is_empty() || ev.id.len() > self.cfg.max_id_length {
+            // Remembering it would cost its length for three hours.
+            return answer(StatusCode::BAD_REQUEST, "bad_request");
+        }
         *lock(&route.last_event) = Some(Timestamp::host_now());
         let change = match Change::from_event(&ev.kind, ev.data.object) {
             Ok(Some(c)) => c,

@@ -135,3 +135,201 @@ fn help_and_version_exit_0() {
         assert_eq!(out.status.code(), Some(0));
     }
 }
+
+// ---- the small frictions a new user met (issue 10) ----
+
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
+    c.env_clear().args(args).envs(env.iter().copied());
+    let out = c.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("cmx-cli-{}-{name}", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_config_without_a_file_says_what_is_missing_and_honours_the_environment() {
+    let (code, _, err) = run_env(&["check-config"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no file to check") && err.contains("CLAWMESH_CONFIG_FILE"),
+        "{err}"
+    );
+    let good = temp_file("env.yml", "workspaces:\n  - name: a\n    api_key_env: K\n");
+    let (code, out, err) = run_env(
+        &["check-config"],
+        &[("CLAWMESH_CONFIG_FILE", good.to_str().unwrap()), ("K", "k")],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("OK, 1 workspace(s): a"), "{out}");
+    // The argument wins over the environment.
+    let (code, _, err) = run_env(
+        &["check-config", "/nonexistent/named.yml"],
+        &[("CLAWMESH_CONFIG_FILE", good.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/nonexistent/named.yml"), "{err}");
+}
+
+#[test]
+fn a_missing_file_is_named_once() {
+    for (args, path) in [
+        (
+            &["--config.file", "/nonexistent/c.yml"][..],
+            "/nonexistent/c.yml",
+        ),
+        (
+            &["check-config", "/nonexistent/d.yml"][..],
+            "/nonexistent/d.yml",
+        ),
+        (
+            &["--api-key-file", "/nonexistent/key"][..],
+            "/nonexistent/key",
+        ),
+        (
+            &["--web.config.file", "/nonexistent/w.yml"][..],
+            "/nonexistent/w.yml",
+        ),
+    ] {
+        let (code, _, err) = run_env(args, &[("CLAWMESH_API_KEY", "k")]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert_eq!(err.matches(path).count(), 1, "{args:?}: {err}");
+        assert!(err.contains("No such file"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_default_is_reported_once() {
+    let f = temp_file(
+        "defaults.yml",
+        "defaults:\n  poll_interval: fast\nworkspaces:\n  - name: a\n    api_key_env: K\n  - name: b\n    api_key_env: K\n  - name: c\n    api_key_env: K\n",
+    );
+    let (code, _, err) = run_env(&["check-config", f.to_str().unwrap()], &[("K", "k")]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("defaults.poll_interval: bad duration \"fast\""),
+        "{err}"
+    );
+    let (code, _, err) = run_env(&["--config.file", f.to_str().unwrap()], &[("K", "k")]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.matches("poll_interval").count(), 1, "{err}");
+}
+
+#[test]
+fn clap_s_did_you_mean_tip_is_kept_on_the_one_line() {
+    let (code, _, err) = run_env(&["--poll-intervall", "5s"], &[("CLAWMESH_API_KEY", "k")]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("'--poll-intervall'")
+            && err.contains("tip: a similar argument exists: '--poll-interval'"),
+        "{err}"
+    );
+    let (code, _, err) = run_env(&["chek-config"], &[("CLAWMESH_API_KEY", "k")]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("check-config"), "{err}");
+}
+
+/// The help paragraph of `flag` in `--help` output.
+fn help_of(help: &str, flag: &str) -> String {
+    let start = help
+        .find(&format!("{flag} <"))
+        .unwrap_or_else(|| panic!("{flag} not in help"));
+    help[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn log_flags_have_help_text() {
+    let (_, help, _) = run_env(&["--help"], &[]);
+    for flag in ["--log.level", "--log.format"] {
+        let text = help_of(&help, flag);
+        let first = text.lines().next().unwrap_or("").trim();
+        assert!(
+            !first.is_empty() && !first.starts_with('['),
+            "{flag} has no help text:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn demo_help_shows_the_demo_s_own_defaults() {
+    let (code, help, _) = run_env(&["demo", "--help"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(
+        help_of(&help, "--web.listen-address").contains("[default: 127.0.0.1:9817]"),
+        "{help}"
+    );
+    assert!(
+        help_of(&help, "--poll-interval").contains("[default: 5s]"),
+        "{help}"
+    );
+    // The exporter's own defaults are unchanged.
+    let (_, help, _) = run_env(&["--help"], &[]);
+    assert!(help_of(&help, "--web.listen-address").contains("[default: :9817]"));
+    assert!(help_of(&help, "--poll-interval").contains("[default: 15s]"));
+}
+
+#[test]
+fn the_readme_and_the_shipped_prometheus_config_agree() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let file = std::fs::read_to_string(root.join("deploy/prometheus/prometheus.yml")).unwrap();
+    let section = &readme[readme.find("## Pointing Prometheus at it").unwrap()..];
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let ours: serde_norway::Value = serde_norway::from_str(block).unwrap();
+    let shipped: serde_norway::Value = serde_norway::from_str(&file).unwrap();
+    let job = |v: &serde_norway::Value| v["scrape_configs"][0].clone();
+    for k in ["job_name", "scrape_interval", "scrape_timeout"] {
+        assert_eq!(job(&ours)[k], job(&shipped)[k], "{k} differs");
+    }
+    // Both say what the file is: a complete configuration.
+    assert!(shipped.get("rule_files").is_some() && shipped.get("global").is_some());
+    assert!(
+        !file.to_lowercase().contains("snippet"),
+        "the file calls itself a snippet"
+    );
+    assert!(readme.contains("`deploy/prometheus/prometheus.yml` is a complete"));
+}
+
+#[test]
+fn every_flag_is_documented_in_the_readme() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let (_, help, _) = run_env(&["--help"], &[]);
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .map(|l| l.split([' ', '=', ',']).next().unwrap())
+        .filter(|f| !matches!(*f, "help" | "version"))
+        .collect();
+    assert!(flags.len() > 20, "{flags:?}");
+    let missing: Vec<_> = flags
+        .iter()
+        .filter(|f| !readme.contains(&format!("`--{f}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "flags without a row in README.md: {missing:?}"
+    );
+}

@@ -9,6 +9,7 @@ mod deploy;
 mod exactness;
 mod exposition;
 mod health;
+mod operator;
 mod otlp;
 mod production;
 mod prometheus;

@@ -1,0 +1,551 @@
+//! Reading the files an operator names (the config file, key and secret
+//! files, the web config and the certificates it names, OTLP headers and CA):
+//! one way, so that none of them can hang or exhaust the process.
+//!
+//! A file must be a regular file (a FIFO's open blocks, `/dev/zero` never
+//! ends), at most `max_bytes` long, and read within `timeout` (a hung network
+//! file system blocks in the kernel: the read runs in its own thread, which is
+//! abandoned at the deadline). YAML is refused when nested deeper than
+//! `max_yaml_depth`, checked in one linear pass before the parser sees it.
+//!
+//! Errors name neither the path nor the flag: callers put the path first.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_YAML_DEPTH: usize = 64;
+
+/// Reads whose thread has not returned yet (a hung read outlives its
+/// deadline). Past this many, new reads are refused at once instead of
+/// piling up threads behind a dead mount.
+const MAX_IN_FLIGHT: usize = 8;
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// The bounds of every operator file (`--files.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimits {
+    pub max_bytes: u64,
+    pub timeout: Duration,
+    pub max_yaml_depth: usize,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            max_bytes: DEFAULT_MAX_BYTES,
+            timeout: DEFAULT_TIMEOUT,
+            max_yaml_depth: DEFAULT_MAX_YAML_DEPTH,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("is {0}, not a regular file: name a regular file")]
+    NotRegular(&'static str),
+    #[error("is larger than {max} bytes (--files.max-size)")]
+    TooLarge { max: u64 },
+    #[error("not read within {} (--files.read-timeout): is it on a hung network file system?", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("not read: {MAX_IN_FLIGHT} earlier reads still hang (a hung network file system?)")]
+    Stuck,
+    #[error("is not UTF-8 text")]
+    NotUtf8,
+    #[error("is nested deeper than {0} levels (--files.max-yaml-depth)")]
+    TooDeep(usize),
+}
+
+/// A size in bytes: a whole number with an optional unit, `B`, `KiB`,
+/// `MiB`, `GiB` (or `KB`, `MB`, `GB`, powers of ten): `1MiB`, `65536`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?} (examples: 65536, 512KiB, 1MiB)"
+            ))
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_bytes))
+        .ok_or_else(|| format!("bad size {s:?} (examples: 65536, 512KiB, 1MiB)"))
+}
+
+/// The whole file, if it is a regular file within the limits.
+pub fn read(path: &Path, limits: &FileLimits) -> Result<Vec<u8>, FileError> {
+    let path = path.to_path_buf();
+    let max = limits.max_bytes;
+    with_deadline(limits.timeout, move || read_now(&path, max))
+}
+
+/// The whole file as text.
+pub fn read_to_string(path: &Path, limits: &FileLimits) -> Result<String, FileError> {
+    String::from_utf8(read(path, limits)?).map_err(|_| FileError::NotUtf8)
+}
+
+/// A YAML file as text, refused when nested deeper than the limit.
+pub fn read_yaml(path: &Path, limits: &FileLimits) -> Result<String, FileError> {
+    let text = read_to_string(path, limits)?;
+    check_yaml_depth(&text, limits.max_yaml_depth)?;
+    Ok(text)
+}
+
+/// Run `f` in its own thread; give up on it at `timeout` (the thread is
+/// left to finish, or to hang, on its own).
+pub fn with_deadline<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> Result<T, FileError> + Send + 'static,
+) -> Result<T, FileError> {
+    if IN_FLIGHT.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        return Err(FileError::Stuck);
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("file-read".into())
+        .spawn(move || {
+            let r = f();
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        return Err(FileError::Io(e));
+    }
+    rx.recv_timeout(timeout)
+        .unwrap_or(Err(FileError::Timeout(timeout)))
+}
+
+fn read_now(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
+    // The type first, from the path: opening a FIFO would block.
+    let meta = std::fs::metadata(path)?;
+    regular(&meta)?;
+    if meta.len() > max {
+        return Err(FileError::TooLarge { max });
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Should the path turn into a FIFO between the check and the open.
+        open.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = open.open(path)?;
+    // What was opened, which may not be what was checked.
+    regular(&file.metadata()?)?;
+    let mut buf = Vec::with_capacity(meta.len().min(max) as usize);
+    file.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        // It grew while being read.
+        return Err(FileError::TooLarge { max });
+    }
+    Ok(buf)
+}
+
+fn regular(meta: &std::fs::Metadata) -> Result<(), FileError> {
+    let t = meta.file_type();
+    if t.is_file() {
+        return Ok(());
+    }
+    let what = if t.is_dir() {
+        "a directory"
+    } else {
+        unix_kind(&t)
+    };
+    Err(FileError::NotRegular(what))
+}
+
+#[cfg(unix)]
+fn unix_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    }
+}
+
+#[cfg(not(unix))]
+fn unix_kind(_: &std::fs::FileType) -> &'static str {
+    "something else"
+}
+
+/// Refuse YAML nested deeper than `max`, in one pass over the text and
+/// before any parser sees it (a parser's own limits come after its work:
+/// a 100,000-deep file took serde_norway 33 s).
+///
+/// An upper bound of the parser's depth: block nesting is counted from
+/// indentation (a stack of columns, each `- ` or `? ` of a compact
+/// sequence one level more), flow nesting from `[` and `{`. Quotes,
+/// comments and block scalars are recognised where YAML recognises them
+/// (a quote or a flow collection only where a node begins), so that none
+/// can hide brackets the parser would nest; where unsure, it counts more.
+pub fn check_yaml_depth(text: &str, max: usize) -> Result<(), FileError> {
+    let mut s = DepthScan {
+        max,
+        indents: Vec::new(),
+        flow: 0,
+        quote: None,
+        block_scalar_over: None,
+    };
+    for line in text.lines() {
+        s.line(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+struct DepthScan {
+    max: usize,
+    /// Columns of the open block collections.
+    indents: Vec<usize>,
+    /// Open flow collections.
+    flow: usize,
+    /// The open quote, in flow context (a block-context quote ends with
+    /// its line: see `line`).
+    quote: Option<u8>,
+    /// In a block scalar (`|`, `>`): its lines are those indented more than this.
+    block_scalar_over: Option<usize>,
+}
+
+impl DepthScan {
+    fn too_deep(&self) -> Result<(), FileError> {
+        if self.indents.len() + self.flow > self.max {
+            Err(FileError::TooDeep(self.max))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn line(&mut self, b: &[u8]) -> Result<(), FileError> {
+        let col = b.iter().take_while(|c| **c == b' ').count();
+        let blank = col == b.len();
+        if let Some(over) = self.block_scalar_over {
+            if blank || col > over {
+                return Ok(());
+            }
+            self.block_scalar_over = None;
+        }
+        let mut i = 0;
+        let mut at_node = true;
+        if self.flow == 0 && self.quote.is_none() {
+            if blank || b[col] == b'#' {
+                return Ok(());
+            }
+            while self.indents.last().is_some_and(|top| *top > col) {
+                self.indents.pop();
+            }
+            if self.indents.last() != Some(&col) {
+                self.indents.push(col);
+            }
+            i = col;
+            if b[i..].starts_with(b"---") && b.get(i + 3).is_none_or(|c| *c == b' ') {
+                i += 3;
+            }
+            // `- - - x`: each marker opens one more level.
+            while i < b.len()
+                && matches!(b[i], b'-' | b'?' | b':')
+                && b.get(i + 1).is_none_or(|c| *c == b' ')
+            {
+                i += 1;
+                while i < b.len() && b[i] == b' ' {
+                    i += 1;
+                }
+                self.indents.push(i);
+            }
+            self.too_deep()?;
+        }
+        let mut prev = b' ';
+        while i < b.len() {
+            let c = b[i];
+            if let Some(q) = self.quote {
+                if c == b'\\' && q == b'"' {
+                    i += 1;
+                } else if c == q {
+                    // '' inside '...' is an escaped quote.
+                    if q == b'\'' && b.get(i + 1) == Some(&b'\'') {
+                        i += 1;
+                    } else {
+                        self.quote = None;
+                        at_node = false;
+                    }
+                }
+                prev = c;
+                i += 1;
+                continue;
+            }
+            let flow = self.flow > 0;
+            match c {
+                b' ' | b'\t' => {
+                    // `key: value`: a node begins after the colon.
+                    if prev == b':' && !flow {
+                        at_node = true;
+                    }
+                }
+                b'#' if prev == b' ' || prev == b'\t' => break,
+                b'"' | b'\'' if at_node => self.quote = Some(c),
+                // Properties of the node that follows.
+                b'&' | b'!' if at_node => {
+                    while i + 1 < b.len()
+                        && !matches!(b[i + 1], b' ' | b',' | b'[' | b']' | b'{' | b'}')
+                    {
+                        i += 1;
+                    }
+                }
+                b'|' | b'>' if at_node && !flow => {
+                    self.block_scalar_over = Some(self.indents.last().copied().unwrap_or(0));
+                    break;
+                }
+                // In flow context these are always indicators; in block
+                // context only where a node begins.
+                b'[' | b'{' if flow || at_node => {
+                    self.flow += 1;
+                    self.too_deep()?;
+                    at_node = true;
+                }
+                b']' | b'}' if flow => {
+                    self.flow -= 1;
+                    at_node = false;
+                }
+                b',' | b':' | b'?' if flow => at_node = true,
+                _ => at_node = false,
+            }
+            prev = c;
+            i += 1;
+        }
+        if self.flow == 0 {
+            // A quote in block context that runs past its line is taken
+            // as ended: a multi-line quoted scalar is then counted as
+            // code (more, never less), and a quote the parser does not
+            // see (in a multi-line plain scalar) cannot hide lines.
+            self.quote = None;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "cmx-files-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("1 parsec").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn a_regular_file_within_the_cap_is_read() {
+        let p = dir().join("ok");
+        std::fs::write(&p, "key\n").unwrap();
+        assert_eq!(read_to_string(&p, &FileLimits::default()).unwrap(), "key\n");
+    }
+
+    #[test]
+    fn devices_fifos_and_directories_are_refused_by_type() {
+        let d = dir();
+        let fifo = d.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for (p, what) in [
+            (Path::new("/dev/zero"), "a character device"),
+            (fifo.as_path(), "a FIFO"),
+            (d.as_path(), "a directory"),
+        ] {
+            let t = Instant::now();
+            let e = read(p, &FileLimits::default()).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains("not a regular file"), "{e}");
+            assert!(t.elapsed() < Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_refused_without_reading_it() {
+        let p = dir().join("big");
+        std::fs::write(&p, vec![b'a'; 1001]).unwrap();
+        let limits = FileLimits {
+            max_bytes: 1000,
+            ..FileLimits::default()
+        };
+        let e = read(&p, &limits).unwrap_err().to_string();
+        assert!(e.contains("larger than 1000 bytes"), "{e}");
+        std::fs::write(&p, vec![b'a'; 1000]).unwrap();
+        assert_eq!(read(&p, &limits).unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn a_read_that_hangs_is_abandoned_at_the_deadline() {
+        // A hung NFS read cannot be made on loopback: a blocked closure
+        // stands in for it.
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let t = Instant::now();
+        let e = with_deadline(Duration::from_millis(200), move || {
+            let _ = blocked.recv();
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(e, FileError::Timeout(_)), "{e}");
+        assert!(e.to_string().contains("--files.read-timeout"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        drop(release);
+    }
+
+    #[test]
+    fn deep_yaml_is_refused_fast_and_normal_yaml_passes() {
+        for deep in [
+            "[".repeat(100_000),
+            "{a: ".repeat(100_000),
+            "- ".repeat(100_000) + "x",
+            (0..100)
+                .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+                .collect(),
+        ] {
+            let t = Instant::now();
+            let e = check_yaml_depth(&deep, 64).unwrap_err().to_string();
+            assert!(e.contains("deeper than 64"), "{e}");
+            assert!(t.elapsed() < Duration::from_secs(1));
+        }
+        let normal = r#"
+defaults:
+  api_url: "http://x/[v1"   # a comment with [ and {
+workspaces:
+  - name: a
+    api_key_file: a.key
+    labels: {team: "[x", env: prod}
+    regex: foo[0-9]{2}
+  - name: b
+    list: [[1, 2], [3, {a: [4]}]]
+"#;
+        check_yaml_depth(normal, 8).unwrap();
+        // Nothing hides nesting the parser would build: quotes and comments
+        // where the parser sees none, block scalars that ended.
+        let hidden = "[".repeat(200);
+        for trick in [
+            format!("k: a \"b\nn: {hidden}"),
+            format!("k: -\"x\nn: {hidden}"),
+            format!("k: a:\"x\nn: {hidden}"),
+            format!("k: a\n  \"b\nn: {hidden}"),
+            format!("k: [\"a #\", {hidden}"),
+            format!("k: [a \"b, {hidden}"),
+            format!("k: &a {hidden}"),
+            format!("k: !!seq {hidden}"),
+            format!("k: ['it''s', {hidden}"),
+            format!("- k: |\n    text \"\n  n: {hidden}"),
+            format!("--- {hidden}"),
+            format!("k: [\"]]]]\", {hidden}"),
+        ] {
+            let e = check_yaml_depth(&trick, 64);
+            assert!(e.is_err(), "not refused: {}", &trick[..trick.len().min(40)]);
+        }
+        // A block scalar's text is not YAML.
+        check_yaml_depth("k: |\n  [[[[[[[[[[\n  \"x\nn: 1\n", 4).unwrap();
+        check_yaml_depth(&"[".repeat(63), 64).unwrap();
+        assert!(check_yaml_depth(&"[".repeat(65), 64).is_err());
+    }
+
+    /// Nesting of a parsed YAML value: collections count, scalars do not.
+    fn depth(v: &serde_norway::Value) -> usize {
+        use serde_norway::Value::*;
+        match v {
+            Sequence(s) => 1 + s.iter().map(depth).max().unwrap_or(0),
+            Mapping(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+            Tagged(t) => depth(&t.value),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn the_scan_never_counts_less_than_the_parser() {
+        for text in [
+            "a: [1, [2, [3]]]",
+            "a:\n  b:\n    - c\n    - [d, {e: f}]",
+            "- - - x",
+            "? [a]\n: {b: [c]}",
+            "k: \"[[[\"\nl: '{{'\n",
+            "k: &x [1]\nl: *x\n",
+            "k: >\n  folded [\n  text\nl: [[1]]\n",
+        ] {
+            let v: serde_norway::Value = serde_norway::from_str(text).unwrap();
+            let d = depth(&v);
+            assert!(
+                check_yaml_depth(text, d - 1).is_err(),
+                "{text}: {d} deep, not seen"
+            );
+            check_yaml_depth(text, d + 2).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_scan_never_counts_less_than_the_parser_on_the_repository_s_yaml() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut stack = vec![root.join("deploy"), root.join("alerts"), root.join("docs")];
+        let mut checked = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let name = p.to_string_lossy();
+                if !(name.ends_with(".yml") || name.ends_with(".yaml")) {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p).unwrap();
+                let Ok(v) = serde_norway::from_str::<serde_norway::Value>(&text) else {
+                    continue; // templates, several documents
+                };
+                let actual = depth(&v);
+                check_yaml_depth(&text, DEFAULT_MAX_YAML_DEPTH)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                if actual > 0 {
+                    assert!(
+                        check_yaml_depth(&text, actual - 1).is_err(),
+                        "{name}: {actual} deep, not seen"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "only {checked} files");
+    }
+}
