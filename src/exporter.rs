@@ -55,6 +55,9 @@ pub enum StartError {
 /// the background, with /readyz saying not ready.
 pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, StartError> {
     crate::supervise::install_panic_hook();
+    // Before anything can take time: a SIGHUP during the key checks must
+    // not kill the process (the default action); it reloads once started.
+    let hangups = Hangups::listen();
     let hub = Hub::new();
     let addr = listener.local_addr().map_err(StartError::Listen)?;
     let (stop, stop_rx) = watch::channel(false);
@@ -108,7 +111,7 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
         }
     }
     hub.set_started();
-    let signals = tokio::spawn(reload_on_sighup(supervisor.clone(), stop_rx));
+    let signals = tokio::spawn(reload_on_sighup(hangups, supervisor.clone(), stop_rx));
     let workspace = supervisor.first_workspace().await;
     let otlp = cfg.otlp.clone().and_then(|o| {
         crate::otlp::start(o, hub.clone())
@@ -149,16 +152,32 @@ impl Running {
     }
 }
 
-async fn reload_on_sighup(sup: Arc<Supervisor>, mut stop: watch::Receiver<bool>) {
+/// The SIGHUP stream, listened to from the start of `start`.
+struct Hangups {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let hup = signal(SignalKind::hangup())
+                .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload (--web.enable-lifecycle) or a restart"))
+                .ok();
+            Hangups { hup }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+}
+
+async fn reload_on_sighup(hangups: Hangups, sup: Arc<Supervisor>, mut stop: watch::Receiver<bool>) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload (--web.enable-lifecycle) or a restart");
-                return;
-            }
+        let Some(mut hup) = hangups.hup else {
+            return;
         };
         loop {
             let hangup = tokio::select! {
@@ -172,7 +191,7 @@ async fn reload_on_sighup(sup: Arc<Supervisor>, mut stop: watch::Receiver<bool>)
         }
     }
     #[cfg(not(unix))]
-    let _ = (sup, stop.wait_for(|s| *s).await);
+    let _ = (hangups, sup, stop.wait_for(|s| *s).await);
 }
 
 /// Owns the running workspaces and applies reloads.

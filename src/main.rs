@@ -76,9 +76,20 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
                 };
                 let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 tracing::info!(%address, path = %cfg.telemetry_path, version = clawmesh_exporter::metrics::version(), "serving metrics");
-                match clawmesh_exporter::exporter::start(&cfg, listener).await {
+                // Listened to from now: a SIGTERM while the keys are still
+                // being checked is a clean stop too.
+                let stop = clawmesh_exporter::shutdown_signal();
+                tokio::pin!(stop);
+                let started = tokio::select! {
+                    r = clawmesh_exporter::exporter::start(&cfg, listener) => r,
+                    _ = &mut stop => {
+                        tracing::info!("shutting down before the start finished");
+                        return ExitCode::SUCCESS;
+                    }
+                };
+                match started {
                     Ok(running) => {
-                        clawmesh_exporter::shutdown_signal().await;
+                        stop.await;
                         tracing::info!("shutting down");
                         running.shutdown().await;
                         ExitCode::SUCCESS

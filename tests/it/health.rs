@@ -188,3 +188,60 @@ async fn panics_in_the_poll_loops_are_caught_counted_shown_and_cost_no_count() {
     );
     exporter.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_the_key_checks_run_does_not_kill_the_process() {
+    use std::process::{Command, Stdio};
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{}/v1", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        .env_clear()
+        .env("CLAWMESH_API_KEY", "cm_test_key")
+        .args([
+            "--api-url",
+            &api,
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        // Many slow attempts: the first key check outlasts the signal.
+        .args(["--api.max-attempts", "10"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    // The server answers before the key checks end.
+    wait_for(Duration::from_secs(30), "the server to answer", || async {
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let pid = child.id().to_string();
+    let kill = |sig: &str| {
+        Command::new("kill").args([sig, &pid]).status().unwrap();
+    };
+    kill("-HUP");
+    // Still serving, and still down (the API is unreachable).
+    wait_for(
+        Duration::from_secs(30),
+        "clawmesh_up 0 after the SIGHUP",
+        || async {
+            let Ok(r) = reqwest::get(format!("{base}/metrics")).await else {
+                return false;
+            };
+            let m = parse(&r.text().await.unwrap_or_default());
+            value(&m, "clawmesh_up", &[]) == Some(0.0)
+        },
+    )
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the SIGHUP killed the exporter"
+    );
+    kill("-TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
