@@ -537,15 +537,31 @@ impl Client {
         if resp.content_length().is_some_and(|n| n > max) {
             return Ok((status, headers, Body::TooLarge));
         }
+        // The chunks are kept as they came and joined once at the exact
+        // size: a growing buffer would reallocate (old and new both live)
+        // and could end up twice the cap.
         let mut resp = resp;
-        let mut body = bytes::BytesMut::new();
+        let mut chunks: Vec<bytes::Bytes> = Vec::new();
+        let mut len: u64 = 0;
         while let Some(chunk) = resp.chunk().await? {
-            if (body.len() + chunk.len()) as u64 > max {
+            len += chunk.len() as u64;
+            if len > max {
                 return Ok((status, headers, Body::TooLarge));
             }
-            body.extend_from_slice(&chunk);
+            chunks.push(chunk);
         }
-        Ok((status, headers, Body::Read(body.freeze())))
+        let body = match chunks.len() {
+            0 => bytes::Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut joined = Vec::with_capacity(len as usize);
+                for c in chunks.drain(..) {
+                    joined.extend_from_slice(&c);
+                }
+                joined.into()
+            }
+        };
+        Ok((status, headers, Body::Read(body)))
     }
 }
 

@@ -8,6 +8,7 @@ mod dashboards;
 mod deploy;
 mod exactness;
 mod exposition;
+mod hostile_api;
 mod otlp;
 mod production;
 mod prometheus;
