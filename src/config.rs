@@ -133,8 +133,8 @@ pub struct RunArgs {
     )]
     pub max_attempts: u32,
     // ---- upstream bounds (issue 10) ----
-    /// The largest API answer read (e.g. 8MiB); a page too large is asked for again in smaller pages.
-    #[arg(long = "api.max-body-size", env = "CLAWMESH_API_MAX_BODY_SIZE", default_value = "8MiB", value_parser = crate::api::parse_size)]
+    /// The largest API answer read (e.g. 4MiB); a page too large is asked for again in smaller pages.
+    #[arg(long = "api.max-body-size", env = "CLAWMESH_API_MAX_BODY_SIZE", default_value = "4MiB", value_parser = crate::api::parse_size)]
     pub max_body_size: u64,
     /// Pages per listing before it is abandoned as never-ending (a failed sync).
     #[arg(long = "api.max-pages", env = "CLAWMESH_API_MAX_PAGES", default_value_t = crate::api::DEFAULT_MAX_PAGES)]

@@ -134,13 +134,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Defaults of the bounds, shared with the flags. A page of 100 tasks
-/// with the contract's largest instructions (256 KiB) is 26 MiB; with 8 MiB
-/// such a page is asked for again in pages of 25 (pages of mostly small
-/// tasks fit whole). 100,000 tasks are 1,000 pages of 100, 10,000 agents
-/// 100; the page cap also bounds what a full listing holds (2,000 pages of
-/// 100 agents of bounded ids and names, about 25 MB), and the byte cap is
-/// 100,000 tasks of 20 KiB.
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 << 20;
+/// with the contract's largest instructions (256 KiB) is 26 MiB; with 4 MiB
+/// such a page is asked for again in pages of 12 (pages of mostly small
+/// tasks fit whole). A body may be held twice while it is joined and
+/// parsed: 4 MiB keeps the peak RSS under every hostile upstream of
+/// tests/it/hostile_api.rs near 35 MiB (8 MiB: 50 MiB), see BENCHMARKS.md.
+/// 100,000 tasks are 1,000 pages of 100, 10,000 agents 100; the page cap
+/// also bounds what a full listing holds (2,000 pages of 100 agents of
+/// bounded ids and names, about 25 MB), and the byte cap is 100,000 tasks
+/// of 20 KiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
 pub const DEFAULT_MAX_PAGES: u32 = 2_000;
 pub const DEFAULT_MAX_LISTING_BYTES: u64 = 2 << 30;
 pub const DEFAULT_MAX_CURSOR_LEN: usize = 4096;

@@ -159,6 +159,13 @@ fn healthy() -> Script {
     Arc::new(|_| empty_page())
 }
 
+/// The binary under test: the test build's, or `CLAWMESH_HOSTILE_BIN`
+/// (e.g. a release build, for the figures of BENCHMARKS.md).
+fn binary() -> String {
+    std::env::var("CLAWMESH_HOSTILE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_clawmesh-exporter").to_string())
+}
+
 /// The exporter binary, run as a user would run it.
 struct Exporter {
     child: Child,
@@ -174,7 +181,7 @@ impl Exporter {
             std::process::id()
         ));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        let child = Command::new(binary())
             .env_clear()
             .env("CLAWMESH_API_KEY", KEY)
             .args(["--api-url", &api.base])
