@@ -381,8 +381,8 @@ impl Client {
         query: &[(&'static str, String)],
         parse: impl Fn(&[u8]) -> Result<R, String>,
     ) -> Result<(R, u64), ApiError> {
-        let key = cfg_key(&self.inner.cfg);
         let cfg = &self.inner.cfg;
+        let key = cfg.key.expose();
         let url = format!("{}{}", self.inner.base, endpoint);
         let mut attempt: u32 = 0;
         loop {
@@ -566,10 +566,6 @@ impl Client {
         };
         Ok((status, headers, Body::Read(body)))
     }
-}
-
-fn cfg_key(cfg: &ClientConfig) -> &str {
-    cfg.key.expose()
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
