@@ -1157,6 +1157,18 @@ fn api_strings_are_bounded_where_they_are_read() {
     let t = &page.data[0];
     assert_eq!(t.status.name(), "other");
     assert_eq!(t.error.as_ref().unwrap().code.as_deref(), Some("other"));
+
+    let many: Vec<String> = (0..1000).map(|i| format!("\"scope{i}\"")).collect();
+    let body = format!(
+        r#"{{"data":{{"id":"{long}","workspace_id":"{long}","scopes":["{long}",{}]}}}}"#,
+        many.join(",")
+    );
+    let token = serde_json::from_str::<types::Envelope<types::Token>>(&body)
+        .unwrap()
+        .data;
+    assert_eq!(token.workspace_id.len(), 71);
+    assert_eq!(token.scopes.len(), types::MAX_SCOPES);
+    assert_eq!(token.scopes[0], "other");
 }
 
 #[test]

@@ -108,6 +108,15 @@ fn de_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(bound_name(&<std::borrow::Cow<'de, str>>::deserialize(d)?))
 }
 
+/// The most scopes of a key kept (the contract names four); the rest are
+/// not ours to check, and all of them go into one log line.
+pub const MAX_SCOPES: usize = 32;
+
+fn de_scopes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let all = <Vec<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+    Ok(all.iter().take(MAX_SCOPES).map(|s| bound_name(s)).collect())
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Token {
     #[serde(deserialize_with = "de_id")]
@@ -115,6 +124,7 @@ pub struct Token {
     /// The `workspace` label of every series: bounded like any id.
     #[serde(deserialize_with = "de_id")]
     pub workspace_id: String,
+    #[serde(deserialize_with = "de_scopes")]
     pub scopes: Vec<String>,
     pub expires_at: Option<Timestamp>,
 }
