@@ -303,6 +303,16 @@ impl Exporter {
     }
 }
 
+/// A failed case must not leave its exporter running.
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn up(m: &BTreeMap<String, f64>) -> Option<f64> {
     value(m, "clawmesh_up", &[("workspace", WS)])
 }
