@@ -132,6 +132,23 @@ pub struct RunArgs {
         default_value_t = 5
     )]
     pub max_attempts: u32,
+    // ---- upstream bounds (issue 10) ----
+    /// The largest API answer read (e.g. 4MiB); a page too large is asked for again in smaller pages.
+    #[arg(long = "api.max-body-size", env = "CLAWMESH_API_MAX_BODY_SIZE", default_value = "4MiB", value_parser = crate::api::parse_size)]
+    pub max_body_size: u64,
+    /// Pages per listing before it is abandoned as never-ending (a failed sync).
+    #[arg(long = "api.max-pages", env = "CLAWMESH_API_MAX_PAGES", default_value_t = crate::api::DEFAULT_MAX_PAGES)]
+    pub max_pages: u32,
+    /// Bytes per listing before it is abandoned (a failed sync).
+    #[arg(long = "api.max-listing-bytes", env = "CLAWMESH_API_MAX_LISTING_BYTES", default_value = "2GiB", value_parser = crate::api::parse_size)]
+    pub max_listing_bytes: u64,
+    /// The longest next_cursor the exporter follows (bytes); a longer one fails the sync.
+    #[arg(long = "api.max-cursor-length", env = "CLAWMESH_API_MAX_CURSOR_LENGTH", default_value_t = crate::api::DEFAULT_MAX_CURSOR_LEN)]
+    pub max_cursor_length: usize,
+    /// The longest Retry-After honoured; a longer one is waited out for this long (with a log line).
+    #[arg(long = "api.max-retry-after", env = "CLAWMESH_API_MAX_RETRY_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_retry_after: Duration,
+    // ---- end upstream bounds ----
     /// YAML file listing the workspaces to watch (instead of --api-url and the key); see README.
     #[arg(
         long = "config.file",
@@ -509,6 +526,16 @@ impl RunArgs {
         if self.max_attempts == 0 {
             return Err(bad("--api.max-attempts: must be at least 1"));
         }
+        // ---- upstream bounds (issue 10) ----
+        let limits = crate::api::ApiLimits {
+            max_body_bytes: self.max_body_size,
+            max_pages: self.max_pages,
+            max_listing_bytes: self.max_listing_bytes,
+            max_cursor_len: self.max_cursor_length,
+            max_retry_after: self.max_retry_after,
+        };
+        limits.check(|f| format!("--api.{f}")).map_err(bad)?;
+        // ---- end upstream bounds ----
         let workspace = WorkspaceConfig {
             key: "flags".into(),
             name: None,
@@ -519,6 +546,7 @@ impl RunArgs {
                 request_timeout: self.api_timeout,
                 max_attempts: self.max_attempts,
                 budget_share: self.budget_share,
+                limits,
                 ..ClientConfig::default()
             },
             poll: PollConfig {
@@ -680,6 +708,22 @@ mod tests {
             (vec![], None, "no API key"),
             (vec!["--tasks.overlap", "2s"], Some("k"), "visibility lag"),
             (vec!["--api.budget-share", "1.5"], Some("k"), "budget-share"),
+            (
+                vec!["--api.max-body-size", "100"],
+                Some("k"),
+                "--api.max-body-size",
+            ),
+            (vec!["--api.max-pages", "0"], Some("k"), "--api.max-pages"),
+            (
+                vec![
+                    "--api.max-listing-bytes",
+                    "1MiB",
+                    "--api.max-body-size",
+                    "2MiB",
+                ],
+                Some("k"),
+                "--api.max-listing-bytes",
+            ),
             (
                 vec!["--web.listen-address", "nonsense"],
                 Some("k"),

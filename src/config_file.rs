@@ -42,6 +42,7 @@ impl PartialEq for ClientConfig {
             && self.backoff_cap == o.backoff_cap
             && self.budget_share == o.budget_share
             && self.page_size == o.page_size
+            && self.limits == o.limits
     }
 }
 
@@ -89,6 +90,12 @@ const SETTING_KEYS: &[&str] = &[
     "max_timestamp_lead",
     "timeout",
     "max_attempts",
+    // upstream bounds (issue 10)
+    "max_body_size",
+    "max_pages",
+    "max_listing_bytes",
+    "max_cursor_length",
+    "max_retry_after",
 ];
 const WORKSPACE_ONLY_KEYS: &[&str] = &["name", "id", "api_key_file", "api_key_env", "labels"];
 
@@ -226,6 +233,55 @@ fn string(v: &Value, path: &str, p: &mut Vec<String>) -> Option<String> {
         }
     }
 }
+
+// ---- upstream bounds (issue 10) ----
+/// The `max_*` API bounds of a workspace (or its defaults), each checked.
+fn api_limits(
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    p: &mut Vec<String>,
+) -> crate::api::ApiLimits {
+    let def = crate::api::ApiLimits::default();
+    let size = |k: &str, default: u64, p: &mut Vec<String>| match setting(m, d, at, k) {
+        None => default,
+        Some((v, path)) => {
+            let parsed = match v {
+                Value::Number(n) => n.as_u64().ok_or_else(|| "not a whole number".to_string()),
+                Value::String(s) => crate::api::parse_size(s),
+                _ => Err("write it as a size such as \"8MiB\"".to_string()),
+            };
+            parsed.unwrap_or_else(|e| {
+                p.push(format!("{path}: {e}"));
+                default
+            })
+        }
+    };
+    let max_body_bytes = size("max_body_size", def.max_body_bytes, p);
+    let max_listing_bytes = size("max_listing_bytes", def.max_listing_bytes, p);
+    let count = |k: &str, default: u64, p: &mut Vec<String>| match setting(m, d, at, k) {
+        None => default,
+        Some((v, path)) => match v.as_u64() {
+            Some(n) if (1..=u32::MAX as u64).contains(&n) => n,
+            _ => {
+                p.push(format!("{path}: must be a whole number of at least 1"));
+                default
+            }
+        },
+    };
+    let limits = crate::api::ApiLimits {
+        max_body_bytes,
+        max_pages: count("max_pages", def.max_pages.into(), p) as u32,
+        max_listing_bytes,
+        max_cursor_len: count("max_cursor_length", def.max_cursor_len as u64, p) as usize,
+        max_retry_after: duration(m, d, at, "max_retry_after", def.max_retry_after, p),
+    };
+    if let Err(e) = limits.check(|f| format!("{at}.{}", f.replace('-', "_"))) {
+        p.push(e);
+    }
+    limits
+}
+// ---- end upstream bounds ----
 
 fn duration(
     m: &serde_norway::Mapping,
@@ -423,6 +479,7 @@ fn workspace(
         ClientConfig::default().request_timeout,
         p,
     );
+    let limits = api_limits(m, d, at, p);
     let mut labels = BTreeMap::new();
     match m.get("labels") {
         None | Some(Value::Null) => {}
@@ -463,6 +520,7 @@ fn workspace(
             request_timeout: timeout,
             max_attempts,
             budget_share,
+            limits,
             ..ClientConfig::default()
         },
         poll,
@@ -546,6 +604,46 @@ workspaces:
         assert_eq!(w[1].client.key.expose(), "kb");
         assert_eq!(w[1].client.budget_share, 0.2);
         assert_eq!(w[1].poll.agents_interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn upstream_bounds_are_read_and_checked() {
+        let d = dir_with_key();
+        let good = r#"
+defaults:
+  max_body_size: 4MiB
+  max_retry_after: 1m
+workspaces:
+  - api_key_file: a.key
+    max_pages: 300
+    max_listing_bytes: 1073741824
+    max_cursor_length: 512
+"#;
+        let w = parse(good, &d, &env(), &FileLimits::default()).unwrap();
+        let l = &w[0].client.limits;
+        assert_eq!(l.max_body_bytes, 4 << 20);
+        assert_eq!(l.max_pages, 300);
+        assert_eq!(l.max_listing_bytes, 1 << 30);
+        assert_eq!(l.max_cursor_len, 512);
+        assert_eq!(l.max_retry_after, Duration::from_secs(60));
+        let bad = r#"
+workspaces:
+  - api_key_file: a.key
+    max_body_size: 12 parsecs
+    max_pages: 0
+  - api_key_file: a.key
+    max_body_size: 100
+"#;
+        let e = parse(bad, &d, &env(), &FileLimits::default())
+            .unwrap_err()
+            .0;
+        for want in [
+            "workspaces[0].max_body_size: \"12 parsecs\": unknown unit",
+            "workspaces[0].max_pages: must be a whole number of at least 1",
+            "workspaces[1].max_body_size: must be at least 1KiB",
+        ] {
+            assert!(e.iter().any(|l| l.contains(want)), "{want}: {e:#?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,11 @@ use tokio::time::Instant;
 
 /// The contract's limit, used until a response tells us the real one.
 pub(crate) const DEFAULT_LIMIT: u64 = 1000;
+/// What the contract allows `X-RateLimit-Limit` to be: 1,000 a minute,
+/// with bursts to 3,000. A value outside is a broken header or proxy: `1`
+/// would stall polling for minutes, `u64::MAX` would switch pacing off.
+pub(crate) const MIN_LIMIT: u64 = 1000;
+pub(crate) const MAX_LIMIT: u64 = 3000;
 /// Below this share of the limit left in the window, wait for the reset.
 const LOW_REMAINING_SHARE: f64 = 0.05;
 /// Windows are one minute; a larger `Reset` is a broken header, not a reason
@@ -41,6 +46,12 @@ struct State {
     last_refill: Instant,
     /// No request before this instant (low Remaining or a Retry-After).
     hold_until: Option<Instant>,
+    /// Why `hold_until` is set: "rate_limit" or "retry_after".
+    hold_reason: &'static str,
+    /// The last clamped value logged per header, so that a broken header
+    /// is one log line per change, not one per request.
+    logged_limit: Option<u64>,
+    logged_reset: Option<u64>,
 }
 
 impl State {
@@ -60,8 +71,11 @@ impl State {
         self.tokens = (self.tokens + elapsed * self.per_second()).min(self.capacity());
         self.last_refill = now;
     }
-    fn hold(&mut self, until: Instant) {
-        self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+    fn hold(&mut self, until: Instant, reason: &'static str) {
+        if self.hold_until.is_none_or(|h| until > h) {
+            self.hold_until = Some(until);
+            self.hold_reason = reason;
+        }
     }
 }
 
@@ -76,6 +90,9 @@ impl Budget {
             tokens: 0.0,
             last_refill: Instant::now(),
             hold_until: None,
+            hold_reason: "rate_limit",
+            logged_limit: None,
+            logged_reset: None,
         };
         state.tokens = state.capacity();
         Budget {
@@ -121,16 +138,44 @@ impl Budget {
         start.elapsed()
     }
 
-    /// Reads the `X-RateLimit-*` headers of an answer (any status).
+    /// Reads the `X-RateLimit-*` headers of an answer (any status), clamped
+    /// to what the contract allows.
     pub(crate) fn observe(&self, limit: Option<u64>, remaining: Option<u64>, reset: Option<u64>) {
         let mut s = self.state();
         let now = Instant::now();
         // Settle the tokens earned at the old rate before the rate changes.
         s.refill(now);
-        if let Some(l) = limit.filter(|l| *l > 0) {
+        if let Some(raw) = limit.filter(|l| *l > 0) {
+            let l = raw.clamp(MIN_LIMIT, MAX_LIMIT);
+            if l != raw && s.logged_limit != Some(l) {
+                tracing::warn!(
+                    header = raw,
+                    used = l,
+                    "X-RateLimit-Limit is outside what the API contract allows (1000 to 3000 a minute); using the nearest allowed value"
+                );
+                s.logged_limit = Some(l);
+            } else if l == raw {
+                s.logged_limit = None;
+            }
             s.limit = Some(l);
             s.tokens = s.tokens.min(s.capacity());
         }
+        let lim = s.limit.unwrap_or(DEFAULT_LIMIT);
+        let remaining = remaining.map(|r| r.min(lim));
+        let reset = reset.map(|raw| {
+            let r = raw.min(MAX_RESET_WAIT.as_secs());
+            if r != raw && s.logged_reset != Some(r) {
+                tracing::warn!(
+                    header = raw,
+                    used = r,
+                    "X-RateLimit-Reset is longer than the API's one-minute window; using 60 s"
+                );
+                s.logged_reset = Some(r);
+            } else if r == raw {
+                s.logged_reset = None;
+            }
+            r
+        });
         if remaining.is_some() {
             s.remaining = remaining;
         }
@@ -138,16 +183,15 @@ impl Budget {
             s.reset_seconds = reset;
         }
         let Some(rem) = remaining else { return };
-        let lim = s.limit.unwrap_or(DEFAULT_LIMIT) as f64;
-        if rem == 0 || (rem as f64) < lim * LOW_REMAINING_SHARE {
+        if rem == 0 || (rem as f64) < lim as f64 * LOW_REMAINING_SHARE {
             if let Some(reset) = reset {
-                let wait = Duration::from_secs(reset).min(MAX_RESET_WAIT);
+                let wait = Duration::from_secs(reset);
                 tracing::debug!(
                     remaining = rem,
                     reset_seconds = reset,
                     "rate limit nearly spent for the workspace; pausing until the window resets"
                 );
-                s.hold(now + wait);
+                s.hold(now + wait, "rate_limit");
             }
         }
     }
@@ -156,7 +200,24 @@ impl Budget {
     pub(crate) fn hold_for(&self, d: Duration) {
         let mut s = self.state();
         let until = Instant::now().checked_add(d).unwrap_or_else(Instant::now);
-        s.hold(until);
+        s.hold(until, "retry_after");
+    }
+
+    /// How long until the next request may go out, and why ("retry_after"
+    /// or "rate_limit"); `None` when one may go now.
+    pub(crate) fn held_for(&self) -> Option<(Duration, &'static str)> {
+        let mut s = self.state();
+        let now = Instant::now();
+        if let Some(h) = s.hold_until.filter(|h| *h > now) {
+            return Some((h - now, s.hold_reason));
+        }
+        s.refill(now);
+        (s.tokens < 1.0 - 1e-9).then(|| {
+            (
+                Duration::from_secs_f64((1.0 - s.tokens) / s.per_second()),
+                "rate_limit",
+            )
+        })
     }
 
     pub(crate) fn snapshot(&self) -> RateLimitSnapshot {
@@ -196,8 +257,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paces_at_share_of_limit_after_a_burst_of_ten_seconds() {
-        let b = Budget::new(0.1);
-        b.observe(Some(600), Some(600), Some(60));
+        let b = Budget::new(0.06);
+        b.observe(Some(1000), Some(1000), Some(60));
         assert!((b.snapshot().requests_per_minute - 60.0).abs() < 1e-9);
         // 60/min = 1/s; the bucket holds 10 s worth = 10 tokens.
         let t = grant_times(&b, 70).await;
@@ -226,8 +287,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn capacity_is_at_least_one() {
-        let b = Budget::new(0.1);
-        b.observe(Some(30), None, None); // 3/min: 0.5 token per 10 s, so 1
+        let b = Budget::new(0.003);
+        b.observe(Some(1000), None, None); // 3/min: 0.5 token per 10 s, so 1
         let t = grant_times(&b, 3).await;
         assert_eq!(t[0], Duration::ZERO);
         assert!(
@@ -250,8 +311,8 @@ mod tests {
         // Enough left: no wait.
         b.observe(Some(1000), Some(500), Some(30));
         assert_eq!(b.acquire().await, Duration::ZERO);
-        // Zero left always waits, even with a tiny limit.
-        b.observe(Some(10), Some(0), Some(2));
+        // Zero left always waits.
+        b.observe(Some(1000), Some(0), Some(2));
         let waited = b.acquire().await;
         assert!(waited >= Duration::from_secs(2), "{waited:?}");
     }
@@ -266,5 +327,51 @@ mod tests {
             waited <= MAX_RESET_WAIT + Duration::from_millis(10),
             "{waited:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_limits_are_clamped_to_the_contract() {
+        let b = Budget::new(0.1);
+        // Limit 1 would mean one request every ten minutes.
+        b.observe(Some(1), Some(1), Some(30));
+        let snap = b.snapshot();
+        assert_eq!(snap.limit, Some(MIN_LIMIT));
+        assert!((snap.requests_per_minute - 100.0).abs() < 1e-9);
+        // Remaining 1 of a clamped 1000 is nearly spent: wait for the reset, no longer.
+        let (d, why) = b.held_for().expect("held");
+        assert_eq!(why, "rate_limit");
+        assert!(d <= Duration::from_secs(30), "{d:?}");
+        // u64::MAX would switch pacing off.
+        b.observe(Some(u64::MAX), Some(u64::MAX), Some(u64::MAX));
+        let snap = b.snapshot();
+        assert_eq!(snap.limit, Some(MAX_LIMIT));
+        assert_eq!(snap.remaining, Some(MAX_LIMIT));
+        assert_eq!(snap.reset_seconds, Some(60));
+        assert!((snap.requests_per_minute - 300.0).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_for_says_how_long_and_why() {
+        let b = Budget::new(0.1);
+        assert_eq!(b.held_for(), None);
+        b.hold_for(Duration::from_secs(300));
+        let (d, why) = b.held_for().expect("held");
+        assert_eq!(why, "retry_after");
+        assert!(
+            d > Duration::from_secs(299) && d <= Duration::from_secs(300),
+            "{d:?}"
+        );
+        // A shorter rate-limit pause does not hide the longer Retry-After.
+        b.observe(Some(1000), Some(0), Some(5));
+        assert_eq!(b.held_for().map(|h| h.1), Some("retry_after"));
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert_eq!(b.held_for(), None);
+        // The bucket empty: a pacing wait, reported as the rate limit.
+        for _ in 0..16 {
+            b.acquire().await;
+        }
+        let (d, why) = b.held_for().expect("paced");
+        assert_eq!(why, "rate_limit");
+        assert!(d <= Duration::from_secs(1), "{d:?}");
     }
 }

@@ -64,6 +64,20 @@ pub enum ApiError {
 
     #[error("invalid API client configuration: {detail}")]
     Config { detail: String },
+
+    /// One answer larger than `--api.max-body-size`, even for a page of a
+    /// single object (a listing asks again with a smaller `limit` first).
+    #[error("an answer from {endpoint} is larger than --api.max-body-size ({limit} bytes){}: not the ClawMesh API, or objects larger than the contract's; raise --api.max-body-size if they are real", if *.single_object { " even for a page of one object" } else { "" })]
+    BodyTooLarge {
+        endpoint: String,
+        limit: u64,
+        single_object: bool,
+    },
+
+    /// A listing that cannot end or has grown past its bounds: a cursor
+    /// cycle, a cursor too long, too many pages or bytes.
+    #[error("the listing of {endpoint} was abandoned: {detail}")]
+    Listing { endpoint: String, detail: String },
 }
 
 fn fmt_retry_after(d: &Option<Duration>) -> String {
@@ -130,6 +144,75 @@ impl ApiError {
     }
 }
 
+/// What replaces a secret in server-provided text.
+const REDACTED: &str = "<redacted>";
+
+/// Characters that end a token in free text (a quote, a separator...).
+fn ends_token(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '"' | '\'' | ',' | ';' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}' | '\\'
+        )
+}
+
+/// Server-provided text without the API key or anything that looks like a
+/// bearer token, at most `max` bytes: an upstream (or a proxy) that echoes
+/// the request must not get the key into a log line or an error. The key is
+/// redacted whole, from its first 8 characters to the end of the token
+/// (an echo cut short), and after any "Bearer ".
+pub(crate) fn clean(text: &str, key: &str, max: usize) -> String {
+    // Only a window can reach the output, so a huge text costs little.
+    let window = shorten_raw(text, max.saturating_add(key.len()).saturating_add(16));
+    let mut out = window.to_string();
+    if !key.is_empty() {
+        out = out.replace(key, REDACTED);
+        if let Some(prefix) = key.get(..8) {
+            out = redact_tokens_after(&out, prefix, false);
+        }
+    }
+    out = redact_tokens_after(&out, "bearer ", true);
+    shorten(&out, max)
+}
+
+/// Replaces each token starting with `marker` (or, with `keep_marker`, the
+/// token after it) by [`REDACTED`]. `marker` is matched ASCII
+/// case-insensitively.
+fn redact_tokens_after(text: &str, marker: &str, keep_marker: bool) -> String {
+    let lower = text.to_ascii_lowercase();
+    let marker_lc = marker.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while let Some(found) = lower[i..].find(&marker_lc) {
+        let start = i + found;
+        let token_start = start + marker.len();
+        let end = text[token_start..]
+            .find(ends_token)
+            .map_or(text.len(), |e| token_start + e);
+        out.push_str(&text[i..start]);
+        if keep_marker {
+            out.push_str(&text[start..token_start]);
+        }
+        if end > token_start || !keep_marker {
+            out.push_str(REDACTED);
+        }
+        i = end.max(token_start);
+    }
+    out.push_str(&text[i..]);
+    out
+}
+
+fn shorten_raw(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Keeps server-provided text short: it ends up in logs and errors.
 pub(crate) fn shorten(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -143,7 +226,7 @@ pub(crate) fn shorten(s: &str, max: usize) -> String {
 }
 
 /// Why a body is not the JSON we wanted, in a few words (never the body).
-pub(crate) fn describe_bad_body(body: &[u8], err: &serde_json::Error) -> String {
+pub(crate) fn describe_bad_body(body: &[u8], err: &serde_json::Error, key: &str) -> String {
     let trimmed = body.iter().position(|b| !b.is_ascii_whitespace());
     match trimmed {
         None => "empty body".to_string(),
@@ -158,7 +241,7 @@ pub(crate) fn describe_bad_body(body: &[u8], err: &serde_json::Error) -> String 
             format!(
                 "{kind} ({} bytes): {}",
                 body.len(),
-                shorten(&err.to_string(), 160)
+                clean(&err.to_string(), key, 160)
             )
         }
     }
@@ -172,6 +255,7 @@ pub(crate) fn from_status(
     body: &[u8],
     retry_after: Option<Duration>,
     request_id_header: Option<String>,
+    key: &str,
 ) -> ApiError {
     let envelope = serde_json::from_slice::<ErrorEnvelope>(body);
     if status == 429 {
@@ -180,8 +264,8 @@ pub(crate) fn from_status(
     if status >= 500 {
         let (code, request_id) = match envelope {
             Ok(e) => (
-                Some(shorten(&e.error.code, 64)),
-                Some(e.error.request_id).filter(|r| !r.is_empty()),
+                Some(clean(&e.error.code, key, 64)),
+                Some(clean(&e.error.request_id, key, 64)).filter(|r| !r.is_empty()),
             ),
             Err(_) => (None, None),
         };
@@ -197,17 +281,20 @@ pub(crate) fn from_status(
             return ApiError::UnexpectedBody {
                 endpoint: endpoint.to_string(),
                 status,
-                detail: format!("not the error envelope: {}", describe_bad_body(body, &err)),
+                detail: format!(
+                    "not the error envelope: {}",
+                    describe_bad_body(body, &err, key)
+                ),
             }
         }
     };
     let request_id = if e.request_id.is_empty() {
         request_id_header.unwrap_or_else(|| "unknown".to_string())
     } else {
-        shorten(&e.request_id, 64)
+        clean(&e.request_id, key, 64)
     };
-    let code = shorten(&e.code, 64);
-    let message = shorten(&e.message, 200);
+    let code = clean(&e.code, key, 64);
+    let message = clean(&e.message, key, 200);
     match (status, code.as_str()) {
         (401, "token_expired") => ApiError::TokenExpired { request_id },
         (401, _) => ApiError::Unauthenticated { request_id },
@@ -217,7 +304,7 @@ pub(crate) fn from_status(
                 .as_ref()
                 .and_then(|d| d.get("required_scope"))
                 .and_then(|s| s.as_str())
-                .map(|s| shorten(s, 64))
+                .map(|s| clean(s, key, 64))
                 .unwrap_or_else(|| "unknown".to_string());
             ApiError::InsufficientScope { scope, request_id }
         }

@@ -32,9 +32,6 @@ use budget::Budget;
 use clock::{ApiClock, ApiTime};
 use types::{Envelope, Page, Timestamp};
 
-/// The largest response body read (see `send`).
-const MAX_BODY: usize = 64 << 20;
-
 /// How often a listing may start over after `cursor_expired` before failing.
 const MAX_RESTARTS: u32 = 3;
 
@@ -53,7 +50,104 @@ pub struct ClientConfig {
     pub budget_share: f64,
     /// `limit` of each page request, 1 to 100.
     pub page_size: u32,
+    /// What one answer and one listing may cost.
+    pub limits: ApiLimits,
 }
+
+/// Bounds on what the API can make the client read, follow or wait for:
+/// each protects the process from an upstream (or a proxy) gone wrong.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiLimits {
+    /// The largest answer read (`--api.max-body-size`). A page that does
+    /// not fit is asked again with a smaller `limit`.
+    pub max_body_bytes: u64,
+    /// Pages per listing, restarts included (`--api.max-pages`).
+    pub max_pages: u32,
+    /// Body bytes per listing, restarts included (`--api.max-listing-bytes`).
+    pub max_listing_bytes: u64,
+    /// The longest `next_cursor` followed (`--api.max-cursor-length`).
+    pub max_cursor_len: usize,
+    /// The longest `Retry-After` honoured (`--api.max-retry-after`).
+    pub max_retry_after: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_pages: DEFAULT_MAX_PAGES,
+            max_listing_bytes: DEFAULT_MAX_LISTING_BYTES,
+            max_cursor_len: DEFAULT_MAX_CURSOR_LEN,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+        }
+    }
+}
+
+impl ApiLimits {
+    /// What is wrong with these limits, for the flag or key named by `name`
+    /// (e.g. `|f| format!("--api.{f}")`).
+    pub fn check(&self, name: impl Fn(&str) -> String) -> Result<(), String> {
+        if self.max_body_bytes < 1024 {
+            return Err(format!("{}: must be at least 1KiB", name("max-body-size")));
+        }
+        if self.max_listing_bytes < self.max_body_bytes {
+            return Err(format!(
+                "{}: must be at least {} (one answer)",
+                name("max-listing-bytes"),
+                name("max-body-size")
+            ));
+        }
+        if self.max_pages == 0 {
+            return Err(format!("{}: must be at least 1", name("max-pages")));
+        }
+        if self.max_cursor_len == 0 {
+            return Err(format!("{}: must be at least 1", name("max-cursor-length")));
+        }
+        Ok(())
+    }
+}
+
+/// A size such as `8MiB`, `512KiB`, `2GiB`, `64MB` or `1048576` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 8MiB, 512KiB, 1048576)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Defaults of the bounds, shared with the flags. A page of 100 tasks
+/// with the contract's largest instructions (256 KiB) is 26 MiB; with 4 MiB
+/// such a page is asked for again in pages of 12 (pages of mostly small
+/// tasks fit whole). A body may be held twice while it is joined and
+/// parsed: 4 MiB keeps the peak RSS under every hostile upstream of
+/// tests/it/hostile_api.rs near 35 MiB (8 MiB: 50 MiB), see BENCHMARKS.md.
+/// 100,000 tasks are 1,000 pages of 100, 10,000 agents 100; the page cap
+/// also bounds what a full listing holds (2,000 pages of 100 agents of
+/// bounded ids and names, about 25 MB), and the byte cap is 100,000 tasks
+/// of 20 KiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
+pub const DEFAULT_MAX_PAGES: u32 = 2_000;
+pub const DEFAULT_MAX_LISTING_BYTES: u64 = 2 << 30;
+pub const DEFAULT_MAX_CURSOR_LEN: usize = 4096;
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -66,6 +160,7 @@ impl Default for ClientConfig {
             backoff_cap: Duration::from_secs(30),
             budget_share: 0.10,
             page_size: 100,
+            limits: ApiLimits::default(),
         }
     }
 }
@@ -132,7 +227,25 @@ pub struct Listing<T> {
     cursor: Option<String>,
     done: bool,
     restarts: u32,
+    /// `limit` of the next page: the page size, or less after a page too
+    /// large for the body cap.
+    limit: u32,
+    pages: u32,
+    bytes: u64,
+    /// A hash of every cursor followed since the listing (re)started: a
+    /// server that cycles a->b->a would otherwise make us list forever.
+    /// At most `max_pages` entries of 8 bytes, whatever the cursors' size.
+    seen: std::collections::HashSet<u64>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Why the listing was abandoned (it cannot be resumed).
+    abandoned: Option<String>,
     _item: PhantomData<fn() -> T>,
+}
+
+/// A 2xx answer's body, or how large it turned out to be.
+enum Body {
+    Read(bytes::Bytes),
+    TooLarge,
 }
 
 impl Client {
@@ -161,6 +274,9 @@ impl Client {
         if cfg.max_attempts == 0 {
             return Err(ApiError::config("max_attempts must be at least 1"));
         }
+        cfg.limits
+            .check(|f| format!("--api.{f}"))
+            .map_err(ApiError::config)?;
         if cfg.request_timeout.is_zero() {
             return Err(ApiError::config("the request timeout must be above zero"));
         }
@@ -194,12 +310,14 @@ impl Client {
 
     /// `GET /auth/token`: the key's scopes, workspace and expiry.
     pub async fn token(&self) -> Result<types::Token, ApiError> {
+        let key = self.inner.cfg.key.expose();
         self.get("/auth/token", &[], |body| {
             serde_json::from_slice::<Envelope<types::Token>>(body)
                 .map(|e| e.data)
-                .map_err(|e| error::describe_bad_body(body, &e))
+                .map_err(|e| error::describe_bad_body(body, &e, key))
         })
         .await
+        .map(|(t, _)| t)
     }
 
     /// `GET /agents`, every page.
@@ -231,7 +349,15 @@ impl Client {
         s.rate_limit_reset_seconds = rl.reset_seconds;
         s.budget_requests_per_minute = rl.requests_per_minute;
         s.clock_skew_seconds = self.inner.clock.skew_seconds();
+        s.held_for = self.held_for().map(|(d, why)| (d.as_secs_f64(), why));
         s
+    }
+
+    /// How long the client must still wait before its next request, and
+    /// why: "retry_after" (the API asked) or "rate_limit" (the budget or a
+    /// nearly spent window). `None` when a request may go now.
+    pub fn held_for(&self) -> Option<(Duration, &'static str)> {
+        self.inner.budget.held_for()
     }
 
     /// The API's time now, from the `Date` of its answers (the host's
@@ -247,14 +373,16 @@ impl Client {
     }
 
     /// One GET with budget, timeout and retries. `parse` turns a 2xx body
-    /// into the result or says in a few words why it cannot.
+    /// into the result or says in a few words why it cannot. Gives the
+    /// result and the size of the body it came from.
     async fn get<R>(
         &self,
         endpoint: &'static str,
         query: &[(&'static str, String)],
         parse: impl Fn(&[u8]) -> Result<R, String>,
-    ) -> Result<R, ApiError> {
+    ) -> Result<(R, u64), ApiError> {
         let cfg = &self.inner.cfg;
+        let key = cfg.key.expose();
         let url = format!("{}{}", self.inner.base, endpoint);
         let mut attempt: u32 = 0;
         loop {
@@ -292,7 +420,7 @@ impl Client {
                     "connection_error".to_string(),
                     Err(ApiError::Connection {
                         endpoint: endpoint.to_string(),
-                        detail: root_cause(&e),
+                        detail: error::clean(&root_cause(&e), key, 200),
                     }),
                 ),
                 Ok(Ok((status, headers, body))) => {
@@ -301,21 +429,45 @@ impl Client {
                         header_u64(&headers, "x-ratelimit-remaining"),
                         header_u64(&headers, "x-ratelimit-reset"),
                     );
-                    retry_after = retry::parse_retry_after(header_str(&headers, "retry-after"));
-                    let result = if (200..300).contains(&status) {
-                        parse(&body).map_err(|detail| ApiError::UnexpectedBody {
+                    retry_after = retry::parse_retry_after(header_str(&headers, "retry-after"))
+                        .map(|ra| {
+                            if ra > cfg.limits.max_retry_after {
+                                tracing::warn!(
+                                    endpoint,
+                                    retry_after_seconds = ra.as_secs(),
+                                    max_seconds = cfg.limits.max_retry_after.as_secs(),
+                                    "Retry-After is longer than --api.max-retry-after; waiting the maximum instead"
+                                );
+                            }
+                            ra.min(cfg.limits.max_retry_after)
+                        });
+                    let result = match (&body, (200..300).contains(&status)) {
+                        (Body::Read(b), true) => {
+                            parse(b).map(|r| (r, b.len() as u64)).map_err(|detail| {
+                                ApiError::UnexpectedBody {
+                                    endpoint: endpoint.to_string(),
+                                    status,
+                                    detail,
+                                }
+                            })
+                        }
+                        (Body::TooLarge, true) => Err(ApiError::BodyTooLarge {
                             endpoint: endpoint.to_string(),
-                            status,
-                            detail,
-                        })
-                    } else {
-                        Err(error::from_status(
+                            limit: cfg.limits.max_body_bytes,
+                            single_object: false,
+                        }),
+                        (b, false) => Err(error::from_status(
                             endpoint,
                             status,
-                            &body,
+                            match b {
+                                Body::Read(b) => b,
+                                // An error envelope is small; a huge one is not the API's.
+                                Body::TooLarge => &[],
+                            },
                             retry_after,
-                            header_str(&headers, "x-request-id").map(|s| error::shorten(s, 64)),
-                        ))
+                            header_str(&headers, "x-request-id").map(|s| error::clean(s, key, 64)),
+                            key,
+                        )),
                     };
                     (status.to_string(), result)
                 }
@@ -368,7 +520,7 @@ impl Client {
         &self,
         url: &str,
         query: &[(&'static str, String)],
-    ) -> Result<(u16, HeaderMap, bytes::Bytes), reqwest::Error> {
+    ) -> Result<(u16, HeaderMap, Body), reqwest::Error> {
         let resp = self
             .inner
             .http
@@ -380,21 +532,39 @@ impl Client {
             .await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        // Read at most MAX_BODY: a page of 100 tasks with 256 KiB
-        // instructions each is about 26 MiB; anything far larger is not the
-        // API, and must not take the process's memory with it. The cut body
-        // then fails to parse, as a truncated one does.
-        let mut resp = resp;
-        let mut body = bytes::BytesMut::new();
-        while let Some(chunk) = resp.chunk().await? {
-            let room = MAX_BODY.saturating_sub(body.len());
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if chunk.len() > room {
-                tracing::warn!(url, limit = MAX_BODY, "response body too large; cut");
-                break;
-            }
+        // Read at most max_body_bytes, as it streams: a larger answer is
+        // refused, not cut (a cut page would only fail to parse, and the
+        // listing could not tell that a smaller page would fit). The
+        // declared length is only used to refuse early, never to allocate.
+        let max = self.inner.cfg.limits.max_body_bytes;
+        if resp.content_length().is_some_and(|n| n > max) {
+            return Ok((status, headers, Body::TooLarge));
         }
-        Ok((status, headers, body.freeze()))
+        // The chunks are kept as they came and joined once at the exact
+        // size: a growing buffer would reallocate (old and new both live)
+        // and could end up twice the cap.
+        let mut resp = resp;
+        let mut chunks: Vec<bytes::Bytes> = Vec::new();
+        let mut len: u64 = 0;
+        while let Some(chunk) = resp.chunk().await? {
+            len += chunk.len() as u64;
+            if len > max {
+                return Ok((status, headers, Body::TooLarge));
+            }
+            chunks.push(chunk);
+        }
+        let body = match chunks.len() {
+            0 => bytes::Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut joined = Vec::with_capacity(len as usize);
+                for c in chunks.drain(..) {
+                    joined.extend_from_slice(&c);
+                }
+                joined.into()
+            }
+        };
+        Ok((status, headers, Body::Read(body)))
     }
 }
 
@@ -421,12 +591,18 @@ fn root_cause(e: &reqwest::Error) -> String {
 impl<T> Listing<T> {
     fn new(client: Client, endpoint: &'static str, query: Vec<(&'static str, String)>) -> Self {
         Listing {
-            client,
             endpoint,
             query,
+            limit: client.inner.cfg.page_size,
+            client,
             cursor: None,
             done: false,
             restarts: 0,
+            pages: 0,
+            bytes: 0,
+            seen: std::collections::HashSet::new(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            abandoned: None,
             _item: PhantomData,
         }
     }
@@ -436,32 +612,90 @@ impl<T: serde::de::DeserializeOwned> Listing<T> {
     /// The next page, `Restarted` when the cursor expired and the listing
     /// started over, or `Ok(None)` after the last page.
     pub async fn next(&mut self) -> Result<Option<ListEvent<T>>, ApiError> {
+        if let Some(detail) = &self.abandoned {
+            return Err(ApiError::Listing {
+                endpoint: self.endpoint.to_string(),
+                detail: detail.clone(),
+            });
+        }
         if self.done {
             return Ok(None);
         }
-        let mut query = Vec::with_capacity(self.query.len() + 2);
-        query.push(("limit", self.client.inner.cfg.page_size.to_string()));
-        query.extend(self.query.iter().cloned());
-        if let Some(c) = &self.cursor {
-            query.push(("cursor", c.clone()));
+        let client = self.client.clone();
+        let cfg = &client.inner.cfg;
+        if self.pages >= cfg.limits.max_pages {
+            return Err(self.abandon(format!(
+                "more than --api.max-pages ({}) pages; a server that never ends its listing, or raise --api.max-pages",
+                cfg.limits.max_pages
+            )));
         }
-        let result = self
-            .client
-            .get(self.endpoint, &query, |body| parse_page_inner::<T>(body))
-            .await;
+        let key = cfg.key.expose();
+        let result = loop {
+            let mut query = Vec::with_capacity(self.query.len() + 2);
+            query.push(("limit", self.limit.to_string()));
+            query.extend(self.query.iter().cloned());
+            if let Some(c) = &self.cursor {
+                query.push(("cursor", c.clone()));
+            }
+            let result = client
+                .get(self.endpoint, &query, |body| {
+                    parse_page_inner::<T>(body, key)
+                })
+                .await;
+            match result {
+                // A page may be large (instructions up to 256 KiB each):
+                // the same page in smaller pieces may fit.
+                Err(ApiError::BodyTooLarge { .. }) if self.limit > 1 => {
+                    self.limit /= 2;
+                    tracing::debug!(
+                        endpoint = self.endpoint,
+                        limit = self.limit,
+                        "page larger than --api.max-body-size; asking for fewer objects"
+                    );
+                }
+                Err(ApiError::BodyTooLarge {
+                    endpoint, limit, ..
+                }) => {
+                    break Err(ApiError::BodyTooLarge {
+                        endpoint,
+                        limit,
+                        single_object: true,
+                    })
+                }
+                other => break other,
+            }
+        };
         match result {
-            Ok(page) => {
+            Ok((page, size)) => {
+                self.pages += 1;
+                self.bytes = self.bytes.saturating_add(size);
+                // After a page made small to fit, grow back towards the page size.
+                self.limit = (self.limit * 2).min(cfg.page_size);
+                if self.bytes > cfg.limits.max_listing_bytes {
+                    return Err(self.abandon(format!(
+                        "more than --api.max-listing-bytes ({} bytes) in one listing; raise it if the fleet is that large",
+                        cfg.limits.max_listing_bytes
+                    )));
+                }
                 if page.has_more {
-                    // A server handing back the cursor it was given would
-                    // make us loop forever.
-                    if page.next_cursor == self.cursor {
-                        return Err(ApiError::UnexpectedBody {
-                            endpoint: self.endpoint.to_string(),
-                            status: 200,
-                            detail: "next_cursor repeats the cursor of the request".to_string(),
-                        });
+                    let next = page.next_cursor.unwrap_or_default();
+                    if next.len() > cfg.limits.max_cursor_len {
+                        return Err(self.abandon(format!(
+                            "next_cursor of {} bytes, longer than --api.max-cursor-length ({})",
+                            next.len(),
+                            cfg.limits.max_cursor_len
+                        )));
                     }
-                    self.cursor = page.next_cursor;
+                    // A server handing back a cursor it gave before would
+                    // make us loop forever.
+                    let h = std::hash::BuildHasher::hash_one(&self.hasher, &next);
+                    if self.cursor.as_deref() == Some(next.as_str()) || !self.seen.insert(h) {
+                        return Err(self.abandon(format!(
+                            "next_cursor repeats a cursor of this listing (a cycle after {} pages)",
+                            self.pages
+                        )));
+                    }
+                    self.cursor = Some(next);
                 } else {
                     self.done = true;
                     self.cursor = None;
@@ -475,6 +709,8 @@ impl<T: serde::de::DeserializeOwned> Listing<T> {
             {
                 self.restarts += 1;
                 self.cursor = None;
+                // Cursors of the new listing may be the old ones again.
+                self.seen.clear();
                 tracing::warn!(
                     endpoint = self.endpoint,
                     restart = self.restarts,
@@ -483,6 +719,17 @@ impl<T: serde::de::DeserializeOwned> Listing<T> {
                 Ok(Some(ListEvent::Restarted))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Ends the listing with `detail`: every later `next` gives the same
+    /// error, so that no caller can take what it has for a complete listing.
+    fn abandon(&mut self, detail: String) -> ApiError {
+        self.cursor = None;
+        self.abandoned = Some(detail.clone());
+        ApiError::Listing {
+            endpoint: self.endpoint.to_string(),
+            detail,
         }
     }
 
@@ -502,16 +749,19 @@ impl<T: serde::de::DeserializeOwned> Listing<T> {
 
 /// Parse one page body; never panics on any input.
 pub fn parse_page<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Page<T>, ApiError> {
-    parse_page_inner(body).map_err(|detail| ApiError::UnexpectedBody {
+    parse_page_inner(body, "").map_err(|detail| ApiError::UnexpectedBody {
         endpoint: "page".to_string(),
         status: 200,
         detail,
     })
 }
 
-fn parse_page_inner<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Page<T>, String> {
+fn parse_page_inner<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    key: &str,
+) -> Result<Page<T>, String> {
     let page: Page<T> =
-        serde_json::from_slice(body).map_err(|e| error::describe_bad_body(body, &e))?;
+        serde_json::from_slice(body).map_err(|e| error::describe_bad_body(body, &e, key))?;
     if page.has_more && page.next_cursor.as_deref().is_none_or(str::is_empty) {
         return Err("has_more is true but next_cursor is missing".to_string());
     }

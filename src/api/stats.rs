@@ -28,6 +28,9 @@ pub struct ApiStats {
     /// The API's clock minus the host's, from its `Date` headers; `None`
     /// before the first answer that carried one.
     pub clock_skew_seconds: Option<f64>,
+    /// How long the client must still wait before its next request (in
+    /// seconds) and why ("retry_after" or "rate_limit"), when it must.
+    pub held_for: Option<(f64, &'static str)>,
 }
 
 impl ApiStats {

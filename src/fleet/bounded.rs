@@ -17,7 +17,7 @@ pub const OTHER: &str = "other";
 
 /// A name longer than this (bytes) is "other": label values, and status
 /// names that go into reconciliation URLs, stay short.
-pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_NAME_LEN: usize = crate::api::types::MAX_TEXT_LEN;
 
 impl BoundedNames {
     pub fn new(known: &'static [&'static str], cap: usize) -> Self {

@@ -281,6 +281,20 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         collect: |s, out| out.push(num(&[], s.api.retry_after_wait_seconds)),
     },
     Family {
+        name: "clawmesh_api_wait_seconds",
+        help: "How long the exporter must still wait before its next API request, by reason (retry_after: the API asked; rate_limit: the budget or a nearly spent window); 0 when it need not.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &["reason"],
+        collect: |s, out| {
+            for reason in ["rate_limit", "retry_after"] {
+                let wait = s.api.held_for.filter(|h| h.1 == reason).map_or(0.0, |h| h.0);
+                out.push(num(&[reason], wait));
+            }
+        },
+    },
+    Family {
         name: "clawmesh_api_token_expiry_timestamp_seconds",
         help: "When the API key expires (Unix seconds); absent for a key that never expires.",
         kind: Kind::Gauge,

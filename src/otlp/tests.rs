@@ -43,6 +43,7 @@ fn names_follow_opentelemetry_conventions() {
         ("clawmesh.api.budget.requests_per_minute", "{request}/min"),
         ("clawmesh.api.budget.wait", "s"),
         ("clawmesh.api.retry_after.wait", "s"),
+        ("clawmesh.api.wait", "s"),
         ("clawmesh.api.token.expiry.timestamp", "s"),
         ("clawmesh.otlp.exports", "{export}"),
         ("clawmesh.otlp.last_success.timestamp", "s"),

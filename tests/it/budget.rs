@@ -8,15 +8,15 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stays_inside_its_share_of_the_rate_limit_over_a_minute_and_more() {
     // 2,000 agents are 20 pages per listing, every second: far more than a
-    // 10 % share of 600 requests per minute (60) would allow.
+    // 6 % share of the contract's 1,000 requests per minute (60) would allow.
     let sim = Sim::start(SimConfig {
         agents: 2000,
         history_tasks: 100,
-        rate_limit_per_minute: 600,
+        rate_limit_per_minute: 1000,
         ..busy_fleet(21)
     })
     .await;
-    let exporter = start_exporter(&exporter_config(&sim, &["--api.budget-share", "0.1"])).await;
+    let exporter = start_exporter(&exporter_config(&sim, &["--api.budget-share", "0.06"])).await;
     let spent = |s: &Sim| s.truth().requests_total;
     let start = tokio::time::Instant::now();
     let at_start = spent(&sim);
@@ -47,7 +47,7 @@ async fn stays_inside_its_share_of_the_rate_limit_over_a_minute_and_more() {
         must(&m, "clawmesh_api_budget_requests_per_minute", &[]),
         60.0
     );
-    assert_eq!(must(&m, "clawmesh_api_rate_limit_limit", &[]), 600.0);
+    assert_eq!(must(&m, "clawmesh_api_rate_limit_limit", &[]), 1000.0);
     exporter.shutdown().await;
 }
 

@@ -9,6 +9,7 @@ mod deploy;
 mod exactness;
 mod exposition;
 mod health;
+mod hostile_api;
 mod operator;
 mod otlp;
 mod production;
