@@ -115,6 +115,17 @@ struct State {
     ok: [bool; 2],
     /// With the webhook receiver on: what it saw, and what polling found first.
     webhook: Option<crate::webhook::Tracker>,
+    /// Why the client is held longer than a poll interval (a long
+    /// `Retry-After`, a spent window): not syncing meanwhile.
+    waiting: Option<&'static str>,
+}
+
+impl State {
+    /// Up: the last sync of every resource succeeded and no long wait holds
+    /// the next.
+    fn set_up(&mut self) {
+        self.health.up = self.ok.iter().all(|ok| *ok) && self.waiting.is_none();
+    }
 }
 
 /// Start polling a workspace whose key passed [`check_key`] and which its
@@ -157,6 +168,7 @@ pub fn spawn(
             health,
             ok: [false; 2],
             webhook: tracker,
+            waiting: None,
         }),
     });
     ws.publish();
@@ -183,6 +195,7 @@ pub fn spawn(
     };
     let webhooks =
         rx.map(|(rx, changed)| tokio::spawn(apply_webhooks(ws.clone(), rx, changed, stop.clone())));
+    let watch = tokio::spawn(watch_waits(ws.clone(), stop.clone()));
     let tasks = tokio::spawn(async move {
         let mut sync = TaskSync::new(api_start.latest);
         let mut stop = stop;
@@ -205,7 +218,7 @@ pub fn spawn(
             }
         }
     });
-    let mut loops = vec![agents, tasks];
+    let mut loops = vec![agents, tasks, watch];
     loops.extend(webhooks);
     loops
 }
@@ -272,6 +285,42 @@ async fn apply_webhooks(
     }
 }
 
+/// Show a long wait as such: while the client is held longer than a poll
+/// interval (a `Retry-After`, a spent window), nothing syncs, so
+/// `clawmesh_up` is 0 and `clawmesh_api_wait_seconds` counts down. A sync
+/// blocked in the wait cannot publish; this does, every few seconds.
+async fn watch_waits(ws: Arc<Workspace>, mut stop: watch::Receiver<bool>) {
+    let tick = ws
+        .cfg
+        .interval
+        .clamp(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        if sleep_or_stop(Instant::now() + tick, &mut stop).await {
+            return;
+        }
+        let held = ws.long_wait();
+        let was = {
+            let mut st = ws.lock();
+            let was = std::mem::replace(&mut st.waiting, held.map(|h| h.1));
+            st.set_up();
+            was
+        };
+        match (was, held) {
+            (None, Some((d, why))) => tracing::warn!(
+                workspace = %ws.id,
+                reason = why,
+                wait = %humantime::format_duration(Duration::from_secs(d.as_secs())),
+                "the API holds the next request longer than a poll interval; clawmesh_up is 0 until a sync succeeds after it"
+            ),
+            (Some(_), None) => tracing::info!(workspace = %ws.id, "the wait for the API is over"),
+            _ => {}
+        }
+        if was.is_some() || held.is_some() {
+            ws.publish();
+        }
+    }
+}
+
 /// Sleep until `until`; true when told to stop first.
 async fn sleep_or_stop(until: Instant, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
@@ -293,6 +342,13 @@ impl Workspace {
         let mut st = self.lock();
         st.fleet.set_api_time(api_time);
         st
+    }
+
+    /// How long and why the client is held, when longer than a poll interval.
+    fn long_wait(&self) -> Option<(Duration, &'static str)> {
+        self.client
+            .held_for()
+            .filter(|(d, _)| *d > self.cfg.interval)
     }
 
     /// Sleep until the next sync of a loop that started its last at
@@ -374,7 +430,7 @@ impl Workspace {
                 .entry(RESOURCES[resource])
                 .or_insert(0) += 1;
             st.ok[resource] = false;
-            st.health.up = false;
+            st.set_up();
         }
         self.publish();
         sleep_or_stop(Instant::now() + pause, stop).await
@@ -382,6 +438,8 @@ impl Workspace {
 
     /// Record how a sync of `resource` ended and publish.
     fn finish(&self, resource: usize, started: Timestamp, result: Result<(), ApiError>) {
+        // Read before the lock: no lock is held while the client's is.
+        let waiting = self.long_wait().map(|h| h.1);
         {
             let mut st = self.lock();
             let name = RESOURCES[resource];
@@ -396,7 +454,8 @@ impl Workspace {
                 }
             }
             st.ok[resource] = result.is_ok();
-            st.health.up = st.ok.iter().all(|ok| *ok);
+            st.waiting = waiting;
+            st.set_up();
         }
         self.publish();
     }

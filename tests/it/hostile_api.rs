@@ -784,7 +784,6 @@ async fn a_300_s_retry_after_is_bounded_by_the_flag() {
 /// During a 300 s Retry-After (within the default bound) the workspace is
 /// not syncing: `clawmesh_up` must say 0 and the wait must show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the poll loop to publish held_for while it waits (the supervision part of issue 10); un-ignore when it is merged"]
 async fn a_300_s_retry_after_shows_as_a_wait() {
     let api = Hostile::start(healthy(), retry_after_300()).await;
     let ex = Exporter::start(&api, &[]);
