@@ -8,6 +8,7 @@ mod dashboards;
 mod deploy;
 mod exactness;
 mod exposition;
+mod hostile_clients;
 mod otlp;
 mod production;
 mod prometheus;
