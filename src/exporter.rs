@@ -91,6 +91,7 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
         app,
         cfg.web.tls.clone(),
         cfg.web.limits,
+        hub.http_stats(),
         stop_rx.clone(),
     ));
 

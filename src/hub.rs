@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 pub struct Hub {
     state: Mutex<State>,
     exposition: RwLock<Arc<Exposition>>,
+    /// The HTTP server's counts, read at each render.
+    http: Arc<crate::server::ServerStats>,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +60,7 @@ impl Default for Hub {
         Hub {
             state: Mutex::new(state),
             exposition: RwLock::new(Arc::new(e)),
+            http: Default::default(),
         }
     }
 }
@@ -120,9 +123,24 @@ impl Hub {
         self.lock().started = true;
     }
 
+    /// Where the HTTP server counts what it refused.
+    pub fn http_stats(&self) -> Arc<crate::server::ServerStats> {
+        self.http.clone()
+    }
+
+    fn process_view(&self, st: &State) -> ProcessInfo {
+        ProcessInfo {
+            http: self.http.snapshot(),
+            ..st.process_view()
+        }
+    }
+
     fn render(&self, st: &State) {
         let list: Vec<Snapshot> = st.snapshots.values().cloned().collect();
-        let e = Arc::new(Exposition::new(expose::render(&st.process_view(), &list)));
+        let e = Arc::new(Exposition::new(expose::render(
+            &self.process_view(st),
+            &list,
+        )));
         *self.exposition.write().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
@@ -138,7 +156,7 @@ impl Hub {
     }
 
     pub fn process(&self) -> ProcessInfo {
-        self.lock().process_view()
+        self.process_view(&self.lock())
     }
 
     /// Ready once the workspaces are assigned and every one this process

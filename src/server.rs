@@ -10,9 +10,11 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -44,7 +46,7 @@ pub fn app(
     limits: &Limits,
 ) -> Router {
     let state = AppState {
-        hub,
+        hub: hub.clone(),
         telemetry_path: telemetry_path.to_string(),
     };
     let mut router = Router::new()
@@ -75,7 +77,7 @@ pub fn app(
     }
     if let Some(auth) = auth {
         router = router.layer(axum::middleware::from_fn_with_state(
-            Arc::new(AuthGate::new(auth, limits)),
+            Arc::new(AuthGate::new(auth, limits, hub.http_stats())),
             require_basic_auth,
         ));
     }
@@ -115,6 +117,67 @@ impl Default for Limits {
     }
 }
 
+/// Why the server cut a client off: a connection closed at accept past
+/// the cap, or by its watchdog, or a request refused for lack of a bcrypt
+/// slot. All are exported, zeros included.
+pub const REFUSALS: [&str; 5] = [
+    "max_connections",
+    "header_timeout",
+    "idle_timeout",
+    "response_stalled",
+    "auth_busy",
+];
+
+/// The server's counts, kept as it goes and read when the exposition is
+/// rendered.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    open: std::sync::atomic::AtomicU64,
+    refusals: [std::sync::atomic::AtomicU64; REFUSALS.len()],
+}
+
+/// [`ServerStats`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpStats {
+    pub open_connections: u64,
+    pub refusals: BTreeMap<&'static str, u64>,
+}
+
+impl ServerStats {
+    pub fn refused(&self, reason: &'static str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.refusals[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> HttpStats {
+        HttpStats {
+            open_connections: self.open.load(Relaxed),
+            refusals: REFUSALS
+                .iter()
+                .zip(&self.refusals)
+                .map(|(r, n)| (*r, n.load(Relaxed)))
+                .collect(),
+        }
+    }
+}
+
+/// Counts a connection open while it lives.
+struct OpenConnection(Arc<ServerStats>);
+
+impl OpenConnection {
+    fn new(stats: &Arc<ServerStats>) -> Self {
+        stats.open.fetch_add(1, Relaxed);
+        OpenConnection(stats.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
 /// How long connections may finish their requests after a stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -131,6 +194,7 @@ pub async fn serve(
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Limits,
+    stats: Arc<ServerStats>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -167,6 +231,7 @@ pub async fn serve(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            stats.refused("max_connections");
             refused.add();
             drop(stream);
             continue;
@@ -177,10 +242,12 @@ pub async fn serve(
             builder: builder.clone(),
             limits,
             stop: stop.clone(),
+            stats: stats.clone(),
         };
         let tls = tls.clone();
+        let open = OpenConnection::new(&stats);
         conns.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, open);
             match tls {
                 None => conn.run(stream).await,
                 Some(acceptor) => {
@@ -188,7 +255,10 @@ pub async fn serve(
                     match tokio::time::timeout(limits.read_header_timeout, handshake).await {
                         Ok(Ok(stream)) => conn.run(stream).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                        Err(_) => {
+                            conn.stats.refused("header_timeout");
+                            tracing::debug!("TLS handshake timed out");
+                        }
                     }
                 }
             }
@@ -276,6 +346,7 @@ struct Connection {
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     limits: Limits,
     stop: watch::Receiver<bool>,
+    stats: Arc<ServerStats>,
 }
 
 impl Connection {
@@ -316,6 +387,7 @@ impl Connection {
             tokio::select! {
                 _ = conn.as_mut() => return,
                 why = watch.expired(&self.limits) => {
+                    self.stats.refused(why);
                     tracing::debug!(reason = why, "closing a connection");
                     return;
                 }

@@ -313,15 +313,21 @@ pub struct AuthGate {
     slots: Arc<tokio::sync::Semaphore>,
     max_wait: std::time::Duration,
     busy: std::sync::atomic::AtomicU64,
+    stats: Arc<crate::server::ServerStats>,
 }
 
 impl AuthGate {
-    pub fn new(auth: Arc<BasicAuth>, limits: &crate::server::Limits) -> Self {
+    pub fn new(
+        auth: Arc<BasicAuth>,
+        limits: &crate::server::Limits,
+        stats: Arc<crate::server::ServerStats>,
+    ) -> Self {
         AuthGate {
             auth,
             slots: Arc::new(tokio::sync::Semaphore::new(limits.auth_concurrency)),
             max_wait: limits.auth_max_wait,
             busy: Default::default(),
+            stats,
         }
     }
 }
@@ -354,6 +360,7 @@ pub async fn require_basic_auth(
     }
     let wait = tokio::time::timeout(gate.max_wait, gate.slots.clone().acquire_owned());
     let Ok(Ok(slot)) = wait.await else {
+        gate.stats.refused("auth_busy");
         let n = gate.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if n.is_power_of_two() || n == 0 {
             tracing::warn!(

@@ -56,6 +56,20 @@ fn read_until_closed(mut s: TcpStream, limit: Duration) -> (String, Duration) {
     (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
 }
 
+/// Wait until `clawmesh_exporter_http_refusals_total{reason}` counts one
+/// (the exposition is rendered at each sync: every second here).
+async fn counted(addr: SocketAddr, reason: &str) {
+    wait_for(Duration::from_secs(15), reason, || async {
+        let m = parse(&scrape(addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_http_refusals_total",
+            &[("reason", reason)],
+        ) >= Some(1.0)
+    })
+    .await;
+}
+
 async fn healthz(addr: SocketAddr) -> bool {
     let c = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -97,6 +111,7 @@ async fn slow_loris_headers_are_cut_at_the_header_timeout() {
         "the slow request was answered: {got}"
     );
     assert!(healthz(exporter.addr).await, "the server is fine after it");
+    counted(exporter.addr, "header_timeout").await;
     let _ = writer.join();
     exporter.shutdown().await;
 }
@@ -131,6 +146,7 @@ async fn idle_keep_alive_connections_are_closed_at_the_idle_timeout() {
     );
     // Closed by the idle bound (1 s), long before the header bound (30 s).
     assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    counted(exporter.addr, "idle_timeout").await;
     exporter.shutdown().await;
 }
 
@@ -209,6 +225,7 @@ async fn past_the_connection_cap_a_connection_is_closed_at_once() {
         || healthz(exporter.addr),
     )
     .await;
+    counted(exporter.addr, "max_connections").await;
     exporter.shutdown().await;
 }
 
@@ -408,24 +425,33 @@ async fn a_password_flood_does_not_starve_cached_scrapes_or_healthz() {
     }
     // Let the flood fill the bcrypt slot and its queue.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Generous bounds (a loaded 2-core CI machine, a debug build, the flood
+    // in this very process); before the bound on bcrypt, 64 such clients
+    // took scrapes to seconds and 600 made them fail for half a minute.
+    let health = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (mut scrapes, mut probes) = (Vec::new(), Vec::new());
     for _ in 0..20 {
         let t = Instant::now();
         assert!(scrape_ok().await, "a cached scrape failed during the flood");
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "a cached scrape took {:?}",
-            t.elapsed()
-        );
+        scrapes.push(t.elapsed());
         let t = Instant::now();
+        let r = health
+            .get(format!("http://{}/healthz", exporter.addr))
+            .send()
+            .await;
         assert!(
-            healthz(exporter.addr).await,
+            matches!(r, Ok(r) if r.status() == 200),
             "/healthz failed during the flood"
         );
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "/healthz took {:?}",
-            t.elapsed()
-        );
+        probes.push(t.elapsed());
+    }
+    for (what, mut d) in [("cached scrape", scrapes), ("/healthz", probes)] {
+        d.sort();
+        assert!(d[19] < Duration::from_secs(10), "a {what} took {:?}", d[19]);
+        assert!(d[10] < Duration::from_secs(2), "{what}: median {:?}", d[10]);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut all = Vec::new();
