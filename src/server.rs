@@ -178,6 +178,9 @@ impl Drop for OpenConnection {
     }
 }
 
+/// How long a connection past the cap waits for a slot before it is closed.
+const SLOT_WAIT: Duration = Duration::from_millis(250);
+
 /// How long connections may finish their requests after a stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -185,7 +188,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// then let open connections finish for up to five seconds.
 ///
 /// One accept loop for both: a connection takes a slot of
-/// `max_connections` (none free: closed at once and counted), and a
+/// `max_connections` (none free within 250 ms: closed and counted), and a
 /// watchdog closes it when its handshake, headers or idleness outlast
 /// their bounds. Running out of file descriptors pauses accepting briefly;
 /// the kernel keeps the waiting connections until descriptors free up.
@@ -230,7 +233,19 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        // At the cap, the oldest waiting connection gets a short, bounded
+        // wait for a slot (failed logins close theirs, see webconfig), so
+        // that slots go first come, first served rather than to whoever
+        // reconnects fastest; then it is closed.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => Some(s),
+            Err(_) => tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                s = tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()) => s.ok().and_then(Result::ok),
+            },
+        };
+        let Some(slot) = slot else {
             stats.refused("max_connections");
             refused.add();
             drop(stream);

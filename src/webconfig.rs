@@ -352,8 +352,13 @@ pub async fn require_basic_auth(
             base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim()).ok()
         })
         .and_then(|b| String::from_utf8(b).ok());
+    // A failed or refused login closes an HTTP/1 connection: a flood of
+    // wrong passwords then churns through connections and queues for them
+    // (see server::serve) instead of keeping them, while a client that
+    // logged in keeps its own.
+    let close = req.version() <= axum::http::Version::HTTP_11;
     let Some((user, password)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
-        return unauthorized();
+        return unauthorized(close);
     };
     if gate.auth.cached(user, password) {
         return next.run(req).await;
@@ -368,12 +373,19 @@ pub async fn require_basic_auth(
                 "password checks refused with 503: --web.basic-auth.max-concurrent checks were busy for --web.basic-auth.max-wait"
             );
         }
-        return (
+        let mut r = (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
             "too many password checks at once; retry\n",
         )
             .into_response();
+        if close {
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        return r;
     };
     let auth = gate.auth.clone();
     let (user, password) = (user.to_string(), password.to_string());
@@ -388,12 +400,12 @@ pub async fn require_basic_auth(
     if ok {
         next.run(req).await
     } else {
-        unauthorized()
+        unauthorized(close)
     }
 }
 
-fn unauthorized() -> Response {
-    (
+fn unauthorized(close: bool) -> Response {
+    let mut r = (
         StatusCode::UNAUTHORIZED,
         [(
             header::WWW_AUTHENTICATE,
@@ -401,7 +413,14 @@ fn unauthorized() -> Response {
         )],
         "Unauthorized\n",
     )
-        .into_response()
+        .into_response();
+    if close {
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    r
 }
 
 #[cfg(test)]

@@ -521,3 +521,76 @@ fn invalid_bcrypt_hashes_are_refused_at_start_naming_the_user() {
         assert!(!stderr.contains(&hash), "the hash is not echoed: {stderr}");
     }
 }
+
+/// More wrong-password clients than connection slots: failed logins close
+/// their connections and slots go first come, first served, so a scraper
+/// opening a new connection for every scrape still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_past_the_connection_cap_leaves_room_for_a_new_scraper() {
+    let sim = quiet_sim().await;
+    let dir = temp_dir("flood-cap");
+    let hash = bcrypt::hash("correct horse", 4).unwrap();
+    let web = basic_auth_exporter_args(&dir, &format!("basic_auth_users:\n  prometheus: {hash}\n"));
+    let cfg = exporter_config(
+        &sim,
+        &["--web.config.file", &web, "--web.max-connections", "8"],
+    );
+    let exporter = start_exporter(&cfg).await;
+    let url = format!("http://{}/metrics", exporter.addr);
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let login = |c: reqwest::Client| {
+        let url = url.clone();
+        async move {
+            matches!(
+                c.get(&url).basic_auth("prometheus", Some("correct horse")).send().await,
+                Ok(r) if r.status() == 200
+            )
+        }
+    };
+    assert!(login(fresh()).await, "the first login");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for i in 0..32 {
+        let (url, stop) = (url.clone(), stop.clone());
+        flood.push(tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = c
+                    .get(&url)
+                    .basic_auth("prometheus", Some(format!("guess{i}")))
+                    .send()
+                    .await;
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..10 {
+        let mut ok = false;
+        for _ in 0..3 {
+            if login(fresh()).await {
+                ok = true;
+                break;
+            }
+        }
+        assert!(
+            ok,
+            "scrape {i} on a new connection failed three times during the flood"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for f in flood {
+        sent += f.await.unwrap();
+    }
+    assert!(sent > 32, "the flood sent only {sent} requests");
+    exporter.shutdown().await;
+}
