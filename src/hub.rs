@@ -15,6 +15,8 @@ pub struct Hub {
     exposition: RwLock<Arc<Exposition>>,
     /// The HTTP server's counts, read at each render.
     http: Arc<crate::server::ServerStats>,
+    /// What the last render showed of them, so that OTLP pushes the same.
+    http_rendered: Mutex<crate::server::HttpStats>,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +63,7 @@ impl Default for Hub {
             state: Mutex::new(state),
             exposition: RwLock::new(Arc::new(e)),
             http: Default::default(),
+            http_rendered: Default::default(),
         }
     }
 }
@@ -128,15 +131,21 @@ impl Hub {
         self.http.clone()
     }
 
+    /// The process facts with the HTTP server's counts as last rendered.
     fn process_view(&self, st: &State) -> ProcessInfo {
         ProcessInfo {
-            http: self.http.snapshot(),
+            http: self
+                .http_rendered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             ..st.process_view()
         }
     }
 
     fn render(&self, st: &State) {
         let list: Vec<Snapshot> = st.snapshots.values().cloned().collect();
+        *self.http_rendered.lock().unwrap_or_else(|p| p.into_inner()) = self.http.snapshot();
         let e = Arc::new(Exposition::new(expose::render(
             &self.process_view(st),
             &list,

@@ -340,35 +340,61 @@ impl Batcher {
                 ..Default::default()
             });
         }
-        // The process's own gauges (shard, reloads): no workspace, no state.
-        for family in metrics::PROCESS_FAMILIES {
+        // The process's own families (shard, reloads, the HTTP server): no
+        // workspace; its counters keep delta state like a workspace's, under
+        // indexes past the workspace families'.
+        for (pi, family) in metrics::PROCESS_FAMILIES.iter().enumerate() {
             samples.clear();
             (family.collect)(process, &mut samples);
-            let data_points: Vec<pb::NumberDataPoint> = samples
-                .iter()
-                .filter_map(|s| match s.value {
-                    metrics::Value::Number(v) => Some(pb::NumberDataPoint {
-                        attributes: family
-                            .labels
-                            .iter()
-                            .zip(&s.labels)
-                            .map(|(k, v)| kv(k, v))
-                            .collect(),
-                        time_unix_nano: now_ns,
-                        value: Some(number_data_point::Value::AsDouble(v)),
-                        ..Default::default()
-                    }),
-                    metrics::Value::Histogram(_) => None,
-                })
-                .collect();
+            let counter = family.kind == Kind::Counter;
+            let mut data_points = Vec::with_capacity(samples.len());
+            for s in &samples {
+                let metrics::Value::Number(v) = s.value else {
+                    continue;
+                };
+                let (v, start_ns) = if counter {
+                    let key = (
+                        metrics::WORKSPACE_FAMILIES.len() + pi,
+                        String::new(),
+                        s.labels.clone(),
+                    );
+                    match self.advance(key, &s.value, now_ns, 0) {
+                        (Point::Number(d), start) => (d, start),
+                        (Point::Hist(_), _) => continue,
+                    }
+                } else {
+                    (v, 0)
+                };
+                data_points.push(pb::NumberDataPoint {
+                    attributes: family
+                        .labels
+                        .iter()
+                        .zip(&s.labels)
+                        .map(|(k, v)| kv(k, v))
+                        .collect(),
+                    start_time_unix_nano: start_ns,
+                    time_unix_nano: now_ns,
+                    value: Some(number_data_point::Value::AsDouble(v)),
+                    ..Default::default()
+                });
+            }
             if data_points.is_empty() {
                 continue;
             }
+            // A process counter is a monotonic Sum, as the README's table says.
+            let data = match family.kind {
+                Kind::Counter => Data::Sum(pb::Sum {
+                    data_points,
+                    aggregation_temporality: temporality,
+                    is_monotonic: true,
+                }),
+                _ => Data::Gauge(pb::Gauge { data_points }),
+            };
             out.push(pb::Metric {
                 name: otel_name(family),
                 description: family.help.to_string(),
                 unit: family.unit.to_string(),
-                data: Some(Data::Gauge(pb::Gauge { data_points })),
+                data: Some(data),
                 ..Default::default()
             });
         }
