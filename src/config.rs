@@ -211,6 +211,34 @@ pub struct RunArgs {
     #[arg(long = "files.max-yaml-depth", env = "CLAWMESH_FILES_MAX_YAML_DEPTH", default_value_t = crate::files::DEFAULT_MAX_YAML_DEPTH)]
     pub files_max_yaml_depth: usize,
     // ---- end operator files ----
+    // ---- HTTP server bounds (issue 10) ----
+    /// Longest wait for a request's headers (from the connection's start for the first request, else from its first byte), and for a TLS handshake.
+    #[arg(long = "web.read-header-timeout", env = "CLAWMESH_WEB_READ_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub read_header_timeout: Duration,
+    /// Longest wait for a request body once its headers are in (the request then fails with 408).
+    #[arg(long = "web.read-body-timeout", env = "CLAWMESH_WEB_READ_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub read_body_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request (or a client may stop reading a response) before it is closed.
+    #[arg(long = "web.idle-timeout", env = "CLAWMESH_WEB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Connections open at once; past it a new connection is closed at once. Keep it below the open-files limit.
+    #[arg(
+        long = "web.max-connections",
+        env = "CLAWMESH_WEB_MAX_CONNECTIONS",
+        default_value_t = 512
+    )]
+    pub max_connections: usize,
+    /// Basic-auth password checks (bcrypt) at once; cached logins never wait for them.
+    #[arg(
+        long = "web.basic-auth.max-concurrent",
+        env = "CLAWMESH_WEB_BASIC_AUTH_MAX_CONCURRENT",
+        default_value_t = 2
+    )]
+    pub auth_concurrency: usize,
+    /// How long a password check waits for a free bcrypt slot before the request gets 503 with Retry-After.
+    #[arg(long = "web.basic-auth.max-wait", env = "CLAWMESH_WEB_BASIC_AUTH_MAX_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub auth_max_wait: Duration,
+    // ---- end HTTP server bounds ----
     /// Least severe log level written.
     #[arg(
         long = "log.level",
@@ -583,10 +611,11 @@ impl RunArgs {
         }
         let shard = Shard::new(&self.shard, self.total_shards).map_err(bad)?;
         let files = self.file_limits()?;
-        let web = match &self.web_config_file {
+        let mut web = match &self.web_config_file {
             Some(f) => crate::webconfig::load(f, &files).map_err(|p| bad(p.0.join("; ")))?,
             None => WebConfig::default(),
         };
+        web.limits = self.server_limits()?;
         let otlp = crate::otlp::settings::resolve(&self.otlp, env, &files).map_err(bad)?;
         Ok(Config {
             workspaces,
@@ -624,6 +653,36 @@ impl RunArgs {
         })
     }
 }
+
+// ---- HTTP server bounds (issue 10) ----
+impl RunArgs {
+    fn server_limits(&self) -> Result<crate::server::Limits, ConfigError> {
+        for (flag, d) in [
+            ("--web.read-header-timeout", self.read_header_timeout),
+            ("--web.read-body-timeout", self.read_body_timeout),
+            ("--web.idle-timeout", self.idle_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(bad(format!("{flag}: must be at least 100ms")));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(bad("--web.max-connections: must be at least 1"));
+        }
+        if self.auth_concurrency == 0 {
+            return Err(bad("--web.basic-auth.max-concurrent: must be at least 1"));
+        }
+        Ok(crate::server::Limits {
+            read_header_timeout: self.read_header_timeout,
+            read_body_timeout: self.read_body_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            auth_concurrency: self.auth_concurrency,
+            auth_max_wait: self.auth_max_wait,
+        })
+    }
+}
+// ---- end HTTP server bounds ----
 
 pub const WEBHOOK_SECRET_ENV: &str = "CLAWMESH_WEBHOOK_SECRET";
 

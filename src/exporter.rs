@@ -90,11 +90,14 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
         reload,
         receiver.as_ref().map(|r| r.router()),
         cfg.web.auth.clone(),
+        &cfg.web.limits,
     );
     let server = tokio::spawn(crate::server::serve(
         listener,
         app,
         cfg.web.tls.clone(),
+        cfg.web.limits,
+        hub.http_stats(),
         stop_rx.clone(),
     ));
 

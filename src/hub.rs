@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex, RwLock};
 pub struct Hub {
     state: Mutex<State>,
     exposition: RwLock<Arc<Exposition>>,
+    /// The HTTP server's counts, read at each render.
+    http: Arc<crate::server::ServerStats>,
+    /// What the last render showed of them, so that OTLP pushes the same.
+    http_rendered: Mutex<crate::server::HttpStats>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +82,8 @@ impl Default for Hub {
         Hub {
             state: Mutex::new(state),
             exposition: RwLock::new(Arc::new(e)),
+            http: Default::default(),
+            http_rendered: Default::default(),
         }
     }
 }
@@ -163,9 +169,30 @@ impl Hub {
         self.lock().started = true;
     }
 
+    /// Where the HTTP server counts what it refused.
+    pub fn http_stats(&self) -> Arc<crate::server::ServerStats> {
+        self.http.clone()
+    }
+
+    /// The process facts with the HTTP server's counts as last rendered.
+    fn process_view(&self, st: &State) -> ProcessInfo {
+        ProcessInfo {
+            http: self
+                .http_rendered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            ..st.process_view()
+        }
+    }
+
     fn render(&self, st: &State) {
         let list = st.all_snapshots();
-        let e = Arc::new(Exposition::new(expose::render(&st.process_view(), &list)));
+        *self.http_rendered.lock().unwrap_or_else(|p| p.into_inner()) = self.http.snapshot();
+        let e = Arc::new(Exposition::new(expose::render(
+            &self.process_view(st),
+            &list,
+        )));
         *self.exposition.write().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
@@ -183,7 +210,7 @@ impl Hub {
     }
 
     pub fn process(&self) -> ProcessInfo {
-        self.lock().process_view()
+        self.process_view(&self.lock())
     }
 
     /// Ready once the workspaces are assigned, no configured slot is still

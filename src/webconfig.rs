@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use rustls::server::WebPkiClientVerifier;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +51,8 @@ struct RawTls {
 pub struct WebConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub auth: Option<Arc<BasicAuth>>,
+    /// The bounds on clients, from the `--web.*` flags.
+    pub limits: crate::server::Limits,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -61,6 +63,7 @@ impl std::fmt::Debug for WebConfig {
                 "basic_auth_users",
                 &self.auth.as_ref().map(|a| a.users.len()),
             )
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -81,20 +84,27 @@ pub fn load(path: &Path, files: &crate::files::FileLimits) -> Result<WebConfig, 
             }
         },
     };
-    for (user, hash) in &raw.basic_auth_users {
-        if hash.parse::<bcrypt::HashParts>().is_err() {
-            problems.push(format!(
-                "{}: basic_auth_users.{user}: not a bcrypt hash (make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n')",
+    let mut users = BTreeMap::new();
+    for (user, hash) in raw.basic_auth_users {
+        match BcryptHash::parse(&hash) {
+            Ok(h) => {
+                users.insert(user, h);
+            }
+            Err(why) => problems.push(format!(
+                "{}: basic_auth_users.{user}: {why} (make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n')",
                 path.display()
-            ));
+            )),
         }
     }
     if !problems.is_empty() {
         return Err(Problems(problems));
     }
-    let auth =
-        (!raw.basic_auth_users.is_empty()).then(|| Arc::new(BasicAuth::new(raw.basic_auth_users)));
-    Ok(WebConfig { tls, auth })
+    let auth = (!users.is_empty()).then(|| Arc::new(BasicAuth::new(users)));
+    Ok(WebConfig {
+        tls,
+        auth,
+        limits: Default::default(),
+    })
 }
 
 fn tls_config(
@@ -165,52 +175,176 @@ fn read_certs(
     Ok(certs)
 }
 
-/// Basic auth against bcrypt hashes. bcrypt is slow on purpose, so verdicts
-/// are cached by a hash of user and password (never the password itself);
-/// an unknown user costs the same bcrypt run as a known one.
-pub struct BasicAuth {
-    users: BTreeMap<String, String>,
-    cache: Mutex<HashMap<[u8; 32], bool>>,
+/// A bcrypt hash checked at start: a known prefix, a cost bcrypt accepts
+/// and a salt and digest in bcrypt's base64, so that no login can fail
+/// later for a reason nobody sees.
+#[derive(Clone)]
+pub struct BcryptHash {
+    text: String,
+    cost: u32,
 }
 
-/// A bcrypt hash of nothing anyone knows, to spend the same time on unknown users.
-const DUMMY_HASH: &str = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DSmV5kBQJzzRUETiFR5Ty";
+/// bcrypt's own base64 (`./A-Za-z0-9`, no padding, no stray bits), as the
+/// bcrypt crate decodes salts and digests.
+const BCRYPT_B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::BCRYPT,
+    base64::engine::general_purpose::NO_PAD,
+);
+
+impl BcryptHash {
+    pub fn parse(h: &str) -> Result<BcryptHash, String> {
+        let b = h.as_bytes();
+        if b.len() != 60 || !h.is_ascii() || b[0] != b'$' || b[3] != b'$' || b[6] != b'$' {
+            return Err(
+                "not a bcrypt hash ($2y$, two digits of cost, $, 53 characters of salt and digest)"
+                    .into(),
+            );
+        }
+        if !["2a", "2b", "2x", "2y"].contains(&&h[1..3]) {
+            return Err(format!(
+                "bcrypt prefix ${}$: expected $2y$ (or $2a$, $2b$)",
+                &h[1..3]
+            ));
+        }
+        let cost = match h[4..6].bytes().all(|c| c.is_ascii_digit()) {
+            true => h[4..6].parse::<u32>().unwrap_or(0),
+            false => return Err(format!("bcrypt cost {:?}: expected two digits", &h[4..6])),
+        };
+        if !(4..=31).contains(&cost) {
+            return Err(format!("bcrypt cost {cost}: must be 4 to 31"));
+        }
+        let salt_ok = base64::Engine::decode(&BCRYPT_B64, &h[7..29]).is_ok_and(|s| s.len() == 16);
+        let digest_ok = base64::Engine::decode(&BCRYPT_B64, &h[29..]).is_ok_and(|d| d.len() == 23);
+        if !(salt_ok && digest_ok) {
+            return Err("the salt or digest is not bcrypt base64 (./A-Za-z0-9)".into());
+        }
+        Ok(BcryptHash {
+            text: h.to_string(),
+            cost,
+        })
+    }
+}
+
+/// Basic auth against bcrypt hashes. bcrypt is slow on purpose, so
+/// successful logins are cached by a hash of user and password (never the
+/// password itself); failures are not, so a flood of wrong passwords cannot
+/// evict the right ones. Every uncached check costs the same bcrypt work,
+/// known user or not, whatever each hash's cost (see [`BasicAuth::plan`]).
+pub struct BasicAuth {
+    users: BTreeMap<String, BcryptHash>,
+    max_cost: u32,
+    cache: Mutex<HashSet<[u8; 32]>>,
+}
+
+/// The salt and digest of a hash of nothing anyone knows: with any cost in
+/// front, a check of that cost that never succeeds.
+const DUMMY_TAIL: &str = "QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DSmV5kBQJzzRUETiFR5Ty";
+/// Successful logins remembered; only the right passwords get in.
 const CACHE_MAX: usize = 1024;
 
+fn dummy(cost: u32) -> String {
+    format!("$2y${cost:02}${DUMMY_TAIL}")
+}
+
 impl BasicAuth {
-    pub fn new(users: BTreeMap<String, String>) -> Self {
+    pub fn new(users: BTreeMap<String, BcryptHash>) -> Self {
+        let max_cost = users.values().map(|h| h.cost).max().unwrap_or(10);
         BasicAuth {
             users,
-            cache: Mutex::new(HashMap::new()),
+            max_cost,
+            cache: Mutex::new(HashSet::new()),
         }
     }
 
-    pub fn check(&self, user: &str, password: &str) -> bool {
+    fn key(user: &str, password: &str) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(user.as_bytes());
         h.update([0]);
         h.update(password.as_bytes());
-        let k: [u8; 32] = h.finalize().into();
-        if let Some(v) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&k) {
-            return *v;
-        }
-        let (hash, known) = match self.users.get(user) {
-            Some(h) => (h.as_str(), true),
-            None => (DUMMY_HASH, false),
+        h.finalize().into()
+    }
+
+    /// Whether these credentials logged in before: cheap, no bcrypt.
+    pub fn cached(&self, user: &str, password: &str) -> bool {
+        let k = Self::key(user, password);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&k)
+    }
+
+    /// The bcrypt runs for a check of `user`: the user's own hash (a dummy
+    /// of the highest configured cost for an unknown user), then dummies of
+    /// cost c, c+1, ..., max-1 after a hash of cost c, so that every check
+    /// does 2^max rounds' worth: 2^c + (2^c + ... + 2^(max-1)) = 2^max.
+    fn plan(&self, user: &str) -> (Option<&str>, Vec<String>) {
+        let (first, cost) = match self.users.get(user) {
+            Some(h) => (Some(h.text.as_str()), h.cost),
+            None => (None, self.max_cost),
         };
-        let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
+        (first, (cost..self.max_cost).map(dummy).collect())
+    }
+
+    /// The slow check: bcrypt, on a blocking thread (see [`require_basic_auth`]).
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        let (first, pads) = self.plan(user);
+        let ok = match first {
+            Some(h) => bcrypt::verify(password, h).unwrap_or(false),
+            None => {
+                let _ = bcrypt::verify(password, &dummy(self.max_cost));
+                false
+            }
+        };
+        for p in &pads {
+            let _ = bcrypt::verify(password, p);
         }
-        cache.insert(k, ok);
+        if ok {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(Self::key(user, password));
+        }
         ok
+    }
+
+    /// [`BasicAuth::cached`], else [`BasicAuth::verify`].
+    pub fn check(&self, user: &str, password: &str) -> bool {
+        self.cached(user, password) || self.verify(user, password)
+    }
+}
+
+/// [`BasicAuth`] with a bound on the bcrypt runs at once: they take whole
+/// cores, and an unbounded number of them starved every other request.
+pub struct AuthGate {
+    auth: Arc<BasicAuth>,
+    slots: Arc<tokio::sync::Semaphore>,
+    max_wait: std::time::Duration,
+    busy: std::sync::atomic::AtomicU64,
+    stats: Arc<crate::server::ServerStats>,
+}
+
+impl AuthGate {
+    pub fn new(
+        auth: Arc<BasicAuth>,
+        limits: &crate::server::Limits,
+        stats: Arc<crate::server::ServerStats>,
+    ) -> Self {
+        AuthGate {
+            auth,
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.auth_concurrency)),
+            max_wait: limits.auth_max_wait,
+            busy: Default::default(),
+            stats,
+        }
     }
 }
 
 /// Axum middleware: every path but the probes needs valid credentials.
+/// Cached credentials pass at once; others wait at most
+/// `--web.basic-auth.max-wait` for a bcrypt slot, else get 503.
 pub async fn require_basic_auth(
-    State(auth): State<Arc<BasicAuth>>,
+    State(gate): State<Arc<AuthGate>>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -226,45 +360,149 @@ pub async fn require_basic_auth(
             base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim()).ok()
         })
         .and_then(|b| String::from_utf8(b).ok());
-    let ok = match creds.as_deref().and_then(|c| c.split_once(':')) {
-        Some((u, p)) => {
-            let auth = auth.clone();
-            let (u, p) = (u.to_string(), p.to_string());
-            // bcrypt takes tens of milliseconds: off the async threads.
-            tokio::task::spawn_blocking(move || auth.check(&u, &p))
-                .await
-                .unwrap_or(false)
-        }
-        None => false,
+    // A failed or refused login closes an HTTP/1 connection: a flood of
+    // wrong passwords then churns through connections and queues for them
+    // (see server::serve) instead of keeping them, while a client that
+    // logged in keeps its own.
+    let close = req.version() <= axum::http::Version::HTTP_11;
+    let Some((user, password)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
+        return unauthorized(close);
     };
+    if gate.auth.cached(user, password) {
+        return next.run(req).await;
+    }
+    let wait = tokio::time::timeout(gate.max_wait, gate.slots.clone().acquire_owned());
+    let Ok(Ok(slot)) = wait.await else {
+        gate.stats.refused("auth_busy");
+        let n = gate.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n.is_power_of_two() || n == 0 {
+            tracing::warn!(
+                total = n + 1,
+                "password checks refused with 503: --web.basic-auth.max-concurrent checks were busy for --web.basic-auth.max-wait"
+            );
+        }
+        let mut r = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many password checks at once; retry\n",
+        )
+            .into_response();
+        if close {
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        return r;
+    };
+    let auth = gate.auth.clone();
+    let (user, password) = (user.to_string(), password.to_string());
+    // bcrypt takes tens of milliseconds: off the async threads, and the
+    // slot is held until it has finished even if the client went away.
+    let ok = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        auth.verify(&user, &password)
+    })
+    .await
+    .unwrap_or(false);
     if ok {
         next.run(req).await
     } else {
-        (
-            StatusCode::UNAUTHORIZED,
-            [(
-                header::WWW_AUTHENTICATE,
-                "Basic realm=\"clawmesh-exporter\"",
-            )],
-            "Unauthorized\n",
-        )
-            .into_response()
+        unauthorized(close)
     }
+}
+
+fn unauthorized(close: bool) -> Response {
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            "Basic realm=\"clawmesh-exporter\"",
+        )],
+        "Unauthorized\n",
+    )
+        .into_response();
+    if close {
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn auth(users: &[(&str, &str, u32)]) -> BasicAuth {
+        BasicAuth::new(
+            users
+                .iter()
+                .map(|(u, p, cost)| {
+                    let h = bcrypt::hash(p, *cost).unwrap();
+                    (u.to_string(), BcryptHash::parse(&h).unwrap())
+                })
+                .collect(),
+        )
+    }
+
     #[test]
-    fn bcrypt_verification_with_cache_and_unknown_users() {
-        let hash = bcrypt::hash("s3cret", 4).unwrap();
-        let a = BasicAuth::new([("alice".to_string(), hash)].into_iter().collect());
+    fn bcrypt_verification_caches_only_successes() {
+        let a = auth(&[("alice", "s3cret", 4)]);
+        assert!(!a.cached("alice", "s3cret"));
         assert!(a.check("alice", "s3cret"));
-        assert!(a.check("alice", "s3cret"), "cached");
+        assert!(a.cached("alice", "s3cret"), "a success is remembered");
         assert!(!a.check("alice", "wrong"));
+        assert!(!a.cached("alice", "wrong"), "a failure is not");
         assert!(!a.check("mallory", "s3cret"));
-        assert!(DUMMY_HASH.parse::<bcrypt::HashParts>().is_ok());
+        assert!(BcryptHash::parse(&dummy(10)).is_ok());
+    }
+
+    /// Every check does 2^max rounds of bcrypt, for each configured user
+    /// (whatever its cost) and for an unknown one, so timing tells nothing.
+    #[test]
+    fn every_user_and_an_unknown_one_cost_the_same() {
+        let a = auth(&[("cheap", "a", 4), ("usual", "b", 5), ("dear", "c", 7)]);
+        let rounds = |user: &str| {
+            let (first, pads) = a.plan(user);
+            let first_cost = first.map_or(a.max_cost, |h| BcryptHash::parse(h).unwrap().cost);
+            std::iter::once(first_cost)
+                .chain(pads.iter().map(|p| BcryptHash::parse(p).unwrap().cost))
+                .map(|c| 1u64 << c)
+                .sum::<u64>()
+        };
+        for user in ["cheap", "usual", "dear", "nobody"] {
+            assert_eq!(rounds(user), 1 << 7, "{user}");
+        }
+        assert!(a.check("cheap", "a") && a.check("dear", "c"));
+    }
+
+    #[test]
+    fn invalid_hashes_are_refused_with_the_reason() {
+        let good = bcrypt::hash("x", 4).unwrap();
+        assert!(BcryptHash::parse(&good).is_ok());
+        let tail = &good[7..];
+        for (bad, why) in [
+            (format!("$2y$99${tail}"), "cost 99: must be 4 to 31"),
+            (format!("$2y$03${tail}"), "cost 3: must be 4 to 31"),
+            (format!("$2y$+9${tail}"), "expected two digits"),
+            (format!("$2q$10${tail}"), "prefix $2q$"),
+            (
+                format!("$2y$10${}!{}", &tail[..5], &tail[6..]),
+                "not bcrypt base64",
+            ),
+            // The 22nd salt character carries 2 bits: only . O e u are canonical.
+            (
+                format!("$2y$10${}Z{}", &tail[..21], &tail[22..]),
+                "not bcrypt base64",
+            ),
+            (good[..59].to_string(), "not a bcrypt hash"),
+            ("plain".to_string(), "not a bcrypt hash"),
+        ] {
+            let e = BcryptHash::parse(&bad).err().unwrap_or_default();
+            assert!(e.contains(why), "{bad}: {e:?}");
+        }
     }
 
     #[test]

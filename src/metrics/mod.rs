@@ -398,6 +398,9 @@ pub struct ProcessInfo {
     /// Panics caught per guarded loop (see `supervise`), every loop at 0
     /// from the start.
     pub task_restarts: BTreeMap<&'static str, u64>,
+    /// The HTTP server's open connections and refusals (issue 10); filled
+    /// in by the hub at render time.
+    pub http: crate::server::HttpStats,
 }
 
 impl Default for ProcessInfo {
@@ -410,11 +413,34 @@ impl Default for ProcessInfo {
             reload_success_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
             webhook_unattributed: None,
             task_restarts: crate::supervise::TASKS.iter().map(|t| (*t, 0)).collect(),
+            http: Default::default(),
         }
     }
 }
 
 pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
+    // ---- HTTP server bounds (issue 10) ----
+    ProcessFamily {
+        name: "clawmesh_exporter_http_connections",
+        help: "Client connections open to the HTTP server, at the last render; at most --web.max-connections.",
+        kind: Kind::Gauge,
+        unit: "{connection}",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |p, out| out.push(num(&[], p.http.open_connections as f64)),
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_http_refusals_total",
+        help: "Clients the HTTP server cut off, by reason: max_connections (closed at accept), header_timeout (headers or TLS handshake too slow), idle_timeout, response_stalled (the client stopped reading), auth_busy (503: no bcrypt slot within --web.basic-auth.max-wait).",
+        kind: Kind::Counter,
+        unit: "{refusal}",
+        stability: Stability::Experimental,
+        labels: &["reason"],
+        collect: |p, out| {
+            out.extend(crate::server::REFUSALS.iter().map(|r| num(&[r], p.http.refusals.get(r).copied().unwrap_or(0) as f64)))
+        },
+    },
+    // ---- end HTTP server bounds ----
     ProcessFamily {
         name: "clawmesh_webhook_unattributed_requests_total",
         help: "Webhook deliveries refused before a verified body named a workspace (bad_signature, too_large, bad_request, stale, unknown_workspace), for the whole receiver; absent when the receiver is off.",

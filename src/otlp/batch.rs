@@ -340,25 +340,26 @@ impl Batcher {
                 ..Default::default()
             });
         }
-        // The process's own series (shard, reloads, caught panics): no
-        // workspace; its counters keep state as the workspaces' do, from
-        // the process's start.
+        // The process's own families (shard, reloads, the HTTP server): no
+        // workspace; its counters keep delta state like a workspace's, under
+        // indexes past the workspace families'.
         for (pi, family) in metrics::PROCESS_FAMILIES.iter().enumerate() {
             samples.clear();
             (family.collect)(process, &mut samples);
+            let counter = family.kind == Kind::Counter;
             let mut data_points = Vec::with_capacity(samples.len());
             for s in &samples {
                 let metrics::Value::Number(v) = s.value else {
                     continue;
                 };
-                let (value, start_ns) = if family.kind == Kind::Counter {
+                let (v, start_ns) = if counter {
                     let key = (
                         metrics::WORKSPACE_FAMILIES.len() + pi,
                         String::new(),
                         s.labels.clone(),
                     );
-                    match self.advance(key, &s.value, now_ns, self.started_ns) {
-                        (Point::Number(v), start) => (v, start),
+                    match self.advance(key, &s.value, now_ns, 0) {
+                        (Point::Number(d), start) => (d, start),
                         (Point::Hist(_), _) => continue,
                     }
                 } else {
@@ -373,21 +374,21 @@ impl Batcher {
                         .collect(),
                     start_time_unix_nano: start_ns,
                     time_unix_nano: now_ns,
-                    value: Some(number_data_point::Value::AsDouble(value)),
+                    value: Some(number_data_point::Value::AsDouble(v)),
                     ..Default::default()
                 });
             }
             if data_points.is_empty() {
                 continue;
             }
-            let data = if family.kind == Kind::Counter {
-                Data::Sum(pb::Sum {
+            // A process counter is a monotonic Sum, as the README's table says.
+            let data = match family.kind {
+                Kind::Counter => Data::Sum(pb::Sum {
                     data_points,
                     aggregation_temporality: temporality,
                     is_monotonic: true,
-                })
-            } else {
-                Data::Gauge(pb::Gauge { data_points })
+                }),
+                _ => Data::Gauge(pb::Gauge { data_points }),
             };
             out.push(pb::Metric {
                 name: otel_name(family),

@@ -355,7 +355,11 @@ async fn read_capped(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, Out
     }
     let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Outcome::Refused(StatusCode::BAD_REQUEST, "bad_request"))?;
+        let frame = frame.map_err(|e| match crate::server::BodyTimeout::caused(&e) {
+            // The sender stopped sending (--web.read-body-timeout).
+            true => Outcome::Refused(StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            false => Outcome::Refused(StatusCode::BAD_REQUEST, "bad_request"),
+        })?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > MAX_BODY {
                 return Err(too_large());

@@ -10,6 +10,7 @@ mod exactness;
 mod exposition;
 mod health;
 mod hostile_api;
+mod hostile_clients;
 mod operator;
 mod otlp;
 mod production;
