@@ -134,13 +134,13 @@ pub struct RunArgs {
     pub max_attempts: u32,
     // ---- upstream bounds (issue 10) ----
     /// The largest API answer read (e.g. 4MiB); a page too large is asked for again in smaller pages.
-    #[arg(long = "api.max-body-size", env = "CLAWMESH_API_MAX_BODY_SIZE", default_value = "4MiB", value_parser = crate::api::parse_size)]
+    #[arg(long = "api.max-body-size", env = "CLAWMESH_API_MAX_BODY_SIZE", default_value = "4MiB", value_parser = crate::units::parse_size)]
     pub max_body_size: u64,
     /// Pages per listing before it is abandoned as never-ending (a failed sync).
     #[arg(long = "api.max-pages", env = "CLAWMESH_API_MAX_PAGES", default_value_t = crate::api::DEFAULT_MAX_PAGES)]
     pub max_pages: u32,
     /// Bytes per listing before it is abandoned (a failed sync).
-    #[arg(long = "api.max-listing-bytes", env = "CLAWMESH_API_MAX_LISTING_BYTES", default_value = "2GiB", value_parser = crate::api::parse_size)]
+    #[arg(long = "api.max-listing-bytes", env = "CLAWMESH_API_MAX_LISTING_BYTES", default_value = "2GiB", value_parser = crate::units::parse_size)]
     pub max_listing_bytes: u64,
     /// The longest next_cursor the exporter follows (bytes); a longer one fails the sync.
     #[arg(long = "api.max-cursor-length", env = "CLAWMESH_API_MAX_CURSOR_LENGTH", default_value_t = crate::api::DEFAULT_MAX_CURSOR_LEN)]
@@ -197,12 +197,12 @@ pub struct RunArgs {
     #[arg(long = "webhook.max-id-length", env = "CLAWMESH_WEBHOOK_MAX_ID_LENGTH", default_value_t = crate::webhook::DEFAULT_MAX_ID_LENGTH)]
     pub webhook_max_id_length: usize,
     /// Memory for remembered webhook event ids (de-duplication), e.g. 16MiB; past it the oldest are forgotten early.
-    #[arg(long = "webhook.dedup-max-size", env = "CLAWMESH_WEBHOOK_DEDUP_MAX_SIZE", default_value = "16MiB", value_parser = crate::files::parse_size)]
+    #[arg(long = "webhook.dedup-max-size", env = "CLAWMESH_WEBHOOK_DEDUP_MAX_SIZE", default_value = "16MiB", value_parser = crate::units::parse_size)]
     pub webhook_dedup_max_size: u64,
     // ---- end webhooks ----
     // ---- operator files (issue 10) ----
     /// Largest file read: the config file, key and secret files, the web config and its certificates, OTLP headers and CA (e.g. 1MiB).
-    #[arg(long = "files.max-size", env = "CLAWMESH_FILES_MAX_SIZE", default_value = "1MiB", value_parser = crate::files::parse_size)]
+    #[arg(long = "files.max-size", env = "CLAWMESH_FILES_MAX_SIZE", default_value = "1MiB", value_parser = crate::units::parse_size)]
     pub files_max_size: u64,
     /// How long reading one of those files may take (a hung network file system cannot hang start or reload).
     #[arg(long = "files.read-timeout", env = "CLAWMESH_FILES_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]

@@ -248,7 +248,7 @@ fn api_limits(
         Some((v, path)) => {
             let parsed = match v {
                 Value::Number(n) => n.as_u64().ok_or_else(|| "not a whole number".to_string()),
-                Value::String(s) => crate::api::parse_size(s),
+                Value::String(s) => crate::units::parse_size(s),
                 _ => Err("write it as a size such as \"8MiB\"".to_string()),
             };
             parsed.unwrap_or_else(|e| {

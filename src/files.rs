@@ -61,32 +61,6 @@ pub enum FileError {
     TooDeep(usize),
 }
 
-/// A size in bytes: a whole number with an optional unit, `B`, `KiB`,
-/// `MiB`, `GiB` (or `KB`, `MB`, `GB`, powers of ten): `1MiB`, `65536`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let unit_bytes: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        u => {
-            return Err(format!(
-                "unknown unit {u:?} in {s:?} (examples: 65536, 512KiB, 1MiB)"
-            ))
-        }
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit_bytes))
-        .ok_or_else(|| format!("bad size {s:?} (examples: 65536, 512KiB, 1MiB)"))
-}
-
 /// The whole file, if it is a regular file within the limits.
 pub fn read(path: &Path, limits: &FileLimits) -> Result<Vec<u8>, FileError> {
     let path = path.to_path_buf();
@@ -359,17 +333,6 @@ mod tests {
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
-    }
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
-        assert_eq!(parse_size("2MB"), Ok(2_000_000));
-        assert_eq!(parse_size("65536"), Ok(65536));
-        assert!(parse_size("1 parsec").is_err());
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("99999999999GiB").is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod server;
 pub mod shard;
 pub mod sim;
 pub mod supervise;
+pub mod units;
 pub mod webconfig;
 pub mod webhook;
 

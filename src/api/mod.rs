@@ -107,32 +107,6 @@ impl ApiLimits {
     }
 }
 
-/// A size such as `8MiB`, `512KiB`, `2GiB`, `64MB` or `1048576` (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 8MiB, 512KiB, 1048576)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit (use B, KiB, MiB, GiB, KB, MB or GB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
 /// Defaults of the bounds, shared with the flags. A page of 100 tasks
 /// with the contract's largest instructions (256 KiB) is 26 MiB; with 4 MiB
 /// such a page is asked for again in pages of 12 (pages of mostly small

@@ -1170,17 +1170,3 @@ fn api_strings_are_bounded_where_they_are_read() {
     assert_eq!(token.scopes.len(), types::MAX_SCOPES);
     assert_eq!(token.scopes[0], "other");
 }
-
-#[test]
-fn sizes_parse() {
-    assert_eq!(parse_size("8MiB"), Ok(8 << 20));
-    assert_eq!(parse_size("512KiB"), Ok(512 << 10));
-    assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-    assert_eq!(parse_size("64MB"), Ok(64_000_000));
-    assert_eq!(parse_size("1048576"), Ok(1 << 20));
-    assert!(parse_size("8 parsecs").unwrap_err().contains("unit"));
-    assert!(parse_size("lots").is_err());
-    assert!(parse_size("99999999999GiB")
-        .unwrap_err()
-        .contains("too large"));
-}
