@@ -584,3 +584,72 @@ async fn a_panic_in_the_webhook_worker_is_caught_and_later_deliveries_are_applie
     );
     exporter.shutdown().await;
 }
+
+/// The delivery that once killed the worker (run_seconds 1e308, then
+/// 1e-310): refused and counted, nothing panics, later deliveries apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_durations_in_signed_deliveries_are_refused_and_the_worker_lives() {
+    let sim = Sim::start(busy_fleet(37)).await;
+    sim.sim.pause();
+    let file = secret_file("extreme", SECRET);
+    let cfg = exporter_config(&sim, &["--webhook.secret-file", file.to_str().unwrap()]);
+    let exporter = start_exporter(&cfg).await;
+    let ws = exporter.workspace.clone();
+    let before = state(&converge(&sim, &exporter).await);
+    let poster = Poster {
+        url: format!("http://{}/webhooks/clawmesh", exporter.addr),
+        client: reqwest::Client::new(),
+    };
+    for (i, run) in [1e308, 1e-310].into_iter().enumerate() {
+        let mut ev: serde_json::Value = serde_json::from_str(&completed_event(
+            &format!("evt_extreme_{i}"),
+            &format!("tsk_extreme_{i}"),
+            &ws,
+            &now_rfc3339(0),
+        ))
+        .unwrap();
+        ev["data"]["object"]["metrics"]["run_seconds"] = serde_json::json!(run);
+        let body = serde_json::to_vec(&ev).unwrap();
+        let s = sign_with(SECRET, &body);
+        assert_eq!(poster.post(body, Some(&s)).await, 200, "run_seconds {run}");
+    }
+    let normal = completed_event("evt_after", "tsk_after", &ws, &now_rfc3339(0)).into_bytes();
+    let s = sign_with(SECRET, &normal);
+    assert_eq!(poster.post(normal, Some(&s)).await, 200);
+    wait_for(
+        Duration::from_secs(30),
+        "all three to be applied",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            must(
+                &m,
+                "clawmesh_tasks_finished_total",
+                &[("status", "completed")],
+            ) == before["finished/completed"] + 3.0
+        },
+    )
+    .await;
+    let m = parse(&scrape(exporter.addr).await);
+    let rejected = must(
+        &m,
+        "clawmesh_api_rejected_objects_total",
+        &[("resource", "tasks"), ("reason", "invalid_number")],
+    );
+    assert!(rejected >= 1.0, "1e308 s must be refused as a duration");
+    assert_eq!(
+        must(
+            &m,
+            "clawmesh_exporter_task_restarts_total",
+            &[("task", "webhook_worker")]
+        ),
+        0.0
+    );
+    // The tiny (finite, positive) one is a real observation; the huge one is not.
+    let runs = must(&m, "clawmesh_task_run_duration_seconds_count", &[]);
+    assert_eq!(
+        runs,
+        before["run/count"] + 2.0,
+        "tsk_extreme_1 and tsk_after observed"
+    );
+    exporter.shutdown().await;
+}
