@@ -148,6 +148,9 @@ pub struct RunArgs {
     /// The longest Retry-After honoured; a longer one is waited out for this long (with a log line).
     #[arg(long = "api.max-retry-after", env = "CLAWMESH_API_MAX_RETRY_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_retry_after: Duration,
+    /// The longest one listing may take, waits included; a longer one fails the sync.
+    #[arg(long = "api.max-listing-duration", env = "CLAWMESH_API_MAX_LISTING_DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_listing_duration: Duration,
     // ---- end upstream bounds ----
     /// YAML file listing the workspaces to watch (instead of --api-url and the key); see README.
     #[arg(
@@ -561,6 +564,7 @@ impl RunArgs {
             max_listing_bytes: self.max_listing_bytes,
             max_cursor_len: self.max_cursor_length,
             max_retry_after: self.max_retry_after,
+            max_listing_duration: self.max_listing_duration,
         };
         limits.check(|f| format!("--api.{f}")).map_err(bad)?;
         // ---- end upstream bounds ----

@@ -96,6 +96,7 @@ const SETTING_KEYS: &[&str] = &[
     "max_listing_bytes",
     "max_cursor_length",
     "max_retry_after",
+    "max_listing_duration",
 ];
 const WORKSPACE_ONLY_KEYS: &[&str] = &["name", "id", "api_key_file", "api_key_env", "labels"];
 
@@ -275,6 +276,14 @@ fn api_limits(
         max_listing_bytes,
         max_cursor_len: count("max_cursor_length", def.max_cursor_len as u64, p) as usize,
         max_retry_after: duration(m, d, at, "max_retry_after", def.max_retry_after, p),
+        max_listing_duration: duration(
+            m,
+            d,
+            at,
+            "max_listing_duration",
+            def.max_listing_duration,
+            p,
+        ),
     };
     if let Err(e) = limits.check(|f| format!("{at}.{}", f.replace('-', "_"))) {
         p.push(e);

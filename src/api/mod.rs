@@ -69,6 +69,10 @@ pub struct ApiLimits {
     pub max_cursor_len: usize,
     /// The longest `Retry-After` honoured (`--api.max-retry-after`).
     pub max_retry_after: Duration,
+    /// The longest one listing may take, waits included
+    /// (`--api.max-listing-duration`): a listing that never ends fails its
+    /// sync within this, whatever the page cap and the budget allow.
+    pub max_listing_duration: Duration,
 }
 
 impl Default for ApiLimits {
@@ -79,6 +83,7 @@ impl Default for ApiLimits {
             max_listing_bytes: DEFAULT_MAX_LISTING_BYTES,
             max_cursor_len: DEFAULT_MAX_CURSOR_LEN,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            max_listing_duration: DEFAULT_MAX_LISTING_DURATION,
         }
     }
 }
@@ -95,6 +100,12 @@ impl ApiLimits {
                 "{}: must be at least {} (one answer)",
                 name("max-listing-bytes"),
                 name("max-body-size")
+            ));
+        }
+        if self.max_listing_duration < Duration::from_secs(1) {
+            return Err(format!(
+                "{}: must be at least 1s",
+                name("max-listing-duration")
             ));
         }
         if self.max_pages == 0 {
@@ -122,6 +133,10 @@ pub const DEFAULT_MAX_PAGES: u32 = 2_000;
 pub const DEFAULT_MAX_LISTING_BYTES: u64 = 2 << 30;
 pub const DEFAULT_MAX_CURSOR_LEN: usize = 4096;
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// A full agent listing of 10,000 agents at the default budget (100
+/// requests a minute) takes about a minute; ten leaves room for a fleet ten
+/// times as large, and for a `Retry-After` or two.
+pub const DEFAULT_MAX_LISTING_DURATION: Duration = Duration::from_secs(600);
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -213,6 +228,11 @@ pub struct Listing<T> {
     hasher: std::collections::hash_map::RandomState,
     /// Why the listing was abandoned (it cannot be resumed).
     abandoned: Option<String>,
+    /// When it began: bounded by `--api.max-listing-duration`.
+    started: Instant,
+    /// A page had to shrink to fit `--api.max-body-size`: the rest of the
+    /// listing keeps the smaller size.
+    shrunk: bool,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -403,7 +423,11 @@ impl Client {
                         header_u64(&headers, "x-ratelimit-remaining"),
                         header_u64(&headers, "x-ratelimit-reset"),
                     );
-                    retry_after = retry::parse_retry_after(header_str(&headers, "retry-after"))
+                    retry_after = retry::parse_retry_after(
+                        header_str(&headers, "retry-after"),
+                        status,
+                        header_str(&headers, "date"),
+                    )
                         .map(|ra| {
                             if ra > cfg.limits.max_retry_after {
                                 tracing::warn!(
@@ -415,6 +439,13 @@ impl Client {
                             }
                             ra.min(cfg.limits.max_retry_after)
                         });
+                    // An answer that echoes the key (as a status, a code,
+                    // an id, a scope) must not carry it into a label or a
+                    // log line: masked before anything reads it.
+                    let body = match body {
+                        Body::Read(b) => Body::Read(mask_key(b, key)),
+                        other => other,
+                    };
                     let result = match (&body, (200..300).contains(&status)) {
                         (Body::Read(b), true) => {
                             parse(b).map(|r| (r, b.len() as u64)).map_err(|detail| {
@@ -542,6 +573,25 @@ impl Client {
     }
 }
 
+/// `body` with every copy of `key` overwritten by `*` of the same length,
+/// so that JSON stays JSON (a key has no character JSON escapes); a copy
+/// is made only when there is one.
+fn mask_key(body: bytes::Bytes, key: &str) -> bytes::Bytes {
+    let key = key.as_bytes();
+    if key.len() < 8 || memchr::memmem::find(&body, key).is_none() {
+        return body;
+    }
+    let mut out = body.to_vec();
+    let finder = memchr::memmem::Finder::new(key);
+    let mut at = 0;
+    while let Some(i) = finder.find(&out[at..]) {
+        let start = at + i;
+        out[start..start + key.len()].fill(b'*');
+        at = start + key.len();
+    }
+    bytes::Bytes::from(out)
+}
+
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name)?.to_str().ok()
 }
@@ -577,6 +627,8 @@ impl<T> Listing<T> {
             seen: std::collections::HashSet::new(),
             hasher: std::collections::hash_map::RandomState::new(),
             abandoned: None,
+            started: Instant::now(),
+            shrunk: false,
             _item: PhantomData,
         }
     }
@@ -597,6 +649,13 @@ impl<T: serde::de::DeserializeOwned> Listing<T> {
         }
         let client = self.client.clone();
         let cfg = &client.inner.cfg;
+        if self.started.elapsed() > cfg.limits.max_listing_duration {
+            return Err(self.abandon(format!(
+                "the listing took longer than --api.max-listing-duration ({}) after {} pages; a server that never ends its listing, or raise the flag (or --api.budget-share) for a fleet this large",
+                humantime::format_duration(cfg.limits.max_listing_duration),
+                self.pages
+            )));
+        }
         if self.pages >= cfg.limits.max_pages {
             return Err(self.abandon(format!(
                 "more than --api.max-pages ({}) pages; a server that never ends its listing, or raise --api.max-pages",
@@ -621,6 +680,7 @@ impl<T: serde::de::DeserializeOwned> Listing<T> {
                 // the same page in smaller pieces may fit.
                 Err(ApiError::BodyTooLarge { .. }) if self.limit > 1 => {
                     self.limit /= 2;
+                    self.shrunk = true;
                     tracing::debug!(
                         endpoint = self.endpoint,
                         limit = self.limit,
@@ -643,8 +703,12 @@ impl<T: serde::de::DeserializeOwned> Listing<T> {
             Ok((page, size)) => {
                 self.pages += 1;
                 self.bytes = self.bytes.saturating_add(size);
-                // After a page made small to fit, grow back towards the page size.
-                self.limit = (self.limit * 2).min(cfg.page_size);
+                // A listing whose pages had to shrink keeps the size that
+                // fits: asking the larger one again would read a too-large
+                // body each page, twice the requests and bytes.
+                if !self.shrunk {
+                    self.limit = cfg.page_size;
+                }
                 if self.bytes > cfg.limits.max_listing_bytes {
                     return Err(self.abandon(format!(
                         "more than --api.max-listing-bytes ({} bytes) in one listing; raise it if the fleet is that large",

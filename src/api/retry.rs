@@ -32,19 +32,38 @@ pub(crate) fn retry_delay(jittered: Duration, retry_after: Option<Duration>) -> 
     retry_after.map_or(jittered, |ra| ra.max(jittered))
 }
 
-/// `Retry-After` in whole seconds (the contract's form). An HTTP date or
-/// garbage is ignored: the backoff still applies.
-/// The longest `Retry-After` honoured: the rate-limit window is a minute, so
-/// anything far longer is a misbehaving proxy, and an absurd value must not
-/// overflow the clock or stall the workspace for a day.
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// What a refusal without a readable `Retry-After` is waited out for: the
+/// rate-limit window. Never retrying sooner than asked means not guessing
+/// low when the answer cannot be read.
+pub(crate) const UNREADABLE_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-pub(crate) fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
-    value?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+/// The wait a `Retry-After` asks for (the caller bounds it by
+/// `--api.max-retry-after`). Whole seconds are the contract's form; too
+/// many digits to hold are the longest wait there is; an HTTP date
+/// (RFC 9110) is read against `date`, the answer's own `Date` (the API's
+/// clock), or the host's. On a refusal (429, 503) a value that cannot be
+/// read at all (`-1`, `1e9`, garbage) waits [`UNREADABLE_RETRY_AFTER`];
+/// on any other answer it is ignored.
+pub(crate) fn parse_retry_after(
+    value: Option<&str>,
+    status: u16,
+    date: Option<&str>,
+) -> Option<Duration> {
+    let v = value?.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs));
+    }
+    let http_date = |s: &str| chrono::DateTime::parse_from_rfc2822(s.trim()).ok();
+    if let Some(at) = http_date(v) {
+        let now = date
+            .and_then(http_date)
+            .map(|d| d.timestamp_millis())
+            .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        let ms = at.timestamp_millis().saturating_sub(now).max(0) as u64;
+        return Some(Duration::from_millis(ms));
+    }
+    matches!(status, 429 | 503).then_some(UNREADABLE_RETRY_AFTER)
 }
 
 #[cfg(test)]
@@ -53,13 +72,16 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn retry_after_is_capped() {
-        assert_eq!(parse_retry_after(Some("2")), Some(Duration::from_secs(2)));
+    fn retry_after_too_large_to_hold_is_the_longest_wait() {
         assert_eq!(
-            parse_retry_after(Some("18446744073709551615")),
-            Some(MAX_RETRY_AFTER)
+            parse_retry_after(Some("2"), 429, None),
+            Some(Duration::from_secs(2))
         );
-        assert_eq!(parse_retry_after(Some("soon")), None);
+        assert_eq!(
+            parse_retry_after(Some("99999999999999999999999"), 429, None),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(parse_retry_after(Some("soon"), 200, None), None);
     }
 
     #[test]
@@ -89,17 +111,43 @@ mod tests {
 
     #[test]
     fn parses_whole_seconds_only() {
-        assert_eq!(parse_retry_after(Some("1")), Some(Duration::from_secs(1)));
         assert_eq!(
-            parse_retry_after(Some(" 30 ")),
+            parse_retry_after(Some("1"), 429, None),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            parse_retry_after(Some(" 30 "), 429, None),
             Some(Duration::from_secs(30))
         );
+        // An HTTP date in the past: no wait beyond the backoff.
         assert_eq!(
-            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
-            None
+            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT"), 429, None),
+            Some(Duration::ZERO)
         );
-        assert_eq!(parse_retry_after(Some("-1")), None);
-        assert_eq!(parse_retry_after(None), None);
+        // Against the answer's own Date: 90 s ahead.
+        assert_eq!(
+            parse_retry_after(
+                Some("Wed, 21 Oct 2099 07:29:30 GMT"),
+                503,
+                Some("Wed, 21 Oct 2099 07:28:00 GMT")
+            ),
+            Some(Duration::from_secs(90))
+        );
+        // Far ahead: a long wait (the caller bounds it by the flag).
+        assert!(
+            parse_retry_after(Some("Wed, 21 Oct 2099 07:28:00 GMT"), 429, None)
+                .is_some_and(|d| d > Duration::from_secs(86_400))
+        );
+        // Unreadable on a refusal: the window, never sooner than asked.
+        for junk in ["-1", "1e9", "soon", ""] {
+            assert_eq!(
+                parse_retry_after(Some(junk), 429, None),
+                Some(UNREADABLE_RETRY_AFTER),
+                "{junk:?}"
+            );
+            assert_eq!(parse_retry_after(Some(junk), 200, None), None, "{junk:?}");
+        }
+        assert_eq!(parse_retry_after(None, 429, None), None);
     }
 
     #[test]

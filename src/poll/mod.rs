@@ -58,6 +58,8 @@ impl Default for PollConfig {
 pub enum KeyError {
     #[error("the API key lacks scope {scope}: create a key with agents:read and tasks:read")]
     MissingScope { scope: String },
+    #[error("the API key expired at {at} by the API's own answer (GET /auth/token): create a new key with agents:read and tasks:read")]
+    Expired { at: String },
     #[error(transparent)]
     Api(#[from] ApiError),
 }
@@ -76,6 +78,16 @@ pub async fn check_key(client: &Client) -> Result<Token, KeyError> {
         if client.token().await.is_err() {
             break;
         }
+    }
+    // A key the API itself says has expired (its clock, not ours) would
+    // fail at the first listing; say so now, as a rejected key is.
+    if let Some(at) = token
+        .expires_at
+        .filter(|t| *t <= client.api_time().earliest)
+    {
+        return Err(KeyError::Expired {
+            at: at.to_rfc3339(),
+        });
     }
     for scope in REQUIRED_SCOPES {
         if !token.scopes.iter().any(|s| s == scope) {

@@ -914,3 +914,123 @@ async fn extreme_run_seconds_do_not_kill_the_tasks_loop() {
     );
     ex.finish("run_seconds 1e308 and 1e-310", &metrics);
 }
+
+/// An upstream that echoes the key as data (an agent's status, a task's
+/// failure code): it never becomes a label value or a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_echoed_as_a_status_or_code_never_reaches_metrics_or_logs() {
+    let agents: Script = Arc::new(|_| {
+        ready(json(
+            200,
+            page(
+                &[agent("agt_1", KEY), agent(&format!("agt_{KEY}"), "idle")],
+                None,
+            ),
+        ))
+    });
+    let at = Arc::new(Mutex::new(None::<String>));
+    let tasks: Script = Arc::new(move |r| {
+        if r.n < 4 {
+            return empty_page();
+        }
+        let t = at
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| {
+                (chrono::Utc::now() + chrono::Duration::seconds(3))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            })
+            .clone();
+        let task = format!(
+            r#"{{"id":"tsk_{KEY}","status":"failed","created_at":"{t}","updated_at":"{t}","started_at":"{t}","finished_at":"{t}","metrics":{{"queue_seconds":0.5,"run_seconds":1,"input_tokens":1,"output_tokens":1}},"error":{{"code":"{KEY}","message":"{KEY}"}},"transitions":[]}}"#
+        );
+        ready(json(200, page(&[task], None)))
+    });
+    let api = Hostile::start(agents, tasks).await;
+    let ex = Exporter::start(&api, &["--log.level", "debug"]);
+    let metrics = ex
+        .wait_until("the failed task counted and both agents seen", |m| {
+            up(m) == Some(1.0)
+                && value(
+                    m,
+                    "clawmesh_tasks_finished_total",
+                    &[("workspace", WS), ("status", "failed")],
+                ) == Some(1.0)
+                && value(
+                    m,
+                    "clawmesh_agents",
+                    &[("workspace", WS), ("status", "idle")],
+                ) == Some(1.0)
+        })
+        .await;
+    // finish() asserts the key is in neither the logs nor /metrics.
+    ex.finish("the key echoed as data", &metrics);
+}
+
+/// A Retry-After the contract's whole seconds cannot hold, or that is not a
+/// number at all, is no licence to retry sooner: waited out, and shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_retry_after_is_waited_out_not_ignored() {
+    for value_ in ["99999999999999999999999", "soon", "-1"] {
+        let v = value_.to_string();
+        let tasks: Script = Arc::new(move |r| {
+            if r.n == 0 {
+                return empty_page();
+            }
+            let mut resp = json(
+                429,
+                r#"{"error":{"code":"rate_limited","message":"slow down","request_id":"r"}}"#,
+            );
+            resp.headers_mut().insert("retry-after", v.parse().unwrap());
+            ready(resp)
+        });
+        let api = Hostile::start(healthy(), tasks).await;
+        let ex = Exporter::start(&api, &[]);
+        let metrics = ex
+            .wait_until("clawmesh_up 0 and a Retry-After wait shown", |m| {
+                up(m) == Some(0.0)
+                    && value(
+                        m,
+                        "clawmesh_api_wait_seconds",
+                        &[("workspace", WS), ("reason", "retry_after")],
+                    )
+                    .unwrap_or(0.0)
+                        > 20.0
+            })
+            .await;
+        let m = parse(&metrics);
+        let refused = value(
+            &m,
+            "clawmesh_api_requests_total",
+            &[("workspace", WS), ("endpoint", "/tasks"), ("code", "429")],
+        )
+        .unwrap_or(0.0);
+        assert!(
+            refused <= 2.0,
+            "Retry-After {value_:?}: retried {refused} times while it said to wait"
+        );
+        ex.finish(&format!("Retry-After {value_:?}"), &metrics);
+    }
+}
+
+/// A listing that never ends, paced by the budget, fails within
+/// --api.max-listing-duration, long before the page cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_never_ends_fails_within_its_duration() {
+    let tasks: Script = Arc::new(|r| {
+        Box::pin(async move {
+            // Slow pages: 2000 of them would take over an hour.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            json(200, page(&[], Some(&format!("slow_{}", r.n))))
+        })
+    });
+    failing_case(
+        "a slow never-ending listing",
+        "tasks",
+        healthy(),
+        tasks,
+        &["--api.max-listing-duration", "3s"],
+        "--api.max-listing-duration",
+    )
+    .await;
+}
