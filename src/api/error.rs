@@ -42,7 +42,7 @@ pub enum ApiError {
     #[error("the ClawMesh API kept answering 429 rate_limited{}: lower the exporter's budget share or poll less often", fmt_retry_after(.retry_after))]
     RateLimited { retry_after: Option<Duration> },
 
-    #[error("the ClawMesh API failed with {status}{} (request {}): retries ran out; it is probably a platform incident, try again later", fmt_code(.code), .request_id.as_deref().unwrap_or("unknown"))]
+    #[error("the ClawMesh API failed with {status}{} (request {}): probably a platform incident; retried with backoff, and the next poll tries again", fmt_code(.code), .request_id.as_deref().unwrap_or("unknown"))]
     Server {
         status: u16,
         code: Option<String>,
