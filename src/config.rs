@@ -199,6 +199,9 @@ pub struct RunArgs {
     /// Memory for remembered webhook event ids (de-duplication), e.g. 16MiB; past it the oldest are forgotten early.
     #[arg(long = "webhook.dedup-max-size", env = "CLAWMESH_WEBHOOK_DEDUP_MAX_SIZE", default_value = "16MiB", value_parser = crate::units::parse_size)]
     pub webhook_dedup_max_size: u64,
+    /// Webhook body bytes held at once by all deliveries being read (before their signature is checked), e.g. 16MiB, at least 1MiB; past it a delivery gets 503 with Retry-After (busy).
+    #[arg(long = "webhook.max-inflight-size", env = "CLAWMESH_WEBHOOK_MAX_INFLIGHT_SIZE", default_value = "16MiB", value_parser = crate::units::parse_size)]
+    pub webhook_max_inflight_size: u64,
     // ---- end webhooks ----
     // ---- operator files (issue 10) ----
     /// Largest file read: the config file, key and secret files, the web config and its certificates, OTLP headers and CA (e.g. 1MiB).
@@ -467,6 +470,11 @@ impl RunArgs {
         if self.webhook_max_id_length == 0 {
             return Err(bad("--webhook.max-id-length: must be at least 1"));
         }
+        if self.webhook_max_inflight_size < crate::webhook::MIN_INFLIGHT_BYTES as u64 {
+            return Err(bad(
+                "--webhook.max-inflight-size: must be at least 1MiB (the largest body)",
+            ));
+        }
         Ok(crate::webhook::WebhookConfig {
             secrets,
             poll_interval: self.webhook_poll_interval,
@@ -474,6 +482,8 @@ impl RunArgs {
             queue_capacity: self.webhook_queue_capacity,
             max_id_length: self.webhook_max_id_length,
             dedup_max_bytes: usize::try_from(self.webhook_dedup_max_size).unwrap_or(usize::MAX),
+            max_inflight_bytes: usize::try_from(self.webhook_max_inflight_size)
+                .unwrap_or(usize::MAX),
         })
     }
 

@@ -594,3 +594,74 @@ async fn a_flood_past_the_connection_cap_leaves_room_for_a_new_scraper() {
     assert!(sent > 32, "the flood sent only {sent} requests");
     exporter.shutdown().await;
 }
+
+/// One slow delivery holding the whole `--webhook.max-inflight-size`
+/// budget: another is answered 503 with Retry-After at once (counted as
+/// `busy`), not buffered too, and is served again once the first is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_bodies_past_the_inflight_budget_get_503_at_once() {
+    let sim = quiet_sim().await;
+    let dir = temp_dir("inflight");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "whsec_hostile\n").unwrap();
+    let cfg = exporter_config(
+        &sim,
+        &[
+            "--webhook.secret-file",
+            secret.to_str().unwrap(),
+            "--webhook.max-inflight-size",
+            "1MiB",
+            "--web.read-body-timeout",
+            "60s",
+        ],
+    );
+    let exporter = start_exporter(&cfg).await;
+    let sig = format!("sha256={}", "0".repeat(64));
+    // Declares the largest body, sends 1,000 bytes of it, then waits.
+    let mut holder = TcpStream::connect(exporter.addr).unwrap();
+    write!(
+        holder,
+        "POST /webhooks/clawmesh HTTP/1.1\r\nHost: x\r\nX-ClawMesh-Signature: {sig}\r\nContent-Length: 1048576\r\n\r\n{}",
+        "a".repeat(1000)
+    )
+    .unwrap();
+    let url = format!("http://{}/webhooks/clawmesh", exporter.addr);
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let deliver = || async {
+        c.post(&url)
+            .header("X-ClawMesh-Signature", &sig)
+            .body("{}")
+            .send()
+            .await
+            .ok()
+            .map(|r| {
+                let after = r.headers().get("retry-after").is_some();
+                (r.status().as_u16(), after)
+            })
+    };
+    // 401 (a wrong signature) while the budget is free; 503 once the
+    // holder's handler took it.
+    wait_for(
+        Duration::from_secs(15),
+        "a 503 with Retry-After while the budget is held",
+        || async { deliver().await == Some((503, true)) },
+    )
+    .await;
+    wait_for(Duration::from_secs(15), "busy counted", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        let labels = [("result", "busy")];
+        value(&m, "clawmesh_webhook_unattributed_requests_total", &labels) >= Some(1.0)
+    })
+    .await;
+    drop(holder);
+    wait_for(
+        Duration::from_secs(15),
+        "the budget back once the holder left",
+        || async { matches!(deliver().await, Some((401, _))) },
+    )
+    .await;
+    exporter.shutdown().await;
+}
