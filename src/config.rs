@@ -224,6 +224,19 @@ pub struct RunArgs {
     /// How long a keep-alive connection may wait for its next request (or a client may stop reading a response) before it is closed.
     #[arg(long = "web.idle-timeout", env = "CLAWMESH_WEB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// Longest time to write one response, from its start: a client reading a trickle is closed after it.
+    #[arg(long = "web.write-timeout", env = "CLAWMESH_WEB_WRITE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+    /// Largest request headers (HTTP/1 and HTTP/2), e.g. 64KiB, at least 8KiB; past it the request gets 431 or its connection is closed.
+    #[arg(long = "web.max-header-size", env = "CLAWMESH_WEB_MAX_HEADER_SIZE", default_value = "64KiB", value_parser = crate::units::parse_size)]
+    pub max_header_size: u64,
+    /// HTTP/2 streams (requests) open at once on one connection.
+    #[arg(
+        long = "web.http2-max-streams",
+        env = "CLAWMESH_WEB_HTTP2_MAX_STREAMS",
+        default_value_t = 16
+    )]
+    pub http2_max_streams: u32,
     /// Connections open at once; past it a new connection is closed at once. Keep it below the open-files limit.
     #[arg(
         long = "web.max-connections",
@@ -671,6 +684,7 @@ impl RunArgs {
             ("--web.read-header-timeout", self.read_header_timeout),
             ("--web.read-body-timeout", self.read_body_timeout),
             ("--web.idle-timeout", self.idle_timeout),
+            ("--web.write-timeout", self.write_timeout),
         ] {
             if d < Duration::from_millis(100) {
                 return Err(bad(format!("{flag}: must be at least 100ms")));
@@ -682,10 +696,21 @@ impl RunArgs {
         if self.auth_concurrency == 0 {
             return Err(bad("--web.basic-auth.max-concurrent: must be at least 1"));
         }
+        if self.max_header_size < crate::server::MIN_HEADER_BYTES as u64
+            || self.max_header_size > u64::from(u32::MAX)
+        {
+            return Err(bad("--web.max-header-size: must be between 8KiB and 4GiB"));
+        }
+        if self.http2_max_streams == 0 {
+            return Err(bad("--web.http2-max-streams: must be at least 1"));
+        }
         Ok(crate::server::Limits {
             read_header_timeout: self.read_header_timeout,
             read_body_timeout: self.read_body_timeout,
             idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
+            max_header_bytes: self.max_header_size as usize,
+            max_h2_streams: self.http2_max_streams,
             max_connections: self.max_connections,
             auth_concurrency: self.auth_concurrency,
             auth_max_wait: self.auth_max_wait,

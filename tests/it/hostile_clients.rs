@@ -595,6 +595,56 @@ async fn a_flood_past_the_connection_cap_leaves_room_for_a_new_scraper() {
     exporter.shutdown().await;
 }
 
+/// Headers that never end, sent as fast as the server takes them: refused
+/// at `--web.max-header-size` (431 or a closed connection) long before the
+/// header timeout, so that many such clients cannot hold hundreds of KB each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_past_the_size_bound_are_refused_at_once() {
+    let sim = quiet_sim().await;
+    let cfg = exporter_config(
+        &sim,
+        &[
+            "--web.max-header-size",
+            "16KiB",
+            "--web.read-header-timeout",
+            "60s",
+        ],
+    );
+    let exporter = start_exporter(&cfg).await;
+    let s = TcpStream::connect(exporter.addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    // 100 KB of one header, no end: under hyper's default buffer (~400 KB)
+    // this waited for the header timeout.
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ");
+        let _ = w.write_all(&[b'a'; 100_000]);
+    });
+    let (got, took) =
+        tokio::task::spawn_blocking(move || read_until_closed(s, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert!(
+        got.is_empty() || got.starts_with("HTTP/1.1 431"),
+        "not refused: {got}"
+    );
+    assert!(took < Duration::from_secs(10), "refused after {took:?}");
+    let _ = writer.join();
+    // Headers under the bound are served.
+    let mut s = TcpStream::connect(exporter.addr).unwrap();
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Fine: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(8000)
+    )
+    .unwrap();
+    let (got, _) =
+        tokio::task::spawn_blocking(move || read_until_closed(s, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    exporter.shutdown().await;
+}
+
 /// One slow delivery holding the whole `--webhook.max-inflight-size`
 /// budget: another is answered 503 with Retry-After at once (counted as
 /// `busy`), not buffered too, and is served again once the first is gone.
@@ -663,5 +713,57 @@ async fn webhook_bodies_past_the_inflight_budget_get_503_at_once() {
         || async { matches!(deliver().await, Some((401, _))) },
     )
     .await;
+    exporter.shutdown().await;
+}
+
+/// A client pipelining scrapes and reading a trickle (100 bytes every
+/// 100 ms) writes something every so often, so it never looks stalled to
+/// `--web.idle-timeout` (30 s here); `--web.write-timeout` (2 s), counted
+/// from each response's start, closes it anyway, and /healthz is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_a_trickle_is_cut_at_the_write_timeout() {
+    let sim = quiet_sim().await;
+    let cfg = exporter_config(
+        &sim,
+        &["--web.idle-timeout", "30s", "--web.write-timeout", "2s"],
+    );
+    let exporter = start_exporter(&cfg).await;
+    let s = TcpStream::connect(exporter.addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    // Far more responses than the socket buffers hold.
+    let writer = std::thread::spawn(move || {
+        let reqs = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5000);
+        let _ = w.write_all(&reqs);
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        let mut s = s;
+        std::thread::spawn(move || {
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let start = Instant::now();
+            let mut buf = [0u8; 100];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match s.read(&mut buf) {
+                    Ok(0) => return Some(start.elapsed()),
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return Some(start.elapsed()),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            None
+        })
+    };
+    counted(exporter.addr, "response_stalled").await;
+    assert!(healthz(exporter.addr).await, "the server is fine after it");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reader.join();
+    let _ = writer.join();
     exporter.shutdown().await;
 }
