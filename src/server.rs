@@ -499,15 +499,16 @@ impl Activity {
     }
 
     /// When the connection is to be closed, and why; `None` while a
-    /// handler runs (its body and work have their own bounds).
+    /// handler runs and nothing is being written (its body and work have
+    /// their own bounds).
     fn deadline(&self, l: &Limits) -> Option<(Instant, &'static str)> {
         let s = self.lock();
-        if s.handling > 0 {
-            None
-        } else if s.sending > 0 || s.backlog_since.is_some() {
-            // No write for the idle timeout, or a response (its body, or
-            // the bytes it left unwritten) longer than the write timeout:
-            // a trickle moves neither start.
+        // No write for the idle timeout, or a response (its body, or the
+        // bytes it left unwritten) longer than the write timeout: a trickle
+        // moves neither start. This holds while a handler runs too: hyper
+        // runs the next pipelined request's handler while the last
+        // response's bytes wait for the client.
+        let writing = (s.sending > 0 || s.backlog_since.is_some()).then(|| {
             let mut at = s.last_write + l.idle_timeout;
             if s.sending > 0 {
                 at = at.min(s.sending_since + l.write_timeout);
@@ -515,7 +516,10 @@ impl Activity {
             if let Some(t) = s.backlog_since {
                 at = at.min(t + l.write_timeout);
             }
-            Some((at, "response_stalled"))
+            (at, "response_stalled")
+        });
+        if s.handling > 0 || writing.is_some() {
+            writing
         } else if !s.answered {
             Some((s.quiet_since + l.read_header_timeout, "header_timeout"))
         } else if let Some(t) = s.head_started {

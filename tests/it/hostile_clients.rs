@@ -716,8 +716,49 @@ async fn webhook_bodies_past_the_inflight_budget_get_503_at_once() {
     exporter.shutdown().await;
 }
 
-/// A client pipelining scrapes and reading a trickle (100 bytes every
-/// 100 ms) writes something every so often, so it never looks stalled to
+/// A TCP connection whose receive buffer is 2 KB (set before connecting,
+/// so that the window stays small): each small read lets the server write
+/// a little more.
+fn connect_with_small_receive_buffer(addr: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns until
+    // it hands it to TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let size: libc::c_int = 2048;
+        let r = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "SO_RCVBUF");
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect");
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// A client pipelining scrapes on a 2 KB receive buffer and reading a
+/// trickle (100 bytes every 100 ms) lets the server write something every
+/// so often, so it never looks stalled to
 /// `--web.idle-timeout` (30 s here); `--web.write-timeout` (2 s), counted
 /// from each response's start, closes it anyway, and /healthz is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,7 +769,7 @@ async fn a_client_reading_a_trickle_is_cut_at_the_write_timeout() {
         &["--web.idle-timeout", "30s", "--web.write-timeout", "2s"],
     );
     let exporter = start_exporter(&cfg).await;
-    let s = TcpStream::connect(exporter.addr).unwrap();
+    let s = connect_with_small_receive_buffer(exporter.addr);
     let mut w = s.try_clone().unwrap();
     // Far more responses than the socket buffers hold.
     let writer = std::thread::spawn(move || {
