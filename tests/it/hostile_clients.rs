@@ -808,3 +808,91 @@ async fn a_client_reading_a_trickle_is_cut_at_the_write_timeout() {
     let _ = writer.join();
     exporter.shutdown().await;
 }
+
+/// The peak memory of a process, from /proc.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// 200 connections each declaring a 1 MiB webhook body, sending almost all
+/// of it, then waiting: before the in-flight budget each was buffered
+/// (over 200 MB of peak RSS); now the exporter holds the budget (16 MiB)
+/// and answers the rest 503 `busy`, and its peak stays far below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_webhook_bodies_cost_at_most_the_inflight_budget() {
+    let sim = quiet_sim().await;
+    let port = free_port();
+    let dir = temp_dir("inflight-mem");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "whsec_hostile\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        .args([
+            "--api-url",
+            &sim.url(),
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+            "--webhook.secret-file",
+            secret.to_str().unwrap(),
+            "--web.read-body-timeout",
+            "60s",
+            "--poll-interval",
+            "1s",
+        ])
+        .env_clear()
+        .env("CLAWMESH_API_KEY", DEMO_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(Duration::from_secs(30), "the exporter to serve", || {
+        healthz(addr)
+    })
+    .await;
+    let before = vm_hwm_kib(child.id());
+    let head = format!(
+        "POST /webhooks/clawmesh HTTP/1.1\r\nHost: x\r\nX-ClawMesh-Signature: sha256={}\r\nContent-Length: 1048576\r\n\r\n",
+        "0".repeat(64)
+    );
+    let held: Vec<TcpStream> = std::thread::scope(|t| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                t.spawn(|| {
+                    let body = vec![b'a'; 1_040_000];
+                    (0..50)
+                        .map(|_| {
+                            let mut s = TcpStream::connect(addr).expect("connect");
+                            s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+                            // A refused one is closed under the writer: fine.
+                            let _ = s
+                                .write_all(head.as_bytes())
+                                .and_then(|()| s.write_all(&body));
+                            s
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    wait_for(Duration::from_secs(15), "busy counted", || async {
+        let m = parse(&scrape(addr).await);
+        let labels = [("result", "busy")];
+        value(&m, "clawmesh_webhook_unattributed_requests_total", &labels) >= Some(100.0)
+    })
+    .await;
+    let peak = vm_hwm_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(held);
+    assert!(
+        peak < before + 64 * 1024,
+        "peak RSS went from {before} KiB to {peak} KiB"
+    );
+}
