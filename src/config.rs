@@ -797,6 +797,16 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_inflight_budget_holds_at_least_one_largest_body() {
+        let e = args(&["--webhook.max-inflight-size", "512KiB"])
+            .webhook_config(vec![])
+            .unwrap_err();
+        assert!(e.to_string().contains("--webhook.max-inflight-size"), "{e}");
+        let w = args(&[]).webhook_config(vec![]).unwrap();
+        assert_eq!(w.max_inflight_bytes, 16 << 20);
+    }
+
+    #[test]
     fn problems_are_one_line_each() {
         let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
             (vec![], None, "no API key"),
@@ -827,6 +837,21 @@ mod tests {
                 vec!["--web.telemetry-path", "metrics"],
                 Some("k"),
                 "telemetry-path",
+            ),
+            (
+                vec!["--web.max-header-size", "4KiB"],
+                Some("k"),
+                "--web.max-header-size",
+            ),
+            (
+                vec!["--web.http2-max-streams", "0"],
+                Some("k"),
+                "--web.http2-max-streams",
+            ),
+            (
+                vec!["--web.write-timeout", "10ms"],
+                Some("k"),
+                "--web.write-timeout",
             ),
             (vec!["--api-url", "ftp://x"], Some("k"), "api-url"),
             (
