@@ -760,7 +760,9 @@ fn connect_with_small_receive_buffer(addr: SocketAddr) -> TcpStream {
 /// trickle (100 bytes every 100 ms) lets the server write something every
 /// so often, so it never looks stalled to
 /// `--web.idle-timeout` (30 s here); `--web.write-timeout` (2 s), counted
-/// from each response's start, closes it anyway, and /healthz is served.
+/// from the first write the client's socket refused (or a response's
+/// start), closes it anyway, for large responses and pipelined tiny ones,
+/// and /healthz is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reading_a_trickle_is_cut_at_the_write_timeout() {
     let sim = quiet_sim().await;
@@ -769,12 +771,23 @@ async fn a_client_reading_a_trickle_is_cut_at_the_write_timeout() {
         &["--web.idle-timeout", "30s", "--web.write-timeout", "2s"],
     );
     let exporter = start_exporter(&cfg).await;
-    let s = connect_with_small_receive_buffer(exporter.addr);
+    // Large responses, then many tiny ones (each written at once, the
+    // backlog shared by the pipeline).
+    for (n, path) in [(1.0, "/metrics"), (2.0, "/healthz")] {
+        trickle(exporter.addr, path, n).await;
+    }
+    exporter.shutdown().await;
+}
+
+/// Pipelines `path` on a small receive buffer, reads 100 bytes every
+/// 100 ms, and waits until `response_stalled` counts `n`.
+async fn trickle(addr: SocketAddr, path: &str, n: f64) {
+    let s = connect_with_small_receive_buffer(addr);
     let mut w = s.try_clone().unwrap();
     // Far more responses than the socket buffers hold.
+    let reqs = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").repeat(20_000);
     let writer = std::thread::spawn(move || {
-        let reqs = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5000);
-        let _ = w.write_all(&reqs);
+        let _ = w.write_all(reqs.as_bytes());
     });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
@@ -783,30 +796,32 @@ async fn a_client_reading_a_trickle_is_cut_at_the_write_timeout() {
         std::thread::spawn(move || {
             s.set_read_timeout(Some(Duration::from_millis(500)))
                 .unwrap();
-            let start = Instant::now();
             let mut buf = [0u8; 100];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match s.read(&mut buf) {
-                    Ok(0) => return Some(start.elapsed()),
+                    Ok(0) => return,
                     Ok(_) => {}
                     Err(e)
                         if matches!(
                             e.kind(),
                             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                         ) => {}
-                    Err(_) => return Some(start.elapsed()),
+                    Err(_) => return,
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            None
         })
     };
-    counted(exporter.addr, "response_stalled").await;
-    assert!(healthz(exporter.addr).await, "the server is fine after it");
+    wait_for(Duration::from_secs(15), path, || async {
+        let m = parse(&scrape(addr).await);
+        let labels = [("reason", "response_stalled")];
+        value(&m, "clawmesh_exporter_http_refusals_total", &labels) >= Some(n)
+    })
+    .await;
+    assert!(healthz(addr).await, "the server is fine after it");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = reader.join();
     let _ = writer.join();
-    exporter.shutdown().await;
 }
 
 /// The peak memory of a process, from /proc.
