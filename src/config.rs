@@ -202,6 +202,9 @@ pub struct RunArgs {
     /// Memory for remembered webhook event ids (de-duplication), e.g. 16MiB; past it the oldest are forgotten early.
     #[arg(long = "webhook.dedup-max-size", env = "CLAWMESH_WEBHOOK_DEDUP_MAX_SIZE", default_value = "16MiB", value_parser = crate::units::parse_size)]
     pub webhook_dedup_max_size: u64,
+    /// Webhook body bytes held at once by all deliveries being read (before their signature is checked), e.g. 16MiB, at least 1MiB; past it a delivery gets 503 with Retry-After (busy).
+    #[arg(long = "webhook.max-inflight-size", env = "CLAWMESH_WEBHOOK_MAX_INFLIGHT_SIZE", default_value = "16MiB", value_parser = crate::units::parse_size)]
+    pub webhook_max_inflight_size: u64,
     // ---- end webhooks ----
     // ---- operator files (issue 10) ----
     /// Largest file read: the config file, key and secret files, the web config and its certificates, OTLP headers and CA (e.g. 1MiB).
@@ -224,6 +227,19 @@ pub struct RunArgs {
     /// How long a keep-alive connection may wait for its next request (or a client may stop reading a response) before it is closed.
     #[arg(long = "web.idle-timeout", env = "CLAWMESH_WEB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// Longest time to write one response, from its start: a client reading a trickle is closed after it.
+    #[arg(long = "web.write-timeout", env = "CLAWMESH_WEB_WRITE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+    /// Largest request headers (HTTP/1 and HTTP/2), e.g. 64KiB, at least 8KiB; past it the request gets 431 or its connection is closed.
+    #[arg(long = "web.max-header-size", env = "CLAWMESH_WEB_MAX_HEADER_SIZE", default_value = "64KiB", value_parser = crate::units::parse_size)]
+    pub max_header_size: u64,
+    /// HTTP/2 streams (requests) open at once on one connection.
+    #[arg(
+        long = "web.http2-max-streams",
+        env = "CLAWMESH_WEB_HTTP2_MAX_STREAMS",
+        default_value_t = 16
+    )]
+    pub http2_max_streams: u32,
     /// Connections open at once; past it a new connection is closed at once. Keep it below the open-files limit.
     #[arg(
         long = "web.max-connections",
@@ -470,6 +486,11 @@ impl RunArgs {
         if self.webhook_max_id_length == 0 {
             return Err(bad("--webhook.max-id-length: must be at least 1"));
         }
+        if self.webhook_max_inflight_size < crate::webhook::MIN_INFLIGHT_BYTES as u64 {
+            return Err(bad(
+                "--webhook.max-inflight-size: must be at least 1MiB (the largest body)",
+            ));
+        }
         Ok(crate::webhook::WebhookConfig {
             secrets,
             poll_interval: self.webhook_poll_interval,
@@ -477,6 +498,8 @@ impl RunArgs {
             queue_capacity: self.webhook_queue_capacity,
             max_id_length: self.webhook_max_id_length,
             dedup_max_bytes: usize::try_from(self.webhook_dedup_max_size).unwrap_or(usize::MAX),
+            max_inflight_bytes: usize::try_from(self.webhook_max_inflight_size)
+                .unwrap_or(usize::MAX),
         })
     }
 
@@ -665,6 +688,7 @@ impl RunArgs {
             ("--web.read-header-timeout", self.read_header_timeout),
             ("--web.read-body-timeout", self.read_body_timeout),
             ("--web.idle-timeout", self.idle_timeout),
+            ("--web.write-timeout", self.write_timeout),
         ] {
             if d < Duration::from_millis(100) {
                 return Err(bad(format!("{flag}: must be at least 100ms")));
@@ -676,10 +700,21 @@ impl RunArgs {
         if self.auth_concurrency == 0 {
             return Err(bad("--web.basic-auth.max-concurrent: must be at least 1"));
         }
+        if self.max_header_size < crate::server::MIN_HEADER_BYTES as u64
+            || self.max_header_size > u64::from(u32::MAX)
+        {
+            return Err(bad("--web.max-header-size: must be between 8KiB and 4GiB"));
+        }
+        if self.http2_max_streams == 0 {
+            return Err(bad("--web.http2-max-streams: must be at least 1"));
+        }
         Ok(crate::server::Limits {
             read_header_timeout: self.read_header_timeout,
             read_body_timeout: self.read_body_timeout,
             idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
+            max_header_bytes: self.max_header_size as usize,
+            max_h2_streams: self.http2_max_streams,
             max_connections: self.max_connections,
             auth_concurrency: self.auth_concurrency,
             auth_max_wait: self.auth_max_wait,
@@ -766,6 +801,16 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_inflight_budget_holds_at_least_one_largest_body() {
+        let e = args(&["--webhook.max-inflight-size", "512KiB"])
+            .webhook_config(vec![])
+            .unwrap_err();
+        assert!(e.to_string().contains("--webhook.max-inflight-size"), "{e}");
+        let w = args(&[]).webhook_config(vec![]).unwrap();
+        assert_eq!(w.max_inflight_bytes, 16 << 20);
+    }
+
+    #[test]
     fn problems_are_one_line_each() {
         let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
             (vec![], None, "no API key"),
@@ -796,6 +841,21 @@ mod tests {
                 vec!["--web.telemetry-path", "metrics"],
                 Some("k"),
                 "telemetry-path",
+            ),
+            (
+                vec!["--web.max-header-size", "4KiB"],
+                Some("k"),
+                "--web.max-header-size",
+            ),
+            (
+                vec!["--web.http2-max-streams", "0"],
+                Some("k"),
+                "--web.http2-max-streams",
+            ),
+            (
+                vec!["--web.write-timeout", "10ms"],
+                Some("k"),
+                "--web.write-timeout",
             ),
             (vec!["--api-url", "ftp://x"], Some("k"), "api-url"),
             (

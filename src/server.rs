@@ -96,10 +96,18 @@ pub struct Limits {
     /// A keep-alive connection without a request, or a response the client
     /// stopped reading.
     pub idle_timeout: Duration,
+    /// Writing one response, from its start: a client reading a trickle
+    /// cannot extend it.
+    pub write_timeout: Duration,
     /// Connections open at once; past it a new one is closed at once.
     pub max_connections: usize,
     /// bcrypt verifications at once (basic auth).
     pub auth_concurrency: usize,
+    /// Bytes of one request's headers (HTTP/1 read buffer, HTTP/2 header
+    /// list); past it the request is refused (431) or the connection closed.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams open at once on one connection.
+    pub max_h2_streams: u32,
     /// How long a password check waits for one of them before a 503.
     pub auth_max_wait: Duration,
 }
@@ -110,8 +118,11 @@ impl Default for Limits {
             read_header_timeout: Duration::from_secs(10),
             read_body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
             max_connections: 512,
             auth_concurrency: 2,
+            max_header_bytes: 64 * 1024,
+            max_h2_streams: 16,
             auth_max_wait: Duration::from_secs(1),
         }
     }
@@ -181,6 +192,13 @@ impl Drop for OpenConnection {
 /// How long a connection past the cap waits for a slot before it is closed.
 const SLOT_WAIT: Duration = Duration::from_millis(250);
 
+/// hyper's smallest HTTP/1 buffer.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+/// HTTP/2 flow-control windows: what a peer may send ahead of a stream's
+/// reader, and of all of a connection's.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// How long connections may finish their requests after a stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -205,11 +223,22 @@ pub async fn serve(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // The watchdog bounds header reads (hyper's own timer would also cut
     // idle keep-alive connections at the header bound).
+    // Headers are bounded in bytes too (hyper's default HTTP/1 buffer is
+    // about 400 KB a connection); HTTP/2 streams and flow-control windows
+    // so that one connection cannot hold more than a few MiB of a body.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(None);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_h2_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(H2_STREAM_WINDOW as usize);
     let builder = Arc::new(builder);
     let mut conns = tokio::task::JoinSet::new();
     let mut refused = Throttled::new("connections refused: --web.max-connections reached");
@@ -427,6 +456,8 @@ struct ActivityState {
     handling: usize,
     /// Responses being written.
     sending: usize,
+    /// Since when (the oldest of them).
+    sending_since: Instant,
     /// Since when neither is the case.
     quiet_since: Instant,
     /// The first byte read while quiet: a request head has begun.
@@ -434,6 +465,10 @@ struct ActivityState {
     /// A request was answered: the wait for the next is keep-alive idleness.
     answered: bool,
     last_write: Instant,
+    /// Since when the connection has bytes it could not write (a write
+    /// refused or cut short, until a flush completed): hyper may have
+    /// finished with a response's body long before the client read it.
+    backlog_since: Option<Instant>,
 }
 
 impl Activity {
@@ -443,10 +478,12 @@ impl Activity {
             state: std::sync::Mutex::new(ActivityState {
                 handling: 0,
                 sending: 0,
+                sending_since: now,
                 quiet_since: now,
                 head_started: None,
                 answered: false,
                 last_write: now,
+                backlog_since: None,
             }),
             changed: tokio::sync::Notify::new(),
         }
@@ -462,19 +499,55 @@ impl Activity {
     }
 
     /// When the connection is to be closed, and why; `None` while a
-    /// handler runs (its body and work have their own bounds).
+    /// handler runs and nothing is being written (its body and work have
+    /// their own bounds).
     fn deadline(&self, l: &Limits) -> Option<(Instant, &'static str)> {
         let s = self.lock();
-        if s.handling > 0 {
-            None
-        } else if s.sending > 0 {
-            Some((s.last_write + l.idle_timeout, "response_stalled"))
+        // No write for the idle timeout, or a response (its body, or the
+        // bytes it left unwritten) longer than the write timeout: a trickle
+        // moves neither start. This holds while a handler runs too: hyper
+        // runs the next pipelined request's handler while the last
+        // response's bytes wait for the client.
+        let writing = (s.sending > 0 || s.backlog_since.is_some()).then(|| {
+            let mut at = s.last_write + l.idle_timeout;
+            if s.sending > 0 {
+                at = at.min(s.sending_since + l.write_timeout);
+            }
+            if let Some(t) = s.backlog_since {
+                at = at.min(t + l.write_timeout);
+            }
+            (at, "response_stalled")
+        });
+        if s.handling > 0 || writing.is_some() {
+            writing
         } else if !s.answered {
             Some((s.quiet_since + l.read_header_timeout, "header_timeout"))
         } else if let Some(t) = s.head_started {
             Some((t + l.read_header_timeout, "header_timeout"))
         } else {
             Some((s.quiet_since + l.idle_timeout, "idle_timeout"))
+        }
+    }
+
+    /// A write of `wanted` bytes returned `r`: a refused or short one
+    /// starts a backlog (the deadline may come closer: the watchdog is told).
+    fn wrote(&self, r: &Poll<std::io::Result<usize>>, wanted: usize) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let short = match r {
+            Poll::Ready(Ok(n)) => {
+                if *n > 0 {
+                    s.last_write = now;
+                }
+                *n < wanted
+            }
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+        };
+        if short && s.backlog_since.is_none() {
+            s.backlog_since = Some(now);
+            drop(s);
+            self.changed.notify_one();
         }
     }
 
@@ -514,9 +587,13 @@ impl Handling {
     fn responded(mut self) -> SendingGuard {
         let a = self.0.take().expect("a running handler");
         a.update(|s| {
+            let now = Instant::now();
             s.handling -= 1;
+            if s.sending == 0 {
+                s.sending_since = now;
+            }
             s.sending += 1;
-            s.last_write = Instant::now();
+            s.last_write = now;
         });
         SendingGuard(a)
     }
@@ -614,9 +691,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.lock().last_write = Instant::now();
-        }
+        self.activity.wrote(&r, buf.len());
         r
     }
 
@@ -626,9 +701,8 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.lock().last_write = Instant::now();
-        }
+        self.activity
+            .wrote(&r, bufs.iter().map(|b| b.len()).sum::<usize>());
         r
     }
 
@@ -637,7 +711,12 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            // hyper flushes once its buffer is written: nothing is left.
+            self.activity.lock().backlog_since = None;
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -5,7 +5,8 @@
 //! A request goes through, in this order and touching no state before the
 //! signature holds: the signature header's form (`sha256=` and 64 lowercase
 //! hex digits), the body read with a 1 MiB cap (the declared length first,
-//! then counted while streaming), the HMAC-SHA256 of the exact bytes under
+//! then counted while streaming) and within the in-flight budget of all
+//! bodies being read (503 `busy` past it), the HMAC-SHA256 of the exact bytes under
 //! one of at most two secrets (rotation), the JSON, the event's age (older
 //! than the retry horizon: refused), the workspace it names, its type, and
 //! finally de-duplication by event id with a non-blocking push into the
@@ -48,6 +49,9 @@ const MAX_REMEMBERED_IDS: usize = 2_000_000;
 /// The contract's ids look like `evt_01J8KA`; one of 1 MiB is no event id.
 pub const DEFAULT_MAX_ID_LENGTH: usize = 256;
 
+/// The result of a request refused for lack of in-flight budget (503).
+pub const BUSY: &str = "busy";
+
 pub const SIGNATURE_HEADER: &str = "x-clawmesh-signature";
 
 /// Every result a request can have; all are exported, zeros included.
@@ -79,7 +83,13 @@ pub struct WebhookConfig {
     pub max_id_length: usize,
     /// Memory for remembered event ids (`--webhook.dedup-max-size`).
     pub dedup_max_bytes: usize,
+    /// Body bytes held by all requests at once before the signature is
+    /// checked (`--webhook.max-inflight-size`); past it a request gets 503.
+    pub max_inflight_bytes: usize,
 }
+
+/// The smallest in-flight budget: one body of the largest size.
+pub const MIN_INFLIGHT_BYTES: usize = MAX_BODY;
 
 /// A verified event, as its workspace's worker applies it.
 #[derive(Debug)]
@@ -120,6 +130,10 @@ pub struct Receiver {
     routes: RwLock<HashMap<String, Route>>,
     /// Requests refused before a verified body named a workspace.
     unattributed: Arc<Counts>,
+    /// The bytes of bodies being read, one permit a byte: a request takes
+    /// its declared length before reading (or each chunk as it comes), so
+    /// that many slow senders cannot hold more than the budget between them.
+    inflight: tokio::sync::Semaphore,
 }
 
 /// A workspace's end of the receiver: its queue and its webhook state.
@@ -140,6 +154,10 @@ impl Receiver {
             )),
             routes: RwLock::new(HashMap::new()),
             unattributed: Arc::new(Counts::default()),
+            inflight: tokio::sync::Semaphore::new(
+                cfg.max_inflight_bytes
+                    .clamp(MIN_INFLIGHT_BYTES, tokio::sync::Semaphore::MAX_PERMITS),
+            ),
             cfg,
         })
     }
@@ -202,7 +220,7 @@ impl Receiver {
         let Some(digest) = digest else {
             return Refused(StatusCode::UNAUTHORIZED, "bad_signature");
         };
-        let body = match read_capped(headers, body).await {
+        let (body, _held) = match read_capped(headers, body, &self.inflight).await {
             Ok(b) => b,
             Err(o) => return o,
         };
@@ -315,7 +333,8 @@ async fn receive(
     State(r): State<Arc<Receiver>>,
     headers: HeaderMap,
     body: Body,
-) -> (StatusCode, String) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let (status, result) = match r.handle(&headers, body).await {
         Outcome::Refused(s, result) => {
             r.unattributed.add(result);
@@ -339,13 +358,38 @@ async fn receive(
     if status.is_client_error() || status.is_server_error() {
         tracing::debug!(result, status = status.as_u16(), "webhook refused");
     }
-    (status, format!("{result}\n"))
+    let body = format!("{result}\n");
+    if result == BUSY {
+        // Other deliveries hold the budget; theirs end within the body timeout.
+        return (status, [(header::RETRY_AFTER, "5")], body).into_response();
+    }
+    (status, body).into_response()
 }
 
 /// The body, refused past [`MAX_BODY`]: by its declared length before
-/// reading, and by counting while reading (a chunked or lying sender).
-async fn read_capped(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, Outcome> {
+/// reading, and by counting while reading (a chunked or lying sender); and
+/// refused with 503 (`busy`) when the bytes it needs are not free in
+/// `inflight`. Returns it with the permits it holds.
+async fn read_capped<'a>(
+    headers: &HeaderMap,
+    mut body: Body,
+    inflight: &'a tokio::sync::Semaphore,
+) -> Result<(Vec<u8>, Option<tokio::sync::SemaphorePermit<'a>>), Outcome> {
     let too_large = || Outcome::Refused(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    let busy = || Outcome::Refused(StatusCode::SERVICE_UNAVAILABLE, BUSY);
+    let mut held: Option<tokio::sync::SemaphorePermit<'a>> = None;
+    let mut take = |n: usize| -> Result<(), Outcome> {
+        if n == 0 {
+            return Ok(());
+        }
+        let n = u32::try_from(n).map_err(|_| too_large())?;
+        let p = inflight.try_acquire_many(n).map_err(|_| busy())?;
+        match held.as_mut() {
+            Some(h) => h.merge(p),
+            None => held = Some(p),
+        }
+        Ok(())
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -353,7 +397,9 @@ async fn read_capped(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, Out
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let declared = declared.unwrap_or(0) as usize;
+    take(declared)?;
+    let mut buf = Vec::with_capacity(declared);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| match crate::server::BodyTimeout::caused(&e) {
             // The sender stopped sending (--web.read-body-timeout).
@@ -364,10 +410,12 @@ async fn read_capped(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, Out
             if buf.len() + data.len() > MAX_BODY {
                 return Err(too_large());
             }
+            // Past the declared length (chunked): take the rest as it comes.
+            take((buf.len() + data.len()).saturating_sub(declared.max(buf.len())))?;
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf)
+    Ok((buf, held))
 }
 
 /// What the metric table shows about a workspace's webhooks.

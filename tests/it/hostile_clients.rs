@@ -594,3 +594,320 @@ async fn a_flood_past_the_connection_cap_leaves_room_for_a_new_scraper() {
     assert!(sent > 32, "the flood sent only {sent} requests");
     exporter.shutdown().await;
 }
+
+/// Headers that never end, sent as fast as the server takes them: refused
+/// at `--web.max-header-size` (431 or a closed connection) long before the
+/// header timeout, so that many such clients cannot hold hundreds of KB each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_past_the_size_bound_are_refused_at_once() {
+    let sim = quiet_sim().await;
+    let cfg = exporter_config(
+        &sim,
+        &[
+            "--web.max-header-size",
+            "16KiB",
+            "--web.read-header-timeout",
+            "60s",
+        ],
+    );
+    let exporter = start_exporter(&cfg).await;
+    let s = TcpStream::connect(exporter.addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    // 100 KB of one header, no end: under hyper's default buffer (~400 KB)
+    // this waited for the header timeout.
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ");
+        let _ = w.write_all(&[b'a'; 100_000]);
+    });
+    let (got, took) =
+        tokio::task::spawn_blocking(move || read_until_closed(s, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert!(
+        got.is_empty() || got.starts_with("HTTP/1.1 431"),
+        "not refused: {got}"
+    );
+    assert!(took < Duration::from_secs(10), "refused after {took:?}");
+    let _ = writer.join();
+    // Headers under the bound are served.
+    let mut s = TcpStream::connect(exporter.addr).unwrap();
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Fine: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(8000)
+    )
+    .unwrap();
+    let (got, _) =
+        tokio::task::spawn_blocking(move || read_until_closed(s, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    exporter.shutdown().await;
+}
+
+/// One slow delivery holding the whole `--webhook.max-inflight-size`
+/// budget: another is answered 503 with Retry-After at once (counted as
+/// `busy`), not buffered too, and is served again once the first is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_bodies_past_the_inflight_budget_get_503_at_once() {
+    let sim = quiet_sim().await;
+    let dir = temp_dir("inflight");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "whsec_hostile\n").unwrap();
+    let cfg = exporter_config(
+        &sim,
+        &[
+            "--webhook.secret-file",
+            secret.to_str().unwrap(),
+            "--webhook.max-inflight-size",
+            "1MiB",
+            "--web.read-body-timeout",
+            "60s",
+        ],
+    );
+    let exporter = start_exporter(&cfg).await;
+    let sig = format!("sha256={}", "0".repeat(64));
+    // Declares the largest body, sends 1,000 bytes of it, then waits.
+    let mut holder = TcpStream::connect(exporter.addr).unwrap();
+    write!(
+        holder,
+        "POST /webhooks/clawmesh HTTP/1.1\r\nHost: x\r\nX-ClawMesh-Signature: {sig}\r\nContent-Length: 1048576\r\n\r\n{}",
+        "a".repeat(1000)
+    )
+    .unwrap();
+    let url = format!("http://{}/webhooks/clawmesh", exporter.addr);
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let deliver = || async {
+        c.post(&url)
+            .header("X-ClawMesh-Signature", &sig)
+            .body("{}")
+            .send()
+            .await
+            .ok()
+            .map(|r| {
+                let after = r.headers().get("retry-after").is_some();
+                (r.status().as_u16(), after)
+            })
+    };
+    // 401 (a wrong signature) while the budget is free; 503 once the
+    // holder's handler took it.
+    wait_for(
+        Duration::from_secs(15),
+        "a 503 with Retry-After while the budget is held",
+        || async { deliver().await == Some((503, true)) },
+    )
+    .await;
+    wait_for(Duration::from_secs(15), "busy counted", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        let labels = [("result", "busy")];
+        value(&m, "clawmesh_webhook_unattributed_requests_total", &labels) >= Some(1.0)
+    })
+    .await;
+    drop(holder);
+    wait_for(
+        Duration::from_secs(15),
+        "the budget back once the holder left",
+        || async { matches!(deliver().await, Some((401, _))) },
+    )
+    .await;
+    exporter.shutdown().await;
+}
+
+/// A TCP connection whose receive buffer is 2 KB (set before connecting,
+/// so that the window stays small): each small read lets the server write
+/// a little more.
+fn connect_with_small_receive_buffer(addr: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns until
+    // it hands it to TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let size: libc::c_int = 2048;
+        let r = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "SO_RCVBUF");
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect");
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// A client pipelining scrapes on a 2 KB receive buffer and reading a
+/// trickle (100 bytes every 100 ms) lets the server write something every
+/// so often, so it never looks stalled to
+/// `--web.idle-timeout` (30 s here); `--web.write-timeout` (2 s), counted
+/// from the first write the client's socket refused (or a response's
+/// start), closes it anyway, for large responses and pipelined tiny ones,
+/// and /healthz is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_a_trickle_is_cut_at_the_write_timeout() {
+    let sim = quiet_sim().await;
+    let cfg = exporter_config(
+        &sim,
+        &["--web.idle-timeout", "30s", "--web.write-timeout", "2s"],
+    );
+    let exporter = start_exporter(&cfg).await;
+    // Large responses, then many tiny ones (each written at once, the
+    // backlog shared by the pipeline).
+    for (n, path) in [(1.0, "/metrics"), (2.0, "/healthz")] {
+        trickle(exporter.addr, path, n).await;
+    }
+    exporter.shutdown().await;
+}
+
+/// Pipelines `path` on a small receive buffer, reads 100 bytes every
+/// 100 ms, and waits until `response_stalled` counts `n`.
+async fn trickle(addr: SocketAddr, path: &str, n: f64) {
+    let s = connect_with_small_receive_buffer(addr);
+    let mut w = s.try_clone().unwrap();
+    // Far more responses than the socket buffers hold.
+    let reqs = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").repeat(20_000);
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(reqs.as_bytes());
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        let mut s = s;
+        std::thread::spawn(move || {
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut buf = [0u8; 100];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match s.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait_for(Duration::from_secs(15), path, || async {
+        let m = parse(&scrape(addr).await);
+        let labels = [("reason", "response_stalled")];
+        value(&m, "clawmesh_exporter_http_refusals_total", &labels) >= Some(n)
+    })
+    .await;
+    assert!(healthz(addr).await, "the server is fine after it");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reader.join();
+    let _ = writer.join();
+}
+
+/// The peak memory of a process, from /proc.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// 200 connections each declaring a 1 MiB webhook body, sending almost all
+/// of it, then waiting: before the in-flight budget each was buffered
+/// (over 200 MB of peak RSS); now the exporter holds the budget (16 MiB)
+/// and answers the rest 503 `busy`, and its peak stays far below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_webhook_bodies_cost_at_most_the_inflight_budget() {
+    let sim = quiet_sim().await;
+    let port = free_port();
+    let dir = temp_dir("inflight-mem");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "whsec_hostile\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        .args([
+            "--api-url",
+            &sim.url(),
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+            "--webhook.secret-file",
+            secret.to_str().unwrap(),
+            "--web.read-body-timeout",
+            "60s",
+            "--poll-interval",
+            "1s",
+        ])
+        .env_clear()
+        .env("CLAWMESH_API_KEY", DEMO_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(Duration::from_secs(30), "the exporter to serve", || {
+        healthz(addr)
+    })
+    .await;
+    let before = vm_hwm_kib(child.id());
+    let head = format!(
+        "POST /webhooks/clawmesh HTTP/1.1\r\nHost: x\r\nX-ClawMesh-Signature: sha256={}\r\nContent-Length: 1048576\r\n\r\n",
+        "0".repeat(64)
+    );
+    let held: Vec<TcpStream> = std::thread::scope(|t| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                t.spawn(|| {
+                    let body = vec![b'a'; 1_040_000];
+                    (0..50)
+                        .map(|_| {
+                            let mut s = TcpStream::connect(addr).expect("connect");
+                            s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+                            // A refused one is closed under the writer: fine.
+                            let _ = s
+                                .write_all(head.as_bytes())
+                                .and_then(|()| s.write_all(&body));
+                            s
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    wait_for(Duration::from_secs(15), "busy counted", || async {
+        let m = parse(&scrape(addr).await);
+        let labels = [("result", "busy")];
+        value(&m, "clawmesh_webhook_unattributed_requests_total", &labels) >= Some(100.0)
+    })
+    .await;
+    let peak = vm_hwm_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(held);
+    assert!(
+        peak < before + 64 * 1024,
+        "peak RSS went from {before} KiB to {peak} KiB"
+    );
+}
