@@ -20,6 +20,8 @@ fn ts(s: i64) -> Timestamp {
 fn task(i: usize, status: &str, at: i64) -> Task {
     let status = TaskStatus::from_name(status);
     Task {
+        agent_id: None,
+        labels: Vec::new(),
         id: format!("tsk_{i:08}"),
         status: status.clone(),
         created_at: ts(at - 30),
@@ -89,6 +91,9 @@ fn main() {
     ];
     let agents: Vec<Agent> = (0..10_000)
         .map(|i| Agent {
+            last_heartbeat_at: None,
+            labels: Vec::new(),
+            config: Default::default(),
             id: format!("agt_{i:06}"),
             status: statuses[i % statuses.len()].into(),
             created_at: ts(0),

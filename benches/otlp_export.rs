@@ -50,6 +50,9 @@ fn fleet_snapshot() -> Snapshot {
     ];
     let agents: Vec<Agent> = (0..AGENTS)
         .map(|i| Agent {
+            last_heartbeat_at: None,
+            labels: Vec::new(),
+            config: Default::default(),
             id: format!("agt_{i}"),
             status: statuses[i % statuses.len()].to_string(),
             created_at: ts(0),
@@ -85,6 +88,8 @@ fn fleet_snapshot() -> Snapshot {
         let queue = rng.next() * rng.next() * 600.0;
         let run = rng.next() * rng.next() * 7200.0;
         fleet.apply_task(&Task {
+            agent_id: None,
+            labels: Vec::new(),
             id: format!("tsk_{i}"),
             status: TaskStatus::from_name(status),
             created_at: ts(1),

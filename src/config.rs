@@ -152,6 +152,90 @@ pub struct RunArgs {
     #[arg(long = "api.max-listing-duration", env = "CLAWMESH_API_MAX_LISTING_DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub max_listing_duration: Duration,
     // ---- end upstream bounds ----
+    // ---- breakdowns (issue 11) ----
+    /// Break agent and task series down by the agents' config.model_provider (label `provider`).
+    #[arg(long = "breakdown.provider", env = "CLAWMESH_BREAKDOWN_PROVIDER")]
+    pub breakdown_provider: bool,
+    /// Break agent and task series down by the agents' config.model (label `model`).
+    #[arg(long = "breakdown.model", env = "CLAWMESH_BREAKDOWN_MODEL")]
+    pub breakdown_model: bool,
+    /// Agent label keys to break series down by, comma-separated; `*` matches any characters (team,env or team*).
+    #[arg(
+        long = "breakdown.agent-labels",
+        env = "CLAWMESH_BREAKDOWN_AGENT_LABELS",
+        value_delimiter = ',',
+        value_name = "KEYS"
+    )]
+    pub breakdown_agent_labels: Vec<String>,
+    /// Agent label keys never broken down by, even when --breakdown.agent-labels matches them.
+    #[arg(
+        long = "breakdown.agent-labels-deny",
+        env = "CLAWMESH_BREAKDOWN_AGENT_LABELS_DENY",
+        value_delimiter = ',',
+        value_name = "KEYS"
+    )]
+    pub breakdown_agent_labels_deny: Vec<String>,
+    /// Task label keys to break task series down by (label `task_<key>`), comma-separated, `*` as wildcard.
+    #[arg(
+        long = "breakdown.task-labels",
+        env = "CLAWMESH_BREAKDOWN_TASK_LABELS",
+        value_delimiter = ',',
+        value_name = "KEYS"
+    )]
+    pub breakdown_task_labels: Vec<String>,
+    /// Task label keys never broken down by.
+    #[arg(
+        long = "breakdown.task-labels-deny",
+        env = "CLAWMESH_BREAKDOWN_TASK_LABELS_DENY",
+        value_delimiter = ',',
+        value_name = "KEYS"
+    )]
+    pub breakdown_task_labels_deny: Vec<String>,
+    /// Distinct values per breakdown label; later values count as "other".
+    #[arg(
+        long = "breakdown.max-values",
+        env = "CLAWMESH_BREAKDOWN_MAX_VALUES",
+        default_value_t = 50
+    )]
+    pub breakdown_max_values: usize,
+    /// Label keys the wildcard patterns may turn into breakdown labels; later keys are not broken down by.
+    #[arg(
+        long = "breakdown.max-labels",
+        env = "CLAWMESH_BREAKDOWN_MAX_LABELS",
+        default_value_t = 10
+    )]
+    pub breakdown_max_labels: usize,
+    /// Combinations of breakdown values per workspace; later ones count with every breakdown label "other".
+    #[arg(
+        long = "breakdown.max-combinations",
+        env = "CLAWMESH_BREAKDOWN_MAX_COMBINATIONS",
+        default_value_t = 2000
+    )]
+    pub breakdown_max_combinations: usize,
+    /// Agents read one by one per task sync when tasks name agents not yet listed (0: never).
+    #[arg(
+        long = "breakdown.max-agent-lookups",
+        env = "CLAWMESH_BREAKDOWN_MAX_AGENT_LOOKUPS",
+        default_value_t = 20
+    )]
+    pub breakdown_max_agent_lookups: usize,
+    /// An idle or busy agent whose last heartbeat is older than this counts as silent (the API refreshes it about every 30s).
+    #[arg(long = "agents.heartbeat-stale-after", env = "CLAWMESH_AGENTS_HEARTBEAT_STALE_AFTER", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub heartbeat_stale_after: Duration,
+    /// Export one series per agent with its last heartbeat (clawmesh_agent_last_heartbeat_timestamp_seconds); costs a series per agent.
+    #[arg(
+        long = "agents.heartbeat-series",
+        env = "CLAWMESH_AGENTS_HEARTBEAT_SERIES"
+    )]
+    pub heartbeat_series: bool,
+    /// The most agents --agents.heartbeat-series exports (by id order); the rest are left out.
+    #[arg(
+        long = "agents.heartbeat-series-max",
+        env = "CLAWMESH_AGENTS_HEARTBEAT_SERIES_MAX",
+        default_value_t = 1000
+    )]
+    pub heartbeat_series_max: usize,
+    // ---- end breakdowns ----
     /// YAML file listing the workspaces to watch (instead of --api-url and the key); see README.
     #[arg(
         long = "config.file",
@@ -614,11 +698,47 @@ impl RunArgs {
                     max_timestamp_lead: self.max_timestamp_lead,
                     unknown_status_ttl: self.unknown_status_ttl,
                     failure_code_grace: self.failure_code_grace,
+                    heartbeat_stale_after: self.heartbeat_stale_after,
+                    per_agent_series: if self.heartbeat_series {
+                        self.heartbeat_series_max
+                    } else {
+                        0
+                    },
                 },
+                breakdown: self.breakdown()?,
+                max_agent_lookups: self.breakdown_max_agent_lookups,
             },
             labels: Default::default(),
         };
         self.validate_common(vec![workspace], env)
+    }
+
+    /// The breakdown flags, checked.
+    fn breakdown(&self) -> Result<crate::fleet::BreakdownConfig, ConfigError> {
+        let patterns = |flag: &str, allow: &[String], deny: &[String]| {
+            crate::fleet::breakdown_patterns(allow, deny)
+                .map_err(|e| bad(format!("--breakdown.{flag}: {e}")))
+        };
+        let cfg = crate::fleet::BreakdownConfig {
+            provider: self.breakdown_provider,
+            model: self.breakdown_model,
+            agent_labels: patterns(
+                "agent-labels",
+                &self.breakdown_agent_labels,
+                &self.breakdown_agent_labels_deny,
+            )?,
+            task_labels: patterns(
+                "task-labels",
+                &self.breakdown_task_labels,
+                &self.breakdown_task_labels_deny,
+            )?,
+            max_values: self.breakdown_max_values,
+            max_labels: self.breakdown_max_labels,
+            max_slices: self.breakdown_max_combinations,
+        };
+        cfg.check()
+            .map_err(|(k, e)| bad(format!("--breakdown.{}: {e}", k.replace('_', "-"))))?;
+        Ok(cfg)
     }
 
     /// The checks that do not depend on where the workspaces came from.

@@ -54,6 +54,8 @@ impl PartialEq for PollConfig {
             && self.overlap == o.overlap
             && self.dedup_horizon == o.dedup_horizon
             && self.fleet == o.fleet
+            && self.breakdown == o.breakdown
+            && self.max_agent_lookups == o.max_agent_lookups
     }
 }
 
@@ -74,6 +76,11 @@ pub const RESERVED_LABELS: &[&str] = &[
     "shard",
     "job",
     "instance",
+    // breakdowns (issue 11)
+    "provider",
+    "model",
+    "agent_id",
+    "dimension",
 ];
 
 const TOP_KEYS: &[&str] = &["defaults", "workspaces"];
@@ -97,7 +104,99 @@ const SETTING_KEYS: &[&str] = &[
     "max_cursor_length",
     "max_retry_after",
     "max_listing_duration",
+    // breakdowns (issue 11)
+    "breakdown",
+    "heartbeat_stale_after",
+    "heartbeat_series_max",
+    "max_agent_lookups",
 ];
+
+const BREAKDOWN_KEYS: &[&str] = &[
+    "provider",
+    "model",
+    "agent_labels",
+    "agent_labels_deny",
+    "task_labels",
+    "task_labels_deny",
+    "max_values",
+    "max_labels",
+    "max_combinations",
+];
+
+/// A workspace's `breakdown:` (else the one in `defaults`, whole).
+fn breakdown(
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    p: &mut Vec<String>,
+) -> crate::fleet::BreakdownConfig {
+    let mut cfg = crate::fleet::BreakdownConfig::default();
+    let Some((v, path)) = setting(m, d, at, "breakdown") else {
+        return cfg;
+    };
+    let Value::Mapping(b) = v else {
+        p.push(format!(
+            "{path}: must be a mapping (provider, model, agent_labels, ...)"
+        ));
+        return cfg;
+    };
+    check_keys(b, &format!("{path}."), BREAKDOWN_KEYS, p);
+    let flag = |k: &str, p: &mut Vec<String>| match b.get(k) {
+        None => false,
+        Some(Value::Bool(x)) => *x,
+        Some(_) => {
+            p.push(format!("{path}.{k}: must be true or false"));
+            false
+        }
+    };
+    cfg.provider = flag("provider", p);
+    cfg.model = flag("model", p);
+    let list = |k: &str, p: &mut Vec<String>| -> Vec<String> {
+        match b.get(k) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .filter_map(|i| match i.as_str() {
+                    Some(s) => Some(s.to_string()),
+                    None => {
+                        p.push(format!("{path}.{k}: every entry must be a string"));
+                        None
+                    }
+                })
+                .collect(),
+            Some(Value::String(s)) => s.split(',').map(str::to_string).collect(),
+            Some(_) => {
+                p.push(format!(
+                    "{path}.{k}: must be a list of label keys, e.g. [team, env]"
+                ));
+                Vec::new()
+            }
+        }
+    };
+    let patterns = |allow: &str, deny: &str, p: &mut Vec<String>| {
+        let (a, dn) = (list(allow, p), list(deny, p));
+        crate::fleet::breakdown_patterns(&a, &dn).unwrap_or_else(|e| {
+            p.push(format!("{path}.{allow}: {e}"));
+            Default::default()
+        })
+    };
+    cfg.agent_labels = patterns("agent_labels", "agent_labels_deny", p);
+    cfg.task_labels = patterns("task_labels", "task_labels_deny", p);
+    let count = |k: &str, default: usize, p: &mut Vec<String>| match b.get(k) {
+        None => default,
+        Some(v) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
+            p.push(format!("{path}.{k}: must be a whole number"));
+            default
+        }),
+    };
+    cfg.max_values = count("max_values", cfg.max_values, p);
+    cfg.max_labels = count("max_labels", cfg.max_labels, p);
+    cfg.max_slices = count("max_combinations", cfg.max_slices, p);
+    if let Err((k, e)) = cfg.check() {
+        p.push(format!("{path}.{k}: {e}"));
+    }
+    cfg
+}
 const WORKSPACE_ONLY_KEYS: &[&str] = &["name", "id", "api_key_file", "api_key_env", "labels"];
 
 /// Everything wrong with a file, one problem per line, each with its path.
@@ -460,6 +559,31 @@ fn workspace(
                 defaults.fleet.failure_code_grace,
                 p,
             ),
+            heartbeat_stale_after: duration(
+                m,
+                d,
+                at,
+                "heartbeat_stale_after",
+                defaults.fleet.heartbeat_stale_after,
+                p,
+            ),
+            per_agent_series: match setting(m, d, at, "heartbeat_series_max") {
+                None => 0,
+                Some((v, path)) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
+                    p.push(format!(
+                        "{path}: must be a whole number (0: no per-agent series)"
+                    ));
+                    0
+                }),
+            },
+        },
+        breakdown: breakdown(m, d, at, p),
+        max_agent_lookups: match setting(m, d, at, "max_agent_lookups") {
+            None => defaults.max_agent_lookups,
+            Some((v, path)) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
+                p.push(format!("{path}: must be a whole number (0: never)"));
+                defaults.max_agent_lookups
+            }),
         },
     };
     if poll.fleet.failure_code_grace >= poll.dedup_horizon {

@@ -42,7 +42,7 @@ pub fn render(process: &ProcessInfo, snapshots: &[Snapshot]) -> String {
         (family.collect)(process, &mut samples);
         for s in &samples {
             mf.mut_metric()
-                .push(metric(family.kind, family.labels, &[], s));
+                .push(metric(family.kind, family.labels, &[], &[], s));
         }
         if !mf.get_metric().is_empty() {
             families.push(mf);
@@ -54,8 +54,13 @@ pub fn render(process: &ProcessInfo, snapshots: &[Snapshot]) -> String {
             samples.clear();
             (family.collect)(snap, &mut samples);
             for s in &samples {
-                mf.mut_metric()
-                    .push(metric(family.kind, family.labels, &snap.labels, s));
+                mf.mut_metric().push(metric(
+                    family.kind,
+                    family.labels,
+                    &snap.labels,
+                    &snap.dims,
+                    s,
+                ));
             }
         }
         if !mf.get_metric().is_empty() {
@@ -89,11 +94,24 @@ fn label(name: &str, value: &str) -> LabelPair {
     l
 }
 
-/// One sample, with the workspace's own labels (`workspace` first) before
+/// One sample, with the workspace's own labels (`workspace` first), then
+/// its breakdown values (those it has: an empty one is no label), before
 /// the family's.
-fn metric(kind: Kind, names: &[&str], workspace: &[(String, String)], s: &Sample) -> proto::Metric {
+fn metric(
+    kind: Kind,
+    names: &[&str],
+    workspace: &[(String, String)],
+    dims: &[String],
+    s: &Sample,
+) -> proto::Metric {
     let mut m = proto::Metric::default();
     let mut labels: Vec<LabelPair> = workspace.iter().map(|(n, v)| label(n, v)).collect();
+    labels.extend(
+        dims.iter()
+            .zip(&s.by)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(n, v)| label(n, v)),
+    );
     labels.extend(names.iter().zip(&s.labels).map(|(n, v)| label(n, v)));
     m.set_label(labels);
     match (&s.value, kind) {

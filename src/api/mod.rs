@@ -314,6 +314,25 @@ impl Client {
         .map(|(t, _)| t)
     }
 
+    /// `GET /agents/{id}`: one agent, `None` when the API does not know it
+    /// (404: deleted, or never there).
+    pub async fn agent(&self, id: &str) -> Result<Option<types::Agent>, ApiError> {
+        let key = self.inner.cfg.key.expose();
+        let path = format!("/agents/{}", escape_segment(id));
+        let got = self
+            .get_at("/agents/{id}", &path, &[], |body| {
+                serde_json::from_slice::<Envelope<types::Agent>>(body)
+                    .map(|e| e.data)
+                    .map_err(|e| error::describe_bad_body(body, &e, key))
+            })
+            .await;
+        match got {
+            Ok((a, _)) => Ok(Some(a)),
+            Err(ApiError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `GET /agents`, every page.
     pub fn list_agents(&self) -> Listing<types::Agent> {
         Listing::new(self.clone(), "/agents", Vec::new())
@@ -375,9 +394,21 @@ impl Client {
         query: &[(&'static str, String)],
         parse: impl Fn(&[u8]) -> Result<R, String>,
     ) -> Result<(R, u64), ApiError> {
+        self.get_at(endpoint, endpoint, query, parse).await
+    }
+
+    /// [`Client::get`] of `path` (a path of `endpoint`, such as
+    /// `/agents/agt_1` of `/agents/{id}`, which names it in stats).
+    async fn get_at<R>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        query: &[(&'static str, String)],
+        parse: impl Fn(&[u8]) -> Result<R, String>,
+    ) -> Result<(R, u64), ApiError> {
         let cfg = &self.inner.cfg;
         let key = cfg.key.expose();
-        let url = format!("{}{}", self.inner.base, endpoint);
+        let url = format!("{}{}", self.inner.base, path);
         let mut attempt: u32 = 0;
         loop {
             let turn = self.inner.in_flight.lock().await;
@@ -804,4 +835,18 @@ fn parse_page_inner<T: serde::de::DeserializeOwned>(
         return Err("has_more is true but next_cursor is missing".to_string());
     }
     Ok(page)
+}
+
+/// A path segment percent-encoded: anything but unreserved characters
+/// (RFC 3986), so that an id cannot add a segment or a query.
+fn escape_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -104,6 +104,11 @@ fn de_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(bound_id(&<std::borrow::Cow<'de, str>>::deserialize(d)?))
 }
 
+fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_str().filter(|s| !s.is_empty()).map(bound_id))
+}
+
 fn de_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(bound_name(&<std::borrow::Cow<'de, str>>::deserialize(d)?))
 }
@@ -138,6 +143,64 @@ pub struct Agent {
     pub status: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Null until the agent first runs; a value that is not a timestamp
+    /// reads as null rather than failing the page.
+    #[serde(default, deserialize_with = "lenient_timestamp")]
+    pub last_heartbeat_at: Option<Timestamp>,
+    #[serde(default, deserialize_with = "de_labels")]
+    pub labels: Labels,
+    #[serde(default, deserialize_with = "de_config")]
+    pub config: AgentConfig,
+}
+
+/// The part of an agent's `config` the breakdowns read.
+#[derive(Debug, Clone, Default)]
+pub struct AgentConfig {
+    pub model_provider: Option<String>,
+    pub model: Option<String>,
+}
+
+/// The most labels of one object kept (the rest are read and dropped):
+/// a breakdown reads a handful, and a hostile object must not cost more
+/// than a bounded map.
+pub const MAX_LABELS: usize = 64;
+
+/// An object's `labels`, sorted by key: at most [`MAX_LABELS`] entries,
+/// keys longer than [`MAX_TEXT_LEN`] dropped, values bounded like names.
+pub type Labels = Vec<(String, String)>;
+
+fn de_labels<'de, D: Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+    // Anything but an object of strings (null, a list, numbers) is read as
+    // what it can mean: no labels, or only its string entries.
+    let serde_json::Value::Object(m) = serde_json::Value::deserialize(d)? else {
+        return Ok(Vec::new());
+    };
+    // serde_json's map is sorted by key.
+    Ok(m.iter()
+        .filter(|(k, _)| !k.is_empty() && k.len() <= MAX_TEXT_LEN)
+        .filter_map(|(k, v)| Some((k.clone(), bound_name(v.as_str()?))))
+        .take(MAX_LABELS)
+        .collect())
+}
+
+fn de_config<'de, D: Deserializer<'de>>(d: D) -> Result<AgentConfig, D::Error> {
+    // A config that is not an object reads as empty: the page stands.
+    let v = serde_json::Value::deserialize(d)?;
+    let name = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .filter(|s| !s.is_empty())
+            .map(bound_name)
+    };
+    Ok(AgentConfig {
+        model_provider: name("model_provider"),
+        model: name("model"),
+    })
+}
+
+fn lenient_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_str().and_then(Timestamp::parse))
 }
 
 /// A task status. Statuses the contract does not name yet are kept by name
@@ -320,6 +383,11 @@ impl<'de> Deserialize<'de> for TaskError {
 pub struct Task {
     #[serde(deserialize_with = "de_id")]
     pub id: String,
+    /// Null while a pending task is not yet assigned.
+    #[serde(default, deserialize_with = "lenient_id")]
+    pub agent_id: Option<String>,
+    #[serde(default, deserialize_with = "de_labels")]
+    pub labels: Labels,
     pub status: TaskStatus,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,

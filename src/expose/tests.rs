@@ -13,6 +13,9 @@ pub(crate) fn sample_snapshot() -> Snapshot {
         .iter()
         .enumerate()
         .map(|(i, s)| Agent {
+            last_heartbeat_at: None,
+            labels: Vec::new(),
+            config: Default::default(),
             id: format!("agt_{i}"),
             status: s.to_string(),
             created_at: ts(0),
@@ -21,6 +24,8 @@ pub(crate) fn sample_snapshot() -> Snapshot {
         .collect();
     fleet.apply_agent_listing(&agents);
     let task = |id: &str, status: &str, code: Option<&str>| Task {
+        agent_id: None,
+        labels: Vec::new(),
         id: id.into(),
         status: TaskStatus::from_name(status),
         created_at: ts(1),

@@ -6,13 +6,18 @@
 //! came from a listing, a reconciliation or a webhook. No I/O here.
 
 mod bounded;
+mod breakdown;
 
 pub use bounded::BoundedNames;
+pub use breakdown::{
+    breakdown_patterns, glob, sanitize, AgentDims, Breakdown, BreakdownConfig, Patterns,
+};
 
 use crate::api::clock::ApiTime;
 use crate::api::types::{Agent, Progress, Task, TaskStatus, Timestamp};
 use crate::histogram::Histogram;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The agent statuses the contract names; always exported, zeros included.
@@ -69,6 +74,11 @@ pub struct FleetLimits {
     /// A failed task whose `error.code` is still null this long after it
     /// finished counts under `unknown`.
     pub failure_code_grace: Duration,
+    /// An agent in idle or busy whose last heartbeat is older than this
+    /// (as the listing that read it saw it) counts as silent.
+    pub heartbeat_stale_after: Duration,
+    /// Per-agent heartbeat series, at most this many (0: off).
+    pub per_agent_series: usize,
 }
 
 impl Default for FleetLimits {
@@ -77,6 +87,8 @@ impl Default for FleetLimits {
             max_timestamp_lead: Duration::from_secs(300),
             unknown_status_ttl: Duration::from_secs(3600),
             failure_code_grace: Duration::from_secs(300),
+            heartbeat_stale_after: Duration::from_secs(90),
+            per_agent_series: 0,
         }
     }
 }
@@ -86,6 +98,12 @@ struct AgentSeen {
     status: String,
     updated_at: Timestamp,
     created_at: Timestamp,
+    last_heartbeat_at: Option<Timestamp>,
+    /// The API's time when this copy was read: heartbeats are judged as
+    /// of then, not as of the render (agents may be listed rarely).
+    seen_at: Timestamp,
+    /// Its breakdown values (empty without breakdowns).
+    dims: AgentDims,
 }
 
 /// Which of a task's once-only observations are made (or never will be):
@@ -110,6 +128,8 @@ struct OpenTask {
     /// a copy further along moves it.
     progress: Progress,
     marks: Marks,
+    /// The breakdown slice it counts in, as of the copy held.
+    slice: u32,
 }
 
 /// A finished task in the ledger: when it finished, and what was counted.
@@ -117,6 +137,8 @@ struct OpenTask {
 struct Counted {
     finished_at: Timestamp,
     marks: Marks,
+    /// The breakdown slice it was counted in: its later values count there.
+    slice: u32,
 }
 
 /// What applying one task sighting did; tests and (later) webhook
@@ -209,7 +231,16 @@ pub struct Fleet {
     /// late copy of a forgotten task would count again.
     pruned_to: Timestamp,
     limits: FleetLimits,
+    /// `None`: no breakdowns, every task in the workspace's one slice.
+    breakdown: Option<Breakdown>,
+    /// The breakdown values of agents gone (deleted, or missing from a
+    /// listing) and when they went: their tasks may still finish.
+    dims_gone: HashMap<Box<str>, (AgentDims, Timestamp)>,
 }
+
+/// How long the breakdown values of an agent that went are remembered for
+/// its tasks that finish later.
+const DIMS_GONE_TTL: Duration = Duration::from_secs(3600);
 
 impl Fleet {
     /// A fleet that counts terminal transitions after `counting_since`,
@@ -234,6 +265,88 @@ impl Fleet {
             provisional_start: None,
             pruned_to: Timestamp::from_micros(i64::MIN),
             limits: FleetLimits::default(),
+            breakdown: None,
+            dims_gone: HashMap::new(),
+        }
+    }
+
+    /// Break the series down as `cfg` says (nothing when it chooses no
+    /// dimension). `workspace_labels`: the names of the workspace's own
+    /// labels, which no dimension takes.
+    pub fn with_breakdown(mut self, cfg: &BreakdownConfig, workspace_labels: &[String]) -> Self {
+        self.breakdown = cfg
+            .enabled()
+            .then(|| Breakdown::new(cfg.clone(), workspace_labels));
+        self
+    }
+
+    /// Add to the workspace's counters and to those of `slice`.
+    fn add(&mut self, slice: u32, f: impl Fn(&mut Counters)) {
+        f(&mut self.counters);
+        if let Some(c) = self
+            .breakdown
+            .as_mut()
+            .and_then(|b| b.counters.get_mut(slice as usize))
+        {
+            f(c);
+        }
+    }
+
+    fn agent_dims(&mut self, a: &Agent) -> AgentDims {
+        match &mut self.breakdown {
+            Some(b) => b.agent_dims(a),
+            None => Arc::from(Vec::new()),
+        }
+    }
+
+    /// The slice a task counts in now: its agent's values as known (held,
+    /// or remembered after the agent went) and its own labels'.
+    fn slice_of(&mut self, t: &Task) -> u32 {
+        let Some(b) = &mut self.breakdown else {
+            return 0;
+        };
+        let agent = t.agent_id.as_deref().and_then(|id| {
+            self.agent_by_id
+                .get(id)
+                .map(|e| &e.dims)
+                .or_else(|| self.dims_gone.get(id).map(|(d, _)| d))
+        });
+        b.slice(agent, t)
+    }
+
+    /// Agent ids named by these tasks that the fleet knows nothing of
+    /// (neither held nor remembered gone): with breakdowns by agent,
+    /// `poll` reads them before the tasks count, so that a task of an
+    /// agent created since the last listing counts under its values.
+    pub fn unknown_agents<'a>(&self, tasks: impl IntoIterator<Item = &'a Task>) -> Vec<String> {
+        if self.breakdown.is_none() {
+            return Vec::new();
+        }
+        let mut out: Vec<String> = tasks
+            .into_iter()
+            .filter(|t| t.status != TaskStatus::Pending)
+            .filter_map(|t| t.agent_id.as_deref())
+            .filter(|id| !self.agent_by_id.contains_key(*id) && !self.dims_gone.contains_key(*id))
+            .map(str::to_string)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// An agent read on its own (`GET /agents/{id}`) for its breakdown
+    /// values; `None`: the API does not know it (404), so its tasks count
+    /// without agent values, and it is not asked for again for a while.
+    pub fn learn_agent(&mut self, id: &str, agent: Option<&Agent>) {
+        let now = self
+            .api_time
+            .map_or(Timestamp::from_micros(0), |t| t.latest);
+        match agent {
+            Some(a) => self.apply_agent_event(a, false),
+            None => {
+                let empty: AgentDims = Arc::from(Vec::new());
+                self.dims_gone.insert(id.into(), (empty, now));
+            }
         }
     }
 
@@ -335,11 +448,7 @@ impl Fleet {
             }
             let seen = match old.remove(a.id.as_str()) {
                 Some(e) if e.updated_at > a.updated_at => e,
-                _ => AgentSeen {
-                    status: self.agent_names.admit(&a.status),
-                    updated_at: a.updated_at,
-                    created_at: a.created_at,
-                },
+                _ => self.seen(a, listing_start),
             };
             next.insert(a.id.as_str().into(), seen);
         }
@@ -347,8 +456,18 @@ impl Fleet {
         // created too recently to be visible in it (a webhook told of it
         // first). Its last change being recent says nothing: a listing
         // shows every agent whose creation is visible, in some state.
-        next.extend(old.into_iter().filter(|(_, e)| e.created_at > recent));
+        let (kept, went): (Vec<_>, Vec<_>) =
+            old.into_iter().partition(|(_, e)| e.created_at > recent);
+        next.extend(kept);
         self.agent_gone.retain(|_, (_, came)| *came > recent);
+        if self.breakdown.is_some() {
+            let now = self.api_time.map_or(listing_start, |t| t.latest);
+            for (id, e) in went {
+                self.dims_gone.insert(id, (e.dims, now));
+            }
+            let forget = now.saturating_sub(DIMS_GONE_TTL);
+            self.dims_gone.retain(|_, (_, at)| *at > forget);
+        }
         self.agent_by_id = next;
         self.agents = AGENT_STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
         for e in self.agent_by_id.values() {
@@ -382,22 +501,40 @@ impl Fleet {
             }
         }
         if deleted {
-            self.agent_by_id.remove(a.id.as_str());
+            if let Some(e) = self.agent_by_id.remove(a.id.as_str()) {
+                if self.breakdown.is_some() {
+                    let now = self.api_time.map_or(a.updated_at, |t| t.latest);
+                    self.dims_gone.insert(a.id.as_str().into(), (e.dims, now));
+                }
+            }
             let came = self.api_time.map_or(a.updated_at, |t| t.latest);
             self.agent_gone
                 .insert(a.id.as_str().into(), (a.updated_at, came.max(a.updated_at)));
             return;
         }
-        let status = self.agent_names.admit(&a.status);
-        *self.agents.entry(status.clone()).or_default() += 1;
-        self.agent_by_id.insert(
-            a.id.as_str().into(),
-            AgentSeen {
-                status,
-                updated_at: a.updated_at,
-                created_at: a.created_at,
+        let seen_at = self.api_time.map_or(a.updated_at, |t| t.latest);
+        let seen = self.seen(a, seen_at);
+        *self.agents.entry(seen.status.clone()).or_default() += 1;
+        self.dims_gone.remove(a.id.as_str());
+        self.agent_by_id.insert(a.id.as_str().into(), seen);
+    }
+
+    /// What the fleet holds of an agent read at `seen_at` (the API's time).
+    fn seen(&mut self, a: &Agent, seen_at: Timestamp) -> AgentSeen {
+        AgentSeen {
+            status: self.agent_names.admit(&a.status),
+            updated_at: a.updated_at,
+            created_at: a.created_at,
+            last_heartbeat_at: a.last_heartbeat_at,
+            // A listing without a start (tests) judges no heartbeat.
+            seen_at: if seen_at == Timestamp::from_micros(i64::MAX) {
+                a.updated_at
+                    .max(a.last_heartbeat_at.unwrap_or(a.updated_at))
+            } else {
+                seen_at
             },
-        );
+            dims: self.agent_dims(a),
+        }
     }
 
     /// Apply one sighting of a task, from any source. Idempotent: the same
@@ -421,7 +558,7 @@ impl Fleet {
             // order) carries no final values: it must neither count its
             // partial usage nor settle the failure code.
             let waiting = !c.marks.code;
-            self.count_known(&mut c.marks, t, t.status.is_terminal());
+            self.count_known(&mut c.marks, t, t.status.is_terminal(), c.slice);
             if waiting && c.marks.code {
                 self.codes_waiting -= 1;
             }
@@ -433,12 +570,13 @@ impl Fleet {
         }
         let progress = t.progress();
         if let Some(mut o) = self.open.remove(t.id.as_str()) {
-            self.count_known(&mut o.marks, t, false);
             let moved = progress.further_than(&o.progress);
             if moved {
                 o.status = self.admit_status(&t.status);
                 o.progress = progress;
+                o.slice = self.slice_of(t);
             }
+            self.count_known(&mut o.marks, t, false, o.slice);
             if self.settled(&o.status, o.progress.updated_at) {
                 self.unlisted
                     .insert(t.id.as_str().into(), (o.marks, o.progress));
@@ -456,13 +594,15 @@ impl Fleet {
             if !progress.further_than(&p) {
                 // A stale copy of a task already gone from the open set.
                 let mut m = m;
-                self.count_known(&mut m, t, false);
+                let slice = self.slice_of(t);
+                self.count_known(&mut m, t, false, slice);
                 self.unlisted.insert(t.id.as_str().into(), (m, p));
                 return Applied::Unchanged;
             }
             marks = m;
         }
-        self.count_known(&mut marks, t, false);
+        let slice = self.slice_of(t);
+        self.count_known(&mut marks, t, false, slice);
         let status = self.admit_status(&t.status);
         if self.settled(&status, t.updated_at) {
             self.unlisted
@@ -476,6 +616,7 @@ impl Fleet {
                 created_at: t.created_at,
                 progress,
                 marks,
+                slice,
             },
         );
         Applied::Updated
@@ -506,7 +647,7 @@ impl Fleet {
     /// Count what `t` makes known for the first time: its queue time (once
     /// it started after the floor), and for a terminal copy its run time,
     /// tokens and failure code.
-    fn count_known(&mut self, marks: &mut Marks, t: &Task, terminal: bool) {
+    fn count_known(&mut self, marks: &mut Marks, t: &Task, terminal: bool, slice: u32) {
         let floor = self.floor;
         let m = &t.metrics;
         let absurd = |v: Option<f64>| v.is_some_and(|v| !(0.0..=MAX_DURATION_SECONDS).contains(&v));
@@ -515,14 +656,13 @@ impl Fleet {
         {
             self.reject("tasks", "invalid_number", &t.id);
         }
-        let c = &mut self.counters;
         if !marks.queue {
             match t.started_time() {
                 Some(s) if s <= floor => marks.queue = true,
                 Some(_) => {
                     if let Some(q) = m.queue_seconds {
                         if !absurd(Some(q)) {
-                            c.queue_seconds.observe(q);
+                            self.add(slice, |c| c.queue_seconds.observe(q));
                         }
                         marks.queue = true;
                     }
@@ -535,16 +675,18 @@ impl Fleet {
         }
         if let (false, Some(v)) = (marks.run, m.run_seconds) {
             if !absurd(Some(v)) {
-                c.run_seconds.observe(v);
+                self.add(slice, |c| c.run_seconds.observe(v));
             }
             marks.run = true;
         }
         if let (false, Some(v)) = (marks.input, m.input_tokens) {
-            c.input_tokens = c.input_tokens.saturating_add(v);
+            self.add(slice, |c| c.input_tokens = c.input_tokens.saturating_add(v));
             marks.input = true;
         }
         if let (false, Some(v)) = (marks.output, m.output_tokens) {
-            c.output_tokens = c.output_tokens.saturating_add(v);
+            self.add(slice, |c| {
+                c.output_tokens = c.output_tokens.saturating_add(v)
+            });
             marks.output = true;
         }
         if !marks.code {
@@ -552,7 +694,7 @@ impl Fleet {
                 marks.code = true;
             } else if let Some(code) = t.error.as_ref().and_then(|e| e.code.as_deref()) {
                 let code = self.failure_codes.admit(code);
-                *self.counters.failures.entry(code).or_default() += 1;
+                self.add(slice, |c| *c.failures.entry(code.clone()).or_default() += 1);
                 marks.code = true;
             }
         }
@@ -566,19 +708,25 @@ impl Fleet {
         if finished_at <= self.floor {
             return Applied::BeforeFloor;
         }
-        *self
-            .counters
-            .finished
-            .entry(t.status.name().to_string())
-            .or_default() += 1;
+        let slice = self.slice_of(t);
+        let status = t.status.name();
+        self.add(slice, |c| {
+            *c.finished.entry(status.to_string()).or_default() += 1
+        });
         // A task created and finished between two polls was never open
         // here: its queue time is observed now, once.
-        self.count_known(&mut marks, t, true);
+        self.count_known(&mut marks, t, true, slice);
         if !marks.code {
             self.codes_waiting += 1;
         }
-        self.ledger
-            .insert(t.id.as_str().into(), Counted { finished_at, marks });
+        self.ledger.insert(
+            t.id.as_str().into(),
+            Counted {
+                finished_at,
+                marks,
+                slice,
+            },
+        );
         Applied::Finished
     }
 
@@ -618,11 +766,11 @@ impl Fleet {
         }
         self.floor = floor;
         self.pruned_to = self.pruned_to.max(floor);
-        let mut unknown = 0;
+        let mut unknown = Vec::new();
         self.ledger.retain(|_, c| {
             let keep = c.finished_at > floor;
             if !keep && !c.marks.code {
-                unknown += 1;
+                unknown.push(c.slice);
             }
             keep
         });
@@ -632,14 +780,14 @@ impl Fleet {
         self.unlisted.retain(|_, (_, p)| p.updated_at > floor);
     }
 
-    fn count_unknown_codes(&mut self, n: u64) {
-        if n > 0 {
-            self.codes_waiting = self.codes_waiting.saturating_sub(n as usize);
-            *self
-                .counters
-                .failures
-                .entry(UNKNOWN_CODE.to_string())
-                .or_default() += n;
+    /// Count under `unknown` the failures of these slices whose code
+    /// never came.
+    fn count_unknown_codes(&mut self, slices: Vec<u32>) {
+        self.codes_waiting = self.codes_waiting.saturating_sub(slices.len());
+        for slice in slices {
+            self.add(slice, |c| {
+                *c.failures.entry(UNKNOWN_CODE.to_string()).or_default() += 1
+            });
         }
     }
 
@@ -650,11 +798,11 @@ impl Fleet {
         let Some(now) = self.api_time else { return };
         if self.codes_waiting > 0 {
             let due = now.earliest.saturating_sub(self.limits.failure_code_grace);
-            let mut unknown = 0;
+            let mut unknown = Vec::new();
             for c in self.ledger.values_mut() {
                 if !c.marks.code && c.finished_at < due {
                     c.marks.code = true;
-                    unknown += 1;
+                    unknown.push(c.slice);
                 }
             }
             self.count_unknown_codes(unknown);
@@ -785,7 +933,59 @@ pub struct Snapshot {
     pub otlp: Option<ExportHealth>,
     /// Set by the poll loop when the webhook receiver is on.
     pub webhook: Option<crate::webhook::WebhookHealth>,
+    /// The breakdown label names, in the order of every group's `by`
+    /// (empty without breakdowns).
+    pub dims: Vec<String>,
+    /// Agents per breakdown group (one group, `by` empty, without
+    /// breakdowns); empty before the first complete listing.
+    pub agent_groups: Vec<AgentGroup>,
+    /// Task counters and open tasks per breakdown slice (one, `by` empty,
+    /// without breakdowns).
+    pub task_groups: Vec<TaskGroup>,
+    /// Per-agent heartbeats, when asked for (`--agents.heartbeat-series`).
+    pub heartbeats: Vec<AgentHeartbeat>,
+    /// What the breakdowns hold; `None` without breakdowns.
+    pub breakdown: Option<BreakdownInfo>,
 }
+
+/// Agents of one combination of breakdown values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentGroup {
+    /// Values in the order of `Snapshot::dims`; "" where none.
+    pub by: Vec<String>,
+    /// Per status; the six known ones always.
+    pub statuses: BTreeMap<String, u64>,
+    /// Idle and busy agents whose heartbeat is stale, per status.
+    pub silent: BTreeMap<String, u64>,
+}
+
+/// The task numbers of one breakdown slice.
+#[derive(Debug, Clone)]
+pub struct TaskGroup {
+    pub by: Vec<String>,
+    pub counters: Counters,
+    /// Open tasks per status; pending and running always.
+    pub open: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentHeartbeat {
+    pub id: String,
+    pub status: String,
+    pub by: Vec<String>,
+    /// The API's `last_heartbeat_at` (Unix seconds, the API's clock).
+    pub at: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakdownInfo {
+    /// Distinct values admitted per breakdown label.
+    pub values: Vec<(String, usize)>,
+    pub combinations: usize,
+}
+
+/// Statuses whose agents are meant to heartbeat (the contract's active).
+pub const HEARTBEAT_STATUSES: [&str; 2] = ["idle", "busy"];
 
 /// The OTLP pusher's record for one workspace, plain data for the table.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -829,6 +1029,128 @@ impl Fleet {
             api,
             otlp: None,
             webhook: None,
+            dims: self
+                .breakdown
+                .as_ref()
+                .map(|b| b.names())
+                .unwrap_or_default(),
+            agent_groups: self.agent_groups(),
+            task_groups: self.task_groups(),
+            heartbeats: self.heartbeats(),
+            breakdown: self.breakdown.as_ref().map(|b| BreakdownInfo {
+                values: b.value_counts(),
+                combinations: b.slices(),
+            }),
         }
+    }
+
+    /// Whether an agent meant to heartbeat has not for longer than the
+    /// limit, as of when its copy was read.
+    fn silent(&self, e: &AgentSeen) -> bool {
+        if !HEARTBEAT_STATUSES.contains(&e.status.as_str()) {
+            return false;
+        }
+        // Never heartbeated: judged from when it last changed (an agent
+        // that just became idle may not have sent its first one yet).
+        let last = e.last_heartbeat_at.unwrap_or(e.updated_at);
+        e.seen_at > last.saturating_add(self.limits.heartbeat_stale_after)
+    }
+
+    fn agent_groups(&self) -> Vec<AgentGroup> {
+        if !self.agents_known {
+            return Vec::new();
+        }
+        let zeros = |names: &[&str]| -> BTreeMap<String, u64> {
+            names.iter().map(|s| (s.to_string(), 0)).collect()
+        };
+        let mut groups: BTreeMap<Vec<Arc<str>>, AgentGroup> = BTreeMap::new();
+        for e in self.agent_by_id.values() {
+            let key = Breakdown::agent_key(&e.dims);
+            let g = groups.entry(key).or_insert_with(|| AgentGroup {
+                by: Vec::new(),
+                statuses: zeros(&AGENT_STATUSES),
+                silent: zeros(&HEARTBEAT_STATUSES),
+            });
+            *g.statuses.entry(e.status.clone()).or_default() += 1;
+            if self.silent(e) {
+                *g.silent.entry(e.status.clone()).or_default() += 1;
+            }
+        }
+        let Some(b) = &self.breakdown else {
+            // One group of every agent, its unknown statuses as the
+            // workspace's (still at 0 when no agent is in one now).
+            let mut g = groups.into_values().next().unwrap_or_else(|| AgentGroup {
+                by: Vec::new(),
+                statuses: BTreeMap::new(),
+                silent: zeros(&HEARTBEAT_STATUSES),
+            });
+            g.statuses = self.agents.clone();
+            return vec![g];
+        };
+        groups
+            .into_iter()
+            .map(|(k, mut g)| {
+                g.by = b.values_of(&k);
+                g
+            })
+            .collect()
+    }
+
+    fn task_groups(&self) -> Vec<TaskGroup> {
+        let Some(b) = &self.breakdown else {
+            return vec![TaskGroup {
+                by: Vec::new(),
+                counters: self.counters.clone(),
+                open: self.open_tasks(),
+            }];
+        };
+        let mut open: Vec<BTreeMap<String, u64>> = (0..b.slices())
+            .map(|_| {
+                OPEN_TASK_STATUSES
+                    .iter()
+                    .map(|s| (s.to_string(), 0))
+                    .collect()
+            })
+            .collect();
+        for o in self.open.values() {
+            if let Some(m) = open.get_mut(o.slice as usize) {
+                *m.entry(o.status.name().to_string()).or_default() += 1;
+            }
+        }
+        b.counters
+            .iter()
+            .zip(open)
+            .enumerate()
+            .map(|(i, (c, open))| TaskGroup {
+                by: b.values_of(b.key(i as u32)),
+                counters: c.clone(),
+                open,
+            })
+            .collect()
+    }
+
+    fn heartbeats(&self) -> Vec<AgentHeartbeat> {
+        let max = self.limits.per_agent_series;
+        if max == 0 {
+            return Vec::new();
+        }
+        let mut ids: Vec<&Box<str>> = self.agent_by_id.keys().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| {
+                let e = &self.agent_by_id[id];
+                let at = e.last_heartbeat_at?;
+                Some(AgentHeartbeat {
+                    id: id.to_string(),
+                    status: e.status.clone(),
+                    by: match &self.breakdown {
+                        Some(b) => b.values_of(&Breakdown::agent_key(&e.dims)),
+                        None => Vec::new(),
+                    },
+                    at: at.as_secs_f64(),
+                })
+            })
+            .take(max)
+            .collect()
     }
 }

@@ -13,6 +13,8 @@ fn task(id: &str, status: &str, updated: i64) -> Task {
     let started = !matches!(status, TaskStatus::Pending);
     let done = status.is_terminal();
     Task {
+        agent_id: None,
+        labels: Vec::new(),
         id: id.into(),
         status: status.clone(),
         created_at: ts(1),
@@ -147,6 +149,9 @@ fn unknown_agent_statuses_are_kept_by_name_up_to_a_bound() {
     let mut f = Fleet::new(ts(0));
     assert!(f.agents().is_none());
     let agent = |status: String| Agent {
+        last_heartbeat_at: None,
+        labels: Vec::new(),
+        config: Default::default(),
         id: status.clone(),
         status,
         created_at: ts(0),
@@ -204,6 +209,9 @@ fn a_started_task_dropped_by_reconciliation_then_seen_finished_observes_its_queu
 
 fn agent(id: &str, status: &str, updated: i64) -> Agent {
     Agent {
+        last_heartbeat_at: None,
+        labels: Vec::new(),
+        config: Default::default(),
         id: id.into(),
         status: status.into(),
         created_at: ts(0),
@@ -360,6 +368,9 @@ fn an_agent_missing_from_a_listing_is_gone_even_if_it_changed_just_before() {
     // from the next, which started within the lag of that last change:
     // deleted, not kept with its old status.
     let agent = |id: &str, status: &str, created: i64, at: i64| Agent {
+        last_heartbeat_at: None,
+        labels: Vec::new(),
+        config: Default::default(),
         id: id.into(),
         status: status.into(),
         created_at: ts(created),
@@ -419,6 +430,9 @@ fn equal_updated_at_never_moves_a_task_backwards() {
 #[test]
 fn agent_events_at_the_listed_updated_at_apply_and_deletions_are_never_lost() {
     let agent = |id: &str, status: &str, at: i64| Agent {
+        last_heartbeat_at: None,
+        labels: Vec::new(),
+        config: Default::default(),
         id: id.into(),
         status: status.into(),
         created_at: ts(0),
@@ -621,6 +635,9 @@ fn timestamps_far_in_the_future_are_refused_and_counted() {
     );
     // Agents: a future copy does not pin the agent.
     let agent = |status: &str, at: &str| Agent {
+        last_heartbeat_at: None,
+        labels: Vec::new(),
+        config: Default::default(),
         id: "a".into(),
         status: status.into(),
         created_at: ts(0),
@@ -757,6 +774,9 @@ fn attack_a_deletion_keeping_its_old_updated_at_outlives_one_listing() {
     // the deletion was visible (started within the lag of it) still shows the
     // agent: the deletion must beat that copy too, not only the first one.
     let agent = |id: &str, at: i64| Agent {
+        last_heartbeat_at: None,
+        labels: Vec::new(),
+        config: Default::default(),
         id: id.into(),
         status: "idle".into(),
         created_at: ts(0),
@@ -918,4 +938,201 @@ fn attack2_a_provisional_floor_never_falls_below_what_the_ledger_forgot() {
     late.updated_at = ts(107_190);
     f.apply_task(&late);
     assert_eq!(finished(&f, "completed"), 1, "one task counted twice");
+}
+
+// ---- breakdowns (issue 11) ----
+
+fn labelled_agent(id: &str, team: &str, provider: &str, heartbeat: Option<i64>) -> Agent {
+    Agent {
+        last_heartbeat_at: heartbeat.map(ts),
+        labels: vec![("team".into(), team.into())],
+        config: crate::api::types::AgentConfig {
+            model_provider: Some(provider.into()),
+            model: Some(format!("{provider}-m")),
+        },
+        id: id.into(),
+        status: "busy".into(),
+        created_at: ts(0),
+        updated_at: ts(1),
+    }
+}
+
+fn on(agent: &str, mut t: Task) -> Task {
+    t.agent_id = Some(agent.into());
+    t.labels = vec![("priority".into(), "high".into())];
+    t
+}
+
+fn broken_down(max_values: usize) -> Fleet {
+    let cfg = BreakdownConfig {
+        provider: true,
+        model: true,
+        agent_labels: Patterns {
+            allow: vec!["team".into()],
+            deny: vec![],
+        },
+        task_labels: Patterns {
+            allow: vec!["prio*".into()],
+            deny: vec![],
+        },
+        max_values,
+        ..Default::default()
+    };
+    Fleet::new(ts(0)).with_breakdown(&cfg, &["workspace".into()])
+}
+
+/// Sums every task group's counters.
+fn summed(s: &Snapshot) -> (u64, u64, u64, u64) {
+    s.task_groups.iter().fold((0, 0, 0, 0), |a, g| {
+        (
+            a.0 + g.counters.finished.values().sum::<u64>(),
+            a.1 + g.counters.failures.values().sum::<u64>(),
+            a.2 + g.counters.input_tokens,
+            a.3 + g.counters.run_seconds.count(),
+        )
+    })
+}
+
+#[test]
+fn breakdowns_split_every_count_and_sum_to_the_total() {
+    let mut f = broken_down(50);
+    f.apply_agent_listing(&[
+        labelled_agent("a1", "search", "anthropic", Some(1)),
+        labelled_agent("a2", "billing", "openai", Some(1)),
+    ]);
+    f.apply_task(&on("a1", task("t1", "running", 3)));
+    f.apply_task(&on("a1", task("t1", "completed", 5)));
+    f.apply_task(&on("a2", task("t2", "failed", 6)));
+    // A duplicate and a pending task without an agent.
+    f.apply_task(&on("a2", task("t2", "failed", 6)));
+    f.apply_task(&task("t3", "cancelled", 7));
+    // A task of an agent never seen counts without agent values.
+    f.apply_task(&on("a9", task("t4", "completed", 8)));
+    let s = f.snapshot("ws", ts(10), Health::default(), Default::default());
+    assert_eq!(s.dims, ["provider", "model", "team", "task_priority"]);
+    let total = &s.counters;
+    let (fin, fail, input, runs) = summed(&s);
+    assert_eq!(fin, total.finished.values().sum::<u64>());
+    assert_eq!(fin, 4);
+    assert_eq!(fail, total.failures.values().sum::<u64>());
+    assert_eq!(input, total.input_tokens);
+    assert_eq!(runs, total.run_seconds.count());
+    let group = |by: &[&str]| {
+        s.task_groups
+            .iter()
+            .find(|g| g.by == by)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no group {by:?} in {:?}",
+                    s.task_groups.iter().map(|g| &g.by).collect::<Vec<_>>()
+                )
+            })
+    };
+    let a1 = group(&["anthropic", "anthropic-m", "search", "high"]);
+    assert_eq!(a1.counters.finished["completed"], 1);
+    assert_eq!(a1.counters.queue_seconds.count(), 1);
+    let a2 = group(&["openai", "openai-m", "billing", "high"]);
+    assert_eq!(a2.counters.finished["failed"], 1);
+    assert_eq!(a2.counters.failures["timeout"], 1);
+    let none = group(&["", "", "", ""]);
+    assert_eq!(none.counters.finished["cancelled"], 1);
+    assert_eq!(
+        group(&["", "", "", "high"]).counters.finished["completed"],
+        1
+    );
+    // Agents by their values; the family renders every group.
+    assert_eq!(s.agent_groups.len(), 2);
+    assert!(s.agent_groups.iter().all(|g| g.statuses["busy"] == 1));
+}
+
+#[test]
+fn a_late_failure_code_counts_in_the_slice_of_its_failure() {
+    let mut f = broken_down(50);
+    f.apply_agent_listing(&[labelled_agent("a1", "search", "anthropic", None)]);
+    let mut t = on("a1", task("t1", "failed", 5));
+    t.error = Some(TaskError { code: None });
+    f.apply_task(&t);
+    // The agent goes before the code is given up on.
+    f.apply_agent_listing_at(&[], ts(20), Duration::from_secs(5));
+    f.raise_floor(ts(6));
+    let s = f.snapshot("ws", ts(30), Health::default(), Default::default());
+    let g = s
+        .task_groups
+        .iter()
+        .find(|g| g.by[0] == "anthropic")
+        .expect("the slice of the agent");
+    assert_eq!(g.counters.failures[UNKNOWN_CODE], 1);
+    assert_eq!(s.counters.failures[UNKNOWN_CODE], 1);
+}
+
+#[test]
+fn values_past_the_cap_count_as_other_and_agents_gone_keep_their_values() {
+    let mut f = broken_down(2);
+    let agents: Vec<Agent> = ["t1", "t2", "t3", "t4"]
+        .iter()
+        .enumerate()
+        .map(|(i, team)| labelled_agent(&format!("a{i}"), team, "p", Some(1)))
+        .collect();
+    f.apply_agent_listing(&agents);
+    let s = f.snapshot("ws", ts(10), Health::default(), Default::default());
+    let teams: BTreeSet<&str> = s.agent_groups.iter().map(|g| g.by[2].as_str()).collect();
+    assert_eq!(teams, ["other", "t1", "t2"].into_iter().collect());
+    let team = s
+        .breakdown
+        .as_ref()
+        .unwrap()
+        .values
+        .iter()
+        .find(|(d, _)| d == "team")
+        .unwrap()
+        .1;
+    assert_eq!(team, 2);
+    // a0 is deleted while its task runs: the task still counts as team t1.
+    f.apply_task(&on("a0", task("x", "running", 3)));
+    f.apply_agent_listing_at(&agents[1..], ts(20), Duration::from_secs(5));
+    f.apply_task(&on("a0", task("x", "completed", 21)));
+    let s = f.snapshot("ws", ts(30), Health::default(), Default::default());
+    let g = s
+        .task_groups
+        .iter()
+        .find(|g| g.counters.finished["completed"] == 1)
+        .unwrap();
+    assert_eq!(g.by[2], "t1");
+}
+
+#[test]
+fn silent_heartbeats_are_judged_as_of_the_listing() {
+    let mut f = broken_down(50);
+    let mut quiet = labelled_agent("a1", "search", "p", Some(100));
+    quiet.status = "idle".into();
+    let fresh = labelled_agent("a2", "search", "p", Some(170));
+    let mut never = labelled_agent("a3", "ops", "p", None);
+    never.updated_at = ts(150);
+    let mut paused = labelled_agent("a4", "ops", "p", Some(0));
+    paused.status = "paused".into();
+    f.apply_agent_listing_at(
+        &[quiet, fresh, never, paused],
+        ts(200),
+        Duration::from_secs(5),
+    );
+    let s = f.snapshot("ws", ts(10_000), Health::default(), Default::default());
+    let silent = |team: &str, status: &str| {
+        s.agent_groups
+            .iter()
+            .filter(|g| g.by[2] == team)
+            .map(|g| g.silent[status])
+            .sum::<u64>()
+    };
+    // 100 s without a heartbeat at the listing (200): silent; 30 s: not;
+    // never heartbeated but busy only since 150: not yet; paused: never.
+    assert_eq!(silent("search", "idle"), 1);
+    assert_eq!(silent("search", "busy"), 0);
+    assert_eq!(silent("ops", "busy"), 0);
+    assert_eq!(
+        s.agent_groups
+            .iter()
+            .map(|g| g.silent.values().sum::<u64>())
+            .sum::<u64>(),
+        1
+    );
 }

@@ -27,11 +27,14 @@ pub enum Value {
     Histogram(Histogram),
 }
 
-/// One sample: label values in the order of the family's `labels`.
+/// One sample: label values in the order of the family's `labels`, and
+/// of the workspace's breakdown labels (`Snapshot::dims`) in `by`, which
+/// is empty for a family without breakdowns. An empty value is no label.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub labels: Vec<String>,
     pub value: Value,
+    pub by: Vec<String>,
 }
 
 /// A metric family over some source `T`: a workspace [`Snapshot`], or the
@@ -59,11 +62,51 @@ fn num(labels: &[&str], v: f64) -> Sample {
     Sample {
         labels: labels.iter().map(|s| s.to_string()).collect(),
         value: Value::Number(v),
+        by: Vec::new(),
     }
 }
 
 fn per_name<'a>(out: &mut Vec<Sample>, map: impl IntoIterator<Item = (&'a String, &'a u64)>) {
     out.extend(map.into_iter().map(|(k, v)| num(&[k], *v as f64)));
+}
+
+/// Samples of a breakdown group: `f`'s, each with the group's values.
+fn grouped(out: &mut Vec<Sample>, by: &[String], f: impl FnOnce(&mut Vec<Sample>)) {
+    let from = out.len();
+    f(out);
+    for s in &mut out[from..] {
+        s.by = by.to_vec();
+    }
+}
+
+fn hist(h: &Histogram) -> Sample {
+    Sample {
+        labels: vec![],
+        value: Value::Histogram(h.clone()),
+        by: Vec::new(),
+    }
+}
+
+/// The series the breakdown labels add: every sample of a broken-down
+/// family (a histogram is its buckets, `_sum` and `_count`).
+fn breakdown_series(s: &Snapshot) -> f64 {
+    let mut out = Vec::new();
+    let mut n = 0usize;
+    for f in WORKSPACE_FAMILIES {
+        if f.name == "clawmesh_breakdown_series" {
+            continue;
+        }
+        out.clear();
+        (f.collect)(s, &mut out);
+        for x in out.iter().filter(|x| x.by.iter().any(|v| !v.is_empty())) {
+            n += match &x.value {
+                Value::Number(_) => 1,
+                // Its buckets, +Inf included, then _sum and _count.
+                Value::Histogram(h) => h.cumulative().count() + 3,
+            };
+        }
+    }
+    n as f64
 }
 
 /// Every family labelled by workspace, in exposition order.
@@ -76,8 +119,8 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         stability: Stability::Stable,
         labels: &["status"],
         collect: |s, out| {
-            if let Some(a) = &s.agents {
-                per_name(out, a)
+            for g in &s.agent_groups {
+                grouped(out, &g.by, |out| per_name(out, &g.statuses));
             }
         },
     },
@@ -89,9 +132,23 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         stability: Stability::Stable,
         labels: &[],
         collect: |s, out| {
-            if let Some(a) = &s.agents {
+            for g in &s.agent_groups {
+                let a = &g.statuses;
                 let active = a.get("idle").copied().unwrap_or(0) + a.get("busy").copied().unwrap_or(0);
-                out.push(num(&[], active as f64));
+                grouped(out, &g.by, |out| out.push(num(&[], active as f64)));
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_agents_heartbeat_stale",
+        help: "Idle and busy agents whose last_heartbeat_at is older than --agents.heartbeat-stale-after (default 90s, three missed heartbeats) as the listing that read them saw it, per status.",
+        kind: Kind::Gauge,
+        unit: "{agent}",
+        stability: Stability::Stable,
+        labels: &["status"],
+        collect: |s, out| {
+            for g in &s.agent_groups {
+                grouped(out, &g.by, |out| per_name(out, &g.silent));
             }
         },
     },
@@ -102,7 +159,11 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         unit: "{task}",
         stability: Stability::Stable,
         labels: &["status"],
-        collect: |s, out| per_name(out, &s.tasks_open),
+        collect: |s, out| {
+            for g in &s.task_groups {
+                grouped(out, &g.by, |out| per_name(out, &g.open));
+            }
+        },
     },
     Family {
         name: "clawmesh_tasks_oldest_pending_age_seconds",
@@ -120,7 +181,11 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         unit: "{task}",
         stability: Stability::Stable,
         labels: &["status"],
-        collect: |s, out| per_name(out, &s.counters.finished),
+        collect: |s, out| {
+            for g in &s.task_groups {
+                grouped(out, &g.by, |out| per_name(out, &g.counters.finished));
+            }
+        },
     },
     Family {
         name: "clawmesh_task_failures_total",
@@ -129,7 +194,11 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         unit: "{task}",
         stability: Stability::Stable,
         labels: &["code"],
-        collect: |s, out| per_name(out, &s.counters.failures),
+        collect: |s, out| {
+            for g in &s.task_groups {
+                grouped(out, &g.by, |out| per_name(out, &g.counters.failures));
+            }
+        },
     },
     Family {
         name: "clawmesh_task_queue_duration_seconds",
@@ -138,7 +207,11 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         unit: "s",
         stability: Stability::Stable,
         labels: &[],
-        collect: |s, out| out.push(Sample { labels: vec![], value: Value::Histogram(s.counters.queue_seconds.clone()) }),
+        collect: |s, out| {
+            for g in &s.task_groups {
+                grouped(out, &g.by, |out| out.push(hist(&g.counters.queue_seconds)));
+            }
+        },
     },
     Family {
         name: "clawmesh_task_run_duration_seconds",
@@ -147,7 +220,11 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         unit: "s",
         stability: Stability::Stable,
         labels: &[],
-        collect: |s, out| out.push(Sample { labels: vec![], value: Value::Histogram(s.counters.run_seconds.clone()) }),
+        collect: |s, out| {
+            for g in &s.task_groups {
+                grouped(out, &g.by, |out| out.push(hist(&g.counters.run_seconds)));
+            }
+        },
     },
     Family {
         name: "clawmesh_task_tokens_total",
@@ -157,8 +234,51 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         stability: Stability::Stable,
         labels: &["kind"],
         collect: |s, out| {
-            out.push(num(&["input"], s.counters.input_tokens as f64));
-            out.push(num(&["output"], s.counters.output_tokens as f64));
+            for g in &s.task_groups {
+                grouped(out, &g.by, |out| {
+                    out.push(num(&["input"], g.counters.input_tokens as f64));
+                    out.push(num(&["output"], g.counters.output_tokens as f64));
+                });
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_agent_last_heartbeat_timestamp_seconds",
+        help: "Each agent's last_heartbeat_at (Unix seconds, the API's clock), with --agents.heartbeat-series only: one series per agent (at most --agents.heartbeat-series-max).",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Experimental,
+        labels: &["agent_id", "status"],
+        collect: |s, out| {
+            for h in &s.heartbeats {
+                grouped(out, &h.by, |out| out.push(num(&[&h.id, &h.status], h.at)));
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_breakdown_series",
+        help: "Series the breakdown labels produce for the workspace (a histogram counts its buckets, _sum and _count); absent without breakdowns.",
+        kind: Kind::Gauge,
+        unit: "{series}",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |s, out| {
+            if s.breakdown.is_some() {
+                out.push(num(&[], breakdown_series(s)));
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_breakdown_values",
+        help: "Distinct values admitted per breakdown label (at most --breakdown.max-values; later values count as \"other\").",
+        kind: Kind::Gauge,
+        unit: "{value}",
+        stability: Stability::Experimental,
+        labels: &["dimension"],
+        collect: |s, out| {
+            if let Some(b) = &s.breakdown {
+                out.extend(b.values.iter().map(|(d, n)| num(&[d], *n as f64)));
+            }
         },
     },
     Family {
@@ -205,7 +325,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         stability: Stability::Stable,
         labels: &["endpoint"],
         collect: |s, out| {
-            out.extend(s.api.durations.iter().map(|(e, h)| Sample { labels: vec![e.clone()], value: Value::Histogram(h.clone()) }))
+            out.extend(s.api.durations.iter().map(|(e, h)| Sample { labels: vec![e.clone()], value: Value::Histogram(h.clone()), by: Vec::new() }))
         },
     },
     Family {
@@ -465,6 +585,7 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
             out.push(Sample {
                 labels: vec![p.shard.index.to_string(), p.shard.total.to_string()],
                 value: Value::Number(1.0),
+                by: Vec::new(),
             })
         },
     },

@@ -41,6 +41,7 @@ pub const WORKSPACE_NAME_ATTRIBUTE: &str = "clawmesh.workspace.name";
 const COMPOUNDS: &[&str] = &[
     "oldest_pending",
     "last_sync",
+    "last_heartbeat",
     "last_success",
     "rate_limit",
     "retry_after",
@@ -193,6 +194,18 @@ pub struct Batcher {
     generation: u64,
 }
 
+/// The OpenTelemetry attribute of a Prometheus label: the GenAI semantic
+/// conventions' names for the model provider, the model and the token
+/// type; every other label as it is.
+pub fn otel_attribute<'a>(family: &str, label: &'a str) -> &'a str {
+    match label {
+        "provider" => "gen_ai.provider.name",
+        "model" => "gen_ai.request.model",
+        "kind" if family == "clawmesh_task_tokens_total" => "gen_ai.token.type",
+        other => other,
+    }
+}
+
 fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_string(),
@@ -263,13 +276,37 @@ impl Batcher {
                         "workspace_name" => kv(WORKSPACE_NAME_ATTRIBUTE, v),
                         _ => kv(k, v),
                     }));
-                    attributes.extend(family.labels.iter().zip(&s.labels).map(|(k, v)| kv(k, v)));
+                    // Breakdown values the sample has (an empty one is no
+                    // attribute), the GenAI names where the conventions
+                    // have one.
+                    let by: Vec<(&String, &String)> = snap
+                        .dims
+                        .iter()
+                        .zip(&s.by)
+                        .filter(|(_, v)| !v.is_empty())
+                        .collect();
+                    attributes.extend(
+                        by.iter()
+                            .map(|(k, v)| kv(otel_attribute(family.name, k), v)),
+                    );
+                    attributes.extend(
+                        family
+                            .labels
+                            .iter()
+                            .zip(&s.labels)
+                            .map(|(k, v)| kv(otel_attribute(family.name, k), v)),
+                    );
                     *points.entry(snap.workspace.clone()).or_default() += 1;
                     let (point, start_ns) = if family.kind == Kind::Gauge {
                         (Point::of(&s.value), 0)
                     } else {
+                        // The series' identity: what it renders as, so
+                        // that a breakdown label discovered later (a
+                        // longer `by`, padded empty) is the same series.
+                        let mut id = s.labels.clone();
+                        id.extend(by.iter().map(|(k, v)| format!("{k}={v}")));
                         self.advance(
-                            (fi, snap.workspace.clone(), s.labels.clone()),
+                            (fi, snap.workspace.clone(), id),
                             &s.value,
                             now_ns,
                             (snap.counting_since * 1e9) as u64,

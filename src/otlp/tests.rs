@@ -23,6 +23,7 @@ fn names_follow_opentelemetry_conventions() {
     let want = [
         ("clawmesh.agents", "{agent}"),
         ("clawmesh.agents.active", "{agent}"),
+        ("clawmesh.agents.heartbeat.stale", "{agent}"),
         ("clawmesh.tasks", "{task}"),
         ("clawmesh.tasks.oldest_pending.age", "s"),
         ("clawmesh.tasks.finished", "{task}"),
@@ -30,6 +31,9 @@ fn names_follow_opentelemetry_conventions() {
         ("clawmesh.task.queue.duration", "s"),
         ("clawmesh.task.run.duration", "s"),
         ("clawmesh.task.tokens", "{token}"),
+        ("clawmesh.agent.last_heartbeat.timestamp", "s"),
+        ("clawmesh.breakdown.series", "{series}"),
+        ("clawmesh.breakdown.values", "{value}"),
         ("clawmesh.up", "1"),
         ("clawmesh.last_sync.timestamp", "s"),
         ("clawmesh.sync.failures", "{sync}"),
@@ -410,14 +414,27 @@ fn snap(ws: &str, completed: u64, runs: &[f64]) -> Snapshot {
     for r in runs {
         counters.run_seconds.observe(*r);
     }
+    let agents: std::collections::BTreeMap<String, u64> =
+        [("idle".to_string(), 3), ("busy".to_string(), 2)]
+            .into_iter()
+            .collect();
     Snapshot {
         workspace: ws.into(),
         labels: vec![("workspace".into(), ws.into())],
-        agents: Some(
-            [("idle".to_string(), 3), ("busy".to_string(), 2)]
-                .into_iter()
-                .collect(),
-        ),
+        agent_groups: vec![crate::fleet::AgentGroup {
+            by: vec![],
+            statuses: agents.clone(),
+            silent: Default::default(),
+        }],
+        task_groups: vec![crate::fleet::TaskGroup {
+            by: vec![],
+            counters: counters.clone(),
+            open: Default::default(),
+        }],
+        dims: vec![],
+        heartbeats: vec![],
+        breakdown: None,
+        agents: Some(agents),
         tasks_open: Default::default(),
         oldest_pending_age_seconds: 0.0,
         counters,

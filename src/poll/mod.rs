@@ -38,6 +38,11 @@ pub struct PollConfig {
     /// How the fleet judges what the API says (future stamps, unknown
     /// statuses, late failure codes).
     pub fleet: FleetLimits,
+    /// Which dimensions the workspace's series are broken down by.
+    pub breakdown: crate::fleet::BreakdownConfig,
+    /// Agents read one by one per task sync (`GET /agents/{id}`) when tasks
+    /// name agents not yet listed; the rest count without agent values.
+    pub max_agent_lookups: usize,
 }
 
 impl Default for PollConfig {
@@ -49,6 +54,8 @@ impl Default for PollConfig {
             overlap: Duration::from_secs(10),
             dedup_horizon: Duration::from_secs(3600),
             fleet: FleetLimits::default(),
+            breakdown: Default::default(),
+            max_agent_lookups: 20,
         }
     }
 }
@@ -165,6 +172,11 @@ pub fn spawn(
     let started = Timestamp::host_now();
     let api_start = client.api_time();
     let limits = cfg.fleet;
+    let label_names: Vec<String> = std::iter::once("workspace".to_string())
+        .chain(labels.iter().map(|(k, _)| k.clone()))
+        .collect();
+    let fleet =
+        Fleet::starting(api_start, started, limits).with_breakdown(&cfg.breakdown, &label_names);
     let health = Health {
         token_expiry: token.expires_at.map(|t| t.as_secs_f64()),
         ..Default::default()
@@ -176,7 +188,7 @@ pub fn spawn(
         hub,
         cfg,
         state: Mutex::new(State {
-            fleet: Fleet::starting(api_start, started, limits),
+            fleet,
             health,
             ok: [false; 2],
             webhook: tracker,
@@ -344,6 +356,32 @@ async fn sleep_or_stop(until: Instant, stop: &mut watch::Receiver<bool>) -> bool
 impl Workspace {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Read the agents these tasks name that the fleet does not know yet
+    /// (created since the last listing), at most `left` of them per sync,
+    /// so that their tasks count under the agents' breakdown values. A
+    /// failed read ends the lookups of this sync: the tasks then count
+    /// without agent values (the sum over the breakdown stays exact).
+    async fn learn_agents(&self, page: &[crate::api::types::Task], left: &mut usize) {
+        let unknown = self.lock().fleet.unknown_agents(page);
+        for id in unknown {
+            if *left == 0 {
+                return;
+            }
+            *left -= 1;
+            match self.client.agent(&id).await {
+                Ok(agent) => {
+                    let mut st = self.lock_at_api_time();
+                    st.fleet.learn_agent(&id, agent.as_ref());
+                }
+                Err(e) => {
+                    tracing::warn!(workspace = %self.id, error = %e, "reading an agent its tasks name failed; those tasks count without its breakdown values");
+                    *left = 0;
+                    return;
+                }
+            }
+        }
     }
 
     /// The state, its fleet told the API's time now: the lock to apply what
@@ -539,9 +577,11 @@ impl TaskSync {
             sort_by_updated_at: true,
         };
         let mut newest = self.watermark;
+        let mut lookups = ws.cfg.max_agent_lookups;
         let mut listing = ws.client.list_tasks(query);
         while let Some(ev) = listing.next().await? {
             if let ListEvent::Page(page) = ev {
+                ws.learn_agents(&page, &mut lookups).await;
                 let mut st = ws.lock_at_api_time();
                 let State { fleet, webhook, .. } = &mut *st;
                 for t in &page {
@@ -607,12 +647,14 @@ impl TaskSync {
             }),
         );
         let mut seen: HashSet<String> = HashSet::new();
+        let mut lookups = ws.cfg.max_agent_lookups;
         for query in queries {
             let mut mine: HashSet<String> = HashSet::new();
             let mut listing = ws.client.list_tasks(query);
             while let Some(ev) = listing.next().await? {
                 match ev {
                     ListEvent::Page(page) => {
+                        ws.learn_agents(&page, &mut lookups).await;
                         let mut st = ws.lock_at_api_time();
                         for t in page {
                             st.fleet.apply_task(&t);

@@ -1,0 +1,513 @@
+//! Breakdowns: which properties of agents and tasks become labels of the
+//! workspace's series, and the bounded sets of values they take.
+//!
+//! A task is counted in exactly one slice (the combination of its
+//! dimensions' values, as known when it is counted), so the sum over any
+//! breakdown is the workspace total. Every bound here keeps the series
+//! count from following the data: dimensions (`max_labels`), values per
+//! dimension (`max_values`, then `other`) and combinations (`max_slices`,
+//! then every dimension `other`).
+
+use super::Counters;
+use crate::api::types::{Agent, Labels, Task};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Label names a dimension never takes as they are: the families' own,
+/// the per-agent series', Prometheus' reserved and target ones.
+const RESERVED: &[&str] = &[
+    "status",
+    "code",
+    "kind",
+    "resource",
+    "reason",
+    "endpoint",
+    "result",
+    "state",
+    "le",
+    "quantile",
+    "dimension",
+    "agent_id",
+    "provider",
+    "model",
+    "job",
+    "instance",
+    "workspace",
+    "workspace_name",
+    "shard",
+    "total_shards",
+    "task",
+];
+
+/// Which keys of a label map become dimensions: those matching any
+/// pattern of `allow` and none of `deny` (`*` matches any run of
+/// characters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patterns {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+impl Patterns {
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty()
+    }
+    pub fn matches(&self, key: &str) -> bool {
+        self.allow.iter().any(|p| glob(p, key)) && !self.deny.iter().any(|p| glob(p, key))
+    }
+}
+
+/// `*`-only glob matching, linear in the text for each star segment.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// What the operator chose to break the series down by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakdownConfig {
+    pub provider: bool,
+    pub model: bool,
+    pub agent_labels: Patterns,
+    pub task_labels: Patterns,
+    /// Distinct values per dimension; later ones count as `other`.
+    pub max_values: usize,
+    /// Dimensions from labels (wildcards discover them); later keys are
+    /// not broken down by.
+    pub max_labels: usize,
+    /// Combinations of values; a later one counts with every dimension `other`.
+    pub max_slices: usize,
+}
+
+impl Default for BreakdownConfig {
+    fn default() -> Self {
+        BreakdownConfig {
+            provider: false,
+            model: false,
+            agent_labels: Patterns::default(),
+            task_labels: Patterns::default(),
+            max_values: 50,
+            max_labels: 10,
+            max_slices: 2000,
+        }
+    }
+}
+
+/// Patterns from a flag or the config file: trimmed, empty entries
+/// dropped; a pattern must be able to match a label key.
+pub fn breakdown_patterns(allow: &[String], deny: &[String]) -> Result<Patterns, String> {
+    let clean = |v: &[String]| -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for p in v.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            if p.len() > crate::api::types::MAX_TEXT_LEN {
+                return Err(format!(
+                    "the pattern {} is longer than a label key can be ({} bytes)",
+                    crate::api::shorten(p, 32),
+                    crate::api::types::MAX_TEXT_LEN
+                ));
+            }
+            out.push(p.to_string());
+        }
+        Ok(out)
+    };
+    let (allow, deny) = (clean(allow)?, clean(deny)?);
+    if allow.is_empty() && !deny.is_empty() {
+        return Err(
+            "a deny list needs an allow list to narrow (e.g. --breakdown.agent-labels '*')".into(),
+        );
+    }
+    Ok(Patterns { allow, deny })
+}
+
+impl BreakdownConfig {
+    /// The bounds, checked: (setting, what is wrong).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=10_000).contains(&self.max_values) {
+            return Err(("max_values", "must be from 1 to 10000".into()));
+        }
+        if self.max_labels > 64 {
+            return Err(("max_labels", "must be at most 64".into()));
+        }
+        if !(2..=1_000_000).contains(&self.max_slices) {
+            return Err(("max_combinations", "must be from 2 to 1000000".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether any dimension is chosen.
+    pub fn enabled(&self) -> bool {
+        self.provider || self.model || !self.agent_labels.is_empty() || !self.task_labels.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Provider,
+    Model,
+    Agent(String),
+    Task(String),
+}
+
+#[derive(Debug)]
+struct Dim {
+    /// The Prometheus label name.
+    name: String,
+    source: Source,
+    values: HashSet<Arc<str>>,
+    overflow_logged: bool,
+}
+
+/// The values of one agent's dimensions by position (task dimensions
+/// empty), as the fleet holds them.
+pub type AgentDims = Arc<[Arc<str>]>;
+
+/// A combination of values by dimension position, trailing empty values
+/// trimmed: keys made before a dimension was discovered stay valid and
+/// no two keys render to the same series.
+type Key = Box<[Arc<str>]>;
+
+#[derive(Debug)]
+pub struct Breakdown {
+    cfg: BreakdownConfig,
+    reserved: HashSet<String>,
+    dims: Vec<Dim>,
+    label_dims: usize,
+    slices: HashMap<Key, u32>,
+    keys: Vec<Key>,
+    pub(super) counters: Vec<Counters>,
+    empty: Arc<str>,
+    other: Arc<str>,
+    full_logged: bool,
+    label_cap_logged: bool,
+}
+
+/// Prometheus label name from an object's label key: `[^a-zA-Z0-9_]`
+/// becomes `_`, a leading digit gets a `_` before it.
+pub fn sanitize(key: &str) -> String {
+    let mut out: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) || out.is_empty() {
+        out.insert(0, '_');
+    }
+    out
+}
+
+impl Breakdown {
+    /// `workspace_labels`: the names the workspace's own labels take
+    /// (`workspace`, `workspace_name`, configured extras), never reused.
+    pub fn new(cfg: BreakdownConfig, workspace_labels: &[String]) -> Self {
+        let mut b = Breakdown {
+            reserved: RESERVED
+                .iter()
+                .map(|s| s.to_string())
+                .chain(workspace_labels.iter().cloned())
+                .collect(),
+            cfg,
+            dims: Vec::new(),
+            label_dims: 0,
+            slices: HashMap::new(),
+            keys: Vec::new(),
+            counters: Vec::new(),
+            empty: Arc::from(""),
+            other: Arc::from(super::bounded::OTHER),
+            full_logged: false,
+            label_cap_logged: false,
+        };
+        if b.cfg.provider {
+            b.add_dim("provider".into(), Source::Provider);
+        }
+        if b.cfg.model {
+            b.add_dim("model".into(), Source::Model);
+        }
+        // Slice 0: nothing known (no dimension has a value).
+        b.intern(Vec::new());
+        b
+    }
+
+    fn add_dim(&mut self, name: String, source: Source) {
+        self.dims.push(Dim {
+            name,
+            source,
+            values: HashSet::new(),
+            overflow_logged: false,
+        });
+    }
+
+    /// A name no dimension or workspace label has: `base`, or with
+    /// `label_` before it when reserved, then `_2`, `_3`... while taken.
+    fn free_name(&self, base: String) -> String {
+        let base = if self.reserved.contains(&base) || base.starts_with("__") {
+            format!("label_{}", base.trim_start_matches('_'))
+        } else {
+            base
+        };
+        let taken = |n: &str| self.reserved.contains(n) || self.dims.iter().any(|d| d.name == n);
+        if !taken(&base) {
+            return base;
+        }
+        (2..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !taken(n))
+            .expect("unbounded")
+    }
+
+    /// Makes dimensions of the label keys `labels` has that `patterns`
+    /// choose and that are not yet dimensions (in key order: the first
+    /// key to take a name keeps it).
+    fn discover(&mut self, labels: &Labels, task: bool) {
+        let patterns = if task {
+            &self.cfg.task_labels
+        } else {
+            &self.cfg.agent_labels
+        };
+        if patterns.is_empty() {
+            return;
+        }
+        let new: Vec<String> = labels
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| patterns.matches(k))
+            .filter(|k| {
+                !self.dims.iter().any(|d| match &d.source {
+                    Source::Agent(x) => !task && x == *k,
+                    Source::Task(x) => task && x == *k,
+                    _ => false,
+                })
+            })
+            .cloned()
+            .collect();
+        for key in new {
+            if self.label_dims >= self.cfg.max_labels {
+                if !self.label_cap_logged {
+                    self.label_cap_logged = true;
+                    tracing::warn!(
+                        key = %key,
+                        max = self.cfg.max_labels,
+                        "a label key matches the breakdown patterns, but --breakdown.max-labels dimensions are taken: it is not broken down by; narrow the patterns or raise the cap"
+                    );
+                }
+                return;
+            }
+            let name = if task {
+                self.free_name(format!("task_{}", sanitize(&key)))
+            } else {
+                self.free_name(sanitize(&key))
+            };
+            tracing::info!(key = %key, label = %name, task, "breaking series down by a new label");
+            self.label_dims += 1;
+            let source = if task {
+                Source::Task(key)
+            } else {
+                Source::Agent(key)
+            };
+            self.add_dim(name, source);
+        }
+    }
+
+    fn admit(&mut self, dim: usize, value: Option<&str>) -> Arc<str> {
+        let Some(v) = value.filter(|v| !v.is_empty()) else {
+            return self.empty.clone();
+        };
+        let max = self.cfg.max_values;
+        let d = &mut self.dims[dim];
+        if let Some(known) = d.values.get(v) {
+            return known.clone();
+        }
+        if d.values.len() < max
+            && v != super::bounded::OTHER
+            && v.len() <= super::bounded::MAX_NAME_LEN
+        {
+            let v: Arc<str> = Arc::from(v);
+            d.values.insert(v.clone());
+            return v;
+        }
+        if !d.overflow_logged {
+            d.overflow_logged = true;
+            tracing::warn!(
+                label = %d.name,
+                max,
+                "a breakdown label has more distinct values than --breakdown.max-values: later ones count as \"other\""
+            );
+        }
+        self.other.clone()
+    }
+
+    /// The values of an agent's dimensions.
+    pub fn agent_dims(&mut self, a: &Agent) -> AgentDims {
+        self.discover(&a.labels, false);
+        let mut out = Vec::with_capacity(self.dims.len());
+        for i in 0..self.dims.len() {
+            let v = match &self.dims[i].source {
+                Source::Provider => a.config.model_provider.clone(),
+                Source::Model => a.config.model.clone(),
+                Source::Agent(k) => label(&a.labels, k).map(str::to_string),
+                Source::Task(_) => None,
+            };
+            out.push(self.admit(i, v.as_deref()));
+        }
+        out.into()
+    }
+
+    /// The slice a task counts in: its agent's dimensions (`None`: no
+    /// agent, or one not known) and its own labels'.
+    pub fn slice(&mut self, agent: Option<&AgentDims>, t: &Task) -> u32 {
+        self.discover(&t.labels, true);
+        let mut key = Vec::with_capacity(self.dims.len());
+        for i in 0..self.dims.len() {
+            let v = match &self.dims[i].source {
+                Source::Task(k) => {
+                    let v = label(&t.labels, k).map(str::to_string);
+                    self.admit(i, v.as_deref())
+                }
+                _ => agent
+                    .and_then(|a| a.get(i).cloned())
+                    .unwrap_or_else(|| self.empty.clone()),
+            };
+            key.push(v);
+        }
+        self.intern(key)
+    }
+
+    fn intern(&mut self, mut key: Vec<Arc<str>>) -> u32 {
+        while key.last().is_some_and(|v| v.is_empty()) {
+            key.pop();
+        }
+        if let Some(i) = self.slices.get(key.as_slice()) {
+            return *i;
+        }
+        if self.keys.len() >= self.cfg.max_slices.max(2) {
+            if !self.full_logged {
+                self.full_logged = true;
+                tracing::warn!(
+                    max = self.cfg.max_slices,
+                    "the breakdowns reached --breakdown.max-slices combinations: later ones count with every breakdown label \"other\""
+                );
+            }
+            key = vec![self.other.clone(); self.dims.len()];
+            if let Some(i) = self.slices.get(key.as_slice()) {
+                return *i;
+            }
+        }
+        let i = self.keys.len() as u32;
+        let key: Key = key.into();
+        self.slices.insert(key.clone(), i);
+        self.keys.push(key);
+        self.counters.push(Counters::default());
+        i
+    }
+
+    /// The Prometheus label names of the dimensions, in position order.
+    pub fn names(&self) -> Vec<String> {
+        self.dims.iter().map(|d| d.name.clone()).collect()
+    }
+
+    /// A key's values padded to every dimension, as label values.
+    pub fn values_of(&self, key: &[Arc<str>]) -> Vec<String> {
+        (0..self.dims.len())
+            .map(|i| key.get(i).map_or(String::new(), |v| v.to_string()))
+            .collect()
+    }
+
+    pub fn key(&self, slice: u32) -> &[Arc<str>] {
+        &self.keys[slice as usize]
+    }
+
+    pub fn slices(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Distinct values admitted per dimension (label name, count).
+    pub fn value_counts(&self) -> Vec<(String, usize)> {
+        self.dims
+            .iter()
+            .map(|d| (d.name.clone(), d.values.len()))
+            .collect()
+    }
+
+    /// An agent's key for the agent gauges: its dimensions, trimmed.
+    pub fn agent_key(dims: &AgentDims) -> Vec<Arc<str>> {
+        let mut k: Vec<Arc<str>> = dims.to_vec();
+        while k.last().is_some_and(|v| v.is_empty()) {
+            k.pop();
+        }
+        k
+    }
+}
+
+fn label<'a>(labels: &'a Labels, key: &str) -> Option<&'a str> {
+    labels
+        .binary_search_by(|(k, _)| k.as_str().cmp(key))
+        .ok()
+        .map(|i| labels[i].1.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("team", "team"));
+        assert!(!glob("team", "teams"));
+        assert!(glob("team*", "team_lead"));
+        assert!(glob("*", ""));
+        assert!(glob("*-id", "cost-id"));
+        assert!(!glob("*-id", "cost-ids"));
+        assert!(glob("a*b*c", "aXbYc"));
+        assert!(!glob("a*b*c", "aXcYb"));
+        assert!(!glob("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn names_are_sanitised_and_collisions_resolved_in_key_order() {
+        assert_eq!(sanitize("app.kubernetes.io/name"), "app_kubernetes_io_name");
+        assert_eq!(sanitize("1st"), "_1st");
+        let cfg = BreakdownConfig {
+            agent_labels: Patterns {
+                allow: vec!["*".into()],
+                deny: vec!["secret*".into()],
+            },
+            ..Default::default()
+        };
+        let mut b = Breakdown::new(cfg, &["workspace".into(), "region".into()]);
+        let labels: Labels = ["status", "team-a", "team_a", "region", "secret_x", "__x"]
+            .iter()
+            .map(|k| (k.to_string(), "v".to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        b.discover(&labels, false);
+        assert_eq!(
+            b.names(),
+            [
+                "label_x",
+                "label_region",
+                "label_status",
+                "team_a",
+                "team_a_2"
+            ]
+        );
+    }
+}
