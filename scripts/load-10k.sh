@@ -7,13 +7,19 @@
 #   scripts/load-10k.sh [minutes]      (default 5)
 #   WEBHOOKS=1 scripts/load-10k.sh 4   the same with the simulator delivering
 #                                      webhooks to the exporter's receiver
+#   EXPORTER_FLAGS="--breakdown.provider --breakdown.model --breakdown.agent-labels team,env" \
+#     SIM_PORT=18189 EXP_PORT=19917 scripts/load-10k.sh 4
+#                                      with breakdowns, on other ports (two
+#                                      runs side by side)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-5}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 cargo build --release --quiet
 bin=${CARGO_TARGET_DIR:-target}/release/clawmesh-exporter
-sim_port=18089; exp_port=19817
+sim_port=${SIM_PORT:-18089}; exp_port=${EXP_PORT:-19817}
+# shellcheck disable=SC2206
+extra_flags=(${EXPORTER_FLAGS:-})
 tmp=$(mktemp -d)
 cleanup() { kill "$sim_pid" "$exp_pid" 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
@@ -29,7 +35,7 @@ if [ "${WEBHOOKS:-0}" = 1 ]; then
   webhook_flags=(--webhook.secret-file "$tmp/whsec")
 fi
 CLAWMESH_API_KEY=sim-demo-key $bin --api-url "http://127.0.0.1:$sim_port/v1" \
-  --web.listen-address "127.0.0.1:$exp_port" --log.level warn "${webhook_flags[@]}" >"$tmp/exp.log" 2>&1 &
+  --web.listen-address "127.0.0.1:$exp_port" --log.level warn "${webhook_flags[@]}" "${extra_flags[@]}" >"$tmp/exp.log" 2>&1 &
 exp_pid=$!
 until curl -sf "http://127.0.0.1:$exp_port/readyz" >/dev/null; do sleep 0.5; done
 if [ "${WEBHOOKS:-0}" = 1 ]; then
@@ -56,6 +62,8 @@ wrk -t2 -c50 -d30s --latency "http://127.0.0.1:$exp_port/metrics" >"$tmp/wrk.txt
 p50=$(awk '/^ +50%/ {print $2}' "$tmp/wrk.txt"); p99=$(awk '/^ +99%/ {print $2}' "$tmp/wrk.txt")
 rps=$(awk '/^Requests\/sec/ {print $2}' "$tmp/wrk.txt")
 bytes=$(curl -s "http://127.0.0.1:$exp_port/metrics" | wc -c)
+series=$(curl -s "http://127.0.0.1:$exp_port/metrics" | grep -vc '^#')
+echo "series in /metrics: $series"
 
 python3 - "$r0" "$r1" "$c0" "$c1" "$hz" "$ready_at" "$t1" "$cycles" "$rss_kib" "$hwm_kib" "$p50" "$p99" "$rps" "$bytes" <<'PY'
 import sys
