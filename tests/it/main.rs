@@ -2,6 +2,7 @@
 
 mod util;
 
+mod breakdown;
 mod budget;
 mod cli;
 mod dashboards;
