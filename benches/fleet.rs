@@ -91,9 +91,17 @@ fn main() {
     ];
     let agents: Vec<Agent> = (0..10_000)
         .map(|i| Agent {
-            last_heartbeat_at: None,
-            labels: Vec::new(),
-            config: Default::default(),
+            last_heartbeat_at: Some(ts(0)),
+            // The simulator's spread: 5 teams, 2 environments, 4 providers
+            // with a model each.
+            labels: vec![
+                ("env".into(), ["prod", "staging"][i % 2].into()),
+                ("team".into(), format!("team-{}", i % 5)),
+            ],
+            config: clawmesh_exporter::api::types::AgentConfig {
+                model_provider: Some(format!("provider-{}", i % 4)),
+                model: Some(format!("model-{}", i % 4)),
+            },
             id: format!("agt_{i:06}"),
             status: statuses[i % statuses.len()].into(),
             created_at: ts(0),
@@ -123,43 +131,69 @@ fn main() {
         f.apply_agent_listing(black_box(&agents));
     });
 
-    let mut n = 0usize;
-    let mut fleet = Fleet::new(ts(0));
-    fleet.apply_agent_listing(&agents);
-    bench(
-        "apply one poll's 250 task changes, twice (overlap)",
-        200,
-        || {
-            n += 1;
-            for t in cycle.iter().chain(cycle.iter()) {
-                let mut t = t.clone();
-                t.id.push_str(&n.to_string());
-                fleet.apply_task(black_box(&t));
-            }
+    // Breakdowns off (today's figures) and on (team, env, provider, model),
+    // measured one after the other in the same process.
+    let cfg = clawmesh_exporter::fleet::BreakdownConfig {
+        provider: true,
+        model: true,
+        agent_labels: clawmesh_exporter::fleet::Patterns {
+            allow: vec!["team".into(), "env".into()],
+            deny: vec![],
         },
-    );
-    println!(
-        "  (tasks remembered after {n} cycles: {})",
-        fleet.ledger_len()
-    );
-
-    let snap = fleet.snapshot(
-        "ws_bench",
-        ts(200),
-        Health {
+        ..Default::default()
+    };
+    for (what, breakdown) in [("breakdowns off", None), ("breakdowns on", Some(&cfg))] {
+        println!("-- {what}");
+        let mut n = 0usize;
+        let mut fleet = Fleet::new(ts(0));
+        if let Some(cfg) = breakdown {
+            fleet = fleet.with_breakdown(cfg, &["workspace".to_string()]);
+        }
+        bench("apply a 10,000-agent listing (into a fleet)", 50, || {
+            fleet.apply_agent_listing(black_box(&agents));
+        });
+        bench(
+            "apply one poll's 250 task changes, twice (overlap)",
+            200,
+            || {
+                n += 1;
+                for (i, t) in cycle.iter().chain(cycle.iter()).enumerate() {
+                    let mut t = t.clone();
+                    t.id.push_str(&n.to_string());
+                    t.agent_id = Some(format!("agt_{:06}", (i * 37) % 10_000));
+                    fleet.apply_task(black_box(&t));
+                }
+            },
+        );
+        println!(
+            "  (tasks remembered after {n} cycles: {})",
+            fleet.ledger_len()
+        );
+        let health = Health {
             up: true,
             ..Default::default()
-        },
-        ApiStats::default(),
-    );
-    bench(
-        "render /metrics (text + gzip) for one workspace",
-        200,
-        || {
-            black_box(Exposition::new(render(
-                &Default::default(),
-                black_box(std::slice::from_ref(&snap)),
-            )));
-        },
-    );
+        };
+        bench("take the snapshot of one workspace", 100, || {
+            black_box(fleet.snapshot("ws_bench", ts(200), health.clone(), ApiStats::default()));
+        });
+        let snap = fleet.snapshot("ws_bench", ts(200), health.clone(), ApiStats::default());
+        bench(
+            "render /metrics (text + gzip) for one workspace",
+            200,
+            || {
+                black_box(Exposition::new(render(
+                    &Default::default(),
+                    black_box(std::slice::from_ref(&snap)),
+                )));
+            },
+        );
+        let text = render(&Default::default(), std::slice::from_ref(&snap));
+        let e = Exposition::new(text.clone());
+        println!(
+            "  (series {}, text {} bytes, gzip {} bytes)",
+            text.lines().filter(|l| !l.starts_with('#')).count(),
+            e.text.len(),
+            e.gzip.len()
+        );
+    }
 }
