@@ -32,7 +32,7 @@ mod transport;
 mod tests;
 
 pub use batch::{otel_name, Batch, Batcher, WORKSPACE_ATTRIBUTE};
-pub use settings::{HistogramMode, OtlpConfig, Protocol, Temporality};
+pub use settings::{ClientIdentity, Compression, HistogramMode, OtlpConfig, Protocol, Temporality};
 pub use transport::{SendError, Transport};
 
 use crate::fleet::ExportHealth;
@@ -94,6 +94,8 @@ pub fn start(cfg: OtlpConfig, hub: Arc<Hub>) -> Result<Pusher, String> {
         interval = %humantime::format_duration(cfg.interval),
         temporality = ?cfg.temporality,
         histogram = ?cfg.histogram,
+        compression = ?cfg.compression,
+        client_certificate = cfg.client_identity.is_some(),
         headers = %header_names.join(","),
         service = %cfg.service_name(),
         "pushing metrics over OTLP"
@@ -182,7 +184,7 @@ impl Worker {
         let batch = self
             .batcher
             .build(&self.hub.process(), &snaps, unix_nanos(SystemTime::now()));
-        let body = encode(&batch.request);
+        let body = self.transport.body(&batch.request);
         let mut attempt = 1;
         let result = loop {
             let result =
