@@ -407,6 +407,27 @@ pub struct OtlpArgs {
         value_name = "PATH"
     )]
     pub ca_file: Option<PathBuf>,
+    /// Compress each push: gzip or none [default: none, or OTEL_EXPORTER_OTLP_COMPRESSION].
+    #[arg(
+        long = "otlp.compression",
+        env = "CLAWMESH_OTLP_COMPRESSION",
+        value_enum
+    )]
+    pub compression: Option<crate::otlp::Compression>,
+    /// PEM certificate (chain) the exporter presents to the collector (mutual TLS); needs --otlp.client-key and an https:// endpoint.
+    #[arg(
+        long = "otlp.client-certificate",
+        env = "CLAWMESH_OTLP_CLIENT_CERTIFICATE",
+        value_name = "PATH"
+    )]
+    pub client_certificate: Option<PathBuf>,
+    /// PEM private key of --otlp.client-certificate (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long = "otlp.client-key",
+        env = "CLAWMESH_OTLP_CLIENT_KEY",
+        value_name = "PATH"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

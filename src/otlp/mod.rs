@@ -4,13 +4,35 @@
 //! [`crate::metrics::WORKSPACE_FAMILIES`] over `hub.snapshots()`; there are no
 //! instruments updated anywhere else.
 //!
-//! Why not the OpenTelemetry SDK and `opentelemetry-otlp`: the SDK (0.33)
-//! produces data only from its own instruments. Its data model
-//! (`ResourceMetrics`, data points) has crate-private fields, so a batch
-//! cannot be handed to an exporter from outside; it has no observable
-//! histogram, so our histograms (already aggregated, known as buckets) could
-//! only be replayed as fake observations with wrong sums; and
-//! `opentelemetry-otlp`'s transports accept nothing but SDK `ResourceMetrics`.
+//! Why not the OpenTelemetry SDK and `opentelemetry-otlp` (as read in
+//! `opentelemetry_sdk` 0.33.1). Not for histograms: a synchronous SDK
+//! histogram fed our raw observations would record them exactly. But:
+//! - A batch cannot be made outside the SDK. `ResourceMetrics`,
+//!   `ScopeMetrics`, `Metric`, `Sum` and the data points have `pub(crate)`
+//!   fields and only getters (`metrics/data/mod.rs`); the one public
+//!   constructor is `ResourceMetrics::default()`, empty, which only a
+//!   reader's `collect` fills. Exporters take nothing else
+//!   (`PushMetricExporter::export(&ResourceMetrics)`, `metrics/exporter.rs`).
+//! - The start time belongs to a whole metric, not to a series:
+//!   `Sum::start_time` and `Histogram::start_time` sit on the aggregation,
+//!   the points have none (`data/mod.rs`), and in cumulative temporality it
+//!   is the aggregator's creation time for good
+//!   (`AggregateTimeInitiator::cumulative` reads it, never moves it,
+//!   `internal/aggregate.rs`). So one workspace whose counts restarted cannot
+//!   say so with a new start of its own series, as `batch` does.
+//! - Observable counters in delta temporality subtract the last observed
+//!   value (`PrecomputedSum::delta`, `internal/precomputed_sum.rs`:
+//!   `value - reported`, unchecked). A reset is then not 0 but a negative
+//!   delta on a monotonic sum (i64, f64), or for u64 an overflow: a panic
+//!   with overflow checks (debug builds), a huge wrapped delta without.
+//! - A failed delta export is dropped: `collect` drains the points and moves
+//!   the delta start (`ValueMap::collect_and_reset` / `drain_and_reset`,
+//!   `AggregateTimeInitiator::delta`),
+//!   and the periodic reader only logs `PeriodicReader.ExportError`
+//!   (`metrics/periodic_reader.rs`); "the SDK does not implement any retry
+//!   logic" (`PushMetricExporter::export`). `batch` keeps the undelivered
+//!   window and sends it with the next export instead.
+//!
 //! So the request is built from the official protobuf types of
 //! `opentelemetry-proto` (the ones `opentelemetry-otlp` itself sends), and
 //! sent with the tonic client that crate generates (gRPC) or reqwest
@@ -32,7 +54,7 @@ mod transport;
 mod tests;
 
 pub use batch::{otel_name, Batch, Batcher, WORKSPACE_ATTRIBUTE};
-pub use settings::{HistogramMode, OtlpConfig, Protocol, Temporality};
+pub use settings::{ClientIdentity, Compression, HistogramMode, OtlpConfig, Protocol, Temporality};
 pub use transport::{SendError, Transport};
 
 use crate::fleet::ExportHealth;
@@ -94,6 +116,8 @@ pub fn start(cfg: OtlpConfig, hub: Arc<Hub>) -> Result<Pusher, String> {
         interval = %humantime::format_duration(cfg.interval),
         temporality = ?cfg.temporality,
         histogram = ?cfg.histogram,
+        compression = ?cfg.compression,
+        client_certificate = cfg.client_identity.is_some(),
         headers = %header_names.join(","),
         service = %cfg.service_name(),
         "pushing metrics over OTLP"
@@ -182,7 +206,7 @@ impl Worker {
         let batch = self
             .batcher
             .build(&self.hub.process(), &snaps, unix_nanos(SystemTime::now()));
-        let body = encode(&batch.request);
+        let body = self.transport.body(&batch.request);
         let mut attempt = 1;
         let result = loop {
             let result =

@@ -33,6 +33,31 @@ pub enum HistogramMode {
     Exponential,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    /// The protobuf as it is.
+    None,
+    /// gzip: the HTTP body (`Content-Encoding: gzip`) or each gRPC message (`grpc-encoding: gzip`).
+    Gzip,
+}
+
+/// The certificate and key the exporter presents to the collector (mutual
+/// TLS). `Debug` shows sizes only; the key is a [`Secret`].
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Secret,
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_pem", &self.cert_pem.len())
+            .field("key_pem", &self.key_pem)
+            .finish()
+    }
+}
+
 /// The defaults of the OpenTelemetry specification.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +78,9 @@ pub struct OtlpConfig {
     pub headers: Vec<(String, Secret)>,
     /// PEM of the CA that signs the collector's certificate, besides the system roots.
     pub ca_pem: Option<Vec<u8>>,
+    pub compression: Compression,
+    /// For a collector that requires a client certificate.
+    pub client_identity: Option<ClientIdentity>,
     /// Resource attributes, `service.name` first.
     pub resource: Vec<(String, String)>,
 }
@@ -68,6 +96,8 @@ impl fmt::Debug for OtlpConfig {
             .field("histogram", &self.histogram)
             .field("headers", &self.headers)
             .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field("compression", &self.compression)
+            .field("client_identity", &self.client_identity)
             .field("resource", &self.resource)
             .finish()
     }
@@ -243,20 +273,15 @@ pub fn resolve(
             )?;
         }
     }
-    let ca_path = match (
+    let ca_path = path_setting(
         &args.ca_file,
-        first(
-            env,
-            &[
-                "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
-                "OTEL_EXPORTER_OTLP_CERTIFICATE",
-            ],
-        ),
-    ) {
-        (Some(p), _) => Some(("--otlp.ca-file".to_string(), p.clone())),
-        (None, Some((name, p))) => Some((name, p.into())),
-        (None, None) => None,
-    };
+        "--otlp.ca-file",
+        env,
+        &[
+            "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ],
+    );
     let ca_pem = match ca_path {
         None => None,
         Some((source, path)) => {
@@ -271,6 +296,21 @@ pub fn resolve(
             Some(pem)
         }
     };
+    let compression = match (
+        args.compression,
+        first(
+            env,
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ],
+        ),
+    ) {
+        (Some(c), _) => c,
+        (None, Some((name, v))) => parse_enum(&name, &v, &[])?,
+        (None, None) => Compression::None,
+    };
+    let client_identity = client_identity(args, env, files, &endpoint)?;
     Ok(Some(OtlpConfig {
         endpoint,
         protocol,
@@ -280,7 +320,109 @@ pub fn resolve(
         histogram,
         headers,
         ca_pem,
+        compression,
+        client_identity,
         resource: resource(env)?,
+    }))
+}
+
+/// A path from its flag, else the first of the variables set.
+fn path_setting(
+    flag: &Option<std::path::PathBuf>,
+    flag_name: &str,
+    env: &dyn Env,
+    vars: &[&str],
+) -> Option<(String, std::path::PathBuf)> {
+    match (flag, first(env, vars)) {
+        (Some(p), _) => Some((flag_name.to_string(), p.clone())),
+        (None, Some((name, p))) => Some((name, p.into())),
+        (None, None) => None,
+    }
+}
+
+/// The client certificate and key, both or neither, checked now so that a
+/// bad one is a start-up error rather than a failed handshake later. No
+/// message carries anything read from the key file.
+fn client_identity(
+    args: &OtlpArgs,
+    env: &dyn Env,
+    files: &crate::files::FileLimits,
+    endpoint: &str,
+) -> Result<Option<ClientIdentity>, String> {
+    let cert = path_setting(
+        &args.client_certificate,
+        "--otlp.client-certificate",
+        env,
+        &[
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ],
+    );
+    let key = path_setting(
+        &args.client_key,
+        "--otlp.client-key",
+        env,
+        &[
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        ],
+    );
+    let ((cert_src, cert_path), (key_src, key_path)) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some((s, _)), None) => {
+            return Err(format!(
+                "{s} is given without its key: set --otlp.client-key (or OTEL_EXPORTER_OTLP_CLIENT_KEY) too"
+            ))
+        }
+        (None, Some((s, _))) => {
+            return Err(format!(
+                "{s} is given without its certificate: set --otlp.client-certificate (or OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE) too"
+            ))
+        }
+        (Some(c), Some(k)) => (c, k),
+    };
+    let cert_at = format!("{cert_src} {}", cert_path.display());
+    let key_at = format!("{key_src} {}", key_path.display());
+    if !endpoint.starts_with("https://") {
+        return Err(format!(
+            "{cert_at}: a client certificate is only sent over TLS; use an https:// endpoint (it is {endpoint})"
+        ));
+    }
+    let cert_pem = crate::files::read(&cert_path, files).map_err(|e| format!("{cert_at}: {e}"))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{cert_at}: not a readable PEM certificate file"))?;
+    if certs.is_empty() {
+        return Err(format!("{cert_at}: no PEM certificate in the file"));
+    }
+    // The file's errors (size, type, timeout) never quote its content.
+    let key_pem = crate::files::read(&key_path, files).map_err(|e| format!("{key_at}: {e}"))?;
+    // The parser's own error can quote a byte of the key: not passed on.
+    let key = match rustls_pemfile::private_key(&mut key_pem.as_slice()) {
+        Ok(Some(k)) => k,
+        _ => {
+            return Err(format!(
+                "{key_at}: no PEM private key in the file (PKCS#8, PKCS#1 or SEC1)"
+            ))
+        }
+    };
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|_| format!("{key_at}: a private key of a kind TLS cannot use"))?;
+    match rustls::sign::CertifiedKey::new(certs, signer).keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => {
+            return Err(format!(
+                "{key_at}: not the key of the certificate in {cert_at}"
+            ))
+        }
+    }
+    let key_pem = String::from_utf8(key_pem)
+        .map_err(|_| format!("{key_at}: no PEM private key in the file"))?;
+    Ok(Some(ClientIdentity {
+        cert_pem,
+        key_pem: Secret::new(key_pem),
     }))
 }
 

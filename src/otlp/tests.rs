@@ -632,3 +632,193 @@ fn a_workspace_whose_counting_restarted_starts_its_series_again_even_above_the_o
     let r = d.build(&Default::default(), &[at(2_500, 7)], 3_000).request;
     assert_eq!(finished(&r, "w1").0, 7.0, "all 7 are new, not 7 - 5");
 }
+
+// ---- compression and client certificates ----
+
+#[test]
+fn compression_from_the_flag_or_the_variables() {
+    let base = args(|a| a.endpoint = Some("http://c:4317".into()));
+    let c = |a: &OtlpArgs, vars: &[(&str, &str)]| resolve(a, &env(vars)).unwrap().unwrap();
+    assert_eq!(c(&base, &[]).compression, Compression::None);
+    let gzip = [("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")];
+    assert_eq!(c(&base, &gzip).compression, Compression::Gzip);
+    // The metrics variable wins over the generic one, the flag over both.
+    let both = [
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none"),
+    ];
+    assert_eq!(c(&base, &both).compression, Compression::None);
+    let flag = args(|a| {
+        a.endpoint = Some("http://c:4317".into());
+        a.compression = Some(Compression::None);
+    });
+    assert_eq!(c(&flag, &gzip).compression, Compression::None);
+    let e = resolve(
+        &base,
+        &env(&[("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "brotli")]),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION")
+            && e.contains("expected one of none, gzip"),
+        "{e}"
+    );
+    use clap::Parser;
+    let cli = crate::config::Cli::try_parse_from(["x", "--otlp.compression", "gzip"]).unwrap();
+    assert_eq!(cli.run.otlp.compression, Some(Compression::Gzip));
+}
+
+/// A certificate and its key, another key, and a file that looks like a
+/// key but holds a canary, written to a fresh directory.
+struct ClientFiles {
+    dir: std::path::PathBuf,
+    key_text: String,
+}
+
+impl ClientFiles {
+    fn new(name: &str) -> ClientFiles {
+        let dir = std::env::temp_dir().join(format!("cmx-otlp-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["exporter".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.join("client.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("client.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("other.key"), other.serialize_pem()).unwrap();
+        std::fs::write(
+            dir.join("bad.key"),
+            "-----BEGIN PRIVATE KEY-----\nkey_canary_9f3e!!\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        ClientFiles {
+            dir,
+            key_text: key.serialize_pem(),
+        }
+    }
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+    /// A line of the key's base64 body: what must never show.
+    fn key_line(&self) -> &str {
+        self.key_text.lines().nth(1).unwrap()
+    }
+}
+
+impl Drop for ClientFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_client_certificate_needs_its_key_and_is_checked_at_start() {
+    let f = ClientFiles::new("client-bad");
+    let with = |cert: Option<&str>, key: Option<&str>, endpoint: &str| {
+        let (endpoint, cert, key) = (
+            endpoint.to_string(),
+            cert.map(|c| f.path(c)),
+            key.map(|k| f.path(k)),
+        );
+        args(move |a| {
+            a.endpoint = Some(endpoint);
+            a.client_certificate = cert;
+            a.client_key = key;
+        })
+    };
+    let https = "https://c:4318";
+    type Case<'a> = (OtlpArgs, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            with(Some("client.crt"), None, https),
+            vec![],
+            "--otlp.client-key",
+        ),
+        (
+            with(None, None, https),
+            vec![("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/k.pem")],
+            "without its certificate",
+        ),
+        (
+            with(Some("client.crt"), Some("client.key"), "http://c:4318"),
+            vec![],
+            "https://",
+        ),
+        (
+            with(Some("missing.crt"), Some("client.key"), https),
+            vec![],
+            "missing.crt",
+        ),
+        (
+            with(Some("client.key"), Some("client.key"), https),
+            vec![],
+            "no PEM certificate",
+        ),
+        (
+            with(Some("client.crt"), Some("bad.key"), https),
+            vec![],
+            "bad.key: no PEM private key",
+        ),
+        (
+            with(Some("client.crt"), Some("client.crt"), https),
+            vec![],
+            "no PEM private key",
+        ),
+        (
+            with(Some("client.crt"), Some("other.key"), https),
+            vec![],
+            "not the key of the certificate",
+        ),
+    ];
+    for (a, vars, needle) in cases {
+        let e = resolve(&a, &env(&vars)).unwrap_err();
+        assert!(e.contains(needle), "{needle}: {e}");
+        assert!(!e.contains('\n') && !e.contains("canary"), "{e}");
+        assert!(!e.contains(f.key_line()), "the key leaked: {e}");
+    }
+}
+
+// A runtime: the gRPC channel is built on one.
+#[tokio::test]
+async fn a_client_certificate_from_the_variables_and_its_key_never_shows() {
+    let f = ClientFiles::new("client-good");
+    let (crt, key) = (f.path("client.crt"), f.path("client.key"));
+    let vars = [
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "https://c:4318/v1/metrics",
+        ),
+        // The metrics variables win over the generic ones (which name nothing).
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/nonexistent.crt"),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/nonexistent.key"),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+            crt.to_str().unwrap(),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+            key.to_str().unwrap(),
+        ),
+    ];
+    let c = resolve(&OtlpArgs::default(), &env(&vars)).unwrap().unwrap();
+    let id = c.client_identity.as_ref().expect("a client identity");
+    assert_eq!(id.key_pem.expose(), f.key_text);
+    assert_eq!(id.cert_pem, std::fs::read(&crt).unwrap());
+    let debug = format!("{c:?}");
+    assert!(debug.contains("client_identity"), "{debug}");
+    assert!(
+        !debug.contains(f.key_line()),
+        "the key shows in Debug: {debug}"
+    );
+    // Both transports take it.
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let cfg = OtlpConfig {
+            protocol,
+            endpoint: "https://c:4318".into(),
+            ..c.clone()
+        };
+        assert!(Transport::new(&cfg).is_ok(), "{protocol:?}");
+    }
+}

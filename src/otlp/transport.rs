@@ -1,9 +1,10 @@
 //! Sending one request: gRPC through the client `opentelemetry-proto`
 //! generates for tonic, or HTTP/protobuf through reqwest. Header values are
 //! marked sensitive (so they print as `Sensitive`), and any error text is
-//! scrubbed of them before it can reach a log line.
+//! scrubbed of them before it can reach a log line. With gzip, tonic
+//! compresses each gRPC message; the HTTP body is compressed here.
 
-use super::settings::{OtlpConfig, Protocol};
+use super::settings::{Compression, OtlpConfig, Protocol};
 use crate::secret::Secret;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest,
@@ -11,8 +12,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use prost::Message;
 use std::time::Duration;
+use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Why a send failed. The text never holds a header value.
 #[derive(Debug)]
@@ -49,6 +51,7 @@ pub enum Transport {
         client: reqwest::Client,
         url: String,
         headers: reqwest::header::HeaderMap,
+        gzip: bool,
         secrets: Vec<Secret>,
     },
 }
@@ -67,6 +70,9 @@ impl Transport {
                     if let Some(pem) = &cfg.ca_pem {
                         tls = tls.ca_certificate(Certificate::from_pem(pem));
                     }
+                    if let Some(id) = &cfg.client_identity {
+                        tls = tls.identity(Identity::from_pem(&id.cert_pem, id.key_pem.expose()));
+                    }
                     endpoint = endpoint
                         .tls_config(tls)
                         .map_err(|e| format!("OTLP TLS setup: {e}"))?;
@@ -81,8 +87,12 @@ impl Transport {
                     v.set_sensitive(true);
                     metadata.insert(key, v);
                 }
+                let mut client = MetricsServiceClient::new(endpoint.connect_lazy());
+                if cfg.compression == Compression::Gzip {
+                    client = client.send_compressed(CompressionEncoding::Gzip);
+                }
                 Ok(Transport::Grpc {
-                    client: MetricsServiceClient::new(endpoint.connect_lazy()),
+                    client,
                     metadata,
                     timeout: cfg.timeout,
                     secrets,
@@ -100,11 +110,29 @@ impl Transport {
                         builder = builder.add_root_certificate(cert);
                     }
                 }
+                if let Some(id) = &cfg.client_identity {
+                    let mut pem = id.cert_pem.clone();
+                    pem.push(b'\n');
+                    pem.extend_from_slice(id.key_pem.expose().as_bytes());
+                    // reqwest's error is not passed on: it could quote the key.
+                    let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
+                        "OTLP client certificate: the certificate and key cannot be used together"
+                            .to_string()
+                    })?;
+                    builder = builder.identity(identity);
+                }
                 let mut headers = reqwest::header::HeaderMap::new();
                 headers.insert(
                     reqwest::header::CONTENT_TYPE,
                     reqwest::header::HeaderValue::from_static("application/x-protobuf"),
                 );
+                let gzip = cfg.compression == Compression::Gzip;
+                if gzip {
+                    headers.insert(
+                        reqwest::header::CONTENT_ENCODING,
+                        reqwest::header::HeaderValue::from_static("gzip"),
+                    );
+                }
                 for (name, value) in &cfg.headers {
                     let key = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                         .map_err(|_| format!("OTLP header {name}: not a valid header name"))?;
@@ -119,13 +147,33 @@ impl Transport {
                         .map_err(|e| format!("OTLP HTTP client: {e}"))?,
                     url: cfg.endpoint.clone(),
                     headers,
+                    gzip,
                     secrets,
                 })
             }
         }
     }
 
-    /// Send one request (already encoded, for HTTP).
+    /// The request as this transport puts it on the wire, encoded once per
+    /// export (retries resend it): for HTTP with gzip, the compressed body.
+    /// gRPC sends `request` itself (tonic compresses); the bytes only count.
+    pub fn body(&self, request: &ExportMetricsServiceRequest) -> bytes::Bytes {
+        let raw = super::encode(request);
+        match self {
+            Transport::Http { gzip: true, .. } => {
+                let mut gz = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(raw.len() / 4),
+                    flate2::Compression::default(),
+                );
+                // Writing to a Vec cannot fail.
+                std::io::Write::write_all(&mut gz, &raw).expect("gzip into memory");
+                bytes::Bytes::from(gz.finish().expect("gzip into memory"))
+            }
+            _ => raw,
+        }
+    }
+
+    /// Send one request (its [`Transport::body`], for HTTP).
     pub async fn send(
         &mut self,
         request: &ExportMetricsServiceRequest,
@@ -162,6 +210,7 @@ impl Transport {
                 url,
                 headers,
                 secrets,
+                ..
             } => {
                 let sent = client
                     .post(url.as_str())

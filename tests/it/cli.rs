@@ -126,6 +126,65 @@ fn flags_can_come_from_the_environment() {
 }
 
 #[test]
+fn bad_otlp_compression_and_client_certificates_are_one_line_and_exit_code_2() {
+    let crt = temp_file(
+        "otlp-client.crt",
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    );
+    let bad_key = temp_file(
+        "otlp-client.key",
+        "-----BEGIN PRIVATE KEY-----\nkey_canary_31c7!!\n-----END PRIVATE KEY-----\n",
+    );
+    let (crt, bad_key) = (crt.to_str().unwrap(), bad_key.to_str().unwrap());
+    let endpoint = ["--otlp.endpoint", "https://127.0.0.1:4318"];
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["--otlp.compression", "brotli"], vec![], "brotli"),
+        (
+            vec![],
+            vec![("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")],
+            "OTEL_EXPORTER_OTLP_COMPRESSION \"brotli\": expected one of none, gzip",
+        ),
+        (
+            vec!["--otlp.client-certificate", crt],
+            vec![],
+            "--otlp.client-key",
+        ),
+        (
+            vec!["--otlp.client-key", bad_key],
+            vec![],
+            "--otlp.client-certificate",
+        ),
+        (
+            vec!["--otlp.client-certificate", "/nonexistent/client.crt"],
+            vec![("OTEL_EXPORTER_OTLP_CLIENT_KEY", bad_key)],
+            "/nonexistent/client.crt",
+        ),
+        (
+            vec![
+                "--otlp.client-certificate",
+                crt,
+                "--otlp.client-key",
+                bad_key,
+            ],
+            vec![],
+            "no PEM",
+        ),
+    ];
+    for (flags, vars, needle) in cases {
+        let mut args = endpoint.to_vec();
+        args.extend(flags);
+        let mut env = vec![("CLAWMESH_API_KEY", "k")];
+        env.extend(vars);
+        let (code, _, err) = run_env(&args, &env);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?} wants {needle}: {err}");
+        assert!(!err.contains("canary"), "the key file shows: {err}");
+    }
+}
+
+#[test]
 fn help_and_version_exit_0() {
     for a in ["--help", "--version"] {
         let out = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))

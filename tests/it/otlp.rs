@@ -1,7 +1,8 @@
 //! OTLP push against a real receiver built from the official
 //! `opentelemetry-proto` definitions: a tonic gRPC `MetricsService` and an
 //! HTTP/protobuf endpoint at `/v1/metrics`. What arrives must equal what
-//! /metrics shows at the same sync, series by series.
+//! /metrics shows at the same sync, series by series. The receiver also
+//! decodes gzip, and serves TLS requiring a client certificate.
 
 use crate::util::*;
 use axum::body::Bytes;
@@ -133,6 +134,17 @@ async fn http_export(
         }
         _ => {}
     }
+    let body = if headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip")
+    {
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut raw)
+            .expect("a valid gzip body");
+        Bytes::from(raw)
+    } else {
+        body
+    };
     let request = ExportMetricsServiceRequest::decode(body).expect("a valid OTLP protobuf body");
     store.push(request, &headers);
     (
@@ -140,6 +152,17 @@ async fn http_export(
         ct,
         ExportMetricsServiceResponse::default().encode_to_vec(),
     )
+}
+
+/// The gRPC receiver; it takes gzip-compressed messages too.
+fn grpc_service(store: Store) -> MetricsServiceServer<Store> {
+    MetricsServiceServer::new(store).accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+}
+
+fn http_app(store: Store) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/metrics", axum::routing::post(http_export))
+        .with_state(store)
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -172,21 +195,16 @@ impl Receiver {
             match wire {
                 Wire::Grpc => tonic::transport::Server::builder()
                     .serve_with_incoming_shutdown(
-                        MetricsServiceServer::new(s),
+                        grpc_service(s),
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
                         shutdown,
                     )
                     .await
                     .unwrap(),
-                Wire::Http => {
-                    let app = axum::Router::new()
-                        .route("/v1/metrics", axum::routing::post(http_export))
-                        .with_state(s);
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                        .unwrap()
-                }
+                Wire::Http => axum::serve(listener, http_app(s))
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .unwrap(),
             }
         });
         Receiver {
@@ -199,6 +217,54 @@ impl Receiver {
 
     pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Serve `wire` over TLS with `tls` (which may require a client
+    /// certificate): the same services, behind a rustls accept loop.
+    async fn start_tls(wire: Wire, tls: rustls::ServerConfig) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let store = Store::default();
+        let app = match wire {
+            Wire::Grpc => axum::Router::new().route_service(
+                "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+                grpc_service(store.clone()),
+            ),
+            Wire::Http => http_app(store.clone()),
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (stop, mut stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    r = listener.accept() => r.unwrap().0,
+                    _ = &mut stop_rx => return,
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client without a certificate fails here (or right after, in TLS 1.3).
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: axum::http::Request<hyper::body::Incoming>| {
+                            tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Stop serving; the port is closed until [`Receiver::restart`].
@@ -500,21 +566,45 @@ pub(crate) fn otlp_args<'a>(
     ]
 }
 
-async fn pushes_what_metrics_shows(wire: Wire, temporality: &str, histogram: &str, seed: u64) {
+async fn pushes_what_metrics_shows(
+    wire: Wire,
+    temporality: &str,
+    histogram: &str,
+    compression: &str,
+    seed: u64,
+) {
     let sim = Sim::start(busy_fleet(seed)).await;
     let mut receiver = Receiver::start(wire).await;
     let endpoint = receiver.endpoint();
-    let exporter = start_exporter(&exporter_config(
-        &sim,
-        &otlp_args(&endpoint, wire, temporality, histogram, "250ms", "2s"),
-    ))
-    .await;
+    let mut args = otlp_args(&endpoint, wire, temporality, histogram, "250ms", "2s");
+    args.extend(["--otlp.compression", compression]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
     receiver.store.wait_for_finished_tasks().await;
     converge(&sim, &exporter).await;
     let compared = assert_same_sync(&exporter, &receiver.store, histogram == "exponential").await;
-    eprintln!("{wire:?} {temporality} {histogram}: {compared} series equal");
+    eprintln!("{wire:?} {temporality} {histogram} {compression}: {compared} series equal");
 
     let got = receiver.store.all();
+    // Every request came encoded as asked (and decoded to the numbers above).
+    let header = match wire {
+        Wire::Grpc => "grpc-encoding",
+        Wire::Http => "content-encoding",
+    };
+    for g in &got {
+        let encoding = g
+            .headers
+            .iter()
+            .find(|(k, _)| k == header)
+            .map(|(_, v)| v.as_str());
+        match compression {
+            "gzip" => assert_eq!(encoding, Some("gzip"), "{wire:?}: {:?}", g.headers),
+            _ => assert!(
+                encoding.is_none_or(|e| e == "identity"),
+                "{wire:?}: {:?}",
+                g.headers
+            ),
+        }
+    }
     // The resource is the exporter process.
     let resource = attrs(
         &got[0].request.resource_metrics[0]
@@ -574,22 +664,32 @@ fn assert_delta_windows_are_contiguous(got: &[Got]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_cumulative_equals_metrics() {
-    pushes_what_metrics_shows(Wire::Grpc, "cumulative", "explicit", 61).await;
+    pushes_what_metrics_shows(Wire::Grpc, "cumulative", "explicit", "none", 61).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_cumulative_equals_metrics() {
-    pushes_what_metrics_shows(Wire::Http, "cumulative", "explicit", 62).await;
+    pushes_what_metrics_shows(Wire::Http, "cumulative", "explicit", "none", 62).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_delta_sums_to_metrics() {
-    pushes_what_metrics_shows(Wire::Http, "delta", "explicit", 63).await;
+    pushes_what_metrics_shows(Wire::Http, "delta", "explicit", "none", 63).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_delta_exponential_sums_to_metrics() {
-    pushes_what_metrics_shows(Wire::Grpc, "delta", "exponential", 64).await;
+    pushes_what_metrics_shows(Wire::Grpc, "delta", "exponential", "none", 64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_gzip_equals_metrics() {
+    pushes_what_metrics_shows(Wire::Grpc, "cumulative", "explicit", "gzip", 68).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_gzip_delta_sums_to_metrics() {
+    pushes_what_metrics_shows(Wire::Http, "delta", "explicit", "gzip", 69).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -844,5 +944,153 @@ async fn header_secrets_never_reach_logs_or_metrics() {
             !metrics.contains(canary),
             "a header value leaked into /metrics"
         );
+    }
+}
+
+// ---------------------------------------------------------------- mutual TLS
+
+mod mtls {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair,
+    };
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate
+    /// signed by the CA, in a fresh directory.
+    struct Pki {
+        dir: std::path::PathBuf,
+        server: rustls::ServerConfig,
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn pki(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("cmx-otlp-mtls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "collector ca");
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+        let skey = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&skey, &ca)
+            .unwrap();
+        let ckey = KeyPair::generate().unwrap();
+        let mut cp = CertificateParams::new(vec!["clawmesh-exporter".to_string()]).unwrap();
+        cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = cp.signed_by(&ckey, &ca).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+        std::fs::write(dir.join("client.crt"), client.pem()).unwrap();
+        std::fs::write(dir.join("client.key"), ckey.serialize_pem()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![server.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(skey.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Pki { dir, server }
+    }
+
+    fn exports(m: &BTreeMap<String, f64>, result: &str) -> f64 {
+        value(m, "clawmesh_otlp_exports_total", &[("result", result)]).unwrap_or(0.0)
+    }
+
+    /// Without a client certificate the collector refuses every export;
+    /// with the one its CA signed, exports arrive.
+    async fn requires_the_client_certificate(wire: Wire, seed: u64) {
+        let p = pki(&format!("{wire:?}"));
+        let mut receiver = Receiver::start_tls(wire, p.server.clone()).await;
+        let endpoint = format!("https://{}", receiver.addr);
+        let sim = Sim::start(busy_fleet(seed)).await;
+        let path = |f: &str| p.dir.join(f).to_str().unwrap().to_string();
+        let (ca, crt, key) = (path("ca.crt"), path("client.crt"), path("client.key"));
+        let base = otlp_args(&endpoint, wire, "cumulative", "explicit", "200ms", "1s");
+
+        let mut without = base.clone();
+        without.extend(["--otlp.ca-file", ca.as_str()]);
+        let exporter = start_exporter(&exporter_config(&sim, &without)).await;
+        wait_for(
+            Duration::from_secs(30),
+            "exports without a client certificate to fail",
+            || async { exports(&parse(&scrape(exporter.addr).await), "failure") >= 2.0 },
+        )
+        .await;
+        let m = parse(&scrape(exporter.addr).await);
+        assert_eq!(
+            exports(&m, "success"),
+            0.0,
+            "{wire:?}: accepted without a certificate"
+        );
+        exporter.shutdown().await;
+        assert_eq!(
+            receiver.store.len(),
+            0,
+            "{wire:?}: a request got through without a certificate"
+        );
+
+        let mut with = without.clone();
+        with.extend([
+            "--otlp.client-certificate",
+            crt.as_str(),
+            "--otlp.client-key",
+            key.as_str(),
+        ]);
+        let exporter = start_exporter(&exporter_config(&sim, &with)).await;
+        assert!(
+            receiver.store.next(Duration::from_secs(30)).await,
+            "{wire:?}: no export arrived with the client certificate"
+        );
+        wait_for(
+            Duration::from_secs(10),
+            "/metrics to count the delivered export",
+            || async { exports(&parse(&scrape(exporter.addr).await), "success") >= 1.0 },
+        )
+        .await;
+        let m = parse(&scrape(exporter.addr).await);
+        assert_eq!(
+            exports(&m, "failure"),
+            0.0,
+            "{wire:?}: failed with the client certificate"
+        );
+        let got = otlp_view(&receiver.store.all());
+        assert!(
+            got.keys().any(|k| k.starts_with("clawmesh_agents{")),
+            "{wire:?}: the export carries the fleet: {:?}",
+            got.keys().take(5).collect::<Vec<_>>()
+        );
+        exporter.shutdown().await;
+        receiver.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grpc_mutual_tls() {
+        requires_the_client_certificate(Wire::Grpc, 70).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_mutual_tls() {
+        requires_the_client_certificate(Wire::Http, 71).await;
     }
 }
