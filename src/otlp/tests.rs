@@ -822,3 +822,90 @@ async fn a_client_certificate_from_the_variables_and_its_key_never_shows() {
         assert!(Transport::new(&cfg).is_ok(), "{protocol:?}");
     }
 }
+
+/// A snapshot broken down by provider and model: two slices.
+fn broken_down_snap(dims: &[&str], per_slice: &[(&[&str], u64)]) -> Snapshot {
+    let mut s = snap("w1", 0, &[]);
+    s.dims = dims.iter().map(|d| d.to_string()).collect();
+    s.task_groups = per_slice
+        .iter()
+        .map(|(by, completed)| {
+            let mut counters = Counters::default();
+            counters.finished.insert("completed".into(), *completed);
+            counters.input_tokens = *completed * 10;
+            crate::fleet::TaskGroup {
+                by: by.iter().map(|v| v.to_string()).collect(),
+                counters,
+                open: Default::default(),
+            }
+        })
+        .collect();
+    s
+}
+
+#[test]
+fn breakdowns_carry_the_genai_attribute_names() {
+    let mut b = batcher(Temporality::Cumulative, HistogramMode::Explicit);
+    let s = broken_down_snap(
+        &["provider", "model", "team"],
+        &[(&["openai", "gpt", "growth"], 3), (&["", "", ""], 1)],
+    );
+    let batch = b.build(&Default::default(), &[s], 2_000);
+    let Some(Data::Sum(sum)) = &metric(&batch.request, "clawmesh.tasks.finished").data else {
+        panic!("not a sum")
+    };
+    let completed: Vec<_> = sum
+        .data_points
+        .iter()
+        .filter(|p| attr(&p.attributes, "status") == "completed")
+        .collect();
+    assert_eq!(completed.len(), 2);
+    let openai = completed
+        .iter()
+        .find(|p| attr(&p.attributes, "gen_ai.provider.name") == "openai")
+        .expect("the provider as gen_ai.provider.name");
+    assert_eq!(attr(&openai.attributes, "gen_ai.request.model"), "gpt");
+    assert_eq!(attr(&openai.attributes, "team"), "growth");
+    assert!(openai
+        .attributes
+        .iter()
+        .all(|kv| kv.key != "provider" && kv.key != "model"));
+    // A value not known is no attribute at all.
+    let bare = completed.iter().find(|p| {
+        p.attributes
+            .iter()
+            .all(|kv| kv.key != "gen_ai.provider.name")
+    });
+    assert!(
+        bare.is_some(),
+        "the slice without values carries no empty attributes"
+    );
+    let Some(Data::Sum(tokens)) = &metric(&batch.request, "clawmesh.task.tokens").data else {
+        panic!("not a sum")
+    };
+    assert!(tokens
+        .data_points
+        .iter()
+        .all(|p| ["input", "output"].contains(&attr(&p.attributes, "gen_ai.token.type").as_str())));
+}
+
+#[test]
+fn a_breakdown_label_discovered_later_keeps_each_series_delta_exact() {
+    let mut b = batcher(Temporality::Delta, HistogramMode::Explicit);
+    let first = broken_down_snap(&["provider"], &[(&["openai"], 3)]);
+    let sent = b.build(&Default::default(), &[first], 2_000);
+    b.delivered(sent.built_ns);
+    // A new dimension pads every older slice with an empty value: the same
+    // series, whose delta is the 2 new tasks, not 5 counted again.
+    let later = broken_down_snap(&["provider", "team"], &[(&["openai", ""], 5)]);
+    let batch = b.build(&Default::default(), &[later], 3_000);
+    let Some(Data::Sum(sum)) = &metric(&batch.request, "clawmesh.tasks.finished").data else {
+        panic!("not a sum")
+    };
+    let p = sum
+        .data_points
+        .iter()
+        .find(|p| attr(&p.attributes, "status") == "completed")
+        .unwrap();
+    assert_eq!(p.value, Some(number_data_point::Value::AsDouble(2.0)));
+}
