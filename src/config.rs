@@ -482,6 +482,9 @@ pub struct LatitudeArgs {
     /// The simulated API's clock minus the host's, e.g. -15s or +1m.
     #[arg(long = "clock-offset", value_name = "DURATION", default_value = "0s", allow_hyphen_values = true, value_parser = crate::sim::parse_signed_ms)]
     pub clock_offset_ms: i64,
+    /// An incident for the breakdowns to find: provider-outage[:PROVIDER] (default openai) or heartbeat-loss[:TEAM] (default growth).
+    #[arg(long = "incident", value_name = "KIND", value_parser = crate::sim::Incident::parse)]
+    pub incident: Option<crate::sim::Incident>,
 }
 
 impl LatitudeArgs {

@@ -3,17 +3,33 @@
 
 use crate::config::{ProcessEnv, RunArgs};
 use crate::secret::Secret;
-use crate::sim::{Latitude, SimConfig, Simulator, WebhookSettings, DEMO_KEY};
+use crate::sim::{Incident, Latitude, SimConfig, Simulator, WebhookSettings, DEMO_KEY};
 
 /// `latitude`: what the simulator does beyond its defaults (`--latitude`,
-/// `--clock-offset`).
-pub async fn run(mut args: RunArgs, latitude: Latitude) -> anyhow::Result<()> {
+/// `--clock-offset`); `incident`: a part of the fleet going wrong.
+pub async fn run(
+    mut args: RunArgs,
+    latitude: Latitude,
+    incident: Option<Incident>,
+) -> anyhow::Result<()> {
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sim_addr = sim_listener.local_addr()?;
     let sim = Simulator::new(SimConfig {
         latitude,
+        incident: incident.clone(),
         ..SimConfig::default()
     });
+    // The demo shows where: breakdowns by provider, model, team and env,
+    // unless the command line chose its own.
+    if !(args.breakdown_provider
+        || args.breakdown_model
+        || !args.breakdown_agent_labels.is_empty()
+        || !args.breakdown_task_labels.is_empty())
+    {
+        args.breakdown_provider = true;
+        args.breakdown_model = true;
+        args.breakdown_agent_labels = vec!["team".into(), "env".into()];
+    }
     tokio::spawn(sim.clone().serve(sim_listener));
 
     // Loopback and a 5 s poll are the demo's own defaults (`DemoArgs`).
@@ -67,6 +83,12 @@ pub async fn run(mut args: RunArgs, latitude: Latitude) -> anyhow::Result<()> {
         ),
         None => println!(
             "  otlp:         off (try --otlp.endpoint http://127.0.0.1:4317 --otlp.protocol grpc)"
+        ),
+    }
+    match &incident {
+        Some(i) => println!("  {}", i.describe()),
+        None => println!(
+            "  incident:     none (try --incident provider-outage or --incident heartbeat-loss)"
         ),
     }
     println!("Ctrl-C stops.");

@@ -61,7 +61,8 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
         Some(Command::Demo(args)) => {
             init_logging(args.run.log_level, args.run.log_format);
             let latitude = args.latitude.to_latitude();
-            report(runtime.block_on(clawmesh_exporter::demo::run(args.run, latitude)))
+            let incident = args.latitude.incident.clone();
+            report(runtime.block_on(clawmesh_exporter::demo::run(args.run, latitude, incident)))
         }
         None => {
             let cfg = match cli.run.validate(&ProcessEnv) {
@@ -111,6 +112,7 @@ async fn simulate(args: SimArgs) -> anyhow::Result<()> {
         seed: args.seed,
         unknown_agent_statuses: args.unknown_agent_statuses,
         latitude: args.latitude.to_latitude(),
+        incident: args.latitude.incident.clone(),
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;

@@ -28,6 +28,7 @@ pub fn router(sim: Simulator) -> Router {
         .route("/_sim/pause", post(pause))
         .route("/_sim/resume", post(resume))
         .route("/_sim/faults", post(set_faults))
+        .route("/_sim/incident", post(set_incident))
         .route("/_sim/keys", post(add_key))
         .route("/_sim/webhooks", post(set_webhooks))
         .fallback(fallback)
@@ -875,6 +876,22 @@ async fn resume(State(sim): State<Simulator>) -> Response {
 async fn set_faults(State(sim): State<Simulator>, Json(f): Json<Faults>) -> Response {
     sim.set_faults(f.clone());
     Json(f).into_response()
+}
+
+/// `{"kind": "provider-outage", "provider": "openai"}`,
+/// `{"kind": "heartbeat-loss", "team": "growth"}` or `{"kind": "none"}`.
+async fn set_incident(State(sim): State<Simulator>, Json(v): Json<serde_json::Value>) -> Response {
+    if v.get("kind").and_then(|k| k.as_str()) == Some("none") {
+        sim.set_incident(None);
+        return Json(v).into_response();
+    }
+    match serde_json::from_value::<super::Incident>(v.clone()) {
+        Ok(i) => {
+            sim.set_incident(Some(i));
+            Json(v).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("bad incident: {e}\n")).into_response(),
+    }
 }
 
 async fn set_webhooks(

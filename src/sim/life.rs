@@ -23,6 +23,9 @@ const MODELS: [(&str, &str); 4] = [
     ("google", "gemini-2.5-pro"),
     ("local", "llama-3.3-70b"),
 ];
+/// Who an incident hits unless told otherwise.
+pub const OUTAGE_PROVIDER: &str = "openai";
+pub const SILENT_TEAM: &str = "growth";
 const SKILLS: [&str; 6] = [
     "web_search",
     "code",
@@ -97,6 +100,13 @@ pub struct Fleet {
     change_budget: f64,
     pub paused: bool,
     pub counters: FleetCounters,
+    /// The same counters by breakdown (see `truth::Dims`).
+    pub counters_by: BTreeMap<super::truth::Dims, FleetCounters>,
+    /// Every agent's breakdown values, kept after it is deleted (its
+    /// tasks' late values still count under them).
+    agent_dims: HashMap<String, (BTreeMap<String, String>, String, String)>,
+    /// An incident switched on (see `Incident`).
+    pub incident: Option<super::Incident>,
     lag_max_us: i64,
     changes_per_minute: f64,
     late_output_probability: f64,
@@ -142,6 +152,9 @@ impl Fleet {
             change_budget: 0.0,
             paused: false,
             counters: FleetCounters::default(),
+            counters_by: BTreeMap::new(),
+            agent_dims: HashMap::new(),
+            incident: None,
             lag_max_us: cfg.visibility_lag_max.as_micros() as i64,
             changes_per_minute: cfg.task_changes_per_minute,
             late_output_probability: cfg.late_output_probability,
@@ -158,6 +171,7 @@ impl Fleet {
         };
         f.seed(cfg, start_us);
         f.now_us = start_us;
+        f.set_incident(cfg.incident.clone(), start_us);
         f
     }
 
@@ -288,6 +302,28 @@ impl Fleet {
         xs[self.rng.random_range(0..xs.len())]
     }
 
+    /// The breakdown values of a task, as the ground truth counts it.
+    fn dims_of(&self, t: &Task) -> super::truth::Dims {
+        let (agent_labels, provider, model) = t
+            .agent_id
+            .as_ref()
+            .and_then(|a| self.agent_dims.get(a).cloned())
+            .unwrap_or_default();
+        super::truth::Dims {
+            agent_labels,
+            provider,
+            model,
+            task_labels: t.labels.clone(),
+        }
+    }
+
+    /// Count into the totals and into the task's breakdown.
+    fn count(&mut self, t: &Task, f: impl Fn(&mut FleetCounters)) {
+        f(&mut self.counters);
+        let key = self.dims_of(t);
+        f(self.counters_by.entry(key).or_default());
+    }
+
     fn new_agent(&mut self, created: Ts, status: &str) -> Agent {
         let id = self.new_id("agt");
         let (provider, model) = MODELS[self.rng.random_range(0..MODELS.len())];
@@ -300,6 +336,10 @@ impl Fleet {
         labels.insert("team".to_string(), self.pick(&TEAMS).to_string());
         let env = self.pick(&["prod", "prod", "staging"]);
         labels.insert("env".to_string(), env.to_string());
+        self.agent_dims.insert(
+            id.clone(),
+            (labels.clone(), provider.to_string(), model.to_string()),
+        );
         Agent {
             name: format!("{}-agent-{}", labels["team"], &id[4..8]),
             id,
@@ -308,6 +348,7 @@ impl Fleet {
             created_at: created,
             updated_at: created,
             heartbeat_phase: has_heartbeat(status).then_some(created),
+            heartbeat_until: None,
             running_tasks: 0,
             config: AgentConfig {
                 model_provider: provider.to_string(),
@@ -389,6 +430,45 @@ impl Fleet {
 
     /// Random terminal outcome of a run: failed `failed_share`, cancelled
     /// `cancelled_share`, completed the rest (by default 91/5/4 %).
+    /// Switch an incident on (or off with `None`) at `now_us`.
+    pub fn set_incident(&mut self, incident: Option<super::Incident>, now_us: i64) {
+        let team_of = |i: &Option<super::Incident>| match i {
+            Some(super::Incident::HeartbeatLoss { team }) => Some(team.clone()),
+            _ => None,
+        };
+        let (before, after) = (team_of(&self.incident), team_of(&incident));
+        self.incident = incident;
+        if before == after {
+            return;
+        }
+        // Heartbeats stop (or resume) for the team's agents: a version
+        // with the same `updated_at`, as heartbeats never move it.
+        for id in self.live_agents.clone() {
+            let Some(cur) = self.agents.current(&id).cloned() else {
+                continue;
+            };
+            let team = cur.labels.get("team");
+            let stop = after.as_ref().is_some_and(|t| Some(t) == team);
+            let was = before.as_ref().is_some_and(|t| Some(t) == team);
+            if stop != was {
+                let mut a = (*cur).clone();
+                a.heartbeat_until = stop.then_some(now_us);
+                self.commit_agent(a);
+            }
+        }
+    }
+
+    /// The provider of a running task's agent, when an outage hits it.
+    fn in_outage(&self, t: &Task) -> bool {
+        let Some(super::Incident::ProviderOutage { provider }) = &self.incident else {
+            return false;
+        };
+        t.agent_id
+            .as_ref()
+            .and_then(|a| self.agent_dims.get(a))
+            .is_some_and(|(_, p, _)| p == provider)
+    }
+
     fn outcome(&mut self) -> &'static str {
         let r: f64 = self.rng.random();
         if r < self.failed_share {
@@ -657,26 +737,28 @@ impl Fleet {
             return;
         };
         let mut t = (**cur).clone();
-        let c = &mut self.counters;
         if let Some(ms) = fill.queue_ms {
             t.metrics.queue_seconds = Some(ms as f64 / 1000.0);
-            c.queue_seconds.observe_ms(ms);
+            self.count(&t, |c| c.queue_seconds.observe_ms(ms));
         }
         if let Some(ms) = fill.run_ms {
             t.metrics.run_seconds = Some(ms as f64 / 1000.0);
-            c.run_seconds.observe_ms(ms);
+            self.count(&t, |c| c.run_seconds.observe_ms(ms));
         }
         if let Some(n) = fill.input {
             t.metrics.input_tokens = Some(n);
-            *c.tokens.entry("input".into()).or_default() += n;
+            self.count(&t, |c| *c.tokens.entry("input".into()).or_default() += n);
         }
         if let Some(n) = fill.output {
             t.metrics.output_tokens = Some(n);
-            *c.tokens.entry("output".into()).or_default() += n;
+            self.count(&t, |c| *c.tokens.entry("output".into()).or_default() += n);
         }
         if let Some(e) = fill.error {
             if let Some(code) = &e.code {
-                *c.failures_by_code.entry(code.clone()).or_default() += 1;
+                let code = code.clone();
+                self.count(&t, |c| {
+                    *c.failures_by_code.entry(code.clone()).or_default() += 1
+                });
             }
             t.error = Some(e);
         }
@@ -750,7 +832,7 @@ impl Fleet {
             };
             self.fill_later(fill, now_us);
         } else {
-            self.counters.queue_seconds.observe_ms(queue_ms);
+            self.count(&t, |c| c.queue_seconds.observe_ms(queue_ms));
         }
         self.running.push(id);
         self.commit_task(t);
@@ -768,11 +850,9 @@ impl Fleet {
         let mut t = (**self.tasks.current(&key.1).expect("pending task")).clone();
         let at = self.live_stamp(now_us, t.updated_at.us);
         finish_fields(&mut t, "cancelled", at);
-        *self
-            .counters
-            .finished_total
-            .entry("cancelled".into())
-            .or_default() += 1;
+        self.count(&t, |c| {
+            *c.finished_total.entry("cancelled".into()).or_default() += 1
+        });
         self.retire_later(&t);
         self.commit_task(t);
         true
@@ -789,7 +869,12 @@ impl Fleet {
         }
         let mut t = (**self.tasks.current(&id).expect("running task")).clone();
         let at = self.live_stamp(now_us, t.updated_at.us);
-        let status = self.outcome();
+        let status = if self.in_outage(&t) && self.rng.random_bool(0.95) {
+            "failed"
+        } else {
+            self.outcome()
+        };
+        let outage = status == "failed" && self.in_outage(&t);
         finish_fields(&mut t, status, at);
         let started = t.started_at.expect("running task started");
         let run_ms = millis(started.us, at.us);
@@ -827,7 +912,13 @@ impl Fleet {
         }
         let mut code_fill = None;
         if status == "failed" {
-            let e = self.failure();
+            let mut e = self.failure();
+            if outage {
+                e = TaskError {
+                    code: Some("model_error".into()),
+                    message: "the model provider is unavailable".into(),
+                };
+            }
             if self.latitude.late_failure_codes {
                 // Both shapes: no error object yet, or one without a code.
                 t.error = self.rng.random_bool(0.5).then(|| TaskError {
@@ -841,21 +932,29 @@ impl Fleet {
                 });
             } else {
                 let code = e.code.clone().expect("drawn with a code");
-                *self.counters.failures_by_code.entry(code).or_default() += 1;
+                self.count(&t, |c| {
+                    *c.failures_by_code.entry(code.clone()).or_default() += 1
+                });
                 t.error = Some(e);
             }
         }
-        let c = &mut self.counters;
-        *c.finished_total.entry(status.into()).or_default() += 1;
-        if fill.input.is_none() {
-            *c.tokens.entry("input".into()).or_default() += input;
-        }
-        if fill.output.is_none() {
-            *c.tokens.entry("output".into()).or_default() += output;
-        }
-        if fill.run_ms.is_none() {
-            c.run_seconds.observe_ms(run_ms);
-        }
+        let (late_input, late_output, late_run) = (
+            fill.input.is_some(),
+            fill.output.is_some(),
+            fill.run_ms.is_some(),
+        );
+        self.count(&t, |c| {
+            *c.finished_total.entry(status.into()).or_default() += 1;
+            if !late_input {
+                *c.tokens.entry("input".into()).or_default() += input;
+            }
+            if !late_output {
+                *c.tokens.entry("output".into()).or_default() += output;
+            }
+            if !late_run {
+                c.run_seconds.observe_ms(run_ms);
+            }
+        });
         if fill.run_ms.is_some() || fill.input.is_some() || fill.output.is_some() {
             self.fill_later(fill, now_us);
         }

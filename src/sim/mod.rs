@@ -104,6 +104,50 @@ pub struct SimConfig {
     pub cancelled_share: f64,
     /// What the contract allows beyond what the simulator does by default.
     pub latitude: Latitude,
+    /// An incident on from the start (also switchable: `/_sim/incident`).
+    pub incident: Option<Incident>,
+}
+
+/// Something going wrong in a part of the fleet, for the breakdowns to find.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Incident {
+    /// 95 % of the tasks finishing on this provider's agents fail
+    /// (`model_error`).
+    ProviderOutage { provider: String },
+    /// This team's agents stop heartbeating, whatever their status says.
+    HeartbeatLoss { team: String },
+}
+
+impl Incident {
+    /// `provider-outage[:NAME]` or `heartbeat-loss[:TEAM]` (the CLI's).
+    pub fn parse(s: &str) -> Result<Incident, String> {
+        let (kind, arg) = s.split_once(':').map_or((s, None), |(k, a)| (k, Some(a)));
+        let arg = arg.map(str::trim).filter(|a| !a.is_empty());
+        match kind {
+            "provider-outage" => Ok(Incident::ProviderOutage {
+                provider: arg.unwrap_or(life::OUTAGE_PROVIDER).to_string(),
+            }),
+            "heartbeat-loss" => Ok(Incident::HeartbeatLoss {
+                team: arg.unwrap_or(life::SILENT_TEAM).to_string(),
+            }),
+            other => Err(format!(
+                "unknown incident {other:?}: use provider-outage[:PROVIDER] or heartbeat-loss[:TEAM]"
+            )),
+        }
+    }
+
+    /// One line for a person watching the demo: what to look at.
+    pub fn describe(&self) -> String {
+        match self {
+            Incident::ProviderOutage { provider } => format!(
+                "incident on: 95 % of the tasks on {provider}'s agents fail; break the error ratio down by provider to find it"
+            ),
+            Incident::HeartbeatLoss { team } => format!(
+                "incident on: team {team}'s agents stop heartbeating; watch clawmesh_agents_heartbeat_stale by team"
+            ),
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -122,9 +166,10 @@ impl Default for SimConfig {
             unknown_agent_statuses: false,
             big_instructions_every: Some(50),
             keys: Vec::new(),
-            failed_share: 0.05,
+            failed_share: 0.02,
             cancelled_share: 0.04,
             latitude: Latitude::default(),
+            incident: None,
         }
     }
 }
@@ -365,6 +410,19 @@ impl Simulator {
             .and_then(|(_, id)| f.tasks.current(id))
             .map(|t| t.created_at.format());
         let c = f.counters.clone();
+        let by_dims = f
+            .counters_by
+            .iter()
+            .map(|(d, c)| truth::DimTruth {
+                dims: d.clone(),
+                finished_total: c.finished_total.clone(),
+                failures_by_code: c.failures_by_code.clone(),
+                tokens: c.tokens.clone(),
+                queue_seconds: c.queue_seconds.to_observations(),
+                run_seconds: c.run_seconds.to_observations(),
+            })
+            .collect();
+        let agents_by = agents_by(&f, now);
         let (paused, max_visible) = (f.paused, f.max_visible_us);
         drop(f);
         let r = inner.http().counters.clone();
@@ -389,6 +447,8 @@ impl Simulator {
             retry_after_violations: r.retry_after_violations,
             faults_injected: r.faults_injected,
             webhooks: inner.webhooks().counts.clone(),
+            by_dims,
+            agents_by,
         }
     }
 
@@ -404,6 +464,12 @@ impl Simulator {
     }
 
     /// Replaces all faults.
+    /// Switch an incident on, or off with `None`.
+    pub fn set_incident(&self, incident: Option<Incident>) {
+        let now = self.inner.clock.now_us();
+        self.inner.fleet().set_incident(incident, now);
+    }
+
     pub fn set_faults(&self, f: Faults) {
         *self.inner.faults.lock().unwrap_or_else(|e| e.into_inner()) = f;
     }
@@ -437,4 +503,42 @@ impl Simulator {
             .keys
             .insert(k.secret.clone(), KeyEntry { key: k, created_us });
     }
+}
+
+/// Live agents by breakdown and status, with how many are silent (idle or
+/// busy without a heartbeat for 90 s, as the API would answer now).
+fn agents_by(f: &Fleet, now_us: i64) -> Vec<truth::AgentDimTruth> {
+    let stale_us = 90 * MICROS;
+    let mut m: BTreeMap<(BTreeMap<String, String>, String, String, String), (u64, u64)> =
+        BTreeMap::new();
+    for id in &f.live_agents {
+        let Some(a) = f.agents.current(id) else {
+            continue;
+        };
+        let key = (
+            a.labels.clone(),
+            a.config.model_provider.clone(),
+            a.config.model.clone(),
+            a.status.clone(),
+        );
+        let running = matches!(a.status.as_str(), "idle" | "busy");
+        let last = a.heartbeat_at(now_us).map_or(a.updated_at.us, |h| h.us);
+        let e = m.entry(key).or_default();
+        e.0 += 1;
+        if running && now_us - last > stale_us {
+            e.1 += 1;
+        }
+    }
+    m.into_iter()
+        .map(
+            |((agent_labels, provider, model, status), (count, stale))| truth::AgentDimTruth {
+                agent_labels,
+                provider,
+                model,
+                status,
+                count,
+                heartbeat_stale: stale,
+            },
+        )
+        .collect()
 }

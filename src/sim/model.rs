@@ -147,6 +147,9 @@ pub struct Agent {
     /// for provisioning and offline agents).
     #[serde(skip)]
     pub heartbeat_phase: Option<Ts>,
+    /// Heartbeats stop at this instant (a heartbeat-loss incident).
+    #[serde(skip)]
+    pub heartbeat_until: Option<i64>,
     pub running_tasks: u32,
     pub config: AgentConfig,
     /// Not in the contract: clients must ignore unknown fields.
@@ -158,6 +161,7 @@ impl Agent {
     /// keeps the phase's digit count and stays exact.
     pub fn heartbeat_at(&self, now_us: i64) -> Option<Ts> {
         let p = self.heartbeat_phase?;
+        let now_us = self.heartbeat_until.map_or(now_us, |u| now_us.min(u));
         let period = 30 * MICROS;
         let n = (now_us - p.us).max(0) / period;
         Some(Ts {

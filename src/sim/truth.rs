@@ -67,6 +67,48 @@ pub struct GroundTruth {
     /// Webhook deliveries (all zero while delivery is off).
     #[serde(default)]
     pub webhooks: super::webhooks::WebhookCounts,
+    /// The counters above by the finest breakdown (the task's agent's
+    /// labels, provider and model, and the task's labels), each value
+    /// attributed to the task's agent when it is committed: summed, they
+    /// are the totals above.
+    #[serde(default)]
+    pub by_dims: Vec<DimTruth>,
+    /// Live agents by their labels, provider, model and status.
+    #[serde(default)]
+    pub agents_by: Vec<AgentDimTruth>,
+}
+
+/// What breakdowns read of a task: its agent's labels, provider and model
+/// ("" and empty without an agent), and its own labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Dims {
+    pub agent_labels: BTreeMap<String, String>,
+    pub provider: String,
+    pub model: String,
+    pub task_labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DimTruth {
+    #[serde(flatten)]
+    pub dims: Dims,
+    pub finished_total: BTreeMap<String, u64>,
+    pub failures_by_code: BTreeMap<String, u64>,
+    pub tokens: BTreeMap<String, u64>,
+    pub queue_seconds: Observations,
+    pub run_seconds: Observations,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentDimTruth {
+    pub agent_labels: BTreeMap<String, String>,
+    pub provider: String,
+    pub model: String,
+    pub status: String,
+    pub count: u64,
+    /// Of them, idle or busy with a heartbeat (as the API answers now)
+    /// older than 90 s, or none for longer than that since their last change.
+    pub heartbeat_stale: u64,
 }
 
 /// Fleet counters since start, kept by the fleet's life.
