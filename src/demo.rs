@@ -21,11 +21,11 @@ pub async fn run(
     });
     // The demo shows where: breakdowns by provider, model, team and env,
     // unless the command line chose its own.
-    if !(args.breakdown_provider
+    let chosen = args.breakdown_provider
         || args.breakdown_model
         || !args.breakdown_agent_labels.is_empty()
-        || !args.breakdown_task_labels.is_empty())
-    {
+        || !args.breakdown_task_labels.is_empty();
+    if !chosen {
         args.breakdown_provider = true;
         args.breakdown_model = true;
         args.breakdown_agent_labels = vec!["team".into(), "env".into()];

@@ -509,8 +509,9 @@ impl Simulator {
 /// busy without a heartbeat for 90 s, as the API would answer now).
 fn agents_by(f: &Fleet, now_us: i64) -> Vec<truth::AgentDimTruth> {
     let stale_us = 90 * MICROS;
-    let mut m: BTreeMap<(BTreeMap<String, String>, String, String, String), (u64, u64)> =
-        BTreeMap::new();
+    // (labels, provider, model, status) -> (agents, silent ones)
+    type Key = (BTreeMap<String, String>, String, String, String);
+    let mut m: BTreeMap<Key, (u64, u64)> = BTreeMap::new();
     for id in &f.live_agents {
         let Some(a) = f.agents.current(id) else {
             continue;
