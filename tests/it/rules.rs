@@ -345,3 +345,19 @@ fn readme_lists_every_alert_with_its_severity() {
         "README.md \"Dashboards and alerts\": the table must list every alert of alerts/ with its severity, in file order"
     );
 }
+
+/// The SLO files are what `alerts/slo/generate.py` renders from its objectives.
+#[test]
+fn the_slo_files_are_generated_from_their_objectives() {
+    let out = Command::new("python3")
+        .args(["alerts/slo/generate.py", "--check"])
+        .current_dir(repo_root())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
