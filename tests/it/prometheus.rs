@@ -299,3 +299,73 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
         .await;
     sim.faults(Faults::default());
 }
+
+/// A provider outage (issue 11): with the provider breakdown on, that
+/// provider's error ratio crosses the SLO's page threshold (14.4 x the 5 %
+/// budget) in a real Prometheus while every other provider's stays under it,
+/// and the SLO page alert fires for that provider only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outage_pages_on_that_provider_only() {
+    let Some(bin) = require_tool("prometheus") else {
+        return;
+    };
+    let sim = Sim::start(clawmesh_exporter::sim::SimConfig {
+        incident: Some(clawmesh_exporter::sim::Incident::parse("provider-outage").unwrap()),
+        ..busy_fleet(41)
+    })
+    .await;
+    let exporter = start_exporter(&exporter_config(
+        &sim,
+        &["--breakdown.provider", "--breakdown.model"],
+    ))
+    .await;
+    let prom = Prometheus::start(&bin, exporter.addr).await;
+    let ws = exporter.workspace.clone();
+    let page = "ClawMeshSLOTaskSuccessBudgetBurnPage";
+    let outage = "openai";
+    let firing_for = |alerts: &[(String, String, Value)], provider: &str| {
+        alerts.iter().any(|(name, state, labels)| {
+            name == page
+                && state == "firing"
+                && labels["workspace"] == ws
+                && labels["provider"] == provider
+        })
+    };
+    wait_for(
+        Duration::from_secs(120),
+        "the SLO page alert for the failing provider",
+        || async { firing_for(&prom.alerts().await, outage) },
+    )
+    .await;
+    // The ratio by provider, as a person would ask it.
+    let expr = "sum by (provider) (rate(clawmesh_tasks_finished_total{status=\"failed\"}[1m])) \
+                / sum by (provider) (rate(clawmesh_tasks_finished_total{status=~\"completed|failed\"}[1m]))";
+    let rows = prom.query(expr).await.unwrap();
+    let mut seen = 0;
+    for row in &rows {
+        let provider = row["metric"]["provider"].as_str().unwrap_or("");
+        let ratio: f64 = row["value"][1].as_str().unwrap().parse().unwrap();
+        if provider == outage {
+            assert!(
+                ratio > 0.72,
+                "{provider}: {ratio} is not over the page threshold"
+            );
+        } else if !provider.is_empty() {
+            seen += 1;
+            assert!(
+                ratio < 0.72,
+                "{provider}: {ratio} crossed the page threshold"
+            );
+        }
+    }
+    assert!(seen >= 3, "the other providers have no ratio: {rows:?}");
+    let alerts = prom.alerts().await;
+    for (name, _, labels) in &alerts {
+        if name == page {
+            assert_eq!(
+                labels["provider"], outage,
+                "a healthy provider pages: {alerts:?}"
+            );
+        }
+    }
+}
