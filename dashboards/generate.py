@@ -41,13 +41,17 @@ class Layout:
         self.next_id = 1
         self.panels = []
 
-    def add(self, panel, w, h):
+    def add(self, panel, w, h, pid=None):
+        """pid: a panel added later between existing ones keeps the id it was given
+        (links with viewPanel= name ids); the others keep counting."""
         if self.x + w > 24:
             self.y += self.row_h
             self.x = 0
             self.row_h = 0
-        panel["id"] = self.next_id
-        self.next_id += 1
+        if pid is None:
+            pid = self.next_id
+            self.next_id += 1
+        panel["id"] = pid
         panel["gridPos"] = {"h": h, "w": w, "x": self.x, "y": self.y}
         self.x += w
         self.row_h = max(self.row_h, h)
@@ -320,14 +324,19 @@ def exporter():
         "options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
                     "legend": {"showLegend": False, "displayMode": "list", "placement": "bottom"},
                     "tooltip": {"mode": "single", "sort": "none"}},
-    }, 8, 8)
+    }, 6, 8)
     L.add(timeseries("Data age by resource", "Time since the start of the last successful sync, per workspace and "
                      "resource (agents, tasks). The dashed line is the ClawMeshDataStale threshold (10 min).",
                      [(f"time() - clawmesh_last_sync_timestamp_seconds{{{WS}}}", "{{workspace}} {{resource}}")], "s",
-                     steps=[("transparent", None), ("red", 600)], threshold_style="dashed"), 8, 8)
+                     steps=[("transparent", None), ("red", 600)], threshold_style="dashed"), 6, 8)
     L.add(timeseries("Sync failures", "Failed syncs per minute, per workspace and resource.",
                      [(f"sum by (workspace, resource) (rate(clawmesh_sync_failures_total{{{WS}}}[$__rate_interval])) * 60",
-                       "{{workspace}} {{resource}}")], "cpm", draw_style="bars"), 8, 8)
+                       "{{workspace}} {{resource}}")], "cpm", draw_style="bars"), 6, 8)
+    L.add(timeseries("Loop panics (caught)", "Panics caught in the exporter's loops, by loop (task), in the window. "
+                     "Each failed its round and the loop went on after a pause; any is a bug "
+                     "(ClawMeshExporterLoopPanicked). Not filtered by workspace: the counter is the process's.",
+                     [("sum by (instance, task) (increase(clawmesh_exporter_task_restarts_total[$__rate_interval]))",
+                       "{{instance}} {{task}}")], "short", draw_style="bars"), 6, 8, pid=28)
 
     L.row("API")
     L.add(timeseries("API requests by endpoint and code", "Requests per minute the exporter sent to the ClawMesh API "
@@ -427,8 +436,8 @@ def exporter():
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     for name, d in (("clawmesh-fleet.json", fleet()), ("clawmesh-exporter.json", exporter())):
-        with open(os.path.join(here, name), "w") as f:
-            json.dump(d, f, indent=2)
+        with open(os.path.join(here, name), "w", encoding="utf-8") as f:
+            json.dump(d, f, indent=2, ensure_ascii=False)
             f.write("\n")
 
 
