@@ -6,12 +6,34 @@ Conventions: every panel uses the `${datasource}` variable, filters on
 workspace=~"$workspace", has a unit and a description; the recording rules of
 alerts/clawmesh-rules.yml are used wherever one exists, so a panel shows the
 same number that an alert evaluates.
+
+Breakdowns (issue 11): the fleet dashboard also has the variables team, env,
+provider and model, and every panel on a family that carries the breakdown
+dimensions filters on them (F below). The recording rules sum those
+dimensions away, so such panels use the rule's own expression (same window)
+with the filters added: with every variable at All they show exactly what
+the rule, and the alert, evaluates. All is ".*", which also matches the empty
+value, i.e. a dimension whose breakdown is off.
+
+Panels built by slo_panel() read the SLO recording rules of
+alerts/clawmesh-slo.yml (names starting `clawmesh:slo_`); tests/it tells them
+by that prefix.
 """
 import json
 import os
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 WS = 'workspace=~"$workspace"'
+# The breakdown dimensions with a fleet variable each (label = variable name).
+DIMS = ("team", "env", "provider", "model")
+F = ", ".join([WS] + [f'{d}=~"${d}"' for d in DIMS])
+NONE = "(none)"
+
+
+def by(dim, expr):
+    """expr aggregated `by (dim)`, its empty value (breakdown off, agent unknown)
+    named NONE so that the legend says so instead of showing nothing."""
+    return f'label_replace({expr}, "{dim}", "{NONE}", "{dim}", "")'
 RUNBOOKS = "https://github.com/clawmesh/clawmesh-exporter/blob/main/docs/runbooks.md"
 
 
@@ -41,13 +63,17 @@ class Layout:
         self.next_id = 1
         self.panels = []
 
-    def add(self, panel, w, h):
+    def add(self, panel, w, h, pid=None):
+        """pid: a panel added later between existing ones keeps the id it was given
+        (links with viewPanel= name ids); the others keep counting."""
         if self.x + w > 24:
             self.y += self.row_h
             self.x = 0
             self.row_h = 0
-        panel["id"] = self.next_id
-        self.next_id += 1
+        if pid is None:
+            pid = self.next_id
+            self.next_id += 1
+        panel["id"] = pid
         panel["gridPos"] = {"h": h, "w": w, "x": self.x, "y": self.y}
         self.x += w
         self.row_h = max(self.row_h, h)
@@ -121,7 +147,32 @@ def timeseries(title, desc, targets, unit, stack=False, steps=None, min0=True, m
     }
 
 
-def variables():
+def dim_variable(dim, label):
+    query = f"label_values(clawmesh_agents{{{WS}}}, {dim})"
+    return {
+        "name": dim,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "definition": query,
+        "query": query,
+        # All by default: an empty list (the breakdown is off) must not hide data.
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "hide": 0,
+        "includeAll": True,
+        "allValue": ".*",
+        "multi": True,
+        "options": [],
+        "refresh": 2,
+        "regex": "",
+        "sort": 1,
+        "skipUrlSync": False,
+    }
+
+
+def variables(dims=False):
+    extra = [dim_variable(d, label) for d, label in
+             (("team", "Team"), ("env", "Env"), ("provider", "Provider"), ("model", "Model"))] if dims else []
     return {"list": [
         {
             "name": "datasource",
@@ -155,10 +206,10 @@ def variables():
             "sort": 1,
             "skipUrlSync": False,
         },
-    ]}
+    ] + extra}
 
 
-def dashboard(uid, title, desc, panels):
+def dashboard(uid, title, desc, panels, dims=False):
     return {
         "uid": uid,
         "title": title,
@@ -176,7 +227,7 @@ def dashboard(uid, title, desc, panels):
         "panels": panels,
         "refresh": "1m",
         "schemaVersion": 39,
-        "templating": variables(),
+        "templating": variables(dims),
         "time": {"from": "now-6h", "to": "now"},
         "timepicker": {},
         "timezone": "browser",
@@ -193,35 +244,91 @@ UP_MAPPINGS = [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red
                                               "1": {"text": "UP", "color": "green", "index": 1}}}]
 
 
+def rate5m(metric, sel="", window="5m"):
+    """rate() of a counter over the recording rules' window, with the fleet filters."""
+    extra = f", {sel}" if sel else ""
+    return f"rate({metric}{{{F}{extra}}}[{window}])"
+
+
+def quantiles(metric, level="workspace"):
+    """p50/p95/p99 targets of a histogram per `level`, as the durations rules compute them."""
+    return [(f"histogram_quantile({q}, sum by ({level}, le) ({rate5m(metric + '_bucket')}))",
+             f"{{{{{level}}}}} p{p}") for q, p in ((0.5, "50"), (0.95, "95"), (0.99, "99"))]
+
+
+def slo_panel(panel):
+    """A panel on the SLO recording rules of alerts/clawmesh-slo.yml (`clawmesh:slo_*`)."""
+    panel["description"] += (" From the SLO recording rules (alerts/clawmesh-slo.yml); empty where those rules "
+                             "are not loaded.")
+    return panel
+
+
+# The dimensions of the "Where" row (env is a filter only).
+WHERE_DIMS = ("team", "provider", "model")
+
+
+def where_row(L):
+    """Throughput, errors, tokens and run time, each by team, provider and model."""
+    L.row("Where")
+    finished, failed, settled = "clawmesh_tasks_finished_total", 'status="failed"', 'status=~"completed|failed"'
+    for dim in WHERE_DIMS:
+        L.add(timeseries(f"Throughput by {dim}", f"Tasks finished (completed, failed, cancelled) per minute by {dim} "
+                         f"(5-minute rate). \"{NONE}\": tasks of no known agent, or the {dim} breakdown is off.",
+                         [(by(dim, f"sum by ({dim}) ({rate5m(finished)}) * 60"),
+                           f"{{{{{dim}}}}}")], "cpm", stack=True), 8, 8)
+    for dim in WHERE_DIMS:
+        L.add(timeseries(f"Error ratio by {dim}", f"Failed / (completed + failed) tasks by {dim} over 5 minutes; "
+                         "cancelled tasks are left out, they say nothing about where failures come from. Gaps: "
+                         f"nothing finished. Dashed lines: 10 % and 25 %. \"{NONE}\": no agent, or breakdown off.",
+                         [(by(dim, f"sum by ({dim}) ({rate5m(finished, failed)}) / sum by ({dim}) ({rate5m(finished, settled)})"),
+                           f"{{{{{dim}}}}}")], "percentunit",
+                         steps=[("transparent", None), ("yellow", 0.1), ("red", 0.25)], threshold_style="dashed"),
+              8, 8)
+    for dim in WHERE_DIMS:
+        L.add(timeseries(f"Tokens per minute by {dim}", f"Input plus output model tokens of finished tasks per minute "
+                         f"by {dim} (5-minute rate). \"{NONE}\": no agent, or breakdown off.",
+                         [(by(dim, f"sum by ({dim}) ({rate5m('clawmesh_task_tokens_total')}) * 60"),
+                           f"{{{{{dim}}}}}")], "short", stack=True), 8, 8)
+    for dim in WHERE_DIMS:
+        L.add(timeseries(f"Run time p95 by {dim}", f"95th percentile of the time from task start to finish by {dim}, "
+                         "from clawmesh_task_run_duration_seconds over 5 minutes. "
+                         f"\"{NONE}\": no agent, or breakdown off.",
+                         [(by(dim, f"histogram_quantile(0.95, sum by ({dim}, le) "
+                                   f"({rate5m('clawmesh_task_run_duration_seconds_bucket')}))"),
+                           f"{{{{{dim}}}}}")], "s"), 8, 8)
+
+
 def fleet():
     L = Layout()
+    failed = 'status="failed"'
     # Top row: "is the fleet healthy?" without scrolling. Thresholds match the alerts.
     L.add(stat("Active agents", "Agents idle or busy, summed over the selected workspaces. Red at 0: no task can run "
                "(alert ClawMeshNoActiveAgents).",
-               f"sum(clawmesh_agents_active{{{WS}}})", "none", [("red", None), ("green", 1)]), 3, 4)
+               f"sum(clawmesh_agents_active{{{F}}})", "none", [("red", None), ("green", 1)]), 3, 4)
     L.add(stat("Agents error/offline", "Share of all agents in status error or offline. Yellow from 10 %, red from 25 % "
                "(alert ClawMeshAgentsUnhealthy).",
-               f'sum(clawmesh_agents{{{WS}, status=~"error|offline"}}) / sum(clawmesh_agents{{{WS}}})',
+               f'sum(clawmesh_agents{{{F}, status=~"error|offline"}}) / sum(clawmesh_agents{{{F}}})',
                "percentunit", [("green", None), ("yellow", 0.1), ("red", 0.25)], decimals=0), 3, 4)
     L.add(stat("Pending tasks", "Tasks waiting for an agent right now, summed over the selected workspaces.",
-               f'sum(clawmesh_tasks{{{WS}, status="pending"}})', "none", [("blue", None)]), 3, 4)
+               f'sum(clawmesh_tasks{{{F}, status="pending"}})', "none", [("blue", None)]), 3, 4)
     L.add(stat("Oldest pending task", "Age of the oldest pending task (worst workspace). Yellow from 10 min, red from "
-               "30 min (alert ClawMeshPendingTasksStuck).",
+               "30 min (alert ClawMeshPendingTasksStuck). Per workspace only: not filtered by team, env, provider "
+               "or model.",
                f"max(clawmesh_tasks_oldest_pending_age_seconds{{{WS}}})", "s",
                [("green", None), ("yellow", 600), ("red", 1800)]), 3, 4)
     L.add(stat("Throughput", "Tasks finished (completed, failed or cancelled) per minute over the last 5 minutes. "
                "Zero while tasks are pending is ClawMeshThroughputZero.",
-               f"sum(workspace:clawmesh_tasks_finished:rate5m{{{WS}}}) * 60", "cpm",
+               f"sum({rate5m('clawmesh_tasks_finished_total')}) * 60", "cpm",
                [("blue", None)]), 3, 4)
     L.add(stat("Error ratio 5m", "Failed / all finished tasks over the last 5 minutes. Yellow from 10 %, red from 25 % "
                "(alert ClawMeshTaskErrorRatioHigh, which also needs 20 tasks in 5 minutes).",
-               f'sum(workspace_status:clawmesh_tasks_finished:rate5m{{{WS}, status="failed"}}) '
-               f"/ sum(workspace:clawmesh_tasks_finished:rate5m{{{WS}}})",
+               f"sum({rate5m('clawmesh_tasks_finished_total', failed)}) "
+               f"/ sum({rate5m('clawmesh_tasks_finished_total')})",
                "percentunit", [("green", None), ("yellow", 0.1), ("red", 0.25)], no_value="no tasks", decimals=1), 3, 4)
     L.add(stat("Error ratio 1h", "Failed / all finished tasks over the last hour. Yellow from 10 % "
                "(alert ClawMeshTaskErrorRatioElevated).",
-               f'sum(rate(clawmesh_tasks_finished_total{{{WS}, status="failed"}}[1h])) '
-               f"/ sum(workspace:clawmesh_tasks_finished:rate1h{{{WS}}})",
+               f"sum({rate5m('clawmesh_tasks_finished_total', failed, '1h')}) "
+               f"/ sum({rate5m('clawmesh_tasks_finished_total', window='1h')})",
                "percentunit", [("green", None), ("yellow", 0.1), ("red", 0.25)], no_value="no tasks", decimals=1), 3, 4)
     L.add(stat("Workspaces not syncing", "Selected workspaces whose last sync failed (clawmesh_up == 0): their numbers "
                "above are frozen. Details on the exporter dashboard.",
@@ -230,52 +337,108 @@ def fleet():
     L.row("Agents")
     L.add(timeseries("Agents by status", "Agents per status, summed over the selected workspaces. "
                      "Unknown statuses appear by name or as \"other\".",
-                     [(f"sum by (status) (clawmesh_agents{{{WS}}})", "{{status}}")], "none", stack=True), 12, 8)
+                     [(f"sum by (status) (clawmesh_agents{{{F}}})", "{{status}}")], "none", stack=True), 8, 8)
     L.add(timeseries("Active agents by workspace", "Agents idle or busy per workspace.",
-                     [(f"clawmesh_agents_active{{{WS}}}", "{{workspace}}")], "none"), 12, 8)
+                     [(f"sum by (workspace) (clawmesh_agents_active{{{F}}})", "{{workspace}}")], "none"), 8, 8)
+    L.add(timeseries("Stale heartbeats by team and provider", "Agents in status idle or busy whose last heartbeat is "
+                     "older than the exporter's --agents.heartbeat-stale-after (default 90 s, three missed beats), by "
+                     "team and provider: they claim to run but may be gone. Above 0 for 10 min is "
+                     f"ClawMeshAgentHeartbeatsStale. \"{NONE}\": that breakdown is off.",
+                     [(by("provider", by("team", f"sum by (team, provider) (clawmesh_agents_heartbeat_stale{{{F}}})")),
+                       "{{team}} {{provider}}")], "none", stack=True,
+                     steps=[("transparent", None), ("red", 1)], threshold_style="dashed"), 8, 8)
 
     L.row("Tasks")
     L.add(timeseries("Tasks pending and running", "Current pending and running tasks per workspace.",
-                     [(f"sum by (workspace, status) (clawmesh_tasks{{{WS}}})", "{{workspace}} {{status}}")], "none"), 8, 8)
+                     [(f"sum by (workspace, status) (clawmesh_tasks{{{F}}})", "{{workspace}} {{status}}")], "none"), 8, 8)
     L.add(timeseries("Throughput by status", "Tasks reaching a terminal status per minute (5-minute rate).",
-                     [(f"sum by (status) (workspace_status:clawmesh_tasks_finished:rate5m{{{WS}}}) * 60", "{{status}}")],
+                     [(f"sum by (status) ({rate5m('clawmesh_tasks_finished_total')}) * 60", "{{status}}")],
                      "cpm", stack=True), 8, 8)
     L.add(timeseries("Oldest pending task age", "How long the oldest pending task has waited, per workspace. "
-                     "The dashed line is the ClawMeshPendingTasksStuck threshold (30 min).",
+                     "The dashed line is the ClawMeshPendingTasksStuck threshold (30 min). Per workspace only: not "
+                     "filtered by team, env, provider or model.",
                      [(f"clawmesh_tasks_oldest_pending_age_seconds{{{WS}}}", "{{workspace}}")], "s",
                      steps=[("transparent", None), ("red", 1800)], threshold_style="dashed"), 8, 8)
     L.add(timeseries("Task error ratio", "Failed / all finished tasks per workspace over 5 minutes and 1 hour. "
                      "Gaps mean nothing finished. Dashed lines: warning 10 %, critical 25 %.",
-                     [(f"workspace:clawmesh_task_error_ratio:ratio_rate5m{{{WS}}}", "{{workspace}} 5m"),
-                      (f"workspace:clawmesh_task_error_ratio:ratio_rate1h{{{WS}}}", "{{workspace}} 1h")],
+                     [(f"sum by (workspace) ({rate5m('clawmesh_tasks_finished_total', failed)}) "
+                       f"/ sum by (workspace) ({rate5m('clawmesh_tasks_finished_total')})", "{{workspace}} 5m"),
+                      (f"sum by (workspace) ({rate5m('clawmesh_tasks_finished_total', failed, '1h')}) "
+                       f"/ sum by (workspace) ({rate5m('clawmesh_tasks_finished_total', window='1h')})",
+                       "{{workspace}} 1h")],
                      "percentunit", steps=[("transparent", None), ("yellow", 0.1), ("red", 0.25)],
                      threshold_style="dashed"), 12, 8)
     L.add(timeseries("Failures by error code", "Failed tasks per minute by error code (timeout, model_error, "
                      "skill_error, invalid_input, internal, ...), summed over the selected workspaces.",
-                     [(f"sum by (code) (workspace_code:clawmesh_task_failures:rate5m{{{WS}}}) * 60", "{{code}}")],
+                     [(f"sum by (code) ({rate5m('clawmesh_task_failures_total')}) * 60", "{{code}}")],
                      "cpm", stack=True), 12, 8)
+
+    where_row(L)
 
     L.row("Durations")
     L.add(timeseries("Queue duration p50 / p95 / p99", "Time from task creation to start, per workspace, "
                      "from the histogram clawmesh_task_queue_duration_seconds over 5 minutes.",
-                     [(f"workspace_quantile:clawmesh_task_queue_duration_seconds:histogram_quantile_rate5m{{{WS}}}",
-                       "{{workspace}} p{{quantile}}")], "s"), 12, 8)
+                     quantiles("clawmesh_task_queue_duration_seconds"), "s"), 12, 8)
     L.add(timeseries("Run duration p50 / p95 / p99", "Time from task start to finish, per workspace, "
                      "from the histogram clawmesh_task_run_duration_seconds over 5 minutes.",
-                     [(f"workspace_quantile:clawmesh_task_run_duration_seconds:histogram_quantile_rate5m{{{WS}}}",
-                       "{{workspace}} p{{quantile}}")], "s"), 12, 8)
+                     quantiles("clawmesh_task_run_duration_seconds"), "s"), 12, 8)
 
     L.row("Tokens")
     L.add(timeseries("Tokens per minute", "Model tokens consumed by finished tasks per minute, input and output, "
                      "summed over the selected workspaces.",
-                     [(f"sum by (kind) (workspace_kind:clawmesh_task_tokens:rate5m{{{WS}}}) * 60", "{{kind}}")],
+                     [(f"sum by (kind) ({rate5m('clawmesh_task_tokens_total')}) * 60", "{{kind}}")],
                      "short", stack=True), 12, 8)
     L.add(timeseries("Tokens per minute by workspace", "Input plus output tokens per minute, per workspace.",
-                     [(f"sum by (workspace) (workspace_kind:clawmesh_task_tokens:rate5m{{{WS}}}) * 60", "{{workspace}}")],
+                     [(f"sum by (workspace) ({rate5m('clawmesh_task_tokens_total')}) * 60", "{{workspace}}")],
                      "short"), 12, 8)
+
+    L.row("Error budget")
+    L.add(slo_panel(stat("Task success budget left (lowest)", "Smallest share of the task-success error budget left "
+                         "in the SLO window among the selected workspaces and providers. Red under 10 %, yellow "
+                         "under 50 %.",
+                         f'min(clawmesh:slo_task_success:error_budget_remaining{{{WS}, provider=~"$provider"}})',
+                         "percentunit", [("red", None), ("yellow", 0.1), ("green", 0.5)], decimals=0)), 4, 8)
+    L.add(slo_panel(timeseries("Task success budget left", "Share of the task-success error budget left in the SLO "
+                               "window, per workspace and provider: 100 % untouched, 0 % spent.",
+                               [(f'clawmesh:slo_task_success:error_budget_remaining{{{WS}, provider=~"$provider"}}',
+                                 "{{workspace}} {{provider}}")], "percentunit", min0=False, max_=1,
+                               steps=[("transparent", None), ("red", 0)], threshold_style="dashed")), 8, 8)
+    L.add(slo_panel(timeseries("Task success burn rate 1h", "How fast the task-success error budget burns over the "
+                               "last hour, per workspace and provider: 1 spends it exactly over the SLO window, "
+                               "14.4 (dashed) spends 2 % of a 30-day budget in an hour.",
+                               [(f'clawmesh:slo_task_success:burn_rate1h{{{WS}, provider=~"$provider"}}',
+                                 "{{workspace}} {{provider}}")], "none",
+                               steps=[("transparent", None), ("red", 14.4)], threshold_style="dashed")), 6, 8)
+    L.add(slo_panel(timeseries("Queue time budget left", "Share of the queue-time error budget (tasks started "
+                               "within the SLO's queue time) left in the SLO window, per workspace.",
+                               [(f"clawmesh:slo_queue_time:error_budget_remaining{{{WS}}}", "{{workspace}}")],
+                               "percentunit", min0=False, max_=1,
+                               steps=[("transparent", None), ("red", 0)], threshold_style="dashed")), 6, 8)
+
+    L.row("Webhooks")
+    L.add(timeseries("Webhook deliveries by result", "Webhook deliveries per minute that named a selected workspace, "
+                     "by result (accepted, duplicate, ignored, unknown_type, bad_signature, too_large, bad_request, "
+                     "stale, unknown_workspace, queue_full). Empty when the receiver is off (no --webhook.secret-file).",
+                     [(f"sum by (result) (rate(clawmesh_webhook_requests_total{{{WS}}}[$__rate_interval])) * 60",
+                       "{{result}}")], "cpm", stack=True), 6, 8)
+    L.add(timeseries("Missed webhook events", "Terminal task transitions polling counted first and no webhook brought "
+                     "within --webhook.missed-grace, per minute and workspace: deliveries are being lost. The numbers "
+                     "stay right (polling counted the tasks), only slower. See ClawMeshWebhookEventsMissed.",
+                     [(f"sum by (workspace) (rate(clawmesh_webhook_missed_events_total{{{WS}}}[$__rate_interval])) * 60",
+                       "{{workspace}}")], "cpm", draw_style="bars"), 6, 8)
+    L.add(timeseries("Time since the last webhook event", "How long since the last verified webhook event of each "
+                     "workspace arrived. Growing while tasks finish: ClawMesh stopped delivering (endpoint, proxy, "
+                     "subscription).",
+                     [(f"time() - clawmesh_webhook_last_event_timestamp_seconds{{{WS}}}", "{{workspace}}")], "s"), 6, 8)
+    L.add(timeseries("Unattributed webhook refusals", "Deliveries refused before a verified body named a workspace, "
+                     "per minute, for the whole receiver (not per workspace), by result. bad_signature rising: a wrong "
+                     "or rotated secret, or someone probing (ClawMeshWebhookSignatureFailures).",
+                     [("sum by (result) (rate(clawmesh_webhook_unattributed_requests_total[$__rate_interval])) * 60",
+                       "{{result}}")], "cpm", stack=True), 6, 8)
     return dashboard("clawmesh-fleet", "ClawMesh / Fleet overview",
-                     "Agents, tasks, throughput, errors, durations and tokens of ClawMesh workspaces "
-                     "(clawmesh-exporter).", L.panels)
+                     "Agents, tasks, throughput, errors, durations and tokens of ClawMesh workspaces, where they "
+                     "happen (team, env, provider, model), error budgets and webhooks (clawmesh-exporter).",
+                     L.panels, dims=True)
 
 
 def exporter():
@@ -320,14 +483,19 @@ def exporter():
         "options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
                     "legend": {"showLegend": False, "displayMode": "list", "placement": "bottom"},
                     "tooltip": {"mode": "single", "sort": "none"}},
-    }, 8, 8)
+    }, 6, 8)
     L.add(timeseries("Data age by resource", "Time since the start of the last successful sync, per workspace and "
                      "resource (agents, tasks). The dashed line is the ClawMeshDataStale threshold (10 min).",
                      [(f"time() - clawmesh_last_sync_timestamp_seconds{{{WS}}}", "{{workspace}} {{resource}}")], "s",
-                     steps=[("transparent", None), ("red", 600)], threshold_style="dashed"), 8, 8)
+                     steps=[("transparent", None), ("red", 600)], threshold_style="dashed"), 6, 8)
     L.add(timeseries("Sync failures", "Failed syncs per minute, per workspace and resource.",
                      [(f"sum by (workspace, resource) (rate(clawmesh_sync_failures_total{{{WS}}}[$__rate_interval])) * 60",
-                       "{{workspace}} {{resource}}")], "cpm", draw_style="bars"), 8, 8)
+                       "{{workspace}} {{resource}}")], "cpm", draw_style="bars"), 6, 8)
+    L.add(timeseries("Loop panics (caught)", "Panics caught in the exporter's loops, by loop (task), in the window. "
+                     "Each failed its round and the loop went on after a pause; any is a bug "
+                     "(ClawMeshExporterLoopPanicked). Not filtered by workspace: the counter is the process's.",
+                     [("sum by (instance, task) (increase(clawmesh_exporter_task_restarts_total[$__rate_interval]))",
+                       "{{instance}} {{task}}")], "short", draw_style="bars"), 6, 8, pid=28)
 
     L.row("API")
     L.add(timeseries("API requests by endpoint and code", "Requests per minute the exporter sent to the ClawMesh API "
@@ -427,8 +595,8 @@ def exporter():
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     for name, d in (("clawmesh-fleet.json", fleet()), ("clawmesh-exporter.json", exporter())):
-        with open(os.path.join(here, name), "w") as f:
-            json.dump(d, f, indent=2)
+        with open(os.path.join(here, name), "w", encoding="utf-8") as f:
+            json.dump(d, f, indent=2, ensure_ascii=False)
             f.write("\n")
 
 

@@ -16,6 +16,45 @@ const UIDS: [(&str, &str); 2] = [
 
 const BUILD_INFO: &str = "clawmesh_exporter_build_info";
 
+/// The breakdown dimensions with a variable on the fleet dashboard.
+pub const DIMENSIONS: [&str; 4] = ["team", "env", "provider", "model"];
+
+/// The families that carry the breakdown dimensions (histograms by their base
+/// name). tests/it/prometheus.rs checks against a real scrape that each does.
+pub const DIMENSION_FAMILIES: [&str; 9] = [
+    "clawmesh_agents",
+    "clawmesh_agents_active",
+    "clawmesh_agents_heartbeat_stale",
+    "clawmesh_tasks",
+    "clawmesh_tasks_finished_total",
+    "clawmesh_task_failures_total",
+    "clawmesh_task_tokens_total",
+    "clawmesh_task_queue_duration_seconds",
+    "clawmesh_task_run_duration_seconds",
+];
+
+/// Whether `metric` (a series name) belongs to a family of [`DIMENSION_FAMILIES`].
+fn carries_dimensions(metric: &str) -> bool {
+    DIMENSION_FAMILIES.iter().any(|f| {
+        metric == *f
+            || ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| metric.strip_suffix(s) == Some(f))
+    })
+}
+
+/// Names of the SLO recording rules (alerts/clawmesh-slo.yml) start so.
+pub const SLO_PREFIX: &str = "clawmesh:slo_";
+
+/// TODO(lead): the SLO rules are written on another branch under names not
+/// fixed yet. Until alerts/clawmesh-slo.yml exists, the dashboards' SLO
+/// names are not required to be recorded nor their panels to have data;
+/// once it exists they are, so a name mismatch fails. Remove this allowance
+/// when the file is on main.
+pub fn slo_rules_pending() -> bool {
+    !crate::repo_root().join("alerts/clawmesh-slo.yml").exists()
+}
+
 /// Every series name the exporter exposes (families with their suffixes),
 /// from the metric table itself, so this list cannot drift from the code.
 fn exposed_series() -> HashSet<String> {
@@ -92,6 +131,10 @@ fn substitute(expr: &str) -> String {
     [
         ("${workspace}", ".*"),
         ("$workspace", ".*"),
+        ("$team", ".*"),
+        ("$env", ".*"),
+        ("$provider", ".*"),
+        ("$model", ".*"),
         ("${__rate_interval}", "1m"),
         ("$__rate_interval", "1m"),
         ("${__interval}", "1m"),
@@ -235,7 +278,8 @@ fn every_metric_name_is_exposed_or_recorded() {
     let mut problems = Vec::new();
     for (place, expr) in all_promql_expressions() {
         for name in metric_identifiers(&expr) {
-            if !exposed.contains(&name) && !recorded.contains(&name) {
+            let slo_pending = name.starts_with(SLO_PREFIX) && slo_rules_pending();
+            if !exposed.contains(&name) && !recorded.contains(&name) && !slo_pending {
                 problems.push(format!("{place}: unknown metric {name}"));
             }
         }
@@ -442,6 +486,132 @@ fn panels_use_the_datasource_variable_and_have_unit_and_description() {
                 &format!("{}: variable {}", d.file, v["name"]),
                 &v["datasource"],
             );
+        }
+    }
+}
+
+fn fleet_dashboard() -> Dashboard {
+    dashboards()
+        .into_iter()
+        .find(|d| d.file == "clawmesh-fleet.json")
+        .expect("dashboards/clawmesh-fleet.json")
+}
+
+/// A "Where" panel: one query aggregated by one dimension.
+pub struct WhereQuery {
+    pub query: PanelQuery,
+    pub dimension: String,
+}
+
+/// The fleet dashboard's panels titled "... by team|provider|model", with the
+/// dimension they break down by.
+pub fn where_queries() -> Vec<WhereQuery> {
+    panel_queries()
+        .into_iter()
+        .filter(|q| q.file == "clawmesh-fleet.json")
+        .filter_map(|q| {
+            let dimension = ["team", "provider", "model"]
+                .into_iter()
+                .find(|d| q.title.ends_with(&format!(" by {d}")))?;
+            Some(WhereQuery {
+                dimension: dimension.to_string(),
+                query: q,
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn fleet_has_a_variable_per_dimension_whose_all_matches_an_absent_label() {
+    let d = fleet_dashboard();
+    let vars = d.json["templating"]["list"].as_array().unwrap();
+    for dim in DIMENSIONS {
+        let v = vars
+            .iter()
+            .find(|v| v["name"] == dim)
+            .unwrap_or_else(|| panic!("{}: no variable {dim}", d.file));
+        assert_eq!(
+            v["query"].as_str().unwrap_or_default().replace(' ', ""),
+            format!("label_values(clawmesh_agents{{workspace=~\"$workspace\"}},{dim})"),
+            "{}: variable {dim} query",
+            d.file
+        );
+        assert_eq!(v["multi"], true, "{}: {dim} must be multi-value", d.file);
+        assert_eq!(v["includeAll"], true, "{}: {dim} must include All", d.file);
+        // ".*" matches the empty value too: a breakdown that is off (label
+        // absent) still shows under All. An allValue of ".+" would hide it.
+        assert_eq!(v["allValue"], ".*", "{}: {dim} allValue", d.file);
+        assert_eq!(v["datasource"]["uid"], "${datasource}");
+    }
+}
+
+#[test]
+fn fleet_panels_on_broken_down_families_filter_by_every_dimension() {
+    let d = fleet_dashboard();
+    let mut filtered = 0;
+    for panel in panels(&d.json) {
+        for t in panel["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let expr = t["expr"].as_str().unwrap_or_default();
+            if !metric_identifiers(expr)
+                .iter()
+                .any(|m| carries_dimensions(m))
+            {
+                continue;
+            }
+            filtered += 1;
+            for dim in DIMENSIONS {
+                assert!(
+                    expr.contains(&format!("{dim}=~\"${dim}\"")),
+                    "{}: ignores the {dim} variable: {expr}",
+                    panel_name(&d.file, panel)
+                );
+            }
+        }
+    }
+    assert!(filtered >= 20, "only {filtered} filtered fleet queries");
+}
+
+#[test]
+fn where_panels_break_down_by_their_dimension_and_show_it() {
+    let d = fleet_dashboard();
+    let mut seen = BTreeSet::new();
+    for panel in panels(&d.json) {
+        let title = panel["title"].as_str().unwrap_or_default();
+        let Some(dim) = ["team", "provider", "model"]
+            .into_iter()
+            .find(|d| title.ends_with(&format!(" by {d}")))
+        else {
+            continue;
+        };
+        seen.insert(title.split(" by ").next().unwrap().to_string() + " by " + dim);
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap_or_default();
+            assert!(
+                expr.contains(&format!("sum by ({dim}")),
+                "{title}: not summed by {dim}: {expr}"
+            );
+            assert!(
+                t["legendFormat"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&format!("{{{{{dim}}}}}")),
+                "{title}: the legend does not show {dim}"
+            );
+        }
+    }
+    for what in [
+        "Throughput",
+        "Error ratio",
+        "Tokens per minute",
+        "Run time p95",
+    ] {
+        for dim in ["team", "provider", "model"] {
+            let title = format!("{what} by {dim}");
+            assert!(seen.contains(&title), "fleet: no panel {title:?}");
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The dashboards and rules against a real Prometheus server (Debian's
 //! `prometheus` package) that scrapes the exporter running against the
 //! simulator every second and evaluates `alerts/*.yml` every second:
-//! every expression parses, every dashboard panel shows data, and a fault in
-//! the simulator makes the matching alert go pending.
+//! every expression parses, every dashboard panel shows data, the fleet's
+//! "Where" panels split by the breakdown dimensions, and a fault in the
+//! simulator makes the matching alert go pending.
 //!
 //! One test does it all in sequence, sharing one Prometheus and one exporter:
 //! starting Prometheus and filling its rate windows is the slow part.
@@ -18,17 +19,43 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::dashboards::{all_promql_expressions, panel_queries};
+use crate::dashboards::{
+    all_promql_expressions, panel_queries, slo_rules_pending, where_queries, DIMENSION_FAMILIES,
+    SLO_PREFIX,
+};
 use crate::files_with_suffix;
 use crate::otlp::{otlp_args, Receiver, Wire};
 use crate::util::{busy_fleet, exporter_config, require_tool, start_exporter, wait_for, Sim};
-use clawmesh_exporter::sim::Faults;
+use clawmesh_exporter::sim::{Faults, WebhookSettings};
 
 /// Panels that may be empty while the exporter has never seen a retry, a 403
 /// or a 429: their series come into being with the first such answer (labelled
 /// counters without a known set of label values). The test checks them again,
 /// without this allowance, after it has driven the simulator into a 429 wave.
 const EMPTY_UNTIL_FIRST_RETRY: &[&str] = &["API retries", "403 and 429 answers"];
+
+/// The exporter's breakdowns in this test: every dimension the fleet
+/// dashboard has a variable for, so that its filters and "Where" panels meet
+/// real labels.
+const BREAKDOWNS: [&str; 4] = [
+    "--breakdown.provider",
+    "--breakdown.model",
+    "--breakdown.agent-labels",
+    "team,env",
+];
+
+/// Titles of the panels on SLO recording rules not loaded yet (see
+/// `slo_rules_pending`): empty is allowed for them, and only for them.
+fn slo_panels_pending() -> Vec<String> {
+    if !slo_rules_pending() {
+        return Vec::new();
+    }
+    panel_queries()
+        .into_iter()
+        .filter(|q| q.expr.contains(SLO_PREFIX))
+        .map(|q| q.title)
+        .collect()
+}
 
 /// A Prometheus server in its own temporary directory; dropped, it is killed
 /// and the directory removed, also when an assertion failed.
@@ -226,9 +253,33 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
     let receiver = Receiver::start(Wire::Http).await;
     let endpoint = receiver.endpoint();
     let otlp = otlp_args(&endpoint, Wire::Http, "cumulative", "explicit", "1s", "2s");
-    let exporter = start_exporter(&exporter_config(&sim, &otlp)).await;
+    // The webhook receiver on, and the simulator delivering to it, so that
+    // the webhook panels have data too.
+    let secret = "whsec_dashboards";
+    let secret_file =
+        std::env::temp_dir().join(format!("cmx-it-prom-whsec-{}", std::process::id()));
+    std::fs::write(&secret_file, secret).unwrap();
+    let mut flags = otlp;
+    flags.extend(BREAKDOWNS);
+    // Polling as fast with events arriving as without (default 2m), so that
+    // the 429 wave and the outage below still meet requests at once.
+    flags.extend([
+        "--webhook.secret-file",
+        secret_file.to_str().unwrap(),
+        "--webhook.poll-interval",
+        "1s",
+    ]);
+    let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+    std::fs::remove_file(&secret_file).ok();
+    sim.sim.set_webhooks(WebhookSettings {
+        url: format!("http://{}/webhooks/clawmesh", exporter.addr),
+        secret: secret.into(),
+        ..WebhookSettings::default()
+    });
     let prom = Prometheus::start(&bin, exporter.addr).await;
     let ws = exporter.workspace.clone();
+    let slo_pending = slo_panels_pending();
+    let slo_pending: Vec<&str> = slo_pending.iter().map(String::as_str).collect();
 
     // 1. Every expression of every panel and every rule parses.
     let mut bad = Vec::new();
@@ -262,8 +313,49 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
     //    a first retry), and no alert is pending or firing. (At the start
     //    ClawMeshThroughputZero may be pending for an evaluation or two, until
     //    the recording rule's rate has two samples.)
-    prom.assert_panels_have_data(EMPTY_UNTIL_FIRST_RETRY, limit)
-        .await;
+    let may_be_empty: Vec<&str> = EMPTY_UNTIL_FIRST_RETRY
+        .iter()
+        .copied()
+        .chain(slo_pending.iter().copied())
+        .collect();
+    prom.assert_panels_have_data(&may_be_empty, limit).await;
+
+    // 3b. The breakdowns reach the dashboards: every family the fleet filters
+    //     by dimension carries them, and each "Where" panel splits into
+    //     several values of its dimension.
+    for family in DIMENSION_FAMILIES {
+        for dim in ["team", "env", "provider", "model"] {
+            let series = if family.ends_with("_seconds") {
+                format!("{family}_count")
+            } else {
+                family.to_string()
+            };
+            let expr = format!("{series}{{{dim}!=\"\"}}");
+            assert!(
+                prom.has_data(&expr).await,
+                "{family} carries no {dim} label: {expr}"
+            );
+        }
+    }
+    let wheres = where_queries();
+    assert_eq!(wheres.len(), 12, "the fleet's \"Where\" panels");
+    for w in wheres {
+        let values: std::collections::BTreeSet<String> = prom
+            .query(&w.query.expr)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", w.query.place()))
+            .iter()
+            .filter_map(|r| r["metric"][&w.dimension].as_str().map(str::to_string))
+            .filter(|v| v != "(none)")
+            .collect();
+        assert!(
+            values.len() >= 2,
+            "{}: {} values {values:?}, expected several\n    {}",
+            w.query.place(),
+            w.dimension,
+            w.query.expr
+        );
+    }
     wait_for(
         limit,
         "no alert pending or firing in a healthy fleet",
@@ -287,8 +379,9 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
         .await;
     sim.faults(Faults::default());
 
-    // 5. Now every panel shows data, no exception.
-    prom.assert_panels_have_data(&[], limit).await;
+    // 5. Now every panel shows data, no exception (but the SLO panels while
+    //    their rules are not loaded yet: see `slo_rules_pending`).
+    prom.assert_panels_have_data(&slo_pending, limit).await;
 
     // 6. An outage: every request answers 503, clawmesh_up drops to 0.
     sim.faults(Faults {
