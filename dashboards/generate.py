@@ -16,7 +16,7 @@ the rule, and the alert, evaluates. All is ".*", which also matches the empty
 value, i.e. a dimension whose breakdown is off.
 
 Panels built by slo_panel() read the SLO recording rules of
-alerts/clawmesh-slo.yml (names starting `clawmesh:slo_`); tests/it tells them
+alerts/clawmesh-slo.yml (names starting `workspace_provider:clawmesh_slo_`); tests/it tells them
 by that prefix.
 """
 import json
@@ -257,7 +257,7 @@ def quantiles(metric, level="workspace"):
 
 
 def slo_panel(panel):
-    """A panel on the SLO recording rules of alerts/clawmesh-slo.yml (`clawmesh:slo_*`)."""
+    """A panel on the SLO recording rules of alerts/clawmesh-slo.yml (`workspace_provider:clawmesh_slo_*`)."""
     panel["description"] += (" From the SLO recording rules (alerts/clawmesh-slo.yml); empty where those rules "
                              "are not loaded.")
     return panel
@@ -396,22 +396,22 @@ def fleet():
     L.add(slo_panel(stat("Task success budget left (lowest)", "Smallest share of the task-success error budget left "
                          "in the SLO window among the selected workspaces and providers. Red under 10 %, yellow "
                          "under 50 %.",
-                         f'min(clawmesh:slo_task_success:error_budget_remaining{{{WS}, provider=~"$provider"}})',
+                         f'min(workspace_provider:clawmesh_slo_task_success:error_budget_remaining30d{{{WS}, provider=~"$provider"}})',
                          "percentunit", [("red", None), ("yellow", 0.1), ("green", 0.5)], decimals=0)), 4, 8)
     L.add(slo_panel(timeseries("Task success budget left", "Share of the task-success error budget left in the SLO "
                                "window, per workspace and provider: 100 % untouched, 0 % spent.",
-                               [(f'clawmesh:slo_task_success:error_budget_remaining{{{WS}, provider=~"$provider"}}',
+                               [(f'workspace_provider:clawmesh_slo_task_success:error_budget_remaining30d{{{WS}, provider=~"$provider"}}',
                                  "{{workspace}} {{provider}}")], "percentunit", min0=False, max_=1,
                                steps=[("transparent", None), ("red", 0)], threshold_style="dashed")), 8, 8)
     L.add(slo_panel(timeseries("Task success burn rate 1h", "How fast the task-success error budget burns over the "
                                "last hour, per workspace and provider: 1 spends it exactly over the SLO window, "
                                "14.4 (dashed) spends 2 % of a 30-day budget in an hour.",
-                               [(f'clawmesh:slo_task_success:burn_rate1h{{{WS}, provider=~"$provider"}}',
+                               [(f'workspace_provider:clawmesh_slo_task_success:burn_rate1h{{{WS}, provider=~"$provider"}}',
                                  "{{workspace}} {{provider}}")], "none",
                                steps=[("transparent", None), ("red", 14.4)], threshold_style="dashed")), 6, 8)
     L.add(slo_panel(timeseries("Queue time budget left", "Share of the queue-time error budget (tasks started "
                                "within the SLO's queue time) left in the SLO window, per workspace.",
-                               [(f"clawmesh:slo_queue_time:error_budget_remaining{{{WS}}}", "{{workspace}}")],
+                               [(f"workspace_provider:clawmesh_slo_queue_time:error_budget_remaining30d{{{WS}}}", "{{workspace}}")],
                                "percentunit", min0=False, max_=1,
                                steps=[("transparent", None), ("red", 0)], threshold_style="dashed")), 6, 8)
 

@@ -21,7 +21,7 @@ OBJECTIVES = {
     "queue_time": 0.99,
 }
 # A bucket boundary of clawmesh_task_queue_duration_seconds.
-QUEUE_THRESHOLD = "60"
+QUEUE_THRESHOLD = "300"
 # One SLO per workspace and model provider; without the provider breakdown
 # the label is absent and the SLO is per workspace.
 GROUPING = ["workspace", "provider"]

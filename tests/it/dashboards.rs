@@ -44,13 +44,11 @@ fn carries_dimensions(metric: &str) -> bool {
 }
 
 /// Names of the SLO recording rules (alerts/clawmesh-slo.yml) start so.
-pub const SLO_PREFIX: &str = "clawmesh:slo_";
+pub const SLO_PREFIX: &str = "workspace_provider:clawmesh_slo_";
 
-/// TODO(lead): the SLO rules are written on another branch under names not
-/// fixed yet. Until alerts/clawmesh-slo.yml exists, the dashboards' SLO
-/// names are not required to be recorded nor their panels to have data;
-/// once it exists they are, so a name mismatch fails. Remove this allowance
-/// when the file is on main.
+/// Whether alerts/clawmesh-slo.yml is missing: it exists, so every SLO name
+/// a dashboard uses must be recorded and its panels must have data (a
+/// checkout without the file fails loudly elsewhere: the rules tests).
 pub fn slo_rules_pending() -> bool {
     !crate::repo_root().join("alerts/clawmesh-slo.yml").exists()
 }
