@@ -317,6 +317,11 @@ impl Client {
     /// `GET /agents/{id}`: one agent, `None` when the API does not know it
     /// (404: deleted, or never there).
     pub async fn agent(&self, id: &str) -> Result<Option<types::Agent>, ApiError> {
+        // Dot segments, even percent-encoded, would be resolved away by
+        // the URL (`/agents/.` is the listing): no agent has such an id.
+        if matches!(id, "." | "..") {
+            return Ok(None);
+        }
         let key = self.inner.cfg.key.expose();
         let path = format!("/agents/{}", escape_segment(id));
         let got = self

@@ -1171,3 +1171,98 @@ fn api_strings_are_bounded_where_they_are_read() {
     assert_eq!(token.scopes.len(), types::MAX_SCOPES);
     assert_eq!(token.scopes[0], "other");
 }
+
+// ---- adversarial review of the breakdown fields (issue 11) ----
+
+fn hostile_agent(fields: &str) -> types::Agent {
+    let json = format!(
+        r#"{{"id":"agt_1","name":"n","status":"idle","created_at":"2026-11-23T10:15:02Z","updated_at":"2026-11-23T10:15:02Z"{fields}}}"#
+    );
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{fields}: {e}"))
+}
+
+#[test]
+fn attack_hostile_agent_breakdown_fields_never_fail_the_page() {
+    for fields in [
+        r#","labels":["team","x"]"#,
+        r#","labels":42"#,
+        r#","labels":null"#,
+        r#","labels":{"team":7,"env":null,"ok":"v","":"empty","nested":{"a":"b"}}"#,
+        r#","config":"gpt""#,
+        r#","config":[1]"#,
+        r#","config":{"model":5,"model_provider":{"x":1}}"#,
+        r#","last_heartbeat_at":"yesterday""#,
+        r#","last_heartbeat_at":17"#,
+        r#","last_heartbeat_at":"9999-99-99T99:99:99Z""#,
+    ] {
+        let a = hostile_agent(fields);
+        assert!(a.last_heartbeat_at.is_none(), "{fields}");
+        assert!(
+            a.config.model.is_none() && a.config.model_provider.is_none(),
+            "{fields}"
+        );
+        // Only string entries with a non-empty key survive.
+        assert!(
+            a.labels.iter().all(|(k, _)| k == "ok"),
+            "{fields}: {:?}",
+            a.labels
+        );
+    }
+}
+
+#[test]
+fn attack_huge_label_maps_and_keys_are_bounded() {
+    let mut m = serde_json::Map::new();
+    for i in 0..5000 {
+        m.insert(
+            format!("k{i:05}"),
+            serde_json::Value::String("x".repeat(10_000)),
+        );
+    }
+    m.insert("a".repeat(100_000), "v".into());
+    let labels = serde_json::to_string(&m).unwrap();
+    let a = hostile_agent(&format!(r#","labels":{labels}"#));
+    assert_eq!(a.labels.len(), types::MAX_LABELS);
+    assert!(a
+        .labels
+        .iter()
+        .all(|(k, v)| k.len() <= types::MAX_TEXT_LEN && v.len() <= types::MAX_TEXT_LEN));
+}
+
+#[test]
+fn attack_hostile_task_agent_ids_are_read_as_none_or_bounded() {
+    let task = |agent_id: &str| {
+        let json = format!(
+            r#"{{"id":"t","agent_id":{agent_id},"status":"running","created_at":"2026-11-23T10:15:02Z","updated_at":"2026-11-23T10:15:02Z"}}"#
+        );
+        serde_json::from_str::<types::Task>(&json).unwrap_or_else(|e| panic!("{agent_id}: {e}"))
+    };
+    assert_eq!(task("5").agent_id, None);
+    assert_eq!(task(r#""""#).agent_id, None);
+    assert_eq!(task(r#"{"id":"a"}"#).agent_id, None);
+    let long = task(&format!(r#""{}""#, "a".repeat(10_000)));
+    assert!(long.agent_id.unwrap().len() <= types::MAX_TEXT_LEN);
+}
+
+#[test]
+fn attack_agent_ids_cannot_leave_their_path_segment() {
+    assert_eq!(escape_segment("agt_1"), "agt_1");
+    assert_eq!(escape_segment("../tasks?x=1#"), "..%2Ftasks%3Fx%3D1%23");
+    assert_eq!(escape_segment("é"), "%C3%A9");
+}
+
+#[tokio::test]
+async fn attack_dot_segment_agent_ids_never_request_another_path() {
+    // "." and ".." are dot segments: GET /agents/. is GET /agents/, the
+    // listing, and /agents/.. the API's root. No agent has such an id;
+    // the client must not ask for one.
+    let s = serve(|_, _| Reply::new(200, format!(r#"{{"data":{}}}"#, agent("agt_x")))).await;
+    let c = client(&s);
+    for id in [".", ".."] {
+        assert!(c.agent(id).await.unwrap().is_none(), "{id}");
+    }
+    assert_eq!(s.count(), 0, "{:?}", s.seen());
+    // Percent signs are escaped: "%2e" stays an id, not a dot.
+    c.agent("%2e").await.unwrap();
+    assert_eq!(s.seen()[0].path, "/v1/agents/%252e");
+}

@@ -193,6 +193,10 @@ pub struct Breakdown {
     other: Arc<str>,
     full_logged: bool,
     label_cap_logged: bool,
+    /// The combinations of agent values admitted (capped apart from the
+    /// task slices).
+    agent_combinations: HashSet<Key>,
+    agent_full_logged: bool,
 }
 
 /// Prometheus label name from an object's label key: `[^a-zA-Z0-9_]`
@@ -234,6 +238,8 @@ impl Breakdown {
             other: Arc::from(super::bounded::OTHER),
             full_logged: false,
             label_cap_logged: false,
+            agent_combinations: HashSet::new(),
+            agent_full_logged: false,
         };
         if b.cfg.provider {
             b.add_dim("provider".into(), Source::Provider);
@@ -267,8 +273,10 @@ impl Breakdown {
         if !taken(&base) {
             return base;
         }
+        // "_" (a key of symbols only) suffixed would start with "__".
+        let stem = if base == "_" { "label" } else { base.as_str() };
         (2..)
-            .map(|i| format!("{base}_{i}"))
+            .map(|i| format!("{stem}_{i}"))
             .find(|n| !taken(n))
             .expect("unbounded")
     }
@@ -367,6 +375,31 @@ impl Breakdown {
             };
             out.push(self.admit(i, v.as_deref()));
         }
+        // The agent families' series are one per combination of agent
+        // values: those are capped like the tasks' (apart from them, so
+        // that they add no task series), past it every agent value `other`.
+        let key: Key = Self::agent_key(&out.clone().into()).into();
+        if !self.agent_combinations.contains(&key) {
+            // The last place is the overflow's.
+            if self.agent_combinations.len() + 1 < self.cfg.max_slices.max(2) {
+                self.agent_combinations.insert(key);
+            } else {
+                if !self.agent_full_logged {
+                    self.agent_full_logged = true;
+                    tracing::warn!(
+                        max = self.cfg.max_slices,
+                        "the agents' breakdown values reached --breakdown.max-combinations: later agents count with every breakdown label \"other\""
+                    );
+                }
+                for (v, d) in out.iter_mut().zip(&self.dims) {
+                    if !matches!(d.source, Source::Task(_)) {
+                        *v = self.other.clone();
+                    }
+                }
+                self.agent_combinations
+                    .insert(Self::agent_key(&out.clone().into()).into());
+            }
+        }
         out.into()
     }
 
@@ -390,10 +423,23 @@ impl Breakdown {
         self.intern(key)
     }
 
-    fn intern(&mut self, mut key: Vec<Arc<str>>) -> u32 {
-        while key.last().is_some_and(|v| v.is_empty()) {
-            key.pop();
-        }
+    fn intern(&mut self, key: Vec<Arc<str>>) -> u32 {
+        self.intern_or(key, |b| vec![b.other.clone(); b.dims.len()])
+    }
+
+    /// The slice of `key`, made if new; past the cap, that of
+    /// `overflow`'s key (made even then: one per kind and dimension count).
+    fn intern_or(
+        &mut self,
+        mut key: Vec<Arc<str>>,
+        overflow: impl FnOnce(&Self) -> Vec<Arc<str>>,
+    ) -> u32 {
+        let trim = |key: &mut Vec<Arc<str>>| {
+            while key.last().is_some_and(|v| v.is_empty()) {
+                key.pop();
+            }
+        };
+        trim(&mut key);
         if let Some(i) = self.slices.get(key.as_slice()) {
             return *i;
         }
@@ -402,10 +448,11 @@ impl Breakdown {
                 self.full_logged = true;
                 tracing::warn!(
                     max = self.cfg.max_slices,
-                    "the breakdowns reached --breakdown.max-slices combinations: later ones count with every breakdown label \"other\""
+                    "the breakdowns reached --breakdown.max-combinations: later ones count with every breakdown label \"other\""
                 );
             }
-            key = vec![self.other.clone(); self.dims.len()];
+            key = overflow(self);
+            trim(&mut key);
             if let Some(i) = self.slices.get(key.as_slice()) {
                 return *i;
             }

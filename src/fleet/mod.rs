@@ -341,12 +341,16 @@ impl Fleet {
         let now = self
             .api_time
             .map_or(Timestamp::from_micros(0), |t| t.latest);
-        match agent {
-            Some(a) => self.apply_agent_event(a, false),
-            None => {
-                let empty: AgentDims = Arc::from(Vec::new());
-                self.dims_gone.insert(id.into(), (empty, now));
-            }
+        // An answer for another id is not this agent's.
+        if let Some(a) = agent.filter(|a| a.id == id) {
+            self.apply_agent_event(a, false);
+        }
+        // Not taken in (404, another id, a stamp refused, deleted): its
+        // tasks count without agent values and it is not asked again for
+        // a while, else every sync would spend its lookups on it.
+        if !self.agent_by_id.contains_key(id) && !self.dims_gone.contains_key(id) {
+            let empty: AgentDims = Arc::from(Vec::new());
+            self.dims_gone.insert(id.into(), (empty, now));
         }
     }
 
@@ -1052,7 +1056,13 @@ impl Fleet {
         }
         // Never heartbeated: judged from when it last changed (an agent
         // that just became idle may not have sent its first one yet).
-        let last = e.last_heartbeat_at.unwrap_or(e.updated_at);
+        // A heartbeat further ahead of the API's clock than any stamp is
+        // believed (like a future updated_at) is none.
+        let lead = e.seen_at.saturating_add(self.limits.max_timestamp_lead);
+        let last = e
+            .last_heartbeat_at
+            .filter(|h| *h <= lead)
+            .unwrap_or(e.updated_at);
         e.seen_at > last.saturating_add(self.limits.heartbeat_stale_after)
     }
 
@@ -1087,6 +1097,17 @@ impl Fleet {
             g.statuses = self.agents.clone();
             return vec![g];
         };
+        if groups.is_empty() {
+            // No agent: the zeros still render, as without breakdowns.
+            groups.insert(
+                Vec::new(),
+                AgentGroup {
+                    by: Vec::new(),
+                    statuses: zeros(&AGENT_STATUSES),
+                    silent: zeros(&HEARTBEAT_STATUSES),
+                },
+            );
+        }
         groups
             .into_iter()
             .map(|(k, mut g)| {

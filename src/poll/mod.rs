@@ -375,6 +375,12 @@ impl Workspace {
                     let mut st = self.lock_at_api_time();
                     st.fleet.learn_agent(&id, agent.as_ref());
                 }
+                // An answer about this agent alone (a body not an agent, a
+                // 4xx): not asked again for a while, the others still are.
+                Err(e) if !e.is_retryable() && !e.is_fatal_auth() => {
+                    tracing::warn!(workspace = %self.id, agent = %id, error = %e, "reading an agent its tasks name failed; those tasks count without its breakdown values");
+                    self.lock().fleet.learn_agent(&id, None);
+                }
                 Err(e) => {
                     tracing::warn!(workspace = %self.id, error = %e, "reading an agent its tasks name failed; those tasks count without its breakdown values");
                     *left = 0;
