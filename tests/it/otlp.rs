@@ -337,11 +337,14 @@ fn attrs(a: &[KeyValue]) -> Vec<(String, String)> {
                 Some(any_value::Value::StringValue(s)) => s.clone(),
                 other => panic!("attribute {} is not a string: {other:?}", kv.key),
             };
-            // The workspace travels as a namespaced attribute.
-            let k = if kv.key == WORKSPACE_ATTRIBUTE {
-                "workspace".to_string()
-            } else {
-                kv.key.clone()
+            // The workspace travels as a namespaced attribute; the
+            // provider, model and token type under the GenAI names.
+            let k = match kv.key.as_str() {
+                k if k == WORKSPACE_ATTRIBUTE => "workspace".to_string(),
+                "gen_ai.provider.name" => "provider".to_string(),
+                "gen_ai.request.model" => "model".to_string(),
+                "gen_ai.token.type" => "kind".to_string(),
+                _ => kv.key.clone(),
             };
             (k, v)
         })
