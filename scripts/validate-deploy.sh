@@ -29,9 +29,9 @@ check_generated() {
 
 check_kubernetes() {
   kubectl kustomize deploy/kubernetes/base >"$tmp/base.yaml"
-  validate --expect "ConfigMap=2 Deployment=1 PrometheusRule=2 Service=1 ServiceMonitor=1" "$tmp/base.yaml"
+  validate --expect "ConfigMap=2 Deployment=1 PrometheusRule=3 Service=1 ServiceMonitor=1" "$tmp/base.yaml"
   kubectl kustomize deploy/kubernetes/sharded >"$tmp/sharded.yaml"
-  validate --expect "ConfigMap=3 PrometheusRule=2 Service=1 ServiceMonitor=1 StatefulSet=1" "$tmp/sharded.yaml"
+  validate --expect "ConfigMap=3 PrometheusRule=3 Service=1 ServiceMonitor=1 StatefulSet=1" "$tmp/sharded.yaml"
 }
 
 check_helm() {
@@ -43,9 +43,9 @@ check_helm() {
     helm lint --strict --quiet "$chart" -f "$values"
   done
   helm template clawmesh-exporter "$chart" --namespace monitoring -f "$chart/ci/sharded-values.yaml" >"$tmp/helm-sharded.yaml"
-  validate --expect "ConfigMap=3 PrometheusRule=2 Service=1 ServiceMonitor=1 StatefulSet=1" "$tmp/helm-sharded.yaml"
+  validate --expect "ConfigMap=3 PrometheusRule=3 Service=1 ServiceMonitor=1 StatefulSet=1" "$tmp/helm-sharded.yaml"
   helm template clawmesh-exporter "$chart" --namespace monitoring -f "$chart/ci/secured-values.yaml" >"$tmp/helm-secured.yaml"
-  validate --expect "ConfigMap=2 Deployment=1 PrometheusRule=2 Secret=1 Service=1 ServiceMonitor=1" "$tmp/helm-secured.yaml"
+  validate --expect "ConfigMap=2 Deployment=1 PrometheusRule=3 Secret=1 Service=1 ServiceMonitor=1" "$tmp/helm-secured.yaml"
   # Values that make no sense are refused, with a reason.
   if out=$(helm template x "$chart" --set sharding.replicas=3 2>&1); then
     echo "helm: sharding one workspace was accepted" >&2; return 1
