@@ -295,7 +295,8 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
     );
 
     // 2. Scraped, rates exist, the recording rules have been evaluated.
-    let limit = Duration::from_secs(30);
+    // A condition awaited, not a sleep: generous for a loaded CI machine.
+    let limit = Duration::from_secs(90);
     wait_for(limit, "up{job=\"clawmesh\"} == 1", || {
         prom.has_data("up{job=\"clawmesh\"} == 1")
     })
