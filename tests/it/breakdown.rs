@@ -276,27 +276,8 @@ async fn past_the_value_cap_a_dimension_is_other_and_the_series_count_is_true() 
         with_team as f64
     );
     if let Some(promtool) = require_tool("promtool") {
-        let mut child = std::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, report) = promtool_check_metrics(&promtool, &text);
+        assert!(ok, "promtool check metrics: {report}");
     }
     exporter.shutdown().await;
 }

@@ -2,8 +2,6 @@
 //! endpoints, and scrapes that never reach the API.
 
 use crate::util::*;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,24 +31,9 @@ async fn promtool_check_metrics_reports_nothing_on_a_live_exposition() {
     )
     .await;
     let text = scrape(exporter.addr).await;
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let (ok, report) = promtool_check_metrics(&promtool, &text);
     assert!(
-        out.status.success() && report.trim().is_empty(),
+        ok && report.trim().is_empty(),
         "promtool check metrics:\n{report}"
     );
     exporter.shutdown().await;

@@ -430,3 +430,27 @@ pub async fn let_the_start_pass(sim: &Sim, exporter: &Running) {
     )
     .await;
 }
+
+/// `promtool check metrics` on an exposition: whether it passed, and what
+/// it printed (stdout, then stderr).
+pub fn promtool_check_metrics(promtool: &str, text: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), report)
+}
