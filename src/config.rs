@@ -290,6 +290,17 @@ pub struct RunArgs {
     #[arg(long = "webhook.max-inflight-size", env = "CLAWMESH_WEBHOOK_MAX_INFLIGHT_SIZE", default_value = "16MiB", value_parser = crate::units::parse_size)]
     pub webhook_max_inflight_size: u64,
     // ---- end webhooks ----
+    // ---- checkpoints (issue 12) ----
+    /// Directory for a checkpoint per workspace, so that a restart neither resets the counters nor misses what finished meanwhile (off without it; also `storage.path` in the config file).
+    #[arg(long = "storage.path", env = "CLAWMESH_STORAGE_PATH")]
+    pub storage_path: Option<PathBuf>,
+    /// At most one checkpoint per workspace this often, after a sync [default: 10s].
+    #[arg(long = "storage.interval", env = "CLAWMESH_STORAGE_INTERVAL", value_parser = humantime::parse_duration)]
+    pub storage_interval: Option<Duration>,
+    /// Largest checkpoint written or read, uncompressed; a larger one is not written (counted) [default: 512MiB].
+    #[arg(long = "storage.max-size", env = "CLAWMESH_STORAGE_MAX_SIZE", value_parser = crate::units::parse_size)]
+    pub storage_max_size: Option<u64>,
+    // ---- end checkpoints ----
     // ---- operator files (issue 10) ----
     /// Largest file read: the config file, key and secret files, the web config and its certificates, OTLP headers and CA (e.g. 1MiB).
     #[arg(long = "files.max-size", env = "CLAWMESH_FILES_MAX_SIZE", default_value = "1MiB", value_parser = crate::units::parse_size)]
@@ -536,6 +547,8 @@ pub struct Config {
     pub webhook: Option<crate::webhook::WebhookConfig>,
     /// Bounds of every file read, at start and on reload.
     pub files: crate::files::FileLimits,
+    /// Checkpoints (`--storage.path`); `None` when off.
+    pub storage: Option<crate::storage::StorageConfig>,
 }
 
 /// A configuration problem, said in one line.
@@ -552,14 +565,14 @@ impl RunArgs {
     pub fn validate(&self, env: &dyn Env) -> Result<Config, ConfigError> {
         let files = self.file_limits()?;
         if let Some(file) = &self.config_file {
-            let workspaces = crate::config_file::load(file, env, &files).map_err(|p| {
+            let loaded = crate::config_file::load_file(file, env, &files).map_err(|p| {
                 bad(format!(
                     "--config.file {}: {}",
                     file.display(),
                     p.0.join("; ")
                 ))
             })?;
-            return self.validate_common(workspaces, env);
+            return self.validate_common(loaded.workspaces, loaded.storage, env);
         }
         let key = match &self.api_key_file {
             Some(path) => {
@@ -731,10 +744,11 @@ impl RunArgs {
                 },
                 breakdown: self.breakdown()?,
                 max_agent_lookups: self.breakdown_max_agent_lookups,
+                storage: None,
             },
             labels: Default::default(),
         };
-        self.validate_common(vec![workspace], env)
+        self.validate_common(vec![workspace], None, env)
     }
 
     /// The breakdown flags, checked.
@@ -769,8 +783,10 @@ impl RunArgs {
     fn validate_common(
         &self,
         workspaces: Vec<WorkspaceConfig>,
+        file_storage: Option<crate::storage::StorageConfig>,
         env: &dyn Env,
     ) -> Result<Config, ConfigError> {
+        let storage = self.storage(file_storage)?;
         let listen = parse_listen(&self.listen_address)?;
         let path = &self.telemetry_path;
         if !path.starts_with('/')
@@ -801,7 +817,44 @@ impl RunArgs {
             otlp,
             webhook: self.webhook_from(env)?,
             files,
+            storage,
         })
+    }
+
+    /// `--storage.*` over the config file's `storage:`; checked writable.
+    fn storage(
+        &self,
+        file: Option<crate::storage::StorageConfig>,
+    ) -> Result<Option<crate::storage::StorageConfig>, ConfigError> {
+        use crate::storage::StorageConfig;
+        let mut cfg = match (&self.storage_path, file) {
+            (Some(dir), _) => StorageConfig {
+                dir: dir.clone(),
+                interval: StorageConfig::DEFAULT_INTERVAL,
+                max_size: StorageConfig::DEFAULT_MAX_SIZE,
+            },
+            (None, Some(f)) => f,
+            (None, None) => {
+                if self.storage_interval.is_some() || self.storage_max_size.is_some() {
+                    return Err(bad("--storage.interval and --storage.max-size need --storage.path (or storage.path in the config file)"));
+                }
+                return Ok(None);
+            }
+        };
+        if let Some(i) = self.storage_interval {
+            cfg.interval = i;
+        }
+        if let Some(m) = self.storage_max_size {
+            cfg.max_size = m;
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&cfg.interval) {
+            return Err(bad("--storage.interval: must be from 1s to 1h"));
+        }
+        if cfg.max_size < 1024 * 1024 {
+            return Err(bad("--storage.max-size: must be at least 1MiB"));
+        }
+        cfg.check().map_err(bad)?;
+        Ok(Some(cfg))
     }
 
     /// The `--files.*` bounds.

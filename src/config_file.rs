@@ -83,7 +83,8 @@ pub const RESERVED_LABELS: &[&str] = &[
     "dimension",
 ];
 
-const TOP_KEYS: &[&str] = &["defaults", "workspaces"];
+const TOP_KEYS: &[&str] = &["defaults", "workspaces", "storage"];
+const STORAGE_KEYS: &[&str] = &["path", "interval", "max_size"];
 const SETTING_KEYS: &[&str] = &[
     "api_url",
     "budget_share",
@@ -212,9 +213,21 @@ pub fn load(
     env: &dyn Env,
     files: &FileLimits,
 ) -> Result<Vec<WorkspaceConfig>, Problems> {
+    load_file(path, env, files).map(|f| f.workspaces)
+}
+
+/// What a configuration file holds.
+#[derive(Debug)]
+pub struct FileConfig {
+    pub workspaces: Vec<WorkspaceConfig>,
+    /// `storage:` (read at the start only: a reload keeps the storage).
+    pub storage: Option<crate::storage::StorageConfig>,
+}
+
+pub fn load_file(path: &Path, env: &dyn Env, files: &FileLimits) -> Result<FileConfig, Problems> {
     let text =
         crate::files::read_to_string(path, files).map_err(|e| Problems(vec![e.to_string()]))?;
-    parse(&text, path.parent().unwrap_or(Path::new(".")), env, files)
+    parse_file(&text, path.parent().unwrap_or(Path::new(".")), env, files)
 }
 
 pub fn parse(
@@ -223,6 +236,63 @@ pub fn parse(
     env: &dyn Env,
     files: &FileLimits,
 ) -> Result<Vec<WorkspaceConfig>, Problems> {
+    parse_file(text, base_dir, env, files).map(|f| f.workspaces)
+}
+
+/// `storage:`: where checkpoints go (a relative path is taken relative
+/// to the file's directory), how often, how large at most.
+fn storage(
+    v: Option<&Value>,
+    base_dir: &Path,
+    p: &mut Vec<String>,
+) -> Option<crate::storage::StorageConfig> {
+    use crate::storage::StorageConfig;
+    let m = match v {
+        None | Some(Value::Null) => return None,
+        Some(Value::Mapping(m)) => m,
+        Some(_) => {
+            p.push(
+                "storage: must be a mapping with path: (and optionally interval:, max_size:)"
+                    .into(),
+            );
+            return None;
+        }
+    };
+    check_keys(m, "storage.", STORAGE_KEYS, p);
+    let Some(path) = m
+        .get("path")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        p.push("storage.path: a directory is needed".into());
+        return None;
+    };
+    let mut cfg = StorageConfig {
+        dir: base_dir.join(path),
+        interval: StorageConfig::DEFAULT_INTERVAL,
+        max_size: StorageConfig::DEFAULT_MAX_SIZE,
+    };
+    if let Some(v) = m.get("interval") {
+        match v.as_str().map(humantime::parse_duration) {
+            Some(Ok(d)) => cfg.interval = d,
+            _ => p.push("storage.interval: a duration such as 10s".into()),
+        }
+    }
+    if let Some(v) = m.get("max_size") {
+        match v.as_str().map(crate::units::parse_size) {
+            Some(Ok(n)) => cfg.max_size = n,
+            _ => p.push("storage.max_size: a size such as 512MiB".into()),
+        }
+    }
+    Some(cfg)
+}
+
+pub fn parse_file(
+    text: &str,
+    base_dir: &Path,
+    env: &dyn Env,
+    files: &FileLimits,
+) -> Result<FileConfig, Problems> {
     // Before the parser: its work on deep nesting is quadratic.
     crate::files::check_yaml_depth(text, files.max_yaml_depth)
         .map_err(|e| Problems(vec![format!("the file {e}")]))?;
@@ -289,8 +359,12 @@ pub fn parse(
             out.push(ws);
         }
     }
+    let storage = storage(top.get("storage"), base_dir, &mut p);
     if p.is_empty() {
-        Ok(out)
+        Ok(FileConfig {
+            workspaces: out,
+            storage,
+        })
     } else {
         // A bad `defaults:` entry is found once per workspace: say it once.
         let mut seen = BTreeSet::new();
@@ -585,6 +659,7 @@ fn workspace(
                 defaults.max_agent_lookups
             }),
         },
+        storage: None,
     };
     if poll.fleet.failure_code_grace >= poll.dedup_horizon {
         p.push(format!(

@@ -70,6 +70,7 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
         shard: cfg.shard,
         config_file: cfg.config_file.clone(),
         files: cfg.files,
+        storage: cfg.storage.clone(),
         stopping: stop_rx.clone(),
         slots: tokio::sync::Mutex::new(BTreeMap::new()),
     });
@@ -207,6 +208,8 @@ struct Supervisor {
     config_file: Option<PathBuf>,
     /// Bounds of the files a reload reads.
     files: crate::files::FileLimits,
+    /// Checkpoints (`--storage.path`), for every slot; a reload keeps them.
+    storage: Option<crate::storage::StorageConfig>,
     /// True once shutdown began: a reload then starts nothing.
     stopping: watch::Receiver<bool>,
     slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
@@ -237,8 +240,13 @@ impl Supervisor {
         let (verdict_tx, verdict) = oneshot::channel();
         let (stop, stop_rx) = watch::channel(false);
         let id = Arc::new(std::sync::Mutex::new(None));
+        let mut run = cfg.clone();
+        run.poll.storage = self
+            .storage
+            .clone()
+            .map(|s| (s, (self.shard.index, self.shard.total)));
         let task = tokio::spawn(watch_workspace(
-            cfg.clone(),
+            run,
             self.shard,
             self.hub.clone(),
             self.receiver.clone(),

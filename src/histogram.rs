@@ -75,6 +75,83 @@ impl Histogram {
     }
 }
 
+/// A histogram as a checkpoint keeps it (`crate::storage`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedHistogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+    scale: i32,
+    zero_count: u64,
+    positive: (i32, Vec<u64>),
+    negative: (i32, Vec<u64>),
+}
+
+impl Histogram {
+    pub fn save(&self) -> SavedHistogram {
+        let e = &self.exponential;
+        SavedHistogram {
+            counts: self.counts.clone(),
+            sum: self.sum,
+            count: self.count,
+            scale: e.scale,
+            zero_count: e.zero_count,
+            positive: (e.positive.offset, e.positive.counts.clone()),
+            negative: (e.negative.offset, e.negative.counts.clone()),
+        }
+    }
+
+    /// The histogram `s` saved, over `bounds`; refused unless it is one
+    /// that observations over these bounds could have made (a checkpoint
+    /// from other buckets, or edited, must not panic a later observe).
+    pub fn restore(bounds: &'static [f64], s: SavedHistogram) -> Result<Histogram, String> {
+        let sums = |c: &[u64]| c.iter().try_fold(0u64, |a, n| a.checked_add(*n));
+        // Indices finite doubles reach at the finest scale: 2^-1074 .. 2^1024.
+        const REACH: i64 = 1100 << EXP_MAX_SCALE;
+        let exp_ok = |(offset, counts): &(i32, Vec<u64>)| {
+            let o = i64::from(*offset);
+            counts.len() <= EXP_MAX_BUCKETS && (-REACH..=REACH).contains(&o)
+        };
+        if s.counts.len() != bounds.len() + 1 {
+            return Err(format!(
+                "a histogram with {} buckets where {} are expected",
+                s.counts.len(),
+                bounds.len() + 1
+            ));
+        }
+        let exp_count = sums(&s.positive.1)
+            .zip(sums(&s.negative.1))
+            .and_then(|(p, n)| p.checked_add(n)?.checked_add(s.zero_count));
+        if sums(&s.counts) != Some(s.count)
+            || exp_count != Some(s.count)
+            || !s.sum.is_finite()
+            || !(-10..=EXP_MAX_SCALE).contains(&s.scale)
+            || !exp_ok(&s.positive)
+            || !exp_ok(&s.negative)
+        {
+            return Err("a histogram whose counts do not add up".into());
+        }
+        Ok(Histogram {
+            bounds,
+            counts: s.counts,
+            sum: s.sum,
+            count: s.count,
+            exponential: Exponential {
+                scale: s.scale,
+                zero_count: s.zero_count,
+                positive: ExpBuckets {
+                    offset: s.positive.0,
+                    counts: s.positive.1,
+                },
+                negative: ExpBuckets {
+                    offset: s.negative.0,
+                    counts: s.negative.1,
+                },
+            },
+        })
+    }
+}
+
 /// Most buckets per sign of an [`Exponential`], the OpenTelemetry SDKs'
 /// default: past it the scale drops by one (two buckets merge into one).
 pub const EXP_MAX_BUCKETS: usize = 160;

@@ -21,6 +21,7 @@ pub mod secret;
 pub mod server;
 pub mod shard;
 pub mod sim;
+pub mod storage;
 pub mod supervise;
 pub mod units;
 pub mod webconfig;

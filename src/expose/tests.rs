@@ -57,6 +57,16 @@ pub(crate) fn sample_snapshot() -> Snapshot {
     health.last_sync.insert("tasks", 1_800_000_041.5);
     health.sync_failures.insert("agents", 0);
     health.sync_failures.insert("tasks", 2);
+    let mut checkpoint = crate::fleet::CheckpointHealth {
+        last_success: Some(1_800_000_042.0),
+        size_bytes: 52_314,
+        write_seconds: 0.0125,
+        restored_age_seconds: Some(31.5),
+        ..Default::default()
+    };
+    checkpoint.write_failures.insert("io", 1);
+    checkpoint.refused.insert("corrupt", 1);
+    health.checkpoint = Some(checkpoint);
     let mut api = crate::api::ApiStats {
         rate_limit_limit: Some(1000),
         rate_limit_remaining: Some(870),

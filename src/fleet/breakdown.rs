@@ -510,6 +510,152 @@ fn label<'a>(labels: &'a Labels, key: &str) -> Option<&'a str> {
         .map(|i| labels[i].1.as_str())
 }
 
+/// A breakdown as a checkpoint keeps it: what it discovered (dimensions,
+/// values, combinations) and each combination's counters.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SavedBreakdown {
+    /// What it was configured as: another configuration restores none of it.
+    config: String,
+    dims: Vec<SavedDim>,
+    keys: Vec<Vec<String>>,
+    counters: Vec<super::saved::SavedCounters>,
+    agent_combinations: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SavedDim {
+    name: String,
+    /// "provider", "model", "agent" or "task".
+    source: String,
+    key: String,
+    values: Vec<String>,
+}
+
+impl Breakdown {
+    /// What identifies a breakdown's configuration across restarts: its
+    /// settings and the names it may not take.
+    fn fingerprint(&self) -> String {
+        let mut reserved: Vec<&String> = self.reserved.iter().collect();
+        reserved.sort();
+        format!("{:?} {:?}", self.cfg, reserved)
+    }
+
+    pub(super) fn save(&self) -> SavedBreakdown {
+        let strs = |k: &[Arc<str>]| k.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+        let mut agent_combinations: Vec<Vec<String>> =
+            self.agent_combinations.iter().map(|k| strs(k)).collect();
+        agent_combinations.sort();
+        SavedBreakdown {
+            config: self.fingerprint(),
+            dims: self
+                .dims
+                .iter()
+                .map(|d| {
+                    let (source, key) = match &d.source {
+                        Source::Provider => ("provider", ""),
+                        Source::Model => ("model", ""),
+                        Source::Agent(k) => ("agent", k.as_str()),
+                        Source::Task(k) => ("task", k.as_str()),
+                    };
+                    let mut values: Vec<String> = d.values.iter().map(|v| v.to_string()).collect();
+                    values.sort();
+                    SavedDim {
+                        name: d.name.clone(),
+                        source: source.into(),
+                        key: key.into(),
+                        values,
+                    }
+                })
+                .collect(),
+            keys: self.keys.iter().map(|k| strs(k)).collect(),
+            counters: self
+                .counters
+                .iter()
+                .map(super::saved::save_counters)
+                .collect(),
+            agent_combinations,
+        }
+    }
+
+    /// Take over what `s` saved. `Ok(false)`: it was saved under another
+    /// configuration and nothing is taken (the breakdown starts afresh);
+    /// `Err`: it cannot be a breakdown's (the checkpoint is refused).
+    pub(super) fn restore(&mut self, s: SavedBreakdown) -> Result<bool, String> {
+        if s.config != self.fingerprint() {
+            return Ok(false);
+        }
+        let bad = |what: &str| Err(format!("breakdown: {what}"));
+        if s.keys.len() != s.counters.len() || s.keys.is_empty() || !s.keys[0].is_empty() {
+            return bad("combinations and their counters disagree");
+        }
+        if s.keys.len() > self.cfg.max_slices.max(2) + 64 || s.dims.len() > 2 + 64 {
+            return bad("more combinations or dimensions than the bounds allow");
+        }
+        let mut dims = Vec::with_capacity(s.dims.len());
+        for d in s.dims {
+            let source = match d.source.as_str() {
+                "provider" => Source::Provider,
+                "model" => Source::Model,
+                "agent" => Source::Agent(d.key),
+                "task" => Source::Task(d.key),
+                _ => return bad("a dimension of an unknown source"),
+            };
+            if d.values.len() > self.cfg.max_values || dims.iter().any(|x: &Dim| x.name == d.name) {
+                return bad("a dimension with too many values, or a name twice");
+            }
+            dims.push(Dim {
+                name: d.name,
+                source,
+                values: d.values.into_iter().map(Arc::from).collect(),
+                overflow_logged: false,
+            });
+        }
+        let n = dims.len();
+        let key = |k: Vec<String>| -> Key { k.into_iter().map(Arc::from).collect() };
+        let mut slices = HashMap::with_capacity(s.keys.len());
+        let mut keys = Vec::with_capacity(s.keys.len());
+        for (i, k) in s.keys.into_iter().enumerate() {
+            if k.len() > n || k.last().is_some_and(|v| v.is_empty()) {
+                return bad("a combination that is not one of its dimensions");
+            }
+            let k = key(k);
+            if slices.insert(k.clone(), i as u32).is_some() {
+                return bad("a combination twice");
+            }
+            keys.push(k);
+        }
+        let mut counters = Vec::with_capacity(s.counters.len());
+        for c in s.counters {
+            counters.push(super::saved::restore_counters(c)?);
+        }
+        self.label_dims = dims
+            .iter()
+            .filter(|d| matches!(d.source, Source::Agent(_) | Source::Task(_)))
+            .count();
+        self.dims = dims;
+        self.slices = slices;
+        self.keys = keys;
+        self.counters = counters;
+        self.agent_combinations = s.agent_combinations.into_iter().map(key).collect();
+        Ok(true)
+    }
+
+    /// Agent values as saved, by position (at most one per dimension).
+    pub(super) fn dims_from(&self, values: Vec<String>) -> AgentDims {
+        values
+            .into_iter()
+            .take(self.dims.len())
+            .map(|v| {
+                self.dims
+                    .iter()
+                    .find_map(|d| d.values.get(v.as_str()).cloned())
+                    .unwrap_or_else(|| Arc::from(v))
+            })
+            .collect::<Vec<_>>()
+            .into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

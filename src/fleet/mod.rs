@@ -7,11 +7,13 @@
 
 mod bounded;
 mod breakdown;
+mod saved;
 
 pub use bounded::BoundedNames;
 pub use breakdown::{
     breakdown_patterns, glob, sanitize, AgentDims, Breakdown, BreakdownConfig, Patterns,
 };
+pub use saved::SavedFleet;
 
 use crate::api::clock::ApiTime;
 use crate::api::types::{Agent, Progress, Task, TaskStatus, Timestamp};
@@ -912,6 +914,30 @@ pub struct Health {
     pub sync_failures: BTreeMap<&'static str, u64>,
     /// Unix seconds; `None` for a key that never expires.
     pub token_expiry: Option<f64>,
+    /// With `--storage.path`: how the workspace's checkpoints go.
+    pub checkpoint: Option<CheckpointHealth>,
+}
+
+/// How a workspace's checkpoints go (`crate::storage`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckpointHealth {
+    /// When one was last written (Unix seconds, the host's clock).
+    pub last_success: Option<f64>,
+    /// Writes that failed, by reason (`io`, `too_large`).
+    pub write_failures: BTreeMap<&'static str, u64>,
+    /// Bytes of the last checkpoint written (or read at the start).
+    pub size_bytes: u64,
+    /// How long the last write took, encoding included.
+    pub write_seconds: f64,
+    /// Checkpoints refused at the start, by reason (`storage::Refusal`).
+    pub refused: BTreeMap<&'static str, u64>,
+    /// The counters go on from a checkpoint written this long before the
+    /// start; `None`: they started from zero.
+    pub restored_age_seconds: Option<f64>,
+}
+
+impl CheckpointHealth {
+    pub const WRITE_FAILURES: [&'static str; 2] = ["io", "too_large"];
 }
 
 /// Everything the metric table needs about one workspace, taken once per sync.

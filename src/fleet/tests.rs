@@ -1335,3 +1335,135 @@ fn attack_an_agent_lookup_that_cannot_apply_is_not_asked_again() {
         .sum();
     assert_eq!(agents, 0);
 }
+
+// ---- checkpoints (issue 12) ----
+
+/// Through a checkpoint (saved, encoded to the file's bytes, decoded,
+/// restored into a fleet made as at a start) at any point of a busy
+/// sequence, the fleet goes on exactly as one that never stopped:
+/// counters, histograms, late values, open tasks, ledger, breakdowns.
+#[test]
+fn a_fleet_through_a_checkpoint_at_any_point_ends_as_one_that_never_stopped() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let teams = ["red", "blue", "green"];
+    let providers = ["openai", "anthropic"];
+    let agents: Vec<Agent> = (0..6)
+        .map(|i| labelled_agent(&format!("a{i}"), teams[i % 3], providers[i % 2], Some(1)))
+        .collect();
+    // Sightings: each task pending, running, terminal (some copies twice,
+    // some failures without a code until a later copy), interleaved.
+    let mut sightings: Vec<(i64, Task)> = Vec::new();
+    for i in 0..120 {
+        let id = format!("t{i}");
+        let agent = format!("a{}", i % 6);
+        let t0 = rng.random_range(1..200);
+        let end = ["completed", "failed", "cancelled", "weird_status"][i % 4];
+        sightings.push((t0, on(&agent, task(&id, "pending", t0))));
+        sightings.push((t0 + 1, on(&agent, task(&id, "running", t0 + 1))));
+        let mut done = on(&agent, task(&id, end, t0 + 3));
+        if end == "failed" && i % 8 == 1 {
+            done.error = Some(TaskError { code: None });
+            let mut late = done.clone();
+            late.updated_at = ts(t0 + 9);
+            late.error = Some(TaskError {
+                code: Some("model_error".into()),
+            });
+            sightings.push((t0 + 9, late));
+        }
+        if rng.random_bool(0.3) {
+            sightings.push((t0 + 4, done.clone()));
+        }
+        sightings.push((t0 + 3, done));
+    }
+    sightings.sort_by_key(|(at, _)| *at);
+    let run = |f: &mut Fleet, from: usize, to: usize| {
+        for (i, (_, t)) in sightings[from..to].iter().enumerate() {
+            if (from + i) % 50 == 0 {
+                f.apply_agent_listing(&agents);
+            }
+            f.apply_task(t);
+            if (from + i) % 97 == 0 {
+                f.raise_floor(ts(((from + i) / 10) as i64));
+                f.settle();
+            }
+        }
+    };
+    let render = |f: &mut Fleet| {
+        let s = f.snapshot("ws", ts(500), Health::default(), Default::default());
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {} {}",
+            s.counters,
+            s.tasks_open,
+            s.agents,
+            s.task_groups,
+            s.agent_groups,
+            s.ledger_len,
+            s.open_len
+        )
+    };
+    let mut never = broken_down(50);
+    run(&mut never, 0, sightings.len());
+    let want = render(&mut never);
+    for cut in [
+        0,
+        1,
+        37,
+        sightings.len() / 2,
+        sightings.len() - 3,
+        sightings.len(),
+    ] {
+        let mut before = broken_down(50);
+        run(&mut before, 0, cut);
+        let c = crate::storage::Checkpoint {
+            workspace: "ws".into(),
+            shard: (0, 1),
+            saved_at: 0,
+            api_saved_at: 0,
+            watermark: 0,
+            fleet: before.save(),
+        };
+        let bytes = crate::storage::encode(&c, u64::MAX).unwrap();
+        let back = crate::storage::decode(&bytes, u64::MAX).unwrap();
+        let (mut after, note) = broken_down(50).restore(back.fleet).unwrap();
+        assert_eq!(note, None, "same configuration: nothing dropped");
+        run(&mut after, cut, sightings.len());
+        assert_eq!(
+            render(&mut after),
+            want,
+            "through a checkpoint after {cut} sightings"
+        );
+    }
+    assert!(never.counters().finished["completed"] > 0);
+}
+
+/// A checkpoint saved under other breakdown settings keeps the workspace
+/// totals and starts the broken-down series afresh; late values of tasks
+/// counted before still count in the totals.
+#[test]
+fn a_checkpoint_from_other_breakdown_settings_keeps_the_totals() {
+    let mut f = broken_down(50);
+    f.apply_agent_listing(&[labelled_agent("a1", "red", "openai", Some(1))]);
+    let mut t = on("a1", task("t1", "failed", 5));
+    t.error = Some(TaskError { code: None });
+    f.apply_task(&t);
+    f.apply_task(&on("a1", task("t2", "completed", 6)));
+    let saved = f.save();
+    let (mut g, note) = broken_down(2).restore(saved).unwrap();
+    assert!(note.unwrap().contains("breakdown settings changed"));
+    assert_eq!(g.counters().finished["completed"], 1);
+    assert_eq!(g.counters().finished["failed"], 1);
+    // The late code of a task counted before the restart: in the totals.
+    let mut late = on("a1", task("t1", "failed", 9));
+    late.finished_at = Some(ts(5));
+    f.apply_task(&late);
+    g.apply_task(&late);
+    assert_eq!(g.counters().failures["timeout"], 1);
+    let s = g.snapshot("ws", ts(10), Health::default(), Default::default());
+    let in_groups: u64 = s
+        .task_groups
+        .iter()
+        .map(|g| g.counters.finished.values().sum::<u64>())
+        .sum();
+    assert_eq!(in_groups, 0, "the broken-down series start afresh");
+}

@@ -467,6 +467,69 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
             out.push(num(&["finished"], s.ledger_len as f64));
         },
     },
+    // ---- checkpoints (issue 12): present only with --storage.path ----
+    Family {
+        name: "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+        help: "When the workspace's checkpoint was last written (Unix seconds); absent before the first.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |s, out| out.extend(s.health.checkpoint.as_ref().and_then(|c| c.last_success).map(|t| num(&[], t))),
+    },
+    Family {
+        name: "clawmesh_exporter_checkpoint_write_failures_total",
+        help: "Checkpoint writes that failed, by reason: io (a full or read-only volume, permissions), too_large (past --storage.max-size). The previous checkpoint stays.",
+        kind: Kind::Counter,
+        unit: "{write}",
+        stability: Stability::Experimental,
+        labels: &["reason"],
+        collect: |s, out| {
+            if let Some(c) = &s.health.checkpoint {
+                out.extend(crate::fleet::CheckpointHealth::WRITE_FAILURES.iter().map(|r| num(&[r], c.write_failures.get(r).copied().unwrap_or(0) as f64)));
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_exporter_checkpoint_size_bytes",
+        help: "Bytes of the workspace's last checkpoint written (or read at the start).",
+        kind: Kind::Gauge,
+        unit: "By",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |s, out| out.extend(s.health.checkpoint.as_ref().map(|c| num(&[], c.size_bytes as f64))),
+    },
+    Family {
+        name: "clawmesh_exporter_checkpoint_write_duration_seconds",
+        help: "How long the last checkpoint write took, encoding and flushing to disk included.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |s, out| out.extend(s.health.checkpoint.as_ref().map(|c| num(&[], c.write_seconds))),
+    },
+    Family {
+        name: "clawmesh_exporter_checkpoint_refused_total",
+        help: "Checkpoints refused at the start, by reason (corrupt, version, workspace, shard, too_large, unreadable): the counters started from zero instead.",
+        kind: Kind::Counter,
+        unit: "{checkpoint}",
+        stability: Stability::Experimental,
+        labels: &["reason"],
+        collect: |s, out| {
+            if let Some(c) = &s.health.checkpoint {
+                out.extend(crate::storage::Refusal::ALL.iter().map(|r| num(&[r.name()], c.refused.get(r.name()).copied().unwrap_or(0) as f64)));
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_exporter_checkpoint_restored_age_seconds",
+        help: "How old the checkpoint the counters went on from was at the start; absent when they started from zero.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |s, out| out.extend(s.health.checkpoint.as_ref().and_then(|c| c.restored_age_seconds).map(|a| num(&[], a))),
+    },
     // ---- webhooks (issue 6): present only when the receiver is on ----
     Family {
         name: "clawmesh_webhook_requests_total",

@@ -63,6 +63,9 @@ pub fn otel_name<T>(f: &metrics::FamilyOf<T>) -> String {
     if f.unit == "s" {
         name = name.strip_suffix("_seconds").unwrap_or(name);
     }
+    if f.unit == "By" {
+        name = name.strip_suffix("_bytes").unwrap_or(name);
+    }
     let mut out = name.replace('_', ".");
     for c in COMPOUNDS {
         out = out.replace(&c.replace('_', "."), c);

@@ -15,6 +15,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+mod checkpoint;
+
 /// The resources a workspace syncs; each has its own health series.
 pub const RESOURCES: [&str; 2] = ["agents", "tasks"];
 
@@ -43,6 +45,9 @@ pub struct PollConfig {
     /// Agents read one by one per task sync (`GET /agents/{id}`) when tasks
     /// name agents not yet listed; the rest count without agent values.
     pub max_agent_lookups: usize,
+    /// Checkpoints, and the shard assignment they are written under
+    /// (index, total); set by the exporter, not per workspace.
+    pub storage: Option<(crate::storage::StorageConfig, (u32, u32))>,
 }
 
 impl Default for PollConfig {
@@ -56,6 +61,7 @@ impl Default for PollConfig {
             fleet: FleetLimits::default(),
             breakdown: Default::default(),
             max_agent_lookups: 20,
+            storage: None,
         }
     }
 }
@@ -175,11 +181,29 @@ pub fn spawn(
     let label_names: Vec<String> = std::iter::once("workspace".to_string())
         .chain(labels.iter().map(|(k, _)| k.clone()))
         .collect();
-    let fleet =
-        Fleet::starting(api_start, started, limits).with_breakdown(&cfg.breakdown, &label_names);
-    let health = Health {
+    let fresh =
+        || Fleet::starting(api_start, started, limits).with_breakdown(&cfg.breakdown, &label_names);
+    let mut health = Health {
         token_expiry: token.expires_at.map(|t| t.as_secs_f64()),
         ..Default::default()
+    };
+    // With storage, the counters and the watermark go on from the
+    // workspace's checkpoint, when it has a usable one.
+    let (fleet, watermark, mut saver) = match &cfg.storage {
+        Some((storage, shard)) => {
+            let (fleet, watermark, h) = checkpoint::resume(
+                storage,
+                *shard,
+                &token.workspace_id,
+                api_start,
+                fresh,
+                api_start.latest,
+            );
+            health.checkpoint = Some(h);
+            let saver = checkpoint::Saver::new(storage.clone(), *shard);
+            (fleet, watermark, Some(saver))
+        }
+        None => (fresh(), api_start.latest, None),
     };
     let ws = Arc::new(Workspace {
         id: token.workspace_id.clone(),
@@ -221,7 +245,7 @@ pub fn spawn(
         rx.map(|(rx, changed)| tokio::spawn(apply_webhooks(ws.clone(), rx, changed, stop.clone())));
     let watch = tokio::spawn(watch_waits(ws.clone(), stop.clone()));
     let tasks = tokio::spawn(async move {
-        let mut sync = TaskSync::new(api_start.latest);
+        let mut sync = TaskSync::new(watermark);
         let mut stop = stop;
         let mut backoff = Backoff::default();
         loop {
@@ -231,6 +255,11 @@ pub fn spawn(
                     _ = sync.run(&ws) => {}
                     _ = stop.wait_for(|s| *s) => return true,
                 }
+                // After a sync, before the wait: the checkpoint holds
+                // what the sync counted.
+                if let Some(saver) = saver.as_mut() {
+                    saver.maybe_write(&ws, sync.watermark, false).await;
+                }
                 ws.wait_next(start, ws.cfg.interval, &mut stop).await
             })
             .await;
@@ -238,6 +267,12 @@ pub fn spawn(
             // complete listing put it: the next round reads it all again,
             // and the ledger keeps the counts exact.
             if ws.after_round(1, round, &mut backoff, &mut stop).await {
+                // A last checkpoint at the stop (a redeploy loses nothing
+                // since the last one). Consistent even after a listing cut
+                // short: the watermark moves only after complete ones.
+                if let Some(saver) = saver.as_mut() {
+                    saver.maybe_write(&ws, sync.watermark, true).await;
+                }
                 return;
             }
         }

@@ -1,0 +1,385 @@
+//! The fleet as a checkpoint keeps it (`crate::storage` writes and reads
+//! the file): everything exactly-once counting needs to go on after a
+//! restart as if the process had never stopped: the counters, the
+//! counting floor, the ledger, the open and unlisted tasks, the agents
+//! (their breakdown values decide the slices of their tasks), and the
+//! start of the series.
+//!
+//! Plain data with owned strings and integer micros, apart from the
+//! fleet's own types, so that those stay free to change; a change here is
+//! a new checkpoint version (`storage::VERSION`).
+
+use super::breakdown::SavedBreakdown;
+use super::{AgentSeen, Counted, Counters, Fleet, Marks, OpenTask};
+use crate::api::types::{Progress, TaskStatus, Timestamp};
+use crate::histogram::{Histogram, SavedHistogram};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedFleet {
+    /// Unix micros on the host's clock: when the series began (their
+    /// start time over OTLP).
+    counting_since: i64,
+    floor: i64,
+    pruned_to: i64,
+    counters: SavedCounters,
+    agents_known: bool,
+    agent_statuses: Vec<String>,
+    open_statuses: Vec<String>,
+    failure_codes: Vec<String>,
+    agents: Vec<SavedAgent>,
+    /// Deleted agents: (id, deletion's updated_at, when it came).
+    agent_gone: Vec<(String, i64, i64)>,
+    /// Gone agents' breakdown values: (id, values, when they went).
+    dims_gone: Vec<(String, Vec<String>, i64)>,
+    open: Vec<SavedOpen>,
+    ledger: Vec<SavedCounted>,
+    unlisted: Vec<(String, SavedMarks, SavedProgress)>,
+    breakdown: Option<SavedBreakdown>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedAgent {
+    id: String,
+    status: String,
+    updated_at: i64,
+    created_at: i64,
+    last_heartbeat_at: Option<i64>,
+    seen_at: i64,
+    dims: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedOpen {
+    id: String,
+    status: String,
+    created_at: i64,
+    progress: SavedProgress,
+    marks: SavedMarks,
+    slice: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedCounted {
+    id: String,
+    finished_at: i64,
+    marks: SavedMarks,
+    slice: u32,
+}
+
+/// The marks as bits: queue, run, input, output, code.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct SavedMarks(u8);
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct SavedProgress {
+    stage: u8,
+    known: bool,
+    transitions: u32,
+    updated_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedCounters {
+    finished: BTreeMap<String, u64>,
+    failures: BTreeMap<String, u64>,
+    input_tokens: u64,
+    output_tokens: u64,
+    queue_seconds: SavedHistogram,
+    run_seconds: SavedHistogram,
+    rejected: Vec<(String, String, u64)>,
+}
+
+pub(super) fn save_counters(c: &Counters) -> SavedCounters {
+    SavedCounters {
+        finished: c.finished.clone(),
+        failures: c.failures.clone(),
+        input_tokens: c.input_tokens,
+        output_tokens: c.output_tokens,
+        queue_seconds: c.queue_seconds.save(),
+        run_seconds: c.run_seconds.save(),
+        rejected: c
+            .rejected
+            .iter()
+            .map(|((r, why), n)| (r.to_string(), why.to_string(), *n))
+            .collect(),
+    }
+}
+
+pub(super) fn restore_counters(s: SavedCounters) -> Result<Counters, String> {
+    let mut c = Counters::default();
+    // Label values come back bounded as the fleet bounds them live.
+    let names_ok = |m: &BTreeMap<String, u64>| {
+        m.len() <= 4 * super::MAX_UNKNOWN_NAMES + 16
+            && m.keys().all(|k| k.len() <= super::bounded::MAX_NAME_LEN)
+    };
+    if !names_ok(&s.finished) || !names_ok(&s.failures) {
+        return Err("counters by more names than the fleet admits".into());
+    }
+    c.finished.extend(s.finished);
+    c.failures.extend(s.failures);
+    c.input_tokens = s.input_tokens;
+    c.output_tokens = s.output_tokens;
+    c.queue_seconds = Histogram::restore(super::TASK_DURATION_BUCKETS, s.queue_seconds)?;
+    c.run_seconds = Histogram::restore(super::TASK_DURATION_BUCKETS, s.run_seconds)?;
+    for (r, why, n) in s.rejected {
+        // Keys are the fleet's own names; an unknown pair is not restored.
+        if let Some(k) = c
+            .rejected
+            .keys()
+            .find(|(kr, kw)| *kr == r && *kw == why)
+            .copied()
+        {
+            c.rejected.insert(k, n);
+        }
+    }
+    Ok(c)
+}
+
+impl From<Marks> for SavedMarks {
+    fn from(m: Marks) -> Self {
+        let bits = [m.queue, m.run, m.input, m.output, m.code];
+        SavedMarks(
+            bits.iter()
+                .enumerate()
+                .fold(0, |acc, (i, b)| acc | (u8::from(*b) << i)),
+        )
+    }
+}
+
+impl From<SavedMarks> for Marks {
+    fn from(s: SavedMarks) -> Self {
+        let bit = |i: u8| s.0 & (1 << i) != 0;
+        Marks {
+            queue: bit(0),
+            run: bit(1),
+            input: bit(2),
+            output: bit(3),
+            code: bit(4),
+        }
+    }
+}
+
+impl From<Progress> for SavedProgress {
+    fn from(p: Progress) -> Self {
+        SavedProgress {
+            stage: p.stage,
+            known: p.known,
+            transitions: p.transitions,
+            updated_at: p.updated_at.micros(),
+        }
+    }
+}
+
+impl From<SavedProgress> for Progress {
+    fn from(s: SavedProgress) -> Self {
+        Progress {
+            stage: s.stage,
+            known: s.known,
+            transitions: s.transitions,
+            updated_at: Timestamp::from_micros(s.updated_at),
+        }
+    }
+}
+
+/// No slice: what was counted in a breakdown that did not survive the
+/// restart counts on in the workspace's totals only.
+const NO_SLICE: u32 = u32::MAX;
+
+impl Fleet {
+    /// Everything a restart needs to go on counting exactly.
+    pub fn save(&self) -> SavedFleet {
+        let ts = |t: Timestamp| t.micros();
+        SavedFleet {
+            counting_since: self.counting_since.micros(),
+            floor: self.floor.micros(),
+            pruned_to: self.pruned_to.micros(),
+            counters: save_counters(&self.counters),
+            agents_known: self.agents_known,
+            agent_statuses: self.agent_names.admitted().map(str::to_string).collect(),
+            open_statuses: self.open_names.admitted().map(str::to_string).collect(),
+            failure_codes: self.failure_codes.admitted().map(str::to_string).collect(),
+            agents: self
+                .agent_by_id
+                .iter()
+                .map(|(id, e)| SavedAgent {
+                    id: id.to_string(),
+                    status: e.status.clone(),
+                    updated_at: ts(e.updated_at),
+                    created_at: ts(e.created_at),
+                    last_heartbeat_at: e.last_heartbeat_at.map(ts),
+                    seen_at: ts(e.seen_at),
+                    dims: e.dims.iter().map(|v| v.to_string()).collect(),
+                })
+                .collect(),
+            agent_gone: self
+                .agent_gone
+                .iter()
+                .map(|(id, (d, c))| (id.to_string(), ts(*d), ts(*c)))
+                .collect(),
+            dims_gone: self
+                .dims_gone
+                .iter()
+                .map(|(id, (d, at))| {
+                    let values = d.iter().map(|v| v.to_string()).collect();
+                    (id.to_string(), values, ts(*at))
+                })
+                .collect(),
+            open: self
+                .open
+                .iter()
+                .map(|(id, o)| SavedOpen {
+                    id: id.clone(),
+                    status: o.status.name().to_string(),
+                    created_at: ts(o.created_at),
+                    progress: o.progress.into(),
+                    marks: o.marks.into(),
+                    slice: o.slice,
+                })
+                .collect(),
+            ledger: self
+                .ledger
+                .iter()
+                .map(|(id, c)| SavedCounted {
+                    id: id.to_string(),
+                    finished_at: ts(c.finished_at),
+                    marks: c.marks.into(),
+                    slice: c.slice,
+                })
+                .collect(),
+            unlisted: self
+                .unlisted
+                .iter()
+                .map(|(id, (m, p))| (id.to_string(), (*m).into(), (*p).into()))
+                .collect(),
+            breakdown: self.breakdown.as_ref().map(|b| b.save()),
+        }
+    }
+
+    /// Take over a saved fleet: `self` is a fleet just made for this start
+    /// (limits, breakdown configuration, the API's clock); what `s` holds
+    /// replaces its state. `Err`: `s` cannot be a fleet's (refused whole;
+    /// `self` is then unchanged in use, the caller starts it fresh).
+    /// The message says what was not restored, if anything.
+    pub fn restore(mut self, s: SavedFleet) -> Result<(Fleet, Option<String>), String> {
+        let ts = Timestamp::from_micros;
+        let mut note = None;
+        let mut keep_slices = true;
+        if let (Some(b), Some(sb)) = (self.breakdown.as_mut(), s.breakdown) {
+            keep_slices = b.restore(sb)?;
+            if !keep_slices {
+                note = Some("the breakdown settings changed: the broken-down series start afresh (the workspace totals go on)".to_string());
+            }
+        } else if self.breakdown.is_some() {
+            keep_slices = false;
+            note = Some("breakdowns are new: their series start afresh".into());
+        }
+        let slices = self.breakdown.as_ref().map_or(1, |b| b.slices());
+        let slice = |i: u32| {
+            if keep_slices && (i as usize) < slices {
+                i
+            } else {
+                NO_SLICE
+            }
+        };
+        let limit = super::MAX_UNKNOWN_NAMES;
+        if s.agent_statuses.len() > limit
+            || s.open_statuses.len() > limit
+            || s.failure_codes.len() > limit * 2
+        {
+            return Err("more unknown names than the fleet admits".into());
+        }
+        for n in &s.agent_statuses {
+            self.agent_names.admit(n);
+        }
+        for n in &s.open_statuses {
+            self.open_names.admit(n);
+        }
+        for n in &s.failure_codes {
+            self.failure_codes.admit(n);
+        }
+        self.counters = restore_counters(s.counters)?;
+        self.counting_since = ts(s.counting_since);
+        self.floor = ts(s.floor);
+        self.pruned_to = ts(s.pruned_to);
+        // The floor followed an unconfirmed clock before; it is settled now.
+        self.provisional_start = None;
+        self.agents_known = s.agents_known;
+        let dims = |f: &Fleet, v: Vec<String>| -> super::AgentDims {
+            match &f.breakdown {
+                Some(b) if keep_slices => b.dims_from(v),
+                _ => Arc::from(Vec::new()),
+            }
+        };
+        let mut by_id = HashMap::with_capacity(s.agents.len());
+        for a in s.agents {
+            let status = self.agent_names.admit(&a.status);
+            let seen = AgentSeen {
+                status,
+                updated_at: ts(a.updated_at),
+                created_at: ts(a.created_at),
+                last_heartbeat_at: a.last_heartbeat_at.map(ts),
+                seen_at: ts(a.seen_at),
+                dims: dims(&self, a.dims),
+            };
+            by_id.insert(a.id.into_boxed_str(), seen);
+        }
+        self.agent_by_id = by_id;
+        self.agents = super::AGENT_STATUSES
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
+        for e in self.agent_by_id.values() {
+            *self.agents.entry(e.status.clone()).or_default() += 1;
+        }
+        self.agent_gone = s
+            .agent_gone
+            .into_iter()
+            .map(|(id, d, c)| (id.into_boxed_str(), (ts(d), ts(c))))
+            .collect();
+        let mut gone = HashMap::with_capacity(s.dims_gone.len());
+        for (id, v, at) in s.dims_gone {
+            gone.insert(id.into_boxed_str(), (dims(&self, v), ts(at)));
+        }
+        self.dims_gone = gone;
+        self.open = s
+            .open
+            .into_iter()
+            .map(|o| {
+                let status = match TaskStatus::from_name(&o.status) {
+                    TaskStatus::Other(n) => TaskStatus::Other(self.open_names.admit(&n)),
+                    known => known,
+                };
+                let open = OpenTask {
+                    status,
+                    created_at: ts(o.created_at),
+                    progress: o.progress.into(),
+                    marks: o.marks.into(),
+                    slice: slice(o.slice),
+                };
+                (o.id, open)
+            })
+            .collect();
+        self.ledger = s
+            .ledger
+            .into_iter()
+            .map(|c| {
+                let counted = Counted {
+                    finished_at: ts(c.finished_at),
+                    marks: c.marks.into(),
+                    slice: slice(c.slice),
+                };
+                (c.id.into_boxed_str(), counted)
+            })
+            .collect();
+        self.codes_waiting = self.ledger.values().filter(|c| !c.marks.code).count();
+        self.unlisted = s
+            .unlisted
+            .into_iter()
+            .map(|(id, m, p)| (id.into_boxed_str(), (m.into(), p.into())))
+            .collect();
+        Ok((self, note))
+    }
+}
