@@ -140,6 +140,14 @@ impl Running {
         self.supervisor.reload().await
     }
 
+    /// Stop as a crash would leave things: no last checkpoint is written,
+    /// so a start from the same storage resumes from the last periodic one
+    /// (tests of exactness through crashes, in one process).
+    pub async fn stop_as_if_killed(self) {
+        self.hub.kill();
+        self.shutdown().await;
+    }
+
     /// Stop polling and serving; waits for both. With OTLP on, the numbers
     /// of the last sync are pushed once more (within `--otlp.timeout`).
     /// Never waits for a reload: one in progress gives up, and one that

@@ -17,6 +17,9 @@ pub struct Hub {
     http: Arc<crate::server::ServerStats>,
     /// What the last render showed of them, so that OTLP pushes the same.
     http_rendered: Mutex<crate::server::HttpStats>,
+    /// The test seam of a crash: the stop writes no last checkpoint, as
+    /// after `kill -9` (`Running::stop_as_if_killed`).
+    killed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +87,7 @@ impl Default for Hub {
             exposition: RwLock::new(Arc::new(e)),
             http: Default::default(),
             http_rendered: Default::default(),
+            killed: Default::default(),
         }
     }
 }
@@ -91,6 +95,15 @@ impl Default for Hub {
 impl Hub {
     pub fn new() -> Arc<Self> {
         Arc::new(Hub::default())
+    }
+
+    /// From now on, stopping is as after `kill -9`: no last checkpoint.
+    pub fn kill(&self) {
+        self.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn killed(&self) -> bool {
+        self.killed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Claim `workspace` for one slot, which must then complete a sync

@@ -976,6 +976,10 @@ pub struct Snapshot {
     pub heartbeats: Vec<AgentHeartbeat>,
     /// What the breakdowns hold; `None` without breakdowns.
     pub breakdown: Option<BreakdownInfo>,
+    /// When the counters went on from a checkpoint: the workspace as
+    /// restored, before this process counted anything. A delta exporter
+    /// counts this process's increase from it, not from zero.
+    pub baseline: Option<Arc<Snapshot>>,
 }
 
 /// Agents of one combination of breakdown values.
@@ -1071,6 +1075,7 @@ impl Fleet {
                 values: b.value_counts(),
                 combinations: b.slices(),
             }),
+            baseline: None,
         }
     }
 

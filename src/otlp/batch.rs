@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The data-point attribute that carries the workspace.
 ///
@@ -71,6 +71,20 @@ pub fn otel_name<T>(f: &metrics::FamilyOf<T>) -> String {
         out = out.replace(&c.replace('_', "."), c);
     }
     out
+}
+
+/// A series' identity: what it renders as, so that a breakdown label
+/// discovered later (a longer `by`, padded empty) is the same series.
+fn series_id(snap: &Snapshot, s: &metrics::Sample) -> Vec<String> {
+    let mut id = s.labels.clone();
+    id.extend(
+        snap.dims
+            .iter()
+            .zip(&s.by)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}={v}")),
+    );
+    id
 }
 
 /// A histogram's numbers, detached so that differences can be held.
@@ -195,6 +209,9 @@ pub struct Batcher {
     started_ns: u64,
     series: HashMap<(usize, String, Vec<String>), Series>,
     generation: u64,
+    /// Workspaces (and their counting origin) whose restored counters
+    /// have been taken as the series' last totals.
+    primed: HashSet<(String, u64)>,
 }
 
 /// The OpenTelemetry attribute of a Prometheus label: the GenAI semantic
@@ -238,6 +255,7 @@ impl Batcher {
             started_ns,
             series: HashMap::new(),
             generation: 0,
+            primed: HashSet::new(),
         }
     }
 
@@ -261,6 +279,9 @@ impl Batcher {
         let mut points: BTreeMap<String, u64> = BTreeMap::new();
         let mut out = Vec::with_capacity(metrics::WORKSPACE_FAMILIES.len());
         let mut samples = Vec::new();
+        for snap in snaps {
+            self.prime(snap);
+        }
         for (fi, family) in metrics::WORKSPACE_FAMILIES.iter().enumerate() {
             let mut numbers = Vec::new();
             let mut explicit = Vec::new();
@@ -303,13 +324,8 @@ impl Batcher {
                     let (point, start_ns) = if family.kind == Kind::Gauge {
                         (Point::of(&s.value), 0)
                     } else {
-                        // The series' identity: what it renders as, so
-                        // that a breakdown label discovered later (a
-                        // longer `by`, padded empty) is the same series.
-                        let mut id = s.labels.clone();
-                        id.extend(by.iter().map(|(k, v)| format!("{k}={v}")));
                         self.advance(
-                            (fi, snap.workspace.clone(), id),
+                            (fi, snap.workspace.clone(), series_id(snap, s)),
                             &s.value,
                             now_ns,
                             (snap.counting_since * 1e9) as u64,
@@ -463,6 +479,39 @@ impl Batcher {
         }
     }
 
+    /// A workspace whose counters went on from a checkpoint: its restored
+    /// totals are where each series stood (delivered before the restart),
+    /// so that a delta counts this process's increase, not the totals
+    /// again. Once per workspace and counting origin.
+    fn prime(&mut self, snap: &Snapshot) {
+        let Some(base) = &snap.baseline else {
+            return;
+        };
+        let origin_ns = (snap.counting_since * 1e9) as u64;
+        if !self.primed.insert((snap.workspace.clone(), origin_ns)) {
+            return;
+        }
+        let mut samples = Vec::new();
+        for (fi, family) in metrics::WORKSPACE_FAMILIES.iter().enumerate() {
+            if family.kind == Kind::Gauge {
+                continue;
+            }
+            samples.clear();
+            (family.collect)(base, &mut samples);
+            for s in &samples {
+                let key = (fi, snap.workspace.clone(), series_id(base, s));
+                self.series.entry(key).or_insert_with(|| Series {
+                    last: Point::of(&s.value),
+                    last_ns: self.delivered_ns,
+                    start_ns: origin_ns,
+                    undelivered: None,
+                    seen: self.generation,
+                    origin_ns,
+                });
+            }
+        }
+    }
+
     /// The point to send for a counter or histogram series, and its start.
     fn advance(
         &mut self,
@@ -475,8 +524,13 @@ impl Batcher {
         let generation = self.generation;
         let delivered = self.delivered_ns;
         // A series counts from when its workspace's counting began (a slot
-        // restarted by a reload begins again), never before this process.
-        let start = self.started_ns.max(origin_ns);
+        // restarted by a reload begins again; counters restored from a
+        // checkpoint began before this process), else from this process.
+        let start = if origin_ns > 0 {
+            origin_ns
+        } else {
+            self.started_ns
+        };
         let zero = match &current {
             Point::Number(_) => Point::Number(0.0),
             Point::Hist(h) => Point::Hist(Hist {

@@ -451,6 +451,7 @@ fn snap(ws: &str, completed: u64, runs: &[f64]) -> Snapshot {
         otlp: None,
         webhook: None,
         counting_since: 0.0,
+        baseline: None,
     }
 }
 
@@ -637,6 +638,50 @@ fn a_workspace_whose_counting_restarted_starts_its_series_again_even_above_the_o
     d.delivered(2_000);
     let r = d.build(&Default::default(), &[at(2_500, 7)], 3_000).request;
     assert_eq!(finished(&r, "w1").0, 7.0, "all 7 are new, not 7 - 5");
+}
+
+/// Counters that went on from a checkpoint (issue 12): cumulative points
+/// keep the series' original start time; deltas count this process's
+/// increase from the restored totals, not the totals again.
+#[test]
+fn counters_restored_from_a_checkpoint_keep_their_start_and_do_not_repeat_as_deltas() {
+    // Counting began at 500 ns, before this process (started at 1_000).
+    let at = |done: u64, runs: &[f64], base: Option<std::sync::Arc<Snapshot>>| {
+        let mut s = snap("w1", done, runs);
+        s.counting_since = 500.0 / 1e9;
+        s.baseline = base;
+        s
+    };
+    let base = std::sync::Arc::new(at(40, &[1.0, 2.0], None));
+    let mut c = batcher(Temporality::Cumulative, HistogramMode::Explicit);
+    let r = c
+        .build(
+            &Default::default(),
+            &[at(43, &[1.0, 2.0, 3.0], Some(base.clone()))],
+            2_000,
+        )
+        .request;
+    assert_eq!(finished(&r, "w1"), (43.0, 500, 2_000), "the original start");
+
+    let mut d = batcher(Temporality::Delta, HistogramMode::Explicit);
+    let b1 = d.build(
+        &Default::default(),
+        &[at(43, &[1.0, 2.0, 3.0], Some(base.clone()))],
+        2_000,
+    );
+    assert_eq!(finished(&b1.request, "w1").0, 3.0, "43 - 40 restored");
+    assert_eq!(
+        run_hist(&b1.request).0,
+        1,
+        "one observation since the restore"
+    );
+    d.delivered(b1.built_ns);
+    let b2 = d.build(
+        &Default::default(),
+        &[at(50, &[1.0, 2.0, 3.0], Some(base))],
+        3_000,
+    );
+    assert_eq!(finished(&b2.request, "w1").0, 7.0);
 }
 
 // ---- compression and client certificates ----

@@ -110,6 +110,9 @@ impl Saver {
         if !now_anyway && self.last.is_some_and(|t| t.elapsed() < self.cfg.interval) {
             return;
         }
+        if now_anyway && ws.hub.killed() {
+            return;
+        }
         self.last = Some(Instant::now());
         let started = std::time::Instant::now();
         // Taken under the lock: the fleet and the watermark as of one moment.

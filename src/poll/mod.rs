@@ -143,6 +143,10 @@ struct State {
     /// Why the client is held longer than a poll interval (a long
     /// `Retry-After`, a spent window): not syncing meanwhile.
     waiting: Option<&'static str>,
+    /// The counters went on from a checkpoint: the first snapshot, as
+    /// restored, rides on every later one (`Snapshot::baseline`).
+    restored: bool,
+    baseline: Option<Arc<crate::fleet::Snapshot>>,
 }
 
 impl State {
@@ -205,6 +209,10 @@ pub fn spawn(
         }
         None => (fresh(), api_start.latest, None),
     };
+    let restored = health
+        .checkpoint
+        .as_ref()
+        .is_some_and(|c| c.restored_age_seconds.is_some());
     let ws = Arc::new(Workspace {
         id: token.workspace_id.clone(),
         labels,
@@ -217,6 +225,8 @@ pub fn spawn(
             ok: [false; 2],
             webhook: tracker,
             waiting: None,
+            restored,
+            baseline: None,
         }),
     });
     ws.publish();
@@ -478,6 +488,8 @@ impl Workspace {
                 fleet,
                 health,
                 webhook,
+                restored,
+                baseline,
                 ..
             } = &mut *st;
             let mut snap = fleet.snapshot(
@@ -487,6 +499,10 @@ impl Workspace {
                 self.client.stats(),
             );
             snap.webhook = webhook.as_mut().map(|w| w.health());
+            if *restored && baseline.is_none() {
+                *baseline = Some(Arc::new(snap.clone()));
+            }
+            snap.baseline = baseline.clone();
             snap
         };
         snap.labels.extend(self.labels.iter().cloned());

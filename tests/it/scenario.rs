@@ -30,6 +30,9 @@ enum Event {
     /// Its configuration file changes and is reloaded: the workspace's slot
     /// restarts in the same process.
     Reload,
+    /// Stopped as by `kill -9` (no last checkpoint) while the fleet moves,
+    /// and started again from the same storage.
+    Crash,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +45,9 @@ struct Scenario {
     event: Event,
     /// Tasks to let finish in each measured stretch.
     finished: u64,
+    /// Checkpoints on (`storage:`): a restart or a crash is then measured
+    /// across, while the fleet moves on without the exporter.
+    storage: bool,
 }
 
 impl Scenario {
@@ -87,18 +93,25 @@ impl Scenario {
         };
         faults.retry_after_secs = r.random_range(1..=2);
         faults.latency_ms = r.random_range(0..=3);
-        let event = match r.random_range(0..10) {
+        let mut event = match r.random_range(0..10) {
             0..=2 => Event::Restart,
             3..=5 => Event::Reload,
             _ => Event::Nothing,
         };
+        let finished = r.random_range(80..=200);
+        // Drawn last: the seeds drawn before storage existed keep their scenarios.
+        let storage = r.random_bool(0.5);
+        if storage && event == Event::Restart && r.random_bool(0.5) {
+            event = Event::Crash;
+        }
         Scenario {
             seed,
             sim,
             faults,
             overlap_secs: (lag_ms / 1000 + 2).max(6),
             event,
-            finished: r.random_range(80..=200),
+            finished,
+            storage,
         }
     }
 
@@ -112,11 +125,14 @@ impl Scenario {
         std::fs::write(dir.join("key"), format!("{DEMO_KEY}\n")).unwrap();
         let timeout = if self.faults.hang > 0.0 { "1s" } else { "10s" };
         let file = dir.join("clawmesh.yml");
-        let yaml = format!(
+        let mut yaml = format!(
             "workspaces:\n  - name: scenario\n    api_url: {}\n    api_key_file: key\n    poll_interval: {poll}\n    overlap: {}s\n    reconcile_interval: 5s\n    budget_share: 1\n    timeout: {timeout}\n    max_attempts: 8\n",
             sim.url(),
             self.overlap_secs
         );
+        if self.storage {
+            yaml.push_str("storage:\n  path: storage\n  interval: 1s\n");
+        }
         std::fs::write(&file, yaml).unwrap();
         file
     }
@@ -143,6 +159,11 @@ impl Scenario {
         std::fs::create_dir_all(&dir).unwrap();
         let mut exporter = self.start_exporter(&sim, &dir).await;
         self.stretch(&sim, &exporter, "first", true).await;
+        if self.storage && matches!(self.event, Event::Restart | Event::Crash) {
+            self.across_restart(&sim, exporter, &dir).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
         if self.event != Event::Nothing {
             // A new client cannot know a Retry-After its predecessor was
             // told: let any such wait run out (faults off) before the event.
@@ -158,7 +179,7 @@ impl Scenario {
         }
         match self.event {
             Event::Nothing => {}
-            Event::Restart => {
+            Event::Restart | Event::Crash => {
                 exporter.shutdown().await;
                 exporter = self.start_exporter(&sim, &dir).await;
             }
@@ -183,6 +204,62 @@ impl Scenario {
         let _ = std::fs::remove_dir_all(&dir);
         let t = sim.truth();
         assert_eq!(t.retry_after_violations, 0, "came back before Retry-After");
+    }
+
+    /// With checkpoints: one stretch measured across a restart or a crash
+    /// made while the fleet moves, and tasks finishing while the exporter
+    /// is down. The counters go on: their deltas over the whole stretch
+    /// equal the truth's, and the gauges the truth at the end (unknown
+    /// statuses included: the checkpoint knows their names).
+    async fn across_restart(&self, sim: &Sim, exporter: Running, dir: &std::path::Path) {
+        let e1 = converge(sim, &exporter).await;
+        let t1 = sim.truth();
+        // A new client cannot know a Retry-After its predecessor was told:
+        // the faults go quiet before the event, and any such wait runs out
+        // while the fleet goes on.
+        sim.faults(Faults::default());
+        run_fleet_for(sim, self.finished / 3).await;
+        let until = sim_now_host_secs(sim) + self.faults.retry_after_secs.max(1) as f64 + 1.0;
+        wait_for_sim_clock(
+            sim,
+            until,
+            Duration::from_secs(10),
+            "a Retry-After to run out",
+        )
+        .await;
+        match self.event {
+            Event::Crash => exporter.stop_as_if_killed().await,
+            _ => exporter.shutdown().await,
+        }
+        // Down: the fleet moves on.
+        run_fleet_for(sim, self.finished / 3).await;
+        let exporter = self.start_exporter(sim, dir).await;
+        sim.faults(self.faults.clone());
+        run_fleet_for(sim, self.finished / 3).await;
+        if self.late_values() {
+            let_the_late_values_of_the_start_pass(sim, &exporter).await;
+        }
+        let e2 = converge(sim, &exporter).await;
+        let t2 = sim.truth();
+        assert_gauges_match(&e2, &t2);
+        let m = |name: &str| value(&e2, name, &[]);
+        assert!(
+            m("clawmesh_exporter_checkpoint_restored_age_seconds").is_some(),
+            "the counters went on from the checkpoint"
+        );
+        let want = delta(&counters_of_truth(&t2), &counters_of_truth(&t1));
+        let got = delta(&counters_of_exporter(&e2), &counters_of_exporter(&e1));
+        assert_eq!(
+            got, want,
+            "across the {:?}: exporter deltas (left) differ from the ground truth (right)",
+            self.event
+        );
+        exporter.shutdown().await;
+        assert_eq!(
+            sim.truth().retry_after_violations,
+            0,
+            "came back before Retry-After"
+        );
     }
 
     /// One measured stretch: a quiet point, a busy stretch, a quiet point;
@@ -291,6 +368,33 @@ fn assert_none_failed(failures: &[(u64, String)]) {
 async fn ci_seeds_are_exact() {
     let failures = run_seeds(CI_SEEDS.to_vec(), 2).await;
     assert_none_failed(&failures);
+}
+
+/// The seeds CI runs with checkpoints on, across a restart and a crash
+/// (drawn scenarios otherwise; the soak draws storage and events at random).
+const CI_STORAGE_SEEDS: [(u64, Event); 2] = [(5, Event::Restart), (6, Event::Crash)];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_seeds_with_checkpoints_are_exact_across_a_restart_and_a_crash() {
+    let mut handles = Vec::new();
+    for (seed, event) in CI_STORAGE_SEEDS {
+        let s = Scenario {
+            storage: true,
+            event,
+            ..Scenario::draw(seed)
+        };
+        handles.push((seed, tokio::spawn(async move { s.run().await })));
+    }
+    for (seed, h) in handles {
+        if let Err(e) = h.await {
+            let msg = e
+                .try_into_panic()
+                .ok()
+                .and_then(|p| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            panic!("seed {seed} with checkpoints: {msg}");
+        }
+    }
 }
 
 /// `SCENARIO_SEED=N`: one seed, as a failure printed it.
