@@ -463,3 +463,263 @@ async fn a_provider_outage_pages_on_that_provider_only() {
         }
     }
 }
+
+// ---- restarts without loss (issue 12) ----
+
+/// The exporter as its own process (the release a user runs), so that it
+/// can be killed with SIGKILL; killed on drop.
+struct ExporterProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for ExporterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ExporterProcess {
+    fn start(sim: &Sim, addr: SocketAddr, storage: &std::path::Path, log: PathBuf) -> Self {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+            .env_clear()
+            .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
+            .args(["--api-url", &sim.url()])
+            .args(["--web.listen-address", &addr.to_string()])
+            .args(["--poll-interval", "1s", "--tasks.overlap", "6s"])
+            .args([
+                "--tasks.reconcile-interval",
+                "5s",
+                "--api.budget-share",
+                "1",
+            ])
+            .args(["--storage.path", storage.to_str().unwrap()])
+            .args(["--storage.interval", "1s"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        ExporterProcess { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until it serves and has synced both resources.
+    async fn wait_up(&mut self, addr: SocketAddr) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the exporter exited ({status}):\n{}", self.log());
+            }
+            if let Ok(r) = reqwest::get(format!("http://{addr}/metrics")).await {
+                let m = crate::util::parse(&r.text().await.unwrap_or_default());
+                if crate::util::value(&m, "clawmesh_up", &[]) == Some(1.0) {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the exporter not up within 60 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A quiet point: the fleet paused, the exporter synced past every change,
+/// and Prometheus has scraped that. Returns the exposition, the truth and
+/// the instant (Unix seconds) at which Prometheus holds those values.
+async fn quiet_point(
+    sim: &Sim,
+    addr: SocketAddr,
+    prom: &Prometheus,
+) -> (
+    std::collections::BTreeMap<String, f64>,
+    clawmesh_exporter::sim::GroundTruth,
+    f64,
+) {
+    let e = crate::util::converge_at(sim, addr).await;
+    let t = sim.truth();
+    let synced = crate::util::must(
+        &e,
+        "clawmesh_last_sync_timestamp_seconds",
+        &[("resource", "tasks")],
+    );
+    let expr = format!("clawmesh_last_sync_timestamp_seconds{{resource=\"tasks\"}} >= {synced}");
+    wait_for(
+        Duration::from_secs(60),
+        "Prometheus to scrape the quiet point",
+        || prom.has_data(&expr),
+    )
+    .await;
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    (e, t, at)
+}
+
+/// Issue 12's acceptance: `kill -9` the exporter while the fleet moves,
+/// keep the fleet moving for 30 s, start it again on the same storage.
+/// After convergence its counters over the whole run equal the ground
+/// truth exactly, and the real Prometheus that scraped across the restart
+/// sees no reset and the truth's increase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_and_a_restart_on_the_same_storage_lose_nothing_and_reset_nothing() {
+    let Some(bin) = require_tool("prometheus") else {
+        return;
+    };
+    let sim = Sim::start(busy_fleet(1212)).await;
+    let dir = std::env::temp_dir().join(format!(
+        "cmx-it-kill9-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let storage = dir.join("storage");
+    let addr: SocketAddr = format!("127.0.0.1:{}", crate::util::free_port())
+        .parse()
+        .unwrap();
+    let mut exporter = ExporterProcess::start(&sim, addr, &storage, dir.join("exporter.log"));
+    exporter.wait_up(addr).await;
+    let prom = Prometheus::start(&bin, addr).await;
+    crate::util::run_fleet_for(&sim, 100).await;
+    let (e1, t1, at1) = quiet_point(&sim, addr, &prom).await;
+
+    // The fleet moves; a periodic checkpoint is written after the quiet
+    // point; then SIGKILL, at no particular moment, while tasks finish.
+    crate::util::run_fleet_for(&sim, 150).await;
+    wait_for(
+        Duration::from_secs(30),
+        "a checkpoint after the quiet point",
+        || async {
+            let m = crate::util::parse(&crate::util::scrape(addr).await);
+            crate::util::value(
+                &m,
+                "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+                &[],
+            )
+            .is_some_and(|t| t > at1)
+        },
+    )
+    .await;
+    crate::util::run_fleet_for(&sim, 40).await;
+    exporter.child.kill().unwrap();
+    exporter.child.wait().unwrap();
+    let finished = |t: &clawmesh_exporter::sim::GroundTruth| t.finished_total.values().sum::<u64>();
+    let at_kill = finished(&sim.truth());
+
+    // 30 s of the fleet's life without the exporter.
+    let until = crate::util::sim_now_host_secs(&sim) + 30.0;
+    crate::util::wait_for_sim_clock(
+        &sim,
+        until,
+        Duration::from_secs(90),
+        "30 s of fleet life without the exporter",
+    )
+    .await;
+    let while_down = finished(&sim.truth()) - at_kill;
+    assert!(
+        while_down > 100,
+        "the fleet moved while the exporter was down: {while_down} tasks"
+    );
+
+    let log = exporter.log.clone();
+    drop(exporter);
+    let mut exporter = ExporterProcess::start(&sim, addr, &storage, log);
+    exporter.wait_up(addr).await;
+    crate::util::run_fleet_for(&sim, 100).await;
+    let (e2, t2, at2) = quiet_point(&sim, addr, &prom).await;
+    assert!(
+        exporter
+            .log()
+            .contains("the counters go on from the checkpoint"),
+        "the restart did not resume:\n{}",
+        exporter.log()
+    );
+
+    // The counters over the whole run equal the truth, exactly.
+    let want = crate::util::delta(
+        &crate::util::counters_of_truth(&t2),
+        &crate::util::counters_of_truth(&t1),
+    );
+    let got = crate::util::delta(
+        &crate::util::counters_of_exporter(&e2),
+        &crate::util::counters_of_exporter(&e1),
+    );
+    assert_eq!(
+        got, want,
+        "exporter deltas (left) differ from the ground truth (right) across kill -9"
+    );
+    crate::util::assert_gauges_match(&e2, &t2);
+
+    // Prometheus across the restart: no reset, and the increase between
+    // the quiet points is the truth's. (The difference of the two samples:
+    // `increase()` extrapolates to its window's edges, so it is exact only
+    // to a few per cent whatever the exporter does.)
+    let window_ms = ((at2 - at1) * 1000.0).round() as u64;
+    let query_at = |expr: String| {
+        let prom = &prom;
+        async move {
+            let body: Value = reqwest::Client::new()
+                .get(format!("{}/api/v1/query", prom.url))
+                .query(&[("query", expr.as_str()), ("time", &format!("{at2:.3}"))])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(body["status"], "success", "{expr}: {body}");
+            body["data"]["result"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    let number = |r: &[Value]| -> f64 {
+        assert_eq!(r.len(), 1, "{r:?}");
+        r[0]["value"][1].as_str().unwrap().parse().unwrap()
+    };
+    for family in [
+        "clawmesh_tasks_finished_total",
+        "clawmesh_task_failures_total",
+        "clawmesh_task_tokens_total",
+        "clawmesh_task_run_duration_seconds_count",
+        "clawmesh_task_queue_duration_seconds_count",
+    ] {
+        let resets = query_at(format!("sum(resets({family}[{window_ms}ms]))")).await;
+        assert_eq!(number(&resets), 0.0, "{family}: a reset across the restart");
+    }
+    for (status, n) in &t2.finished_total {
+        let sel = format!("clawmesh_tasks_finished_total{{status=\"{status}\"}}");
+        let r = query_at(format!("{sel} - {sel} offset {window_ms}ms")).await;
+        let want = (*n - t1.finished_total.get(status).copied().unwrap_or(0)) as f64;
+        assert_eq!(
+            number(&r),
+            want,
+            "Prometheus' increase of finished {status}"
+        );
+        let inc = query_at(format!("increase({sel}[{window_ms}ms])")).await;
+        let inc = number(&inc);
+        assert!(
+            inc >= want && inc <= want * 1.1 + 1.0,
+            "increase() of finished {status}: {inc} for a truth of {want}"
+        );
+    }
+    drop(exporter);
+    let _ = std::fs::remove_dir_all(&dir);
+}

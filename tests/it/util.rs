@@ -195,6 +195,11 @@ pub async fn run_fleet_for(sim: &Sim, n: u64) {
 /// both resources that began after every change so far became visible.
 /// Returns the exposition at that point.
 pub async fn converge(sim: &Sim, exporter: &Running) -> BTreeMap<String, f64> {
+    converge_at(sim, exporter.addr).await
+}
+
+/// [`converge`] for an exporter serving at `addr` (one in its own process).
+pub async fn converge_at(sim: &Sim, addr: SocketAddr) -> BTreeMap<String, f64> {
     sim.sim.pause();
     let truth = sim.truth();
     // The exporter stamps its syncs with the host's clock.
@@ -202,7 +207,7 @@ pub async fn converge(sim: &Sim, exporter: &Running) -> BTreeMap<String, f64> {
     let ws = truth.workspace_id.as_str();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let m = parse(&scrape(exporter.addr).await);
+        let m = parse(&scrape(addr).await);
         let synced = ["agents", "tasks"].iter().all(|r| {
             value(
                 &m,
