@@ -46,15 +46,24 @@ check_helm() {
   validate --expect "ConfigMap=3 PrometheusRule=3 Service=1 ServiceMonitor=1 StatefulSet=1" "$tmp/helm-sharded.yaml"
   helm template clawmesh-exporter "$chart" --namespace monitoring -f "$chart/ci/secured-values.yaml" >"$tmp/helm-secured.yaml"
   validate --expect "ConfigMap=2 Deployment=1 PrometheusRule=3 Secret=1 Service=1 ServiceMonitor=1" "$tmp/helm-secured.yaml"
+  helm template clawmesh-exporter "$chart" --namespace monitoring -f "$chart/ci/persistence-values.yaml" >"$tmp/helm-persistence.yaml"
+  validate --expect "Deployment=1 PersistentVolumeClaim=1 Service=1" "$tmp/helm-persistence.yaml"
+  helm template clawmesh-exporter "$chart" --namespace monitoring --set persistence.enabled=true \
+    --set persistence.existingClaim=clawmesh-state >"$tmp/helm-existing-claim.yaml"
+  validate --expect "Deployment=1 Service=1" "$tmp/helm-existing-claim.yaml"
   # Values that make no sense are refused, with a reason.
   if out=$(helm template x "$chart" --set sharding.replicas=3 2>&1); then
     echo "helm: sharding one workspace was accepted" >&2; return 1
   fi
   grep -q "sharding.replicas > 1 needs workspaces" <<<"$out" || { echo "helm: $out" >&2; return 1; }
+  if out=$(helm template x "$chart" -f "$chart/ci/sharded-values.yaml" --set persistence.existingClaim=one 2>&1); then
+    echo "helm: one claim shared by shards was accepted" >&2; return 1
+  fi
+  grep -q "persistence.existingClaim cannot be shared by shards" <<<"$out" || { echo "helm: $out" >&2; return 1; }
   if out=$(helm template x "$chart" --set serviceMonitor.enable=true 2>&1); then
     echo "helm: a misspelt value was accepted" >&2; return 1
   fi
-  echo "helm: lint, three renders valid, bad values refused"
+  echo "helm: lint, five renders valid, bad values refused"
 }
 
 check_systemd() {

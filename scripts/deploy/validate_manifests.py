@@ -10,8 +10,10 @@
    prometheus-operator.mjs.
 2. The project's policy, which no schema knows: hardened pods, probes,
    resources, one replica per workspace unless sharded, shards that add up,
-   keys never in flags, a ServiceMonitor that finds the Service and sets
-   job="clawmesh", rules and dashboards equal to alerts/ and dashboards/.
+   keys never in flags, checkpoints (--storage.path) on a writable
+   persistent volume of their own per shard, a ServiceMonitor that finds the
+   Service and sets job="clawmesh", rules and dashboards equal to alerts/
+   and dashboards/.
 3. Against the exporter itself, when CLAWMESH_EXPORTER_BIN names a binary
    with the many-workspace CLI: every flag given is one its --help lists, and
    `check-config` accepts the config file of the render (with stand-in keys).
@@ -44,9 +46,9 @@ KNOWN_FLAGS = {
     "--web.enable-lifecycle", "--poll-interval", "--agents.interval",
     "--tasks.reconcile-interval", "--tasks.overlap", "--tasks.dedup-horizon",
     "--api.budget-share", "--api.timeout", "--api.max-attempts", "--log.level",
-    "--log.format",
+    "--log.format", "--storage.path", "--storage.interval", "--storage.max-size",
 }
-CONFIG_TOP = {"defaults", "workspaces"}
+CONFIG_TOP = {"defaults", "workspaces", "storage"}
 CONFIG_SETTINGS = {
     "api_url", "budget_share", "poll_interval", "agents_interval", "reconcile_interval",
     "overlap", "dedup_horizon", "timeout", "max_attempts",
@@ -166,9 +168,11 @@ def check_workload(o, objs, bad):
             bad(o, f"{probe} must GET {path} (a TCP probe only behind mutual TLS)")
     env = {e["name"]: e for e in c.get("env", [])}
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    claim_templates = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
     for m in c.get("volumeMounts", []):
-        if m["name"] not in volumes:
+        if m["name"] not in volumes and m["name"] not in claim_templates:
             bad(o, f"volumeMount {m['name']} has no volume")
+    check_storage(o, c, args, volumes, claim_templates, bad)
     names = {(x["kind"], x["metadata"]["name"]) for x in objs}
     for v in volumes.values():
         if "configMap" in v and ("ConfigMap", v["configMap"]["name"]) not in names:
@@ -195,6 +199,29 @@ def check_workload(o, objs, bad):
             bad(o, f"serviceName {spec.get('serviceName')} is not in the render")
         elif svc["spec"].get("clusterIP") != "None":
             bad(o, f"its governing Service {svc['metadata']['name']} must be headless")
+
+
+def check_storage(o, c, args, volumes, claim_templates, bad):
+    """--storage.path (checkpoints): a writable mount of a persistent volume,
+    one per shard. The root file system is read-only, and an emptyDir dies
+    with the pod, so either would make the checkpoints useless."""
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("--storage.path=")]
+    paths += [e["value"] for e in c.get("env", []) if e.get("name") == "CLAWMESH_STORAGE_PATH" and "value" in e]
+    for path in paths:
+        mounts = [m for m in c.get("volumeMounts", []) if m.get("mountPath", "").rstrip("/") == path.rstrip("/")]
+        if not mounts:
+            bad(o, f"--storage.path {path} is not a volumeMount: the root file system is read-only")
+            continue
+        m = mounts[0]
+        if m.get("readOnly"):
+            bad(o, f"--storage.path {path}: its volumeMount {m['name']} is readOnly")
+        v = volumes.get(m["name"])
+        if m["name"] in claim_templates:
+            continue
+        if v is None or "persistentVolumeClaim" not in v:
+            bad(o, f"--storage.path {path}: volume {m['name']} is not a PersistentVolumeClaim: the checkpoints would not outlive the pod")
+        elif o["kind"] == "StatefulSet" and o["spec"].get("replicas", 1) > 1:
+            bad(o, f"--storage.path {path}: the shards share claim {v['persistentVolumeClaim'].get('claimName')}; each needs its own (volumeClaimTemplates)")
 
 
 def check_service_monitor(o, objs, bad):

@@ -81,7 +81,22 @@ app.kubernetes.io/part-of: clawmesh
 {{- if and (gt (int .Values.sharding.replicas) 1) (not .Values.workspaces) }}
 {{- fail "sharding.replicas > 1 needs workspaces: shards split workspaces, and one workspace is always polled by one replica" }}
 {{- end }}
+{{- if and .Values.persistence.enabled .Values.persistence.existingClaim (gt (int .Values.sharding.replicas) 1) }}
+{{- fail "persistence.existingClaim cannot be shared by shards: each shard needs a volume of its own (leave it empty: the chart makes one claim per shard)" }}
+{{- end }}
 {{- if and (not .Values.existingSecret) (not .Values.workspaces) }}
 {{- fail "existingSecret: name the Secret holding the API key (kubectl create secret generic clawmesh-exporter-api-key --from-file=api-key=./key)" }}
 {{- end }}
+{{- end }}
+
+{{/* The spec of the checkpoint volume's claim (persistence). */}}
+{{- define "clawmesh-exporter.pvcSpec" -}}
+accessModes:
+  {{- toYaml .Values.persistence.accessModes | nindent 2 }}
+{{- with .Values.persistence.storageClass }}
+storageClassName: {{ ternary "" . (eq . "-") | quote }}
+{{- end }}
+resources:
+  requests:
+    storage: {{ .Values.persistence.size | quote }}
 {{- end }}
