@@ -1,7 +1,8 @@
 //! `cargo bench --bench fleet`: the exporter's own work per poll cycle at the
 //! 10k scenario's scale, without the network: applying a page of task
 //! changes, a 10,000-agent listing, parsing a page of 100 tasks as the API
-//! sends them, and rendering /metrics once.
+//! sends them, and rendering /metrics once; and a checkpoint of the 10k
+//! scenario's state (saving, encoding, writing it to disk).
 //! Prints the median and spread over repeated runs.
 
 use clawmesh_exporter::api::types::{Agent, Task, TaskError, TaskMetrics, TaskStatus, Timestamp};
@@ -196,4 +197,66 @@ fn main() {
             e.gzip.len()
         );
     }
+
+    // ---- checkpoints (issue 12) ----
+    // The 10k scenario's state at its largest: 10,000 agents and 100,000
+    // tasks held (30,000 open, 70,000 finished within the dedup horizon),
+    // with breakdowns on.
+    println!(
+        "-- checkpoint: 10,000 agents, 100,000 tasks held (30,000 open, 70,000 in the ledger)"
+    );
+    let mut fleet = Fleet::new(ts(0)).with_breakdown(&cfg, &["workspace".to_string()]);
+    fleet.apply_agent_listing(&agents);
+    for i in 0..100_000usize {
+        let status = if i < 30_000 {
+            ["pending", "running"][i % 2]
+        } else {
+            ["completed", "failed", "cancelled"][i % 3]
+        };
+        let mut t = task(i, status, 100 + (i % 1000) as i64);
+        t.agent_id = Some(format!("agt_{:06}", i % 10_000));
+        fleet.apply_task(&t);
+    }
+    println!(
+        "  (open {}, ledger {})",
+        fleet.open_len(),
+        fleet.ledger_len()
+    );
+    bench("save the fleet (under the workspace lock)", 20, || {
+        black_box(fleet.save());
+    });
+    let c = clawmesh_exporter::storage::Checkpoint {
+        workspace: "ws_bench".into(),
+        shard: (0, 1),
+        saved_at: 0,
+        api_saved_at: 0,
+        watermark: 0,
+        fleet: fleet.save(),
+    };
+    bench("encode the checkpoint (JSON + gzip)", 20, || {
+        black_box(clawmesh_exporter::storage::encode(&c, u64::MAX).unwrap());
+    });
+    let bytes = clawmesh_exporter::storage::encode(&c, u64::MAX).unwrap();
+    let dir = std::env::temp_dir().join(format!("cmx-bench-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ws_bench.ckpt");
+    bench(
+        "write it (temporary file, fsync, rename, fsync dir)",
+        20,
+        || {
+            clawmesh_exporter::storage::write_atomic(&path, black_box(&bytes)).unwrap();
+        },
+    );
+    bench("read and decode it (at start)", 20, || {
+        let b = std::fs::read(&path).unwrap();
+        black_box(clawmesh_exporter::storage::decode(&b, u64::MAX).unwrap());
+    });
+    let json = serde_json::to_vec(&c).unwrap().len();
+    println!(
+        "  (checkpoint {} bytes on disk, {} uncompressed; at --storage.interval 10s: {:.1} MB written per minute)",
+        bytes.len(),
+        json,
+        bytes.len() as f64 * 6.0 / 1e6
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,9 @@
 #     SIM_PORT=18189 EXP_PORT=19917 scripts/load-10k.sh 4
 #                                      with breakdowns, on other ports (two
 #                                      runs side by side)
+#   STORAGE=1 scripts/load-10k.sh 3    with checkpoints (--storage.path in a
+#                                      temporary directory): their size, write
+#                                      time and the bytes the process wrote
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-5}
@@ -29,6 +32,9 @@ $bin simulate --listen 127.0.0.1:$sim_port --agents 10000 --history-tasks 100000
 sim_pid=$!
 until curl -sf "http://127.0.0.1:$sim_port/_sim/ground_truth" >/dev/null; do sleep 0.2; done
 
+if [ "${STORAGE:-0}" = 1 ]; then
+  extra_flags+=(--storage.path "$tmp/storage")
+fi
 webhook_flags=()
 if [ "${WEBHOOKS:-0}" = 1 ]; then
   printf 'whsec_load_10k\n' >"$tmp/whsec"
@@ -49,9 +55,10 @@ requests() { curl -sf "http://127.0.0.1:$sim_port/_sim/ground_truth" | python3 -
 cpu_ticks() { awk '{print $14+$15}' "/proc/$exp_pid/stat"; }
 syncs() { curl -sf "http://127.0.0.1:$exp_port/metrics" | awk '/^clawmesh_api_requests_total/ {n+=$2} END {print n+0}'; }
 
-r0=$(requests); c0=$(cpu_ticks)
+written() { awk '/^write_bytes/ {print $2}' "/proc/$exp_pid/io"; }
+r0=$(requests); c0=$(cpu_ticks); w0=$(written)
 sleep $((minutes * 60))   # the measurement window
-r1=$(requests); c1=$(cpu_ticks)
+r1=$(requests); c1=$(cpu_ticks); w1=$(written)
 t1=$(date +%s.%N)
 hz=$(getconf CLK_TCK)
 cycles=$(python3 -c "print(int(($t1-$ready_at)/15))")
@@ -64,6 +71,10 @@ rps=$(awk '/^Requests\/sec/ {print $2}' "$tmp/wrk.txt")
 bytes=$(curl -s "http://127.0.0.1:$exp_port/metrics" | wc -c)
 series=$(curl -s "http://127.0.0.1:$exp_port/metrics" | grep -vc '^#')
 echo "series in /metrics: $series"
+if [ "${STORAGE:-0}" = 1 ]; then
+  curl -s "http://127.0.0.1:$exp_port/metrics" | grep '^clawmesh_exporter_checkpoint_'
+  python3 -c "import sys; print(f'| bytes written to disk by the exporter | {(int(sys.argv[2])-int(sys.argv[1]))/1e6/$minutes:.2f} MB per minute |')" "$w0" "$w1"
+fi
 
 python3 - "$r0" "$r1" "$c0" "$c1" "$hz" "$ready_at" "$t1" "$cycles" "$rss_kib" "$hwm_kib" "$p50" "$p99" "$rps" "$bytes" <<'PY'
 import sys

@@ -827,8 +827,13 @@ impl RunArgs {
         file: Option<crate::storage::StorageConfig>,
     ) -> Result<Option<crate::storage::StorageConfig>, ConfigError> {
         use crate::storage::StorageConfig;
+        // Flags win setting by setting over the file's `storage:`.
         let mut cfg = match (&self.storage_path, file) {
-            (Some(dir), _) => StorageConfig {
+            (Some(dir), Some(f)) => StorageConfig {
+                dir: dir.clone(),
+                ..f
+            },
+            (Some(dir), None) => StorageConfig {
                 dir: dir.clone(),
                 interval: StorageConfig::DEFAULT_INTERVAL,
                 max_size: StorageConfig::DEFAULT_MAX_SIZE,

@@ -70,7 +70,10 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
         shard: cfg.shard,
         config_file: cfg.config_file.clone(),
         files: cfg.files,
-        storage: cfg.storage.clone(),
+        storage: cfg
+            .storage
+            .clone()
+            .map(|s| crate::storage::Storage::open(s, (cfg.shard.index, cfg.shard.total))),
         stopping: stop_rx.clone(),
         slots: tokio::sync::Mutex::new(BTreeMap::new()),
     });
@@ -217,7 +220,7 @@ struct Supervisor {
     /// Bounds of the files a reload reads.
     files: crate::files::FileLimits,
     /// Checkpoints (`--storage.path`), for every slot; a reload keeps them.
-    storage: Option<crate::storage::StorageConfig>,
+    storage: Option<crate::storage::Storage>,
     /// True once shutdown began: a reload then starts nothing.
     stopping: watch::Receiver<bool>,
     slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
@@ -249,10 +252,7 @@ impl Supervisor {
         let (stop, stop_rx) = watch::channel(false);
         let id = Arc::new(std::sync::Mutex::new(None));
         let mut run = cfg.clone();
-        run.poll.storage = self
-            .storage
-            .clone()
-            .map(|s| (s, (self.shard.index, self.shard.total)));
+        run.poll.storage = self.storage.clone();
         let task = tokio::spawn(watch_workspace(
             run,
             self.shard,

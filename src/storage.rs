@@ -94,24 +94,36 @@ impl StorageConfig {
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
     pub const DEFAULT_MAX_SIZE: u64 = 512 * 1024 * 1024;
 
-    /// The file of `workspace`: its id made safe for a file name, and a
-    /// hash of the exact id, so that two ids never share a file.
-    pub fn path_of(&self, workspace: &str) -> PathBuf {
-        let safe: String = workspace
-            .chars()
-            .take(64)
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let hash = crc32fast::hash(workspace.as_bytes());
-        self.dir.join(format!("{safe}-{hash:08x}.ckpt"))
+    /// The file of `workspace` under the shard assignment `shard`: its id
+    /// made safe for a file name, a hash of the exact id (so that two ids
+    /// never share a file), and the assignment (so that a start under
+    /// another one can tell the files it must not use; see [`sweep`]).
+    pub fn path_of(&self, workspace: &str, shard: (u32, u32)) -> PathBuf {
+        let mut p = self.dir.join(stem(workspace));
+        p.set_extension(format!("{}-of-{}.ckpt", shard.0, shard.1));
+        p
     }
+}
 
+/// A workspace's part of its checkpoint's file name, whatever the shard
+/// assignment.
+fn stem(workspace: &str) -> String {
+    let safe: String = workspace
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hash = crc32fast::hash(workspace.as_bytes());
+    format!("{safe}-{hash:08x}")
+}
+
+impl StorageConfig {
     /// Check at start that checkpoints can be written here: the directory
     /// exists (made if not) and takes a file.
     pub fn check(&self) -> Result<(), String> {
@@ -124,6 +136,23 @@ impl StorageConfig {
                 d.display()
             )
         })
+    }
+}
+
+/// The storage as a workspace's slot uses it: where, under which shard
+/// assignment, and what the start's [`sweep`] removed.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub cfg: StorageConfig,
+    pub shard: (u32, u32),
+    pub swept: std::sync::Arc<std::collections::BTreeSet<String>>,
+}
+
+impl Storage {
+    /// At the process's start: sweep what other assignments wrote.
+    pub fn open(cfg: StorageConfig, shard: (u32, u32)) -> Storage {
+        let swept = std::sync::Arc::new(sweep(&cfg, shard));
+        Storage { cfg, shard, swept }
     }
 }
 
@@ -234,6 +263,58 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// At a start under the shard assignment `shard`: remove the checkpoints
+/// written under any other (and the temporary files of writes a kill cut
+/// short). The number of shards changed since they were
+/// written, so another replica may have counted their workspaces since;
+/// and were they kept, a later change back to their assignment would
+/// resume counters that another replica's series went on meanwhile.
+/// Returns the workspace parts of the names removed (a workspace whose
+/// checkpoint went counts it refused, `shard`).
+pub fn sweep(cfg: &StorageConfig, shard: (u32, u32)) -> std::collections::BTreeSet<String> {
+    let mine = format!(".{}-of-{}.ckpt", shard.0, shard.1);
+    let mut removed = std::collections::BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir(&cfg.dir) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        // A write cut short by a kill leaves its temporary file.
+        if name.starts_with(".checkpoint-") && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+            continue;
+        }
+        let Some(head) = name.strip_suffix(".ckpt") else {
+            continue;
+        };
+        if name.ends_with(&mine) || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        // `<stem>.<i>-of-<n>`; a name of no assignment is not ours to remove.
+        let Some((stem, assignment)) = head.rsplit_once('.') else {
+            continue;
+        };
+        if !assignment.contains("-of-") {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => {
+                tracing::warn!(file = %name, now = %format!("shard {} of {}", shard.0, shard.1), "removed a checkpoint written under another shard assignment: its workspace starts fresh (another replica may have counted it since)");
+                removed.insert(stem.to_string());
+            }
+            Err(err) => {
+                tracing::warn!(file = %name, error = %err, "cannot remove a checkpoint of another shard assignment")
+            }
+        }
+    }
+    removed
+}
+
+/// Whether [`sweep`] removed `workspace`'s checkpoint.
+pub fn swept(removed: &std::collections::BTreeSet<String>, workspace: &str) -> bool {
+    removed.contains(&stem(workspace))
+}
+
 /// What a start found in the storage for a workspace.
 #[derive(Debug)]
 pub enum Found {
@@ -246,7 +327,7 @@ pub enum Found {
 /// Read the checkpoint of `workspace`, refusing one that is not this
 /// workspace's under this shard assignment.
 pub fn read(cfg: &StorageConfig, workspace: &str, shard: (u32, u32)) -> Found {
-    let path = cfg.path_of(workspace);
+    let path = cfg.path_of(workspace, shard);
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Found::Nothing,
@@ -408,20 +489,24 @@ mod tests {
         let cfg = cfg(dir.path());
         assert!(matches!(read(&cfg, "ws_1", (0, 1)), Found::Nothing));
         let c = checkpoint();
-        write_atomic(&cfg.path_of("ws_1"), &encode(&c, u64::MAX).unwrap()).unwrap();
+        write_atomic(&cfg.path_of("ws_1", (0, 1)), &encode(&c, u64::MAX).unwrap()).unwrap();
         assert!(matches!(read(&cfg, "ws_1", (0, 1)), Found::Usable(_)));
+        // Another assignment has a file name of its own; a file copied
+        // there is still refused by what it says inside.
+        assert!(matches!(read(&cfg, "ws_1", (1, 2)), Found::Nothing));
+        std::fs::copy(cfg.path_of("ws_1", (0, 1)), cfg.path_of("ws_1", (1, 2))).unwrap();
         assert!(matches!(
             read(&cfg, "ws_1", (1, 2)),
             Found::Refused(Refusal::Shard, _)
         ));
         // The file of ws_1 copied to where ws_2's goes.
-        std::fs::copy(cfg.path_of("ws_1"), cfg.path_of("ws_2")).unwrap();
+        std::fs::copy(cfg.path_of("ws_1", (0, 1)), cfg.path_of("ws_2", (0, 1))).unwrap();
         assert!(matches!(
             read(&cfg, "ws_2", (0, 1)),
             Found::Refused(Refusal::Workspace, _)
         ));
         // Ids that make the same file-safe name get files of their own.
-        assert_ne!(cfg.path_of("a/b"), cfg.path_of("a_b"));
+        assert_ne!(cfg.path_of("a/b", (0, 1)), cfg.path_of("a_b", (0, 1)));
         // No temporary file is left behind.
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -429,5 +514,27 @@ mod tests {
             .filter(|n| n.ends_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// 3 shards, then 4, then 3 again: a start under 4 removes what was
+    /// written under 3, so the start back under 3 cannot resume counters
+    /// that another replica's series went on from meanwhile.
+    #[test]
+    fn a_start_under_another_shard_assignment_removes_the_old_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path());
+        let bytes = encode(&checkpoint(), u64::MAX).unwrap();
+        write_atomic(&cfg.path_of("ws_1", (0, 3)), &bytes).unwrap();
+        write_atomic(&cfg.path_of("ws_2", (0, 3)), &bytes).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        std::fs::write(dir.path().join(".checkpoint-x1.tmp"), "torn").unwrap();
+        // The same assignment: nothing goes.
+        assert!(sweep(&cfg, (0, 3)).is_empty());
+        let s = Storage::open(cfg.clone(), (0, 4));
+        assert!(swept(&s.swept, "ws_1") && swept(&s.swept, "ws_2"));
+        assert!(!swept(&s.swept, "ws_3"));
+        assert!(matches!(read(&cfg, "ws_1", (0, 3)), Found::Nothing));
+        assert!(dir.path().join("notes.txt").exists(), "only checkpoints go");
+        assert!(!dir.path().join(".checkpoint-x1.tmp").exists());
     }
 }

@@ -17,8 +17,7 @@ const API_HISTORY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The fleet and watermark a workspace starts from: the checkpoint's when
 /// there is a usable one, else `fresh()`'s and `fresh_watermark`.
 pub(super) fn resume(
-    cfg: &StorageConfig,
-    shard: (u32, u32),
+    storage: &storage::Storage,
     workspace: &str,
     now: ApiTime,
     fresh: impl Fn() -> Fleet,
@@ -28,7 +27,8 @@ pub(super) fn resume(
     for r in CheckpointHealth::WRITE_FAILURES {
         health.write_failures.insert(r, 0);
     }
-    let path = cfg.path_of(workspace);
+    let (cfg, shard) = (&storage.cfg, storage.shard);
+    let path = cfg.path_of(workspace, shard);
     let refuse = |health: &mut CheckpointHealth, why: storage::Refusal, what: &str| {
         *health.refused.entry(why.name()).or_default() += 1;
         tracing::warn!(
@@ -39,6 +39,14 @@ pub(super) fn resume(
         );
     };
     let c = match storage::read(cfg, workspace, shard) {
+        Found::Nothing if storage::swept(&storage.swept, workspace) => {
+            // Its checkpoint of another shard assignment went at the start.
+            *health
+                .refused
+                .entry(storage::Refusal::Shard.name())
+                .or_default() += 1;
+            return (fresh(), fresh_watermark, health);
+        }
         Found::Nothing => {
             tracing::info!(workspace, path = %path.display(), "no checkpoint for this workspace yet (a first start, or it is new to this shard): the counters start from zero");
             return (fresh(), fresh_watermark, health);
@@ -127,7 +135,7 @@ impl Saver {
                 fleet: st.fleet.save(),
             }
         };
-        let path = self.cfg.path_of(&ws.id);
+        let path = self.cfg.path_of(&ws.id, self.shard);
         let max = self.cfg.max_size;
         let written = tokio::task::spawn_blocking(move || {
             let bytes = storage::encode(&c, max)?;

@@ -45,9 +45,8 @@ pub struct PollConfig {
     /// Agents read one by one per task sync (`GET /agents/{id}`) when tasks
     /// name agents not yet listed; the rest count without agent values.
     pub max_agent_lookups: usize,
-    /// Checkpoints, and the shard assignment they are written under
-    /// (index, total); set by the exporter, not per workspace.
-    pub storage: Option<(crate::storage::StorageConfig, (u32, u32))>,
+    /// Checkpoints; set by the exporter, not per workspace.
+    pub storage: Option<crate::storage::Storage>,
 }
 
 impl Default for PollConfig {
@@ -194,17 +193,16 @@ pub fn spawn(
     // With storage, the counters and the watermark go on from the
     // workspace's checkpoint, when it has a usable one.
     let (fleet, watermark, mut saver) = match &cfg.storage {
-        Some((storage, shard)) => {
+        Some(storage) => {
             let (fleet, watermark, h) = checkpoint::resume(
                 storage,
-                *shard,
                 &token.workspace_id,
                 api_start,
                 fresh,
                 api_start.latest,
             );
             health.checkpoint = Some(h);
-            let saver = checkpoint::Saver::new(storage.clone(), *shard);
+            let saver = checkpoint::Saver::new(storage.cfg.clone(), storage.shard);
             (fleet, watermark, Some(saver))
         }
         None => (fresh(), api_start.latest, None),
