@@ -969,4 +969,31 @@ colour: blue
             "{e:?}"
         );
     }
+
+    #[test]
+    fn storage_is_read_relative_to_the_file_and_checked() {
+        let d = dir_with_key();
+        let good = "storage:\n  path: state\n  interval: 30s\n  max_size: 64MiB\nworkspaces:\n  - api_key_file: a.key\n";
+        let f = parse_file(good, &d, &env(), &FileLimits::default()).unwrap();
+        let s = f.storage.unwrap();
+        assert_eq!(s.dir, d.join("state"));
+        assert_eq!(s.interval, Duration::from_secs(30));
+        assert_eq!(s.max_size, 64 * 1024 * 1024);
+        let bad = "storage:\n  interval: soon\n  max_size: lots\n  colour: blue\nworkspaces:\n  - api_key_file: a.key\n";
+        let p = parse_file(bad, &d, &env(), &FileLimits::default())
+            .unwrap_err()
+            .0;
+        let all = p.join("\n");
+        assert!(all.contains("storage.colour"), "{all}");
+        assert!(all.contains("storage.path"), "{all}");
+        let bad = "storage:\n  path: state\n  interval: soon\n  max_size: lots\nworkspaces:\n  - api_key_file: a.key\n";
+        let all = parse_file(bad, &d, &env(), &FileLimits::default())
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(
+            all.contains("storage.interval") && all.contains("storage.max_size"),
+            "{all}"
+        );
+    }
 }

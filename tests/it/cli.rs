@@ -22,6 +22,19 @@ fn bad_flags_are_one_line_and_exit_code_2() {
         (&["--no-such-flag"][..], "--no-such-flag"),
         (&["--log.format", "xml"][..], "xml"),
         (&["--tasks.overlap", "1s"][..], "visibility lag"),
+        (&["--storage.interval", "5s"][..], "--storage.path"),
+        (
+            &["--storage.path", "/tmp", "--storage.interval", "0s"][..],
+            "--storage.interval",
+        ),
+        (
+            &["--storage.path", "/proc/clawmesh-no-such-dir"][..],
+            "--storage.path",
+        ),
+        (
+            &["--storage.path", "/tmp", "--storage.max-size", "1KiB"][..],
+            "--storage.max-size",
+        ),
         (
             &["--api-key", "secret-on-the-command-line"][..],
             "--api-key",

@@ -4,6 +4,7 @@ mod util;
 
 mod breakdown;
 mod budget;
+mod checkpoint;
 mod cli;
 mod dashboards;
 mod deploy;

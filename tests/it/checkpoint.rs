@@ -1,0 +1,181 @@
+//! Checkpoints that cannot be used or written, through a real exporter and
+//! the simulator: a damaged file is refused with its reason counted and the
+//! exporter starts fresh and stays up (never a crash loop); a place it
+//! cannot write counts every failed write and keeps polling; and the next
+//! start resumes from what the fresh start wrote.
+
+use crate::util::*;
+use clawmesh_exporter::storage::StorageConfig;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn temp_dir(what: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "cmx-it-ckpt-{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn file_of(storage: &Path, workspace: &str) -> PathBuf {
+    StorageConfig {
+        dir: storage.to_path_buf(),
+        interval: Duration::from_secs(1),
+        max_size: StorageConfig::DEFAULT_MAX_SIZE,
+    }
+    .path_of(workspace, (0, 1))
+}
+
+async fn metric_once(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    wait_for(Duration::from_secs(30), name, || async {
+        value(&parse(&scrape(addr).await), name, labels).is_some()
+    })
+    .await;
+    value(&parse(&scrape(addr).await), name, labels).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_checkpoint_is_refused_counted_and_replaced_and_the_next_start_resumes() {
+    let sim = Sim::start(busy_fleet(31)).await;
+    let ws = sim.truth().workspace_id;
+    let storage = temp_dir("damaged");
+    let flags = [
+        "--storage.path",
+        storage.to_str().unwrap(),
+        "--storage.interval",
+        "1s",
+    ];
+    // A first start writes a real checkpoint; the process then stops.
+    let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+    run_fleet_for(&sim, 40).await;
+    metric_once(
+        exporter.addr,
+        "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+        &[],
+    )
+    .await;
+    exporter.shutdown().await;
+    let good = std::fs::read(file_of(&storage, &ws)).unwrap();
+    for (damage, reason) in [
+        (good[..good.len() / 2].to_vec(), "corrupt"),
+        (b"not a checkpoint at all".to_vec(), "corrupt"),
+        (
+            {
+                let mut b = good.clone();
+                b[8] ^= 0x7f; // the version
+                b
+            },
+            "version",
+        ),
+    ] {
+        std::fs::write(file_of(&storage, &ws), &damage).unwrap();
+        let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+        let refused = metric_once(
+            exporter.addr,
+            "clawmesh_exporter_checkpoint_refused_total",
+            &[("reason", reason)],
+        )
+        .await;
+        assert_eq!(refused, 1.0, "{reason}");
+        let m = parse(&scrape(exporter.addr).await);
+        assert!(value(&m, "clawmesh_exporter_checkpoint_restored_age_seconds", &[]).is_none());
+        // Fresh, and up: it polls and counts, and writes a new checkpoint.
+        let before = std::fs::read(file_of(&storage, &ws)).unwrap();
+        wait_for(
+            Duration::from_secs(60),
+            "up, and a new checkpoint written",
+            || async {
+                let m = parse(&scrape(exporter.addr).await);
+                value(&m, "clawmesh_up", &[]) == Some(1.0)
+                    && std::fs::read(file_of(&storage, &ws)).is_ok_and(|b| b != before)
+            },
+        )
+        .await;
+        exporter.shutdown().await;
+    }
+    // What the last fresh start wrote is resumed from.
+    let e1 = {
+        let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+        let age = metric_once(
+            exporter.addr,
+            "clawmesh_exporter_checkpoint_restored_age_seconds",
+            &[],
+        )
+        .await;
+        assert!(age >= 0.0);
+        let m = parse(&scrape(exporter.addr).await);
+        assert_eq!(
+            must(
+                &m,
+                "clawmesh_exporter_checkpoint_refused_total",
+                &[("reason", "corrupt")]
+            ),
+            0.0
+        );
+        exporter.shutdown().await;
+        m
+    };
+    assert!(
+        must(
+            &e1,
+            "clawmesh_tasks_finished_total",
+            &[("status", "completed")]
+        ) > 0.0,
+        "the counters went on"
+    );
+    let _ = std::fs::remove_dir_all(&storage);
+}
+
+/// A checkpoint that cannot be written (here: a directory where the file
+/// goes, which also cannot be read) is counted per failed write, with the
+/// log line once per power of two; polling and counting go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_that_cannot_be_written_is_counted_and_polling_goes_on() {
+    let sim = Sim::start(busy_fleet(32)).await;
+    let ws = sim.truth().workspace_id;
+    let storage = temp_dir("unwritable");
+    std::fs::create_dir_all(file_of(&storage, &ws).join("in-the-way")).unwrap();
+    let flags = [
+        "--storage.path",
+        storage.to_str().unwrap(),
+        "--storage.interval",
+        "1s",
+    ];
+    let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+    let refused = metric_once(
+        exporter.addr,
+        "clawmesh_exporter_checkpoint_refused_total",
+        &[("reason", "unreadable")],
+    )
+    .await;
+    assert_eq!(refused, 1.0);
+    wait_for(
+        Duration::from_secs(60),
+        "three failed writes while polling goes on",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            value(
+                &m,
+                "clawmesh_exporter_checkpoint_write_failures_total",
+                &[("reason", "io")],
+            )
+            .is_some_and(|n| n >= 3.0)
+                && value(&m, "clawmesh_up", &[]) == Some(1.0)
+        },
+    )
+    .await;
+    let m = parse(&scrape(exporter.addr).await);
+    assert!(value(
+        &m,
+        "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+        &[]
+    )
+    .is_none());
+    exporter.shutdown().await;
+    let _ = std::fs::remove_dir_all(&storage);
+}
