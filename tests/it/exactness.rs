@@ -168,3 +168,99 @@ async fn api_clock_behind_and_a_retry_after_mid_listing_lose_nothing() {
     assert!(t.faults_injected >= 1, "no listing was stalled");
     assert_eq!(t.retry_after_violations, 0);
 }
+
+// ---- checkpoints (issue 12) ----
+
+/// [`assert_exact`] with checkpoints on and the exporter killed (no last
+/// checkpoint, as `kill -9`) `crashes` times at moments drawn from `seed`
+/// during the busy stretch, each time started again on the same storage
+/// while the fleet moves on: the deltas over the whole stretch still equal
+/// the truth's.
+async fn assert_exact_through_crashes(sim: &Sim, faults: Faults, crashes: usize, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let storage =
+        std::env::temp_dir().join(format!("cmx-it-exact-crash-{seed}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let flags = [
+        "--storage.path",
+        storage.to_str().unwrap(),
+        "--storage.interval",
+        "1s",
+        "--api.timeout",
+        "1s",
+    ];
+    sim.faults(faults.clone());
+    let mut exporter = start_exporter(&exporter_config(sim, &flags)).await;
+    run_fleet_for(sim, 60).await;
+    let_the_late_values_of_the_start_pass(sim, &exporter).await;
+    let e1 = converge(sim, &exporter).await;
+    let t1 = sim.truth();
+    assert_gauges_match(&e1, &t1);
+    for crash in 0..crashes {
+        run_fleet_for(sim, rng.random_range(20..120)).await;
+        // A new client cannot know a Retry-After its predecessor was told.
+        sim.faults(Faults::default());
+        let until = sim_now_host_secs(sim) + faults.retry_after_secs.max(1) as f64 + 1.0;
+        wait_for_sim_clock(
+            sim,
+            until,
+            Duration::from_secs(10),
+            "a Retry-After to run out",
+        )
+        .await;
+        exporter.stop_as_if_killed().await;
+        run_fleet_for(sim, rng.random_range(20..120)).await;
+        exporter = start_exporter(&exporter_config(sim, &flags)).await;
+        sim.faults(faults.clone());
+        let m = parse(&scrape(exporter.addr).await);
+        assert!(
+            value(&m, "clawmesh_exporter_checkpoint_restored_age_seconds", &[]).is_some(),
+            "crash {crash}: the counters did not go on from the checkpoint"
+        );
+    }
+    run_fleet_for(sim, 100).await;
+    let e2 = converge(sim, &exporter).await;
+    let t2 = sim.truth();
+    assert_gauges_match(&e2, &t2);
+    let want = delta(&counters_of_truth(&t2), &counters_of_truth(&t1));
+    let got = delta(&counters_of_exporter(&e2), &counters_of_exporter(&e1));
+    assert_eq!(
+        got, want,
+        "through {crashes} crashes (seed {seed}): exporter deltas (left) differ from the ground truth (right)"
+    );
+    exporter.shutdown().await;
+    assert_eq!(sim.truth().retry_after_violations, 0);
+    let _ = std::fs::remove_dir_all(&storage);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_checkpoints_crashes_at_random_moments_count_exactly_under_every_fault() {
+    let sim = Sim::start(busy_fleet(14)).await;
+    let faults = Faults {
+        html_500: 0.04,
+        empty_502: 0.04,
+        unavailable_503: 0.04,
+        rate_limit_429: 0.04,
+        truncated_json: 0.04,
+        cursor_expired: 0.1,
+        hang: 0.02,
+        hang_ms: 1500,
+        retry_after_secs: 1,
+        latency_ms: 2,
+        ..Faults::default()
+    };
+    assert_exact_through_crashes(&sim, faults, 2, 14).await;
+    assert!(sim.truth().faults_injected >= 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_checkpoints_crashes_count_exactly_under_the_contracts_latitude() {
+    let sim = Sim::start(latitude_fleet(24, -45_000)).await;
+    let faults = Faults {
+        page_retry_after: 0.05,
+        retry_after_secs: 1,
+        ..Faults::default()
+    };
+    assert_exact_through_crashes(&sim, faults, 2, 24).await;
+}
