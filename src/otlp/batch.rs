@@ -457,6 +457,12 @@ impl Batcher {
         // Series gone from every snapshot (a workspace removed) are forgotten.
         let generation = self.generation;
         self.series.retain(|_, s| s.seen == generation);
+        // A workspace whose series are all gone (its slot stopped, by a
+        // reload say) is primed again by the next slot's baseline, even
+        // under the same origin (restored from the same checkpoint line):
+        // else its deltas would start from zero and re-send the totals.
+        let live: HashSet<&str> = self.series.keys().map(|(_, w, _)| w.as_str()).collect();
+        self.primed.retain(|(w, _)| live.contains(w.as_str()));
         let request = ExportMetricsServiceRequest {
             resource_metrics: vec![pb::ResourceMetrics {
                 resource: Some(self.resource.clone()),
