@@ -961,6 +961,37 @@ fn a_breakdown_label_discovered_later_keeps_each_series_delta_exact() {
     assert_eq!(p.value, Some(number_data_point::Value::AsDouble(2.0)));
 }
 
+/// attack12: counters that did NOT go on from the checkpoint (this
+/// process's own: sync failures, API requests, retries, webhook requests,
+/// checkpoint write failures...) restart at zero, yet their cumulative
+/// points carry the restored series' original start time. A backend then
+/// sees a cumulative series fall with an unchanged start: not a reset by
+/// the OTLP data model, a wrong number.
+#[test]
+fn attack12_process_local_counters_after_a_restore_do_not_claim_the_restored_start() {
+    let mut s = snap("w1", 43, &[1.0]);
+    // Counting of the fleet's counters began at 500 ns, before this
+    // process (started at 1_000 ns); the restore put them back.
+    s.counting_since = 500.0 / 1e9;
+    s.health.sync_failures.insert("tasks", 2);
+    s.baseline = Some(std::sync::Arc::new(s.clone()));
+    let mut c = batcher(Temporality::Cumulative, HistogramMode::Explicit);
+    let r = c.build(&Default::default(), &[s], 2_000).request;
+    let Some(Data::Sum(sum)) = &metric(&r, "clawmesh.sync.failures").data else {
+        panic!("not a sum")
+    };
+    let p = sum
+        .data_points
+        .iter()
+        .find(|p| attr(&p.attributes, "resource") == "tasks")
+        .unwrap();
+    assert!(
+        p.start_time_unix_nano >= 1_000,
+        "clawmesh.sync.failures began with this process (1000 ns), but its point claims start {}: the 2 failures of this process read as the total since the restored origin",
+        p.start_time_unix_nano
+    );
+}
+
 /// attack12: a slot restored from a checkpoint is reloaded (same key, a
 /// changed setting): it stops, its series leave the hub, and the new slot
 /// restores the final checkpoint, with the same counting origin. When a

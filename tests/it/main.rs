@@ -2,6 +2,7 @@
 
 mod util;
 
+mod attack12;
 mod breakdown;
 mod budget;
 mod cli;
