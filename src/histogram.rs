@@ -87,6 +87,13 @@ pub struct SavedHistogram {
     negative: (i32, Vec<u64>),
 }
 
+impl SavedHistogram {
+    /// Observations held, as saved.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
 impl Histogram {
     pub fn save(&self) -> SavedHistogram {
         let e = &self.exponential;

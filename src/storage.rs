@@ -315,6 +315,11 @@ pub fn swept(removed: &std::collections::BTreeSet<String>, workspace: &str) -> b
     removed.contains(&stem(workspace))
 }
 
+/// How long reading a checkpoint may take before it is given up
+/// (`Refusal::Unreadable`): a hung network file system must not hold the
+/// start.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What a start found in the storage for a workspace.
 #[derive(Debug)]
 pub enum Found {
@@ -328,25 +333,27 @@ pub enum Found {
 /// workspace's under this shard assignment.
 pub fn read(cfg: &StorageConfig, workspace: &str, shard: (u32, u32)) -> Found {
     let path = cfg.path_of(workspace, shard);
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Found::Nothing,
+    // The one way the exporter reads a file: a regular file only (opening
+    // a FIFO would block the start for ever), bounded, within a deadline
+    // (a hung mount). The compressed file is at most the size of its body.
+    let limits = crate::files::FileLimits {
+        max_bytes: cfg.max_size.saturating_add(HEADER as u64),
+        timeout: READ_TIMEOUT,
+        ..Default::default()
+    };
+    let bytes = match crate::files::read(&path, &limits) {
+        Ok(b) => b,
+        Err(crate::files::FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Found::Nothing
+        }
+        Err(crate::files::FileError::TooLarge { .. }) => {
+            return Found::Refused(
+                Refusal::TooLarge,
+                "the file is larger than --storage.max-size".into(),
+            )
+        }
         Err(e) => return Found::Refused(Refusal::Unreadable, e.to_string()),
     };
-    // The compressed file is at most the size of its body.
-    let mut bytes = Vec::new();
-    if let Err(e) = file
-        .take(cfg.max_size.saturating_add(HEADER as u64 + 1))
-        .read_to_end(&mut bytes)
-    {
-        return Found::Refused(Refusal::Unreadable, e.to_string());
-    }
-    if bytes.len() as u64 > cfg.max_size.saturating_add(HEADER as u64) {
-        return Found::Refused(
-            Refusal::TooLarge,
-            "the file is larger than --storage.max-size".into(),
-        );
-    }
     let c = match decode(&bytes, cfg.max_size) {
         Ok(c) => c,
         Err((why, what)) => return Found::Refused(why, what),
@@ -536,5 +543,58 @@ mod tests {
         assert!(matches!(read(&cfg, "ws_1", (0, 3)), Found::Nothing));
         assert!(dir.path().join("notes.txt").exists(), "only checkpoints go");
         assert!(!dir.path().join(".checkpoint-x1.tmp").exists());
+    }
+}
+
+#[cfg(test)]
+mod hostile_paths {
+    use super::*;
+
+    fn cfg(dir: &std::path::Path) -> StorageConfig {
+        StorageConfig {
+            dir: dir.to_path_buf(),
+            interval: StorageConfig::DEFAULT_INTERVAL,
+            max_size: StorageConfig::DEFAULT_MAX_SIZE,
+        }
+    }
+
+    /// A FIFO where the checkpoint goes (or a file on a hung mount): the
+    /// read must give up with a refusal, not block the start for ever
+    /// (opening a FIFO for reading blocks until a writer comes).
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_at_the_checkpoint_path_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path());
+        let path = cfg.path_of("ws_1", (0, 1));
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let found = read(&cfg, "ws_1", (0, 1));
+            let _ = tx.send(format!("{found:?}"));
+        });
+        let found = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("storage::read still blocked on the FIFO after 5 s: the slot never starts");
+        assert!(found.contains("Unreadable"), "{found}");
+        // Unblock the reader thread should it still hang (never blocks).
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path);
+    }
+
+    /// A directory where the checkpoint goes: refused as unreadable.
+    #[test]
+    fn a_directory_at_the_checkpoint_path_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path());
+        std::fs::create_dir(cfg.path_of("ws_1", (0, 1))).unwrap();
+        assert!(matches!(
+            read(&cfg, "ws_1", (0, 1)),
+            Found::Refused(Refusal::Unreadable, _)
+        ));
     }
 }

@@ -222,6 +222,9 @@ pub struct Fleet {
     floor: Timestamp,
     counters: Counters,
     counting_since: Timestamp,
+    /// When this process's slot began (the host's clock): where the
+    /// counters a checkpoint does not keep (health, API requests) start.
+    slot_since: Timestamp,
     /// The API's time as last told by `poll`; `None` (tests) judges nothing
     /// against it.
     api_time: Option<ApiTime>,
@@ -263,6 +266,7 @@ impl Fleet {
             floor: counting_since,
             counters: Counters::default(),
             counting_since,
+            slot_since: counting_since,
             api_time: None,
             provisional_start: None,
             pruned_to: Timestamp::from_micros(i64::MIN),
@@ -363,6 +367,7 @@ impl Fleet {
     pub fn starting(api: ApiTime, host_start: Timestamp, limits: FleetLimits) -> Self {
         let mut f = Fleet::new(api.latest);
         f.counting_since = host_start;
+        f.slot_since = host_start;
         f.api_time = Some(api);
         f.limits = limits;
         if !api.confirmed() {
@@ -954,6 +959,14 @@ pub struct Snapshot {
     /// When this fleet began counting (Unix seconds): counters are totals
     /// since then; a new value means they restarted from zero.
     pub counting_since: f64,
+    /// When this process's slot began (Unix seconds): the start of the
+    /// counters a checkpoint does not keep (`metrics::restored` says which
+    /// it keeps); `counting_since` unless the fleet was restored.
+    pub slot_since: f64,
+    /// Restored from a checkpoint and not yet re-counted up to where the
+    /// stopped process had counted: the restored counters are withheld
+    /// (absent, never lower than what was served before).
+    pub resuming: bool,
     pub ledger_len: usize,
     pub open_len: usize,
     pub health: Health,
@@ -1057,6 +1070,8 @@ impl Fleet {
                 .unwrap_or(0.0),
             counters: self.counters.clone(),
             counting_since: self.counting_since.as_secs_f64(),
+            slot_since: self.slot_since.as_secs_f64(),
+            resuming: false,
             ledger_len: self.ledger.len(),
             open_len: self.open.len(),
             health,

@@ -108,6 +108,9 @@ pub(super) fn save_counters(c: &Counters) -> SavedCounters {
     }
 }
 
+/// The largest count a checkpoint may hold (2^53).
+const MAX_RESTORED_COUNT: u64 = 1 << 53;
+
 pub(super) fn restore_counters(s: SavedCounters) -> Result<Counters, String> {
     let mut c = Counters::default();
     // Label values come back bounded as the fleet bounds them live.
@@ -117,6 +120,21 @@ pub(super) fn restore_counters(s: SavedCounters) -> Result<Counters, String> {
     };
     if !names_ok(&s.finished) || !names_ok(&s.failures) {
         return Err("counters by more names than the fleet admits".into());
+    }
+    // No live count gets near this (2^53: the last integer a float, and so
+    // Prometheus, holds exactly); one past it cannot be a count, and one
+    // at u64::MAX would overflow at the next finish.
+    let counts = s
+        .finished
+        .values()
+        .chain(s.failures.values())
+        .copied()
+        .chain([s.input_tokens, s.output_tokens])
+        .chain([s.queue_seconds.count(), s.run_seconds.count()])
+        .chain(s.rejected.iter().map(|(_, _, n)| *n))
+        .collect::<Vec<u64>>();
+    if counts.iter().any(|n| *n > MAX_RESTORED_COUNT) {
+        return Err(format!("a counter past {MAX_RESTORED_COUNT}"));
     }
     c.finished.extend(s.finished);
     c.failures.extend(s.failures);

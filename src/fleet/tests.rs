@@ -1467,3 +1467,29 @@ fn a_checkpoint_from_other_breakdown_settings_keeps_the_totals() {
         .sum();
     assert_eq!(in_groups, 0, "the broken-down series start afresh");
 }
+
+/// a checksummed checkpoint whose counters sit at u64::MAX
+/// (edited, or written by a buggy build) must be refused at restore, or
+/// go on saturating as every live counter does ("counters saturate"):
+/// never an overflow panic at the next finish (a debug build panics in
+/// the poll round on every retry: clawmesh_up 0 for ever) nor a wrap to
+/// zero (a reset in release).
+#[test]
+fn restored_counters_at_u64_max_neither_panic_nor_wrap() {
+    let mut f = Fleet::new(ts(0));
+    f.apply_task(&task("t0", "completed", 5));
+    let mut v = serde_json::to_value(f.save()).unwrap();
+    v["counters"]["finished"]["completed"] = serde_json::json!(u64::MAX);
+    let saved: crate::fleet::SavedFleet = serde_json::from_value(v).unwrap();
+    let Ok((mut g, _)) = Fleet::new(ts(0)).restore(saved) else {
+        return; // refused: fine
+    };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        g.apply_task(&task("t1", "completed", 6));
+        g.counters().finished["completed"]
+    }));
+    match r {
+        Ok(n) => assert_eq!(n, u64::MAX, "the counter wrapped"),
+        Err(_) => panic!("a restored counter at u64::MAX panics the next finish"),
+    }
+}

@@ -110,6 +110,23 @@ fn breakdown_series(s: &Snapshot) -> f64 {
 }
 
 /// Every family labelled by workspace, in exposition order.
+/// The families whose numbers a checkpoint keeps (`fleet::SavedFleet`):
+/// after a restore they go on from their saved values and start, and are
+/// withheld while the fleet resumes (`Snapshot::resuming`). Every other
+/// counter starts afresh with the process's slot (`Snapshot::slot_since`).
+pub const RESTORED_FAMILIES: &[&str] = &[
+    "clawmesh_tasks_finished_total",
+    "clawmesh_task_failures_total",
+    "clawmesh_task_tokens_total",
+    "clawmesh_task_queue_duration_seconds",
+    "clawmesh_task_run_duration_seconds",
+    "clawmesh_api_rejected_objects_total",
+];
+
+pub fn restored(name: &str) -> bool {
+    RESTORED_FAMILIES.contains(&name)
+}
+
 pub const WORKSPACE_FAMILIES: &[Family] = &[
     Family {
         name: "clawmesh_agents",

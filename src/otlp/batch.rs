@@ -286,9 +286,29 @@ impl Batcher {
             let mut numbers = Vec::new();
             let mut explicit = Vec::new();
             let mut exponential = Vec::new();
+            let restored = metrics::restored(family.name);
             for snap in snaps {
                 samples.clear();
                 (family.collect)(snap, &mut samples);
+                // A restored counter starts where its counting began (before
+                // this process, if restored); every other one with the slot.
+                let origin = if restored {
+                    snap.counting_since
+                } else {
+                    snap.slot_since
+                };
+                let origin_ns = (origin * 1e9) as u64;
+                if snap.resuming && restored {
+                    // Withheld, as on /metrics, but their series (primed
+                    // from the restored totals) are kept for when they come.
+                    for s in &samples {
+                        let key = (fi, snap.workspace.clone(), series_id(snap, s));
+                        if let Some(series) = self.series.get_mut(&key) {
+                            series.seen = self.generation;
+                        }
+                    }
+                    continue;
+                }
                 for s in &samples {
                     let mut attributes =
                         Vec::with_capacity(family.labels.len() + snap.labels.len());
@@ -328,7 +348,7 @@ impl Batcher {
                             (fi, snap.workspace.clone(), series_id(snap, s)),
                             &s.value,
                             now_ns,
-                            (snap.counting_since * 1e9) as u64,
+                            origin_ns,
                         )
                     };
                     match point {
@@ -457,6 +477,12 @@ impl Batcher {
         // Series gone from every snapshot (a workspace removed) are forgotten.
         let generation = self.generation;
         self.series.retain(|_, s| s.seen == generation);
+        // A workspace whose series are all gone (its slot stopped, by a
+        // reload say) is primed again by the next slot's baseline, even
+        // under the same origin (restored from the same checkpoint line):
+        // else its deltas would start from zero and re-send the totals.
+        let live: HashSet<&str> = self.series.keys().map(|(_, w, _)| w.as_str()).collect();
+        self.primed.retain(|(w, _)| live.contains(w.as_str()));
         let request = ExportMetricsServiceRequest {
             resource_metrics: vec![pb::ResourceMetrics {
                 resource: Some(self.resource.clone()),
@@ -493,7 +519,8 @@ impl Batcher {
         }
         let mut samples = Vec::new();
         for (fi, family) in metrics::WORKSPACE_FAMILIES.iter().enumerate() {
-            if family.kind == Kind::Gauge {
+            // Only what the checkpoint kept goes on from it.
+            if family.kind == Kind::Gauge || !metrics::restored(family.name) {
                 continue;
             }
             samples.clear();

@@ -451,6 +451,8 @@ fn snap(ws: &str, completed: u64, runs: &[f64]) -> Snapshot {
         otlp: None,
         webhook: None,
         counting_since: 0.0,
+        slot_since: 0.0,
+        resuming: false,
         baseline: None,
     }
 }
@@ -959,4 +961,70 @@ fn a_breakdown_label_discovered_later_keeps_each_series_delta_exact() {
         .find(|p| attr(&p.attributes, "status") == "completed")
         .unwrap();
     assert_eq!(p.value, Some(number_data_point::Value::AsDouble(2.0)));
+}
+
+/// counters that did NOT go on from the checkpoint (this
+/// process's own: sync failures, API requests, retries, webhook requests,
+/// checkpoint write failures...) restart at zero, yet their cumulative
+/// points carry the restored series' original start time. A backend then
+/// sees a cumulative series fall with an unchanged start: not a reset by
+/// the OTLP data model, a wrong number.
+#[test]
+fn process_local_counters_after_a_restore_do_not_claim_the_restored_start() {
+    let mut s = snap("w1", 43, &[1.0]);
+    // Counting of the fleet's counters began at 500 ns, before this
+    // process (started at 1_000 ns); the restore put them back.
+    s.counting_since = 500.0 / 1e9;
+    s.health.sync_failures.insert("tasks", 2);
+    s.baseline = Some(std::sync::Arc::new(s.clone()));
+    let mut c = batcher(Temporality::Cumulative, HistogramMode::Explicit);
+    let r = c.build(&Default::default(), &[s], 2_000).request;
+    let Some(Data::Sum(sum)) = &metric(&r, "clawmesh.sync.failures").data else {
+        panic!("not a sum")
+    };
+    let p = sum
+        .data_points
+        .iter()
+        .find(|p| attr(&p.attributes, "resource") == "tasks")
+        .unwrap();
+    assert!(
+        p.start_time_unix_nano >= 1_000,
+        "clawmesh.sync.failures began with this process (1000 ns), but its point claims start {}: the 2 failures of this process read as the total since the restored origin",
+        p.start_time_unix_nano
+    );
+}
+
+/// a slot restored from a checkpoint is reloaded (same key, a
+/// changed setting): it stops, its series leave the hub, and the new slot
+/// restores the final checkpoint, with the same counting origin. When a
+/// batch is built in between (the new slot's key check is one round trip
+/// at least, many while the API is down), the series are forgotten; the
+/// new slot's baseline is then not primed again (the (workspace, origin)
+/// pair was primed once already), so its deltas re-send the whole
+/// restored totals.
+#[test]
+fn deltas_after_a_reload_of_a_restored_slot_do_not_resend_the_totals() {
+    let at = |done: u64, base: Option<std::sync::Arc<Snapshot>>| {
+        let mut s = snap("w1", done, &[]);
+        s.counting_since = 500.0 / 1e9;
+        s.baseline = base;
+        s
+    };
+    let mut d = batcher(Temporality::Delta, HistogramMode::Explicit);
+    // The process started from a checkpoint of 40.
+    let base = std::sync::Arc::new(at(40, None));
+    let b = d.build(&Default::default(), &[at(43, Some(base))], 2_000);
+    assert_eq!(finished(&b.request, "w1").0, 3.0);
+    d.delivered(b.built_ns);
+    // Reload: the slot stops (final checkpoint at 45), a batch without it.
+    let b = d.build(&Default::default(), &[], 3_000);
+    d.delivered(b.built_ns);
+    // The new slot restores 45 and counts 1 more.
+    let base = std::sync::Arc::new(at(45, None));
+    let b = d.build(&Default::default(), &[at(46, Some(base))], 4_000);
+    let sent = finished(&b.request, "w1").0;
+    assert!(
+        sent <= 3.0,
+        "delta after the reload: {sent} sent for an increase of 1 (at most 3 with the 2 counted before the stop): the restored total is sent again"
+    );
 }

@@ -146,6 +146,9 @@ struct State {
     /// restored, rides on every later one (`Snapshot::baseline`).
     restored: bool,
     baseline: Option<Arc<crate::fleet::Snapshot>>,
+    /// Restored, and the counters not yet re-counted past where the
+    /// stopped process had them: withheld until then.
+    resuming: bool,
 }
 
 impl State {
@@ -225,6 +228,7 @@ pub fn spawn(
             waiting: None,
             restored,
             baseline: None,
+            resuming: restored,
         }),
     });
     ws.publish();
@@ -254,6 +258,12 @@ pub fn spawn(
     let watch = tokio::spawn(watch_waits(ws.clone(), stop.clone()));
     let tasks = tokio::spawn(async move {
         let mut sync = TaskSync::new(watermark);
+        // What the stopped process counted after its last checkpoint is
+        // in a listing that starts once its last changes are visible: after
+        // this start, plus the overlap (longer than the visibility lag).
+        if restored {
+            sync.resume_after = Some(api_start.latest.saturating_add(ws.cfg.overlap));
+        }
         let mut stop = stop;
         let mut backoff = Backoff::default();
         loop {
@@ -488,6 +498,7 @@ impl Workspace {
                 webhook,
                 restored,
                 baseline,
+                resuming,
                 ..
             } = &mut *st;
             let mut snap = fleet.snapshot(
@@ -501,6 +512,7 @@ impl Workspace {
                 *baseline = Some(Arc::new(snap.clone()));
             }
             snap.baseline = baseline.clone();
+            snap.resuming = *resuming;
             snap
         };
         snap.labels.extend(self.labels.iter().cloned());
@@ -589,6 +601,9 @@ struct TaskSync {
     /// past the API's time at that listing's start.
     watermark: Timestamp,
     last_reconcile: Option<Instant>,
+    /// Restored from a checkpoint: the counters are withheld until a
+    /// complete listing started after this instant (the API's clock).
+    resume_after: Option<Timestamp>,
 }
 
 impl TaskSync {
@@ -596,6 +611,7 @@ impl TaskSync {
         TaskSync {
             watermark: started,
             last_reconcile: None,
+            resume_after: None,
         }
     }
 
@@ -673,6 +689,10 @@ impl TaskSync {
         st.fleet.raise_floor(forget_before);
         st.fleet.set_api_time(api_time);
         st.fleet.settle();
+        if self.resume_after.is_some_and(|t| listing_start >= t) {
+            self.resume_after = None;
+            st.resuming = false;
+        }
         drop(st);
         reconciled
     }

@@ -208,14 +208,17 @@ pub async fn converge_at(sim: &Sim, addr: SocketAddr) -> BTreeMap<String, f64> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let m = parse(&scrape(addr).await);
-        let synced = ["agents", "tasks"].iter().all(|r| {
-            value(
-                &m,
-                "clawmesh_last_sync_timestamp_seconds",
-                &[("workspace", ws), ("resource", r)],
-            )
-            .is_some_and(|t| t > visible_by)
-        });
+        // Counters restored from a checkpoint are withheld until re-counted.
+        let counting = value(&m, "clawmesh_tasks_finished_total", &[("workspace", ws)]).is_some();
+        let synced = counting
+            && ["agents", "tasks"].iter().all(|r| {
+                value(
+                    &m,
+                    "clawmesh_last_sync_timestamp_seconds",
+                    &[("workspace", ws), ("resource", r)],
+                )
+                .is_some_and(|t| t > visible_by)
+            });
         if synced {
             return m;
         }
