@@ -322,14 +322,22 @@ impl Supervisor {
         // shutdown does not wait even for that.
         let (file, files) = (path.clone(), self.files);
         let reading = tokio::task::spawn_blocking(move || {
-            crate::config_file::load(&file, &ProcessEnv as &dyn Env, &files)
+            crate::config_file::load_file(&file, &ProcessEnv as &dyn Env, &files)
         });
         let result = tokio::select! {
             r = reading => r.unwrap_or_else(|e| Err(crate::config_file::Problems(vec![format!("the reading failed: {e}")]))),
             _ = stopping.wait_for(|s| *s) => return shutting_down(),
         };
         let new = match result {
-            Ok(n) => n,
+            Ok(f) => {
+                // The storage is the start's (its files, the shard sweep):
+                // a change waits for a restart, and says so.
+                let in_use = self.storage.as_ref().map(|s| &s.cfg);
+                if f.storage.is_some() && f.storage.as_ref() != in_use {
+                    tracing::warn!(file = %path.display(), "storage: in the configuration file differs from the storage in use (read at the start, the flags winning): restart to apply it");
+                }
+                f.workspaces
+            }
             Err(p) => {
                 let msg = format!("{}: {}", path.display(), p.0.join("; "));
                 tracing::error!(file = %path.display(), problems = %msg, "configuration refused; the previous one keeps running");

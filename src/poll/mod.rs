@@ -654,10 +654,18 @@ impl TaskSync {
             if let ListEvent::Page(page) = ev {
                 ws.learn_agents(&page, &mut lookups).await;
                 let mut st = ws.lock_at_api_time();
-                let State { fleet, webhook, .. } = &mut *st;
+                let State {
+                    fleet,
+                    webhook,
+                    resuming,
+                    ..
+                } = &mut *st;
                 for t in &page {
                     let applied = fleet.apply_task(t);
-                    if let Some(w) = webhook {
+                    // Resuming, polling re-counts what the stopped process
+                    // had counted from events that will not come again:
+                    // no suspicion of a missed event.
+                    if let (Some(w), false) = (webhook.as_mut(), *resuming) {
                         w.polled(t, applied);
                     }
                     if applied != crate::fleet::Applied::Rejected {
