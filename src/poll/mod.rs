@@ -650,7 +650,12 @@ impl TaskSync {
         let mut newest = self.watermark;
         let mut lookups = ws.cfg.max_agent_lookups;
         let mut listing = ws.client.list_tasks(query);
-        while let Some(ev) = listing.next().await? {
+        let read = loop {
+            let ev = match listing.next().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
             if let ListEvent::Page(page) = ev {
                 ws.learn_agents(&page, &mut lookups).await;
                 let mut st = ws.lock_at_api_time();
@@ -677,15 +682,20 @@ impl TaskSync {
                 // again and the ledger keeps the counts exact.
                 crate::supervise::injected(&ws.id, "poll_tasks");
             }
-        }
-        // Only a complete listing moves the watermark: a failed one is read
-        // again. And never past the listing's own start: a change made while
-        // the pages were read (budget waits, Retry-After) may have become
-        // visible only after its page went by, yet a later page can carry a
-        // newer updated_at. Everything at or before start minus the lag was
-        // visible at the start and so is in this listing; the overlap
-        // (longer than the lag) re-reads the rest next time.
+        };
+        // The watermark moves to the newest updated_at read, never past the
+        // listing's own start: a change made while the pages were read
+        // (budget waits, Retry-After) may have become visible only after
+        // its page went by, yet a later page can carry a newer updated_at.
+        // Only a change with updated_at after start minus the lag can have
+        // been invisible when its place went by; the overlap (longer than
+        // the lag) re-reads those next time. That holds as well for the
+        // pages a failed listing did read (ordered by updated_at, they are
+        // every change up to the newest read): so a listing cut short (a
+        // page cap, its deadline, an error) still moves on, and one that
+        // can never finish in one go (a backlog after a long stop) ends.
         self.watermark = newest.min(listing_start);
+        read?;
         let forget_before = started
             .earliest
             .saturating_sub(ws.cfg.dedup_horizon)
