@@ -294,7 +294,7 @@ pub struct RunArgs {
     /// Directory for a checkpoint per workspace, so that a restart neither resets the counters nor misses what finished meanwhile (off without it; also `storage.path` in the config file).
     #[arg(long = "storage.path", env = "CLAWMESH_STORAGE_PATH")]
     pub storage_path: Option<PathBuf>,
-    /// At most one checkpoint per workspace this often, after a sync [default: 10s].
+    /// A checkpoint per workspace this often, one more at the stop; the counters it keeps are served as of the last one [default: 10s].
     #[arg(long = "storage.interval", env = "CLAWMESH_STORAGE_INTERVAL", value_parser = humantime::parse_duration)]
     pub storage_interval: Option<Duration>,
     /// Largest checkpoint written or read, uncompressed; a larger one is not written (counted) [default: 512MiB].

@@ -50,13 +50,7 @@ pub fn render(process: &ProcessInfo, snapshots: &[Snapshot]) -> String {
     }
     for family in metrics::WORKSPACE_FAMILIES {
         let mut mf = header(family.name, family.help, family.kind);
-        let restored = metrics::restored(family.name);
         for snap in snapshots {
-            // Absent until re-counted past what the stopped process served:
-            // a restored counter never shows lower than before a crash.
-            if snap.resuming && restored {
-                continue;
-            }
             samples.clear();
             (family.collect)(snap, &mut samples);
             for s in &samples {

@@ -18,12 +18,13 @@ use std::time::Duration;
 
 /// The loops that are guarded, each a value of the `task` label (present
 /// at 0 from the start, so that `increase()` sees the first restart).
-pub const TASKS: [&str; 5] = [
+pub const TASKS: [&str; 6] = [
     "key_check",
     "poll_agents",
     "poll_tasks",
     "webhook_worker",
     "otlp_pusher",
+    "checkpoint",
 ];
 
 /// A panic caught in a guarded round.

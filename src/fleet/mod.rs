@@ -963,10 +963,6 @@ pub struct Snapshot {
     /// counters a checkpoint does not keep (`metrics::restored` says which
     /// it keeps); `counting_since` unless the fleet was restored.
     pub slot_since: f64,
-    /// Restored from a checkpoint and not yet re-counted up to where the
-    /// stopped process had counted: the restored counters are withheld
-    /// (absent, never lower than what was served before).
-    pub resuming: bool,
     pub ledger_len: usize,
     pub open_len: usize,
     pub health: Health,
@@ -1071,7 +1067,6 @@ impl Fleet {
             counters: self.counters.clone(),
             counting_since: self.counting_since.as_secs_f64(),
             slot_since: self.slot_since.as_secs_f64(),
-            resuming: false,
             ledger_len: self.ledger.len(),
             open_len: self.open.len(),
             health,

@@ -111,9 +111,10 @@ fn breakdown_series(s: &Snapshot) -> f64 {
 
 /// Every family labelled by workspace, in exposition order.
 /// The families whose numbers a checkpoint keeps (`fleet::SavedFleet`):
-/// after a restore they go on from their saved values and start, and are
-/// withheld while the fleet resumes (`Snapshot::resuming`). Every other
-/// counter starts afresh with the process's slot (`Snapshot::slot_since`).
+/// after a restore they go on from their saved values and start, and with
+/// storage they are served as the last checkpoint written has them
+/// (`poll::checkpoint::serve_durable`). Every other counter starts afresh
+/// with the process's slot (`Snapshot::slot_since`).
 pub const RESTORED_FAMILIES: &[&str] = &[
     "clawmesh_tasks_finished_total",
     "clawmesh_task_failures_total",
@@ -701,7 +702,7 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
     },
     ProcessFamily {
         name: "clawmesh_exporter_task_restarts_total",
-        help: "Panics caught in the exporter's loops (key_check, poll_agents, poll_tasks, webhook_worker, otlp_pusher); each loop went on after a pause. Any increase is a bug: see the log.",
+        help: "Panics caught in the exporter's loops (key_check, poll_agents, poll_tasks, webhook_worker, otlp_pusher, checkpoint); each loop went on after a pause. Any increase is a bug: see the log.",
         kind: Kind::Counter,
         unit: "{restart}",
         stability: Stability::Stable,

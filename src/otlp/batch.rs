@@ -298,17 +298,6 @@ impl Batcher {
                     snap.slot_since
                 };
                 let origin_ns = (origin * 1e9) as u64;
-                if snap.resuming && restored {
-                    // Withheld, as on /metrics, but their series (primed
-                    // from the restored totals) are kept for when they come.
-                    for s in &samples {
-                        let key = (fi, snap.workspace.clone(), series_id(snap, s));
-                        if let Some(series) = self.series.get_mut(&key) {
-                            series.seen = self.generation;
-                        }
-                    }
-                    continue;
-                }
                 for s in &samples {
                     let mut attributes =
                         Vec::with_capacity(family.labels.len() + snap.labels.len());

@@ -452,7 +452,6 @@ fn snap(ws: &str, completed: u64, runs: &[f64]) -> Snapshot {
         webhook: None,
         counting_since: 0.0,
         slot_since: 0.0,
-        resuming: false,
         baseline: None,
     }
 }

@@ -5,9 +5,12 @@
 use super::Workspace;
 use crate::api::clock::ApiTime;
 use crate::api::types::Timestamp;
-use crate::fleet::{CheckpointHealth, Fleet};
+use crate::fleet::{CheckpointHealth, Counters, Fleet, Snapshot};
 use crate::storage::{self, Checkpoint, Found, StorageConfig};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How long the API keeps finished tasks (standard plans, CONTRACT.md:
@@ -91,49 +94,95 @@ pub(super) fn resume(
     (fleet, Timestamp::from_micros(watermark), health)
 }
 
-/// When a workspace's checkpoints are written.
+/// Serve the counters a checkpoint keeps as `durable` had them (the last
+/// checkpoint written): a crash then loses nothing that was served, and a
+/// counter never falls at the restart. Gauges and the exporter's own
+/// counters stay live. A slice the checkpoint did not have yet shows 0.
+pub(super) fn serve_durable(snap: &mut Snapshot, durable: &Snapshot) {
+    snap.counters = durable.counters.clone();
+    let by: HashMap<&[String], &Counters> = durable
+        .task_groups
+        .iter()
+        .map(|g| (g.by.as_slice(), &g.counters))
+        .collect();
+    for g in &mut snap.task_groups {
+        g.counters = by
+            .get(g.by.as_slice())
+            .map_or_else(Counters::default, |c| (*c).clone());
+    }
+}
+
+/// The checkpoint loop of a workspace: a checkpoint every
+/// `--storage.interval` (the fleet as the last sync or webhook batch left
+/// it), and one at the stop, but after a kill (the test seam).
+pub(super) async fn run(saver: Saver, ws: Arc<Workspace>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = crate::supervise::Backoff::default();
+    // The first soon (until it, the counters are served live and a crash
+    // would lose them), then every interval.
+    let mut next = saver.cfg.interval.min(Duration::from_secs(1));
+    loop {
+        let pause = std::mem::replace(&mut next, saver.cfg.interval);
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(pause) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopped && ws.hub.killed() {
+            return;
+        }
+        match crate::supervise::guard(saver.write(&ws)).await {
+            Ok(()) => backoff.succeeded(),
+            Err(c) => {
+                let pause = backoff.failed();
+                ws.hub.count_restart("checkpoint");
+                crate::supervise::report("checkpoint", &ws.id, &c, pause);
+                if !stopped && super::sleep_or_stop(Instant::now() + pause, &mut stop).await {
+                    return;
+                }
+            }
+        }
+        if stopped {
+            return;
+        }
+    }
+}
+
+/// Where and how a workspace's checkpoints are written.
 pub(super) struct Saver {
     cfg: StorageConfig,
     shard: (u32, u32),
-    last: Option<Instant>,
 }
 
 impl Saver {
     pub(super) fn new(cfg: StorageConfig, shard: (u32, u32)) -> Self {
-        Saver {
-            cfg,
-            shard,
-            last: None,
-        }
+        Saver { cfg, shard }
     }
 
-    /// Write a checkpoint if the interval has passed since the last (or
-    /// `now_anyway`: at the stop).
-    pub(super) async fn maybe_write(
-        &mut self,
-        ws: &Workspace,
-        watermark: Timestamp,
-        now_anyway: bool,
-    ) {
-        if !now_anyway && self.last.is_some_and(|t| t.elapsed() < self.cfg.interval) {
-            return;
-        }
-        if now_anyway && ws.hub.killed() {
-            return;
-        }
-        self.last = Some(Instant::now());
+    /// Write a checkpoint of the workspace as it is now; once written, its
+    /// counters are the ones served.
+    async fn write(&self, ws: &Workspace) {
         let started = std::time::Instant::now();
-        // Taken under the lock: the fleet and the watermark as of one moment.
-        let c = {
-            let st = ws.lock();
-            Checkpoint {
+        // Taken under the lock: the fleet, the watermark and what will be
+        // served, as of one moment.
+        let taken = Timestamp::host_now();
+        let (c, snap) = {
+            let mut st = ws.lock();
+            let api = ws.client.api_time();
+            let c = Checkpoint {
                 workspace: ws.id.clone(),
                 shard: self.shard,
-                saved_at: Timestamp::host_now().micros(),
-                api_saved_at: ws.client.api_time().earliest.micros(),
-                watermark: watermark.micros(),
+                saved_at: taken.micros(),
+                api_saved_at: api.earliest.micros(),
+                watermark: st.watermark.micros(),
                 fleet: st.fleet.save(),
-            }
+            };
+            // Only its counters are read (`serve_durable`).
+            let snap = st.fleet.snapshot(
+                &ws.id,
+                api.estimate(),
+                Default::default(),
+                Default::default(),
+            );
+            (c, snap)
         };
         let path = self.cfg.path_of(&ws.id, self.shard);
         let max = self.cfg.max_size;
@@ -150,16 +199,22 @@ impl Saver {
         });
         {
             let mut st = ws.lock();
+            let st = &mut *st;
             let Some(h) = st.health.checkpoint.as_mut() else {
                 return;
             };
             match written {
                 Ok(n) => {
-                    h.last_success = Some(Timestamp::host_now().as_secs_f64());
+                    // As of when its state was taken: what is safe on disk.
+                    h.last_success = Some(taken.as_secs_f64());
                     h.size_bytes = n;
                     h.write_seconds = started.elapsed().as_secs_f64();
+                    st.durable = Some(Arc::new(snap));
                 }
                 Err(e) => {
+                    // Not durable: served live until a write succeeds (a
+                    // crash meanwhile resumes from the older checkpoint).
+                    st.durable = None;
                     let n = h.write_failures.entry(e.reason()).or_default();
                     *n += 1;
                     // The 1st, 2nd, 4th... failure: a full volume cannot flood the log.

@@ -146,9 +146,18 @@ struct State {
     /// restored, rides on every later one (`Snapshot::baseline`).
     restored: bool,
     baseline: Option<Arc<crate::fleet::Snapshot>>,
-    /// Restored, and the counters not yet re-counted past where the
-    /// stopped process had them: withheld until then.
+    /// Restored, and polling not yet past what the stopped process had
+    /// counted (from events too): no missed event is suspected until then.
     resuming: bool,
+    /// Where the incremental listing stands, for the checkpoint (the task
+    /// loop's, told after each listing; an older one is only safer).
+    watermark: Timestamp,
+    /// With storage: the workspace as of the last checkpoint written. The
+    /// counters it keeps are served from it, never from further: after a
+    /// crash the restart goes on from there, so nothing served is lost and
+    /// no counter falls (`None` before the first write: served live, all
+    /// of it less than what the first write will hold).
+    durable: Option<Arc<crate::fleet::Snapshot>>,
 }
 
 impl State {
@@ -195,7 +204,7 @@ pub fn spawn(
     };
     // With storage, the counters and the watermark go on from the
     // workspace's checkpoint, when it has a usable one.
-    let (fleet, watermark, mut saver) = match &cfg.storage {
+    let (fleet, watermark, saver) = match &cfg.storage {
         Some(storage) => {
             let (fleet, watermark, h) = checkpoint::resume(
                 storage,
@@ -229,9 +238,12 @@ pub fn spawn(
             restored,
             baseline: None,
             resuming: restored,
+            watermark,
+            durable: None,
         }),
     });
     ws.publish();
+    let (ws_saver, saver_stop) = (ws.clone(), stop.clone());
     let agents = {
         let ws = ws.clone();
         let mut stop = stop.clone();
@@ -273,11 +285,6 @@ pub fn spawn(
                     _ = sync.run(&ws) => {}
                     _ = stop.wait_for(|s| *s) => return true,
                 }
-                // After a sync, before the wait: the checkpoint holds
-                // what the sync counted.
-                if let Some(saver) = saver.as_mut() {
-                    saver.maybe_write(&ws, sync.watermark, false).await;
-                }
                 ws.wait_next(start, ws.cfg.interval, &mut stop).await
             })
             .await;
@@ -285,17 +292,12 @@ pub fn spawn(
             // complete listing put it: the next round reads it all again,
             // and the ledger keeps the counts exact.
             if ws.after_round(1, round, &mut backoff, &mut stop).await {
-                // A last checkpoint at the stop (a redeploy loses nothing
-                // since the last one). Consistent even after a listing cut
-                // short: the watermark moves only after complete ones.
-                if let Some(saver) = saver.as_mut() {
-                    saver.maybe_write(&ws, sync.watermark, true).await;
-                }
                 return;
             }
         }
     });
     let mut loops = vec![agents, tasks, watch];
+    loops.extend(saver.map(|s| tokio::spawn(checkpoint::run(s, ws_saver, saver_stop))));
     loops.extend(webhooks);
     loops
 }
@@ -498,7 +500,7 @@ impl Workspace {
                 webhook,
                 restored,
                 baseline,
-                resuming,
+                durable,
                 ..
             } = &mut *st;
             let mut snap = fleet.snapshot(
@@ -509,10 +511,14 @@ impl Workspace {
             );
             snap.webhook = webhook.as_mut().map(|w| w.health());
             if *restored && baseline.is_none() {
+                // What the checkpoint restored is durable already.
                 *baseline = Some(Arc::new(snap.clone()));
+                *durable = baseline.clone();
+            }
+            if let Some(d) = durable {
+                checkpoint::serve_durable(&mut snap, d);
             }
             snap.baseline = baseline.clone();
-            snap.resuming = *resuming;
             snap
         };
         snap.labels.extend(self.labels.iter().cloned());
@@ -695,6 +701,7 @@ impl TaskSync {
         // page cap, its deadline, an error) still moves on, and one that
         // can never finish in one go (a backlog after a long stop) ends.
         self.watermark = newest.min(listing_start);
+        ws.lock().watermark = self.watermark;
         read?;
         let forget_before = started
             .earliest

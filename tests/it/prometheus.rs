@@ -550,12 +550,14 @@ async fn quiet_point(
 ) {
     let e = crate::util::converge_at(sim, addr).await;
     let t = sim.truth();
-    let synced = crate::util::must(
+    // The counters served are the checkpoint's: Prometheus must have
+    // scraped the one `e` shows.
+    let taken = crate::util::must(
         &e,
-        "clawmesh_last_sync_timestamp_seconds",
-        &[("resource", "tasks")],
+        "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+        &[],
     );
-    let expr = format!("clawmesh_last_sync_timestamp_seconds{{resource=\"tasks\"}} >= {synced}");
+    let expr = format!("clawmesh_exporter_checkpoint_last_success_timestamp_seconds >= {taken}");
     wait_for(
         Duration::from_secs(60),
         "Prometheus to scrape the quiet point",

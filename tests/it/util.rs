@@ -208,7 +208,7 @@ pub async fn converge_at(sim: &Sim, addr: SocketAddr) -> BTreeMap<String, f64> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let m = parse(&scrape(addr).await);
-        // Counters restored from a checkpoint are withheld until re-counted.
+        // The counters are there (from the first publish on).
         let counting = value(&m, "clawmesh_tasks_finished_total", &[("workspace", ws)]).is_some();
         let synced = counting
             && ["agents", "tasks"].iter().all(|r| {
@@ -220,11 +220,43 @@ pub async fn converge_at(sim: &Sim, addr: SocketAddr) -> BTreeMap<String, f64> {
                 .is_some_and(|t| t > visible_by)
             });
         if synced {
-            return m;
+            return served_from_a_checkpoint_taken_after(addr, m).await;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "no sync after the fleet went quiet within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With storage, the counters served are the last checkpoint's: wait for
+/// one whose state was taken after `m` was served (so after the sync it
+/// shows), and return what is served then.
+async fn served_from_a_checkpoint_taken_after(
+    addr: SocketAddr,
+    m: BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    const TAKEN: &str = "clawmesh_exporter_checkpoint_last_success_timestamp_seconds";
+    if !m
+        .keys()
+        .any(|k| k.starts_with("clawmesh_exporter_checkpoint_"))
+    {
+        return m;
+    }
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = parse(&scrape(addr).await);
+        if value(&m, TAKEN, &[]).is_some_and(|t| t > after) {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint within 60 s after the sync"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
