@@ -1,6 +1,7 @@
-//! A workspace's checkpoints: resuming from one at the start, writing one
-//! after syncs at most every `--storage.interval` and once more at the stop.
-//! The file format and its atomic replacement are `crate::storage`'s.
+//! A workspace's checkpoints: resuming from one at the start; a loop that
+//! writes one every `--storage.interval` and once more at the stop; and
+//! serving the counters a checkpoint keeps as the last one written has
+//! them. The file format and its atomic replacement are `crate::storage`'s.
 
 use super::Workspace;
 use crate::api::clock::ApiTime;

@@ -270,9 +270,10 @@ pub fn spawn(
     let watch = tokio::spawn(watch_waits(ws.clone(), stop.clone()));
     let tasks = tokio::spawn(async move {
         let mut sync = TaskSync::new(watermark);
-        // What the stopped process counted after its last checkpoint is
-        // in a listing that starts once its last changes are visible: after
-        // this start, plus the overlap (longer than the visibility lag).
+        // What the stopped process counted after its last checkpoint (from
+        // events too) is in a listing that starts once its last changes are
+        // visible: after this start, plus the overlap (longer than the lag).
+        // Until then polling suspects no missed webhook event.
         if restored {
             sync.resume_after = Some(api_start.latest.saturating_add(ws.cfg.overlap));
         }
@@ -289,8 +290,8 @@ pub fn spawn(
             })
             .await;
             // A panic mid-listing leaves the watermark where the last
-            // complete listing put it: the next round reads it all again,
-            // and the ledger keeps the counts exact.
+            // listing put it: the next round reads the pages again, and
+            // the ledger keeps the counts exact.
             if ws.after_round(1, round, &mut backoff, &mut stop).await {
                 return;
             }
@@ -603,12 +604,13 @@ impl Workspace {
 
 /// The task loop's own memory: where the incremental listing resumes.
 struct TaskSync {
-    /// The newest `updated_at` seen in a complete incremental listing, never
-    /// past the API's time at that listing's start.
+    /// The newest `updated_at` an incremental listing read (complete or
+    /// cut short), never past the API's time at that listing's start.
     watermark: Timestamp,
     last_reconcile: Option<Instant>,
-    /// Restored from a checkpoint: the counters are withheld until a
-    /// complete listing started after this instant (the API's clock).
+    /// Restored from a checkpoint: resuming (no missed webhook event is
+    /// suspected) until a complete listing started after this instant
+    /// (the API's clock).
     resume_after: Option<Timestamp>,
 }
 
