@@ -547,6 +547,8 @@ async fn each_fault_kind() {
         .unwrap();
     assert_eq!(get(&base, "/v1/auth/token", key).await.status, 200);
 
+    // The fleet still; then the endpoint and the simulator tell one truth.
+    sim.pause();
     let g: GroundTruth = c
         .get(format!("{base}/_sim/ground_truth"))
         .send()
@@ -561,6 +563,7 @@ async fn each_fault_kind() {
         g,
         GroundTruth {
             now: g.now.clone(),
+            visible_by: g.visible_by.clone(),
             ..sim.ground_truth()
         }
     );
