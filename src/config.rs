@@ -852,8 +852,12 @@ impl RunArgs {
         if let Some(m) = self.storage_max_size {
             cfg.max_size = m;
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&cfg.interval) {
-            return Err(bad("--storage.interval: must be from 1s to 1h"));
+        // The counters a checkpoint keeps are served as of the last one:
+        // longer than a minute and rates would stall (and alerts fire).
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&cfg.interval) {
+            return Err(bad(
+                "--storage.interval: must be from 1s to 1m (the counters move once per checkpoint)",
+            ));
         }
         if cfg.max_size < 1024 * 1024 {
             return Err(bad("--storage.max-size: must be at least 1MiB"));

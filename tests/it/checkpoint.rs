@@ -182,8 +182,8 @@ async fn a_checkpoint_that_cannot_be_written_is_counted_and_polling_goes_on() {
 }
 
 /// With storage the counters served are those of the last checkpoint
-/// written, so a crash (here an hour's interval: one checkpoint early on,
-/// then none) loses nothing that was served: after the restart no scrape
+/// written, so a crash (here a minute's interval: one checkpoint early on,
+/// then none before the crash) loses nothing that was served: after the restart no scrape
 /// shows a counter lower than before the crash (Prometheus would take it
 /// for a reset and `increase()` would add the whole total), even while a
 /// slow API (every answer 1.5 s late) holds the first sync back; and once
@@ -204,7 +204,7 @@ async fn after_a_crash_the_counters_never_show_less_than_before_it() {
             ],
         )
     };
-    let exporter = start_exporter(&flags("1h")).await;
+    let exporter = start_exporter(&flags("1m")).await;
     let ws = sim.truth().workspace_id;
     let finished = |m: &std::collections::BTreeMap<String, f64>| {
         ["completed", "failed", "cancelled"]

@@ -28,6 +28,10 @@ fn bad_flags_are_one_line_and_exit_code_2() {
             "--storage.interval",
         ),
         (
+            &["--storage.path", "/tmp", "--storage.interval", "2m"][..],
+            "--storage.interval",
+        ),
+        (
             &["--storage.path", "/proc/clawmesh-no-such-dir"][..],
             "--storage.path",
         ),
