@@ -89,10 +89,12 @@ async fn a_damaged_checkpoint_is_refused_counted_and_replaced_and_the_next_start
         let before = std::fs::read(file_of(&storage, &ws)).unwrap();
         wait_for(
             Duration::from_secs(60),
-            "up, and a new checkpoint written",
+            "up, counting (a finished task served, so in the stop's checkpoint), and a new checkpoint written",
             || async {
                 let m = parse(&scrape(exporter.addr).await);
                 value(&m, "clawmesh_up", &[]) == Some(1.0)
+                    && value(&m, "clawmesh_tasks_finished_total", &[("status", "completed")])
+                        .is_some_and(|n| n > 0.0)
                     && std::fs::read(file_of(&storage, &ws)).is_ok_and(|b| b != before)
             },
         )
