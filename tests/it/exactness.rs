@@ -40,10 +40,9 @@ async fn clean_run_counts_exactly() {
     assert_exact(&sim, &[], 300).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_fault_switched_on_still_counts_exactly() {
-    let sim = Sim::start(busy_fleet(12)).await;
-    sim.faults(Faults {
+/// Every fault the simulator injects into answers, at once.
+fn every_fault() -> Faults {
+    Faults {
         html_500: 0.04,
         empty_502: 0.04,
         unavailable_503: 0.04,
@@ -55,7 +54,13 @@ async fn every_fault_switched_on_still_counts_exactly() {
         retry_after_secs: 1,
         latency_ms: 2,
         ..Faults::default()
-    });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_switched_on_still_counts_exactly() {
+    let sim = Sim::start(busy_fleet(12)).await;
+    sim.faults(every_fault());
     assert_exact(&sim, &["--api.timeout", "1s"], 300).await;
     let t = sim.truth();
     assert!(
@@ -237,19 +242,7 @@ async fn assert_exact_through_crashes(sim: &Sim, faults: Faults, crashes: usize,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_checkpoints_crashes_at_random_moments_count_exactly_under_every_fault() {
     let sim = Sim::start(busy_fleet(14)).await;
-    let faults = Faults {
-        html_500: 0.04,
-        empty_502: 0.04,
-        unavailable_503: 0.04,
-        rate_limit_429: 0.04,
-        truncated_json: 0.04,
-        cursor_expired: 0.1,
-        hang: 0.02,
-        hang_ms: 1500,
-        retry_after_secs: 1,
-        latency_ms: 2,
-        ..Faults::default()
-    };
+    let faults = every_fault();
     assert_exact_through_crashes(&sim, faults, 2, 14).await;
     assert!(sim.truth().faults_injected >= 10);
 }
