@@ -206,14 +206,7 @@ async fn assert_exact_through_crashes(sim: &Sim, faults: Faults, crashes: usize,
         run_fleet_for(sim, rng.random_range(20..120)).await;
         // A new client cannot know a Retry-After its predecessor was told.
         sim.faults(Faults::default());
-        let until = sim_now_host_secs(sim) + faults.retry_after_secs.max(1) as f64 + 1.0;
-        wait_for_sim_clock(
-            sim,
-            until,
-            Duration::from_secs(10),
-            "a Retry-After to run out",
-        )
-        .await;
+        let_a_retry_after_run_out(sim, faults.retry_after_secs).await;
         exporter.stop_as_if_killed().await;
         run_fleet_for(sim, rng.random_range(20..120)).await;
         exporter = start_exporter(&exporter_config(sim, &flags)).await;

@@ -168,14 +168,7 @@ impl Scenario {
             // A new client cannot know a Retry-After its predecessor was
             // told: let any such wait run out (faults off) before the event.
             sim.faults(Faults::default());
-            let until = sim_now_host_secs(&sim) + self.faults.retry_after_secs.max(1) as f64 + 1.0;
-            wait_for_sim_clock(
-                &sim,
-                until,
-                Duration::from_secs(10),
-                "a Retry-After to run out",
-            )
-            .await;
+            let_a_retry_after_run_out(&sim, self.faults.retry_after_secs).await;
         }
         match self.event {
             Event::Nothing => {}
@@ -219,14 +212,7 @@ impl Scenario {
         // while the fleet goes on.
         sim.faults(Faults::default());
         run_fleet_for(sim, self.finished / 3).await;
-        let until = sim_now_host_secs(sim) + self.faults.retry_after_secs.max(1) as f64 + 1.0;
-        wait_for_sim_clock(
-            sim,
-            until,
-            Duration::from_secs(10),
-            "a Retry-After to run out",
-        )
-        .await;
+        let_a_retry_after_run_out(sim, self.faults.retry_after_secs).await;
         match self.event {
             Event::Crash => exporter.stop_as_if_killed().await,
             _ => exporter.shutdown().await,

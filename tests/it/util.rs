@@ -432,6 +432,19 @@ pub async fn wait_for_sim_clock(sim: &Sim, host_secs: f64, limit: Duration, what
     wait_for(limit, what, || async { sim_now_host_secs(sim) > host_secs }).await;
 }
 
+/// Let a `Retry-After` of `secs` told to an exporter about to stop run
+/// out on the simulator's clock: a new client cannot know it.
+pub async fn let_a_retry_after_run_out(sim: &Sim, secs: u32) {
+    let until = sim_now_host_secs(sim) + secs.max(1) as f64 + 1.0;
+    wait_for_sim_clock(
+        sim,
+        until,
+        Duration::from_secs(10),
+        "a Retry-After to run out",
+    )
+    .await;
+}
+
 /// The exporter's first task sync (host clock), once it has one.
 async fn exporter_start_host_secs(sim: &Sim, exporter: &Running) -> f64 {
     let ws = sim.truth().workspace_id;
