@@ -148,11 +148,21 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
     }
 
-    /// An instant query: the `data.result` array, or the error Prometheus gave.
+    /// An instant query now: the `data.result` array, or the error
+    /// Prometheus gave.
     async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        self.query_at(expr, None).await
+    }
+
+    /// An instant query at `time` (Unix seconds; now if `None`).
+    async fn query_at(&self, expr: &str, time: Option<f64>) -> Result<Vec<Value>, String> {
+        let mut params = vec![("query", expr.to_string())];
+        if let Some(t) = time {
+            params.push(("time", format!("{t:.3}")));
+        }
         let body: Value = reqwest::Client::new()
             .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", expr)])
+            .query(&params)
             .send()
             .await
             .map_err(|e| e.to_string())?
@@ -543,15 +553,18 @@ impl ExporterProcess {
 /// A quiet point: the fleet paused, the exporter synced past every change,
 /// and Prometheus has scraped that. Returns the exposition, the truth and
 /// the instant (Unix seconds) at which Prometheus holds those values.
-async fn quiet_point(
-    sim: &Sim,
-    addr: SocketAddr,
-    prom: &Prometheus,
-) -> (
-    std::collections::BTreeMap<String, f64>,
-    clawmesh_exporter::sim::GroundTruth,
-    f64,
-) {
+/// A converged state of the exporter and the truth with the fleet paused,
+/// once Prometheus has scraped it.
+struct QuietPoint {
+    exporter: std::collections::BTreeMap<String, f64>,
+    truth: clawmesh_exporter::sim::GroundTruth,
+    /// When the state was known to be in Prometheus (Unix seconds).
+    at: f64,
+    /// The timestamp of Prometheus' first sample of the state.
+    first_sample: f64,
+}
+
+async fn quiet_point(sim: &Sim, addr: SocketAddr, prom: &Prometheus) -> QuietPoint {
     let e = crate::util::converge_at(sim, addr).await;
     let t = sim.truth();
     // The counters served are the checkpoint's: Prometheus must have
@@ -572,7 +585,28 @@ async fn quiet_point(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    (e, t, at)
+    // The first sample of the quiet state: every sample from it to `at`
+    // holds the quiet values (the fleet is paused).
+    let samples = prom
+        .query_at(
+            "clawmesh_exporter_checkpoint_last_success_timestamp_seconds[2m]",
+            Some(at),
+        )
+        .await
+        .unwrap();
+    let first = samples[0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v[1].as_str().unwrap().parse::<f64>().unwrap() >= taken)
+        .map(|v| v[0].as_f64().unwrap())
+        .expect("Prometheus holds the quiet point's sample");
+    QuietPoint {
+        exporter: e,
+        truth: t,
+        at,
+        first_sample: first,
+    }
 }
 
 /// Issue 12's acceptance: `kill -9` the exporter while the fleet moves,
@@ -603,7 +637,7 @@ async fn a_kill_9_and_a_restart_on_the_same_storage_lose_nothing_and_reset_nothi
     exporter.wait_up(addr).await;
     let prom = Prometheus::start(&bin, addr).await;
     crate::util::run_fleet_for(&sim, 100).await;
-    let (e1, t1, at1) = quiet_point(&sim, addr, &prom).await;
+    let q1 = quiet_point(&sim, addr, &prom).await;
 
     // The fleet moves; a periodic checkpoint is written after the quiet
     // point; then SIGKILL, at no particular moment, while tasks finish.
@@ -618,7 +652,7 @@ async fn a_kill_9_and_a_restart_on_the_same_storage_lose_nothing_and_reset_nothi
                 "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
                 &[],
             )
-            .is_some_and(|t| t > at1)
+            .is_some_and(|t| t > q1.at)
         },
     )
     .await;
@@ -648,7 +682,7 @@ async fn a_kill_9_and_a_restart_on_the_same_storage_lose_nothing_and_reset_nothi
     let mut exporter = ExporterProcess::start(&sim, addr, &storage, log);
     exporter.wait_up(addr).await;
     crate::util::run_fleet_for(&sim, 100).await;
-    let (e2, t2, at2) = quiet_point(&sim, addr, &prom).await;
+    let q2 = quiet_point(&sim, addr, &prom).await;
     assert!(
         exporter
             .log()
@@ -659,42 +693,31 @@ async fn a_kill_9_and_a_restart_on_the_same_storage_lose_nothing_and_reset_nothi
 
     // The counters over the whole run equal the truth, exactly.
     let want = crate::util::delta(
-        &crate::util::counters_of_truth(&t2),
-        &crate::util::counters_of_truth(&t1),
+        &crate::util::counters_of_truth(&q2.truth),
+        &crate::util::counters_of_truth(&q1.truth),
     );
     let got = crate::util::delta(
-        &crate::util::counters_of_exporter(&e2),
-        &crate::util::counters_of_exporter(&e1),
+        &crate::util::counters_of_exporter(&q2.exporter),
+        &crate::util::counters_of_exporter(&q1.exporter),
     );
     assert_eq!(
         got, want,
         "exporter deltas (left) differ from the ground truth (right) across kill -9"
     );
-    crate::util::assert_gauges_match(&e2, &t2);
+    crate::util::assert_gauges_match(&q2.exporter, &q2.truth);
 
-    // Prometheus across the restart: no reset, and the increase between
-    // the quiet points is the truth's. (The difference of the two samples:
-    // `increase()` extrapolates to its window's edges, so it is exact only
-    // to a few per cent whatever the exporter does.)
-    let window_ms = ((at2 - at1) * 1000.0).round() as u64;
-    let query_at = |expr: String| {
+    // Prometheus across the restart, evaluated at the second quiet point:
+    // no reset, and the increase since the first is the truth's. The
+    // window reaches back just past the first quiet point's first sample,
+    // so its first and last samples are the two quiet states (a window
+    // starting at `q1.at` would begin at a sample the moving fleet had
+    // already changed); `increase()` then extrapolates to the window's
+    // edges, so it is exact only to a scrape interval's share.
+    let at = q2.at;
+    let window_ms = ((at - q1.first_sample) * 1000.0).ceil() as u64 + 5;
+    let query = |expr: String| {
         let prom = &prom;
-        async move {
-            let body: Value = reqwest::Client::new()
-                .get(format!("{}/api/v1/query", prom.url))
-                .query(&[("query", expr.as_str()), ("time", &format!("{at2:.3}"))])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(body["status"], "success", "{expr}: {body}");
-            body["data"]["result"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        }
+        async move { prom.query_at(&expr, Some(at)).await.unwrap() }
     };
     let number = |r: &[Value]| -> f64 {
         assert_eq!(r.len(), 1, "{r:?}");
@@ -707,20 +730,20 @@ async fn a_kill_9_and_a_restart_on_the_same_storage_lose_nothing_and_reset_nothi
         "clawmesh_task_run_duration_seconds_count",
         "clawmesh_task_queue_duration_seconds_count",
     ] {
-        let resets = query_at(format!("sum(resets({family}[{window_ms}ms]))")).await;
+        let resets = query(format!("sum(resets({family}[{window_ms}ms]))")).await;
         assert_eq!(number(&resets), 0.0, "{family}: a reset across the restart");
     }
-    for (status, n) in &t2.finished_total {
+    let since_q1_ms = ((at - q1.at) * 1000.0).round() as u64;
+    for (status, n) in &q2.truth.finished_total {
         let sel = format!("clawmesh_tasks_finished_total{{status=\"{status}\"}}");
-        let r = query_at(format!("{sel} - {sel} offset {window_ms}ms")).await;
-        let want = (*n - t1.finished_total.get(status).copied().unwrap_or(0)) as f64;
+        let r = query(format!("{sel} - {sel} offset {since_q1_ms}ms")).await;
+        let want = (*n - q1.truth.finished_total.get(status).copied().unwrap_or(0)) as f64;
         assert_eq!(
             number(&r),
             want,
             "Prometheus' increase of finished {status}"
         );
-        let inc = query_at(format!("increase({sel}[{window_ms}ms])")).await;
-        let inc = number(&inc);
+        let inc = number(&query(format!("increase({sel}[{window_ms}ms])")).await);
         assert!(
             inc >= want && inc <= want * 1.1 + 1.0,
             "increase() of finished {status}: {inc} for a truth of {want}"
