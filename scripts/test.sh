@@ -6,21 +6,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-  echo "installing Debian's prometheus package (promtool and the server) for the tests"
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-fi
-
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
+# apt-get, waiting while another apt holds its locks (an unattended upgrade,
+# or a second suite installing at the same moment) for up to 10 minutes:
+# the lists lock of `update` has no timeout option of its own.
+apt() {
+  local err rc tries=0
+  while :; do
+    err=$(DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 "$@" 2>&1 >/dev/null) && return 0
+    rc=$?
+    if [[ "$err" == *"Could not get lock"* ]] && [ $((tries += 1)) -lt 120 ]; then
+      sleep 5
+      continue
+    fi
+    echo "$err" >&2
+    return "$rc"
+  done
+}
 apt_updated=""
 apt_install() {
-  [ -n "$apt_updated" ] || { $sudo apt-get update -qq; apt_updated=1; }
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  [ -n "$apt_updated" ] || { apt update -qq; apt_updated=1; }
+  apt install -y -qq --no-install-recommends "$@"
 }
+
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "installing Debian's prometheus package (promtool and the server) for the tests"
+  apt_install prometheus
+fi
 
 # deploy/: systemd-analyze (the unit), docker-compose v1 (`config` parses the
 # compose file without an engine), Node.js and npm (the next two).

@@ -768,14 +768,13 @@ mod tests {
             .collect()
     }
 
-    fn dir_with_key() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "cmx-cfg-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("a.key"), "ka\n").unwrap();
+    /// A directory holding `a.key`, removed when dropped.
+    fn dir_with_key() -> tempfile::TempDir {
+        let d = tempfile::Builder::new()
+            .prefix("cmx-cfg-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(d.path().join("a.key"), "ka\n").unwrap();
         d
     }
 
@@ -798,7 +797,8 @@ workspaces:
 
     #[test]
     fn a_good_file_validates_with_defaults_and_overrides() {
-        let d = dir_with_key();
+        let dir = dir_with_key();
+        let d = dir.path();
         let w = parse(GOOD, &d, &env(), &FileLimits::default()).unwrap();
         assert_eq!(w.len(), 2);
         assert_eq!(w[0].key, "payments");
@@ -816,7 +816,8 @@ workspaces:
 
     #[test]
     fn upstream_bounds_are_read_and_checked() {
-        let d = dir_with_key();
+        let dir = dir_with_key();
+        let d = dir.path();
         let good = r#"
 defaults:
   max_body_size: 4MiB
@@ -856,7 +857,8 @@ workspaces:
 
     #[test]
     fn every_problem_is_named_with_its_path() {
-        let d = dir_with_key();
+        let dir = dir_with_key();
+        let d = dir.path();
         let bad = r#"
 defaults:
   poll_intervall: 30s
@@ -902,7 +904,8 @@ colour: blue
 
     #[test]
     fn not_yaml_or_empty_is_one_clear_problem() {
-        let d = dir_with_key();
+        let dir = dir_with_key();
+        let d = dir.path();
         assert!(parse("workspaces: [", &d, &env(), &FileLimits::default())
             .unwrap_err()
             .0[0]
@@ -921,7 +924,8 @@ colour: blue
 
     #[test]
     fn secrets_never_show_in_problems_or_debug() {
-        let d = dir_with_key();
+        let dir = dir_with_key();
+        let d = dir.path();
         let w = parse(GOOD, &d, &env(), &FileLimits::default()).unwrap();
         assert!(!format!("{w:?}").contains("ka\""));
         assert!(!format!("{:?}", w[1]).contains("\"kb\""));
@@ -929,7 +933,8 @@ colour: blue
 
     #[test]
     fn a_bad_default_is_one_problem_not_one_per_workspace() {
-        let d = dir_with_key();
+        let dir = dir_with_key();
+        let d = dir.path();
         let text = "defaults:\n  poll_interval: fast\nworkspaces:\n  - name: a\n    api_key_env: KEY_B\n  - name: b\n    api_key_env: KEY_B\n";
         let e = parse(text, &d, &env(), &FileLimits::default())
             .unwrap_err()
@@ -943,7 +948,8 @@ colour: blue
 
     #[test]
     fn deep_nesting_is_refused_before_parsing() {
-        let d = dir_with_key();
+        let dir = dir_with_key();
+        let d = dir.path();
         let t = std::time::Instant::now();
         let deep = format!("workspaces: {}", "[".repeat(100_000));
         let e = parse(&deep, &d, &env(), &FileLimits::default())
@@ -958,7 +964,8 @@ colour: blue
 
     #[test]
     fn a_key_file_that_is_not_a_regular_file_is_named() {
-        let d = dir_with_key();
+        let dir = dir_with_key();
+        let d = dir.path();
         let text = "workspaces:\n  - name: a\n    api_key_file: /dev/zero\n";
         let e = parse(text, &d, &env(), &FileLimits::default())
             .unwrap_err()
@@ -972,7 +979,8 @@ colour: blue
 
     #[test]
     fn storage_is_read_relative_to_the_file_and_checked() {
-        let d = dir_with_key();
+        let dir = dir_with_key();
+        let d = dir.path();
         let good = "storage:\n  path: state\n  interval: 30s\n  max_size: 64MiB\nworkspaces:\n  - api_key_file: a.key\n";
         let f = parse_file(good, &d, &env(), &FileLimits::default()).unwrap();
         let s = f.storage.unwrap();
