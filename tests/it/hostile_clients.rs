@@ -30,9 +30,9 @@ async fn quiet_sim() -> Sim {
 }
 
 /// A blocking socket read until the server closes the connection: returns
-/// what it sent before, and how long that took. Panics after `limit`.
-fn read_until_closed(mut s: TcpStream, limit: Duration) -> (String, Duration) {
-    let start = Instant::now();
+/// what it sent before, and how long since `start` (taken before the
+/// connect: the blocking thread may begin late). Panics after `limit`.
+fn read_until_closed(mut s: TcpStream, start: Instant, limit: Duration) -> (String, Duration) {
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut got = Vec::new();
@@ -84,6 +84,7 @@ async fn slow_loris_headers_are_cut_at_the_header_timeout() {
     let sim = quiet_sim().await;
     let cfg = exporter_config(&sim, &["--web.read-header-timeout", "1s"]);
     let exporter = start_exporter(&cfg).await;
+    let since = Instant::now();
     let s = TcpStream::connect(exporter.addr).unwrap();
     let mut w = s.try_clone().unwrap();
     // A byte every 100 ms of a header that never ends: progress, no request.
@@ -99,7 +100,7 @@ async fn slow_loris_headers_are_cut_at_the_header_timeout() {
         }
     });
     let (got, took) =
-        tokio::task::spawn_blocking(move || read_until_closed(s, Duration::from_secs(15)))
+        tokio::task::spawn_blocking(move || read_until_closed(s, since, Duration::from_secs(15)))
             .await
             .unwrap();
     assert!(
@@ -129,11 +130,12 @@ async fn idle_keep_alive_connections_are_closed_at_the_idle_timeout() {
         ],
     );
     let exporter = start_exporter(&cfg).await;
+    let since = Instant::now();
     let mut s = TcpStream::connect(exporter.addr).unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let (got, took) =
-        tokio::task::spawn_blocking(move || read_until_closed(s, Duration::from_secs(15)))
+        tokio::task::spawn_blocking(move || read_until_closed(s, since, Duration::from_secs(15)))
             .await
             .unwrap();
     assert!(
@@ -166,6 +168,7 @@ async fn a_webhook_body_that_stops_arriving_gets_408_at_the_body_timeout() {
         ],
     );
     let exporter = start_exporter(&cfg).await;
+    let since = Instant::now();
     let mut s = TcpStream::connect(exporter.addr).unwrap();
     let sig = format!("sha256={}", "0".repeat(64));
     // Promises 1,000 bytes, sends 10, then waits.
@@ -175,7 +178,7 @@ async fn a_webhook_body_that_stops_arriving_gets_408_at_the_body_timeout() {
     )
     .unwrap();
     let (got, took) =
-        tokio::task::spawn_blocking(move || read_until_closed(s, Duration::from_secs(15)))
+        tokio::task::spawn_blocking(move || read_until_closed(s, since, Duration::from_secs(15)))
             .await
             .unwrap();
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
@@ -210,11 +213,13 @@ async fn past_the_connection_cap_a_connection_is_closed_at_once() {
         .map(|_| TcpStream::connect(exporter.addr).unwrap())
         .collect();
     // The fifth is accepted and closed, not left waiting.
+    let since = Instant::now();
     let fifth = TcpStream::connect(exporter.addr).unwrap();
-    let (got, took) =
-        tokio::task::spawn_blocking(move || read_until_closed(fifth, Duration::from_secs(10)))
-            .await
-            .unwrap();
+    let (got, took) = tokio::task::spawn_blocking(move || {
+        read_until_closed(fifth, since, Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
     assert!(got.is_empty(), "{got}");
     assert!(took < Duration::from_secs(5), "refused after {took:?}");
     assert!(!healthz(exporter.addr).await, "served past the cap");
@@ -256,10 +261,11 @@ async fn a_tls_handshake_that_never_comes_is_cut_at_the_header_timeout() {
         ],
     );
     let exporter = start_exporter(&cfg).await;
+    let since = Instant::now();
     let mut s = TcpStream::connect(exporter.addr).unwrap();
     s.write_all(&[0x16, 0x03, 0x01]).unwrap(); // the start of a ClientHello
     let (_, took) =
-        tokio::task::spawn_blocking(move || read_until_closed(s, Duration::from_secs(15)))
+        tokio::task::spawn_blocking(move || read_until_closed(s, since, Duration::from_secs(15)))
             .await
             .unwrap();
     assert!(took >= Duration::from_millis(900), "closed after {took:?}");
@@ -611,6 +617,7 @@ async fn request_headers_past_the_size_bound_are_refused_at_once() {
         ],
     );
     let exporter = start_exporter(&cfg).await;
+    let since = Instant::now();
     let s = TcpStream::connect(exporter.addr).unwrap();
     let mut w = s.try_clone().unwrap();
     // 100 KB of one header, no end: under hyper's default buffer (~400 KB)
@@ -620,7 +627,7 @@ async fn request_headers_past_the_size_bound_are_refused_at_once() {
         let _ = w.write_all(&[b'a'; 100_000]);
     });
     let (got, took) =
-        tokio::task::spawn_blocking(move || read_until_closed(s, Duration::from_secs(20)))
+        tokio::task::spawn_blocking(move || read_until_closed(s, since, Duration::from_secs(20)))
             .await
             .unwrap();
     assert!(
@@ -630,6 +637,7 @@ async fn request_headers_past_the_size_bound_are_refused_at_once() {
     assert!(took < Duration::from_secs(10), "refused after {took:?}");
     let _ = writer.join();
     // Headers under the bound are served.
+    let since = Instant::now();
     let mut s = TcpStream::connect(exporter.addr).unwrap();
     write!(
         s,
@@ -638,7 +646,7 @@ async fn request_headers_past_the_size_bound_are_refused_at_once() {
     )
     .unwrap();
     let (got, _) =
-        tokio::task::spawn_blocking(move || read_until_closed(s, Duration::from_secs(20)))
+        tokio::task::spawn_blocking(move || read_until_closed(s, since, Duration::from_secs(20)))
             .await
             .unwrap();
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");

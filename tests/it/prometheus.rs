@@ -96,12 +96,7 @@ impl Prometheus {
              scrape_configs:\n  - job_name: clawmesh\n    static_configs:\n      - targets: [\"{target}\"]\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        // A free port: bind, read it, release it for Prometheus.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::util::free_port();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new(bin)
             .arg(format!(

@@ -392,13 +392,31 @@ pub fn require_tool(name: &str) -> Option<String> {
     }
 }
 
-/// A loopback port free right now, for a process that must be told its port.
+/// A loopback port free right now, for a process that must be told its
+/// port, or for a listener that goes away and comes back on it.
+///
+/// Taken below the kernel's ephemeral range (32768..60999 on Linux), which
+/// `bind(0)` and outgoing connections draw from: between this check and the
+/// later bind, no other socket of this or another suite gets it by chance.
+/// Each process walks its own stretch (from its pid), each port at most once.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(397) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 
 /// Let the fleet live until every late value (`late_metrics`,
