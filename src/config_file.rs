@@ -799,7 +799,7 @@ workspaces:
     fn a_good_file_validates_with_defaults_and_overrides() {
         let dir = dir_with_key();
         let d = dir.path();
-        let w = parse(GOOD, &d, &env(), &FileLimits::default()).unwrap();
+        let w = parse(GOOD, d, &env(), &FileLimits::default()).unwrap();
         assert_eq!(w.len(), 2);
         assert_eq!(w[0].key, "payments");
         assert_eq!(w[0].expected_id.as_deref(), Some("ws_a"));
@@ -828,7 +828,7 @@ workspaces:
     max_listing_bytes: 1073741824
     max_cursor_length: 512
 "#;
-        let w = parse(good, &d, &env(), &FileLimits::default()).unwrap();
+        let w = parse(good, d, &env(), &FileLimits::default()).unwrap();
         let l = &w[0].client.limits;
         assert_eq!(l.max_body_bytes, 4 << 20);
         assert_eq!(l.max_pages, 300);
@@ -843,9 +843,7 @@ workspaces:
   - api_key_file: a.key
     max_body_size: 100
 "#;
-        let e = parse(bad, &d, &env(), &FileLimits::default())
-            .unwrap_err()
-            .0;
+        let e = parse(bad, d, &env(), &FileLimits::default()).unwrap_err().0;
         for want in [
             "workspaces[0].max_body_size: \"12 parsecs\": unknown unit",
             "workspaces[0].max_pages: must be a whole number of at least 1",
@@ -877,9 +875,7 @@ workspaces:
     api_key_env: KEY_B
 colour: blue
 "#;
-        let e = parse(bad, &d, &env(), &FileLimits::default())
-            .unwrap_err()
-            .0;
+        let e = parse(bad, d, &env(), &FileLimits::default()).unwrap_err().0;
         let want = [
             "colour: unknown key",
             "defaults.poll_intervall: unknown key",
@@ -906,17 +902,17 @@ colour: blue
     fn not_yaml_or_empty_is_one_clear_problem() {
         let dir = dir_with_key();
         let d = dir.path();
-        assert!(parse("workspaces: [", &d, &env(), &FileLimits::default())
+        assert!(parse("workspaces: [", d, &env(), &FileLimits::default())
             .unwrap_err()
             .0[0]
             .starts_with("not valid YAML"));
         assert_eq!(
-            parse("workspaces: []", &d, &env(), &FileLimits::default())
+            parse("workspaces: []", d, &env(), &FileLimits::default())
                 .unwrap_err()
                 .0,
             vec!["workspaces: at least one workspace is needed"]
         );
-        assert!(parse("- a", &d, &env(), &FileLimits::default())
+        assert!(parse("- a", d, &env(), &FileLimits::default())
             .unwrap_err()
             .0[0]
             .contains("must be a mapping"));
@@ -926,7 +922,7 @@ colour: blue
     fn secrets_never_show_in_problems_or_debug() {
         let dir = dir_with_key();
         let d = dir.path();
-        let w = parse(GOOD, &d, &env(), &FileLimits::default()).unwrap();
+        let w = parse(GOOD, d, &env(), &FileLimits::default()).unwrap();
         assert!(!format!("{w:?}").contains("ka\""));
         assert!(!format!("{:?}", w[1]).contains("\"kb\""));
     }
@@ -936,7 +932,7 @@ colour: blue
         let dir = dir_with_key();
         let d = dir.path();
         let text = "defaults:\n  poll_interval: fast\nworkspaces:\n  - name: a\n    api_key_env: KEY_B\n  - name: b\n    api_key_env: KEY_B\n";
-        let e = parse(text, &d, &env(), &FileLimits::default())
+        let e = parse(text, d, &env(), &FileLimits::default())
             .unwrap_err()
             .0;
         assert_eq!(e.len(), 1, "{e:#?}");
@@ -952,7 +948,7 @@ colour: blue
         let d = dir.path();
         let t = std::time::Instant::now();
         let deep = format!("workspaces: {}", "[".repeat(100_000));
-        let e = parse(&deep, &d, &env(), &FileLimits::default())
+        let e = parse(&deep, d, &env(), &FileLimits::default())
             .unwrap_err()
             .0;
         assert_eq!(
@@ -967,7 +963,7 @@ colour: blue
         let dir = dir_with_key();
         let d = dir.path();
         let text = "workspaces:\n  - name: a\n    api_key_file: /dev/zero\n";
-        let e = parse(text, &d, &env(), &FileLimits::default())
+        let e = parse(text, d, &env(), &FileLimits::default())
             .unwrap_err()
             .0;
         assert_eq!(e.len(), 1, "{e:?}");
@@ -982,20 +978,20 @@ colour: blue
         let dir = dir_with_key();
         let d = dir.path();
         let good = "storage:\n  path: state\n  interval: 30s\n  max_size: 64MiB\nworkspaces:\n  - api_key_file: a.key\n";
-        let f = parse_file(good, &d, &env(), &FileLimits::default()).unwrap();
+        let f = parse_file(good, d, &env(), &FileLimits::default()).unwrap();
         let s = f.storage.unwrap();
         assert_eq!(s.dir, d.join("state"));
         assert_eq!(s.interval, Duration::from_secs(30));
         assert_eq!(s.max_size, 64 * 1024 * 1024);
         let bad = "storage:\n  interval: soon\n  max_size: lots\n  colour: blue\nworkspaces:\n  - api_key_file: a.key\n";
-        let p = parse_file(bad, &d, &env(), &FileLimits::default())
+        let p = parse_file(bad, d, &env(), &FileLimits::default())
             .unwrap_err()
             .0;
         let all = p.join("\n");
         assert!(all.contains("storage.colour"), "{all}");
         assert!(all.contains("storage.path"), "{all}");
         let bad = "storage:\n  path: state\n  interval: soon\n  max_size: lots\nworkspaces:\n  - api_key_file: a.key\n";
-        let all = parse_file(bad, &d, &env(), &FileLimits::default())
+        let all = parse_file(bad, d, &env(), &FileLimits::default())
             .unwrap_err()
             .0
             .join("\n");
