@@ -467,6 +467,21 @@ mod tests {
             .restore(back.fleet)
             .unwrap_err();
         assert!(err.contains("histogram"), "{err}");
+
+        // One task both open and counted: it would count again.
+        let mut v = serde_json::to_value(&c).unwrap();
+        let counted = v["fleet"]["ledger"][0]["id"].clone();
+        assert!(counted.is_string() && v["fleet"]["open"][0].is_object());
+        v["fleet"]["open"][0]["id"] = counted;
+        let edited: Checkpoint = serde_json::from_value(v).unwrap();
+        let err = Fleet::new(Timestamp::from_micros(0))
+            .restore(edited.fleet)
+            .unwrap_err();
+        assert!(err.contains("both open and counted"), "{err}");
+        // Unedited, the same fleet restores.
+        assert!(Fleet::new(Timestamp::from_micros(0))
+            .restore(c.fleet)
+            .is_ok());
     }
 
     /// A small file must not inflate past the bound.

@@ -202,6 +202,21 @@ impl From<SavedProgress> for Progress {
     }
 }
 
+impl SavedFleet {
+    /// The later of the two floors (counting and pruning), which the
+    /// fleet took from the API's clock, not from objects: neither can be
+    /// later than that clock when the checkpoint was taken, and one in the
+    /// future would keep every task from counting until then.
+    pub fn newest_floor(&self) -> i64 {
+        self.floor.max(self.pruned_to)
+    }
+
+    /// When the series began, Unix micros on the host's clock.
+    pub fn counting_since(&self) -> i64 {
+        self.counting_since
+    }
+}
+
 /// No slice: what was counted in a breakdown that did not survive the
 /// restart counts on in the workspace's totals only.
 const NO_SLICE: u32 = u32::MAX;
@@ -317,6 +332,13 @@ impl Fleet {
         }
         for n in &s.failure_codes {
             self.failure_codes.admit(n);
+        }
+        // A task is open or counted, never both: one that were both would
+        // count again when it finishes.
+        let open_ids: std::collections::HashSet<&str> =
+            s.open.iter().map(|o| o.id.as_str()).collect();
+        if s.ledger.iter().any(|c| open_ids.contains(c.id.as_str())) {
+            return Err("a task both open and counted".into());
         }
         self.counters = restore_counters(s.counters)?;
         self.counting_since = ts(s.counting_since);

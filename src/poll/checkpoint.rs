@@ -67,6 +67,22 @@ pub(super) fn resume(
         fleet: saved,
         ..
     } = c;
+    // Clock stamps later than the clocks read now cannot be from a
+    // checkpoint this exporter wrote (a day allows for clocks stepped
+    // back): a floor or watermark in the future would keep tasks from
+    // counting until then, unseen.
+    const DAY: Duration = Duration::from_secs(86_400);
+    let api_bound = now.latest.saturating_add(DAY).micros();
+    let host_bound = Timestamp::host_now().saturating_add(DAY).micros();
+    let newest = saved.newest_floor().max(watermark).max(api_saved_at);
+    if newest > api_bound || saved.counting_since() > host_bound {
+        refuse(
+            &mut health,
+            storage::Refusal::Corrupt,
+            "stamped more than a day after the clocks read now",
+        );
+        return (fresh(), fresh_watermark, health);
+    }
     let (fleet, note) = match fresh().restore(saved) {
         Ok(r) => r,
         Err(what) => {

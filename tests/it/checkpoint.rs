@@ -73,6 +73,17 @@ async fn a_damaged_checkpoint_is_refused_counted_and_replaced_and_the_next_start
             },
             "version",
         ),
+        // Checksummed but impossible: a watermark a year ahead of the
+        // API's clock would keep every change from being read until then.
+        (
+            {
+                use clawmesh_exporter::storage::{decode, encode};
+                let mut c = decode(&good, u64::MAX).unwrap();
+                c.watermark += 365 * 86_400 * 1_000_000;
+                encode(&c, u64::MAX).unwrap()
+            },
+            "corrupt",
+        ),
     ] {
         std::fs::write(file_of(&storage, &ws), &damage).unwrap();
         let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
