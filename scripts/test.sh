@@ -9,14 +9,14 @@ cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 # apt-get, waiting while another apt holds its locks (an unattended upgrade,
-# or a second suite installing at the same moment) for up to 10 minutes:
-# the lists lock of `update` has no timeout option of its own.
+# or a second suite installing at the same moment) for up to 10 minutes in
+# all: the lists lock of `update` has no timeout option of its own.
 apt() {
-  local err rc tries=0
+  local err rc until=$((SECONDS + 600))
   while :; do
-    err=$(DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 "$@" 2>&1 >/dev/null) && return 0
+    err=$($sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=60 "$@" 2>&1 >/dev/null) && return 0
     rc=$?
-    if [[ "$err" == *"Could not get lock"* ]] && [ $((tries += 1)) -lt 120 ]; then
+    if [[ "$err" == *"Could not get lock"* ]] && [ "$SECONDS" -lt "$until" ]; then
       sleep 5
       continue
     fi

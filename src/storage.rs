@@ -310,6 +310,19 @@ pub fn sweep(cfg: &StorageConfig, shard: (u32, u32)) -> std::collections::BTreeS
     removed
 }
 
+/// Keep a refused checkpoint at `path` as `<path>.refused` (replacing an
+/// earlier one there) rather than let the next write replace it. `None`
+/// when there was no regular file to keep or it could not be renamed.
+pub fn set_aside(path: &Path) -> Option<PathBuf> {
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".refused");
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside).ok().map(|()| aside)
+}
+
 /// Whether [`sweep`] removed `workspace`'s checkpoint.
 pub fn swept(removed: &std::collections::BTreeSet<String>, workspace: &str) -> bool {
     removed.contains(&stem(workspace))

@@ -210,11 +210,6 @@ impl SavedFleet {
     pub fn newest_floor(&self) -> i64 {
         self.floor.max(self.pruned_to)
     }
-
-    /// When the series began, Unix micros on the host's clock.
-    pub fn counting_since(&self) -> i64 {
-        self.counting_since
-    }
 }
 
 /// No slice: what was counted in a breakdown that did not survive the
@@ -341,7 +336,9 @@ impl Fleet {
             return Err("a task both open and counted".into());
         }
         self.counters = restore_counters(s.counters)?;
-        self.counting_since = ts(s.counting_since);
+        // The series' start (host clock): never after now, whatever the
+        // host's clock did meanwhile (OTLP would show points before it).
+        self.counting_since = ts(s.counting_since).min(Timestamp::host_now());
         self.floor = ts(s.floor);
         self.pruned_to = ts(s.pruned_to);
         // The floor followed an unconfirmed clock before; it is settled now.

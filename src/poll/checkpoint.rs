@@ -35,11 +35,15 @@ pub(super) fn resume(
     let path = cfg.path_of(workspace, shard);
     let refuse = |health: &mut CheckpointHealth, why: storage::Refusal, what: &str| {
         *health.refused.entry(why.name()).or_default() += 1;
+        // Set aside, not overwritten by the next write: a refusal that was
+        // wrong (a clock far off at the start) can be undone by hand.
+        let aside = storage::set_aside(&path);
         tracing::warn!(
             workspace,
             path = %path.display(),
             reason = why.name(),
-            "the checkpoint is refused ({what}); the counters start from zero (it is replaced at the next write)"
+            kept_as = aside.as_ref().map(|p| p.display().to_string()),
+            "the checkpoint is refused ({what}); the counters start from zero (a new checkpoint is written at the next write)"
         );
     };
     let c = match storage::read(cfg, workspace, shard) {
@@ -67,19 +71,24 @@ pub(super) fn resume(
         fleet: saved,
         ..
     } = c;
-    // Clock stamps later than the clocks read now cannot be from a
-    // checkpoint this exporter wrote (a day allows for clocks stepped
-    // back): a floor or watermark in the future would keep tasks from
-    // counting until then, unseen.
+    // Stamps the exporter took from the API's clock, later than that clock
+    // now (and the host's: an earlier run may have had only the host's)
+    // by over a day, cannot be from a checkpoint this exporter wrote: a
+    // floor or watermark in the future would keep tasks from counting
+    // until then, unseen. Judged only once answers confirm the API's
+    // clock: one proxy's `Date` is not enough to throw counters away.
     const DAY: Duration = Duration::from_secs(86_400);
-    let api_bound = now.latest.saturating_add(DAY).micros();
-    let host_bound = Timestamp::host_now().saturating_add(DAY).micros();
+    let bound = now
+        .latest
+        .max(Timestamp::host_now())
+        .saturating_add(DAY)
+        .micros();
     let newest = saved.newest_floor().max(watermark).max(api_saved_at);
-    if newest > api_bound || saved.counting_since() > host_bound {
+    if now.confirmed() && newest > bound {
         refuse(
             &mut health,
             storage::Refusal::Corrupt,
-            "stamped more than a day after the clocks read now",
+            "its counting floor or watermark is more than a day after the API's clock now",
         );
         return (fresh(), fresh_watermark, health);
     }

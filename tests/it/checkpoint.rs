@@ -94,10 +94,20 @@ async fn a_damaged_checkpoint_is_refused_counted_and_replaced_and_the_next_start
         )
         .await;
         assert_eq!(refused, 1.0, "{reason}");
+        // Kept aside as it was, not overwritten by the fresh start's writes.
+        let mut aside = file_of(&storage, &ws).into_os_string();
+        aside.push(".refused");
+        assert_eq!(
+            std::fs::read(&aside).ok(),
+            Some(damage.clone()),
+            "the refused file is kept as {aside:?}"
+        );
         let m = parse(&scrape(exporter.addr).await);
         assert!(value(&m, "clawmesh_exporter_checkpoint_restored_age_seconds", &[]).is_none());
         // Fresh, and up: it polls and counts, and writes a new checkpoint.
-        let before = std::fs::read(file_of(&storage, &ws)).unwrap();
+        // (Moved aside: any file there now is a new checkpoint, unless the
+        // fresh start wrote one already.)
+        let before = std::fs::read(file_of(&storage, &ws)).ok();
         wait_for(
             Duration::from_secs(60),
             "up, counting (a finished task served, so in the stop's checkpoint), and a new checkpoint written",
@@ -106,7 +116,7 @@ async fn a_damaged_checkpoint_is_refused_counted_and_replaced_and_the_next_start
                 value(&m, "clawmesh_up", &[]) == Some(1.0)
                     && value(&m, "clawmesh_tasks_finished_total", &[("status", "completed")])
                         .is_some_and(|n| n > 0.0)
-                    && std::fs::read(file_of(&storage, &ws)).is_ok_and(|b| b != before)
+                    && std::fs::read(file_of(&storage, &ws)).is_ok_and(|b| Some(&b) != before.as_ref())
             },
         )
         .await;

@@ -398,15 +398,17 @@ pub fn require_tool(name: &str) -> Option<String> {
 /// Taken below the kernel's ephemeral range (32768..60999 on Linux), which
 /// `bind(0)` and outgoing connections draw from: between this check and the
 /// later bind, no other socket of this or another suite gets it by chance.
-/// Each process walks its own stretch (from its pid), each port at most once.
+/// Each process starts at its own stretch of 100 (of 220, from its pid: a
+/// suite takes a few dozen) and walks on from there, each port at most once.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 10_000;
     const SPAN: u32 = 22_000;
+    const STRETCH: u32 = 100;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let _ = NEXT.compare_exchange(
         u32::MAX,
-        std::process::id().wrapping_mul(397) % SPAN,
+        std::process::id() % (SPAN / STRETCH) * STRETCH,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );

@@ -290,8 +290,9 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
     assert_eq!(poster.post(unknown, Some(&s)).await, 200, "unknown type");
 
     // Request counts without an event are published within 250 ms, the
-    // accepted events once applied: wait for the last request and the
-    // second accepted event (a replay applied again would show as a third).
+    // accepted events once applied: wait for the last request and both
+    // accepted events (the request counts below tell a replay applied
+    // again: accepted, not duplicate).
     wait_for(
         Duration::from_secs(10),
         "the last request to be counted and the accepted events applied",
