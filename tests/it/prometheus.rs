@@ -209,9 +209,47 @@ impl Prometheus {
         }
         assert!(
             empty.is_empty(),
-            "dashboard panels without data (a metric or label the exporter does not expose?):\n{}",
-            empty.join("\n")
+            "dashboard panels without data (a metric or label the exporter does not expose?):\n{}\n{}",
+            empty.join("\n"),
+            self.scrape_health().await
         );
+    }
+
+    /// Waits up to `limit` for `check` to hold once (as the panels: a
+    /// scrape timed out on a loaded machine leaves the series stale until
+    /// the next); on a timeout, panics with `what` and the scrape health.
+    async fn eventually<F, Fut>(&self, limit: Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !check().await {
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{what} (within {limit:?})\n{}", self.scrape_health().await);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Failed scrapes and the slowest scrape of the last 15 minutes: what
+    /// a failure message needs to tell the exporter from the machine.
+    async fn scrape_health(&self) -> String {
+        let one = |expr: &'static str| async move {
+            self.query(expr)
+                .await
+                .ok()
+                .and_then(|r| {
+                    r.first()
+                        .and_then(|v| v["value"][1].as_str().map(str::to_string))
+                })
+                .unwrap_or_else(|| "none".into())
+        };
+        format!(
+            "scrapes failed in the last 15m: {}; slowest scrape: {} s",
+            one("sum(count_over_time((up{job=\"clawmesh\"} == 0)[15m:1s]))").await,
+            one("max(max_over_time(scrape_duration_seconds{job=\"clawmesh\"}[15m]))").await
+        )
     }
 
     /// Every active alert (pending or firing): (alertname, state, labels).
@@ -341,30 +379,34 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
                 family.to_string()
             };
             let expr = format!("{series}{{{dim}!=\"\"}}");
-            assert!(
-                prom.has_data(&expr).await,
-                "{family} carries no {dim} label: {expr}"
-            );
+            prom.eventually(
+                limit,
+                &format!("{family} carries no {dim} label: {expr}"),
+                || prom.has_data(&expr),
+            )
+            .await;
         }
     }
     let wheres = where_queries();
     assert_eq!(wheres.len(), 12, "the fleet's \"Where\" panels");
     for w in wheres {
-        let values: std::collections::BTreeSet<String> = prom
-            .query(&w.query.expr)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", w.query.place()))
-            .iter()
-            .filter_map(|r| r["metric"][&w.dimension].as_str().map(str::to_string))
-            .filter(|v| v != "(none)")
-            .collect();
-        assert!(
-            values.len() >= 2,
-            "{}: {} values {values:?}, expected several\n    {}",
+        let values = || async {
+            prom.query(&w.query.expr)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", w.query.place()))
+                .iter()
+                .filter_map(|r| r["metric"][&w.dimension].as_str().map(str::to_string))
+                .filter(|v| v != "(none)")
+                .collect::<std::collections::BTreeSet<String>>()
+        };
+        let what = format!(
+            "{}: fewer than two values of {}, expected several\n    {}",
             w.query.place(),
             w.dimension,
             w.query.expr
         );
+        prom.eventually(limit, &what, || async { values().await.len() >= 2 })
+            .await;
     }
     wait_for(
         limit,
