@@ -317,10 +317,16 @@ pub fn set_aside(path: &Path) -> Option<PathBuf> {
     if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
         return None;
     }
+    let aside = aside_path(path);
+    std::fs::rename(path, &aside).ok().map(|()| aside)
+}
+
+/// Where [`set_aside`] keeps the checkpoint at `path`: `<path>.refused`
+/// (no longer `.ckpt`, so [`sweep`] leaves it).
+pub fn aside_path(path: &Path) -> PathBuf {
     let mut aside = path.as_os_str().to_owned();
     aside.push(".refused");
-    let aside = PathBuf::from(aside);
-    std::fs::rename(path, &aside).ok().map(|()| aside)
+    PathBuf::from(aside)
 }
 
 /// Whether [`sweep`] removed `workspace`'s checkpoint.

@@ -95,8 +95,7 @@ async fn a_damaged_checkpoint_is_refused_counted_and_replaced_and_the_next_start
         .await;
         assert_eq!(refused, 1.0, "{reason}");
         // Kept aside as it was, not overwritten by the fresh start's writes.
-        let mut aside = file_of(&storage, &ws).into_os_string();
-        aside.push(".refused");
+        let aside = clawmesh_exporter::storage::aside_path(&file_of(&storage, &ws));
         assert_eq!(
             std::fs::read(&aside).ok(),
             Some(damage.clone()),

@@ -29,9 +29,17 @@ async fn quiet_sim() -> Sim {
     .await
 }
 
+/// A connection to `addr`, and the instant just before it was made: the
+/// server's timers start at the connect, and the blocking read that
+/// measures them may begin late.
+fn connect(addr: std::net::SocketAddr) -> (TcpStream, Instant) {
+    let since = Instant::now();
+    (TcpStream::connect(addr).unwrap(), since)
+}
+
 /// A blocking socket read until the server closes the connection: returns
-/// what it sent before, and how long since `start` (taken before the
-/// connect: the blocking thread may begin late). Panics after `limit`.
+/// what it sent before, and how long since `start` (from [`connect`]).
+/// Panics after `limit`.
 fn read_until_closed(mut s: TcpStream, start: Instant, limit: Duration) -> (String, Duration) {
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -84,8 +92,7 @@ async fn slow_loris_headers_are_cut_at_the_header_timeout() {
     let sim = quiet_sim().await;
     let cfg = exporter_config(&sim, &["--web.read-header-timeout", "1s"]);
     let exporter = start_exporter(&cfg).await;
-    let since = Instant::now();
-    let s = TcpStream::connect(exporter.addr).unwrap();
+    let (s, since) = connect(exporter.addr);
     let mut w = s.try_clone().unwrap();
     // A byte every 100 ms of a header that never ends: progress, no request.
     let writer = std::thread::spawn(move || {
@@ -130,8 +137,7 @@ async fn idle_keep_alive_connections_are_closed_at_the_idle_timeout() {
         ],
     );
     let exporter = start_exporter(&cfg).await;
-    let since = Instant::now();
-    let mut s = TcpStream::connect(exporter.addr).unwrap();
+    let (mut s, since) = connect(exporter.addr);
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let (got, took) =
@@ -168,8 +174,7 @@ async fn a_webhook_body_that_stops_arriving_gets_408_at_the_body_timeout() {
         ],
     );
     let exporter = start_exporter(&cfg).await;
-    let since = Instant::now();
-    let mut s = TcpStream::connect(exporter.addr).unwrap();
+    let (mut s, since) = connect(exporter.addr);
     let sig = format!("sha256={}", "0".repeat(64));
     // Promises 1,000 bytes, sends 10, then waits.
     write!(
@@ -213,8 +218,7 @@ async fn past_the_connection_cap_a_connection_is_closed_at_once() {
         .map(|_| TcpStream::connect(exporter.addr).unwrap())
         .collect();
     // The fifth is accepted and closed, not left waiting.
-    let since = Instant::now();
-    let fifth = TcpStream::connect(exporter.addr).unwrap();
+    let (fifth, since) = connect(exporter.addr);
     let (got, took) = tokio::task::spawn_blocking(move || {
         read_until_closed(fifth, since, Duration::from_secs(10))
     })
@@ -261,8 +265,7 @@ async fn a_tls_handshake_that_never_comes_is_cut_at_the_header_timeout() {
         ],
     );
     let exporter = start_exporter(&cfg).await;
-    let since = Instant::now();
-    let mut s = TcpStream::connect(exporter.addr).unwrap();
+    let (mut s, since) = connect(exporter.addr);
     s.write_all(&[0x16, 0x03, 0x01]).unwrap(); // the start of a ClientHello
     let (_, took) =
         tokio::task::spawn_blocking(move || read_until_closed(s, since, Duration::from_secs(15)))
@@ -617,8 +620,7 @@ async fn request_headers_past_the_size_bound_are_refused_at_once() {
         ],
     );
     let exporter = start_exporter(&cfg).await;
-    let since = Instant::now();
-    let s = TcpStream::connect(exporter.addr).unwrap();
+    let (s, since) = connect(exporter.addr);
     let mut w = s.try_clone().unwrap();
     // 100 KB of one header, no end: under hyper's default buffer (~400 KB)
     // this waited for the header timeout.
@@ -637,8 +639,7 @@ async fn request_headers_past_the_size_bound_are_refused_at_once() {
     assert!(took < Duration::from_secs(10), "refused after {took:?}");
     let _ = writer.join();
     // Headers under the bound are served.
-    let since = Instant::now();
-    let mut s = TcpStream::connect(exporter.addr).unwrap();
+    let (mut s, since) = connect(exporter.addr);
     write!(
         s,
         "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Fine: {}\r\nConnection: close\r\n\r\n",

@@ -218,17 +218,13 @@ impl Prometheus {
     /// Waits up to `limit` for `check` to hold once (as the panels: a
     /// scrape timed out on a loaded machine leaves the series stale until
     /// the next); on a timeout, panics with `what` and the scrape health.
-    async fn eventually<F, Fut>(&self, limit: Duration, what: &str, mut check: F)
+    async fn eventually<F, Fut>(&self, limit: Duration, what: &str, check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !check().await {
-            if tokio::time::Instant::now() >= deadline {
-                panic!("{what} (within {limit:?})\n{}", self.scrape_health().await);
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        if !crate::util::holds_within(limit, check).await {
+            panic!("{what} (within {limit:?})\n{}", self.scrape_health().await);
         }
     }
 
@@ -588,11 +584,9 @@ impl ExporterProcess {
 }
 
 /// A quiet point: the fleet paused, the exporter synced past every change,
-/// and Prometheus has scraped that. Returns the exposition, the truth and
-/// the instant (Unix seconds) at which Prometheus holds those values.
-/// A converged state of the exporter and the truth with the fleet paused,
-/// once Prometheus has scraped it.
+/// and Prometheus has scraped that.
 struct QuietPoint {
+    /// The exposition and the truth at the quiet point.
     exporter: std::collections::BTreeMap<String, f64>,
     truth: clawmesh_exporter::sim::GroundTruth,
     /// When the state was known to be in Prometheus (Unix seconds).
@@ -601,6 +595,7 @@ struct QuietPoint {
     first_sample: f64,
 }
 
+/// Pause the fleet and wait for a [`QuietPoint`].
 async fn quiet_point(sim: &Sim, addr: SocketAddr, prom: &Prometheus) -> QuietPoint {
     let e = crate::util::converge_at(sim, addr).await;
     let t = sim.truth();

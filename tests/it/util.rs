@@ -152,19 +152,32 @@ pub fn must(m: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f
 }
 
 /// Poll `cond` every 50 ms until it holds; panic with `what` after `limit`.
-pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F)
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(
+        holds_within(limit, cond).await,
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
+
+/// Poll `cond` every 50 ms until it holds (true) or `limit` has passed
+/// (false), for a caller whose failure message needs more than a text.
+pub async fn holds_within<F, Fut>(limit: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    true
 }
 
 pub fn rfc3339_secs(s: &str) -> f64 {

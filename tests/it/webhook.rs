@@ -65,17 +65,21 @@ struct Poster {
     client: reqwest::Client,
 }
 
-/// A client without kept-alive connections: the exporter closes a
-/// connection after a refusal (a body too large), and a pooled one reused
-/// just as it closes fails the next post (`IncompleteMessage`).
-fn poster_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
-}
-
 impl Poster {
+    /// Posts to the exporter's webhook endpoint at `addr`, with a client
+    /// without kept-alive connections: the exporter closes a connection
+    /// after a refusal (a body too large), and a pooled one reused just as
+    /// it closes fails the next post (`IncompleteMessage`).
+    fn to(addr: std::net::SocketAddr) -> Poster {
+        Poster {
+            url: format!("http://{addr}/webhooks/clawmesh"),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+        }
+    }
+
     async fn post(&self, body: Vec<u8>, signature: Option<&str>) -> u16 {
         let mut r = self
             .client
@@ -138,10 +142,7 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
     let exporter = start_exporter(&cfg).await;
     let ws = exporter.workspace.clone();
     let before = state(&converge(&sim, &exporter).await);
-    let poster = Poster {
-        url: format!("http://{}/webhooks/clawmesh", exporter.addr),
-        client: poster_client(),
-    };
+    let poster = Poster::to(exporter.addr);
 
     let body = completed_event("evt_good", "tsk_webhook_1", &ws, &now_rfc3339(0));
     let b = body.as_bytes().to_vec();
@@ -548,10 +549,7 @@ async fn a_panic_in_the_webhook_worker_is_caught_and_later_deliveries_are_applie
     let exporter = start_exporter(&cfg).await;
     let ws = exporter.workspace.clone();
     let before = state(&converge(&sim, &exporter).await);
-    let poster = Poster {
-        url: format!("http://{}/webhooks/clawmesh", exporter.addr),
-        client: poster_client(),
-    };
+    let poster = Poster::to(exporter.addr);
     let completed = |m: &BTreeMap<String, f64>| {
         must(
             m,
@@ -621,10 +619,7 @@ async fn extreme_durations_in_signed_deliveries_are_refused_and_the_worker_lives
     let exporter = start_exporter(&cfg).await;
     let ws = exporter.workspace.clone();
     let before = state(&converge(&sim, &exporter).await);
-    let poster = Poster {
-        url: format!("http://{}/webhooks/clawmesh", exporter.addr),
-        client: poster_client(),
-    };
+    let poster = Poster::to(exporter.addr);
     for (i, run) in [1e308, 1e-310].into_iter().enumerate() {
         let mut ev: serde_json::Value = serde_json::from_str(&completed_event(
             &format!("evt_extreme_{i}"),
