@@ -745,6 +745,7 @@ impl RunArgs {
                 breakdown: self.breakdown()?,
                 max_agent_lookups: self.breakdown_max_agent_lookups,
                 storage: None,
+                handoff: None,
             },
             labels: Default::default(),
         };

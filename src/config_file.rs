@@ -660,6 +660,7 @@ fn workspace(
             }),
         },
         storage: None,
+        handoff: None,
     };
     if poll.fleet.failure_code_grace >= poll.dedup_horizon {
         p.push(format!(

@@ -75,6 +75,7 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
             .clone()
             .map(|s| crate::storage::Storage::open(s, (cfg.shard.index, cfg.shard.total))),
         stopping: stop_rx.clone(),
+        handoffs: Default::default(),
         slots: tokio::sync::Mutex::new(BTreeMap::new()),
     });
     hub.update_process(|p| {
@@ -221,6 +222,8 @@ struct Supervisor {
     files: crate::files::FileLimits,
     /// Checkpoints (`--storage.path`), for every slot; a reload keeps them.
     storage: Option<crate::storage::Storage>,
+    /// What slots a reload stopped left for their successors.
+    handoffs: Arc<poll::Handoffs>,
     /// True once shutdown began: a reload then starts nothing.
     stopping: watch::Receiver<bool>,
     slots: tokio::sync::Mutex<BTreeMap<String, Slot>>,
@@ -253,6 +256,7 @@ impl Supervisor {
         let id = Arc::new(std::sync::Mutex::new(None));
         let mut run = cfg.clone();
         run.poll.storage = self.storage.clone();
+        run.poll.handoff = Some(self.handoffs.clone());
         let task = tokio::spawn(watch_workspace(
             run,
             self.shard,

@@ -73,6 +73,34 @@ impl Histogram {
     pub fn exponential(&self) -> &Exponential {
         &self.exponential
     }
+
+    /// Add the observations of `other` (over the same bounds) to this one:
+    /// two slices of a breakdown folded into one.
+    pub fn merge(&mut self, other: &Histogram) {
+        debug_assert_eq!(self.bounds, other.bounds);
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a = a.saturating_add(*b);
+        }
+        self.sum += other.sum;
+        self.count = self.count.saturating_add(other.count);
+        self.exponential.merge(&other.exponential);
+    }
+
+    /// The observations this one holds beyond `earlier` (which must be a
+    /// part of it); `None` when it is not.
+    pub fn since(&self, earlier: &Histogram) -> Option<Histogram> {
+        let mut counts = Vec::with_capacity(self.counts.len());
+        for (a, b) in self.counts.iter().zip(&earlier.counts) {
+            counts.push(a.checked_sub(*b)?);
+        }
+        Some(Histogram {
+            bounds: self.bounds,
+            counts,
+            sum: (self.sum - earlier.sum).max(0.0),
+            count: self.count.checked_sub(earlier.count)?,
+            exponential: self.exponential.since(&earlier.exponential)?,
+        })
+    }
 }
 
 /// A histogram as a checkpoint keeps it (`crate::storage`).

@@ -307,31 +307,39 @@ impl Breakdown {
             .cloned()
             .collect();
         for key in new {
-            if self.label_dims >= self.cfg.max_labels {
-                if !self.label_cap_logged {
-                    self.label_cap_logged = true;
-                    tracing::warn!(
-                        key = %key,
-                        max = self.cfg.max_labels,
-                        "a label key matches the breakdown patterns, but --breakdown.max-labels dimensions are taken: it is not broken down by; narrow the patterns or raise the cap"
-                    );
-                }
+            if !self.add_label_dim(key, task) {
                 return;
             }
-            let name = if task {
-                self.free_name(format!("task_{}", sanitize(&key)))
-            } else {
-                self.free_name(sanitize(&key))
-            };
-            tracing::info!(key = %key, label = %name, task, "breaking series down by a new label");
-            self.label_dims += 1;
-            let source = if task {
-                Source::Task(key)
-            } else {
-                Source::Agent(key)
-            };
-            self.add_dim(name, source);
         }
+    }
+
+    /// Make a dimension of a label key; `false` when `max_labels` are taken.
+    fn add_label_dim(&mut self, key: String, task: bool) -> bool {
+        if self.label_dims >= self.cfg.max_labels {
+            if !self.label_cap_logged {
+                self.label_cap_logged = true;
+                tracing::warn!(
+                    key = %key,
+                    max = self.cfg.max_labels,
+                    "a label key matches the breakdown patterns, but --breakdown.max-labels dimensions are taken: it is not broken down by; narrow the patterns or raise the cap"
+                );
+            }
+            return false;
+        }
+        let name = if task {
+            self.free_name(format!("task_{}", sanitize(&key)))
+        } else {
+            self.free_name(sanitize(&key))
+        };
+        tracing::info!(key = %key, label = %name, task, "breaking series down by a new label");
+        self.label_dims += 1;
+        let source = if task {
+            Source::Task(key)
+        } else {
+            Source::Agent(key)
+        };
+        self.add_dim(name, source);
+        true
     }
 
     fn admit(&mut self, dim: usize, value: Option<&str>) -> Arc<str> {
@@ -577,20 +585,25 @@ impl Breakdown {
         }
     }
 
-    /// Take over what `s` saved. `Ok(false)`: it was saved under another
-    /// configuration and nothing is taken (the breakdown starts afresh);
-    /// `Err`: it cannot be a breakdown's (the checkpoint is refused).
-    pub(super) fn restore(&mut self, s: SavedBreakdown) -> Result<bool, String> {
-        if s.config != self.fingerprint() {
-            return Ok(false);
-        }
+    /// Take over what `s` saved. Under the same configuration it is taken
+    /// as it was; under another, every saved combination is folded into
+    /// this configuration's: a dimension both have keeps its values, one
+    /// only this has is unknown (no label), one only `s` had is summed
+    /// away. So a series that both configurations render (the same labels)
+    /// goes on from its saved value, and the sum over the slices stays the
+    /// workspace total. `Err`: it cannot be a breakdown's (the checkpoint
+    /// is refused).
+    pub(super) fn restore(&mut self, s: SavedBreakdown) -> Result<Remap, String> {
         let bad = |what: &str| Err(format!("breakdown: {what}"));
         if s.keys.len() != s.counters.len() || s.keys.is_empty() || !s.keys[0].is_empty() {
             return bad("combinations and their counters disagree");
         }
-        if s.keys.len() > self.cfg.max_slices.max(2) + 64 || s.dims.len() > 2 + 64 {
+        // The widest the settings allow (a checkpoint of wider settings
+        // than these is folded into these, not refused).
+        if s.keys.len() > 1_000_000 + 64 || s.dims.len() > 2 + 64 {
             return bad("more combinations or dimensions than the bounds allow");
         }
+        let same = s.config == self.fingerprint();
         let mut dims = Vec::with_capacity(s.dims.len());
         for d in s.dims {
             let source = match d.source.as_str() {
@@ -600,7 +613,7 @@ impl Breakdown {
                 "task" => Source::Task(d.key),
                 _ => return bad("a dimension of an unknown source"),
             };
-            if d.values.len() > self.cfg.max_values || dims.iter().any(|x: &Dim| x.name == d.name) {
+            if d.values.len() > 10_000 || dims.iter().any(|x: &Dim| x.name == d.name) {
                 return bad("a dimension with too many values, or a name twice");
             }
             dims.push(Dim {
@@ -612,47 +625,271 @@ impl Breakdown {
         }
         let n = dims.len();
         let key = |k: Vec<String>| -> Key { k.into_iter().map(Arc::from).collect() };
-        let mut slices = HashMap::with_capacity(s.keys.len());
+        let mut seen = HashSet::with_capacity(s.keys.len());
         let mut keys = Vec::with_capacity(s.keys.len());
-        for (i, k) in s.keys.into_iter().enumerate() {
+        for k in s.keys {
             if k.len() > n || k.last().is_some_and(|v| v.is_empty()) {
                 return bad("a combination that is not one of its dimensions");
             }
             let k = key(k);
-            if slices.insert(k.clone(), i as u32).is_some() {
+            if !seen.insert(k.clone()) {
                 return bad("a combination twice");
             }
             keys.push(k);
         }
+        drop(seen);
         let mut counters = Vec::with_capacity(s.counters.len());
         for c in s.counters {
             counters.push(super::saved::restore_counters(c)?);
         }
-        self.label_dims = dims
+        if same {
+            if keys.len() > self.cfg.max_slices.max(2) + 64
+                || dims.iter().any(|d| d.values.len() > self.cfg.max_values)
+            {
+                return bad("more combinations or values than its own settings allow");
+            }
+            let slices = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.clone(), i as u32))
+                .collect();
+            self.label_dims = dims
+                .iter()
+                .filter(|d| matches!(d.source, Source::Agent(_) | Source::Task(_)))
+                .count();
+            let old = (0..dims.len()).map(Some).collect();
+            self.dims = dims;
+            self.slices = slices;
+            self.keys = keys;
+            self.counters = counters;
+            self.agent_combinations = s.agent_combinations.into_iter().map(key).collect();
+            return Ok(Remap {
+                slices: (0..self.keys.len() as u32).collect(),
+                dims: old,
+                changed: false,
+            });
+        }
+        // Another configuration: the label dimensions this one chooses
+        // too come first, in their saved order (their names stay).
+        for d in &dims {
+            let (key, task) = match &d.source {
+                Source::Agent(k) if self.cfg.agent_labels.matches(k) => (k, false),
+                Source::Task(k) if self.cfg.task_labels.matches(k) => (k, true),
+                _ => continue,
+            };
+            if !self.has_source(&d.source) && !self.add_label_dim(key.clone(), task) {
+                break;
+            }
+        }
+        let old: Vec<Option<usize>> = dims
             .iter()
-            .filter(|d| matches!(d.source, Source::Agent(_) | Source::Task(_)))
-            .count();
-        self.dims = dims;
-        self.slices = slices;
-        self.keys = keys;
-        self.counters = counters;
-        self.agent_combinations = s.agent_combinations.into_iter().map(key).collect();
-        Ok(true)
+            .map(|d| self.dims.iter().position(|x| x.source == d.source))
+            .collect();
+        let mut remap = Remap {
+            slices: Vec::with_capacity(keys.len()),
+            dims: old,
+            changed: true,
+        };
+        for (k, c) in keys.iter().zip(&counters) {
+            let values: Vec<String> = k.iter().map(|v| v.to_string()).collect();
+            let projected = self.project(&remap, &values, true);
+            let i = self.intern(projected);
+            self.counters[i as usize].merge(c);
+            remap.slices.push(i);
+        }
+        Ok(remap)
     }
 
-    /// Agent values as saved, by position (at most one per dimension).
-    pub(super) fn dims_from(&self, values: Vec<String>) -> AgentDims {
-        values
-            .into_iter()
-            .take(self.dims.len())
-            .map(|v| {
-                self.dims
-                    .iter()
-                    .find_map(|d| d.values.get(v.as_str()).cloned())
-                    .unwrap_or_else(|| Arc::from(v))
+    /// What a fleet saved without breakdowns maps to: every task in the
+    /// slice of no values.
+    pub(super) fn restore_none(&mut self) -> Remap {
+        Remap {
+            slices: Vec::new(),
+            dims: Vec::new(),
+            changed: true,
+        }
+    }
+
+    /// Fold `c` into the slice of no values (slice 0).
+    pub(super) fn add_unattributed(&mut self, c: &Counters) {
+        self.counters[0].merge(c);
+    }
+
+    /// Every slice's counters summed.
+    pub(super) fn sum(&self) -> Counters {
+        let mut total = Counters::default();
+        for c in &self.counters {
+            total.merge(c);
+        }
+        total
+    }
+
+    fn has_source(&self, source: &Source) -> bool {
+        self.dims.iter().any(|d| d.source == *source)
+    }
+
+    /// Saved values by saved position, as values of this breakdown's
+    /// dimensions (admitted, so bounded as live ones are); `task`: the
+    /// task dimensions' too, else those are unknown.
+    fn project(&mut self, remap: &Remap, values: &[String], task: bool) -> Vec<Arc<str>> {
+        let mut out = vec![self.empty.clone(); self.dims.len()];
+        for (i, v) in values.iter().enumerate() {
+            let Some(Some(j)) = remap.dims.get(i) else {
+                continue;
+            };
+            if !task && matches!(self.dims[*j].source, Source::Task(_)) {
+                continue;
+            }
+            out[*j] = if v == super::bounded::OTHER {
+                self.other.clone()
+            } else {
+                self.admit(*j, Some(v))
+            };
+        }
+        out
+    }
+
+    /// An agent's values as saved, as this breakdown's.
+    pub(super) fn dims_from(&mut self, remap: &Remap, values: Vec<String>) -> AgentDims {
+        if values.len() > self.dims.len().max(remap.dims.len()) {
+            return Arc::from(Vec::new());
+        }
+        let mut v = self.project(remap, &values, false);
+        while v.last().is_some_and(|v| v.is_empty()) {
+            v.pop();
+        }
+        if remap.changed {
+            let k: Key = Self::agent_key(&v.clone().into()).into();
+            self.agent_combinations.insert(k);
+        }
+        v.into()
+    }
+
+    /// Free the combinations no longer in use, and then the values no
+    /// combination or agent holds: past `max_values` or
+    /// `max_combinations`, values of agents long gone would otherwise make
+    /// every later one `other` for good. A combination is in use while an
+    /// open or remembered task counts in it (`used`, by slice) or an
+    /// agent (held, or gone within the horizon its values are kept for)
+    /// has its agent values (`agents`). What a freed combination counted
+    /// is folded into the `other` one, so the sum over the slices stays
+    /// the workspace total. Returns where each old slice went, when any
+    /// was freed.
+    pub(super) fn expire(
+        &mut self,
+        used: &[bool],
+        agents: &HashSet<Vec<Arc<str>>>,
+    ) -> Option<Vec<u32>> {
+        let task_dim: Vec<bool> = self
+            .dims
+            .iter()
+            .map(|d| matches!(d.source, Source::Task(_)))
+            .collect();
+        let other_key: Key = {
+            let mut k = vec![self.other.clone(); self.dims.len()];
+            while k.last().is_some_and(|v| v.is_empty()) {
+                k.pop();
+            }
+            k.into()
+        };
+        let agent_part = |k: &Key| -> Vec<Arc<str>> {
+            let mut a: Vec<Arc<str>> = k
+                .iter()
+                .zip(&task_dim)
+                .map(|(v, t)| if *t { self.empty.clone() } else { v.clone() })
+                .collect();
+            while a.last().is_some_and(|v| v.is_empty()) {
+                a.pop();
+            }
+            a
+        };
+        let free: Vec<bool> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                if i == 0 || *k == other_key || used.get(i).copied().unwrap_or(true) {
+                    return false;
+                }
+                let a = agent_part(k);
+                !(a.is_empty() || agents.contains(&a))
             })
-            .collect::<Vec<_>>()
-            .into()
+            .collect();
+        let freed = free.iter().filter(|f| **f).count();
+        // The agent combinations and values in use go on either way.
+        self.agent_combinations = agents.iter().map(|k| k.clone().into()).collect();
+        if freed == 0 {
+            return None;
+        }
+        let old_keys = std::mem::take(&mut self.keys);
+        let old_counters = std::mem::take(&mut self.counters);
+        self.slices.clear();
+        let mut remap = vec![0u32; old_keys.len()];
+        let mut folded = Counters::default();
+        for (i, (k, c)) in old_keys.into_iter().zip(old_counters).enumerate() {
+            if free[i] {
+                folded.merge(&c);
+                continue;
+            }
+            let j = self.keys.len() as u32;
+            self.slices.insert(k.clone(), j);
+            self.keys.push(k);
+            self.counters.push(c);
+            remap[i] = j;
+        }
+        // Values still named by a combination or an agent.
+        for d in &mut self.dims {
+            d.values.clear();
+            d.overflow_logged = false;
+        }
+        let held: Vec<Vec<Arc<str>>> = self
+            .keys
+            .iter()
+            .map(|k| k.to_vec())
+            .chain(agents.iter().cloned())
+            .collect();
+        for k in held {
+            for (i, v) in k.into_iter().enumerate() {
+                if !v.is_empty() && &*v != super::bounded::OTHER {
+                    if let Some(d) = self.dims.get_mut(i) {
+                        d.values.insert(v);
+                    }
+                }
+            }
+        }
+        self.full_logged = false;
+        self.agent_full_logged = false;
+        let o = self.intern(other_key.to_vec());
+        self.counters[o as usize].merge(&folded);
+        for (i, f) in free.iter().enumerate() {
+            if *f {
+                remap[i] = o;
+            }
+        }
+        tracing::info!(
+            freed,
+            "breakdown combinations of values no agent or remembered task has any more were freed (their counts go on under \"other\")"
+        );
+        Some(remap)
+    }
+}
+
+/// How a saved breakdown's slices and dimension positions map onto this
+/// one's.
+#[derive(Debug)]
+pub(super) struct Remap {
+    /// Saved slice -> slice here.
+    slices: Vec<u32>,
+    /// Saved dimension position -> position here (`None`: not one here).
+    dims: Vec<Option<usize>>,
+    /// Whether it was saved under other settings (and folded into these).
+    pub changed: bool,
+}
+
+impl Remap {
+    /// Where a saved slice counts here (slice 0 when it is not one).
+    pub(super) fn slice(&self, old: u32) -> u32 {
+        self.slices.get(old as usize).copied().unwrap_or(0)
     }
 }
 

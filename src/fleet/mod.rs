@@ -190,6 +190,68 @@ impl Default for Counters {
     }
 }
 
+impl Counters {
+    /// Add what `other` counted: slices of a breakdown folded into one.
+    pub fn merge(&mut self, other: &Counters) {
+        let add = |a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
+            for (k, n) in b {
+                let e = a.entry(k.clone()).or_default();
+                *e = e.saturating_add(*n);
+            }
+        };
+        add(&mut self.finished, &other.finished);
+        add(&mut self.failures, &other.failures);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.queue_seconds.merge(&other.queue_seconds);
+        self.run_seconds.merge(&other.run_seconds);
+        for (k, n) in &other.rejected {
+            let e = self.rejected.entry(*k).or_default();
+            *e = e.saturating_add(*n);
+        }
+    }
+
+    /// What this counted beyond `earlier`; `None` when `earlier` is not a
+    /// part of it (some count of it is larger).
+    pub fn since(&self, earlier: &Counters) -> Option<Counters> {
+        let sub = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
+            let mut out = a.clone();
+            for (k, n) in b {
+                let e = out.get_mut(k)?;
+                *e = e.checked_sub(*n)?;
+            }
+            Some(out)
+        };
+        let mut rejected = self.rejected.clone();
+        for (k, n) in &earlier.rejected {
+            let e = rejected.get_mut(k)?;
+            *e = e.checked_sub(*n)?;
+        }
+        Some(Counters {
+            finished: sub(&self.finished, &earlier.finished)?,
+            failures: sub(&self.failures, &earlier.failures)?,
+            input_tokens: self.input_tokens.checked_sub(earlier.input_tokens)?,
+            output_tokens: self.output_tokens.checked_sub(earlier.output_tokens)?,
+            queue_seconds: self.queue_seconds.since(&earlier.queue_seconds)?,
+            run_seconds: self.run_seconds.since(&earlier.run_seconds)?,
+            rejected,
+        })
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_zero(&self) -> bool {
+        self.finished
+            .values()
+            .chain(self.failures.values())
+            .all(|n| *n == 0)
+            && self.input_tokens == 0
+            && self.output_tokens == 0
+            && self.queue_seconds.count() == 0
+            && self.run_seconds.count() == 0
+            && self.rejected.values().all(|n| *n == 0)
+    }
+}
+
 #[derive(Debug)]
 pub struct Fleet {
     agents: BTreeMap<String, u64>,
@@ -296,6 +358,61 @@ impl Fleet {
         {
             f(c);
         }
+    }
+
+    /// Make the slices add up to the workspace totals again: whatever the
+    /// totals hold that no slice does (counted under breakdowns that did
+    /// not survive, before this version folded them) counts in the slice
+    /// of no values, the series without breakdown labels.
+    fn settle_slices(&mut self) {
+        let Some(b) = &mut self.breakdown else {
+            return;
+        };
+        let sum = b.sum();
+        match self.counters.since(&sum) {
+            Some(mut missing) => {
+                // Refusals are the workspace's only, never a slice's.
+                missing.rejected.values_mut().for_each(|n| *n = 0);
+                if !missing.is_zero() {
+                    b.add_unattributed(&missing);
+                }
+            }
+            None => tracing::warn!(
+                "the breakdown slices hold more than the workspace totals; the totals are served as they are"
+            ),
+        }
+    }
+
+    /// Free the breakdown combinations and values nothing uses any more
+    /// (see `Breakdown::expire`): after each complete agent listing.
+    fn expire_breakdown(&mut self) {
+        let Some(b) = &mut self.breakdown else {
+            return;
+        };
+        let mut used = vec![false; b.slices()];
+        for s in self
+            .open
+            .values()
+            .map(|o| o.slice)
+            .chain(self.ledger.values().map(|c| c.slice))
+        {
+            if let Some(u) = used.get_mut(s as usize) {
+                *u = true;
+            }
+        }
+        let agents: HashSet<Vec<Arc<str>>> = self
+            .agent_by_id
+            .values()
+            .map(|e| &e.dims)
+            .chain(self.dims_gone.values().map(|(d, _)| d))
+            .map(Breakdown::agent_key)
+            .collect();
+        let Some(remap) = b.expire(&used, &agents) else {
+            return;
+        };
+        let to = |s: &mut u32| *s = remap.get(*s as usize).copied().unwrap_or(0);
+        self.open.values_mut().for_each(|o| to(&mut o.slice));
+        self.ledger.values_mut().for_each(|c| to(&mut c.slice));
     }
 
     fn agent_dims(&mut self, a: &Agent) -> AgentDims {
@@ -439,6 +556,14 @@ impl Fleet {
         lag: Duration,
     ) {
         let recent = listing_start.saturating_sub(lag);
+        if self.breakdown.is_some() {
+            // Values of agents gone past the horizon free their places
+            // before this listing's agents take theirs.
+            let now = self.api_time.map_or(listing_start, |t| t.latest);
+            let forget = now.saturating_sub(DIMS_GONE_TTL);
+            self.dims_gone.retain(|_, (_, at)| *at > forget);
+            self.expire_breakdown();
+        }
         let mut old = std::mem::take(&mut self.agent_by_id);
         let mut next = HashMap::with_capacity(agents.len());
         for a in agents {

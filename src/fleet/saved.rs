@@ -212,10 +212,6 @@ impl SavedFleet {
     }
 }
 
-/// No slice: what was counted in a breakdown that did not survive the
-/// restart counts on in the workspace's totals only.
-const NO_SLICE: u32 = u32::MAX;
-
 impl Fleet {
     /// Everything a restart needs to go on counting exactly.
     pub fn save(&self) -> SavedFleet {
@@ -294,24 +290,24 @@ impl Fleet {
     pub fn restore(mut self, s: SavedFleet) -> Result<(Fleet, Option<String>), String> {
         let ts = Timestamp::from_micros;
         let mut note = None;
-        let mut keep_slices = true;
-        if let (Some(b), Some(sb)) = (self.breakdown.as_mut(), s.breakdown) {
-            keep_slices = b.restore(sb)?;
-            if !keep_slices {
-                note = Some("the breakdown settings changed: the broken-down series start afresh (the workspace totals go on)".to_string());
+        // Where each saved slice counts now (`None`: no breakdowns now).
+        let remap = match (self.breakdown.as_mut(), s.breakdown) {
+            (Some(b), Some(sb)) => {
+                let r = b.restore(sb)?;
+                if r.changed {
+                    note = Some("the breakdown settings changed: the saved combinations are folded into the new ones (a label both settings have keeps its series and values; one only the new settings have is unknown for what was counted before); the totals go on".to_string());
+                }
+                Some(r)
             }
-        } else if self.breakdown.is_some() {
-            keep_slices = false;
-            note = Some("breakdowns are new: their series start afresh".into());
-        }
-        let slices = self.breakdown.as_ref().map_or(1, |b| b.slices());
-        let slice = |i: u32| {
-            if keep_slices && (i as usize) < slices {
-                i
-            } else {
-                NO_SLICE
+            // Breakdowns are new: everything counted before is in the
+            // slice of no values, the series without breakdown labels.
+            (Some(b), None) => {
+                note = Some("breakdowns are new: what was counted before stays in the series without breakdown labels; the totals go on".into());
+                Some(b.restore_none())
             }
+            (None, _) => None,
         };
+        let slice = |i: u32| remap.as_ref().map_or(0, |r| r.slice(i));
         let limit = super::MAX_UNKNOWN_NAMES;
         if s.agent_statuses.len() > limit
             || s.open_statuses.len() > limit
@@ -344,9 +340,9 @@ impl Fleet {
         // The floor followed an unconfirmed clock before; it is settled now.
         self.provisional_start = None;
         self.agents_known = s.agents_known;
-        let dims = |f: &Fleet, v: Vec<String>| -> super::AgentDims {
-            match &f.breakdown {
-                Some(b) if keep_slices => b.dims_from(v),
+        let dims = |f: &mut Fleet, v: Vec<String>| -> super::AgentDims {
+            match (&mut f.breakdown, &remap) {
+                (Some(b), Some(r)) => b.dims_from(r, v),
                 _ => Arc::from(Vec::new()),
             }
         };
@@ -359,7 +355,7 @@ impl Fleet {
                 created_at: ts(a.created_at),
                 last_heartbeat_at: a.last_heartbeat_at.map(ts),
                 seen_at: ts(a.seen_at),
-                dims: dims(&self, a.dims),
+                dims: dims(&mut self, a.dims),
             };
             by_id.insert(a.id.into_boxed_str(), seen);
         }
@@ -378,7 +374,7 @@ impl Fleet {
             .collect();
         let mut gone = HashMap::with_capacity(s.dims_gone.len());
         for (id, v, at) in s.dims_gone {
-            gone.insert(id.into_boxed_str(), (dims(&self, v), ts(at)));
+            gone.insert(id.into_boxed_str(), (dims(&mut self, v), ts(at)));
         }
         self.dims_gone = gone;
         self.open = s
@@ -417,6 +413,7 @@ impl Fleet {
             .into_iter()
             .map(|(id, m, p)| (id.into_boxed_str(), (m.into(), p.into())))
             .collect();
+        self.settle_slices();
         Ok((self, note))
     }
 }

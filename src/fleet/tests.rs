@@ -1453,19 +1453,223 @@ fn a_checkpoint_from_other_breakdown_settings_keeps_the_totals() {
     assert!(note.unwrap().contains("breakdown settings changed"));
     assert_eq!(g.counters().finished["completed"], 1);
     assert_eq!(g.counters().finished["failed"], 1);
-    // The late code of a task counted before the restart: in the totals.
+    // The late code of a task counted before the restart: in the totals
+    // and in the slice it was folded into.
     let mut late = on("a1", task("t1", "failed", 9));
     late.finished_at = Some(ts(5));
     f.apply_task(&late);
     g.apply_task(&late);
     assert_eq!(g.counters().failures["timeout"], 1);
-    let s = g.snapshot("ws", ts(10), Health::default(), Default::default());
-    let in_groups: u64 = s
-        .task_groups
+    assert_slices_add_up(&mut g);
+}
+
+/// The slices of a snapshot sum to the workspace totals, family by family.
+fn assert_slices_add_up(f: &mut Fleet) {
+    let s = f.snapshot("ws", ts(10), Health::default(), Default::default());
+    let mut sum = Counters::default();
+    for g in &s.task_groups {
+        sum.merge(&g.counters);
+    }
+    assert_eq!(sum.finished, s.counters.finished, "finished by slice");
+    assert_eq!(sum.failures, s.counters.failures, "failures by slice");
+    assert_eq!(sum.input_tokens, s.counters.input_tokens);
+    assert_eq!(sum.output_tokens, s.counters.output_tokens);
+    assert_eq!(sum.run_seconds.count(), s.counters.run_seconds.count());
+    assert_eq!(
+        sum.run_seconds.bucket_counts(),
+        s.counters.run_seconds.bucket_counts()
+    );
+    assert_eq!(sum.queue_seconds.count(), s.counters.queue_seconds.count());
+}
+
+/// The finished count of the slice whose label values are `by` (padded
+/// with "" to every dimension), if there is one.
+fn finished_in(f: &mut Fleet, by: &[&str], status: &str) -> Option<u64> {
+    let s = f.snapshot("ws", ts(10), Health::default(), Default::default());
+    s.task_groups
         .iter()
-        .map(|g| g.counters.finished.values().sum::<u64>())
-        .sum();
-    assert_eq!(in_groups, 0, "the broken-down series start afresh");
+        .find(|g| {
+            let mut want: Vec<String> = by.iter().map(|v| v.to_string()).collect();
+            want.resize(g.by.len(), String::new());
+            g.by == want
+        })
+        .map(|g| g.counters.finished[status])
+}
+
+fn by_config(provider: bool, team: bool) -> BreakdownConfig {
+    BreakdownConfig {
+        provider,
+        agent_labels: Patterns {
+            allow: if team { vec!["team".into()] } else { vec![] },
+            deny: vec![],
+        },
+        ..Default::default()
+    }
+}
+
+/// Turning breakdowns on (a reload or a restart with new settings) must
+/// not reset what the series without breakdown labels showed: it goes on
+/// as the slice of no values, and the new slices add to it.
+#[test]
+fn turning_breakdowns_on_keeps_the_series_and_the_totals() {
+    let mut f = Fleet::new(ts(0));
+    f.apply_agent_listing(&[labelled_agent("a1", "red", "openai", Some(1))]);
+    for i in 0..3 {
+        f.apply_task(&on("a1", task(&format!("t{i}"), "completed", 5)));
+    }
+    let (mut g, note) = Fleet::new(ts(0))
+        .with_breakdown(&by_config(true, false), &["workspace".into()])
+        .restore(f.save())
+        .unwrap();
+    assert!(note.unwrap().contains("breakdowns are new"));
+    assert_eq!(
+        finished_in(&mut g, &[], "completed"),
+        Some(3),
+        "the unlabelled series went on"
+    );
+    // The next listing gives the agents their values; later tasks count there.
+    g.apply_agent_listing(&[labelled_agent("a1", "red", "openai", Some(1))]);
+    g.apply_task(&on("a1", task("t9", "completed", 7)));
+    assert_eq!(finished_in(&mut g, &["openai"], "completed"), Some(1));
+    assert_eq!(finished_in(&mut g, &[], "completed"), Some(3));
+    assert_eq!(g.counters().finished["completed"], 4);
+    assert_slices_add_up(&mut g);
+}
+
+/// Adding a dimension keeps every series of the dimensions kept (a
+/// dimension it adds is unknown, no label, for what was counted before);
+/// removing one folds its series into those of the rest. No series a
+/// configuration shows before and after the change ever goes down.
+#[test]
+fn changing_breakdown_dimensions_keeps_the_series_both_show() {
+    let mut f = Fleet::new(ts(0)).with_breakdown(&by_config(false, true), &["workspace".into()]);
+    f.apply_agent_listing(&[
+        labelled_agent("a1", "red", "openai", Some(1)),
+        labelled_agent("a2", "blue", "anthropic", Some(1)),
+    ]);
+    f.apply_task(&on("a1", task("t1", "completed", 5)));
+    f.apply_task(&on("a1", task("t2", "completed", 5)));
+    f.apply_task(&on("a2", task("t3", "completed", 5)));
+    f.apply_task(&task("t4", "completed", 5));
+    // team -> provider and team: {team=red} goes on.
+    let (mut g, _) = Fleet::new(ts(0))
+        .with_breakdown(&by_config(true, true), &["workspace".into()])
+        .restore(f.save())
+        .unwrap();
+    assert_eq!(finished_in(&mut g, &["", "red"], "completed"), Some(2));
+    assert_eq!(finished_in(&mut g, &["", "blue"], "completed"), Some(1));
+    assert_eq!(finished_in(&mut g, &[], "completed"), Some(1));
+    g.apply_agent_listing(&[
+        labelled_agent("a1", "red", "openai", Some(1)),
+        labelled_agent("a2", "blue", "anthropic", Some(1)),
+    ]);
+    g.apply_task(&on("a1", task("t5", "completed", 7)));
+    assert_eq!(
+        finished_in(&mut g, &["openai", "red"], "completed"),
+        Some(1)
+    );
+    assert_slices_add_up(&mut g);
+    // provider and team -> provider: the team series fold by provider.
+    let (mut h, _) = Fleet::new(ts(0))
+        .with_breakdown(&by_config(true, false), &["workspace".into()])
+        .restore(g.save())
+        .unwrap();
+    assert_eq!(finished_in(&mut h, &["openai"], "completed"), Some(1));
+    assert_eq!(finished_in(&mut h, &[], "completed"), Some(4));
+    assert_eq!(h.counters().finished["completed"], 5);
+    assert_slices_add_up(&mut h);
+    // ...and off: the one series holds everything.
+    let (mut k, _) = Fleet::new(ts(0)).restore(h.save()).unwrap();
+    assert_eq!(finished_in(&mut k, &[], "completed"), Some(5));
+    // The same settings again restore the slices as they were.
+    let (mut same, note) = Fleet::new(ts(0))
+        .with_breakdown(&by_config(true, false), &["workspace".into()])
+        .restore(h.save())
+        .unwrap();
+    assert!(note.is_none(), "{note:?}");
+    assert_eq!(finished_in(&mut same, &["openai"], "completed"), Some(1));
+}
+
+/// A checkpoint written while the breakdown bug reset the slices (the
+/// totals held what no slice did): the difference counts in the slice
+/// of no values at restore, so the served sum is the total.
+#[test]
+fn slices_short_of_the_totals_are_made_up_at_restore() {
+    let mut f = Fleet::new(ts(0)).with_breakdown(&by_config(true, false), &["workspace".into()]);
+    f.apply_task(&task("t1", "completed", 5));
+    let mut v = serde_json::to_value(f.save()).unwrap();
+    v["counters"]["finished"]["completed"] = serde_json::json!(7);
+    let saved: crate::fleet::SavedFleet = serde_json::from_value(v).unwrap();
+    let (mut g, _) = Fleet::new(ts(0))
+        .with_breakdown(&by_config(true, false), &["workspace".into()])
+        .restore(saved)
+        .unwrap();
+    assert_eq!(finished_in(&mut g, &[], "completed"), Some(7));
+    assert_slices_add_up(&mut g);
+}
+
+/// Values of agents long gone free their places: 3 agents with one-off
+/// teams fill `max_values`; once they left (and the horizon that keeps a
+/// gone agent's values passed), a new team gets a value of its own, not
+/// `other`, and `clawmesh_breakdown_values` shows the places free again.
+#[test]
+fn breakdown_values_of_agents_long_gone_are_freed() {
+    let cfg = BreakdownConfig {
+        max_values: 3,
+        ..by_config(false, true)
+    };
+    let mut f = Fleet::new(ts(0)).with_breakdown(&cfg, &["workspace".into()]);
+    let team = |id: &str, team: &str| labelled_agent(id, team, "openai", Some(1));
+    f.apply_agent_listing_at(
+        &[
+            team("a1", "one-off-1"),
+            team("a2", "one-off-2"),
+            team("a3", "one-off-3"),
+        ],
+        ts(10),
+        Duration::ZERO,
+    );
+    f.apply_task(&on("a1", task("t1", "completed", 5)));
+    let values = |f: &mut Fleet| {
+        f.snapshot("ws", ts(10), Health::default(), Default::default())
+            .breakdown
+            .unwrap()
+            .values[0]
+            .1
+    };
+    assert_eq!(values(&mut f), 3);
+    // They leave; their values are kept for their tasks for the horizon.
+    f.apply_agent_listing_at(&[], ts(20), Duration::ZERO);
+    assert_eq!(values(&mut f), 3);
+    f.apply_agent_listing_at(&[team("a4", "real")], ts(30), Duration::ZERO);
+    assert_eq!(finished_in(&mut f, &["other"], "completed"), None);
+    // Past the horizon, with the counted task forgotten by the ledger.
+    f.ledger.clear();
+    let later = ts(30).saturating_add(DIMS_GONE_TTL + Duration::from_secs(1));
+    f.apply_agent_listing_at(
+        &[team("a4", "real"), team("a5", "new")],
+        later,
+        Duration::ZERO,
+    );
+    assert!(values(&mut f) <= 3);
+    let s = f.snapshot("ws", later, Health::default(), Default::default());
+    let by_team: Vec<&str> = s.agent_groups.iter().map(|g| g.by[0].as_str()).collect();
+    assert!(
+        by_team.contains(&"new"),
+        "a new team after the horizon: {by_team:?}"
+    );
+    assert!(!by_team.contains(&"other"), "{by_team:?}");
+    // What the freed slice counted goes on under "other": the sum holds.
+    assert_eq!(finished_in(&mut f, &["one-off-1"], "completed"), None);
+    assert_eq!(finished_in(&mut f, &["other"], "completed"), Some(1));
+    assert_slices_add_up(&mut f);
+    // And through a checkpoint.
+    let (mut g, _) = Fleet::new(ts(0))
+        .with_breakdown(&cfg, &["workspace".into()])
+        .restore(f.save())
+        .unwrap();
+    assert!(values(&mut g) <= 3);
+    assert_slices_add_up(&mut g);
 }
 
 /// a checksummed checkpoint whose counters sit at u64::MAX

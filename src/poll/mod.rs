@@ -47,6 +47,50 @@ pub struct PollConfig {
     pub max_agent_lookups: usize,
     /// Checkpoints; set by the exporter, not per workspace.
     pub storage: Option<crate::storage::Storage>,
+    /// Where a stopped slot leaves its workspace for the slot a reload
+    /// starts in its place; set by the exporter, not per workspace.
+    pub handoff: Option<Arc<Handoffs>>,
+}
+
+/// A workspace as a slot that a reload stopped left it (the fleet as a
+/// checkpoint keeps it, and the watermark), for the slot that replaces it:
+/// a reload that changes a workspace's settings (its breakdowns, an
+/// interval) must not reset its counters, with storage or without.
+#[derive(Debug, Default)]
+pub struct Handoffs(Mutex<std::collections::HashMap<String, Handoff>>);
+
+#[derive(Debug)]
+struct Handoff {
+    left: std::time::Instant,
+    fleet: crate::fleet::SavedFleet,
+    watermark: Timestamp,
+}
+
+impl Handoffs {
+    /// How long a left workspace waits for its successor: a reload starts
+    /// it at once; one that never comes (the workspace was removed) must
+    /// not hold a fleet's memory for good.
+    const KEEP: Duration = Duration::from_secs(600);
+
+    fn put(&self, workspace: &str, fleet: crate::fleet::SavedFleet, watermark: Timestamp) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, h| h.left.elapsed() < Self::KEEP);
+        let left = std::time::Instant::now();
+        m.insert(
+            workspace.to_string(),
+            Handoff {
+                left,
+                fleet,
+                watermark,
+            },
+        );
+    }
+
+    fn take(&self, workspace: &str) -> Option<(crate::fleet::SavedFleet, Timestamp)> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, h| h.left.elapsed() < Self::KEEP);
+        m.remove(workspace).map(|h| (h.fleet, h.watermark))
+    }
 }
 
 impl Default for PollConfig {
@@ -61,6 +105,7 @@ impl Default for PollConfig {
             breakdown: Default::default(),
             max_agent_lookups: 20,
             storage: None,
+            handoff: None,
         }
     }
 }
@@ -202,10 +247,40 @@ pub fn spawn(
         token_expiry: token.expires_at.map(|t| t.as_secs_f64()),
         ..Default::default()
     };
-    // With storage, the counters and the watermark go on from the
-    // workspace's checkpoint, when it has a usable one.
-    let (fleet, watermark, saver) = match &cfg.storage {
-        Some(storage) => {
+    // The workspace a reload's stopped slot left goes on as it was (newer
+    // than any checkpoint); else, with storage, the counters and the
+    // watermark go on from the workspace's checkpoint, when it has a
+    // usable one.
+    let handed = cfg
+        .handoff
+        .as_ref()
+        .and_then(|h| h.take(&token.workspace_id))
+        .and_then(|(saved, watermark)| match fresh().restore(saved) {
+            Ok((fleet, note)) => {
+                if let Some(note) = note {
+                    tracing::warn!(workspace = %token.workspace_id, "{note}");
+                }
+                Some((fleet, watermark))
+            }
+            Err(e) => {
+                tracing::error!(workspace = %token.workspace_id, error = %e, "the workspace the reload stopped cannot be taken over; this is a bug: the counters start from zero");
+                None
+            }
+        });
+    let handed_over = handed.is_some();
+    let (fleet, watermark, saver) = match (&cfg.storage, handed) {
+        (None, Some((fleet, watermark))) => (fleet, watermark, None),
+        (Some(storage), Some((fleet, watermark))) => {
+            let mut h = crate::fleet::CheckpointHealth::default();
+            for r in crate::fleet::CheckpointHealth::WRITE_FAILURES {
+                h.write_failures.insert(r, 0);
+            }
+            h.restored_age_seconds = Some(0.0);
+            health.checkpoint = Some(h);
+            let saver = checkpoint::Saver::new(storage.cfg.clone(), storage.shard);
+            (fleet, watermark, Some(saver))
+        }
+        (Some(storage), None) => {
             let (fleet, watermark, h) = checkpoint::resume(
                 storage,
                 &token.workspace_id,
@@ -217,12 +292,13 @@ pub fn spawn(
             let saver = checkpoint::Saver::new(storage.cfg.clone(), storage.shard);
             (fleet, watermark, Some(saver))
         }
-        None => (fresh(), api_start.latest, None),
+        (None, None) => (fresh(), api_start.latest, None),
     };
-    let restored = health
-        .checkpoint
-        .as_ref()
-        .is_some_and(|c| c.restored_age_seconds.is_some());
+    let restored = handed_over
+        || health
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.restored_age_seconds.is_some());
     let ws = Arc::new(Workspace {
         id: token.workspace_id.clone(),
         labels,
@@ -243,7 +319,7 @@ pub fn spawn(
         }),
     });
     ws.publish();
-    let (ws_saver, saver_stop) = (ws.clone(), stop.clone());
+    let (ws_saver, saver_stop, ws_left) = (ws.clone(), stop.clone(), ws.clone());
     let agents = {
         let ws = ws.clone();
         let mut stop = stop.clone();
@@ -300,7 +376,34 @@ pub fn spawn(
     let mut loops = vec![agents, tasks, watch];
     loops.extend(saver.map(|s| tokio::spawn(checkpoint::run(s, ws_saver, saver_stop))));
     loops.extend(webhooks);
-    loops
+    match ws_left.cfg.handoff.clone() {
+        Some(handoffs) => vec![tokio::spawn(hand_off(ws_left, loops, handoffs))],
+        None => loops,
+    }
+}
+
+/// Wait for every loop of a stopping workspace, then leave it for the slot
+/// a reload starts in its place: taken after the last change, so that the
+/// successor serves nothing less than this slot did. A kill leaves nothing.
+async fn hand_off(
+    ws: Arc<Workspace>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    handoffs: Arc<Handoffs>,
+) {
+    for l in loops {
+        if let Err(e) = l.await {
+            // Each round is guarded; this is only the loop's own frame.
+            tracing::error!(workspace = %ws.id, error = %e, "a poll loop ended abnormally");
+        }
+    }
+    if ws.hub.killed() {
+        return;
+    }
+    let (fleet, watermark) = {
+        let st = ws.lock();
+        (st.fleet.save(), st.watermark)
+    };
+    handoffs.put(&ws.id, fleet, watermark);
 }
 
 /// The webhook worker: applies queued events in batches, publishing once
@@ -512,9 +615,13 @@ impl Workspace {
             );
             snap.webhook = webhook.as_mut().map(|w| w.health());
             if *restored && baseline.is_none() {
-                // What the checkpoint restored is durable already.
                 *baseline = Some(Arc::new(snap.clone()));
-                *durable = baseline.clone();
+                // With storage, what the checkpoint restored is durable
+                // already; without (a reload's handoff), nothing ever is,
+                // and the counters are served live.
+                if self.cfg.storage.is_some() {
+                    *durable = baseline.clone();
+                }
             }
             if let Some(d) = durable {
                 checkpoint::serve_durable(&mut snap, d);
