@@ -2,8 +2,8 @@
 //! off, a breakdown, the contract's latitude or not, API faults or not,
 //! and 2 to 4 steps among a config reload (SIGHUP) that changes the
 //! breakdown, a graceful restart, a `kill -9` and restart, webhooks
-//! switched on, and the OTLP collector going down and coming back, all on
-//! the real binary. After each step, once converged: the served totals
+//! switched on, and the OTLP collector going down, then answering 503 with
+//! a huge body, then coming back, all on the real binary. After each step, once converged: the served totals
 //! (each counter family summed over the breakdown labels) equal the
 //! simulator's truth, health is honest, and the process's peak RSS stays
 //! under the bound; throughout, a scraper checks that no served counter
