@@ -2,16 +2,17 @@
 //! off, a breakdown, the contract's latitude or not, API faults or not,
 //! and 2 to 4 steps among a config reload (SIGHUP) that changes the
 //! breakdown, a graceful restart, a `kill -9` and restart, webhooks
-//! switched on, and the OTLP collector going down, then answering 503 with
-//! a huge body, then coming back, all on the real binary. After each step, once converged: the served totals
-//! (each counter family summed over the breakdown labels) equal the
-//! simulator's truth, health is honest, and the process's peak RSS stays
-//! under the bound; throughout, a scraper checks that no served counter
-//! ever goes down, per series and summed over the workspace.
+//! switched on, and the OTLP collector going down, then answering 503
+//! with a huge body, then coming back, all on the real binary. After each
+//! step, once converged: the served totals (each counter family summed
+//! over the breakdown labels) equal the simulator's truth, health is
+//! honest, and the process's peak RSS stays under the pod limit;
+//! throughout, a scraper checks that no served counter ever goes down,
+//! per series and summed over the workspace.
 //!
 //! CI runs [`CI_SEEDS`]; `SEAMS_SEEDS=7,8` (or `SEAMS_SEEDS=100..130`)
-//! runs others. A failing seed prints its combination and the command
-//! that replays it.
+//! runs others. A failing seed prints its combination, the command that
+//! replays it and where the exporter's logs are.
 
 use crate::util::*;
 use clawmesh_exporter::metrics::{Kind, PROCESS_FAMILIES, WORKSPACE_FAMILIES};
@@ -186,6 +187,11 @@ impl Combo {
         self.latitude_ms.is_some()
     }
 
+    /// The run's directory; kept when the run fails.
+    fn dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("cmx-seams-{}-{}", self.seed, std::process::id()))
+    }
+
     fn replay(&self) -> String {
         format!(
             "SEAMS_SEEDS={} cargo test --test it seams::ci_seeds -- --nocapture",
@@ -210,6 +216,9 @@ impl Drop for Exporter {
     }
 }
 
+/// How the exporter processes of one run are started: one at a time, on
+/// one port (the webhook deliveries and the monitor follow it), over one
+/// directory (config file, key, storage, a log per process).
 struct Setup {
     dir: PathBuf,
     port: u16,
@@ -237,6 +246,8 @@ impl Setup {
         self.started += 1;
         let log = self.dir.join(format!("exporter-{}.log", self.started));
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        // The webhook receiver is always on, as deployed; the simulator
+        // delivers from a WebhooksOn step on.
         let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
         c.env_clear()
             .args([
@@ -737,8 +748,7 @@ impl Combo {
     async fn run(&self) -> Measured {
         let sim = Sim::start(self.sim_config()).await;
         sim.faults(self.api_faults());
-        let dir =
-            std::env::temp_dir().join(format!("cmx-seams-{}-{}", self.seed, std::process::id()));
+        let dir = self.dir();
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("key"), format!("{DEMO_KEY}\n")).unwrap();
@@ -1086,9 +1096,10 @@ async fn run_seeds(seeds: &[u64]) -> Vec<String> {
                     })
                     .unwrap_or_else(|| "cancelled".into());
                 let line = format!(
-                    "seed {}: {combo:?}\n  {msg}\n  replay: {}",
+                    "seed {}: {combo:?}\n  {msg}\n  replay: {}\n  exporter logs: {}",
                     combo.seed,
-                    combo.replay()
+                    combo.replay(),
+                    combo.dir().display()
                 );
                 eprintln!("seams {line}");
                 failures.push(line);
