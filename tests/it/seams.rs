@@ -1192,3 +1192,139 @@ fn the_ci_seeds_cover_every_seam() {
         .collect();
     assert_eq!(used.len(), BREAKDOWNS.len(), "every breakdown: {used:?}");
 }
+
+// ---------------------------------------------------------------- storage x sharding
+
+/// Shard `index` of 2 over `file`, on `port`, logging to `log`.
+async fn start_shard(file: &std::path::Path, port: u16, index: u32, log: PathBuf) -> Exporter {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        .env_clear()
+        .args(["--config.file", file.to_str().unwrap()])
+        .args(["--web.listen-address", &addr.to_string()])
+        // The pod-name form, as a StatefulSet's downward API gives it.
+        .env("CLAWMESH_SHARD", format!("clawmesh-exporter-{index}"))
+        .env("CLAWMESH_TOTAL_SHARDS", "2")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let e = Exporter { child, addr, log };
+    wait_for(Duration::from_secs(30), "a shard to serve /metrics", || {
+        let u = format!("http://{addr}/metrics");
+        async move { matches!(reqwest::get(u).await, Ok(r) if r.status() == 200) }
+    })
+    .await;
+    e
+}
+
+/// Two shards of one StatefulSet share the storage volume (one
+/// directory): each resumes from its own checkpoint after both crash,
+/// whichever starts first, and neither's counters go back. A start that
+/// swept the files of "another assignment" would remove the checkpoint of
+/// the shard beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_sharing_a_storage_directory_each_resume_from_their_own_checkpoint() {
+    use clawmesh_exporter::shard::Shard;
+    // One workspace per shard.
+    let owned_by = |i: u32| {
+        let shard = Shard::new(&i.to_string(), 2).unwrap();
+        (0..)
+            .map(|n| format!("ws_seam_{n}"))
+            .find(|id| shard.owns(id))
+            .unwrap()
+    };
+    let mut sims = Vec::new();
+    for i in 0..2 {
+        sims.push(
+            Sim::start(SimConfig {
+                workspace_id: owned_by(i),
+                agents: 30,
+                history_tasks: 40,
+                task_changes_per_minute: 3000.0,
+                visibility_lag_max: Duration::from_secs(1),
+                seed: 180 + i as u64,
+                ..SimConfig::default()
+            })
+            .await,
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("cmx-seams-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("key"), format!("{DEMO_KEY}\n")).unwrap();
+    let mut yaml = String::from("storage:\n  path: storage\n  interval: 1s\nworkspaces:\n");
+    for (i, s) in sims.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - name: w{i}\n    id: {}\n    api_url: {}\n    api_key_file: key\n    poll_interval: 1s\n    overlap: 5s\n",
+            s.truth().workspace_id,
+            s.url()
+        ));
+    }
+    let file = dir.join("clawmesh.yml");
+    std::fs::write(&file, yaml).unwrap();
+    let ports = [free_port(), free_port()];
+    let mut logs = 0;
+    let mut log = || {
+        logs += 1;
+        dir.join(format!("shard-{logs}.log"))
+    };
+    let mut shards = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        shards.push(start_shard(&file, *port, i as u32, log()).await);
+    }
+    let mut before = Vec::new();
+    for (s, e) in sims.iter().zip(&shards) {
+        run_fleet_for(s, 40).await;
+        let m = converge_at(s, e.addr).await;
+        before.push((served_totals(&m, &s.truth().workspace_id), s.truth()));
+    }
+    // Both crash; the fleets go on; shard 1 starts first, then shard 0.
+    for e in shards.drain(..) {
+        e.crash();
+    }
+    for s in &sims {
+        run_fleet_for(s, 20).await;
+    }
+    let one = start_shard(&file, ports[1], 1, log()).await;
+    wait_for(Duration::from_secs(30), "shard 1 to resume", || async {
+        value(
+            &parse(&scrape(one.addr).await),
+            "clawmesh_exporter_checkpoint_restored_age_seconds",
+            &[],
+        )
+        .is_some()
+    })
+    .await;
+    let zero = start_shard(&file, ports[0], 0, log()).await;
+    for (i, (e, s)) in [&zero, &one].into_iter().zip(&sims).enumerate() {
+        let ws = s.truth().workspace_id;
+        run_fleet_for(s, 20).await;
+        let m = converge_at(s, e.addr).await;
+        assert_eq!(
+            sum_of(&m, "clawmesh_exporter_checkpoint_refused_total", &[]),
+            0.0,
+            "shard {i}: its checkpoint was refused or removed ({:?}); logs in {}",
+            m.iter()
+                .filter(
+                    |(k, v)| k.starts_with("clawmesh_exporter_checkpoint_refused_total")
+                        && **v > 0.0
+                )
+                .collect::<Vec<_>>(),
+            dir.display()
+        );
+        assert!(
+            value(&m, "clawmesh_exporter_checkpoint_restored_age_seconds", &[]).is_some(),
+            "shard {i} did not resume from its checkpoint"
+        );
+        let (served, truth) = &before[i];
+        assert_eq!(
+            delta(&served_totals(&m, &ws), served),
+            delta(&counters_of_truth(&s.truth()), &counters_of_truth(truth)),
+            "shard {i}: served totals across the crash (left) differ from the simulator's (right)"
+        );
+    }
+    zero.stop().await;
+    one.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
