@@ -19,6 +19,7 @@ mod production;
 mod prometheus;
 mod rules;
 mod scenario;
+mod seams;
 mod secrets;
 mod webhook;
 

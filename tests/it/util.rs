@@ -441,7 +441,13 @@ pub fn free_port() -> u16 {
 /// when it arrives: a delta taken from a point before they all arrived
 /// would differ by them.
 pub async fn let_the_late_values_of_the_start_pass(sim: &Sim, exporter: &Running) {
-    let started = exporter_start_host_secs(sim, exporter).await;
+    let_the_late_values_of_the_start_pass_at(sim, exporter.addr).await;
+}
+
+/// [`let_the_late_values_of_the_start_pass`] for an exporter serving at
+/// `addr` (one in its own process).
+pub async fn let_the_late_values_of_the_start_pass_at(sim: &Sim, addr: SocketAddr) {
+    let started = exporter_start_host_secs(sim, addr).await;
     let past = started + 2.0 + clawmesh_exporter::sim::MAX_FILL_DELAY.as_secs_f64();
     sim.sim.resume();
     wait_for_sim_clock(
@@ -479,11 +485,11 @@ pub async fn let_a_retry_after_run_out(sim: &Sim, secs: u32) {
 }
 
 /// The exporter's first task sync (host clock), once it has one.
-async fn exporter_start_host_secs(sim: &Sim, exporter: &Running) -> f64 {
+async fn exporter_start_host_secs(sim: &Sim, addr: SocketAddr) -> f64 {
     let ws = sim.truth().workspace_id;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let m = parse(&scrape(exporter.addr).await);
+        let m = parse(&scrape(addr).await);
         let labels = [("workspace", ws.as_str()), ("resource", "tasks")];
         if let Some(t) = value(&m, "clawmesh_last_sync_timestamp_seconds", &labels) {
             return t;
@@ -507,7 +513,7 @@ async fn exporter_start_host_secs(sim: &Sim, exporter: &Running) -> f64 {
 /// the ground truth from the exporter's start let those seconds pass on the
 /// simulator's clock before the fleet moves.
 pub async fn let_the_start_pass(sim: &Sim, exporter: &Running) {
-    let started = exporter_start_host_secs(sim, exporter).await;
+    let started = exporter_start_host_secs(sim, exporter.addr).await;
     wait_for_sim_clock(
         sim,
         started + 2.0,
