@@ -126,14 +126,19 @@ pub(super) fn resume(
 /// counters stay live. A slice the checkpoint did not have yet shows 0.
 pub(super) fn serve_durable(snap: &mut Snapshot, durable: &Snapshot) {
     snap.counters = durable.counters.clone();
+    // A slice by its values with the trailing unknown ones trimmed: a
+    // dimension discovered since the checkpoint (a new label key) pads
+    // every slice's values with "" without making it another slice.
+    let trimmed =
+        |by: &[String]| -> usize { by.iter().rposition(|v| !v.is_empty()).map_or(0, |i| i + 1) };
     let by: HashMap<&[String], &Counters> = durable
         .task_groups
         .iter()
-        .map(|g| (g.by.as_slice(), &g.counters))
+        .map(|g| (&g.by[..trimmed(&g.by)], &g.counters))
         .collect();
     for g in &mut snap.task_groups {
         g.counters = by
-            .get(g.by.as_slice())
+            .get(&g.by[..trimmed(&g.by)])
             .map_or_else(Counters::default, |c| (*c).clone());
     }
 }

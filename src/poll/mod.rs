@@ -934,4 +934,50 @@ mod tests {
             vec![vec!["ok".to_string()]]
         );
     }
+
+    /// A label dimension discovered after the last checkpoint pads every
+    /// slice's values with "": the durable counters must still be served
+    /// for them (found by the seams suite: after a reload to agent labels
+    /// with storage, every served total fell to 0 until the next write).
+    #[test]
+    fn durable_counters_are_served_when_a_dimension_was_discovered_since() {
+        use crate::api::types::{Agent, Task, TaskStatus, Timestamp};
+        let t = |s: i64| Timestamp::from_micros(1_800_000_000_000_000 + s * 1_000_000);
+        let cfg = crate::fleet::BreakdownConfig {
+            agent_labels: crate::fleet::Patterns {
+                allow: vec!["team".into()],
+                deny: vec![],
+            },
+            ..Default::default()
+        };
+        let mut f = Fleet::new(t(0)).with_breakdown(&cfg, &["workspace".into()]);
+        let task = Task {
+            agent_id: None,
+            labels: Vec::new(),
+            id: "t1".into(),
+            status: TaskStatus::from_name("completed"),
+            created_at: t(1),
+            updated_at: t(3),
+            started_at: Some(t(2)),
+            finished_at: Some(t(3)),
+            ..serde_json::from_str(r#"{"id":"x","status":"pending","created_at":"2027-01-15T08:00:00Z","updated_at":"2027-01-15T08:00:00Z"}"#).unwrap()
+        };
+        f.apply_task(&task);
+        let durable = f.snapshot("ws", t(5), Health::default(), Default::default());
+        assert!(durable.dims.is_empty(), "no label key seen yet");
+        let agent: Agent = serde_json::from_str(r#"{"id":"a1","status":"idle","labels":{"team":"red"},"created_at":"2027-01-15T08:00:00Z","updated_at":"2027-01-15T08:00:00Z"}"#).unwrap();
+        f.apply_agent_listing(&[agent]);
+        let mut live = f.snapshot("ws", t(6), Health::default(), Default::default());
+        assert_eq!(live.dims, ["team"]);
+        checkpoint::serve_durable(&mut live, &durable);
+        let served: u64 = live
+            .task_groups
+            .iter()
+            .map(|g| g.counters.finished["completed"])
+            .sum();
+        assert_eq!(
+            served, 1,
+            "the durable count is served under the padded slice"
+        );
+    }
 }

@@ -580,7 +580,14 @@ struct Watch {
     went_down: usize,
     /// What the runner is doing, for the violations' messages.
     phase: String,
+    /// A reload is restarting the slot: its own counters (API requests,
+    /// budget waits) start afresh with it, at a moment the scrapes cannot
+    /// see; they are not checked until the reload is through.
+    slot_restarting: bool,
 }
+
+/// The labels the drawn breakdowns add.
+const BREAKDOWN_LABELS: [&str; 4] = ["provider=\"", "model=\"", "team=\"", "env=\""];
 
 /// Violations kept for the message.
 const KEPT: usize = 50;
@@ -622,6 +629,7 @@ impl Monitor {
                     totals,
                     violations,
                     went_down,
+                    slot_restarting,
                     ..
                 } = &mut *w;
                 for (k, v) in &m {
@@ -631,6 +639,8 @@ impl Monitor {
                     }
                     let seen = if is_fleet_counter(name) {
                         &mut *fleet
+                    } else if *slot_restarting {
+                        continue;
                     } else {
                         &mut *other
                     };
@@ -643,6 +653,17 @@ impl Monitor {
                     }
                     *was = was.max(*v);
                 }
+                // A series with a breakdown label that a change of the
+                // breakdown settings folded away (`provider` turned off)
+                // comes back, when the label does, from what is counted
+                // after: a new series for Prometheus. The totals, the
+                // series without breakdown labels, and those that show on
+                // both sides of a change (checked by
+                // `breakdown::breakdown_changes_by_reload_and_restart_keep_the_totals`)
+                // stay checked here throughout.
+                fleet.retain(|k, _| {
+                    m.contains_key(k) || !BREAKDOWN_LABELS.iter().any(|l| k.contains(l))
+                });
                 // Per workspace label: a slot whose key check is pending
                 // shows zeros under its entry's name, another series.
                 let workspaces: BTreeSet<String> = m
@@ -690,10 +711,20 @@ impl Monitor {
 
     /// A reload restarts the workspace's slot: counters of its health (API
     /// requests, sync failures) may start anew, the fleet's may not.
+    /// A reload restarts the slot: its own counters start afresh.
     fn new_slot(&self) {
         let mut w = self.watch.lock().unwrap();
         w.epoch += 1;
         w.other.clear();
+        w.slot_restarting = true;
+    }
+
+    /// The reload is through: the new slot's own counters are checked on.
+    fn slot_started(&self) {
+        let mut w = self.watch.lock().unwrap();
+        w.epoch += 1;
+        w.other.clear();
+        w.slot_restarting = false;
     }
 
     fn assert_none_went_down(&self, at: &str) {
@@ -794,6 +825,7 @@ impl Combo {
                                 == Some(1.0)
                     })
                     .await;
+                    monitor.slot_started();
                     sim.faults(self.api_faults());
                 }
                 Step::Restart(b) | Step::Crash(b) => {
