@@ -178,22 +178,19 @@ fn main() {
             black_box(fleet.snapshot("ws_bench", ts(200), health.clone(), ApiStats::default()));
         });
         let snap = fleet.snapshot("ws_bench", ts(200), health.clone(), ApiStats::default());
-        bench(
-            "render /metrics (text + gzip) for one workspace",
-            200,
-            || {
-                black_box(Exposition::new(render(
-                    &Default::default(),
-                    black_box(std::slice::from_ref(&snap)),
-                )));
-            },
-        );
+        bench("render /metrics (into gzip) for one workspace", 200, || {
+            black_box(Exposition::render(
+                &Default::default(),
+                black_box(std::slice::from_ref(&snap)),
+                0,
+            ));
+        });
         let text = render(&Default::default(), std::slice::from_ref(&snap));
-        let e = Exposition::new(text.clone());
+        let e = Exposition::render(&Default::default(), std::slice::from_ref(&snap), 0);
         println!(
             "  (series {}, text {} bytes, gzip {} bytes)",
             text.lines().filter(|l| !l.starts_with('#')).count(),
-            e.text.len(),
+            e.text_len,
             e.gzip.len()
         );
     }

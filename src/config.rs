@@ -464,6 +464,14 @@ pub struct SimArgs {
     /// Agents sometimes take statuses the contract does not list.
     #[arg(long = "unknown-agent-statuses")]
     pub unknown_agent_statuses: bool,
+    /// Agents' `team` label drawn from N values (team-00..) instead of the
+    /// five default teams; with --envs, a fleet that fills the breakdown caps.
+    #[arg(long, value_name = "N")]
+    pub teams: Option<usize>,
+    /// Agents' `env` label drawn from N values (env-00..) instead of prod
+    /// and staging.
+    #[arg(long, value_name = "N")]
+    pub envs: Option<usize>,
     #[command(flatten)]
     pub latitude: LatitudeArgs,
 }

@@ -1,162 +1,282 @@
 //! Renders the metric table to the Prometheus text format, once per sync.
-//! The `prometheus` crate does the encoding (escaping, histogram suffixes);
-//! the values come only from the table in `metrics`.
+//! The values come only from the table in `metrics`; this module writes
+//! them straight from the table into a gzip stream, one family at a time,
+//! and only the gzipped text is kept. At the breakdowns' caps the text is
+//! megabytes (over 100,000 series) and compresses about twentyfold: a tree
+//! of every series (as the `prometheus` crate's encoder takes it) cost
+//! several times the text, and the text itself most of the rest. A scrape
+//! without gzip inflates it as it reads it. The format is the crate's,
+//! byte for byte (`tests/golden/exposition.prom`).
 
 use crate::fleet::Snapshot;
 use crate::metrics::{self, Kind, ProcessInfo, Sample, Value};
 use bytes::Bytes;
-use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use std::borrow::Borrow;
+use std::fmt::Write as _;
 use std::io::Write;
 
-/// One rendered exposition, plain and gzipped, shared by every scrape until
-/// the next sync replaces it.
+/// One rendered exposition, gzipped, shared by every scrape until the next
+/// sync replaces it.
 #[derive(Debug, Clone, Default)]
 pub struct Exposition {
-    pub text: Bytes,
     pub gzip: Bytes,
+    /// Bytes of the text inflated.
+    pub text_len: usize,
 }
 
+/// Text is handed to the gzip stream in pieces of about this size.
+const PIECE: usize = 64 * 1024;
+
 impl Exposition {
-    pub fn new(text: String) -> Self {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    /// Renders the exposition (see [`render`]) straight into gzip; `hint`
+    /// is about how long the gzip will be (the last render's), reserved so
+    /// that it does not grow by doubling.
+    pub fn render<S: Borrow<Snapshot>>(
+        process: &ProcessInfo,
+        snapshots: &[S],
+        hint: usize,
+    ) -> Self {
+        let mut gz = flate2::write::GzEncoder::new(
+            Vec::with_capacity(hint + hint / 16),
+            flate2::Compression::fast(),
+        );
+        let mut text_len = 0;
         // Writing into a Vec cannot fail.
-        let gzip = gz
-            .write_all(text.as_bytes())
-            .and_then(|_| gz.finish())
-            .unwrap_or_default();
+        render_with(process, snapshots, |piece| {
+            text_len += piece.len();
+            let _ = gz.write_all(piece.as_bytes());
+        });
+        let mut gzip = gz.finish().unwrap_or_default();
+        // Held until the next render: no spare capacity kept with it.
+        gzip.shrink_to_fit();
         Exposition {
-            text: Bytes::from(text),
             gzip: Bytes::from(gzip),
+            text_len,
         }
+    }
+
+    /// The text, inflated as it is read: a scrape without gzip holds a
+    /// piece at a time, never the whole text.
+    pub fn text_reader(&self) -> impl std::io::Read + Send + 'static {
+        flate2::read::GzDecoder::new(std::io::Cursor::new(self.gzip.clone()))
+    }
+
+    /// The whole text (tests, and a reader that wants it at once).
+    pub fn text(&self) -> String {
+        let mut text = String::with_capacity(self.text_len);
+        // The gzip was written by `render` from text: it inflates to UTF-8.
+        let _ = std::io::Read::read_to_string(&mut self.text_reader(), &mut text);
+        text
     }
 }
 
 /// The text exposition of every workspace plus the exporter's own series.
-pub fn render(process: &ProcessInfo, snapshots: &[Snapshot]) -> String {
-    let mut families = Vec::with_capacity(metrics::WORKSPACE_FAMILIES.len() + 8);
-    families.push(build_info());
-    let mut samples = Vec::new();
-    for family in metrics::PROCESS_FAMILIES {
-        let mut mf = header(family.name, family.help, family.kind);
-        samples.clear();
-        (family.collect)(process, &mut samples);
-        for s in &samples {
-            mf.mut_metric()
-                .push(metric(family.kind, family.labels, &[], &[], s));
-        }
-        if !mf.get_metric().is_empty() {
-            families.push(mf);
-        }
-    }
-    for family in metrics::WORKSPACE_FAMILIES {
-        let mut mf = header(family.name, family.help, family.kind);
-        for snap in snapshots {
-            samples.clear();
-            (family.collect)(snap, &mut samples);
-            for s in &samples {
-                mf.mut_metric().push(metric(
-                    family.kind,
-                    family.labels,
-                    &snap.labels,
-                    &snap.dims,
-                    s,
-                ));
-            }
-        }
-        if !mf.get_metric().is_empty() {
-            families.push(mf);
-        }
-    }
+pub fn render<S: Borrow<Snapshot>>(process: &ProcessInfo, snapshots: &[S]) -> String {
     let mut out = String::new();
-    // The encoder only fails on malformed families, which the table cannot build.
-    if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut out) {
-        tracing::error!(error = %e, "rendering /metrics failed; this is a bug");
-    }
+    render_with(process, snapshots, |piece| out.push_str(piece));
     out
 }
 
-fn header(name: &str, help: &str, kind: Kind) -> MetricFamily {
-    let mut mf = MetricFamily::default();
-    mf.set_name(name.to_string());
-    mf.set_help(help.to_string());
-    mf.set_field_type(match kind {
-        Kind::Gauge => MetricType::GAUGE,
-        Kind::Counter => MetricType::COUNTER,
-        Kind::Histogram => MetricType::HISTOGRAM,
-    });
-    mf
-}
+/// [`render`], handed to `sink` in pieces of about [`PIECE`] bytes.
+fn render_with<S: Borrow<Snapshot>>(
+    process: &ProcessInfo,
+    snapshots: &[S],
+    sink: impl FnMut(&str),
+) {
+    let mut w = Writer {
+        out: String::with_capacity(PIECE + PIECE / 4),
+        labels: String::new(),
+        sink,
+    };
+    w.header(metrics::BUILD_INFO, metrics::BUILD_INFO_HELP, Kind::Gauge);
+    w.label("revision", metrics::revision());
+    w.label("version", metrics::version());
+    w.line(metrics::BUILD_INFO, "", None, 1.0);
 
-fn label(name: &str, value: &str) -> LabelPair {
-    let mut l = LabelPair::default();
-    l.set_name(name.to_string());
-    l.set_value(value.to_string());
-    l
-}
-
-/// One sample, with the workspace's own labels (`workspace` first), then
-/// its breakdown values (those it has: an empty one is no label), before
-/// the family's.
-fn metric(
-    kind: Kind,
-    names: &[&str],
-    workspace: &[(String, String)],
-    dims: &[String],
-    s: &Sample,
-) -> proto::Metric {
-    let mut m = proto::Metric::default();
-    let mut labels: Vec<LabelPair> = workspace.iter().map(|(n, v)| label(n, v)).collect();
-    labels.extend(
-        dims.iter()
-            .zip(&s.by)
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(n, v)| label(n, v)),
-    );
-    labels.extend(names.iter().zip(&s.labels).map(|(n, v)| label(n, v)));
-    m.set_label(labels);
-    match (&s.value, kind) {
-        (Value::Number(v), Kind::Counter) => {
-            let mut c = proto::Counter::default();
-            c.set_value(*v);
-            m.set_counter(c);
+    // One family's samples of one source at a time.
+    let mut samples = Vec::new();
+    for family in metrics::PROCESS_FAMILIES {
+        samples.clear();
+        (family.collect)(process, &mut samples);
+        if !samples.is_empty() {
+            w.header(family.name, family.help, family.kind);
         }
-        (Value::Number(v), _) => {
-            let mut g = proto::Gauge::default();
-            g.set_value(*v);
-            m.set_gauge(g);
-        }
-        (Value::Histogram(h), _) => {
-            let mut ph = proto::Histogram::default();
-            ph.set_sample_count(h.count());
-            ph.set_sample_sum(h.sum());
-            ph.set_bucket(
-                h.cumulative()
-                    .map(|(le, n)| {
-                        let mut b = proto::Bucket::default();
-                        b.set_upper_bound(le);
-                        b.set_cumulative_count(n);
-                        b
-                    })
-                    .collect(),
-            );
-            m.set_histogram(ph);
+        for s in &samples {
+            w.sample(family.name, family.kind, family.labels, "", &[], s);
         }
     }
-    m
+    // Each workspace's own labels, `workspace` first, rendered once.
+    let prefixes: Vec<String> = snapshots
+        .iter()
+        .map(|snap| {
+            let mut p = String::new();
+            for (n, v) in &snap.borrow().labels {
+                push_label(&mut p, n, v);
+            }
+            p
+        })
+        .collect();
+    for family in metrics::WORKSPACE_FAMILIES {
+        let mut headed = false;
+        for (snap, prefix) in snapshots.iter().zip(&prefixes) {
+            let snap = snap.borrow();
+            samples.clear();
+            (family.collect)(snap, &mut samples);
+            if !samples.is_empty() && !headed {
+                w.header(family.name, family.help, family.kind);
+                headed = true;
+            }
+            for s in &samples {
+                w.sample(
+                    family.name,
+                    family.kind,
+                    family.labels,
+                    prefix,
+                    &snap.dims,
+                    s,
+                );
+            }
+        }
+    }
+    w.flush();
 }
 
-fn build_info() -> MetricFamily {
-    let mut mf = header(metrics::BUILD_INFO, metrics::BUILD_INFO_HELP, Kind::Gauge);
-    let mut m = proto::Metric::default();
-    m.set_label(vec![
-        label("revision", metrics::revision()),
-        label("version", metrics::version()),
-    ]);
-    let mut g = proto::Gauge::default();
-    g.set_value(1.0);
-    m.set_gauge(g);
-    mf.mut_metric().push(m);
-    mf
+/// Writes the text format into `out`, handed to `sink` whenever it holds a
+/// piece; `labels` is the label set of the sample being written, reused
+/// from one sample to the next.
+struct Writer<F: FnMut(&str)> {
+    out: String,
+    labels: String,
+    sink: F,
+}
+
+impl<F: FnMut(&str)> Writer<F> {
+    fn flush(&mut self) {
+        if !self.out.is_empty() {
+            (self.sink)(&self.out);
+            self.out.clear();
+        }
+    }
+
+    fn header(&mut self, name: &str, help: &str, kind: Kind) {
+        if !help.is_empty() {
+            self.out.push_str("# HELP ");
+            self.out.push_str(name);
+            self.out.push(' ');
+            escape(&mut self.out, help, false);
+            self.out.push('\n');
+        }
+        self.out.push_str("# TYPE ");
+        self.out.push_str(name);
+        self.out.push_str(match kind {
+            Kind::Gauge => " gauge\n",
+            Kind::Counter => " counter\n",
+            Kind::Histogram => " histogram\n",
+        });
+    }
+
+    fn label(&mut self, name: &str, value: &str) {
+        push_label(&mut self.labels, name, value);
+    }
+
+    /// One sample, with the workspace's own labels (`prefix`, `workspace`
+    /// first), then its breakdown values (those it has: an empty one is no
+    /// label), before the family's. A histogram is its buckets, `_sum` and
+    /// `_count`.
+    fn sample(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        names: &[&str],
+        prefix: &str,
+        dims: &[String],
+        s: &Sample,
+    ) {
+        self.labels.clear();
+        self.labels.push_str(prefix);
+        for (n, v) in dims.iter().zip(&s.by).filter(|(_, v)| !v.is_empty()) {
+            self.label(n, v);
+        }
+        for (n, v) in names.iter().zip(&s.labels) {
+            self.label(n, v);
+        }
+        match (&s.value, kind) {
+            (Value::Number(v), _) => self.line(name, "", None, *v),
+            (Value::Histogram(h), _) => {
+                // The bounds are finite, so `+Inf` is always added, as the
+                // encoder of the `prometheus` crate does.
+                for (le, n) in h.cumulative() {
+                    self.line(name, "_bucket", Some(Le::Bound(le)), n as f64);
+                }
+                self.line(name, "_bucket", Some(Le::Inf), h.count() as f64);
+                self.line(name, "_sum", None, h.sum());
+                self.line(name, "_count", None, h.count() as f64);
+            }
+        }
+        if self.out.len() >= PIECE {
+            self.flush();
+        }
+    }
+
+    /// `name{labels} value`: numbers as Rust's `Display` writes them
+    /// (`1`, `0.25`, `inf`, `NaN`), as the `prometheus` crate does.
+    fn line(&mut self, name: &str, suffix: &str, le: Option<Le>, value: f64) {
+        let out = &mut self.out;
+        out.push_str(name);
+        out.push_str(suffix);
+        if !self.labels.is_empty() || le.is_some() {
+            out.push('{');
+            out.push_str(&self.labels);
+            if let Some(le) = le {
+                if !self.labels.is_empty() {
+                    out.push(',');
+                }
+                match le {
+                    Le::Bound(b) => {
+                        let _ = write!(out, "le=\"{b}\"");
+                    }
+                    Le::Inf => out.push_str("le=\"+Inf\""),
+                }
+            }
+            out.push('}');
+        }
+        // Writing into a String cannot fail.
+        let _ = writeln!(out, " {value}");
+    }
+}
+
+/// The `le` label of a histogram bucket.
+#[derive(Clone, Copy)]
+enum Le {
+    Bound(f64),
+    Inf,
+}
+
+/// `,name="value"` (no comma first in an empty set), the value escaped.
+fn push_label(set: &mut String, name: &str, value: &str) {
+    if !set.is_empty() {
+        set.push(',');
+    }
+    set.push_str(name);
+    set.push_str("=\"");
+    escape(set, value, true);
+    set.push('"');
+}
+
+/// The text format's escapes: `\` and a newline always, `"` in label
+/// values (`quote`); nothing else.
+fn escape(out: &mut String, v: &str, quote: bool) {
+    let mut rest = v;
+    while let Some(i) = rest.find(|c| c == '\\' || c == '\n' || (quote && c == '"')) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            _ => "\\\"",
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! reloads), and the exposition rendered from them. A scrape reads an
 //! `Arc`; it never renders and never calls the API.
 
-use crate::expose::{self, Exposition};
+use crate::expose::Exposition;
 use crate::fleet::{ExportHealth, Snapshot};
 use crate::metrics::ProcessInfo;
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,12 +66,12 @@ impl State {
     /// What is exposed: the polled workspaces, then the pending slots whose
     /// `workspace` label no other snapshot has (two series with one label
     /// set would break the scrape).
-    fn all_snapshots(&self) -> Vec<Snapshot> {
+    fn all_snapshots(&self) -> Vec<&Snapshot> {
         let mut seen: BTreeSet<&str> = self.snapshots.keys().map(String::as_str).collect();
-        let mut list: Vec<Snapshot> = self.snapshots.values().cloned().collect();
+        let mut list: Vec<&Snapshot> = self.snapshots.values().collect();
         for p in self.pending.values() {
             if seen.insert(p.workspace.as_str()) {
-                list.push(p.clone());
+                list.push(p);
             }
         }
         list
@@ -81,7 +81,7 @@ impl State {
 impl Default for Hub {
     fn default() -> Self {
         let state = State::default();
-        let e = Exposition::new(expose::render(&state.process, &[]));
+        let e = Exposition::render::<Snapshot>(&state.process, &[], 0);
         Hub {
             state: Mutex::new(state),
             exposition: RwLock::new(Arc::new(e)),
@@ -199,13 +199,14 @@ impl Hub {
         }
     }
 
+    /// Renders from the snapshots held, not copies of them (at the
+    /// breakdowns' caps a snapshot is megabytes), reserving the last
+    /// render's size: growing by doubling would peak at up to twice it.
     fn render(&self, st: &State) {
         let list = st.all_snapshots();
         *self.http_rendered.lock().unwrap_or_else(|p| p.into_inner()) = self.http.snapshot();
-        let e = Arc::new(Exposition::new(expose::render(
-            &self.process_view(st),
-            &list,
-        )));
+        let last = self.exposition().gzip.len();
+        let e = Arc::new(Exposition::render(&self.process_view(st), &list, last));
         *self.exposition.write().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
@@ -219,7 +220,7 @@ impl Hub {
     /// Every workspace's snapshot, pending slots included (OTLP carries
     /// their `clawmesh_up` 0 too).
     pub fn snapshots(&self) -> Vec<Snapshot> {
-        self.lock().all_snapshots()
+        self.lock().all_snapshots().into_iter().cloned().collect()
     }
 
     pub fn process(&self) -> ProcessInfo {

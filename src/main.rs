@@ -113,6 +113,12 @@ async fn simulate(args: SimArgs) -> anyhow::Result<()> {
         unknown_agent_statuses: args.unknown_agent_statuses,
         latitude: args.latitude.to_latitude(),
         incident: args.latitude.incident.clone(),
+        label_spread: (args.teams.is_some() || args.envs.is_some()).then(|| {
+            clawmesh_exporter::sim::LabelSpread {
+                teams: args.teams.unwrap_or(5),
+                envs: args.envs.unwrap_or(2),
+            }
+        }),
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;

@@ -795,7 +795,55 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
         ];
         (h, e.gzip.clone()).into_response()
     } else {
-        (ct, e.text.clone()).into_response()
+        (ct, Body::new(Inflating::new(&e))).into_response()
+    }
+}
+
+/// The plain text of an exposition, inflated from its gzip a piece at a
+/// time as the client reads it: only the gzip is kept (`expose`), and a
+/// plain scrape holds one piece, never the whole text.
+struct Inflating {
+    reader: Box<dyn std::io::Read + Send>,
+    left: usize,
+}
+
+impl Inflating {
+    const PIECE: usize = 64 * 1024;
+
+    fn new(e: &crate::expose::Exposition) -> Self {
+        Inflating {
+            reader: Box::new(e.text_reader()),
+            left: e.text_len,
+        }
+    }
+}
+
+impl http_body::Body for Inflating {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let mut piece = vec![0; self.left.min(Self::PIECE)];
+        // Inflating from memory: no I/O to wait for.
+        let r = std::io::Read::read_exact(&mut self.reader, &mut piece);
+        Poll::Ready(Some(r.map(|()| {
+            self.left -= piece.len();
+            http_body::Frame::data(bytes::Bytes::from(piece))
+        })))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left as u64)
     }
 }
 

@@ -166,10 +166,163 @@ fn every_family_is_documented_in_docs_metrics_md() {
 #[test]
 fn gzip_round_trips() {
     use std::io::Read;
-    let e = Exposition::new(render(&process(), &[sample_snapshot()]));
+    let e = Exposition::render(&process(), &[sample_snapshot()], 0);
     let mut out = String::new();
     flate2::read::GzDecoder::new(&e.gzip[..])
         .read_to_string(&mut out)
         .unwrap();
-    assert_eq!(out.as_bytes(), &e.text[..]);
+    assert_eq!(out, render(&process(), &[sample_snapshot()]));
+    assert_eq!((e.text(), e.text_len), (out.clone(), out.len()));
+}
+
+/// The exposition as the `prometheus` crate's encoder writes it, built the
+/// way this module did before it wrote the text itself: the reference the
+/// renderer must match byte for byte (escapes, number formats, suffixes).
+fn encoded_by_prometheus(process: &ProcessInfo, snapshots: &[Snapshot]) -> String {
+    use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+    fn header(name: &str, help: &str, kind: Kind) -> MetricFamily {
+        let mut mf = MetricFamily::default();
+        mf.set_name(name.to_string());
+        mf.set_help(help.to_string());
+        mf.set_field_type(match kind {
+            Kind::Gauge => MetricType::GAUGE,
+            Kind::Counter => MetricType::COUNTER,
+            Kind::Histogram => MetricType::HISTOGRAM,
+        });
+        mf
+    }
+    fn label(name: &str, value: &str) -> LabelPair {
+        let mut l = LabelPair::default();
+        l.set_name(name.to_string());
+        l.set_value(value.to_string());
+        l
+    }
+    fn metric(
+        kind: Kind,
+        names: &[&str],
+        workspace: &[(String, String)],
+        dims: &[String],
+        s: &Sample,
+    ) -> proto::Metric {
+        let mut m = proto::Metric::default();
+        let mut labels: Vec<LabelPair> = workspace.iter().map(|(n, v)| label(n, v)).collect();
+        labels.extend(
+            dims.iter()
+                .zip(&s.by)
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(n, v)| label(n, v)),
+        );
+        labels.extend(names.iter().zip(&s.labels).map(|(n, v)| label(n, v)));
+        m.set_label(labels);
+        match (&s.value, kind) {
+            (Value::Number(v), Kind::Counter) => {
+                let mut c = proto::Counter::default();
+                c.set_value(*v);
+                m.set_counter(c);
+            }
+            (Value::Number(v), _) => {
+                let mut g = proto::Gauge::default();
+                g.set_value(*v);
+                m.set_gauge(g);
+            }
+            (Value::Histogram(h), _) => {
+                let mut ph = proto::Histogram::default();
+                ph.set_sample_count(h.count());
+                ph.set_sample_sum(h.sum());
+                ph.set_bucket(
+                    h.cumulative()
+                        .map(|(le, n)| {
+                            let mut b = proto::Bucket::default();
+                            b.set_upper_bound(le);
+                            b.set_cumulative_count(n);
+                            b
+                        })
+                        .collect(),
+                );
+                m.set_histogram(ph);
+            }
+        }
+        m
+    }
+    let mut families = Vec::new();
+    let mut mf = header(metrics::BUILD_INFO, metrics::BUILD_INFO_HELP, Kind::Gauge);
+    let mut m = proto::Metric::default();
+    m.set_label(vec![
+        label("revision", metrics::revision()),
+        label("version", metrics::version()),
+    ]);
+    let mut g = proto::Gauge::default();
+    g.set_value(1.0);
+    m.set_gauge(g);
+    mf.mut_metric().push(m);
+    families.push(mf);
+    let mut samples = Vec::new();
+    for family in metrics::PROCESS_FAMILIES {
+        let mut mf = header(family.name, family.help, family.kind);
+        samples.clear();
+        (family.collect)(process, &mut samples);
+        for s in &samples {
+            mf.mut_metric()
+                .push(metric(family.kind, family.labels, &[], &[], s));
+        }
+        if !mf.get_metric().is_empty() {
+            families.push(mf);
+        }
+    }
+    for family in metrics::WORKSPACE_FAMILIES {
+        let mut mf = header(family.name, family.help, family.kind);
+        for snap in snapshots {
+            samples.clear();
+            (family.collect)(snap, &mut samples);
+            for s in &samples {
+                mf.mut_metric().push(metric(
+                    family.kind,
+                    family.labels,
+                    &snap.labels,
+                    &snap.dims,
+                    s,
+                ));
+            }
+        }
+        if !mf.get_metric().is_empty() {
+            families.push(mf);
+        }
+    }
+    let mut out = String::new();
+    prometheus::TextEncoder::new()
+        .encode_utf8(&families, &mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn renders_byte_for_byte_what_the_prometheus_encoder_renders() {
+    // Two workspaces, breakdowns with values to escape and an empty one,
+    // and numbers in every format Display has.
+    let mut a = sample_snapshot();
+    a.labels
+        .push(("team".into(), "back\\slash \"quoted\"\nnew line é".into()));
+    a.dims = vec!["provider".into(), "team_2".into()];
+    for (i, g) in a.task_groups.iter_mut().enumerate() {
+        g.by = vec![format!("open\"ai\\{i}"), String::new()];
+        g.counters.queue_seconds.observe(1e-7);
+        g.counters.run_seconds.observe(1e21);
+        g.counters.input_tokens = u64::MAX;
+    }
+    for g in &mut a.agent_groups {
+        g.by = vec!["anthropic".into(), "line\nbreak".into()];
+    }
+    a.oldest_pending_age_seconds = f64::NAN;
+    a.api.clock_skew_seconds = Some(-0.0);
+    a.api.budget_wait_seconds = 123_456_789.125;
+    a.health.token_expiry = Some(f64::INFINITY);
+    let mut b = sample_snapshot();
+    b.workspace = "ws_other".into();
+    b.labels = vec![("workspace".into(), "ws_other".into())];
+    b.oldest_pending_age_seconds = f64::NEG_INFINITY;
+    let snaps = [a, b];
+    assert_eq!(
+        render(&process(), &snaps),
+        encoded_by_prometheus(&process(), &snaps)
+    );
 }

@@ -21,20 +21,42 @@ pub enum Stability {
     Experimental,
 }
 
+/// A sample's value; a histogram is borrowed from the snapshot, not
+/// copied (at the breakdowns' caps, thousands of them per render).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub enum Value<'a> {
     Number(f64),
-    Histogram(Histogram),
+    Histogram(&'a Histogram),
 }
 
 /// One sample: label values in the order of the family's `labels`, and
 /// of the workspace's breakdown labels (`Snapshot::dims`) in `by`, which
 /// is empty for a family without breakdowns. An empty value is no label.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
+pub struct Sample<'a> {
     pub labels: Vec<String>,
-    pub value: Value,
-    pub by: Vec<String>,
+    pub value: Value<'a>,
+    pub by: By<'a>,
+}
+
+/// A sample's breakdown values, borrowed from its group: every sample of a
+/// group shares them (a copy per sample cost more than the text they make).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct By<'a>(pub &'a [String]);
+
+impl<'a> std::ops::Deref for By<'a> {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        self.0
+    }
+}
+
+impl<'a> IntoIterator for &By<'a> {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 /// A metric family over some source `T`: a workspace [`Snapshot`], or the
@@ -50,7 +72,7 @@ pub struct FamilyOf<T> {
     /// Labels of the family. Workspace families carry the workspace's own
     /// labels (`workspace` first) before these.
     pub labels: &'static [&'static str],
-    pub collect: fn(&T, &mut Vec<Sample>),
+    pub collect: for<'a> fn(&'a T, &mut Vec<Sample<'a>>),
 }
 
 /// A family of every workspace, labelled by it.
@@ -58,32 +80,32 @@ pub type Family = FamilyOf<Snapshot>;
 /// A family about the process: no `workspace` label.
 pub type ProcessFamily = FamilyOf<ProcessInfo>;
 
-fn num(labels: &[&str], v: f64) -> Sample {
+fn num<'a>(labels: &[&str], v: f64) -> Sample<'a> {
     Sample {
         labels: labels.iter().map(|s| s.to_string()).collect(),
         value: Value::Number(v),
-        by: Vec::new(),
+        by: By::default(),
     }
 }
 
-fn per_name<'a>(out: &mut Vec<Sample>, map: impl IntoIterator<Item = (&'a String, &'a u64)>) {
+fn per_name<'a>(out: &mut Vec<Sample<'a>>, map: impl IntoIterator<Item = (&'a String, &'a u64)>) {
     out.extend(map.into_iter().map(|(k, v)| num(&[k], *v as f64)));
 }
 
 /// Samples of a breakdown group: `f`'s, each with the group's values.
-fn grouped(out: &mut Vec<Sample>, by: &[String], f: impl FnOnce(&mut Vec<Sample>)) {
+fn grouped<'a>(out: &mut Vec<Sample<'a>>, by: &'a [String], f: impl FnOnce(&mut Vec<Sample<'a>>)) {
     let from = out.len();
     f(out);
     for s in &mut out[from..] {
-        s.by = by.to_vec();
+        s.by = By(by);
     }
 }
 
-fn hist(h: &Histogram) -> Sample {
+fn hist(h: &Histogram) -> Sample<'_> {
     Sample {
         labels: vec![],
-        value: Value::Histogram(h.clone()),
-        by: Vec::new(),
+        value: Value::Histogram(h),
+        by: By::default(),
     }
 }
 
@@ -343,7 +365,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         stability: Stability::Stable,
         labels: &["endpoint"],
         collect: |s, out| {
-            out.extend(s.api.durations.iter().map(|(e, h)| Sample { labels: vec![e.clone()], value: Value::Histogram(h.clone()), by: Vec::new() }))
+            out.extend(s.api.durations.iter().map(|(e, h)| Sample { labels: vec![e.clone()], value: Value::Histogram(h), by: By::default() }))
         },
     },
     Family {
@@ -666,7 +688,7 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
             out.push(Sample {
                 labels: vec![p.shard.index.to_string(), p.shard.total.to_string()],
                 value: Value::Number(1.0),
-                by: Vec::new(),
+                by: By::default(),
             })
         },
     },

@@ -119,7 +119,7 @@ impl Point {
     fn of(v: &Value) -> Point {
         match v {
             Value::Number(n) => Point::Number(*n),
-            Value::Histogram(h) => Point::Hist(h.into()),
+            Value::Histogram(h) => Point::Hist((*h).into()),
         }
     }
 

@@ -112,6 +112,7 @@ pub struct Fleet {
     late_output_probability: f64,
     unknown_agent_statuses: bool,
     big_every: Option<usize>,
+    label_spread: Option<super::LabelSpread>,
     new_tasks: usize,
     target_pending: usize,
     target_running: usize,
@@ -160,6 +161,7 @@ impl Fleet {
             late_output_probability: cfg.late_output_probability,
             unknown_agent_statuses: cfg.unknown_agent_statuses,
             big_every: cfg.big_instructions_every.filter(|n| *n > 0),
+            label_spread: cfg.label_spread,
             new_tasks: 0,
             target_pending: (target_open * 2 / 5).max(1),
             target_running: (target_open - target_open * 2 / 5).max(1),
@@ -333,9 +335,18 @@ impl Fleet {
             .map(|s| s.to_string())
             .collect();
         let mut labels = BTreeMap::new();
-        labels.insert("team".to_string(), self.pick(&TEAMS).to_string());
-        let env = self.pick(&["prod", "prod", "staging"]);
-        labels.insert("env".to_string(), env.to_string());
+        let (team, env) = match self.label_spread {
+            None => (
+                self.pick(&TEAMS).to_string(),
+                self.pick(&["prod", "prod", "staging"]).to_string(),
+            ),
+            Some(s) => (
+                format!("team-{:02}", self.rng.random_range(0..s.teams.max(1))),
+                format!("env-{:02}", self.rng.random_range(0..s.envs.max(1))),
+            ),
+        };
+        labels.insert("team".to_string(), team);
+        labels.insert("env".to_string(), env);
         self.agent_dims.insert(
             id.clone(),
             (labels.clone(), provider.to_string(), model.to_string()),

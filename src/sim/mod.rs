@@ -106,6 +106,19 @@ pub struct SimConfig {
     pub latitude: Latitude,
     /// An incident on from the start (also switchable: `/_sim/incident`).
     pub incident: Option<Incident>,
+    /// Agents' `team` and `env` label values drawn from this many
+    /// (`team-00`.., `env-00`..) instead of the five teams and two
+    /// environments: a fleet whose breakdowns reach their caps, to measure
+    /// the exporter's memory there. `None` keeps the default fleet (and its
+    /// random sequence) unchanged.
+    pub label_spread: Option<LabelSpread>,
+}
+
+/// How many distinct `team` and `env` values the agents carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabelSpread {
+    pub teams: usize,
+    pub envs: usize,
 }
 
 /// Something going wrong in a part of the fleet, for the breakdowns to find.
@@ -170,6 +183,7 @@ impl Default for SimConfig {
             cancelled_share: 0.04,
             latitude: Latitude::default(),
             incident: None,
+            label_spread: None,
         }
     }
 }
