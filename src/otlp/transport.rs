@@ -86,6 +86,8 @@ enum Wire {
 /// What a TLS error message names: the collector's host and where our CA
 /// and client certificate came from.
 struct TlsContext {
+    /// An https:// endpoint.
+    on: bool,
     host: String,
     ca_source: Option<String>,
     client_certificate: bool,
@@ -105,6 +107,7 @@ impl Transport {
             wire,
             secrets,
             tls: TlsContext {
+                on: cfg.endpoint.starts_with("https://"),
                 host,
                 ca_source: cfg.ca_source.clone(),
                 client_certificate: cfg.client_identity.is_some(),
@@ -267,7 +270,12 @@ impl Transport {
                             &match tls {
                                 Some(t) => format!("{t} (gRPC status {:?})", status.code()),
                                 None => {
-                                    format!("gRPC status {:?}: {}", status.code(), status.message())
+                                    format!(
+                                        "gRPC status {:?}: {}{}",
+                                        status.code(),
+                                        status.message(),
+                                        causes(&status)
+                                    )
                                 }
                             },
                             secrets,
@@ -300,8 +308,8 @@ impl Transport {
                     Err(e) => {
                         let what = match tls_problem(&e, &self.tls) {
                             Some(t) => t,
-                            None if e.is_timeout() => format!("timed out: {e}"),
-                            None => format!("connection failed: {e}"),
+                            None if e.is_timeout() => format!("timed out: {e}{}", causes(&e)),
+                            None => format!("connection failed: {e}{}", causes(&e)),
                         };
                         // reqwest's error text holds the URL and the cause, never headers.
                         return Err(SendError::retryable(scrub(&what, secrets)));
@@ -366,45 +374,116 @@ pub fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// The alert in rustls' text of one ("received fatal alert: UnknownCA"),
+/// for the alerts about certificates.
+fn alert_in(text: &str) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    let (_, name) = text.split_once("received fatal alert: ")?;
+    let name: String = name
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    [
+        A::CertificateRequired,
+        A::BadCertificate,
+        A::UnknownCA,
+        A::CertificateUnknown,
+        A::UnsupportedCertificate,
+        A::CertificateRevoked,
+        A::CertificateExpired,
+        A::AccessDenied,
+        A::HandshakeFailure,
+    ]
+    .into_iter()
+    .find(|a| format!("{a:?}") == name)
+}
+
+/// The sources of an error, each after ": " (reqwest and tonic say only
+/// "error sending request" or "transport error" themselves).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = e.source();
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    out
+}
+
 /// The TLS failure somewhere in an error's sources, said as which side
 /// refused what and what to do. `None` when TLS is not the cause.
 fn tls_problem(e: &(dyn std::error::Error + 'static), ctx: &TlsContext) -> Option<String> {
     use rustls::{AlertDescription as A, CertificateError as C, Error as R};
     let mut next = Some(e);
     let mut found = None;
+    let mut cut = false;
     while let Some(err) = next {
-        // io::Error's `source` skips the error it wraps: look inside too.
-        let inner = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
+        // The error itself, or (where HTTP/2 kept only its text) an alert.
         found = err
             .downcast_ref::<R>()
-            .or_else(|| inner.and_then(|i| i.downcast_ref::<R>()));
+            .cloned()
+            .or_else(|| alert_in(&err.to_string()).map(R::AlertReceived));
         if found.is_some() {
             break;
         }
-        next = err.source();
+        use std::io::ErrorKind::*;
+        cut |= err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof))
+            || err
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_canceled() || h.is_closed() || h.is_incomplete_message());
+        // io::Error's `source` skips the error it wraps (which may be
+        // another io::Error, as reqwest nests them): step into it instead.
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     let ca = match &ctx.ca_source {
         Some(s) => format!("the system roots nor the CA of {s}"),
         None => "the system roots (no --otlp.ca-file given)".to_string(),
     };
     let host = &ctx.host;
-    Some(match found? {
+    let Some(found) = found else {
+        // Over gRPC (HTTP/2) a refusal after the handshake (TLS 1.3 checks
+        // the client certificate then) reaches us as a cut connection: the
+        // alert is lost on the way. Say what it most likely is.
+        return (cut && ctx.on).then(|| {
+            if ctx.client_certificate {
+                "TLS: the collector cut the connection after the handshake; it may have refused our client certificate: is it signed by a CA the collector trusts, valid now, and for client authentication?".to_string()
+            } else {
+                "TLS: the collector cut the connection after the handshake; does it require a client certificate (--otlp.client-certificate)?".to_string()
+            }
+        });
+    };
+    Some(match found {
         R::InvalidCertificate(C::UnknownIssuer) => format!(
-            "TLS: the collector's certificate is not trusted: not signed by {ca}; give the CA that signed it with --otlp.ca-file"
+            "TLS: the certificate of the collector is not trusted: not signed by {ca}; give the CA that signed it with --otlp.ca-file"
         ),
         R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
-            "TLS: the collector's certificate is not valid for the host {host} (hostname mismatch); use a host name the certificate lists"
+            "TLS: the certificate of the collector is not valid for the host {host} (hostname mismatch); use a host name the certificate lists"
         ),
         R::InvalidCertificate(
             C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
         ) => format!(
-            "TLS: the collector's certificate for {host} is expired or not yet valid; check its dates and this host's clock"
+            "TLS: the certificate of the collector {host} is expired or not yet valid; check its dates and this host's clock"
         ),
         R::InvalidCertificate(c) => {
-            format!("TLS: the collector's certificate for {host} was refused: {c:?}")
+            format!("TLS: the certificate of the collector {host} was refused: {c:?}")
         }
         R::AlertReceived(A::CertificateRequired) => {
             "TLS: the collector requires a client certificate; set --otlp.client-certificate and --otlp.client-key".to_string()
