@@ -1315,3 +1315,46 @@ fn retry_after_in_seconds_or_as_a_date() {
     assert_eq!(parse_retry_after("soon", now), None);
     assert_eq!(parse_retry_after("-5", now), None);
 }
+
+#[test]
+fn request_and_reply_limits_have_defaults_floors_and_flags() {
+    let base = |f: fn(&mut OtlpArgs)| {
+        let mut a = args(|a| a.endpoint = Some("http://c:4318".into()));
+        f(&mut a);
+        resolve(&a, &env(&[]))
+    };
+    let c = base(|_| {}).unwrap().unwrap();
+    assert_eq!(
+        (c.max_request_size, c.max_response_size, c.max_retry_after),
+        (3 << 20, 64 << 10, Duration::from_secs(300))
+    );
+    let c = base(|a| {
+        a.max_request_size = Some(1 << 20);
+        a.max_response_size = Some(4096);
+        a.max_retry_after = Some(Duration::from_secs(30));
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (c.max_request_size, c.max_response_size, c.max_retry_after),
+        (1 << 20, 4096, Duration::from_secs(30))
+    );
+    let e = base(|a| a.max_request_size = Some(100)).unwrap_err();
+    assert!(e.contains("--otlp.max-request-size"), "{e}");
+    let e = base(|a| a.max_response_size = Some(10)).unwrap_err();
+    assert!(e.contains("--otlp.max-response-size"), "{e}");
+    use clap::Parser;
+    let cli = crate::config::Cli::try_parse_from([
+        "clawmesh-exporter",
+        "--otlp.max-request-size",
+        "2MiB",
+        "--otlp.max-response-size",
+        "8KiB",
+        "--otlp.max-retry-after",
+        "1m",
+    ])
+    .unwrap();
+    assert_eq!(cli.run.otlp.max_request_size, Some(2 << 20));
+    assert_eq!(cli.run.otlp.max_response_size, Some(8 << 10));
+    assert_eq!(cli.run.otlp.max_retry_after, Some(Duration::from_secs(60)));
+}
