@@ -907,13 +907,19 @@ fn built_at(r: &ExportMetricsServiceRequest) -> u64 {
 /// requests, none over the limit, whose union is what /metrics shows (a
 /// Collector's 4 MiB gRPC limit refused a 7.9 MB export of a big breakdown
 /// fleet before, issue 18).
-async fn split_requests_fit_the_limit_and_add_up(wire: Wire, temporality: &str, seed: u64) {
+async fn split_requests_fit_the_limit_and_add_up(
+    wire: Wire,
+    temporality: &str,
+    extra: &[&str],
+    seed: u64,
+) {
     const LIMIT: usize = 4 << 10;
     let sim = Sim::start(busy_fleet(seed)).await;
     let mut receiver = Receiver::start(wire).await;
     let endpoint = receiver.endpoint();
     let mut args = otlp_args(&endpoint, wire, temporality, "explicit", "300ms", "2s");
     args.extend(["--otlp.max-request-size", "4KiB"]);
+    args.extend(extra);
     let exporter = start_exporter(&exporter_config(&sim, &args)).await;
     receiver.store.wait_for_finished_tasks().await;
     converge(&sim, &exporter).await;
@@ -949,12 +955,14 @@ async fn split_requests_fit_the_limit_and_add_up(wire: Wire, temporality: &str, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_split_requests_fit_the_limit_and_add_up_to_metrics() {
-    split_requests_fit_the_limit_and_add_up(Wire::Grpc, "cumulative", 72).await;
+    split_requests_fit_the_limit_and_add_up(Wire::Grpc, "cumulative", &[], 72).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_split_delta_requests_fit_the_limit_and_sum_to_metrics() {
-    split_requests_fit_the_limit_and_add_up(Wire::Http, "delta", 73).await;
+async fn http_split_delta_requests_of_a_breakdown_fit_the_limit_and_sum_to_metrics() {
+    // Broken down by provider and model: the big requests of issue 18.
+    let breakdown = ["--breakdown.provider", "--breakdown.model"];
+    split_requests_fit_the_limit_and_add_up(Wire::Http, "delta", &breakdown, 73).await;
 }
 
 /// A delta export in parts against a collector that refuses some parts
@@ -994,27 +1002,30 @@ async fn refused_parts_of_a_delta_export_are_never_delivered_twice() {
 // ---------------------------------------------------------------- hostile collectors
 
 /// A collector that takes a request and answers `status` with a chunked
-/// body that never ends (until `CAP` bytes: a bound for the test itself).
-/// Records the bytes written on each connection once it ends.
+/// body that never ends (until `CAP` bytes: a bound for the test itself),
+/// as fast as it can or (`drip`) a byte every 100 ms. Records the bytes
+/// written on each connection, and how long the reply lasted, once it ends.
 struct Endless {
     addr: SocketAddr,
     written: Arc<Mutex<Vec<u64>>>,
+    lasted: Arc<Mutex<Vec<Duration>>>,
 }
 
 const CAP: u64 = 256 << 20;
 
-async fn endless(status: &'static str) -> Endless {
+async fn endless(status: &'static str, drip: bool) -> Endless {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let written = Arc::new(Mutex::new(Vec::new()));
-    let w = written.clone();
+    let lasted = Arc::new(Mutex::new(Vec::new()));
+    let (w, l) = (written.clone(), lasted.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
-            let w = w.clone();
+            let (w, l) = (w.clone(), l.clone());
             tokio::spawn(async move {
                 // The request: its head, then Content-Length bytes.
                 let mut buf = Vec::new();
@@ -1049,7 +1060,18 @@ async fn endless(status: &'static str) -> Endless {
                 let reply = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\ntransfer-encoding: chunked\r\n\r\n"
                 );
+                let started = std::time::Instant::now();
                 if sock.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                if drip {
+                    let mut total = 0u64;
+                    while sock.write_all(b"1\r\nx\r\n").await.is_ok() && total < CAP {
+                        total += 6;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    w.lock().unwrap().push(total);
+                    l.lock().unwrap().push(started.elapsed());
                     return;
                 }
                 let chunk = {
@@ -1063,10 +1085,15 @@ async fn endless(status: &'static str) -> Endless {
                     total += chunk.len() as u64;
                 }
                 w.lock().unwrap().push(total);
+                l.lock().unwrap().push(started.elapsed());
             });
         }
     });
-    Endless { addr, written }
+    Endless {
+        addr,
+        written,
+        lasted,
+    }
 }
 
 /// A collector answering with an endless body: the exporter reads
@@ -1076,7 +1103,7 @@ async fn endless(status: &'static str) -> Endless {
 /// write are what the socket buffers hold, far from the stream.
 async fn endless_replies_are_cut(status: &'static str, counted: &str, seed: u64) {
     let sim = Sim::start(busy_fleet(seed)).await;
-    let hostile = endless(status).await;
+    let hostile = endless(status, false).await;
     let endpoint = format!("http://{}", hostile.addr);
     // A long timeout: only the size limit can end a reply early.
     let mut args = otlp_args(
@@ -1129,6 +1156,46 @@ async fn an_endless_200_reply_is_cut_at_the_limit_and_the_export_counts_delivere
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_503_reply_is_cut_at_the_limit_and_the_export_counts_failed() {
     endless_replies_are_cut("503 Service Unavailable", "failure", 76).await;
+}
+
+/// A reply that drips a byte every 100 ms forever, under the size limit,
+/// is cut at the attempt's timeout: every OTLP read has a deadline. The
+/// status (200) decides, so the export counts delivered, and the pusher
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_dripping_forever_is_cut_at_the_timeout() {
+    let sim = Sim::start(busy_fleet(81)).await;
+    let hostile = endless("200 OK", true).await;
+    let endpoint = format!("http://{}", hostile.addr);
+    let args = otlp_args(
+        &endpoint,
+        Wire::Http,
+        "cumulative",
+        "explicit",
+        "300ms",
+        "1s",
+    );
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(60),
+        "three dripping replies cut, and exports counted",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            hostile.lasted.lock().unwrap().len() >= 3
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", "success")])
+                    .is_some_and(|v| v >= 2.0)
+        },
+    )
+    .await;
+    let lasted = hostile.lasted.lock().unwrap().clone();
+    eprintln!("dripping replies lasted {lasted:?}");
+    // 1 s timeout; the rest is a loaded machine noticing the closed socket
+    // at the next drip.
+    assert!(
+        lasted.iter().all(|d| *d < Duration::from_secs(4)),
+        "a reply outlived the 1s timeout: {lasted:?}"
+    );
+    exporter.shutdown().await;
 }
 
 /// A gRPC collector that accepts and answers with a 5 MiB message (past
