@@ -110,6 +110,9 @@ struct Worker {
     failures_in_a_row: u64,
     /// The collector asked (Retry-After) not to be sent to before then.
     not_before: Option<Instant>,
+    /// A data point too big to send has been logged as an error (once; its
+    /// workspace's exports keep counting failed).
+    told_oversized: bool,
 }
 
 /// Start pushing the hub's snapshots every `cfg.interval`.
@@ -157,6 +160,7 @@ pub fn start(cfg: OtlpConfig, hub: Arc<Hub>) -> Result<Pusher, String> {
         health: BTreeMap::new(),
         failures_in_a_row: 0,
         not_before: None,
+        told_oversized: false,
     };
     let task = tokio::spawn(worker.run(stop_rx));
     Ok(Pusher { stop, task })
@@ -242,14 +246,15 @@ impl Worker {
         for o in &oversized {
             *undelivered.entry(o.tag.workspace.clone()).or_default() += 1;
         }
-        if let Some(o) = oversized.first() {
+        if let Some(o) = oversized.first().filter(|_| !self.told_oversized) {
+            self.told_oversized = true;
             tracing::error!(
                 metric = %o.metric,
                 workspace = %o.tag.workspace,
                 bytes = o.size,
                 limit = self.cfg.max_request_size,
                 points = oversized.len(),
-                "an OTLP data point is larger than --otlp.max-request-size by itself and cannot be sent; raise the limit"
+                "an OTLP data point is larger than --otlp.max-request-size by itself and cannot be sent; raise the limit (said once; its workspace's exports count as failed meanwhile)"
             );
         }
         let mut error: Option<SendError> = None;

@@ -256,7 +256,9 @@ impl Transport {
                     // the reply was past --otlp.max-response-size.
                     Err(status)
                         if status.code() == tonic::Code::OutOfRange
-                            && status.message().contains("message length too large") =>
+                            && status
+                                .message()
+                                .contains("decoded message length too large") =>
                     {
                         if !std::mem::replace(&mut self.warned_oversized, true) {
                             tracing::warn!(limit = self.max_response_size, detail = %scrub(status.message(), secrets), "the OTLP collector answered with a gRPC message larger than --otlp.max-response-size; it was not read, and the export counts as accepted (said once)");
