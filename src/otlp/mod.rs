@@ -51,7 +51,8 @@
 //! its own series' deltas at once, so a part that failed is sent again with
 //! the next export and a delivered one never is. A workspace's export counts
 //! as succeeded only when every part with its points was delivered. A
-//! collector's `Retry-After` (HTTP 429/503) is waited out, up to
+//! collector's `Retry-After` (HTTP 429/503) or `RetryInfo` (gRPC) is
+//! waited out, up to
 //! `--otlp.max-retry-after`: within the export if it ends before the
 //! export's deadline, else by skipping the exports due before then.
 
@@ -65,7 +66,7 @@ mod tests;
 
 pub use batch::{otel_name, Batch, Batcher, WORKSPACE_ATTRIBUTE};
 pub use settings::{ClientIdentity, Compression, HistogramMode, OtlpConfig, Protocol, Temporality};
-pub use transport::{parse_retry_after, SendError, Transport};
+pub use transport::{parse_retry_after, retry_info_details, SendError, Transport};
 
 use crate::fleet::ExportHealth;
 use crate::hub::Hub;

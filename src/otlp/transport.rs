@@ -282,12 +282,12 @@ impl Transport {
                             },
                             secrets,
                         );
-                        // gRPC's RetryInfo (a status detail) is not read:
-                        // decoding google.rpc.Status needs another crate;
-                        // the backoff and the next interval pace retries.
                         match status.code() {
                             Cancelled | DeadlineExceeded | ResourceExhausted | Aborted
-                            | OutOfRange | Unavailable | DataLoss => Err(SendError::retryable(msg)),
+                            | OutOfRange | Unavailable | DataLoss => Err(SendError::Retryable {
+                                message: msg,
+                                retry_after: retry_info(status.details()),
+                            }),
                             _ => Err(SendError::Permanent(msg)),
                         }
                     }
@@ -362,6 +362,81 @@ impl Transport {
             }
         }
     }
+}
+
+/// google.rpc.Status as gRPC sends it in `grpc-status-details-bin`: only
+/// the details are read.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<RpcAny>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// google.rpc.RetryInfo, which the OTLP specification has a collector send
+/// with UNAVAILABLE or RESOURCE_EXHAUSTED to say how long to wait.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<PbDuration>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PbDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+/// The wait a gRPC status asks for in its RetryInfo detail, if any.
+fn retry_info(details: &[u8]) -> Option<Duration> {
+    let status = RpcStatus::decode(details).ok()?;
+    let info = status
+        .details
+        .iter()
+        .find(|a| a.type_url.ends_with("/google.rpc.RetryInfo"))?;
+    let delay = RetryInfo::decode(&info.value[..]).ok()?.retry_delay?;
+    Some(
+        Duration::from_secs(u64::try_from(delay.seconds).ok()?)
+            + Duration::from_nanos(u64::try_from(delay.nanos).unwrap_or(0)),
+    )
+}
+
+/// The `grpc-status-details-bin` of an UNAVAILABLE status asking to wait
+/// `delay`, as a collector sends it (for tests).
+pub fn retry_info_details(delay: Duration) -> Vec<u8> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Full {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+        #[prost(message, repeated, tag = "3")]
+        details: Vec<RpcAny>,
+    }
+    let info = RetryInfo {
+        retry_delay: Some(PbDuration {
+            seconds: i64::try_from(delay.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(delay.subsec_nanos()).unwrap_or(0),
+        }),
+    };
+    Full {
+        code: tonic::Code::Unavailable as i32,
+        message: "busy".into(),
+        details: vec![RpcAny {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+            value: info.encode_to_vec(),
+        }],
+    }
+    .encode_to_vec()
 }
 
 /// `Retry-After`: seconds, or an HTTP date (RFC 9110 10.2.3); a date past

@@ -120,6 +120,19 @@ impl MetricsService for Store {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        if self.mode.load(Ordering::SeqCst) == RETRY_AFTER_ONCE {
+            // UNAVAILABLE with a RetryInfo of 3 s, as the OTLP specification has it.
+            self.mode.store(NORMAL, Ordering::SeqCst);
+            self.refusals
+                .lock()
+                .unwrap()
+                .push(std::time::Instant::now());
+            return Err(tonic::Status::with_details(
+                tonic::Code::Unavailable,
+                "busy",
+                clawmesh_exporter::otlp::retry_info_details(Duration::from_secs(3)).into(),
+            ));
+        }
         let headers = request.metadata().clone().into_headers();
         self.push(request.into_inner(), &headers);
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
@@ -1265,14 +1278,14 @@ async fn a_huge_grpc_reply_is_not_read_and_the_export_counts_delivered() {
     server.abort();
 }
 
-/// A collector answering 429 with `Retry-After: 3` is not sent to again
-/// for 3 s (before, the retry came after the 0.2 s backoff, issue 18).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_after_on_429_is_waited_out() {
-    let sim = Sim::start(busy_fleet(78)).await;
-    let receiver = Receiver::start(Wire::Http).await;
+/// A collector answering 429 with `Retry-After: 3` (HTTP) or UNAVAILABLE
+/// with a RetryInfo of 3 s (gRPC) is not sent to again for 3 s (before, the
+/// retry came after the 0.2 s backoff, issue 18).
+async fn retry_after_is_waited_out(wire: Wire, seed: u64) {
+    let sim = Sim::start(busy_fleet(seed)).await;
+    let receiver = Receiver::start(wire).await;
     let endpoint = receiver.endpoint();
-    let args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "200ms", "1s");
+    let args = otlp_args(&endpoint, wire, "delta", "explicit", "200ms", "1s");
     let exporter = start_exporter(&exporter_config(&sim, &args)).await;
     assert!(receiver.store.next(Duration::from_secs(30)).await);
     receiver
@@ -1307,10 +1320,10 @@ async fn retry_after_on_429_is_waited_out() {
         .find(|t| **t > refused)
         .unwrap();
     let waited = next - refused;
-    eprintln!("the next request came {waited:?} after the 429");
+    eprintln!("{wire:?}: the next request came {waited:?} after the refusal");
     assert!(
         waited >= Duration::from_millis(2900),
-        "Retry-After: 3 not honoured: the next request came after {waited:?}"
+        "{wire:?}: a wait of 3 s not honoured: the next request came after {waited:?}"
     );
     assert_eq!(receiver.store.refusals.lock().unwrap().len(), 1);
     // Nothing was lost meanwhile: the deltas held go out after the wait.
@@ -1318,6 +1331,16 @@ async fn retry_after_on_429_is_waited_out() {
     assert_same_sync(&exporter, &receiver.store, false).await;
     assert_delta_windows_are_contiguous(&receiver.store.all());
     exporter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_429_is_waited_out() {
+    retry_after_is_waited_out(Wire::Http, 78).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_retry_info_is_waited_out() {
+    retry_after_is_waited_out(Wire::Grpc, 82).await;
 }
 
 // ---------------------------------------------------------------- secrets
