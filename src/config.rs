@@ -445,7 +445,7 @@ pub struct OtlpArgs {
     /// Largest collector reply read (HTTP body, gRPC message); the rest is left unread [default: 64KiB].
     #[arg(id = "otlp_max_response_size", long = "otlp.max-response-size", env = "CLAWMESH_OTLP_MAX_RESPONSE_SIZE", value_name = "SIZE", value_parser = crate::units::parse_size)]
     pub max_response_size: Option<u64>,
-    /// Longest wait granted to a collector's Retry-After (HTTP 429/503) [default: 5m].
+    /// Longest wait granted to a collector's Retry-After (HTTP 429/503) or RetryInfo (gRPC) [default: 5m].
     #[arg(id = "otlp_max_retry_after", long = "otlp.max-retry-after", env = "CLAWMESH_OTLP_MAX_RETRY_AFTER", value_name = "DUR", value_parser = humantime::parse_duration)]
     pub max_retry_after: Option<Duration>,
 }
