@@ -439,6 +439,15 @@ pub struct OtlpArgs {
         value_name = "PATH"
     )]
     pub client_key: Option<PathBuf>,
+    /// Largest request sent (its protobuf before compression); a bigger export goes out as several requests [default: 3MiB, under a Collector's 4MiB gRPC receive limit].
+    #[arg(id = "otlp_max_request_size", long = "otlp.max-request-size", env = "CLAWMESH_OTLP_MAX_REQUEST_SIZE", value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub max_request_size: Option<u64>,
+    /// Largest collector reply read (HTTP body, gRPC message); the rest is left unread [default: 64KiB].
+    #[arg(id = "otlp_max_response_size", long = "otlp.max-response-size", env = "CLAWMESH_OTLP_MAX_RESPONSE_SIZE", value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub max_response_size: Option<u64>,
+    /// Longest wait granted to a collector's Retry-After (HTTP 429/503) or RetryInfo (gRPC) [default: 5m].
+    #[arg(id = "otlp_max_retry_after", long = "otlp.max-retry-after", env = "CLAWMESH_OTLP_MAX_RETRY_AFTER", value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub max_retry_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Args)]

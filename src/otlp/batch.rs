@@ -168,6 +168,20 @@ impl Point {
     }
 }
 
+/// A counter or histogram series: family index, workspace, identity.
+pub type SeriesKey = (usize, String, Vec<String>);
+
+/// What a data point of a built request belongs to, so that a request can
+/// be split and each part's delivery settle exactly its own series.
+#[derive(Debug, Clone)]
+pub struct Tag {
+    /// The workspace ("" for the process's own families).
+    pub workspace: String,
+    /// The series whose delta state the point carries (counters and
+    /// histograms); `None` for a gauge.
+    pub series: Option<SeriesKey>,
+}
+
 /// What one counter or histogram series carries from build to build.
 struct Series {
     /// The last total seen.
@@ -177,6 +191,10 @@ struct Series {
     start_ns: u64,
     /// Delta: the increase seen but not yet delivered.
     undelivered: Option<Point>,
+    /// Delta: when the last delivered point of this series was built (its
+    /// next point starts there). Per series, since a split export can be
+    /// delivered in part.
+    delivered_ns: u64,
     /// Generation of the last build that saw this series.
     seen: u64,
     /// When the workspace's counting began (its slot started): a new value
@@ -191,6 +209,9 @@ pub struct Batch {
     pub built_ns: u64,
     /// Data points per workspace.
     pub points: BTreeMap<String, u64>,
+    /// Per metric of the request (one resource, one scope), what each of
+    /// its data points belongs to, in order.
+    pub tags: Vec<Vec<Tag>>,
 }
 
 impl Batch {
@@ -278,6 +299,7 @@ impl Batcher {
         } as i32;
         let mut points: BTreeMap<String, u64> = BTreeMap::new();
         let mut out = Vec::with_capacity(metrics::WORKSPACE_FAMILIES.len());
+        let mut tags = Vec::with_capacity(metrics::WORKSPACE_FAMILIES.len());
         let mut samples = Vec::new();
         for snap in snaps {
             self.prime(snap);
@@ -286,6 +308,9 @@ impl Batcher {
             let mut numbers = Vec::new();
             let mut explicit = Vec::new();
             let mut exponential = Vec::new();
+            // The tags of each list, in step with it.
+            let (mut number_tags, mut explicit_tags, mut exponential_tags) =
+                (Vec::new(), Vec::new(), Vec::new());
             let restored = metrics::restored(family.name);
             for snap in snaps {
                 samples.clear();
@@ -330,16 +355,24 @@ impl Batcher {
                             .map(|(k, v)| kv(otel_attribute(family.name, k), v)),
                     );
                     *points.entry(snap.workspace.clone()).or_default() += 1;
-                    let (point, start_ns) = if family.kind == Kind::Gauge {
-                        (Point::of(&s.value), 0)
+                    let (point, start_ns, series) = if family.kind == Kind::Gauge {
+                        (Point::of(&s.value), 0, None)
                     } else {
-                        self.advance(
-                            (fi, snap.workspace.clone(), series_id(snap, s)),
-                            &s.value,
-                            now_ns,
-                            origin_ns,
-                        )
+                        let key = (fi, snap.workspace.clone(), series_id(snap, s));
+                        let (p, start) = self.advance(key.clone(), &s.value, now_ns, origin_ns);
+                        (p, start, Some(key))
                     };
+                    let tag = Tag {
+                        workspace: snap.workspace.clone(),
+                        series,
+                    };
+                    match &point {
+                        Point::Number(_) => number_tags.push(tag),
+                        Point::Hist(_) if self.histogram == HistogramMode::Explicit => {
+                            explicit_tags.push(tag)
+                        }
+                        Point::Hist(_) => exponential_tags.push(tag),
+                    }
                     match point {
                         Point::Number(v) => numbers.push(pb::NumberDataPoint {
                             attributes,
@@ -374,29 +407,40 @@ impl Batcher {
                     }
                 }
             }
-            let data = match family.kind {
+            let (data, family_tags) = match family.kind {
                 _ if numbers.is_empty() && explicit.is_empty() && exponential.is_empty() => {
                     continue
                 }
-                Kind::Gauge => Data::Gauge(pb::Gauge {
-                    data_points: numbers,
-                }),
-                Kind::Counter => Data::Sum(pb::Sum {
-                    data_points: numbers,
-                    aggregation_temporality: temporality,
-                    is_monotonic: true,
-                }),
-                Kind::Histogram if self.histogram == HistogramMode::Explicit => {
+                Kind::Gauge => (
+                    Data::Gauge(pb::Gauge {
+                        data_points: numbers,
+                    }),
+                    number_tags,
+                ),
+                Kind::Counter => (
+                    Data::Sum(pb::Sum {
+                        data_points: numbers,
+                        aggregation_temporality: temporality,
+                        is_monotonic: true,
+                    }),
+                    number_tags,
+                ),
+                Kind::Histogram if self.histogram == HistogramMode::Explicit => (
                     Data::Histogram(pb::Histogram {
                         data_points: explicit,
                         aggregation_temporality: temporality,
-                    })
-                }
-                Kind::Histogram => Data::ExponentialHistogram(pb::ExponentialHistogram {
-                    data_points: exponential,
-                    aggregation_temporality: temporality,
-                }),
+                    }),
+                    explicit_tags,
+                ),
+                Kind::Histogram => (
+                    Data::ExponentialHistogram(pb::ExponentialHistogram {
+                        data_points: exponential,
+                        aggregation_temporality: temporality,
+                    }),
+                    exponential_tags,
+                ),
             };
+            tags.push(family_tags);
             out.push(pb::Metric {
                 name: otel_name(family),
                 description: family.help.to_string(),
@@ -413,23 +457,28 @@ impl Batcher {
             (family.collect)(process, &mut samples);
             let counter = family.kind == Kind::Counter;
             let mut data_points = Vec::with_capacity(samples.len());
+            let mut family_tags = Vec::with_capacity(samples.len());
             for s in &samples {
                 let metrics::Value::Number(v) = s.value else {
                     continue;
                 };
-                let (v, start_ns) = if counter {
+                let (v, start_ns, series) = if counter {
                     let key = (
                         metrics::WORKSPACE_FAMILIES.len() + pi,
                         String::new(),
                         s.labels.clone(),
                     );
-                    match self.advance(key, &s.value, now_ns, 0) {
-                        (Point::Number(d), start) => (d, start),
+                    match self.advance(key.clone(), &s.value, now_ns, 0) {
+                        (Point::Number(d), start) => (d, start, Some(key)),
                         (Point::Hist(_), _) => continue,
                     }
                 } else {
-                    (v, 0)
+                    (v, 0, None)
                 };
+                family_tags.push(Tag {
+                    workspace: String::new(),
+                    series,
+                });
                 data_points.push(pb::NumberDataPoint {
                     attributes: family
                         .labels
@@ -455,6 +504,7 @@ impl Batcher {
                 }),
                 _ => Data::Gauge(pb::Gauge { data_points }),
             };
+            tags.push(family_tags);
             out.push(pb::Metric {
                 name: otel_name(family),
                 description: family.help.to_string(),
@@ -491,6 +541,7 @@ impl Batcher {
             request,
             built_ns: now_ns,
             points,
+            tags,
         }
     }
 
@@ -521,6 +572,7 @@ impl Batcher {
                     last_ns: self.delivered_ns,
                     start_ns: origin_ns,
                     undelivered: None,
+                    delivered_ns: self.delivered_ns,
                     seen: self.generation,
                     origin_ns,
                 });
@@ -564,6 +616,7 @@ impl Batcher {
             last_ns: delivered,
             start_ns: start,
             undelivered: None,
+            delivered_ns: delivered,
             seen: generation,
             origin_ns,
         });
@@ -593,16 +646,34 @@ impl Batcher {
                     None => increase,
                 };
                 s.undelivered = Some(sum.clone());
-                (sum, delivered)
+                (sum, s.delivered_ns)
             }
         }
     }
 
-    /// The batch built at `built_ns` was accepted: deltas start afresh from it.
+    /// The batch built at `built_ns` was accepted whole: deltas start
+    /// afresh from it.
     pub fn delivered(&mut self, built_ns: u64) {
         self.delivered_ns = built_ns;
         for s in self.series.values_mut() {
             s.undelivered = None;
+            s.delivered_ns = built_ns;
+        }
+    }
+
+    /// One part of the batch built at `built_ns` was accepted: the series
+    /// it carried start afresh from it; the others keep their undelivered
+    /// increase for the next build, so no part is ever sent twice.
+    pub fn delivered_part<'a>(
+        &mut self,
+        series: impl IntoIterator<Item = &'a SeriesKey>,
+        built_ns: u64,
+    ) {
+        for key in series {
+            if let Some(s) = self.series.get_mut(key) {
+                s.undelivered = None;
+                s.delivered_ns = built_ns;
+            }
         }
     }
 }

@@ -45,9 +45,20 @@
 //! count (see `batch`). How exports go shows on `/metrics` as
 //! `clawmesh_otlp_*`. At shutdown the last numbers are pushed once more,
 //! within `--otlp.timeout`.
+//!
+//! An export bigger than `--otlp.max-request-size` goes out as several
+//! requests (`split`), each with its own attempts; a delivered part settles
+//! its own series' deltas at once, so a part that failed is sent again with
+//! the next export and a delivered one never is. A workspace's export counts
+//! as succeeded only when every part with its points was delivered. A
+//! collector's `Retry-After` (HTTP 429/503) or `RetryInfo` (gRPC) is
+//! waited out, up to
+//! `--otlp.max-retry-after`: within the export if it ends before the
+//! export's deadline, else by skipping the exports due before then.
 
 mod batch;
 pub mod settings;
+mod split;
 mod transport;
 
 #[cfg(test)]
@@ -55,7 +66,7 @@ mod tests;
 
 pub use batch::{otel_name, Batch, Batcher, WORKSPACE_ATTRIBUTE};
 pub use settings::{ClientIdentity, Compression, HistogramMode, OtlpConfig, Protocol, Temporality};
-pub use transport::{SendError, Transport};
+pub use transport::{parse_retry_after, retry_info_details, SendError, Transport};
 
 use crate::fleet::ExportHealth;
 use crate::hub::Hub;
@@ -98,6 +109,11 @@ struct Worker {
     batcher: Batcher,
     health: BTreeMap<String, ExportHealth>,
     failures_in_a_row: u64,
+    /// The collector asked (Retry-After) not to be sent to before then.
+    not_before: Option<Instant>,
+    /// A data point too big to send has been logged as an error (once; its
+    /// workspace's exports keep counting failed).
+    told_oversized: bool,
 }
 
 /// Start pushing the hub's snapshots every `cfg.interval`.
@@ -144,6 +160,8 @@ pub fn start(cfg: OtlpConfig, hub: Arc<Hub>) -> Result<Pusher, String> {
         batcher,
         health: BTreeMap::new(),
         failures_in_a_row: 0,
+        not_before: None,
+        told_oversized: false,
     };
     let task = tokio::spawn(worker.run(stop_rx));
     Ok(Pusher { stop, task })
@@ -173,7 +191,7 @@ impl Worker {
             tokio::select! {
                 // A panic in an export is caught, counted and logged; the
                 // next tick exports again (the ticker is the pause).
-                r = crate::supervise::guard(self.export(deadline)) => if let Err(c) = r {
+                r = crate::supervise::guard(self.export(deadline, false)) => if let Err(c) = r {
                     hub.count_restart("otlp_pusher");
                     crate::supervise::report("otlp_pusher", "", &c, self.cfg.interval);
                 },
@@ -183,8 +201,11 @@ impl Worker {
             }
         }
         let deadline = Instant::now() + self.cfg.timeout;
-        match tokio::time::timeout_at(deadline, crate::supervise::guard(self.export(deadline)))
-            .await
+        match tokio::time::timeout_at(
+            deadline,
+            crate::supervise::guard(self.export(deadline, true)),
+        )
+        .await
         {
             Ok(Ok(())) => {}
             Ok(Err(c)) => {
@@ -197,8 +218,21 @@ impl Worker {
         }
     }
 
-    /// One export of the newest snapshots: a few attempts until `deadline`.
-    async fn export(&mut self, deadline: Instant) {
+    /// One export of the newest snapshots, in parts of at most
+    /// `--otlp.max-request-size`, each with a few attempts until `deadline`.
+    /// `last`: the flush at shutdown, sent even while the collector asked
+    /// to wait (the numbers would be lost otherwise).
+    async fn export(&mut self, deadline: Instant, last: bool) {
+        if let Some(at) = self.not_before {
+            if Instant::now() < at && !last {
+                tracing::debug!(
+                    wait = %humantime::format_duration(at - Instant::now()),
+                    "OTLP export skipped: the collector asked to wait (Retry-After)"
+                );
+                return;
+            }
+            self.not_before = None;
+        }
         let snaps = self.hub.snapshots();
         if snaps.is_empty() {
             return;
@@ -206,82 +240,177 @@ impl Worker {
         let batch = self
             .batcher
             .build(&self.hub.process(), &snaps, unix_nanos(SystemTime::now()));
-        let body = self.transport.body(&batch.request);
-        let mut attempt = 1;
-        let result = loop {
-            let result =
-                match tokio::time::timeout_at(deadline, self.transport.send(&batch.request, &body))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(SendError::Retryable(
-                        "no answer before the export's deadline".into(),
-                    )),
-                };
-            match result {
-                Err(SendError::Retryable(e)) if attempt < MAX_ATTEMPTS => {
-                    let backoff = BACKOFF_BASE * 2u32.pow(attempt - 1);
-                    let backoff = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-                    if Instant::now() + backoff >= deadline {
-                        break Err(SendError::Retryable(e));
-                    }
-                    tracing::debug!(attempt, error = %e, "OTLP export failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    attempt += 1;
+        let built_ns = batch.built_ns;
+        let (parts, oversized) = split::split(batch.request, batch.tags, self.cfg.max_request_size);
+        // Points per workspace that were not delivered by this export.
+        let mut undelivered: BTreeMap<String, u64> = BTreeMap::new();
+        for o in &oversized {
+            *undelivered.entry(o.tag.workspace.clone()).or_default() += 1;
+        }
+        if let Some(o) = oversized.first().filter(|_| !self.told_oversized) {
+            self.told_oversized = true;
+            tracing::error!(
+                metric = %o.metric,
+                workspace = %o.tag.workspace,
+                bytes = o.size,
+                limit = self.cfg.max_request_size,
+                points = oversized.len(),
+                "an OTLP data point is larger than --otlp.max-request-size by itself and cannot be sent; raise the limit (said once; its workspace's exports count as failed meanwhile)"
+            );
+        }
+        let mut error: Option<SendError> = None;
+        let (mut attempts, mut bytes, mut sent_points) = (0, 0, 0);
+        let mut stopped = false;
+        let part_count = parts.len();
+        for part in parts {
+            if stopped {
+                for t in &part.tags {
+                    *undelivered.entry(t.workspace.clone()).or_default() += 1;
                 }
-                other => break other,
+                continue;
             }
-        };
-        let now = SystemTime::now();
-        match result {
-            Ok(accepted) => {
-                self.batcher.delivered(batch.built_ns);
-                if accepted.rejected_points > 0 {
-                    tracing::warn!(rejected = accepted.rejected_points, message = %accepted.message, "the OTLP receiver dropped some data points");
+            let body = self.transport.body(&part.request);
+            let (result, n) = self.send_part(&part.request, &body, deadline).await;
+            attempts += n;
+            match result {
+                Ok(accepted) => {
+                    self.batcher.delivered_part(
+                        part.tags.iter().filter_map(|t| t.series.as_ref()),
+                        built_ns,
+                    );
+                    if accepted.rejected_points > 0 {
+                        tracing::warn!(rejected = accepted.rejected_points, message = %accepted.message, "the OTLP receiver dropped some data points");
+                    }
+                    bytes += body.len();
+                    sent_points += part.tags.len();
                 }
+                Err(e) => {
+                    for t in &part.tags {
+                        *undelivered.entry(t.workspace.clone()).or_default() += 1;
+                    }
+                    // A collector that is away or asked to wait would fail
+                    // the next parts too; a refused part (bad request) may
+                    // be that part alone.
+                    if let SendError::Retryable { retry_after, .. } = &e {
+                        stopped = true;
+                        if let Some(after) = retry_after {
+                            let after = (*after).min(self.cfg.max_retry_after);
+                            self.not_before = Some(Instant::now() + after);
+                        }
+                    }
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        let delivered_all = error.is_none() && oversized.is_empty();
+        if delivered_all {
+            self.batcher.delivered(built_ns);
+        }
+        let now = SystemTime::now();
+        match error {
+            None => {
                 if self.failures_in_a_row > 0 {
                     tracing::info!(endpoint = %self.cfg.endpoint, failed_before = self.failures_in_a_row, "OTLP exports succeed again");
                     self.failures_in_a_row = 0;
                 }
                 tracing::debug!(
-                    points = batch.total_points(),
-                    bytes = body.len(),
-                    attempt,
+                    points = sent_points,
+                    bytes,
+                    requests = part_count,
+                    attempts,
                     "OTLP export delivered"
                 );
-                let t = now
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0);
-                for ws in batch.points.keys() {
-                    let h = self.health.entry(ws.clone()).or_default();
-                    h.succeeded += 1;
-                    h.last_success = Some(t);
-                    h.pending_points = 0;
-                }
             }
-            Err(e) => {
+            Some(e) => {
                 let hint = match &e {
                     SendError::Permanent(_) => {
                         " (not retried: check the endpoint, protocol and headers)"
                     }
-                    SendError::Retryable(_) => "; the numbers go out with the next export",
+                    SendError::Retryable { .. } => "; the numbers go out with the next export",
                 };
+                let wait = self
+                    .not_before
+                    .map(|at| {
+                        humantime::format_duration(at.saturating_duration_since(Instant::now()))
+                            .to_string()
+                    })
+                    .unwrap_or_default();
                 // A long outage says so now and then, not every interval.
                 self.failures_in_a_row += 1;
                 let n = self.failures_in_a_row;
-                if n == 1 || n % 10 == 0 {
-                    tracing::warn!(endpoint = %self.cfg.endpoint, attempts = attempt, failures_in_a_row = n, error = %e, "OTLP export failed{hint}");
+                let undelivered_requests = part_count;
+                if n == 1 || n % 10 == 0 || !wait.is_empty() {
+                    tracing::warn!(endpoint = %self.cfg.endpoint, attempts, requests = undelivered_requests, failures_in_a_row = n, retry_after = %wait, error = %e, "OTLP export failed{hint}");
                 } else {
-                    tracing::debug!(endpoint = %self.cfg.endpoint, attempts = attempt, failures_in_a_row = n, error = %e, "OTLP export failed{hint}");
+                    tracing::debug!(endpoint = %self.cfg.endpoint, attempts, requests = undelivered_requests, failures_in_a_row = n, error = %e, "OTLP export failed{hint}");
                 }
-                for (ws, points) in &batch.points {
-                    let h = self.health.entry(ws.clone()).or_default();
+            }
+        }
+        let t = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        for ws in batch.points.keys() {
+            let h = self.health.entry(ws.clone()).or_default();
+            match undelivered.get(ws) {
+                None | Some(0) => {
+                    h.succeeded += 1;
+                    h.last_success = Some(t);
+                    h.pending_points = 0;
+                }
+                Some(n) => {
                     h.failed += 1;
-                    h.pending_points = *points;
+                    h.pending_points = *n;
                 }
             }
         }
         self.hub.set_otlp_health(self.health.clone());
+    }
+
+    /// One request with its attempts until `deadline`; and how many attempts.
+    /// A collector's Retry-After replaces the backoff when it ends in time.
+    async fn send_part(
+        &mut self,
+        request: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+        body: &bytes::Bytes,
+        deadline: Instant,
+    ) -> (Result<transport::Accepted, SendError>, u32) {
+        let mut attempt = 1;
+        loop {
+            let result =
+                match tokio::time::timeout_at(deadline, self.transport.send(request, body)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(SendError::retryable(
+                        "no answer before the export's deadline",
+                    )),
+                };
+            match result {
+                Err(SendError::Retryable {
+                    message,
+                    retry_after,
+                }) if attempt < MAX_ATTEMPTS => {
+                    let wait = match retry_after {
+                        Some(after) => after.min(self.cfg.max_retry_after),
+                        None => {
+                            let backoff = BACKOFF_BASE * 2u32.pow(attempt - 1);
+                            backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+                        }
+                    };
+                    if Instant::now() + wait >= deadline {
+                        return (
+                            Err(SendError::Retryable {
+                                message,
+                                retry_after,
+                            }),
+                            attempt,
+                        );
+                    }
+                    tracing::debug!(attempt, error = %message, wait = %humantime::format_duration(wait), "OTLP request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return (other, attempt),
+            }
+        }
     }
 }

@@ -62,6 +62,13 @@ impl fmt::Debug for ClientIdentity {
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SERVICE_NAME: &str = "clawmesh-exporter";
+/// Under the 4 MiB a Collector's gRPC receiver takes by default, with room
+/// for the frame and headers.
+pub const DEFAULT_MAX_REQUEST_SIZE: u64 = 3 << 20;
+/// An ExportMetricsServiceResponse (a partial-success count and message) or
+/// an error text fits many times over.
+pub const DEFAULT_MAX_RESPONSE_SIZE: u64 = 64 << 10;
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// A validated OTLP setup. `Debug` shows header names, never their values.
 #[derive(Clone)]
@@ -78,11 +85,20 @@ pub struct OtlpConfig {
     pub headers: Vec<(String, Secret)>,
     /// PEM of the CA that signs the collector's certificate, besides the system roots.
     pub ca_pem: Option<Vec<u8>>,
+    /// Where that CA came from (`--otlp.ca-file /path`), for TLS errors.
+    pub ca_source: Option<String>,
     pub compression: Compression,
     /// For a collector that requires a client certificate.
     pub client_identity: Option<ClientIdentity>,
     /// Resource attributes, `service.name` first.
     pub resource: Vec<(String, String)>,
+    /// Largest request (encoded protobuf, before compression): an export
+    /// goes out in as many requests as it takes.
+    pub max_request_size: usize,
+    /// Largest reply read from the collector.
+    pub max_response_size: usize,
+    /// Cap on a collector's Retry-After.
+    pub max_retry_after: Duration,
 }
 
 impl fmt::Debug for OtlpConfig {
@@ -99,6 +115,9 @@ impl fmt::Debug for OtlpConfig {
             .field("compression", &self.compression)
             .field("client_identity", &self.client_identity)
             .field("resource", &self.resource)
+            .field("max_request_size", &self.max_request_size)
+            .field("max_response_size", &self.max_response_size)
+            .field("max_retry_after", &self.max_retry_after)
             .finish()
     }
 }
@@ -282,6 +301,9 @@ pub fn resolve(
             "OTEL_EXPORTER_OTLP_CERTIFICATE",
         ],
     );
+    let ca_source = ca_path
+        .as_ref()
+        .map(|(source, path)| format!("{source} {}", path.display()));
     let ca_pem = match ca_path {
         None => None,
         Some((source, path)) => {
@@ -311,6 +333,18 @@ pub fn resolve(
         (None, None) => Compression::None,
     };
     let client_identity = client_identity(args, env, files, &endpoint)?;
+    let max_request_size = args.max_request_size.unwrap_or(DEFAULT_MAX_REQUEST_SIZE);
+    // Below this not even one ordinary data point with its attributes fits.
+    if max_request_size < 1024 {
+        return Err("--otlp.max-request-size: must be at least 1KiB; the default is 3MiB".into());
+    }
+    let max_response_size = args.max_response_size.unwrap_or(DEFAULT_MAX_RESPONSE_SIZE);
+    if max_response_size < 64 {
+        return Err(
+            "--otlp.max-response-size: must be at least 64B to read a collector's answer; the default is 64KiB"
+                .into(),
+        );
+    }
     Ok(Some(OtlpConfig {
         endpoint,
         protocol,
@@ -320,9 +354,13 @@ pub fn resolve(
         histogram,
         headers,
         ca_pem,
+        ca_source,
         compression,
         client_identity,
         resource: resource(env)?,
+        max_request_size: usize::try_from(max_request_size).unwrap_or(usize::MAX),
+        max_response_size: usize::try_from(max_response_size).unwrap_or(usize::MAX),
+        max_retry_after: args.max_retry_after.unwrap_or(DEFAULT_MAX_RETRY_AFTER),
     }))
 }
 
@@ -410,13 +448,21 @@ fn client_identity(
         .key_provider
         .load_private_key(key)
         .map_err(|_| format!("{key_at}: a private key of a kind TLS cannot use"))?;
-    match rustls::sign::CertifiedKey::new(certs, signer).keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(_) => {
+    // The certificate's public key, read from its DER here rather than by
+    // rustls' `keys_match`: that parses the whole certificate with webpki,
+    // which refuses X.509 v1 (no extensions) though the key matches, and a
+    // collector (Go's crypto/x509) takes a v1 client certificate.
+    let cert_key = subject_public_key_info(&certs[0]).ok_or_else(|| {
+        format!("{cert_at}: the first certificate is not a readable X.509 certificate")
+    })?;
+    match signer.public_key() {
+        Some(k) if k.as_ref() != cert_key => {
             return Err(format!(
                 "{key_at}: not the key of the certificate in {cert_at}"
             ))
         }
+        // A key kind whose public half rustls cannot tell: the handshake will.
+        _ => {}
     }
     let key_pem = String::from_utf8(key_pem)
         .map_err(|_| format!("{key_at}: no PEM private key in the file"))?;
@@ -424,6 +470,61 @@ fn client_identity(
         cert_pem,
         key_pem: Secret::new(key_pem),
     }))
+}
+
+/// One DER element at the start of `der`: its tag, the whole element and
+/// what follows it.
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *der.first()?;
+    let first = *der.get(1)? as usize;
+    let (len, head) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for b in der.get(2..2 + n)? {
+            len = (len << 8) | *b as usize;
+        }
+        (len, 2 + n)
+    };
+    let end = head.checked_add(len)?;
+    Some((tag, der.get(..end)?, der.get(end..)?))
+}
+
+/// The inside of a DER element.
+fn der_content(element: &[u8]) -> Option<&[u8]> {
+    let first = *element.get(1)? as usize;
+    let head = if first < 0x80 { 2 } else { 2 + (first & 0x7f) };
+    element.get(head..)
+}
+
+/// The SubjectPublicKeyInfo of a certificate, v1 or v3 alike:
+/// `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version
+/// OPTIONAL (absent in v1), serial, signature, issuer, validity, subject,
+/// subjectPublicKeyInfo, ... }, ... }`.
+fn subject_public_key_info(cert: &[u8]) -> Option<&[u8]> {
+    const SEQUENCE: u8 = 0x30;
+    let (tag, cert, _) = der_element(cert)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, tbs, _) = der_element(der_content(cert)?)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut rest = der_content(tbs)?;
+    if rest.first() == Some(&0xa0) {
+        rest = der_element(rest)?.2;
+    }
+    // serial, signature, issuer, validity, subject
+    for _ in 0..5 {
+        rest = der_element(rest)?.2;
+    }
+    let (tag, spki, _) = der_element(rest)?;
+    (tag == SEQUENCE).then_some(spki)
 }
 
 enum Base {

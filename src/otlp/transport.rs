@@ -3,6 +3,13 @@
 //! marked sensitive (so they print as `Sensitive`), and any error text is
 //! scrubbed of them before it can reach a log line. With gzip, tonic
 //! compresses each gRPC message; the HTTP body is compressed here.
+//!
+//! A reply is read up to `--otlp.max-response-size` (the HTTP body frame by
+//! frame; tonic refuses a bigger gRPC message) and within the attempt's
+//! timeout: a collector that streams an endless answer costs that much and
+//! its connection. The status decides: a 200 whose body runs past the limit
+//! was accepted (its partial-success details are lost, said once in the
+//! log). A TLS failure says which side refused what.
 
 use super::settings::{Compression, OtlpConfig, Protocol};
 use crate::secret::Secret;
@@ -19,16 +26,29 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 /// Why a send failed. The text never holds a header value.
 #[derive(Debug)]
 pub enum SendError {
-    /// Worth another attempt: the collector is away, busy or slow.
-    Retryable(String),
+    /// Worth another attempt: the collector is away, busy or slow;
+    /// `retry_after` when it said how long to wait (HTTP `Retry-After`).
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Another attempt would fail the same way (bad request, auth).
     Permanent(String),
+}
+
+impl SendError {
+    pub fn retryable(message: impl Into<String>) -> SendError {
+        SendError::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Retryable(m) | SendError::Permanent(m) => f.write_str(m),
+            SendError::Retryable { message: m, .. } | SendError::Permanent(m) => f.write_str(m),
         }
     }
 }
@@ -40,25 +60,64 @@ pub struct Accepted {
     pub message: String,
 }
 
-pub enum Transport {
+pub struct Transport {
+    wire: Wire,
+    secrets: Vec<Secret>,
+    tls: TlsContext,
+    max_response_size: usize,
+    /// An oversized reply has been logged (once per process).
+    warned_oversized: bool,
+}
+
+enum Wire {
     Grpc {
         client: MetricsServiceClient<Channel>,
         metadata: MetadataMap,
         timeout: Duration,
-        secrets: Vec<Secret>,
     },
     Http {
         client: reqwest::Client,
         url: String,
         headers: reqwest::header::HeaderMap,
         gzip: bool,
-        secrets: Vec<Secret>,
     },
+}
+
+/// What a TLS error message names: the collector's host and where our CA
+/// and client certificate came from.
+struct TlsContext {
+    /// An https:// endpoint.
+    on: bool,
+    host: String,
+    ca_source: Option<String>,
+    client_certificate: bool,
 }
 
 impl Transport {
     pub fn new(cfg: &OtlpConfig) -> Result<Transport, String> {
         let secrets: Vec<Secret> = cfg.headers.iter().map(|(_, v)| v.clone()).collect();
+        let host = cfg
+            .endpoint
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_string))
+            .unwrap_or_default();
+        let wire = Transport::wire(cfg)?;
+        Ok(Transport {
+            wire,
+            secrets,
+            tls: TlsContext {
+                on: cfg.endpoint.starts_with("https://"),
+                host,
+                ca_source: cfg.ca_source.clone(),
+                client_certificate: cfg.client_identity.is_some(),
+            },
+            max_response_size: cfg.max_response_size,
+            warned_oversized: false,
+        })
+    }
+
+    fn wire(cfg: &OtlpConfig) -> Result<Wire, String> {
         match cfg.protocol {
             Protocol::Grpc => {
                 let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
@@ -87,15 +146,17 @@ impl Transport {
                     v.set_sensitive(true);
                     metadata.insert(key, v);
                 }
-                let mut client = MetricsServiceClient::new(endpoint.connect_lazy());
+                // tonic refuses a reply message past the limit (its own
+                // default is 4 MiB) before reading it.
+                let mut client = MetricsServiceClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(cfg.max_response_size);
                 if cfg.compression == Compression::Gzip {
                     client = client.send_compressed(CompressionEncoding::Gzip);
                 }
-                Ok(Transport::Grpc {
+                Ok(Wire::Grpc {
                     client,
                     metadata,
                     timeout: cfg.timeout,
-                    secrets,
                 })
             }
             Protocol::HttpProtobuf => {
@@ -141,14 +202,13 @@ impl Transport {
                     v.set_sensitive(true);
                     headers.insert(key, v);
                 }
-                Ok(Transport::Http {
+                Ok(Wire::Http {
                     client: builder
                         .build()
                         .map_err(|e| format!("OTLP HTTP client: {e}"))?,
                     url: cfg.endpoint.clone(),
                     headers,
                     gzip,
-                    secrets,
                 })
             }
         }
@@ -159,8 +219,8 @@ impl Transport {
     /// gRPC sends `request` itself (tonic compresses); the bytes only count.
     pub fn body(&self, request: &ExportMetricsServiceRequest) -> bytes::Bytes {
         let raw = super::encode(request);
-        match self {
-            Transport::Http { gzip: true, .. } => {
+        match self.wire {
+            Wire::Http { gzip: true, .. } => {
                 let mut gz = flate2::write::GzEncoder::new(
                     Vec::with_capacity(raw.len() / 4),
                     flate2::Compression::default(),
@@ -179,37 +239,64 @@ impl Transport {
         request: &ExportMetricsServiceRequest,
         body: &bytes::Bytes,
     ) -> Result<Accepted, SendError> {
-        match self {
-            Transport::Grpc {
+        let secrets = &self.secrets;
+        match &mut self.wire {
+            Wire::Grpc {
                 client,
                 metadata,
                 timeout,
-                secrets,
             } => {
                 let mut r = tonic::Request::new(request.clone());
                 *r.metadata_mut() = metadata.clone();
                 r.set_timeout(*timeout);
                 match client.export(r).await {
                     Ok(resp) => Ok(accepted(resp.into_inner(), secrets)),
+                    // A reply message only follows an OK status (gRPC sends
+                    // an error as trailers alone): the request was taken,
+                    // the reply was past --otlp.max-response-size.
+                    Err(status)
+                        if status.code() == tonic::Code::OutOfRange
+                            && status
+                                .message()
+                                .contains("decoded message length too large") =>
+                    {
+                        if !std::mem::replace(&mut self.warned_oversized, true) {
+                            tracing::warn!(limit = self.max_response_size, detail = %scrub(status.message(), secrets), "the OTLP collector answered with a gRPC message larger than --otlp.max-response-size; it was not read, and the export counts as accepted (said once)");
+                        }
+                        Ok(Accepted::default())
+                    }
                     Err(status) => {
                         use tonic::Code::*;
+                        let tls = tls_problem(&status, &self.tls);
                         let msg = scrub(
-                            &format!("gRPC status {:?}: {}", status.code(), status.message()),
+                            &match tls {
+                                Some(t) => format!("{t} (gRPC status {:?})", status.code()),
+                                None => {
+                                    format!(
+                                        "gRPC status {:?}: {}{}",
+                                        status.code(),
+                                        status.message(),
+                                        causes(&status)
+                                    )
+                                }
+                            },
                             secrets,
                         );
                         match status.code() {
                             Cancelled | DeadlineExceeded | ResourceExhausted | Aborted
-                            | OutOfRange | Unavailable | DataLoss => Err(SendError::Retryable(msg)),
+                            | OutOfRange | Unavailable | DataLoss => Err(SendError::Retryable {
+                                message: msg,
+                                retry_after: retry_info(status.details()),
+                            }),
                             _ => Err(SendError::Permanent(msg)),
                         }
                     }
                 }
             }
-            Transport::Http {
+            Wire::Http {
                 client,
                 url,
                 headers,
-                secrets,
                 ..
             } => {
                 let sent = client
@@ -218,36 +305,284 @@ impl Transport {
                     .body(body.clone())
                     .send()
                     .await;
-                let resp = match sent {
+                let mut resp = match sent {
                     Ok(r) => r,
                     Err(e) => {
-                        let what = if e.is_timeout() {
-                            "timed out"
-                        } else {
-                            "connection failed"
+                        let what = match tls_problem(&e, &self.tls) {
+                            Some(t) => t,
+                            None if e.is_timeout() => format!("timed out: {e}{}", causes(&e)),
+                            None => format!("connection failed: {e}{}", causes(&e)),
                         };
                         // reqwest's error text holds the URL and the cause, never headers.
-                        return Err(SendError::Retryable(scrub(
-                            &format!("{what}: {e}"),
-                            secrets,
-                        )));
+                        return Err(SendError::retryable(scrub(&what, secrets)));
                     }
                 };
                 let status = resp.status();
-                let text = resp.bytes().await.unwrap_or_default();
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                // The body frame by frame up to the limit (reqwest's timeout
+                // bounds the time); a read error leaves what came.
+                let mut text = Vec::new();
+                let mut oversized = false;
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    let room = self.max_response_size - text.len();
+                    if chunk.len() > room {
+                        text.extend_from_slice(&chunk[..room]);
+                        oversized = true;
+                        break;
+                    }
+                    text.extend_from_slice(&chunk);
+                }
+                // Unread, the connection cannot carry another request: it is closed.
+                drop(resp);
+                if oversized && !std::mem::replace(&mut self.warned_oversized, true) {
+                    tracing::warn!(%status, limit = self.max_response_size, "the OTLP collector's answer ran past --otlp.max-response-size; the rest was not read and the status decides (said once)");
+                }
                 if status.is_success() {
-                    let parsed = ExportMetricsServiceResponse::decode(text).unwrap_or_default();
+                    // A cut body cannot be decoded: accepted, details unknown.
+                    let parsed = if oversized {
+                        ExportMetricsServiceResponse::default()
+                    } else {
+                        ExportMetricsServiceResponse::decode(&text[..]).unwrap_or_default()
+                    };
                     return Ok(accepted(parsed, secrets));
                 }
                 let detail: String = String::from_utf8_lossy(&text).chars().take(200).collect();
                 let msg = scrub(&format!("HTTP {status}: {}", detail.trim()), secrets);
                 match status.as_u16() {
-                    429 | 502 | 503 | 504 => Err(SendError::Retryable(msg)),
+                    429 | 502 | 503 | 504 => Err(SendError::Retryable {
+                        message: msg,
+                        retry_after,
+                    }),
                     _ => Err(SendError::Permanent(msg)),
                 }
             }
         }
     }
+}
+
+/// google.rpc.Status as gRPC sends it in `grpc-status-details-bin`: only
+/// the details are read.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<RpcAny>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// google.rpc.RetryInfo, which the OTLP specification has a collector send
+/// with UNAVAILABLE or RESOURCE_EXHAUSTED to say how long to wait.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<PbDuration>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PbDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+/// The wait a gRPC status asks for in its RetryInfo detail, if any.
+fn retry_info(details: &[u8]) -> Option<Duration> {
+    let status = RpcStatus::decode(details).ok()?;
+    let info = status
+        .details
+        .iter()
+        .find(|a| a.type_url.ends_with("/google.rpc.RetryInfo"))?;
+    let delay = RetryInfo::decode(&info.value[..]).ok()?.retry_delay?;
+    Some(
+        Duration::from_secs(u64::try_from(delay.seconds).ok()?)
+            + Duration::from_nanos(u64::try_from(delay.nanos).unwrap_or(0)),
+    )
+}
+
+/// The `grpc-status-details-bin` of an UNAVAILABLE status asking to wait
+/// `delay`, as a collector sends it (for tests).
+pub fn retry_info_details(delay: Duration) -> Vec<u8> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Full {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+        #[prost(message, repeated, tag = "3")]
+        details: Vec<RpcAny>,
+    }
+    let info = RetryInfo {
+        retry_delay: Some(PbDuration {
+            seconds: i64::try_from(delay.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(delay.subsec_nanos()).unwrap_or(0),
+        }),
+    };
+    Full {
+        code: tonic::Code::Unavailable as i32,
+        message: "busy".into(),
+        details: vec![RpcAny {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+            value: info.encode_to_vec(),
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// `Retry-After`: seconds, or an HTTP date (RFC 9110 10.2.3); a date past
+/// is no wait.
+pub fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(at.timestamp()).ok()?);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The alert in rustls' text of one ("received fatal alert: UnknownCA"),
+/// for the alerts about certificates.
+fn alert_in(text: &str) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    let (_, name) = text.split_once("received fatal alert: ")?;
+    let name: String = name
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    [
+        A::CertificateRequired,
+        A::BadCertificate,
+        A::UnknownCA,
+        A::CertificateUnknown,
+        A::UnsupportedCertificate,
+        A::CertificateRevoked,
+        A::CertificateExpired,
+        A::AccessDenied,
+        A::HandshakeFailure,
+    ]
+    .into_iter()
+    .find(|a| format!("{a:?}") == name)
+}
+
+/// The sources of an error, each after ": " (reqwest and tonic say only
+/// "error sending request" or "transport error" themselves).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = e.source();
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    out
+}
+
+/// The TLS failure somewhere in an error's sources, said as which side
+/// refused what and what to do. `None` when TLS is not the cause.
+fn tls_problem(e: &(dyn std::error::Error + 'static), ctx: &TlsContext) -> Option<String> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+    let mut next = Some(e);
+    let mut found = None;
+    let mut cut = false;
+    while let Some(err) = next {
+        // The error itself, or (where HTTP/2 kept only its text) an alert.
+        found = err
+            .downcast_ref::<R>()
+            .cloned()
+            .or_else(|| alert_in(&err.to_string()).map(R::AlertReceived));
+        if found.is_some() {
+            break;
+        }
+        use std::io::ErrorKind::*;
+        cut |= err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof))
+            || err
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_canceled() || h.is_closed() || h.is_incomplete_message());
+        // io::Error's `source` skips the error it wraps (which may be
+        // another io::Error, as reqwest nests them): step into it instead.
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    let ca = match &ctx.ca_source {
+        Some(s) => format!("the system roots nor the CA of {s}"),
+        None => "the system roots (no --otlp.ca-file given)".to_string(),
+    };
+    let host = &ctx.host;
+    let Some(found) = found else {
+        // Over gRPC (HTTP/2) a refusal after the handshake (TLS 1.3 checks
+        // the client certificate then) reaches us as a cut connection: the
+        // alert is lost on the way. Say what it most likely is.
+        return (cut && ctx.on).then(|| {
+            if ctx.client_certificate {
+                "TLS: the collector cut the connection after the handshake; it may have refused our client certificate: is it signed by a CA the collector trusts, valid now, and for client authentication?".to_string()
+            } else {
+                "TLS: the collector cut the connection after the handshake; does it require a client certificate (--otlp.client-certificate)?".to_string()
+            }
+        });
+    };
+    Some(match found {
+        R::InvalidCertificate(C::UnknownIssuer) => format!(
+            "TLS: the certificate of the collector is not trusted: not signed by {ca}; give the CA that signed it with --otlp.ca-file"
+        ),
+        R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
+            "TLS: the certificate of the collector is not valid for the host {host} (hostname mismatch); use a host name the certificate lists"
+        ),
+        R::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => format!(
+            "TLS: the certificate of the collector {host} is expired or not yet valid; check its dates and this host's clock"
+        ),
+        R::InvalidCertificate(c) => {
+            format!("TLS: the certificate of the collector {host} was refused: {c:?}")
+        }
+        R::AlertReceived(A::CertificateRequired) => {
+            "TLS: the collector requires a client certificate; set --otlp.client-certificate and --otlp.client-key".to_string()
+        }
+        R::AlertReceived(A::HandshakeFailure) if !ctx.client_certificate => {
+            "TLS: the collector refused the handshake; does it require a client certificate (--otlp.client-certificate)?".to_string()
+        }
+        R::AlertReceived(
+            a @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::AccessDenied
+            | A::HandshakeFailure),
+        ) if ctx.client_certificate => format!(
+            "TLS: the collector refused our client certificate (alert {a:?}); is it signed by a CA the collector trusts, valid now, and for client authentication?"
+        ),
+        R::AlertReceived(a) => format!("TLS: the collector ended the handshake (alert {a:?})"),
+        other => format!("TLS with {host} failed: {other}"),
+    })
 }
 
 fn accepted(r: ExportMetricsServiceResponse, secrets: &[Secret]) -> Accepted {

@@ -42,12 +42,23 @@ const NORMAL: u8 = 0;
 const REJECT_ECHOING: u8 = 1;
 /// Answer only after 5 s: a collector that is up but too slow.
 const SLOW: u8 = 2;
+/// Answer 429 with `Retry-After: 3` once, then as NORMAL.
+const RETRY_AFTER_ONCE: u8 = 3;
+/// Answer 503 to three requests in every seven (a part refused through
+/// all its attempts now and then); accept the rest.
+const REFUSE_SOME: u8 = 4;
 
 #[derive(Clone, Default)]
 struct Store {
     got: Arc<Mutex<Vec<Got>>>,
     arrived: Arc<Notify>,
     mode: Arc<AtomicU8>,
+    /// When each accepted request arrived, in step with `got`.
+    arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
+    /// When each refused request (429/503 by mode) arrived.
+    refusals: Arc<Mutex<Vec<std::time::Instant>>>,
+    /// Requests seen over HTTP, refused or not.
+    seen: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Store {
@@ -61,7 +72,13 @@ impl Store {
                 )
             })
             .collect();
-        self.got.lock().unwrap().push(Got { request, headers });
+        let mut got = self.got.lock().unwrap();
+        got.push(Got { request, headers });
+        self.arrivals
+            .lock()
+            .unwrap()
+            .push(std::time::Instant::now());
+        drop(got);
         self.arrived.notify_waiters();
     }
     fn all(&self) -> Vec<Got> {
@@ -103,6 +120,19 @@ impl MetricsService for Store {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        if self.mode.load(Ordering::SeqCst) == RETRY_AFTER_ONCE {
+            // UNAVAILABLE with a RetryInfo of 3 s, as the OTLP specification has it.
+            self.mode.store(NORMAL, Ordering::SeqCst);
+            self.refusals
+                .lock()
+                .unwrap()
+                .push(std::time::Instant::now());
+            return Err(tonic::Status::with_details(
+                tonic::Code::Unavailable,
+                "busy",
+                clawmesh_exporter::otlp::retry_info_details(Duration::from_secs(3)).into(),
+            ));
+        }
         let headers = request.metadata().clone().into_headers();
         self.push(request.into_inner(), &headers);
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
@@ -113,9 +143,33 @@ async fn http_export(
     axum::extract::State(store): axum::extract::State<Store>,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, [(&'static str, &'static str); 1], Vec<u8>) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let ct = [("content-type", "application/x-protobuf")];
+    let n = store.seen.fetch_add(1, Ordering::SeqCst);
     match store.mode.load(Ordering::SeqCst) {
+        RETRY_AFTER_ONCE => {
+            store.mode.store(NORMAL, Ordering::SeqCst);
+            store
+                .refusals
+                .lock()
+                .unwrap()
+                .push(std::time::Instant::now());
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "3")],
+                "slow down",
+            )
+                .into_response();
+        }
+        REFUSE_SOME if (2..=4).contains(&(n % 7)) => {
+            store
+                .refusals
+                .lock()
+                .unwrap()
+                .push(std::time::Instant::now());
+            return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+        }
         REJECT_ECHOING => {
             let echo: Vec<String> = headers
                 .iter()
@@ -125,12 +179,13 @@ async fn http_export(
                 StatusCode::FORBIDDEN,
                 ct,
                 format!("bad key; you sent {}", echo.join(" ")).into_bytes(),
-            );
+            )
+                .into_response();
         }
         SLOW => {
             // Too late: the exporter has given up on this one already.
             tokio::time::sleep(Duration::from_secs(5)).await;
-            return (StatusCode::SERVICE_UNAVAILABLE, ct, Vec::new());
+            return (StatusCode::SERVICE_UNAVAILABLE, ct, Vec::new()).into_response();
         }
         _ => {}
     }
@@ -152,6 +207,7 @@ async fn http_export(
         ct,
         ExportMetricsServiceResponse::default().encode_to_vec(),
     )
+        .into_response()
 }
 
 /// The gRPC receiver; it takes gzip-compressed messages too.
@@ -845,6 +901,448 @@ async fn shutdown_flushes_the_last_numbers() {
     receiver.stop().await;
 }
 
+// ---------------------------------------------------------------- big exports
+
+/// The export a request belongs to: every point of an export carries the
+/// time it was built.
+fn built_at(r: &ExportMetricsServiceRequest) -> u64 {
+    let m = &r.resource_metrics[0].scope_metrics[0].metrics[0];
+    match m.data.as_ref().unwrap() {
+        Data::Gauge(g) => g.data_points[0].time_unix_nano,
+        Data::Sum(s) => s.data_points[0].time_unix_nano,
+        Data::Histogram(h) => h.data_points[0].time_unix_nano,
+        Data::ExponentialHistogram(h) => h.data_points[0].time_unix_nano,
+        Data::Summary(s) => s.data_points[0].time_unix_nano,
+    }
+}
+
+/// With a small --otlp.max-request-size every export goes out as several
+/// requests, none over the limit, whose union is what /metrics shows (a
+/// Collector's 4 MiB gRPC limit refused a 7.9 MB export of a big breakdown
+/// fleet before, issue 18).
+async fn split_requests_fit_the_limit_and_add_up(
+    wire: Wire,
+    temporality: &str,
+    extra: &[&str],
+    seed: u64,
+) {
+    const LIMIT: usize = 4 << 10;
+    let sim = Sim::start(busy_fleet(seed)).await;
+    let mut receiver = Receiver::start(wire).await;
+    let endpoint = receiver.endpoint();
+    let mut args = otlp_args(&endpoint, wire, temporality, "explicit", "300ms", "2s");
+    args.extend(["--otlp.max-request-size", "4KiB"]);
+    args.extend(extra);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    receiver.store.wait_for_finished_tasks().await;
+    converge(&sim, &exporter).await;
+    let compared = assert_same_sync(&exporter, &receiver.store, false).await;
+    let got = receiver.store.all();
+    let mut exports: BTreeMap<u64, usize> = BTreeMap::new();
+    for g in &got {
+        *exports.entry(built_at(&g.request)).or_default() += 1;
+    }
+    let biggest = got.iter().map(|g| g.request.encoded_len()).max().unwrap();
+    let (_, last_parts) = exports.last_key_value().unwrap();
+    eprintln!(
+        "{wire:?} {temporality}: {} requests for {} exports, the biggest {biggest} bytes, {compared} series equal",
+        got.len(),
+        exports.len()
+    );
+    assert!(biggest <= LIMIT, "a request of {biggest} bytes");
+    assert!(
+        *last_parts >= 3,
+        "the last export went out in {last_parts} requests; the fleet needs several of {LIMIT} bytes"
+    );
+    if temporality == "delta" {
+        assert_delta_windows_are_contiguous(&got);
+    }
+    let m = parse(&scrape(exporter.addr).await);
+    assert_eq!(
+        must(&m, "clawmesh_otlp_exports_total", &[("result", "failure")]),
+        0.0
+    );
+    exporter.shutdown().await;
+    receiver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_split_requests_fit_the_limit_and_add_up_to_metrics() {
+    split_requests_fit_the_limit_and_add_up(Wire::Grpc, "cumulative", &[], 72).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_split_delta_requests_of_a_breakdown_fit_the_limit_and_sum_to_metrics() {
+    // Broken down by provider and model: the big requests of issue 18.
+    let breakdown = ["--breakdown.provider", "--breakdown.model"];
+    split_requests_fit_the_limit_and_add_up(Wire::Http, "delta", &breakdown, 73).await;
+}
+
+/// A delta export in parts against a collector that refuses some parts
+/// (each through all its attempts now and then): a delivered part is never
+/// sent again, a refused one goes with the next export. The accepted points
+/// of each series cover back-to-back windows (a point delivered twice would
+/// overlap the one before), and their sums equal /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_parts_of_a_delta_export_are_never_delivered_twice() {
+    let sim = Sim::start(busy_fleet(74)).await;
+    let receiver = Receiver::start(Wire::Http).await;
+    receiver.store.mode.store(REFUSE_SOME, Ordering::SeqCst);
+    let endpoint = receiver.endpoint();
+    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "300ms", "2s");
+    args.extend(["--otlp.max-request-size", "4KiB"]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    receiver.store.wait_for_finished_tasks().await;
+    wait_for(
+        Duration::from_secs(60),
+        "parts refused and exports failed for it",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            receiver.store.refusals.lock().unwrap().len() >= 12
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
+                    .is_some_and(|v| v >= 1.0)
+        },
+    )
+    .await;
+    assert_delta_windows_are_contiguous(&receiver.store.all());
+    receiver.store.mode.store(NORMAL, Ordering::SeqCst);
+    converge(&sim, &exporter).await;
+    assert_same_sync(&exporter, &receiver.store, false).await;
+    assert_delta_windows_are_contiguous(&receiver.store.all());
+    exporter.shutdown().await;
+}
+
+// ---------------------------------------------------------------- hostile collectors
+
+/// A collector that takes a request and answers `status` with a chunked
+/// body that never ends (until `CAP` bytes: a bound for the test itself),
+/// as fast as it can or (`drip`) a byte every 100 ms. Records the bytes
+/// written on each connection, and how long the reply lasted, once it ends.
+struct Endless {
+    addr: SocketAddr,
+    written: Arc<Mutex<Vec<u64>>>,
+    lasted: Arc<Mutex<Vec<Duration>>>,
+}
+
+const CAP: u64 = 256 << 20;
+
+async fn endless(status: &'static str, drip: bool) -> Endless {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let lasted = Arc::new(Mutex::new(Vec::new()));
+    let (w, l) = (written.clone(), lasted.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (w, l) = (w.clone(), l.clone());
+            tokio::spawn(async move {
+                // The request: its head, then Content-Length bytes.
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 16 << 10];
+                let head_end = loop {
+                    let Ok(n) = sock.read(&mut tmp).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    if let Some(p) = buf.windows(4).position(|x| x == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let Ok(n) = sock.read(&mut tmp).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                }
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\ntransfer-encoding: chunked\r\n\r\n"
+                );
+                let started = std::time::Instant::now();
+                if sock.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                if drip {
+                    let mut total = 0u64;
+                    while sock.write_all(b"1\r\nx\r\n").await.is_ok() && total < CAP {
+                        total += 6;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    w.lock().unwrap().push(total);
+                    l.lock().unwrap().push(started.elapsed());
+                    return;
+                }
+                let chunk = {
+                    let mut c = format!("{:x}\r\n", 64 << 10).into_bytes();
+                    c.extend(std::iter::repeat_n(b'x', 64 << 10));
+                    c.extend_from_slice(b"\r\n");
+                    c
+                };
+                let mut total = 0u64;
+                while total < CAP && sock.write_all(&chunk).await.is_ok() {
+                    total += chunk.len() as u64;
+                }
+                w.lock().unwrap().push(total);
+                l.lock().unwrap().push(started.elapsed());
+            });
+        }
+    });
+    Endless {
+        addr,
+        written,
+        lasted,
+    }
+}
+
+/// A collector answering with an endless body: the exporter reads
+/// --otlp.max-response-size of it, drops the connection, counts the export
+/// as the status says, and goes on. Before, it read the whole stream (8.6
+/// GB of RSS in 40 s for a 200, issue 18). The bytes the collector got to
+/// write are what the socket buffers hold, far from the stream.
+async fn endless_replies_are_cut(status: &'static str, counted: &str, seed: u64) {
+    let sim = Sim::start(busy_fleet(seed)).await;
+    let hostile = endless(status, false).await;
+    let endpoint = format!("http://{}", hostile.addr);
+    // A long timeout: only the size limit can end a reply early.
+    let mut args = otlp_args(
+        &endpoint,
+        Wire::Http,
+        "cumulative",
+        "explicit",
+        "300ms",
+        "20s",
+    );
+    args.extend(["--otlp.max-response-size", "16KiB"]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(60),
+        &format!("three replies of {status} cut short, and exports counted {counted}"),
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            hostile.written.lock().unwrap().len() >= 3
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", counted)])
+                    .is_some_and(|v| v >= 2.0)
+        },
+    )
+    .await;
+    let written = hostile.written.lock().unwrap().clone();
+    let most = *written.iter().max().unwrap();
+    eprintln!("{status}: bytes written per reply before the exporter hung up: {written:?}");
+    assert!(
+        most < 32 << 20,
+        "{status}: the exporter read {most} bytes of a reply (limit 16KiB)"
+    );
+    let m = parse(&scrape(exporter.addr).await);
+    let other = if counted == "success" {
+        "failure"
+    } else {
+        "success"
+    };
+    assert_eq!(
+        value(&m, "clawmesh_otlp_exports_total", &[("result", other)]).unwrap_or(0.0),
+        0.0,
+        "{status}"
+    );
+    exporter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_200_reply_is_cut_at_the_limit_and_the_export_counts_delivered() {
+    endless_replies_are_cut("200 OK", "success", 75).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_503_reply_is_cut_at_the_limit_and_the_export_counts_failed() {
+    endless_replies_are_cut("503 Service Unavailable", "failure", 76).await;
+}
+
+/// A reply that drips a byte every 100 ms forever, under the size limit,
+/// is cut at the attempt's timeout: every OTLP read has a deadline. The
+/// status (200) decides, so the export counts delivered, and the pusher
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_dripping_forever_is_cut_at_the_timeout() {
+    let sim = Sim::start(busy_fleet(81)).await;
+    let hostile = endless("200 OK", true).await;
+    let endpoint = format!("http://{}", hostile.addr);
+    let args = otlp_args(
+        &endpoint,
+        Wire::Http,
+        "cumulative",
+        "explicit",
+        "300ms",
+        "1s",
+    );
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(60),
+        "three dripping replies cut, and exports counted",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            hostile.lasted.lock().unwrap().len() >= 3
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", "success")])
+                    .is_some_and(|v| v >= 2.0)
+        },
+    )
+    .await;
+    let lasted = hostile.lasted.lock().unwrap().clone();
+    eprintln!("dripping replies lasted {lasted:?}");
+    // 1 s timeout; the rest is a loaded machine noticing the closed socket
+    // at the next drip.
+    assert!(
+        lasted.iter().all(|d| *d < Duration::from_secs(4)),
+        "a reply outlived the 1s timeout: {lasted:?}"
+    );
+    exporter.shutdown().await;
+}
+
+/// A gRPC collector that accepts and answers with a 5 MiB message (past
+/// tonic's default 4 MiB too).
+#[derive(Clone, Default)]
+struct HugeAnswer {
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for HugeAnswer {
+    async fn export(
+        &self,
+        _request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: Some(
+                opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess {
+                    rejected_data_points: 0,
+                    error_message: "x".repeat(5 << 20),
+                },
+            ),
+        }))
+    }
+}
+
+/// The gRPC reply past --otlp.max-response-size is refused unread; the
+/// status was OK (a gRPC reply message follows only that), so the export
+/// counts as delivered, and the pusher goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_grpc_reply_is_not_read_and_the_export_counts_delivered() {
+    let sim = Sim::start(busy_fleet(77)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = HugeAnswer::default();
+    let calls = service.calls.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder().serve_with_incoming_shutdown(
+            MetricsServiceServer::new(service),
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            std::future::pending::<()>(),
+        ),
+    );
+    let endpoint = format!("http://{addr}");
+    let mut args = otlp_args(&endpoint, Wire::Grpc, "delta", "explicit", "300ms", "5s");
+    args.extend(["--otlp.max-response-size", "64KiB"]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(60),
+        "three exports answered with a huge message, counted delivered",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            calls.load(Ordering::SeqCst) >= 3
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", "success")])
+                    .is_some_and(|v| v >= 3.0)
+        },
+    )
+    .await;
+    let m = parse(&scrape(exporter.addr).await);
+    assert_eq!(
+        value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")]).unwrap_or(0.0),
+        0.0,
+        "a delivered delta export counted failed would be sent again"
+    );
+    exporter.shutdown().await;
+    server.abort();
+}
+
+/// A collector answering 429 with `Retry-After: 3` (HTTP) or UNAVAILABLE
+/// with a RetryInfo of 3 s (gRPC) is not sent to again for 3 s (before, the
+/// retry came after the 0.2 s backoff, issue 18).
+async fn retry_after_is_waited_out(wire: Wire, seed: u64) {
+    let sim = Sim::start(busy_fleet(seed)).await;
+    let receiver = Receiver::start(wire).await;
+    let endpoint = receiver.endpoint();
+    let args = otlp_args(&endpoint, wire, "delta", "explicit", "200ms", "1s");
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    assert!(receiver.store.next(Duration::from_secs(30)).await);
+    receiver
+        .store
+        .mode
+        .store(RETRY_AFTER_ONCE, Ordering::SeqCst);
+    wait_for(Duration::from_secs(30), "the 429", || async {
+        !receiver.store.refusals.lock().unwrap().is_empty()
+    })
+    .await;
+    let refused = receiver.store.refusals.lock().unwrap()[0];
+    wait_for(
+        Duration::from_secs(30),
+        "an export after the wait",
+        || async {
+            receiver
+                .store
+                .arrivals
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|t| *t > refused)
+        },
+    )
+    .await;
+    let next = *receiver
+        .store
+        .arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|t| **t > refused)
+        .unwrap();
+    let waited = next - refused;
+    eprintln!("{wire:?}: the next request came {waited:?} after the refusal");
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "{wire:?}: a wait of 3 s not honoured: the next request came after {waited:?}"
+    );
+    assert_eq!(receiver.store.refusals.lock().unwrap().len(), 1);
+    // Nothing was lost meanwhile: the deltas held go out after the wait.
+    converge(&sim, &exporter).await;
+    assert_same_sync(&exporter, &receiver.store, false).await;
+    assert_delta_windows_are_contiguous(&receiver.store.all());
+    exporter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_429_is_waited_out() {
+    retry_after_is_waited_out(Wire::Http, 78).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_retry_info_is_waited_out() {
+    retry_after_is_waited_out(Wire::Grpc, 82).await;
+}
+
 // ---------------------------------------------------------------- secrets
 
 const HEADER_CANARY: &str = "otlp_header_canary_5c9e";
@@ -1002,6 +1500,20 @@ mod mtls {
         std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
         std::fs::write(dir.join("client.crt"), client.pem()).unwrap();
         std::fs::write(dir.join("client.key"), ckey.serialize_pem()).unwrap();
+        // Another CA, which the collector does not trust, and a client
+        // certificate it signed.
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "stranger ca");
+        let other = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+        let okey = KeyPair::generate().unwrap();
+        let mut op = CertificateParams::new(vec!["clawmesh-exporter".to_string()]).unwrap();
+        op.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let stranger = op.signed_by(&okey, &other).unwrap();
+        std::fs::write(dir.join("other-ca.crt"), other.pem()).unwrap();
+        std::fs::write(dir.join("stranger.crt"), stranger.pem()).unwrap();
+        std::fs::write(dir.join("stranger.key"), okey.serialize_pem()).unwrap();
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
@@ -1094,6 +1606,148 @@ mod mtls {
         );
         exporter.shutdown().await;
         receiver.stop().await;
+    }
+
+    /// The exporter binary with `args` until /metrics counts a failed
+    /// export; its log.
+    async fn log_until_a_failure(sim: &Sim, args: &[&str]) -> String {
+        let port = crate::util::free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+            .env_clear()
+            .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
+            .args(["--api-url", &sim.url(), "--poll-interval", "1s"])
+            .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let drain = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = r.read_to_string(&mut s);
+                s
+            })
+        };
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        wait_for(Duration::from_secs(30), "a failed export", || {
+            let url = url.clone();
+            async move {
+                let Ok(r) = reqwest::get(url).await else {
+                    return false;
+                };
+                let m = parse(&r.text().await.unwrap_or_default());
+                exports(&m, "failure") >= 1.0
+            }
+        })
+        .await;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let logs = tokio::task::spawn_blocking(move || {
+            let _ = child.wait();
+            err.join().unwrap() + &out.join().unwrap()
+        });
+        tokio::time::timeout(Duration::from_secs(20), logs)
+            .await
+            .expect("exit within the flush deadline")
+            .unwrap()
+    }
+
+    /// A TLS failure says which side refused what, not "connection failed"
+    /// as for a collector that is down (issue 18).
+    async fn tls_failures_say_which_side_and_why(wire: Wire, seed: u64) {
+        let p = pki(&format!("why-{wire:?}"));
+        let mut receiver = Receiver::start_tls(wire, p.server.clone()).await;
+        let sim = Sim::start(busy_fleet(seed)).await;
+        let path = |f: &str| p.dir.join(f).to_str().unwrap().to_string();
+        let endpoint = format!("https://{}", receiver.addr);
+        let by_name = format!("https://localhost:{}", receiver.addr.port());
+        let (ca, other_ca) = (path("ca.crt"), path("other-ca.crt"));
+        let (crt, key) = (path("client.crt"), path("client.key"));
+        let (stranger, stranger_key) = (path("stranger.crt"), path("stranger.key"));
+        let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
+            (
+                endpoint.as_str(),
+                vec![
+                    "--otlp.ca-file",
+                    &other_ca,
+                    "--otlp.client-certificate",
+                    &crt,
+                    "--otlp.client-key",
+                    &key,
+                ],
+                vec![
+                    "certificate of the collector is not trusted",
+                    "other-ca.crt",
+                ],
+            ),
+            (
+                endpoint.as_str(),
+                vec![
+                    "--otlp.ca-file",
+                    &ca,
+                    "--otlp.client-certificate",
+                    &stranger,
+                    "--otlp.client-key",
+                    &stranger_key,
+                ],
+                // Over HTTP/2 the alert can be lost: then "may have refused".
+                vec!["refused our client certificate"],
+            ),
+            (
+                endpoint.as_str(),
+                vec!["--otlp.ca-file", &ca],
+                vec!["client certificate"],
+            ),
+            (
+                by_name.as_str(),
+                vec![
+                    "--otlp.ca-file",
+                    &ca,
+                    "--otlp.client-certificate",
+                    &crt,
+                    "--otlp.client-key",
+                    &key,
+                ],
+                vec!["not valid for the host localhost (hostname mismatch)"],
+            ),
+        ];
+        for (at, extra, wanted) in cases {
+            let mut args = otlp_args(at, wire, "cumulative", "explicit", "200ms", "1s");
+            args.extend(extra.iter().copied());
+            let logs = log_until_a_failure(&sim, &args).await;
+            let failed: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains("OTLP export failed"))
+                .collect();
+            assert!(
+                !failed.is_empty(),
+                "{wire:?} {extra:?}: no failure logged:\n{logs:.3000}"
+            );
+            for w in &wanted {
+                assert!(
+                    failed[0].contains(w),
+                    "{wire:?} {extra:?}: the failure does not say {w:?}:\n{}",
+                    failed[0]
+                );
+            }
+            eprintln!("{wire:?}: {}", failed[0]);
+        }
+        assert_eq!(receiver.store.len(), 0);
+        receiver.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grpc_tls_failures_say_which_side_and_why() {
+        tls_failures_say_which_side_and_why(Wire::Grpc, 79).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_tls_failures_say_which_side_and_why() {
+        tls_failures_say_which_side_and_why(Wire::Http, 80).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
