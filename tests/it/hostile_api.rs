@@ -1034,3 +1034,142 @@ async fn a_listing_that_never_ends_fails_within_its_duration() {
     )
     .await;
 }
+
+// ---- one hostile object costs that object, over real HTTP (issue 18) ----
+
+mod objects {
+    use crate::util::*;
+    use clawmesh_exporter::exporter::Running;
+    use clawmesh_exporter::sim::{Faults, Hostile};
+
+    fn hostile(every: u32, how: Hostile) -> Faults {
+        Faults {
+            hostile_every: every,
+            hostile: how,
+            ..Faults::default()
+        }
+    }
+
+    fn rejected(m: &std::collections::BTreeMap<String, f64>, resource: &str, reason: &str) -> f64 {
+        must(
+            m,
+            "clawmesh_api_rejected_objects_total",
+            &[("resource", resource), ("reason", reason)],
+        )
+    }
+
+    /// Up, ready, and no sync failed: what one bad object took out before.
+    async fn healthy(exporter: &Running, m: &std::collections::BTreeMap<String, f64>) {
+        assert_eq!(must(m, "clawmesh_up", &[]), 1.0);
+        for r in ["agents", "tasks"] {
+            assert_eq!(
+                must(m, "clawmesh_sync_failures_total", &[("resource", r)]),
+                0.0,
+                "{r} syncs failed"
+            );
+        }
+        let ready = reqwest::get(format!("http://{}/readyz", exporter.addr))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+
+    /// A third of the tasks and agents carry a label `"x\ud800"` (what
+    /// JavaScript's JSON.stringify makes of a cut emoji) on every read:
+    /// each reads with U+FFFD, counts exactly once, and is counted as
+    /// `invalid_text`; with a breakdown by that label, the sanitised
+    /// value is a slice like any other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_surrogate_in_labels_fails_nothing_and_every_task_counts_once() {
+        let sim = Sim::start(busy_fleet(181)).await;
+        sim.faults(hostile(3, Hostile::LoneSurrogate));
+        let exporter = start_exporter(&exporter_config(&sim, &[])).await;
+        // Beside it, one broken down by the label (its series split, so
+        // the gauges are compared on the first).
+        let by_label = start_exporter(&exporter_config(
+            &sim,
+            &["--breakdown.task-labels", "hostile"],
+        ))
+        .await;
+        run_fleet_for(&sim, 40).await;
+        let_the_late_values_of_the_start_pass(&sim, &exporter).await;
+        let e1 = converge(&sim, &exporter).await;
+        let t1 = sim.truth();
+        assert_gauges_match(&e1, &t1);
+        run_fleet_for(&sim, 150).await;
+        let e2 = converge(&sim, &exporter).await;
+        let t2 = sim.truth();
+        assert_gauges_match(&e2, &t2);
+        let want = delta(&counters_of_truth(&t2), &counters_of_truth(&t1));
+        let got = delta(&counters_of_exporter(&e2), &counters_of_exporter(&e1));
+        assert!(want["finished/completed"] >= 10.0, "{want:?}");
+        assert_eq!(
+            got, want,
+            "exporter deltas (left) differ from the ground truth (right)"
+        );
+        healthy(&exporter, &e2).await;
+        assert!(rejected(&e2, "tasks", "invalid_text") > 0.0);
+        assert!(rejected(&e2, "agents", "invalid_text") > 0.0);
+        for why in ["invalid_field", "malformed"] {
+            assert_eq!(rejected(&e2, "tasks", why), 0.0, "{why}");
+        }
+        // Under the breakdown, the sanitised value is a slice like any
+        // other (each task counted once is shown by the first exporter).
+        let m = converge(&sim, &by_label).await;
+        let finished = |with: bool, l: &str| {
+            m.iter()
+                .filter(|(k, _)| {
+                    k.starts_with("clawmesh_tasks_finished_total{")
+                        && k.contains("task_hostile=") == with
+                        && k.contains(l)
+                })
+                .map(|(_, v)| *v)
+                .sum::<f64>()
+        };
+        assert!(
+            finished(true, "task_hostile=\"x\u{FFFD}\"") > 0.0,
+            "no task under the sanitised value: {m:#?}"
+        );
+        // Tasks without the label count in the total only.
+        assert!(finished(true, "") <= finished(false, ""));
+        healthy(&by_label, &m).await;
+        by_label.shutdown().await;
+        exporter.shutdown().await;
+    }
+
+    /// Objects that cannot be read at all (a field of the wrong type, a
+    /// label nested 200 deep, bytes that are not UTF-8), one in five, on
+    /// every read: each is one refused object, the listings go on, and the
+    /// incremental listing still moves past them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreadable_objects_are_refused_alone_and_the_listings_go_on() {
+        for (how, resource_reason) in [
+            (Hostile::WrongType, "invalid_field"),
+            (Hostile::Deep, "malformed"),
+            (Hostile::InvalidUtf8, "invalid_text"),
+        ] {
+            let sim = Sim::start(busy_fleet(182)).await;
+            sim.faults(hostile(5, how));
+            let exporter = start_exporter(&exporter_config(&sim, &[])).await;
+            run_fleet_for(&sim, 40).await;
+            let m = converge(&sim, &exporter).await;
+            healthy(&exporter, &m).await;
+            for resource in ["agents", "tasks"] {
+                assert!(
+                    rejected(&m, resource, resource_reason) > 0.0,
+                    "{how:?}: no {resource} refused as {resource_reason}"
+                );
+            }
+            // Every finished task the exporter counted, the truth did.
+            let t = sim.truth();
+            let got = counters_of_exporter(&m)["finished/completed"];
+            let want = counters_of_truth(&t)["finished/completed"];
+            assert!(got > 0.0 && got <= want, "{how:?}: {got} of {want}");
+            if how == Hostile::InvalidUtf8 {
+                // Repaired, not refused: every task counts.
+                assert_gauges_match(&m, &t);
+            }
+            exporter.shutdown().await;
+        }
+    }
+}
