@@ -48,6 +48,9 @@ pub struct ClientConfig {
     pub backoff_cap: Duration,
     /// Share of the workspace's rate limit this client may spend, in (0, 1].
     pub budget_share: f64,
+    /// Share of the budget single-agent lookups may spend, in [0, 1]
+    /// (`--api.lookup-share`).
+    pub lookup_share: f64,
     /// `limit` of each page request, 1 to 100.
     pub page_size: u32,
     /// What one answer and one listing may cost.
@@ -138,6 +141,10 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// times as large, and for a `Retry-After` or two.
 pub const DEFAULT_MAX_LISTING_DURATION: Duration = Duration::from_secs(600);
 
+/// A tenth of the budget: agents created since the last listing are few,
+/// and the next listing (every `--agents.interval`) reads them anyway.
+pub const DEFAULT_LOOKUP_SHARE: f64 = 0.10;
+
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
@@ -148,6 +155,7 @@ impl Default for ClientConfig {
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(30),
             budget_share: 0.10,
+            lookup_share: DEFAULT_LOOKUP_SHARE,
             page_size: 100,
             limits: ApiLimits::default(),
         }
@@ -169,6 +177,8 @@ struct Inner {
     /// "Bearer <key>", marked sensitive so that reqwest never prints it.
     auth: HeaderValue,
     budget: Budget,
+    /// The share of `budget` single-agent lookups may spend.
+    lookups: budget::Lookups,
     /// The API's clock, from the `Date` of every answer.
     clock: ApiClock,
     stats: Mutex<ApiStats>,
@@ -289,7 +299,14 @@ impl Client {
             .user_agent(concat!("clawmesh-exporter/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ApiError::config(format!("cannot build the HTTP client: {e}")))?;
+        if !(cfg.lookup_share.is_finite() && (0.0..=1.0).contains(&cfg.lookup_share)) {
+            return Err(ApiError::config(format!(
+                "the lookup share must be in [0, 1], got {}",
+                cfg.lookup_share
+            )));
+        }
         let budget = Budget::new(cfg.budget_share);
+        let lookups = budget::Lookups::new(cfg.lookup_share);
         Ok(Client {
             inner: Arc::new(Inner {
                 cfg,
@@ -297,6 +314,7 @@ impl Client {
                 http,
                 auth,
                 budget,
+                lookups,
                 clock: ApiClock::default(),
                 stats: Mutex::new(ApiStats::default()),
                 in_flight: tokio::sync::Mutex::new(()),
@@ -336,6 +354,13 @@ impl Client {
             Err(ApiError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether one more `GET /agents/{id}` fits in the share of the
+    /// budget lookups may spend (`--api.lookup-share`); takes it if so.
+    pub fn may_look_up_agent(&self) -> bool {
+        let per_minute = self.inner.budget.snapshot().requests_per_minute;
+        self.inner.lookups.take(per_minute)
     }
 
     /// `GET /agents`, every page.

@@ -425,6 +425,13 @@ impl Workspace {
             if *left == 0 {
                 return;
             }
+            // Past the share of the budget lookups may spend: the rest
+            // count without agent values, and the next listing reads them.
+            if !self.client.may_look_up_agent() {
+                tracing::debug!(workspace = %self.id, "agent lookups have spent their share of the budget (--api.lookup-share); tasks count without agent values until the next listing");
+                *left = 0;
+                return;
+            }
             *left -= 1;
             match self.client.agent(&id).await {
                 Ok(agent) => {

@@ -625,19 +625,20 @@ impl Wire for Task {
     }
 }
 
-/// An object as written at an instant, hostile (`Faults::hostile_every`)
-/// when `hostile` says so.
-struct One<'a, T>(&'a T, i64, Option<super::Hostile>);
+/// An object (of id `.3`) as written at an instant, hostile
+/// (`Faults::hostile_every`) when `hostile` says so.
+struct One<'a, T>(&'a T, i64, Option<super::Hostile>, &'a str);
 impl<T: Wire> Serialize for One<'_, T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let Some(h) = self.2 else {
             return self.0.write(self.1, s);
         };
         use serde::ser::Error;
-        let text = serde_json::to_string(&One(self.0, self.1, None)).map_err(S::Error::custom)?;
+        let text =
+            serde_json::to_string(&One(self.0, self.1, None, self.3)).map_err(S::Error::custom)?;
         // Written as it is: serde_json takes a raw value's text verbatim
         // (a lone surrogate escape included).
-        serde_json::value::RawValue::from_string(h.mangle(&text))
+        serde_json::value::RawValue::from_string(h.mangle(self.3, &text))
             .map_err(S::Error::custom)?
             .serialize(s)
     }
@@ -677,7 +678,7 @@ impl<T: Wire> Serialize for Items<'_, T> {
                 .2
                 .filter(|(every, _)| super::Hostile::chosen(*every, &h.id))
                 .map(|(_, how)| how);
-            seq.serialize_element(&One(&*h.obj, self.1, hostile))?;
+            seq.serialize_element(&One(&*h.obj, self.1, hostile, &h.id))?;
         }
         seq.end()
     }
@@ -716,7 +717,7 @@ fn single<T: Wire>(inner: &Inner, id: &str, obj: &T, now_us: i64) -> Vec<u8> {
         .filter(|(every, _)| super::Hostile::chosen(*every, id))
         .map(|(_, how)| how);
     let body = serde_json::to_vec(&Data {
-        data: One(obj, now_us, hostile),
+        data: One(obj, now_us, hostile, id),
     })
     .expect("serialisable");
     break_utf8(body)

@@ -239,6 +239,10 @@ pub enum Hostile {
     WrongType,
     /// A label `hostile` nested 200 arrays deep.
     Deep,
+    /// Not hostile, but what the contract allows: a task's `agent_id`
+    /// names an agent that does not exist (deleted, or never there), a
+    /// different one per task; `GET /agents/{id}` of it is a 404.
+    MissingAgent,
 }
 
 /// The character written where [`Hostile::InvalidUtf8`] puts a 0xFF
@@ -255,8 +259,9 @@ impl Hostile {
         every > 0 && h % u64::from(every) == 0
     }
 
-    /// The object's JSON text `json` (as the simulator writes it) made hostile.
-    pub(crate) fn mangle(self, json: &str) -> String {
+    /// The JSON text `json` of the object `id` (as the simulator writes
+    /// it) made hostile.
+    pub(crate) fn mangle(self, id: &str, json: &str) -> String {
         let label = |value: &str| {
             let open = "\"labels\":{";
             let Some(at) = json.find(open) else {
@@ -275,6 +280,9 @@ impl Hostile {
                 1,
             ),
             Hostile::Deep => label(&format!("{}{}", "[".repeat(200), "]".repeat(200))),
+            Hostile::MissingAgent => {
+                json.replacen("\"agent_id\":\"", &format!("\"agent_id\":\"gone_{id}_"), 1)
+            }
         }
     }
 }
