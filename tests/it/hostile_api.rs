@@ -1041,6 +1041,7 @@ mod objects {
     use crate::util::*;
     use clawmesh_exporter::exporter::Running;
     use clawmesh_exporter::sim::{Faults, Hostile};
+    use std::time::Duration;
 
     fn hostile(every: u32, how: Hostile) -> Faults {
         Faults {
@@ -1171,5 +1172,128 @@ mod objects {
             }
             exporter.shutdown().await;
         }
+    }
+
+    /// Webhook events carry the same objects: a lone surrogate (or invalid
+    /// UTF-8) in one is repaired and the task counts; an object that
+    /// cannot be read is one refused object, acknowledged (a retry would
+    /// carry the same bytes) and counted once, never a failed batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_webhook_event_with_a_broken_object_is_one_refused_or_repaired_object() {
+        use hmac::{Hmac, Mac};
+        const SECRET: &str = "whsec_hostile_objects";
+        let sim = Sim::start(busy_fleet(183)).await;
+        sim.sim.pause();
+        let file = std::env::temp_dir().join(format!("cmx-whsec-{}-objects", std::process::id()));
+        std::fs::write(&file, SECRET).unwrap();
+        let cfg = exporter_config(&sim, &["--webhook.secret-file", file.to_str().unwrap()]);
+        let exporter = start_exporter(&cfg).await;
+        let ws = exporter.workspace.clone();
+        let before = converge(&sim, &exporter).await;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let post = |body: Vec<u8>| {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+            mac.update(&body);
+            let sig: String = mac
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let req = client
+                .post(format!("http://{}/webhooks/clawmesh", exporter.addr))
+                .header("x-clawmesh-signature", format!("sha256={sig}"))
+                .body(body);
+            async move {
+                let r = req.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        // A task.completed event whose object has `labels` and
+        // `created_at` as given (JSON text).
+        let event = |evt: &str, task: &str, labels: &str, created: &str| {
+            let now = (chrono::Utc::now() + chrono::Duration::seconds(2))
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            let created = created.replace("NOW", &now);
+            format!(
+                r#"{{"id":"{evt}","type":"task.completed","created_at":"{now}","workspace_id":"{ws}","data":{{"object":{{"id":"{task}","agent_id":null,"status":"completed","labels":{labels},"created_at":{created},"updated_at":"{now}","started_at":"{now}","finished_at":"{now}","transitions":[],"error":null,"metrics":{{"queue_seconds":1,"run_seconds":2,"input_tokens":3,"output_tokens":4}}}}}}}}"#
+            )
+            .into_bytes()
+        };
+        let surrogate = event("evt_s", "tsk_s", r#"{"team":"x\ud800"}"#, r#""NOW""#);
+        let mut not_utf8 = event("evt_u", "tsk_u", "{\"team\":\"x\u{E000}\"}", r#""NOW""#);
+        let at = not_utf8
+            .windows(3)
+            .position(|w| w == "\u{E000}".as_bytes())
+            .unwrap();
+        not_utf8.splice(at..at + 3, [0xFF]);
+        let wrong = event("evt_w", "tsk_w", "{}", "5");
+        assert_eq!(post(surrogate).await, (200, "accepted\n".to_string()));
+        assert_eq!(post(not_utf8).await, (200, "accepted\n".to_string()));
+        assert_eq!(post(wrong.clone()).await, (200, "accepted\n".to_string()));
+        // The platform's retry of the same event: not counted again.
+        assert_eq!(post(wrong).await, (200, "duplicate\n".to_string()));
+        let was = |name: &str, labels: &[(&str, &str)]| must(&before, name, labels);
+        let want = [
+            (
+                "finished",
+                was("clawmesh_tasks_finished_total", &[("status", "completed")]) + 2.0,
+            ),
+            (
+                "invalid_text",
+                was(
+                    "clawmesh_api_rejected_objects_total",
+                    &[("resource", "tasks"), ("reason", "invalid_text")],
+                ) + 2.0,
+            ),
+            (
+                "invalid_field",
+                was(
+                    "clawmesh_api_rejected_objects_total",
+                    &[("resource", "tasks"), ("reason", "invalid_field")],
+                ) + 1.0,
+            ),
+        ];
+        let now = || async {
+            let m = parse(&scrape(exporter.addr).await);
+            [
+                (
+                    "finished",
+                    must(
+                        &m,
+                        "clawmesh_tasks_finished_total",
+                        &[("status", "completed")],
+                    ),
+                ),
+                (
+                    "invalid_text",
+                    must(
+                        &m,
+                        "clawmesh_api_rejected_objects_total",
+                        &[("resource", "tasks"), ("reason", "invalid_text")],
+                    ),
+                ),
+                (
+                    "invalid_field",
+                    must(
+                        &m,
+                        "clawmesh_api_rejected_objects_total",
+                        &[("resource", "tasks"), ("reason", "invalid_field")],
+                    ),
+                ),
+            ]
+        };
+        wait_for(
+            Duration::from_secs(30),
+            "the three events applied",
+            || async { now().await == want },
+        )
+        .await;
+        let _ = std::fs::remove_file(&file);
+        exporter.shutdown().await;
     }
 }
