@@ -1296,4 +1296,53 @@ mod objects {
         let _ = std::fs::remove_file(&file);
         exporter.shutdown().await;
     }
+
+    /// The refused objects are counters like the others: a restart from
+    /// the checkpoint goes on from them, never below.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_objects_are_restored_from_the_checkpoint() {
+        let sim = Sim::start(busy_fleet(184)).await;
+        sim.faults(hostile(5, Hostile::WrongType));
+        let storage = std::env::temp_dir().join(format!(
+            "cmx-it-hostile-ckpt-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&storage).unwrap();
+        let flags = [
+            "--storage.path",
+            storage.to_str().unwrap(),
+            "--storage.interval",
+            "1s",
+        ];
+        let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+        run_fleet_for(&sim, 30).await;
+        // Served from a checkpoint taken after this sync.
+        let m = converge(&sim, &exporter).await;
+        let refused = rejected(&m, "tasks", "invalid_field");
+        assert!(refused > 0.0, "nothing refused to restore");
+        exporter.shutdown().await;
+        // No more hostile objects: what shows is what was restored.
+        sim.faults(Faults::default());
+        let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+        wait_for(
+            Duration::from_secs(30),
+            "the restored workspace",
+            || async {
+                let m = parse(&scrape(exporter.addr).await);
+                value(&m, "clawmesh_exporter_checkpoint_restored_age_seconds", &[]).is_some()
+            },
+        )
+        .await;
+        let m = parse(&scrape(exporter.addr).await);
+        assert!(
+            rejected(&m, "tasks", "invalid_field") >= refused,
+            "refused objects went down from {refused} across the restart"
+        );
+        exporter.shutdown().await;
+        let _ = std::fs::remove_dir_all(&storage);
+    }
 }
