@@ -481,8 +481,11 @@ async fn a_hang_mid_body_fails_the_sync() {
     .await;
 }
 
+/// Bytes that are not UTF-8 in an agent's id: they read as U+FFFD (the
+/// agent counts, marked `invalid_text`), not a failed listing that kept
+/// agents unsynced and `/readyz` 503 for as long as the agent existed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_utf8_fails_the_sync() {
+async fn invalid_utf8_reads_as_u_fffd_and_the_sync_succeeds() {
     let agents: Script = Arc::new(|_| {
         let mut body =
             b"{\"data\":[{\"id\":\"agt_\xff\xfe\",\"status\":\"idle\",\"created_at\":\"".to_vec();
@@ -493,15 +496,33 @@ async fn invalid_utf8_fails_the_sync() {
         );
         ready(json(200, body))
     });
-    failing_case(
-        "invalid UTF-8",
-        "agents",
-        agents,
-        healthy(),
-        &[],
-        "invalid JSON",
-    )
-    .await;
+    let api = Hostile::start(agents, healthy()).await;
+    let ex = Exporter::start(&api, &[]);
+    let metrics = ex
+        .wait_until(
+            "the agent counted, marked invalid_text, clawmesh_up 1",
+            |m| {
+                up(m) == Some(1.0)
+                    && failures(m, "agents") == 0.0
+                    && value(
+                        m,
+                        "clawmesh_agents",
+                        &[("workspace", WS), ("status", "idle")],
+                    ) == Some(1.0)
+                    && value(
+                        m,
+                        "clawmesh_api_rejected_objects_total",
+                        &[
+                            ("workspace", WS),
+                            ("resource", "agents"),
+                            ("reason", "invalid_text"),
+                        ],
+                    )
+                    .is_some_and(|n| n >= 1.0)
+            },
+        )
+        .await;
+    ex.finish("invalid UTF-8", &metrics);
 }
 
 fn deep(depth: usize) -> String {
@@ -534,9 +555,10 @@ async fn deep_json_nesting_in_an_unread_field_is_skipped() {
 }
 
 /// 100,000 levels where the exporter reads a JSON value (a task's `error`):
-/// serde_json's recursion limit refuses the page, no stack overflow.
+/// serde_json's recursion limit refuses that task alone (`malformed`), no
+/// stack overflow, and the listing goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deep_json_nesting_where_it_is_read_fails_the_sync() {
+async fn deep_json_nesting_where_it_is_read_refuses_that_task_alone() {
     let tasks: Script = Arc::new(|_| {
         let t = now_rfc3339();
         let item = format!(
@@ -545,15 +567,25 @@ async fn deep_json_nesting_where_it_is_read_fails_the_sync() {
         );
         ready(json(200, page(&[item], None)))
     });
-    failing_case(
-        "deep JSON nesting, read value",
-        "tasks",
-        healthy(),
-        tasks,
-        &[],
-        "recursion limit",
-    )
-    .await;
+    let api = Hostile::start(healthy(), tasks).await;
+    let ex = Exporter::start(&api, &[]);
+    let metrics = ex
+        .wait_until("the task refused as malformed, clawmesh_up 1", |m| {
+            up(m) == Some(1.0)
+                && failures(m, "tasks") == 0.0
+                && value(
+                    m,
+                    "clawmesh_api_rejected_objects_total",
+                    &[
+                        ("workspace", WS),
+                        ("resource", "tasks"),
+                        ("reason", "malformed"),
+                    ],
+                )
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await;
+    ex.finish("deep JSON nesting, read value", &metrics);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
