@@ -411,6 +411,9 @@ impl Fleet {
             .find(|r| **r == m.resource)
             .copied()
             .unwrap_or("tasks");
+        // What is wrong (serde's words: a field and a type, no value),
+        // for whoever follows the warnings of `reject` down.
+        tracing::debug!(resource, reason, detail = %m.detail, "an object from the ClawMesh API could not be read");
         self.reject(resource, reason, m.id.as_deref().unwrap_or("(unreadable)"));
     }
 
