@@ -23,6 +23,7 @@ fn task(i: usize, status: &str, at: i64) -> Task {
     Task {
         agent_id: None,
         labels: Vec::new(),
+        text_repaired: false,
         id: format!("tsk_{i:08}"),
         status: status.clone(),
         created_at: ts(at - 30),
@@ -93,6 +94,7 @@ fn main() {
     let agents: Vec<Agent> = (0..10_000)
         .map(|i| Agent {
             last_heartbeat_at: Some(ts(0)),
+            text_repaired: false,
             // The simulator's spread: 5 teams, 2 environments, 4 providers
             // with a model each.
             labels: vec![

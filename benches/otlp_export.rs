@@ -52,6 +52,7 @@ fn fleet_snapshot() -> Snapshot {
         .map(|i| Agent {
             last_heartbeat_at: None,
             labels: Vec::new(),
+            text_repaired: false,
             config: Default::default(),
             id: format!("agt_{i}"),
             status: statuses[i % statuses.len()].to_string(),
@@ -90,6 +91,7 @@ fn fleet_snapshot() -> Snapshot {
         fleet.apply_task(&Task {
             agent_id: None,
             labels: Vec::new(),
+            text_repaired: false,
             id: format!("tsk_{i}"),
             status: TaskStatus::from_name(status),
             created_at: ts(1),

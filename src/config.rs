@@ -122,6 +122,13 @@ pub struct RunArgs {
         default_value_t = 0.1
     )]
     pub budget_share: f64,
+    /// Share of that budget that single-agent reads (GET /agents/{id}, for tasks naming an agent not yet listed) may spend (0 to 1).
+    #[arg(
+        long = "api.lookup-share",
+        env = "CLAWMESH_API_LOOKUP_SHARE",
+        default_value_t = crate::api::DEFAULT_LOOKUP_SHARE
+    )]
+    pub lookup_share: f64,
     /// Timeout of one API request.
     #[arg(long = "api.timeout", env = "CLAWMESH_API_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub api_timeout: Duration,
@@ -715,6 +722,12 @@ impl RunArgs {
                 self.budget_share
             )));
         }
+        if !(0.0..=1.0).contains(&self.lookup_share) {
+            return Err(bad(format!(
+                "--api.lookup-share {}: must be in [0, 1], e.g. 0.1 for a tenth of --api.budget-share",
+                self.lookup_share
+            )));
+        }
         if self.max_attempts == 0 {
             return Err(bad("--api.max-attempts: must be at least 1"));
         }
@@ -739,6 +752,7 @@ impl RunArgs {
                 request_timeout: self.api_timeout,
                 max_attempts: self.max_attempts,
                 budget_share: self.budget_share,
+                lookup_share: self.lookup_share,
                 limits,
                 ..ClientConfig::default()
             },
@@ -1040,6 +1054,7 @@ mod tests {
             (vec![], None, "no API key"),
             (vec!["--tasks.overlap", "2s"], Some("k"), "visibility lag"),
             (vec!["--api.budget-share", "1.5"], Some("k"), "budget-share"),
+            (vec!["--api.lookup-share", "1.5"], Some("k"), "lookup-share"),
             (
                 vec!["--api.max-body-size", "100"],
                 Some("k"),

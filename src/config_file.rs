@@ -41,6 +41,7 @@ impl PartialEq for ClientConfig {
             && self.backoff_base == o.backoff_base
             && self.backoff_cap == o.backoff_cap
             && self.budget_share == o.budget_share
+            && self.lookup_share == o.lookup_share
             && self.page_size == o.page_size
             && self.limits == o.limits
     }

@@ -231,6 +231,50 @@ impl Budget {
     }
 }
 
+/// The share of the budget that reads of single agents (`GET /agents/{id}`,
+/// when tasks name an agent not yet listed) may spend: a token bucket
+/// refilled at `share` of the budget's rate, holding 10 s of it (at least
+/// one). Tasks naming agents that do not exist (deleted, or never there)
+/// are each a 404, and a fleet of them once spent 64 % of the budget on
+/// lookups; past the share a task counts without its agent's values until
+/// the next agent listing, as past `--breakdown.max-agent-lookups`.
+pub(crate) struct Lookups {
+    share: f64,
+    /// Tokens, and when they were last refilled.
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Lookups {
+    /// `share` of the budget, in [0, 1]; 0: no lookups.
+    pub(crate) fn new(share: f64) -> Self {
+        Lookups {
+            share,
+            state: Mutex::new((f64::MAX, Instant::now())),
+        }
+    }
+
+    /// Takes a lookup's token from the share of a budget of `per_minute`
+    /// requests; false when the share is spent.
+    pub(crate) fn take(&self, per_minute: f64) -> bool {
+        let rate = self.share * per_minute / 60.0;
+        if rate <= 0.0 {
+            return false;
+        }
+        let capacity = (rate * BURST_SECONDS).max(1.0);
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
+        s.0 = (s.0.min(capacity) + elapsed * rate).min(capacity);
+        s.1 = now;
+        if s.0 >= 1.0 - 1e-9 {
+            s.0 = (s.0 - 1.0).max(0.0);
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +289,23 @@ mod tests {
             out.push(start.elapsed());
         }
         out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn agent_lookups_take_at_most_their_share_of_the_budget() {
+        // 100 requests a minute: lookups may take 10 a minute, and hold
+        // 10 s of that (1.67 tokens).
+        let l = Lookups::new(0.1);
+        let burst = (0..100).filter(|_| l.take(100.0)).count();
+        assert_eq!(burst, 1);
+        let mut taken = 0;
+        for _ in 0..600 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            taken += (0..20).filter(|_| l.take(100.0)).count();
+        }
+        // Ten minutes: 100, whatever was asked.
+        assert!((99..=101).contains(&taken), "{taken}");
+        assert!(!Lookups::new(0.0).take(100.0));
     }
 
     #[tokio::test(start_paused = true)]

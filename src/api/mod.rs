@@ -48,6 +48,9 @@ pub struct ClientConfig {
     pub backoff_cap: Duration,
     /// Share of the workspace's rate limit this client may spend, in (0, 1].
     pub budget_share: f64,
+    /// Share of the budget single-agent lookups may spend, in [0, 1]
+    /// (`--api.lookup-share`).
+    pub lookup_share: f64,
     /// `limit` of each page request, 1 to 100.
     pub page_size: u32,
     /// What one answer and one listing may cost.
@@ -138,6 +141,10 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// times as large, and for a `Retry-After` or two.
 pub const DEFAULT_MAX_LISTING_DURATION: Duration = Duration::from_secs(600);
 
+/// A tenth of the budget: agents created since the last listing are few,
+/// and the next listing (every `--agents.interval`) reads them anyway.
+pub const DEFAULT_LOOKUP_SHARE: f64 = 0.10;
+
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
@@ -148,6 +155,7 @@ impl Default for ClientConfig {
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(30),
             budget_share: 0.10,
+            lookup_share: DEFAULT_LOOKUP_SHARE,
             page_size: 100,
             limits: ApiLimits::default(),
         }
@@ -169,6 +177,8 @@ struct Inner {
     /// "Bearer <key>", marked sensitive so that reqwest never prints it.
     auth: HeaderValue,
     budget: Budget,
+    /// The share of `budget` single-agent lookups may spend.
+    lookups: budget::Lookups,
     /// The API's clock, from the `Date` of every answer.
     clock: ApiClock,
     stats: Mutex<ApiStats>,
@@ -233,6 +243,8 @@ pub struct Listing<T> {
     /// A page had to shrink to fit `--api.max-body-size`: the rest of the
     /// listing keeps the smaller size.
     shrunk: bool,
+    /// Objects of the pages read so far refused whole, until taken.
+    rejected: Vec<types::Malformed>,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -287,7 +299,14 @@ impl Client {
             .user_agent(concat!("clawmesh-exporter/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ApiError::config(format!("cannot build the HTTP client: {e}")))?;
+        if !(cfg.lookup_share.is_finite() && (0.0..=1.0).contains(&cfg.lookup_share)) {
+            return Err(ApiError::config(format!(
+                "the lookup share must be in [0, 1], got {}",
+                cfg.lookup_share
+            )));
+        }
         let budget = Budget::new(cfg.budget_share);
+        let lookups = budget::Lookups::new(cfg.lookup_share);
         Ok(Client {
             inner: Arc::new(Inner {
                 cfg,
@@ -295,6 +314,7 @@ impl Client {
                 http,
                 auth,
                 budget,
+                lookups,
                 clock: ApiClock::default(),
                 stats: Mutex::new(ApiStats::default()),
                 in_flight: tokio::sync::Mutex::new(()),
@@ -326,9 +346,7 @@ impl Client {
         let path = format!("/agents/{}", escape_segment(id));
         let got = self
             .get_at("/agents/{id}", &path, &[], |body| {
-                serde_json::from_slice::<Envelope<types::Agent>>(body)
-                    .map(|e| e.data)
-                    .map_err(|e| error::describe_bad_body(body, &e, key))
+                parse_envelope::<types::Agent>(body, key)
             })
             .await;
         match got {
@@ -336,6 +354,13 @@ impl Client {
             Err(ApiError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether one more `GET /agents/{id}` fits in the share of the
+    /// budget lookups may spend (`--api.lookup-share`); takes it if so.
+    pub fn may_look_up_agent(&self) -> bool {
+        let per_minute = self.inner.budget.snapshot().requests_per_minute;
+        self.inner.lookups.take(per_minute)
     }
 
     /// `GET /agents`, every page.
@@ -665,12 +690,13 @@ impl<T> Listing<T> {
             abandoned: None,
             started: Instant::now(),
             shrunk: false,
+            rejected: Vec::new(),
             _item: PhantomData,
         }
     }
 }
 
-impl<T: serde::de::DeserializeOwned> Listing<T> {
+impl<T: types::Object> Listing<T> {
     /// The next page, `Restarted` when the cursor expired and the listing
     /// started over, or `Ok(None)` after the last page.
     pub async fn next(&mut self) -> Result<Option<ListEvent<T>>, ApiError> {
@@ -774,6 +800,7 @@ impl<T: serde::de::DeserializeOwned> Listing<T> {
                     self.done = true;
                     self.cursor = None;
                 }
+                self.rejected.extend(page.rejected);
                 Ok(Some(ListEvent::Page(page.data)))
             }
             Err(ApiError::BadRequest { code, .. })
@@ -807,22 +834,44 @@ impl<T: serde::de::DeserializeOwned> Listing<T> {
         }
     }
 
+    /// The objects refused whole in the pages read since the last call:
+    /// each is one object lost, never the page.
+    pub fn take_rejected(&mut self) -> Vec<types::Malformed> {
+        std::mem::take(&mut self.rejected)
+    }
+
     /// Every item of the listing, starting over on `Restarted`. Items of a
     /// listing sorted by `updated_at` can appear twice (see the contract).
-    pub async fn collect_all(mut self) -> Result<Vec<T>, ApiError> {
+    pub async fn collect_all(self) -> Result<Vec<T>, ApiError> {
+        self.collect_all_with_rejected().await.map(|(all, _)| all)
+    }
+
+    /// [`Listing::collect_all`], and the objects refused whole in the
+    /// listing as it completed (those of pages dropped by a restart are
+    /// not in it: the listing read them again).
+    pub async fn collect_all_with_rejected(
+        mut self,
+    ) -> Result<(Vec<T>, Vec<types::Malformed>), ApiError> {
         let mut all = Vec::new();
+        let mut rejected = Vec::new();
         while let Some(ev) = self.next().await? {
             match ev {
-                ListEvent::Page(items) => all.extend(items),
-                ListEvent::Restarted => all.clear(),
+                ListEvent::Page(items) => {
+                    all.extend(items);
+                    rejected.append(&mut self.rejected);
+                }
+                ListEvent::Restarted => {
+                    all.clear();
+                    rejected.clear();
+                }
             }
         }
-        Ok(all)
+        Ok((all, rejected))
     }
 }
 
 /// Parse one page body; never panics on any input.
-pub fn parse_page<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Page<T>, ApiError> {
+pub fn parse_page<T: types::Object>(body: &[u8]) -> Result<Page<T>, ApiError> {
     parse_page_inner(body, "").map_err(|detail| ApiError::UnexpectedBody {
         endpoint: "page".to_string(),
         status: 200,
@@ -830,16 +879,45 @@ pub fn parse_page<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Page<T>
     })
 }
 
-fn parse_page_inner<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-    key: &str,
-) -> Result<Page<T>, String> {
-    let page: Page<T> =
-        serde_json::from_slice(body).map_err(|e| error::describe_bad_body(body, &e, key))?;
-    if page.has_more && page.next_cursor.as_deref().is_none_or(str::is_empty) {
+fn parse_page_inner<T: types::Object>(body: &[u8], key: &str) -> Result<Page<T>, String> {
+    // Invalid UTF-8 would refuse the page whole: it reads as U+FFFD (a
+    // copy only when there is some), and the objects holding it are marked.
+    let text = String::from_utf8_lossy(body);
+    let lossy = matches!(text, std::borrow::Cow::Owned(_));
+    let raw: types::RawPage =
+        serde_json::from_str(&text).map_err(|e| error::describe_bad_body(body, &e, key))?;
+    if raw.has_more && raw.next_cursor.as_deref().is_none_or(str::is_empty) {
         return Err("has_more is true but next_cursor is missing".to_string());
     }
+    let mut page = Page {
+        data: Vec::with_capacity(raw.data.len()),
+        rejected: Vec::new(),
+        has_more: raw.has_more,
+        next_cursor: raw.next_cursor,
+    };
+    for item in raw.data {
+        match types::parse_object::<T>(item.get(), lossy) {
+            Ok(t) => page.data.push(t),
+            Err(m) => page.rejected.push(m),
+        }
+    }
     Ok(page)
+}
+
+/// One object in `{"data": ...}` (`GET /agents/{id}`), lone surrogates
+/// and invalid UTF-8 read as U+FFFD as in a page.
+fn parse_envelope<T: types::Object>(body: &[u8], key: &str) -> Result<T, String> {
+    #[derive(serde::Deserialize)]
+    struct RawEnvelope<'a> {
+        #[serde(borrow)]
+        data: &'a serde_json::value::RawValue,
+    }
+    let text = String::from_utf8_lossy(body);
+    let lossy = matches!(text, std::borrow::Cow::Owned(_));
+    let raw: RawEnvelope =
+        serde_json::from_str(&text).map_err(|e| error::describe_bad_body(body, &e, key))?;
+    types::parse_object::<T>(raw.data.get(), lossy)
+        .map_err(|m| format!("{} ({})", m.reason, m.detail))
 }
 
 /// A path segment percent-encoded: anything but unreserved characters

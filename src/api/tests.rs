@@ -1266,3 +1266,181 @@ async fn attack_dot_segment_agent_ids_never_request_another_path() {
     c.agent("%2e").await.unwrap();
     assert_eq!(s.seen()[0].path, "/v1/agents/%252e");
 }
+
+// ---- one malformed object is one refused object (issue 18) ----
+
+/// A task as the API writes it, `extra` fields added (JSON text, each
+/// starting with a comma).
+fn task_text(id: &str, updated: &str, extra: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","status":"completed","created_at":"2026-11-23T10:00:00Z","updated_at":"{updated}","transitions":[]{extra}}}"#
+    )
+}
+
+fn page_of(items: &[String]) -> Vec<u8> {
+    format!(
+        r#"{{"data":[{}],"has_more":false,"next_cursor":null}}"#,
+        items.join(",")
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_lone_surrogate_in_a_label_reads_as_u_fffd_and_the_task_stands() {
+    // What JavaScript's JSON.stringify makes of an emoji cut in half:
+    // serde_json refuses it, which failed the whole page on every poll.
+    let body = page_of(&[
+        task_text(
+            "t1",
+            "2026-11-23T10:00:05Z",
+            r#","labels":{"team":"x\ud800"}"#,
+        ),
+        task_text(
+            "t2",
+            "2026-11-23T10:00:06Z",
+            r#","labels":{"team":"\udc00y"}"#,
+        ),
+        // A pair is one character, not a repair.
+        task_text(
+            "t3",
+            "2026-11-23T10:00:07Z",
+            r#","labels":{"team":"\ud83d\ude00"}"#,
+        ),
+        // An escaped backslash before "ud800" is text, not an escape.
+        task_text(
+            "t4",
+            "2026-11-23T10:00:08Z",
+            r#","labels":{"team":"\\ud800"}"#,
+        ),
+        // A high surrogate followed by another high one: both lone.
+        task_text(
+            "t5",
+            "2026-11-23T10:00:09Z",
+            r#","agent_id":"a\ud800\ud800""#,
+        ),
+    ]);
+    let page = parse_page::<types::Task>(&body).unwrap();
+    assert!(page.rejected.is_empty(), "{:?}", page.rejected);
+    let label = |i: usize| page.data[i].labels[0].1.clone();
+    assert_eq!(label(0), "x\u{FFFD}");
+    assert_eq!(label(1), "\u{FFFD}y");
+    assert_eq!(label(2), "😀");
+    assert_eq!(label(3), "\\ud800");
+    assert_eq!(page.data[4].agent_id.as_deref(), Some("a\u{FFFD}\u{FFFD}"));
+    let repaired: Vec<bool> = page.data.iter().map(|t| t.text_repaired).collect();
+    assert_eq!(repaired, [true, true, false, false, true]);
+    // The same in an agent listing and a single agent.
+    let agent = r#"{"id":"agt_1","status":"idle","created_at":"2026-11-23T10:00:00Z","updated_at":"2026-11-23T10:00:00Z","labels":{"team":"x\ud800"}}"#;
+    let page = parse_page::<types::Agent>(&page_of(&[agent.to_string()])).unwrap();
+    assert_eq!(page.data[0].labels[0].1, "x\u{FFFD}");
+    assert!(page.data[0].text_repaired);
+    let one =
+        parse_envelope::<types::Agent>(format!(r#"{{"data":{agent}}}"#).as_bytes(), "").unwrap();
+    assert_eq!(one.labels[0].1, "x\u{FFFD}");
+}
+
+#[test]
+fn repairing_surrogates_never_panics_and_keeps_the_length() {
+    for s in [
+        "",
+        "\\",
+        "\\u",
+        "\\ud8",
+        "\\ud800",
+        "\\ud800\\",
+        "\\ud800\\u",
+        "\\ud800\\udc0",
+        "\\\\\\ud800",
+        "\\uzzzz",
+        "é\\udfff",
+    ] {
+        let r = types::repair_surrogates(s);
+        assert_eq!(r.len(), s.len(), "{s:?}");
+    }
+    assert_eq!(types::repair_surrogates("\\\\\\ud800"), "\\\\\\ufffd");
+    assert_eq!(types::repair_surrogates("\\ud800\\"), "\\ufffd\\");
+}
+
+#[test]
+fn one_malformed_object_is_one_refused_object_never_the_page() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let very_deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let mut items = vec![
+        // Each wrong in one field; id and updated_at still read.
+        task_text("bad_status", "2026-11-23T10:00:01Z", "")
+            .replace(r#""status":"completed""#, r#""status":5"#),
+        task_text("bad_created", "2026-11-23T10:00:02Z", "").replace(
+            r#""created_at":"2026-11-23T10:00:00Z""#,
+            r#""created_at":1764000000"#,
+        ),
+        task_text("bad_transitions", "2026-11-23T10:00:03Z", r#","x":1"#)
+            .replace(r#""transitions":[]"#, r#""transitions":"many""#),
+        task_text(
+            "deep_labels",
+            "2026-11-23T10:00:04Z",
+            &format!(r#","labels":{{"a":{deep}}}"#),
+        ),
+        // Neither id nor updated_at reads.
+        task_text("x", "not a time", "").replace(r#""id":"x""#, r#""id":{"a":1}"#),
+        "5".to_string(),
+        "null".to_string(),
+        // Ignored fields may be anything, however deep: the task stands.
+        task_text(
+            "deep_ignored",
+            "2026-11-23T10:00:05Z",
+            &format!(r#","instructions":{very_deep}"#),
+        ),
+        task_text("good", "2026-11-23T10:00:06Z", ""),
+    ];
+    // A byte that is not UTF-8 (0xFF where the mark is), in a label.
+    items.push(task_text(
+        "last",
+        "2026-11-23T10:00:07Z",
+        ",\"labels\":{\"team\":\"x\u{E000}\"}",
+    ));
+    let mark = "\u{E000}".as_bytes();
+    let mut body = page_of(&items);
+    let at = body.windows(3).position(|w| w == mark).unwrap();
+    body.splice(at..at + 3, [0xFF]);
+
+    let page = parse_page::<types::Task>(&body).expect("the page stands");
+    let ids: Vec<&str> = page.data.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["deep_ignored", "good", "last"]);
+    assert!(!page.data[1].text_repaired);
+    assert_eq!(
+        page.data[2].labels,
+        [("team".to_string(), "x\u{FFFD}".to_string())]
+    );
+    assert!(page.data[2].text_repaired);
+    let refused: Vec<(Option<&str>, &str, Option<types::Timestamp>)> = page
+        .rejected
+        .iter()
+        .map(|m| (m.id.as_deref(), m.reason, m.updated_at))
+        .collect();
+    let at = |s: &str| types::Timestamp::parse(s);
+    assert_eq!(
+        refused,
+        [
+            (
+                Some("bad_status"),
+                "invalid_field",
+                at("2026-11-23T10:00:01Z")
+            ),
+            (
+                Some("bad_created"),
+                "invalid_field",
+                at("2026-11-23T10:00:02Z")
+            ),
+            (
+                Some("bad_transitions"),
+                "invalid_field",
+                at("2026-11-23T10:00:03Z")
+            ),
+            (Some("deep_labels"), "malformed", at("2026-11-23T10:00:04Z")),
+            (None, "invalid_field", None),
+            (None, "invalid_field", None),
+            (None, "invalid_field", None),
+        ]
+    );
+    assert!(page.rejected.iter().all(|m| m.resource == "tasks"));
+}

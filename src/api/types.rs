@@ -151,6 +151,10 @@ pub struct Agent {
     pub labels: Labels,
     #[serde(default, deserialize_with = "de_config")]
     pub config: AgentConfig,
+    /// Some text of it was not Unicode (a lone UTF-16 surrogate escape,
+    /// invalid UTF-8) and reads with U+FFFD in its place.
+    #[serde(skip)]
+    pub text_repaired: bool,
 }
 
 /// The part of an agent's `config` the breakdowns read.
@@ -404,6 +408,10 @@ pub struct Task {
     /// as a summary, not the list.
     #[serde(default, deserialize_with = "null_as_default")]
     pub transitions: Transitions,
+    /// Some text of it was not Unicode (a lone UTF-16 surrogate escape,
+    /// invalid UTF-8) and reads with U+FFFD in its place.
+    #[serde(skip)]
+    pub text_repaired: bool,
 }
 
 /// The summary of a task's `transitions` the exporter uses.
@@ -527,13 +535,160 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// One page of a listing.
-#[derive(Debug, Deserialize)]
+/// One page of a listing: the objects read, and those refused whole.
+#[derive(Debug)]
 pub struct Page<T> {
     pub data: Vec<T>,
+    pub rejected: Vec<Malformed>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+/// A page as it comes, each object kept as its text: one object that
+/// cannot be read must cost that object, never the page (it would fail
+/// every listing it is in, for as long as it is in it).
+#[derive(Deserialize)]
+pub(crate) struct RawPage<'a> {
+    #[serde(borrow)]
+    pub data: Vec<&'a serde_json::value::RawValue>,
     pub has_more: bool,
     #[serde(default)]
     pub next_cursor: Option<String>,
+}
+
+/// What an object of a listing or an event is, for [`parse_object`].
+pub trait Object: serde::de::DeserializeOwned {
+    /// Its resource in `clawmesh_api_rejected_objects_total`.
+    const RESOURCE: &'static str;
+    fn mark_text_repaired(&mut self);
+}
+
+impl Object for Task {
+    const RESOURCE: &'static str = "tasks";
+    fn mark_text_repaired(&mut self) {
+        self.text_repaired = true;
+    }
+}
+
+impl Object for Agent {
+    const RESOURCE: &'static str = "agents";
+    fn mark_text_repaired(&mut self) {
+        self.text_repaired = true;
+    }
+}
+
+/// An object refused whole, and what could still be read of it.
+#[derive(Debug, Clone)]
+pub struct Malformed {
+    pub resource: &'static str,
+    /// `invalid_field` (a field missing, of the wrong type or an
+    /// impossible value) or `malformed` (not a JSON object, nested deeper
+    /// than the parser goes).
+    pub reason: &'static str,
+    pub id: Option<String>,
+    /// Its `updated_at` when that still reads: an incremental listing
+    /// moves past it as past any other.
+    pub updated_at: Option<Timestamp>,
+    /// What is wrong, for the log (no value of the object).
+    pub detail: String,
+}
+
+/// Reasons of [`Malformed`].
+pub const MALFORMED_REASONS: [&str; 2] = ["invalid_field", "malformed"];
+
+/// One object from its JSON text. Lone UTF-16 surrogate escapes (what
+/// JavaScript's `JSON.stringify` makes of a cut emoji) read as U+FFFD,
+/// as invalid UTF-8 does: the object counts, with that text repaired and
+/// marked (`text_repaired`, counted as `invalid_text`). `lossy`: the text
+/// had invalid UTF-8 replaced already, somewhere in its page.
+pub fn parse_object<T: Object>(raw: &str, lossy: bool) -> Result<T, Malformed> {
+    let fixed = repair_surrogates(raw);
+    let repaired = matches!(fixed, std::borrow::Cow::Owned(_))
+        || (lossy && fixed.contains(char::REPLACEMENT_CHARACTER));
+    match serde_json::from_str::<T>(&fixed) {
+        Ok(mut t) => {
+            if repaired {
+                t.mark_text_repaired();
+            }
+            Ok(t)
+        }
+        Err(e) => {
+            /// What every object names, each read leniently.
+            #[derive(Deserialize)]
+            struct Ident {
+                #[serde(default, deserialize_with = "lenient_id")]
+                id: Option<String>,
+                #[serde(default, deserialize_with = "lenient_timestamp")]
+                updated_at: Option<Timestamp>,
+            }
+            let ident = serde_json::from_str::<Ident>(&fixed).ok();
+            let reason = match e.classify() {
+                serde_json::error::Category::Data => "invalid_field",
+                _ => "malformed",
+            };
+            // serde's messages name the field and the type, never a value
+            // longer than a number; shortened all the same.
+            Err(Malformed {
+                resource: T::RESOURCE,
+                reason,
+                id: ident.as_ref().and_then(|i| i.id.clone()),
+                updated_at: ident.and_then(|i| i.updated_at),
+                detail: crate::api::shorten(&e.to_string(), 160),
+            })
+        }
+    }
+}
+
+/// `text` (JSON) with every lone UTF-16 surrogate escape (`\ud800` not
+/// followed by a low one, or a low one alone) replaced by `\ufffd`: the
+/// same length, so only those six bytes change, and a copy is made only
+/// when there is one. serde_json refuses a lone surrogate, which would
+/// refuse the whole object for one broken emoji in a label.
+pub fn repair_surrogates(text: &str) -> std::borrow::Cow<'_, str> {
+    let b = text.as_bytes();
+    let hex4 = |at: usize| -> Option<u32> {
+        let h = b.get(at..at + 4)?;
+        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    let unicode_escape = |at: usize| -> Option<u32> {
+        (b.get(at) == Some(&b'\\') && b.get(at + 1) == Some(&b'u'))
+            .then(|| hex4(at + 2))
+            .flatten()
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while let Some(off) = b.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+        i += off;
+        let Some(code) = unicode_escape(i) else {
+            // Any other escape is two bytes (`\\` included, so the next
+            // backslash found is a new escape).
+            i += 2;
+            continue;
+        };
+        let lone = match code {
+            0xD800..=0xDBFF => match unicode_escape(i + 6) {
+                Some(0xDC00..=0xDFFF) => {
+                    i += 12;
+                    continue;
+                }
+                _ => true,
+            },
+            0xDC00..=0xDFFF => true,
+            _ => false,
+        };
+        if lone {
+            out.get_or_insert_with(|| b.to_vec())[i..i + 6].copy_from_slice(b"\\ufffd");
+        }
+        i += 6;
+    }
+    match out {
+        None => std::borrow::Cow::Borrowed(text),
+        // Six ASCII bytes for six ASCII bytes: still UTF-8.
+        Some(v) => std::borrow::Cow::Owned(
+            String::from_utf8(v)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+    }
 }
 
 /// `{"data": ...}` around a single object.
@@ -599,8 +754,8 @@ mod tests {
 
     #[test]
     fn bad_numbers_in_metrics_read_as_unknown_and_fail_nothing() {
-        let page: Page<Task> = serde_json::from_str(
-            r#"{"data":[{"id":"t1","status":"completed","created_at":"2026-11-23T10:00:00Z",
+        let page: Page<Task> = crate::api::parse_page(
+            br#"{"data":[{"id":"t1","status":"completed","created_at":"2026-11-23T10:00:00Z",
                 "updated_at":"2026-11-23T10:00:05Z","transitions":[],
                 "metrics":{"queue_seconds":-1,"run_seconds":"soon","input_tokens":-5,
                            "output_tokens":1.5,"extra":[1,2]},
@@ -638,8 +793,8 @@ mod tests {
         // not fail the page (which would stop the incremental sync for as
         // long as the task is in the overlap: for good, since the watermark
         // only moves after a complete listing).
-        let page: Result<Page<Task>, _> = serde_json::from_str(
-            r#"{"data":[{"id":"t1","status":"completed","created_at":"2026-11-23T10:00:00Z",
+        let page = crate::api::parse_page::<Task>(
+            br#"{"data":[{"id":"t1","status":"completed","created_at":"2026-11-23T10:00:00Z",
                 "updated_at":"2026-11-23T10:00:05Z","transitions":[],
                 "metrics":{"queue_seconds":1e400,"run_seconds":2,"input_tokens":1e400,
                            "output_tokens":-1e400}}],

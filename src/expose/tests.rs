@@ -15,6 +15,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
         .map(|(i, s)| Agent {
             last_heartbeat_at: None,
             labels: Vec::new(),
+            text_repaired: false,
             config: Default::default(),
             id: format!("agt_{i}"),
             status: s.to_string(),
@@ -26,6 +27,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
     let task = |id: &str, status: &str, code: Option<&str>| Task {
         agent_id: None,
         labels: Vec::new(),
+        text_repaired: false,
         id: id.into(),
         status: TaskStatus::from_name(status),
         created_at: ts(1),

@@ -169,6 +169,7 @@ struct Dim {
     source: Source,
     values: HashSet<Arc<str>>,
     overflow_logged: bool,
+    long_logged: bool,
 }
 
 /// The values of one agent's dimensions by position (task dimensions
@@ -258,6 +259,7 @@ impl Breakdown {
             source,
             values: HashSet::new(),
             overflow_logged: false,
+            long_logged: false,
         });
     }
 
@@ -359,7 +361,18 @@ impl Breakdown {
             d.values.insert(v.clone());
             return v;
         }
-        if !d.overflow_logged {
+        // Not a count of values: a value over 128 bytes reaches here as
+        // "other" (the API's reading bounds every name).
+        if v == super::bounded::OTHER || v.len() > super::bounded::MAX_NAME_LEN {
+            if !d.long_logged {
+                d.long_logged = true;
+                tracing::warn!(
+                    label = %d.name,
+                    max_bytes = super::bounded::MAX_NAME_LEN,
+                    "a breakdown label value is longer than 128 bytes (or is \"other\" itself): it counts as \"other\""
+                );
+            }
+        } else if !d.overflow_logged {
             d.overflow_logged = true;
             tracing::warn!(
                 label = %d.name,
@@ -621,6 +634,7 @@ impl Breakdown {
                 source,
                 values: d.values.into_iter().map(Arc::from).collect(),
                 overflow_logged: false,
+                long_logged: false,
             });
         }
         let n = dims.len();
@@ -896,6 +910,53 @@ impl Remap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log lines `f` writes.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Out(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Out {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Out::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let logs = out.0.lock().unwrap().clone();
+        String::from_utf8(logs).unwrap()
+    }
+
+    #[test]
+    fn a_label_value_over_128_bytes_is_logged_as_too_long_not_as_too_many() {
+        let cfg = BreakdownConfig {
+            task_labels: Patterns {
+                allow: vec!["team".into()],
+                deny: vec![],
+            },
+            ..Default::default()
+        };
+        let mut b = Breakdown::new(cfg, &["workspace".into()]);
+        b.discover(&vec![("team".to_string(), "a".to_string())], true);
+        // As the API reads a 129-byte value (types::bound_name), and as
+        // one would come if it did not.
+        let long = crate::api::types::bound_name(&"x".repeat(129));
+        let logs = logs_of(|| {
+            assert_eq!(&*b.admit(0, Some(&long)), "other");
+            assert_eq!(&*b.admit(0, Some(&"y".repeat(129))), "other");
+        });
+        assert!(logs.contains("longer than 128 bytes"), "{logs}");
+        assert!(!logs.contains("max-values"), "{logs}");
+        assert_eq!(logs.matches("longer than 128 bytes").count(), 1, "{logs}");
+    }
 
     #[test]
     fn globs() {

@@ -44,7 +44,13 @@ pub const FAILURE_CODES: [&str; 6] = [
 /// Resources and reasons of `clawmesh_api_rejected_objects_total`, always
 /// exported.
 pub const REJECT_RESOURCES: [&str; 2] = ["agents", "tasks"];
-pub const REJECT_REASONS: [&str; 2] = ["future_timestamp", "invalid_number"];
+pub const REJECT_REASONS: [&str; 5] = [
+    "future_timestamp",
+    "invalid_number",
+    "invalid_text",
+    "invalid_field",
+    "malformed",
+];
 
 /// Buckets for queue and run durations: seconds to hours, since agent tasks
 /// range from a quick tool call to a long research job.
@@ -509,6 +515,25 @@ impl Fleet {
         }
     }
 
+    /// An object of a listing or an event that could not be read at all
+    /// (`Malformed`): counted and logged like any refused one.
+    pub fn reject_malformed(&mut self, m: &crate::api::types::Malformed) {
+        let reason = REJECT_REASONS
+            .iter()
+            .find(|r| **r == m.reason)
+            .copied()
+            .unwrap_or("malformed");
+        let resource = REJECT_RESOURCES
+            .iter()
+            .find(|r| **r == m.resource)
+            .copied()
+            .unwrap_or("tasks");
+        // What is wrong (serde's words: a field and a type, no value),
+        // for whoever follows the warnings of `reject` down.
+        tracing::debug!(resource, reason, detail = %m.detail, "an object from the ClawMesh API could not be read");
+        self.reject(resource, reason, m.id.as_deref().unwrap_or("(unreadable)"));
+    }
+
     fn reject(&mut self, resource: &'static str, reason: &'static str, id: &str) {
         let n = self
             .counters
@@ -523,7 +548,7 @@ impl Fleet {
                 reason,
                 id = %crate::api::shorten(id, 64),
                 refused_so_far = *n,
-                "an object from the ClawMesh API was refused (future_timestamp: not applied; invalid_number: applied without the invalid value)"
+                "an object from the ClawMesh API was refused (future_timestamp: not applied; invalid_number: applied without the invalid value; invalid_text: applied with U+FFFD for text that is not Unicode; invalid_field, malformed: not readable, skipped)"
             );
         }
     }
@@ -555,6 +580,20 @@ impl Fleet {
         listing_start: Timestamp,
         lag: Duration,
     ) {
+        self.apply_agent_listing_keeping(agents, &[], listing_start, lag);
+    }
+
+    /// [`Fleet::apply_agent_listing_at`] of a listing in which the agents
+    /// `unreadable` were listed but could not be read (counted by
+    /// `reject_malformed`): what was known of them stands, as it does for
+    /// one refused for its timestamps, rather than read as deleted.
+    pub fn apply_agent_listing_keeping(
+        &mut self,
+        agents: &[Agent],
+        unreadable: &[&str],
+        listing_start: Timestamp,
+        lag: Duration,
+    ) {
         let recent = listing_start.saturating_sub(lag);
         if self.breakdown.is_some() {
             // Values of agents gone past the horizon free their places
@@ -566,7 +605,15 @@ impl Fleet {
         }
         let mut old = std::mem::take(&mut self.agent_by_id);
         let mut next = HashMap::with_capacity(agents.len());
+        for id in unreadable {
+            if let Some(e) = old.remove(*id) {
+                next.insert((*id).into(), e);
+            }
+        }
         for a in agents {
+            if a.text_repaired {
+                self.reject("agents", "invalid_text", &a.id);
+            }
             if self.implausible(a.updated_at.max(a.created_at)) {
                 self.reject("agents", "future_timestamp", &a.id);
                 // What was known of it stands.
@@ -617,6 +664,9 @@ impl Fleet {
     /// the same `updated_at` does (an event is news, and a deletion must
     /// not be lost for carrying the agent's last `updated_at`).
     pub fn apply_agent_event(&mut self, a: &Agent, deleted: bool) {
+        if a.text_repaired {
+            self.reject("agents", "invalid_text", &a.id);
+        }
         if self.implausible(a.updated_at.max(a.created_at)) {
             self.reject("agents", "future_timestamp", &a.id);
             return;
@@ -686,6 +736,10 @@ impl Fleet {
         if t.metrics.invalid {
             // Applied without the invalid values (they read as unknown).
             self.reject("tasks", "invalid_number", &t.id);
+        }
+        if t.text_repaired {
+            // Applied with U+FFFD where the text was not Unicode.
+            self.reject("tasks", "invalid_text", &t.id);
         }
         if let Some(mut c) = self.ledger.get(t.id.as_str()).copied() {
             // Terminal is final; a later copy only moves outputs, or brings

@@ -15,6 +15,7 @@ fn task(id: &str, status: &str, updated: i64) -> Task {
     Task {
         agent_id: None,
         labels: Vec::new(),
+        text_repaired: false,
         id: id.into(),
         status: status.clone(),
         created_at: ts(1),
@@ -151,6 +152,7 @@ fn unknown_agent_statuses_are_kept_by_name_up_to_a_bound() {
     let agent = |status: String| Agent {
         last_heartbeat_at: None,
         labels: Vec::new(),
+        text_repaired: false,
         config: Default::default(),
         id: status.clone(),
         status,
@@ -211,6 +213,7 @@ fn agent(id: &str, status: &str, updated: i64) -> Agent {
     Agent {
         last_heartbeat_at: None,
         labels: Vec::new(),
+        text_repaired: false,
         config: Default::default(),
         id: id.into(),
         status: status.into(),
@@ -370,6 +373,7 @@ fn an_agent_missing_from_a_listing_is_gone_even_if_it_changed_just_before() {
     let agent = |id: &str, status: &str, created: i64, at: i64| Agent {
         last_heartbeat_at: None,
         labels: Vec::new(),
+        text_repaired: false,
         config: Default::default(),
         id: id.into(),
         status: status.into(),
@@ -432,6 +436,7 @@ fn agent_events_at_the_listed_updated_at_apply_and_deletions_are_never_lost() {
     let agent = |id: &str, status: &str, at: i64| Agent {
         last_heartbeat_at: None,
         labels: Vec::new(),
+        text_repaired: false,
         config: Default::default(),
         id: id.into(),
         status: status.into(),
@@ -637,6 +642,7 @@ fn timestamps_far_in_the_future_are_refused_and_counted() {
     let agent = |status: &str, at: &str| Agent {
         last_heartbeat_at: None,
         labels: Vec::new(),
+        text_repaired: false,
         config: Default::default(),
         id: "a".into(),
         status: status.into(),
@@ -776,6 +782,7 @@ fn attack_a_deletion_keeping_its_old_updated_at_outlives_one_listing() {
     let agent = |id: &str, at: i64| Agent {
         last_heartbeat_at: None,
         labels: Vec::new(),
+        text_repaired: false,
         config: Default::default(),
         id: id.into(),
         status: "idle".into(),
@@ -946,6 +953,7 @@ fn labelled_agent(id: &str, team: &str, provider: &str, heartbeat: Option<i64>) 
     Agent {
         last_heartbeat_at: heartbeat.map(ts),
         labels: vec![("team".into(), team.into())],
+        text_repaired: false,
         config: crate::api::types::AgentConfig {
             model_provider: Some(provider.into()),
             model: Some(format!("{provider}-m")),

@@ -388,7 +388,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
     },
     Family {
         name: "clawmesh_api_rejected_objects_total",
-        help: "Sightings of API objects refused whole (reason future_timestamp: an instant far ahead of the API's own clock) or in part (invalid_number: a negative or malformed metric, read as unknown), by resource.",
+        help: "Sightings of API objects refused whole (reason future_timestamp: an instant far ahead of the API's own clock; invalid_field: a field missing or of the wrong type; malformed: not an object, or nested too deep) or in part (invalid_number: a negative or malformed metric, read as unknown; invalid_text: a lone UTF-16 surrogate or invalid UTF-8, read as U+FFFD), by resource.",
         kind: Kind::Counter,
         unit: "{object}",
         stability: Stability::Stable,

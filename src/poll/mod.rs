@@ -528,6 +528,13 @@ impl Workspace {
             if *left == 0 {
                 return;
             }
+            // Past the share of the budget lookups may spend: the rest
+            // count without agent values, and the next listing reads them.
+            if !self.client.may_look_up_agent() {
+                tracing::debug!(workspace = %self.id, "agent lookups have spent their share of the budget (--api.lookup-share); tasks count without agent values until the next listing");
+                *left = 0;
+                return;
+            }
             *left -= 1;
             match self.client.agent(&id).await {
                 Ok(agent) => {
@@ -696,10 +703,24 @@ impl Workspace {
         crate::supervise::injected(&self.id, "poll_agents");
         let result = async {
             let api_start = self.client.api_time();
-            let agents = self.client.list_agents().collect_all().await?;
+            let (agents, rejected) = self
+                .client
+                .list_agents()
+                .collect_all_with_rejected()
+                .await?;
             let mut st = self.lock_at_api_time();
-            st.fleet
-                .apply_agent_listing_at(&agents, api_start.latest, self.cfg.overlap);
+            // One agent that cannot be read is that agent refused, not
+            // the listing failed (which would keep agents unsynced).
+            for m in &rejected {
+                st.fleet.reject_malformed(m);
+            }
+            let unreadable: Vec<&str> = rejected.iter().filter_map(|m| m.id.as_deref()).collect();
+            st.fleet.apply_agent_listing_keeping(
+                &agents,
+                &unreadable,
+                api_start.latest,
+                self.cfg.overlap,
+            );
             drop(st);
             tracing::debug!(workspace = %self.id, agents = agents.len(), "agents synced");
             Ok(())
@@ -795,6 +816,15 @@ impl TaskSync {
                 // Mid-listing, the lock held (it is poisoned then): the
                 // watermark has not moved, so the next round reads it all
                 // again and the ledger keeps the counts exact.
+                // A task that cannot be read is refused alone; its
+                // updated_at, when it reads, moves the watermark as any
+                // other's (one that does not read cannot hold it back).
+                for m in listing.take_rejected() {
+                    fleet.reject_malformed(&m);
+                    if let Some(at) = m.updated_at {
+                        newest = newest.max(at);
+                    }
+                }
                 crate::supervise::injected(&ws.id, "poll_tasks");
             }
         };
@@ -868,6 +898,12 @@ impl TaskSync {
                         for t in page {
                             st.fleet.apply_task(&t);
                             mine.insert(t.id);
+                        }
+                        // A refused open task whose id reads stays open
+                        // (what was known of it stands).
+                        for m in listing.take_rejected() {
+                            st.fleet.reject_malformed(&m);
+                            mine.extend(m.id);
                         }
                     }
                     ListEvent::Restarted => mine.clear(),

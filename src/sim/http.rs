@@ -552,7 +552,7 @@ async fn get_agent(
             let now = inner.clock.now_us();
             let a = inner.fleet().agents.visible(&id, now).cloned();
             let a = a.ok_or_else(|| not_found("agent", &id))?;
-            Ok(single(&*a, now))
+            Ok(single(inner, &id, &*a, now))
         },
     )
     .await
@@ -573,7 +573,7 @@ async fn get_task(
             let now = inner.clock.now_us();
             let t = inner.fleet().tasks.visible(&id, now).cloned();
             let t = t.ok_or_else(|| not_found("task", &id))?;
-            Ok(single(&*t, now))
+            Ok(single(inner, &id, &*t, now))
         },
     )
     .await
@@ -625,20 +625,60 @@ impl Wire for Task {
     }
 }
 
-struct One<'a, T>(&'a T, i64);
+/// An object (of id `.3`) as written at an instant, hostile
+/// (`Faults::hostile_every`) when `hostile` says so.
+struct One<'a, T>(&'a T, i64, Option<super::Hostile>, &'a str);
 impl<T: Wire> Serialize for One<'_, T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.write(self.1, s)
+        let Some(h) = self.2 else {
+            return self.0.write(self.1, s);
+        };
+        use serde::ser::Error;
+        let text =
+            serde_json::to_string(&One(self.0, self.1, None, self.3)).map_err(S::Error::custom)?;
+        // Written as it is: serde_json takes a raw value's text verbatim
+        // (a lone surrogate escape included).
+        serde_json::value::RawValue::from_string(h.mangle(self.3, &text))
+            .map_err(S::Error::custom)?
+            .serialize(s)
     }
 }
 
-struct Items<'a, T>(&'a [Hit<T>], i64);
+/// Which objects are written hostile, and how.
+fn hostile_of(inner: &Inner) -> Option<(u32, super::Hostile)> {
+    let f = inner.faults();
+    (f.hostile_every > 0).then_some((f.hostile_every, f.hostile))
+}
+
+/// `body` with every [`super::NOT_UTF8_MARK`] a 0xFF byte (not UTF-8).
+fn break_utf8(body: Vec<u8>) -> Vec<u8> {
+    let mut mark = [0u8; 4];
+    let mark = super::NOT_UTF8_MARK.encode_utf8(&mut mark).as_bytes();
+    if memchr::memmem::find(&body, mark).is_none() {
+        return body;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = &body[..];
+    while let Some(i) = memchr::memmem::find(rest, mark) {
+        out.extend_from_slice(&rest[..i]);
+        out.push(0xFF);
+        rest = &rest[i + mark.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+struct Items<'a, T>(&'a [Hit<T>], i64, Option<(u32, super::Hostile)>);
 impl<T: Wire> Serialize for Items<'_, T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
         for h in self.0 {
-            seq.serialize_element(&One(&*h.obj, self.1))?;
+            let hostile = self
+                .2
+                .filter(|(every, _)| super::Hostile::chosen(*every, &h.id))
+                .map(|(_, how)| how);
+            seq.serialize_element(&One(&*h.obj, self.1, hostile, &h.id))?;
         }
         seq.end()
     }
@@ -658,24 +698,29 @@ fn page<T: Wire>(inner: &Inner, kind: CursorKind, listing: Listing<T>, now_us: i
         (true, Some(h)) => Some(encode_cursor(inner, kind, h, now_us)),
         _ => None,
     };
-    serde_json::to_vec(&PageOut {
-        data: Items(&listing.items, now_us),
+    let body = serde_json::to_vec(&PageOut {
+        data: Items(&listing.items, now_us, hostile_of(inner)),
         has_more: next_cursor.is_some(),
         next_cursor,
     })
-    .expect("serialisable")
+    .expect("serialisable");
+    break_utf8(body)
 }
 
-fn single<T: Wire>(obj: &T, now_us: i64) -> Vec<u8> {
+fn single<T: Wire>(inner: &Inner, id: &str, obj: &T, now_us: i64) -> Vec<u8> {
     #[derive(Serialize)]
     #[serde(bound = "")]
     struct Data<'a, T: Wire> {
         data: One<'a, T>,
     }
-    serde_json::to_vec(&Data {
-        data: One(obj, now_us),
+    let hostile = hostile_of(inner)
+        .filter(|(every, _)| super::Hostile::chosen(*every, id))
+        .map(|(_, how)| how);
+    let body = serde_json::to_vec(&Data {
+        data: One(obj, now_us, hostile, id),
     })
-    .expect("serialisable")
+    .expect("serialisable");
+    break_utf8(body)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -21,7 +21,7 @@ pub use dedup::Dedup;
 pub use reconcile::Reconciler;
 pub use verify::{parse_signature, verify};
 
-use crate::api::types::{Agent, Task, Timestamp};
+use crate::api::types::{parse_object, Agent, Malformed, Task, Timestamp};
 use crate::fleet::{Applied, Fleet};
 use crate::secret::Secret;
 use axum::body::Body;
@@ -102,6 +102,8 @@ pub enum Change {
     },
     Agent(Agent),
     AgentDeleted(Agent),
+    /// The event's object could not be read: counted as a refused object.
+    Refused(Malformed),
 }
 
 /// Requests per result.
@@ -227,7 +229,11 @@ impl Receiver {
         if !verify(&self.cfg.secrets, &body, &digest) {
             return Refused(StatusCode::UNAUTHORIZED, "bad_signature");
         }
-        let Ok(ev) = serde_json::from_slice::<EventIn>(&body) else {
+        // Invalid UTF-8 reads as U+FFFD, as in a page: the object it is
+        // in counts, marked (the signature was checked on the bytes sent).
+        let text = String::from_utf8_lossy(&body);
+        let lossy = matches!(text, std::borrow::Cow::Owned(_));
+        let Ok(ev) = serde_json::from_str::<EventIn>(&text) else {
             return Refused(StatusCode::BAD_REQUEST, "bad_request");
         };
         if ev.created_at < Timestamp::host_now().saturating_sub(RETRY_HORIZON) {
@@ -249,13 +255,12 @@ impl Receiver {
             return answer(StatusCode::BAD_REQUEST, "bad_request");
         }
         *lock(&route.last_event) = Some(Timestamp::host_now());
-        let change = match Change::from_event(&ev.kind, ev.data.object) {
-            Ok(Some(c)) => c,
-            Ok(None) if KNOWN_UNUSED.contains(&ev.kind.as_str()) => {
+        let change = match Change::from_event(&ev.kind, ev.data.object.get(), lossy) {
+            Some(c) => c,
+            None if KNOWN_UNUSED.contains(&ev.kind.as_str()) => {
                 return answer(StatusCode::OK, "ignored")
             }
-            Ok(None) => return answer(StatusCode::OK, "unknown_type"),
-            Err(_) => return answer(StatusCode::BAD_REQUEST, "bad_request"),
+            None => return answer(StatusCode::OK, "unknown_type"),
         };
         let mut dedup = lock(&self.dedup);
         if dedup.contains(&ev.id) {
@@ -287,35 +292,46 @@ const TASK_EVENTS: [&str; 6] = [
 ];
 
 impl Change {
-    /// `None` for types without a change to apply.
-    fn from_event(kind: &str, object: serde_json::Value) -> serde_json::Result<Option<Change>> {
-        Ok(Some(match kind {
-            k if TASK_EVENTS.contains(&k) => Change::Task {
-                task: serde_json::from_value(object)?,
-                terminal_event: TERMINAL_EVENTS.contains(&k),
+    /// `None` for types without a change to apply. An object that cannot
+    /// be read is one refused object (`Refused`), acknowledged and
+    /// remembered like any event: a retry would carry the same bytes.
+    fn from_event(kind: &str, object: &str, lossy: bool) -> Option<Change> {
+        Some(match kind {
+            k if TASK_EVENTS.contains(&k) => match parse_object::<Task>(object, lossy) {
+                Ok(task) => Change::Task {
+                    task,
+                    terminal_event: TERMINAL_EVENTS.contains(&k),
+                },
+                Err(m) => Change::Refused(m),
             },
-            "agent.created" | "agent.status_changed" => {
-                Change::Agent(serde_json::from_value(object)?)
+            "agent.created" | "agent.status_changed" | "agent.deleted" => {
+                match parse_object::<Agent>(object, lossy) {
+                    Ok(a) if kind == "agent.deleted" => Change::AgentDeleted(a),
+                    Ok(a) => Change::Agent(a),
+                    Err(m) => Change::Refused(m),
+                }
             }
-            "agent.deleted" => Change::AgentDeleted(serde_json::from_value(object)?),
-            _ => return Ok(None),
-        }))
+            _ => return None,
+        })
     }
 }
 
 #[derive(Deserialize)]
-struct EventIn {
+struct EventIn<'a> {
     id: String,
     #[serde(rename = "type")]
     kind: String,
     created_at: Timestamp,
     workspace_id: String,
-    data: DataIn,
+    #[serde(borrow)]
+    data: DataIn<'a>,
 }
 
 #[derive(Deserialize)]
-struct DataIn {
-    object: serde_json::Value,
+struct DataIn<'a> {
+    /// Read on its own: one that cannot be read is refused alone.
+    #[serde(borrow)]
+    object: &'a serde_json::value::RawValue,
 }
 
 enum Outcome {
@@ -505,6 +521,7 @@ pub fn apply(fleet: &mut Fleet, tracker: &mut Tracker, change: Change) {
         }
         Change::Agent(a) => fleet.apply_agent_event(&a, false),
         Change::AgentDeleted(a) => fleet.apply_agent_event(&a, true),
+        Change::Refused(m) => fleet.reject_malformed(&m),
     }
 }
 

@@ -73,3 +73,75 @@ async fn waits_out_retry_after() {
     assert!(must(&m, "clawmesh_api_retry_after_wait_seconds_total", &[]) >= 1.0);
     exporter.shutdown().await;
 }
+
+/// The requests of `m` to endpoints for which `keep` holds, all codes.
+fn requests(m: &std::collections::BTreeMap<String, f64>, keep: impl Fn(&str) -> bool) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with("clawmesh_api_requests_total{"))
+        .filter(|(k, _)| keep(k))
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+/// Every task names an agent that does not exist (deleted, or never
+/// there), a different one each: with breakdowns by agent, each is a
+/// `GET /agents/{id}` answered 404. Those lookups once spent 64 % of the
+/// default budget; they may spend `--api.lookup-share` (10 %) of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_of_missing_agents_spend_at_most_their_share_of_the_budget() {
+    use clawmesh_exporter::sim::Hostile;
+    let sim = Sim::start(busy_fleet(24)).await;
+    sim.faults(Faults {
+        hostile_every: 1,
+        hostile: Hostile::MissingAgent,
+        ..Faults::default()
+    });
+    // The default budget (10 % of 1,000 a minute), polled every second:
+    // the exporter spends all of it.
+    let exporter = start_exporter(&exporter_config(
+        &sim,
+        &[
+            "--api.budget-share",
+            "0.1",
+            "--breakdown.agent-labels",
+            "team",
+        ],
+    ))
+    .await;
+    let lookup = |k: &str| k.contains("endpoint=\"/agents/{id}\"");
+    wait_for(Duration::from_secs(60), "a first lookup", || async {
+        requests(&parse(&scrape(exporter.addr).await), lookup) > 0.0
+    })
+    .await;
+    let m0 = parse(&scrape(exporter.addr).await);
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(60)).await; // the measurement window itself, not a synchronisation
+    let m1 = parse(&scrape(exporter.addr).await);
+    let minutes = start.elapsed().as_secs_f64() / 60.0;
+    let lookups = requests(&m1, lookup) - requests(&m0, lookup);
+    let all = requests(&m1, |_| true) - requests(&m0, |_| true);
+    let not_found = must(
+        &m1,
+        "clawmesh_api_requests_total",
+        &[("endpoint", "/agents/{id}"), ("code", "404")],
+    );
+    assert!(not_found > 0.0, "no lookup of a missing agent");
+    // 10 % of 100 a minute, and the lookup bucket's 10 s of it.
+    let allowed = 0.1 * 100.0 * minutes + 0.1 * 100.0 / 6.0;
+    eprintln!(
+        "lookups {lookups} of {all} requests in {minutes:.2} min ({:.1} %), allowed {allowed:.1}",
+        100.0 * lookups / all.max(1.0)
+    );
+    assert!(
+        lookups <= allowed,
+        "{lookups} lookups of {all} requests in {minutes:.2} min; the share allows {allowed:.1}"
+    );
+    assert!(
+        lookups / all < 0.15,
+        "lookups were {:.0} % of the requests",
+        100.0 * lookups / all
+    );
+    // The rest of the budget went to the listings, which kept syncing.
+    assert_eq!(must(&m1, "clawmesh_up", &[]), 1.0);
+    exporter.shutdown().await;
+}

@@ -481,8 +481,11 @@ async fn a_hang_mid_body_fails_the_sync() {
     .await;
 }
 
+/// Bytes that are not UTF-8 in an agent's id: they read as U+FFFD (the
+/// agent counts, marked `invalid_text`), not a failed listing that kept
+/// agents unsynced and `/readyz` 503 for as long as the agent existed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_utf8_fails_the_sync() {
+async fn invalid_utf8_reads_as_u_fffd_and_the_sync_succeeds() {
     let agents: Script = Arc::new(|_| {
         let mut body =
             b"{\"data\":[{\"id\":\"agt_\xff\xfe\",\"status\":\"idle\",\"created_at\":\"".to_vec();
@@ -493,15 +496,33 @@ async fn invalid_utf8_fails_the_sync() {
         );
         ready(json(200, body))
     });
-    failing_case(
-        "invalid UTF-8",
-        "agents",
-        agents,
-        healthy(),
-        &[],
-        "invalid JSON",
-    )
-    .await;
+    let api = Hostile::start(agents, healthy()).await;
+    let ex = Exporter::start(&api, &[]);
+    let metrics = ex
+        .wait_until(
+            "the agent counted, marked invalid_text, clawmesh_up 1",
+            |m| {
+                up(m) == Some(1.0)
+                    && failures(m, "agents") == 0.0
+                    && value(
+                        m,
+                        "clawmesh_agents",
+                        &[("workspace", WS), ("status", "idle")],
+                    ) == Some(1.0)
+                    && value(
+                        m,
+                        "clawmesh_api_rejected_objects_total",
+                        &[
+                            ("workspace", WS),
+                            ("resource", "agents"),
+                            ("reason", "invalid_text"),
+                        ],
+                    )
+                    .is_some_and(|n| n >= 1.0)
+            },
+        )
+        .await;
+    ex.finish("invalid UTF-8", &metrics);
 }
 
 fn deep(depth: usize) -> String {
@@ -534,9 +555,10 @@ async fn deep_json_nesting_in_an_unread_field_is_skipped() {
 }
 
 /// 100,000 levels where the exporter reads a JSON value (a task's `error`):
-/// serde_json's recursion limit refuses the page, no stack overflow.
+/// serde_json's recursion limit refuses that task alone (`malformed`), no
+/// stack overflow, and the listing goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deep_json_nesting_where_it_is_read_fails_the_sync() {
+async fn deep_json_nesting_where_it_is_read_refuses_that_task_alone() {
     let tasks: Script = Arc::new(|_| {
         let t = now_rfc3339();
         let item = format!(
@@ -545,15 +567,25 @@ async fn deep_json_nesting_where_it_is_read_fails_the_sync() {
         );
         ready(json(200, page(&[item], None)))
     });
-    failing_case(
-        "deep JSON nesting, read value",
-        "tasks",
-        healthy(),
-        tasks,
-        &[],
-        "recursion limit",
-    )
-    .await;
+    let api = Hostile::start(healthy(), tasks).await;
+    let ex = Exporter::start(&api, &[]);
+    let metrics = ex
+        .wait_until("the task refused as malformed, clawmesh_up 1", |m| {
+            up(m) == Some(1.0)
+                && failures(m, "tasks") == 0.0
+                && value(
+                    m,
+                    "clawmesh_api_rejected_objects_total",
+                    &[
+                        ("workspace", WS),
+                        ("resource", "tasks"),
+                        ("reason", "malformed"),
+                    ],
+                )
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await;
+    ex.finish("deep JSON nesting, read value", &metrics);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1033,4 +1065,316 @@ async fn a_listing_that_never_ends_fails_within_its_duration() {
         "--api.max-listing-duration",
     )
     .await;
+}
+
+// ---- one hostile object costs that object, over real HTTP (issue 18) ----
+
+mod objects {
+    use crate::util::*;
+    use clawmesh_exporter::exporter::Running;
+    use clawmesh_exporter::sim::{Faults, Hostile};
+    use std::time::Duration;
+
+    fn hostile(every: u32, how: Hostile) -> Faults {
+        Faults {
+            hostile_every: every,
+            hostile: how,
+            ..Faults::default()
+        }
+    }
+
+    fn rejected(m: &std::collections::BTreeMap<String, f64>, resource: &str, reason: &str) -> f64 {
+        must(
+            m,
+            "clawmesh_api_rejected_objects_total",
+            &[("resource", resource), ("reason", reason)],
+        )
+    }
+
+    /// Up, ready, and no sync failed: what one bad object took out before.
+    async fn healthy(exporter: &Running, m: &std::collections::BTreeMap<String, f64>) {
+        assert_eq!(must(m, "clawmesh_up", &[]), 1.0);
+        for r in ["agents", "tasks"] {
+            assert_eq!(
+                must(m, "clawmesh_sync_failures_total", &[("resource", r)]),
+                0.0,
+                "{r} syncs failed"
+            );
+        }
+        let ready = reqwest::get(format!("http://{}/readyz", exporter.addr))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+
+    /// A third of the tasks and agents carry a label `"x\ud800"` (what
+    /// JavaScript's JSON.stringify makes of a cut emoji) on every read:
+    /// each reads with U+FFFD, counts exactly once, and is counted as
+    /// `invalid_text`; with a breakdown by that label, the sanitised
+    /// value is a slice like any other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_surrogate_in_labels_fails_nothing_and_every_task_counts_once() {
+        let sim = Sim::start(busy_fleet(181)).await;
+        sim.faults(hostile(3, Hostile::LoneSurrogate));
+        let exporter = start_exporter(&exporter_config(&sim, &[])).await;
+        // Beside it, one broken down by the label (its series split, so
+        // the gauges are compared on the first).
+        let by_label = start_exporter(&exporter_config(
+            &sim,
+            &["--breakdown.task-labels", "hostile"],
+        ))
+        .await;
+        run_fleet_for(&sim, 40).await;
+        let_the_late_values_of_the_start_pass(&sim, &exporter).await;
+        let e1 = converge(&sim, &exporter).await;
+        let t1 = sim.truth();
+        assert_gauges_match(&e1, &t1);
+        run_fleet_for(&sim, 150).await;
+        let e2 = converge(&sim, &exporter).await;
+        let t2 = sim.truth();
+        assert_gauges_match(&e2, &t2);
+        let want = delta(&counters_of_truth(&t2), &counters_of_truth(&t1));
+        let got = delta(&counters_of_exporter(&e2), &counters_of_exporter(&e1));
+        assert!(want["finished/completed"] >= 10.0, "{want:?}");
+        assert_eq!(
+            got, want,
+            "exporter deltas (left) differ from the ground truth (right)"
+        );
+        healthy(&exporter, &e2).await;
+        assert!(rejected(&e2, "tasks", "invalid_text") > 0.0);
+        assert!(rejected(&e2, "agents", "invalid_text") > 0.0);
+        for why in ["invalid_field", "malformed"] {
+            assert_eq!(rejected(&e2, "tasks", why), 0.0, "{why}");
+        }
+        // Under the breakdown, the sanitised value is a slice like any
+        // other (each task counted once is shown by the first exporter).
+        let m = converge(&sim, &by_label).await;
+        let finished = |with: bool, l: &str| {
+            m.iter()
+                .filter(|(k, _)| {
+                    k.starts_with("clawmesh_tasks_finished_total{")
+                        && k.contains("task_hostile=") == with
+                        && k.contains(l)
+                })
+                .map(|(_, v)| *v)
+                .sum::<f64>()
+        };
+        assert!(
+            finished(true, "task_hostile=\"x\u{FFFD}\"") > 0.0,
+            "no task under the sanitised value: {m:#?}"
+        );
+        // Tasks without the label count in the total only.
+        assert!(finished(true, "") <= finished(false, ""));
+        healthy(&by_label, &m).await;
+        by_label.shutdown().await;
+        exporter.shutdown().await;
+    }
+
+    /// Objects that cannot be read at all (a field of the wrong type, a
+    /// label nested 200 deep, bytes that are not UTF-8), one in five, on
+    /// every read: each is one refused object, the listings go on, and the
+    /// incremental listing still moves past them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreadable_objects_are_refused_alone_and_the_listings_go_on() {
+        for (how, resource_reason) in [
+            (Hostile::WrongType, "invalid_field"),
+            (Hostile::Deep, "malformed"),
+            (Hostile::InvalidUtf8, "invalid_text"),
+        ] {
+            let sim = Sim::start(busy_fleet(182)).await;
+            sim.faults(hostile(5, how));
+            let exporter = start_exporter(&exporter_config(&sim, &[])).await;
+            run_fleet_for(&sim, 40).await;
+            let m = converge(&sim, &exporter).await;
+            healthy(&exporter, &m).await;
+            for resource in ["agents", "tasks"] {
+                assert!(
+                    rejected(&m, resource, resource_reason) > 0.0,
+                    "{how:?}: no {resource} refused as {resource_reason}"
+                );
+            }
+            // Every finished task the exporter counted, the truth did.
+            let t = sim.truth();
+            let got = counters_of_exporter(&m)["finished/completed"];
+            let want = counters_of_truth(&t)["finished/completed"];
+            assert!(got > 0.0 && got <= want, "{how:?}: {got} of {want}");
+            if how == Hostile::InvalidUtf8 {
+                // Repaired, not refused: every task counts.
+                assert_gauges_match(&m, &t);
+            }
+            exporter.shutdown().await;
+        }
+    }
+
+    /// Webhook events carry the same objects: a lone surrogate (or invalid
+    /// UTF-8) in one is repaired and the task counts; an object that
+    /// cannot be read is one refused object, acknowledged (a retry would
+    /// carry the same bytes) and counted once, never a failed batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_webhook_event_with_a_broken_object_is_one_refused_or_repaired_object() {
+        use hmac::{Hmac, Mac};
+        const SECRET: &str = "whsec_hostile_objects";
+        let sim = Sim::start(busy_fleet(183)).await;
+        sim.sim.pause();
+        let file = std::env::temp_dir().join(format!("cmx-whsec-{}-objects", std::process::id()));
+        std::fs::write(&file, SECRET).unwrap();
+        let cfg = exporter_config(&sim, &["--webhook.secret-file", file.to_str().unwrap()]);
+        let exporter = start_exporter(&cfg).await;
+        let ws = exporter.workspace.clone();
+        let before = converge(&sim, &exporter).await;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let post = |body: Vec<u8>| {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+            mac.update(&body);
+            let sig: String = mac
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let req = client
+                .post(format!("http://{}/webhooks/clawmesh", exporter.addr))
+                .header("x-clawmesh-signature", format!("sha256={sig}"))
+                .body(body);
+            async move {
+                let r = req.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        // A task.completed event whose object has `labels` and
+        // `created_at` as given (JSON text).
+        let event = |evt: &str, task: &str, labels: &str, created: &str| {
+            let now = (chrono::Utc::now() + chrono::Duration::seconds(2))
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            let created = created.replace("NOW", &now);
+            format!(
+                r#"{{"id":"{evt}","type":"task.completed","created_at":"{now}","workspace_id":"{ws}","data":{{"object":{{"id":"{task}","agent_id":null,"status":"completed","labels":{labels},"created_at":{created},"updated_at":"{now}","started_at":"{now}","finished_at":"{now}","transitions":[],"error":null,"metrics":{{"queue_seconds":1,"run_seconds":2,"input_tokens":3,"output_tokens":4}}}}}}}}"#
+            )
+            .into_bytes()
+        };
+        let surrogate = event("evt_s", "tsk_s", r#"{"team":"x\ud800"}"#, r#""NOW""#);
+        let mut not_utf8 = event("evt_u", "tsk_u", "{\"team\":\"x\u{E000}\"}", r#""NOW""#);
+        let at = not_utf8
+            .windows(3)
+            .position(|w| w == "\u{E000}".as_bytes())
+            .unwrap();
+        not_utf8.splice(at..at + 3, [0xFF]);
+        let wrong = event("evt_w", "tsk_w", "{}", "5");
+        assert_eq!(post(surrogate).await, (200, "accepted\n".to_string()));
+        assert_eq!(post(not_utf8).await, (200, "accepted\n".to_string()));
+        assert_eq!(post(wrong.clone()).await, (200, "accepted\n".to_string()));
+        // The platform's retry of the same event: not counted again.
+        assert_eq!(post(wrong).await, (200, "duplicate\n".to_string()));
+        let was = |name: &str, labels: &[(&str, &str)]| must(&before, name, labels);
+        let want = [
+            (
+                "finished",
+                was("clawmesh_tasks_finished_total", &[("status", "completed")]) + 2.0,
+            ),
+            (
+                "invalid_text",
+                was(
+                    "clawmesh_api_rejected_objects_total",
+                    &[("resource", "tasks"), ("reason", "invalid_text")],
+                ) + 2.0,
+            ),
+            (
+                "invalid_field",
+                was(
+                    "clawmesh_api_rejected_objects_total",
+                    &[("resource", "tasks"), ("reason", "invalid_field")],
+                ) + 1.0,
+            ),
+        ];
+        let now = || async {
+            let m = parse(&scrape(exporter.addr).await);
+            [
+                (
+                    "finished",
+                    must(
+                        &m,
+                        "clawmesh_tasks_finished_total",
+                        &[("status", "completed")],
+                    ),
+                ),
+                (
+                    "invalid_text",
+                    must(
+                        &m,
+                        "clawmesh_api_rejected_objects_total",
+                        &[("resource", "tasks"), ("reason", "invalid_text")],
+                    ),
+                ),
+                (
+                    "invalid_field",
+                    must(
+                        &m,
+                        "clawmesh_api_rejected_objects_total",
+                        &[("resource", "tasks"), ("reason", "invalid_field")],
+                    ),
+                ),
+            ]
+        };
+        wait_for(
+            Duration::from_secs(30),
+            "the three events applied",
+            || async { now().await == want },
+        )
+        .await;
+        let _ = std::fs::remove_file(&file);
+        exporter.shutdown().await;
+    }
+
+    /// The refused objects are counters like the others: a restart from
+    /// the checkpoint goes on from them, never below.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_objects_are_restored_from_the_checkpoint() {
+        let sim = Sim::start(busy_fleet(184)).await;
+        sim.faults(hostile(5, Hostile::WrongType));
+        let storage = std::env::temp_dir().join(format!(
+            "cmx-it-hostile-ckpt-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&storage).unwrap();
+        let flags = [
+            "--storage.path",
+            storage.to_str().unwrap(),
+            "--storage.interval",
+            "1s",
+        ];
+        let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+        run_fleet_for(&sim, 30).await;
+        // Served from a checkpoint taken after this sync.
+        let m = converge(&sim, &exporter).await;
+        let refused = rejected(&m, "tasks", "invalid_field");
+        assert!(refused > 0.0, "nothing refused to restore");
+        exporter.shutdown().await;
+        // No more hostile objects: what shows is what was restored.
+        sim.faults(Faults::default());
+        let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+        wait_for(
+            Duration::from_secs(30),
+            "the restored workspace",
+            || async {
+                let m = parse(&scrape(exporter.addr).await);
+                value(&m, "clawmesh_exporter_checkpoint_restored_age_seconds", &[]).is_some()
+            },
+        )
+        .await;
+        let m = parse(&scrape(exporter.addr).await);
+        assert!(
+            rejected(&m, "tasks", "invalid_field") >= refused,
+            "refused objects went down from {refused} across the restart"
+        );
+        exporter.shutdown().await;
+        let _ = std::fs::remove_dir_all(&storage);
+    }
 }

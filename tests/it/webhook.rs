@@ -230,8 +230,12 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
         Some(sig.clone()),
         401,
     ));
-    let s = sign_with(SECRET, &not_utf8);
-    bad.push(("non-UTF-8 body, signed".into(), not_utf8, Some(s), 400));
+    // Signed, the same body is an event whose text reads with U+FFFD:
+    // applied and counted as invalid_text (hostile_api::objects). Signed
+    // bytes that are no event at all are refused.
+    let not_json = b"{\"id\": \"evt_cut".to_vec();
+    let s = sign_with(SECRET, &not_json);
+    bad.push(("not JSON, signed".into(), not_json, Some(s), 400));
     // Past the horizon (3 h): a replay, even correctly signed.
     let stale =
         completed_event("evt_stale", "tsk_webhook_2", &ws, &now_rfc3339(-4 * 3600)).into_bytes();
