@@ -497,7 +497,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
     },
     Family {
         name: "clawmesh_exporter_checkpoint_write_failures_total",
-        help: "Checkpoint writes that failed, by reason: io (a full or read-only volume, permissions), too_large (past --storage.max-size). The previous checkpoint stays.",
+        help: "Checkpoint writes that failed, by reason: io (a full or read-only volume, permissions), too_large (past --storage.max-size), timeout (not done within --storage.write-timeout: a frozen or hung volume). The previous checkpoint stays, and the counters it keeps are served as it has them until a write succeeds.",
         kind: Kind::Counter,
         unit: "{write}",
         stability: Stability::Experimental,
@@ -528,7 +528,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
     },
     Family {
         name: "clawmesh_exporter_checkpoint_refused_total",
-        help: "Checkpoints refused at the start, by reason (corrupt, version, workspace, shard, too_large, unreadable): the counters started from zero instead.",
+        help: "Checkpoints refused at the start, by reason (corrupt, version, workspace, shard, too_large, unreadable, future): the counters started from zero instead.",
         kind: Kind::Counter,
         unit: "{checkpoint}",
         stability: Stability::Experimental,
