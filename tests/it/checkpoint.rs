@@ -496,6 +496,9 @@ fn sigterm(c: &std::process::Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_volume_counts_timed_out_writes_within_two_intervals_and_sigterm_exits_within_10s()
 {
+    // Before the mount, so dropped after it: a failure thaws the volume
+    // first, else killing a process stuck in it would wait for ever.
+    let mut procs = Procs(Vec::new());
     let Some(mount) = Mount::ext4("frozen") else {
         return;
     };
@@ -509,7 +512,7 @@ async fn a_frozen_volume_counts_timed_out_writes_within_two_intervals_and_sigter
         &["--storage.interval", "3s", "--storage.write-timeout", "1s"],
         &log,
     );
-    let mut procs = Procs(vec![child]);
+    procs.0.push(child);
     wait_for(
         Duration::from_secs(60),
         "a first checkpoint and counts",
