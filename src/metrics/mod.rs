@@ -588,6 +588,9 @@ pub struct ProcessInfo {
     pub shard: crate::shard::Shard,
     pub workspaces_configured: usize,
     pub workspaces_owned: usize,
+    /// Owned, but standing by: another exporter process holds their
+    /// checkpoint (`poll::spawn`).
+    pub workspaces_standby: usize,
     /// Whether the last reload of the config file worked (true before any).
     pub reload_ok: bool,
     /// Unix seconds of the last successful (re)load of the configuration.
@@ -610,6 +613,7 @@ impl Default for ProcessInfo {
             shard: Default::default(),
             workspaces_configured: 0,
             workspaces_owned: 0,
+            workspaces_standby: 0,
             reload_ok: true,
             reload_success_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
             webhook_unattributed: None,
@@ -672,7 +676,7 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
     },
     ProcessFamily {
         name: "clawmesh_exporter_workspaces",
-        help: "Workspaces in the configuration, and those this shard owns and polls.",
+        help: "Workspaces in the configuration, those this shard owns and polls, and those it owns but stands by for (another exporter process holds their checkpoint).",
         kind: Kind::Gauge,
         unit: "{workspace}",
         stability: Stability::Stable,
@@ -680,6 +684,7 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
         collect: |p, out| {
             out.push(num(&["configured"], p.workspaces_configured as f64));
             out.push(num(&["owned"], p.workspaces_owned as f64));
+            out.push(num(&["standby"], p.workspaces_standby as f64));
         },
     },
     ProcessFamily {

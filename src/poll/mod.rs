@@ -213,6 +213,18 @@ pub fn spawn(
     vec![tokio::spawn(async move {
         let mut stop = stop;
         let mut said = Instant::now();
+        // Counted in `clawmesh_exporter_workspaces{state="standby"}` while
+        // it waits, however the wait ends.
+        struct Standby(Arc<Hub>);
+        impl Drop for Standby {
+            fn drop(&mut self) {
+                self.0.update_process(|p| {
+                    p.workspaces_standby = p.workspaces_standby.saturating_sub(1)
+                });
+            }
+        }
+        hub.update_process(|p| p.workspaces_standby += 1);
+        let standby = Standby(hub.clone());
         tracing::warn!(workspace = %id, lock = %lock_path.display(), "another exporter process holds this workspace's checkpoint (two exporters with the same shard on one --storage.path?): standing by, not polling, until it is released; then this one goes on from its last checkpoint");
         let lock = loop {
             if sleep_or_stop(Instant::now() + Duration::from_secs(1), &mut stop).await {
@@ -226,6 +238,7 @@ pub fn spawn(
                 tracing::warn!(workspace = %id, lock = %lock_path.display(), "still standing by: another exporter process holds this workspace's checkpoint");
             }
         };
+        drop(standby);
         tracing::info!(workspace = %id, "the checkpoint was released: taking over");
         for l in start(client, &token, cfg, labels, hub, stop, inbox, lock) {
             let _ = l.await;

@@ -971,6 +971,19 @@ async fn a_second_process_of_the_same_shard_stands_by_and_takes_over_at_the_firs
     assert_ne!(ready.status(), 200);
     let m = scrape_port(p1).await;
     assert!(value(&m, "clawmesh_up", &[("workspace", a.as_str())]).is_none());
+    assert_eq!(
+        must(&m, "clawmesh_exporter_workspaces", &[("state", "standby")]),
+        1.0
+    );
+    let first = scrape_port(p0).await;
+    assert_eq!(
+        must(
+            &first,
+            "clawmesh_exporter_workspaces",
+            &[("state", "standby")]
+        ),
+        0.0
+    );
     let c = clawmesh_exporter::storage::decode(&std::fs::read(&path).unwrap(), u64::MAX).unwrap();
     assert_eq!(c.workspace, a);
     // The first stops (its final checkpoint); the second takes over from it.
@@ -999,6 +1012,10 @@ async fn a_second_process_of_the_same_shard_stands_by_and_takes_over_at_the_firs
         finished_sum(&m) >= served,
         "{} < {served}",
         finished_sum(&m)
+    );
+    assert_eq!(
+        must(&m, "clawmesh_exporter_workspaces", &[("state", "standby")]),
+        0.0
     );
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
