@@ -1020,3 +1020,88 @@ async fn a_second_process_of_the_same_shard_stands_by_and_takes_over_at_the_firs
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The crossing with reload: a reload that changes a workspace's entry
+/// restarts its slot; the new slot takes the checkpoint's lock as the old
+/// one releases it (after its final checkpoint) and goes on from it, never
+/// standing by behind its own predecessor, and no counter falls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_restarts_a_slot_goes_on_from_its_checkpoint_without_standing_by() {
+    let (a, _) = ids_of_two_shards();
+    let sa = workspace_sim(&a, 43).await;
+    let dir = temp_dir("reload");
+    let storage = dir.join("storage");
+    let file = config_file(&dir, &[&sa]);
+    let args = {
+        use clap::Parser;
+        clawmesh_exporter::config::RunArgs {
+            config_file: Some(file.clone()),
+            listen_address: "127.0.0.1:0".into(),
+            storage_path: Some(storage.clone()),
+            storage_interval: Some(Duration::from_secs(1)),
+            ..clawmesh_exporter::config::Cli::try_parse_from(["clawmesh-exporter"])
+                .unwrap()
+                .run
+        }
+    };
+    let cfg = args
+        .validate(&std::collections::HashMap::<String, String>::new())
+        .unwrap();
+    let exporter = start_exporter(&cfg).await;
+    let finished_a = |m: &std::collections::BTreeMap<String, f64>| {
+        ["completed", "failed", "cancelled"]
+            .iter()
+            .filter_map(|s| {
+                value(
+                    m,
+                    "clawmesh_tasks_finished_total",
+                    &[("workspace", a.as_str()), ("status", s)],
+                )
+            })
+            .sum::<f64>()
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "a checkpoint with counts",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            finished_a(&m) > 0.0
+                && value(
+                    &m,
+                    "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+                    &[("workspace", a.as_str())],
+                )
+                .is_some()
+        },
+    )
+    .await;
+    let before = finished_a(&parse(&scrape(exporter.addr).await));
+    // The entry changes (a label): its slot restarts.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}    labels: {{team: two}}\n")).unwrap();
+    let said = exporter.reload().await.unwrap();
+    assert!(said.contains("1 started"), "{said}");
+    let mut lowest = f64::INFINITY;
+    wait_for(
+        Duration::from_secs(60),
+        "the restarted slot resumed",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            let resumed = value(
+                &m,
+                "clawmesh_exporter_checkpoint_restored_age_seconds",
+                &[("workspace", a.as_str())],
+            )
+            .is_some();
+            resumed && must(&m, "clawmesh_exporter_workspaces", &[("state", "standby")]) == 0.0
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        let m = parse(&scrape(exporter.addr).await);
+        lowest = lowest.min(finished_a(&m));
+    }
+    assert!(lowest >= before, "{lowest} < {before}");
+    exporter.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
