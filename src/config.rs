@@ -307,6 +307,9 @@ pub struct RunArgs {
     /// Largest checkpoint written or read, uncompressed; a larger one is not written (counted) [default: 512MiB].
     #[arg(long = "storage.max-size", env = "CLAWMESH_STORAGE_MAX_SIZE", value_parser = crate::units::parse_size)]
     pub storage_max_size: Option<u64>,
+    /// How long one checkpoint write may take (a frozen or hung volume); a write past it is given up and counted failed (timeout), the stop's final write too [default: 5s].
+    #[arg(long = "storage.write-timeout", env = "CLAWMESH_STORAGE_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub storage_write_timeout: Option<Duration>,
     // ---- end checkpoints ----
     // ---- operator files (issue 10) ----
     /// Largest file read: the config file, key and secret files, the web config and its certificates, OTLP headers and CA (e.g. 1MiB).
@@ -865,15 +868,14 @@ impl RunArgs {
                 dir: dir.clone(),
                 ..f
             },
-            (Some(dir), None) => StorageConfig {
-                dir: dir.clone(),
-                interval: StorageConfig::DEFAULT_INTERVAL,
-                max_size: StorageConfig::DEFAULT_MAX_SIZE,
-            },
+            (Some(dir), None) => StorageConfig::new(dir.clone()),
             (None, Some(f)) => f,
             (None, None) => {
-                if self.storage_interval.is_some() || self.storage_max_size.is_some() {
-                    return Err(bad("--storage.interval and --storage.max-size need --storage.path (or storage.path in the config file)"));
+                if self.storage_interval.is_some()
+                    || self.storage_max_size.is_some()
+                    || self.storage_write_timeout.is_some()
+                {
+                    return Err(bad("--storage.interval, --storage.max-size and --storage.write-timeout need --storage.path (or storage.path in the config file)"));
                 }
                 return Ok(None);
             }
@@ -883,6 +885,16 @@ impl RunArgs {
         }
         if let Some(m) = self.storage_max_size {
             cfg.max_size = m;
+        }
+        if let Some(t) = self.storage_write_timeout {
+            cfg.write_timeout = t;
+        }
+        // Longer, and a write that hangs at the stop would outlast the
+        // usual 30 s grace of a SIGTERM.
+        if !(Duration::from_millis(100)..=Duration::from_secs(20)).contains(&cfg.write_timeout) {
+            return Err(bad(
+                "--storage.write-timeout: must be from 100ms to 20s (a write that hangs at the stop holds the exit that long)",
+            ));
         }
         // The counters a checkpoint keeps are served as of the last one:
         // longer than a minute and rates would stall (and alerts fire).

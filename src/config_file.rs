@@ -85,7 +85,7 @@ pub const RESERVED_LABELS: &[&str] = &[
 ];
 
 const TOP_KEYS: &[&str] = &["defaults", "workspaces", "storage"];
-const STORAGE_KEYS: &[&str] = &["path", "interval", "max_size"];
+const STORAGE_KEYS: &[&str] = &["path", "interval", "max_size", "write_timeout"];
 const SETTING_KEYS: &[&str] = &[
     "api_url",
     "budget_share",
@@ -268,11 +268,7 @@ fn storage(
         p.push("storage.path: a directory is needed".into());
         return None;
     };
-    let mut cfg = StorageConfig {
-        dir: base_dir.join(path),
-        interval: StorageConfig::DEFAULT_INTERVAL,
-        max_size: StorageConfig::DEFAULT_MAX_SIZE,
-    };
+    let mut cfg = StorageConfig::new(base_dir.join(path));
     if let Some(v) = m.get("interval") {
         match v.as_str().map(humantime::parse_duration) {
             Some(Ok(d)) => cfg.interval = d,
@@ -283,6 +279,12 @@ fn storage(
         match v.as_str().map(crate::units::parse_size) {
             Some(Ok(n)) => cfg.max_size = n,
             _ => p.push("storage.max_size: a size such as 512MiB".into()),
+        }
+    }
+    if let Some(v) = m.get("write_timeout") {
+        match v.as_str().map(humantime::parse_duration) {
+            Some(Ok(d)) => cfg.write_timeout = d,
+            _ => p.push("storage.write_timeout: a duration such as 5s".into()),
         }
     }
     Some(cfg)

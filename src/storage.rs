@@ -43,16 +43,22 @@ pub enum Refusal {
     TooLarge,
     /// Could not be read (permissions, I/O errors).
     Unreadable,
+    /// Its counting floor, watermark or save time is ahead of the API's
+    /// confirmed clock now (by more than `--api.max-timestamp-lead`): the
+    /// API's clock went back, or the file came from elsewhere. Used, it
+    /// would keep every task finishing until then from counting, unseen.
+    Future,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::Corrupt,
         Refusal::Version,
         Refusal::Workspace,
         Refusal::Shard,
         Refusal::TooLarge,
         Refusal::Unreadable,
+        Refusal::Future,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -62,6 +68,7 @@ impl Refusal {
             Refusal::Shard => "shard",
             Refusal::TooLarge => "too_large",
             Refusal::Unreadable => "unreadable",
+            Refusal::Future => "future",
         }
     }
 }
@@ -88,21 +95,48 @@ pub struct StorageConfig {
     pub interval: Duration,
     /// The largest checkpoint written or read (its uncompressed body).
     pub max_size: u64,
+    /// How long one write may take before it is given up (a frozen or
+    /// hung volume): counted as failed, `timeout`.
+    pub write_timeout: Duration,
 }
 
 impl StorageConfig {
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
     pub const DEFAULT_MAX_SIZE: u64 = 512 * 1024 * 1024;
+    /// Half the default interval: a hung volume shows at the first write
+    /// that hangs, and the final write at a stop stays well inside the
+    /// usual 30 s grace of a SIGTERM.
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Checkpoints in `dir`, every other setting its default.
+    pub fn new(dir: PathBuf) -> Self {
+        StorageConfig {
+            dir,
+            interval: Self::DEFAULT_INTERVAL,
+            max_size: Self::DEFAULT_MAX_SIZE,
+            write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
+        }
+    }
 
     /// The file of `workspace` under the shard assignment `shard`: its id
     /// made safe for a file name, a hash of the exact id (so that two ids
     /// never share a file), and the assignment (so that a start under
     /// another one can tell the files it must not use; see [`sweep`]).
     pub fn path_of(&self, workspace: &str, shard: (u32, u32)) -> PathBuf {
-        let mut p = self.dir.join(stem(workspace));
-        p.set_extension(format!("{}-of-{}.ckpt", shard.0, shard.1));
-        p
+        self.dir.join(format!("{}.ckpt", owner(workspace, shard)))
     }
+
+    /// The lock file beside [`StorageConfig::path_of`]: whoever holds its
+    /// `flock` owns that checkpoint (see [`Lock`]).
+    pub fn lock_path_of(&self, workspace: &str, shard: (u32, u32)) -> PathBuf {
+        self.dir.join(format!("{}.lock", owner(workspace, shard)))
+    }
+}
+
+/// `<stem>.<i>-of-<n>`: a checkpoint's name without `.ckpt`, and what its
+/// lock file and temporary files are named after.
+fn owner(workspace: &str, shard: (u32, u32)) -> String {
+    format!("{}.{}-of-{}", stem(workspace), shard.0, shard.1)
 }
 
 /// A workspace's part of its checkpoint's file name, whatever the shard
@@ -154,6 +188,12 @@ impl Storage {
         let swept = std::sync::Arc::new(sweep(&cfg, shard));
         Storage { cfg, shard, swept }
     }
+
+    /// Take the ownership of `workspace`'s checkpoint under this
+    /// assignment: `None` while another process (or slot) holds it.
+    pub fn lock(&self, workspace: &str) -> std::io::Result<Option<Lock>> {
+        Lock::try_take(&self.cfg.lock_path_of(workspace, self.shard))
+    }
 }
 
 /// Why a write failed: the label values of
@@ -162,6 +202,10 @@ impl Storage {
 pub enum WriteError {
     TooLarge(u64),
     Io(std::io::Error),
+    /// Not done within `--storage.write-timeout`; the writer is abandoned.
+    Timeout(Duration),
+    /// An abandoned write has not ended yet: none is started meanwhile.
+    Stuck,
 }
 
 impl std::fmt::Display for WriteError {
@@ -175,6 +219,15 @@ impl std::fmt::Display for WriteError {
                 f,
                 "{e} (a full or read-only volume? the previous checkpoint stays)"
             ),
+            WriteError::Timeout(d) => write!(
+                f,
+                "not written within {} (--storage.write-timeout): a frozen or hung volume? the previous checkpoint stays",
+                humantime::format_duration(*d)
+            ),
+            WriteError::Stuck => write!(
+                f,
+                "the previous write still hangs (a frozen or hung volume?): no new one is started; the previous checkpoint stays"
+            ),
         }
     }
 }
@@ -184,6 +237,7 @@ impl WriteError {
         match self {
             WriteError::TooLarge(_) => "too_large",
             WriteError::Io(_) => "io",
+            WriteError::Timeout(_) | WriteError::Stuck => "timeout",
         }
     }
 }
@@ -263,51 +317,341 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// At a start under the shard assignment `shard`: remove the checkpoints
-/// written under any other (and the temporary files of writes a kill cut
-/// short). The number of shards changed since they were
+/// At a start under the shard assignment `shard`: remove what was written
+/// under an assignment of another number of shards, and the temporary
+/// files of writes a kill cut short, but only what no running process
+/// owns: a file goes only while its owner's lock ([`Lock`]) is taken here.
+/// The number of shards changed since the files of another one were
 /// written, so another replica may have counted their workspaces since;
 /// and were they kept, a later change back to their assignment would
 /// resume counters that another replica's series went on meanwhile.
-/// Returns the workspace parts of the names removed (a workspace whose
-/// checkpoint went counts it refused, `shard`).
+/// Files of the same number of shards and another index are another
+/// replica's sharing the directory (live or restarting): never touched.
+/// Returns the workspace parts of the checkpoints removed (a workspace
+/// whose checkpoint went counts it refused, `shard`).
 pub fn sweep(cfg: &StorageConfig, shard: (u32, u32)) -> std::collections::BTreeSet<String> {
-    let mine = format!(".{}-of-{}.ckpt", shard.0, shard.1);
     let mut removed = std::collections::BTreeSet::new();
     let Ok(entries) = std::fs::read_dir(&cfg.dir) else {
         return removed;
     };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        // A write cut short by a kill leaves its temporary file.
-        if name.starts_with(".checkpoint-") && name.ends_with(".tmp") {
-            let _ = std::fs::remove_file(e.path());
+    let names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    // `<stem>.<i>-of-<n>` -> (stem, n), for names of an assignment.
+    let assignment = |owner: &str| -> Option<(String, u32)> {
+        let (stem, a) = owner.rsplit_once('.')?;
+        let (i, n) = a.split_once("-of-")?;
+        i.parse::<u32>().ok()?;
+        Some((stem.to_string(), n.parse().ok()?))
+    };
+    for name in &names {
+        let path = cfg.dir.join(name);
+        // A write cut short by a kill leaves its temporary file,
+        // `.checkpoint-<owner>.<pid>.<seq>.tmp`: removed when its owner's
+        // lock is free (whoever holds it may be writing it now). Others
+        // (an older version's, without an owner) are left.
+        if let Some(rest) = name
+            .strip_prefix(".checkpoint-")
+            .and_then(|r| r.strip_suffix(".tmp"))
+        {
+            let Some(owner) = rest.rsplitn(3, '.').nth(2) else {
+                continue;
+            };
+            if assignment(owner).is_none() {
+                continue;
+            }
+            if let Ok(Some(_lock)) = Lock::try_take(&cfg.dir.join(format!("{owner}.lock"))) {
+                let _ = std::fs::remove_file(&path);
+            }
             continue;
         }
-        let Some(head) = name.strip_suffix(".ckpt") else {
+        let Some(owner) = name.strip_suffix(".ckpt") else {
             continue;
         };
-        if name.ends_with(&mine) || !e.file_type().is_ok_and(|t| t.is_file()) {
-            continue;
-        }
-        // `<stem>.<i>-of-<n>`; a name of no assignment is not ours to remove.
-        let Some((stem, assignment)) = head.rsplit_once('.') else {
-            continue;
+        let Some((stem, total)) = assignment(owner) else {
+            continue; // a name of no assignment is not ours to remove
         };
-        if !assignment.contains("-of-") {
+        if total == shard.1 {
             continue;
         }
-        match std::fs::remove_file(e.path()) {
-            Ok(()) => {
-                tracing::warn!(file = %name, now = %format!("shard {} of {}", shard.0, shard.1), "removed a checkpoint written under another shard assignment: its workspace starts fresh (another replica may have counted it since)");
-                removed.insert(stem.to_string());
+        let lock_path = cfg.dir.join(format!("{owner}.lock"));
+        match Lock::try_take(&lock_path) {
+            Ok(Some(lock)) => match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::warn!(file = %name, now = %format!("shard {} of {}", shard.0, shard.1), "removed a checkpoint written under another shard assignment: its workspace starts fresh (another replica may have counted it since)");
+                    removed.insert(stem);
+                    // Held, so no one else can be using it.
+                    lock.remove();
+                }
+                Err(err) => {
+                    tracing::warn!(file = %name, error = %err, "cannot remove a checkpoint of another shard assignment")
+                }
+            },
+            Ok(None) => {
+                tracing::warn!(file = %name, now = %format!("shard {} of {}", shard.0, shard.1), "a checkpoint of another shard assignment is kept: a running exporter holds its lock (a replica of the old assignment still running?); the next start removes it once it is free")
             }
             Err(err) => {
-                tracing::warn!(file = %name, error = %err, "cannot remove a checkpoint of another shard assignment")
+                tracing::warn!(file = %name, error = %err, "cannot lock a checkpoint of another shard assignment: kept")
             }
         }
     }
     removed
+}
+
+/// The ownership of one checkpoint (workspace and shard assignment): an
+/// exclusive `flock` on its lock file, held as long as the checkpoint is
+/// used, also by a write still running in its child process (see
+/// [`Writer`]). A second process of the same workspace and assignment on
+/// the same directory cannot take it and stands by; the sweep of another
+/// assignment's files takes it first. Released when the last holder ends
+/// (the kernel drops it with the last descriptor, even after a kill -9).
+#[derive(Debug)]
+pub struct Lock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Lock {
+    /// Take the lock at `path` (made if missing), or `None` when another
+    /// open file holds it (another process, or another slot of this one).
+    pub fn try_take(path: &Path) -> std::io::Result<Option<Lock>> {
+        // A lock file removed (by a sweep holding it) between our open and
+        // our lock would be a lock on nothing: lock, then check that the
+        // path still names what was locked, else again.
+        for _ in 0..8 {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+            if !flock_nb(&file)? {
+                return Ok(None);
+            }
+            if same_file(&file, path) {
+                return Ok(Some(Lock {
+                    file,
+                    path: path.to_path_buf(),
+                }));
+            }
+        }
+        Err(std::io::Error::other("the lock file keeps being replaced"))
+    }
+
+    /// Remove the lock file while holding it (a sweep, after removing the
+    /// checkpoint it guarded).
+    fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    #[cfg(unix)]
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
+    }
+}
+
+#[cfg(unix)]
+fn flock_nb(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function borrows.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(unix)]
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn flock_nb(_: &std::fs::File) -> std::io::Result<bool> {
+    Ok(true)
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::File, _: &Path) -> bool {
+    true
+}
+
+/// A checkpoint write running in a child process of its own.
+///
+/// Why a process and not a thread: a write to a frozen file system
+/// (`fsfreeze`, a snapshot in progress) sleeps in the kernel
+/// uninterruptibly, and a process cannot exit while one of its threads
+/// does, not even on SIGKILL: an abandoned thread would hold every
+/// SIGTERM until the volume thaws. A child stuck so holds only itself.
+/// It is forked without exec (a new binary cannot be assumed, tests run
+/// in-process) and so does only what is safe after a fork in a threaded
+/// process: raw system calls on memory prepared before it (no allocation,
+/// no lock), then `_exit`. It closes every inherited descriptor but the
+/// checkpoint's lock, so it holds no socket (a stuck child must not keep
+/// the listening port from the next process) and keeps the lock: no one
+/// takes the checkpoint over while its write may still land.
+#[derive(Debug)]
+pub struct Writer {
+    #[cfg(unix)]
+    pid: libc::pid_t,
+    #[cfg(not(unix))]
+    done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+}
+
+static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Writer {
+    /// Start replacing `path` with `bytes` (atomically and durably, as
+    /// [`write_atomic`]), keeping `lock` held in the writer.
+    #[cfg(unix)]
+    pub fn start(path: &Path, bytes: &[u8], lock: Option<&Lock>) -> std::io::Result<Writer> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let seq = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            ".checkpoint-{name}.{}.{seq}.tmp",
+            std::process::id()
+        ));
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+        let (c_tmp, c_path, c_dir) = (c(&tmp)?, c(path)?, c(dir)?);
+        let keep = lock.map_or(-1, Lock::fd);
+        // SAFETY: the child runs `write_child` only: system calls on the
+        // prepared strings and bytes, then `_exit` (see the type's doc).
+        match unsafe { libc::fork() } {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => unsafe { write_child(&c_tmp, &c_path, &c_dir, bytes, keep) },
+            pid => Ok(Writer { pid }),
+        }
+    }
+
+    /// `None` while it runs; else how it ended.
+    #[cfg(unix)]
+    pub fn finished(&mut self) -> Option<std::io::Result<()>> {
+        let mut status = 0;
+        // SAFETY: waits on our own child, without blocking.
+        match unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } {
+            0 => None,
+            -1 => Some(Err(std::io::Error::last_os_error())),
+            _ if libc::WIFEXITED(status) => match libc::WEXITSTATUS(status) {
+                0 => Some(Ok(())),
+                errno => Some(Err(std::io::Error::from_raw_os_error(errno))),
+            },
+            _ => Some(Err(std::io::Error::other("the writer was killed"))),
+        }
+    }
+
+    /// Give it up: killed (it ends when the kernel lets it, before any
+    /// further step; a rename under way completes, which is harmless).
+    #[cfg(unix)]
+    pub fn abandon(&self) {
+        // SAFETY: a signal to our own unreaped child (the pid is not reused
+        // before `finished` reaps it).
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+
+    #[cfg(not(unix))]
+    pub fn start(path: &Path, bytes: &[u8], _: Option<&Lock>) -> std::io::Result<Writer> {
+        let (tx, done) = std::sync::mpsc::sync_channel(1);
+        let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
+        std::thread::spawn(move || {
+            let _ = tx.send(write_atomic(&path, &bytes));
+        });
+        Ok(Writer { done })
+    }
+
+    #[cfg(not(unix))]
+    pub fn finished(&mut self) -> Option<std::io::Result<()>> {
+        self.done.try_recv().ok()
+    }
+
+    #[cfg(not(unix))]
+    pub fn abandon(&self) {}
+}
+
+/// The child of [`Writer::start`]: only async-signal-safe system calls.
+#[cfg(unix)]
+unsafe fn write_child(
+    tmp: &std::ffi::CStr,
+    path: &std::ffi::CStr,
+    dir: &std::ffi::CStr,
+    bytes: &[u8],
+    keep: libc::c_int,
+) -> ! {
+    let fail = |unlink: bool| -> ! {
+        let errno = *libc::__errno_location();
+        if unlink {
+            libc::unlink(tmp.as_ptr());
+        }
+        libc::_exit(if errno > 0 && errno < 256 {
+            errno
+        } else {
+            libc::EIO
+        })
+    };
+    // Every inherited descriptor but the lock's.
+    let close = |lo: libc::c_int, hi: libc::c_uint| {
+        if libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi, 0) != 0 {
+            let mut fd = lo;
+            while (fd as libc::c_uint) <= hi.min(65_535) {
+                libc::close(fd);
+                fd += 1;
+            }
+        }
+    };
+    if keep > 0 {
+        close(0, (keep - 1) as libc::c_uint);
+    }
+    close(keep.max(-1) + 1, libc::c_uint::MAX);
+    let fd = libc::open(
+        tmp.as_ptr(),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+        0o600,
+    );
+    if fd < 0 {
+        fail(false);
+    }
+    let mut off = 0;
+    while off < bytes.len() {
+        let n = libc::write(fd, bytes[off..].as_ptr().cast(), bytes.len() - off);
+        if n < 0 {
+            if *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            fail(true);
+        }
+        off += n as usize;
+    }
+    if libc::fsync(fd) != 0 || libc::close(fd) != 0 {
+        fail(true);
+    }
+    if libc::rename(tmp.as_ptr(), path.as_ptr()) != 0 {
+        fail(true);
+    }
+    // The rename is durable once the directory is.
+    let d = libc::open(
+        dir.as_ptr(),
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+    );
+    if d < 0 || libc::fsync(d) != 0 {
+        fail(false);
+    }
+    libc::_exit(0)
 }
 
 /// Keep a refused checkpoint at `path` as `<path>.refused` (replacing an
@@ -517,11 +861,7 @@ mod tests {
     }
 
     fn cfg(dir: &std::path::Path) -> StorageConfig {
-        StorageConfig {
-            dir: dir.to_path_buf(),
-            interval: StorageConfig::DEFAULT_INTERVAL,
-            max_size: StorageConfig::DEFAULT_MAX_SIZE,
-        }
+        StorageConfig::new(dir.to_path_buf())
     }
 
     #[test]
@@ -559,24 +899,105 @@ mod tests {
 
     /// 3 shards, then 4, then 3 again: a start under 4 removes what was
     /// written under 3, so the start back under 3 cannot resume counters
-    /// that another replica's series went on from meanwhile.
+    /// that another replica's series went on from meanwhile; but nothing
+    /// whose lock a running process holds, nothing of another index of the
+    /// same number of shards (a replica sharing the directory), and only
+    /// the temporary files whose owner's lock is free.
     #[test]
-    fn a_start_under_another_shard_assignment_removes_the_old_checkpoints() {
+    fn a_start_under_another_shard_assignment_removes_only_unowned_old_files() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = cfg(dir.path());
         let bytes = encode(&checkpoint(), u64::MAX).unwrap();
         write_atomic(&cfg.path_of("ws_1", (0, 3)), &bytes).unwrap();
         write_atomic(&cfg.path_of("ws_2", (0, 3)), &bytes).unwrap();
+        write_atomic(&cfg.path_of("ws_3", (1, 3)), &bytes).unwrap();
+        write_atomic(&cfg.path_of("ws_4", (1, 4)), &bytes).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
-        std::fs::write(dir.path().join(".checkpoint-x1.tmp"), "torn").unwrap();
-        // The same assignment: nothing goes.
+        let tmp_of = |ws: &str, shard: (u32, u32)| {
+            let stem = cfg.path_of(ws, shard);
+            let stem = stem.file_stem().unwrap().to_string_lossy().to_string();
+            dir.path().join(format!(".checkpoint-{stem}.77.0.tmp"))
+        };
+        std::fs::write(tmp_of("ws_1", (0, 3)), "torn").unwrap();
+        std::fs::write(tmp_of("ws_4", (1, 4)), "being written").unwrap();
+        // ws_3's owner (shard 1 of 3) runs and holds its lock.
+        let held = Lock::try_take(&cfg.lock_path_of("ws_3", (1, 3)))
+            .unwrap()
+            .unwrap();
+        // ws_4's owner, shard 1 of 4, runs beside us.
+        let live = Lock::try_take(&cfg.lock_path_of("ws_4", (1, 4)))
+            .unwrap()
+            .unwrap();
+        // The same assignment: nothing of it goes (ws_4's is locked).
         assert!(sweep(&cfg, (0, 3)).is_empty());
         let s = Storage::open(cfg.clone(), (0, 4));
         assert!(swept(&s.swept, "ws_1") && swept(&s.swept, "ws_2"));
-        assert!(!swept(&s.swept, "ws_3"));
+        assert!(!swept(&s.swept, "ws_3"), "its owner holds the lock");
+        assert!(cfg.path_of("ws_3", (1, 3)).exists());
+        assert!(
+            cfg.path_of("ws_4", (1, 4)).exists(),
+            "another replica's, same shard count"
+        );
+        assert!(
+            tmp_of("ws_4", (1, 4)).exists(),
+            "a live replica's write in flight"
+        );
+        assert!(
+            !tmp_of("ws_1", (0, 3)).exists(),
+            "a dead write of a free owner"
+        );
         assert!(matches!(read(&cfg, "ws_1", (0, 3)), Found::Nothing));
         assert!(dir.path().join("notes.txt").exists(), "only checkpoints go");
-        assert!(!dir.path().join(".checkpoint-x1.tmp").exists());
+        // Released, the next start under 4 removes it.
+        drop(held);
+        let s = Storage::open(cfg.clone(), (0, 4));
+        assert!(swept(&s.swept, "ws_3"));
+        drop(live);
+    }
+
+    /// One owner per checkpoint: a second lock of the same workspace and
+    /// assignment (another process, or another open file of this one) is
+    /// refused until the first is released.
+    #[test]
+    fn a_checkpoint_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(cfg(dir.path()), (0, 1));
+        let first = s.lock("ws_1").unwrap().expect("free");
+        assert!(s.lock("ws_1").unwrap().is_none());
+        assert!(s.lock("ws_2").unwrap().is_some(), "per workspace");
+        drop(first);
+        assert!(s.lock("ws_1").unwrap().is_some());
+    }
+
+    /// The writer: replaces the file, holds the lock while it runs, and a
+    /// failure comes back as the system's error.
+    #[cfg(unix)]
+    #[test]
+    fn the_writer_process_replaces_the_file_and_reports_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path());
+        let path = cfg.path_of("ws_1", (0, 1));
+        let lock = Lock::try_take(&cfg.lock_path_of("ws_1", (0, 1)))
+            .unwrap()
+            .unwrap();
+        let wait = |mut w: Writer| loop {
+            if let Some(r) = w.finished() {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        wait(Writer::start(&path, b"one", Some(&lock)).unwrap()).unwrap();
+        wait(Writer::start(&path, b"two", Some(&lock)).unwrap()).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let gone = dir.path().join("missing").join("x.ckpt");
+        let e = wait(Writer::start(&gone, b"x", None).unwrap()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
 
@@ -585,11 +1006,7 @@ mod hostile_paths {
     use super::*;
 
     fn cfg(dir: &std::path::Path) -> StorageConfig {
-        StorageConfig {
-            dir: dir.to_path_buf(),
-            interval: StorageConfig::DEFAULT_INTERVAL,
-            max_size: StorageConfig::DEFAULT_MAX_SIZE,
-        }
+        StorageConfig::new(dir.to_path_buf())
     }
 
     /// A FIFO where the checkpoint goes (or a file on a hung mount): the

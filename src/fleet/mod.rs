@@ -1107,7 +1107,7 @@ pub struct Health {
 pub struct CheckpointHealth {
     /// When one was last written (Unix seconds, the host's clock).
     pub last_success: Option<f64>,
-    /// Writes that failed, by reason (`io`, `too_large`).
+    /// Writes that failed, by reason (`io`, `too_large`, `timeout`).
     pub write_failures: BTreeMap<&'static str, u64>,
     /// Bytes of the last checkpoint written (or read at the start).
     pub size_bytes: u64,
@@ -1121,7 +1121,7 @@ pub struct CheckpointHealth {
 }
 
 impl CheckpointHealth {
-    pub const WRITE_FAILURES: [&'static str; 2] = ["io", "too_large"];
+    pub const WRITE_FAILURES: [&'static str; 3] = ["io", "too_large", "timeout"];
 }
 
 /// Everything the metric table needs about one workspace, taken once per sync.

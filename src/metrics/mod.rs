@@ -519,7 +519,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
     },
     Family {
         name: "clawmesh_exporter_checkpoint_write_failures_total",
-        help: "Checkpoint writes that failed, by reason: io (a full or read-only volume, permissions), too_large (past --storage.max-size). The previous checkpoint stays.",
+        help: "Checkpoint writes that failed, by reason: io (a full or read-only volume, permissions), too_large (past --storage.max-size), timeout (not done within --storage.write-timeout: a frozen or hung volume). The previous checkpoint stays, and the counters it keeps are served as it has them until a write succeeds.",
         kind: Kind::Counter,
         unit: "{write}",
         stability: Stability::Experimental,
@@ -550,7 +550,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
     },
     Family {
         name: "clawmesh_exporter_checkpoint_refused_total",
-        help: "Checkpoints refused at the start, by reason (corrupt, version, workspace, shard, too_large, unreadable): the counters started from zero instead.",
+        help: "Checkpoints refused at the start, by reason (corrupt, version, workspace, shard, too_large, unreadable, future): the counters started from zero instead.",
         kind: Kind::Counter,
         unit: "{checkpoint}",
         stability: Stability::Experimental,
@@ -610,6 +610,9 @@ pub struct ProcessInfo {
     pub shard: crate::shard::Shard,
     pub workspaces_configured: usize,
     pub workspaces_owned: usize,
+    /// Owned, but standing by: another exporter process holds their
+    /// checkpoint (`poll::spawn`).
+    pub workspaces_standby: usize,
     /// Whether the last reload of the config file worked (true before any).
     pub reload_ok: bool,
     /// Unix seconds of the last successful (re)load of the configuration.
@@ -632,6 +635,7 @@ impl Default for ProcessInfo {
             shard: Default::default(),
             workspaces_configured: 0,
             workspaces_owned: 0,
+            workspaces_standby: 0,
             reload_ok: true,
             reload_success_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
             webhook_unattributed: None,
@@ -694,7 +698,7 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
     },
     ProcessFamily {
         name: "clawmesh_exporter_workspaces",
-        help: "Workspaces in the configuration, and those this shard owns and polls.",
+        help: "Workspaces in the configuration, those this shard owns and polls, and those it owns but stands by for (another exporter process holds their checkpoint).",
         kind: Kind::Gauge,
         unit: "{workspace}",
         stability: Stability::Stable,
@@ -702,6 +706,7 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
         collect: |p, out| {
             out.push(num(&["configured"], p.workspaces_configured as f64));
             out.push(num(&["owned"], p.workspaces_owned as f64));
+            out.push(num(&["standby"], p.workspaces_standby as f64));
         },
     },
     ProcessFamily {

@@ -26,6 +26,7 @@ pub(super) fn resume(
     now: ApiTime,
     fresh: impl Fn() -> Fleet,
     fresh_watermark: Timestamp,
+    lead: Duration,
 ) -> (Fleet, Timestamp, CheckpointHealth) {
     let mut health = CheckpointHealth::default();
     for r in CheckpointHealth::WRITE_FAILURES {
@@ -71,24 +72,25 @@ pub(super) fn resume(
         fleet: saved,
         ..
     } = c;
-    // Stamps the exporter took from the API's clock, later than that clock
-    // now (and the host's: an earlier run may have had only the host's)
-    // by over a day, cannot be from a checkpoint this exporter wrote: a
-    // floor or watermark in the future would keep tasks from counting
-    // until then, unseen. Judged only once answers confirm the API's
-    // clock: one proxy's `Date` is not enough to throw counters away.
-    const DAY: Duration = Duration::from_secs(86_400);
-    let bound = now
-        .latest
-        .max(Timestamp::host_now())
-        .saturating_add(DAY)
-        .micros();
+    // The floors, the watermark and the save time were taken from the
+    // API's clock: later than that clock reads now (by more than the lead
+    // any object may have), the API's clock went back (or the file is from
+    // elsewhere), and the floor would keep every task finishing until then
+    // from counting, unseen. Judged against the API's clock alone (a host
+    // clock that is right says nothing of the API's), and only once
+    // answers confirm it: one proxy's `Date` is not enough to throw
+    // counters away.
     let newest = saved.newest_floor().max(watermark).max(api_saved_at);
-    if now.confirmed() && newest > bound {
+    if now.confirmed() && newest > now.latest.saturating_add(lead).micros() {
+        let ahead =
+            Duration::from_micros(newest.saturating_sub(now.latest.micros()).unsigned_abs());
         refuse(
             &mut health,
-            storage::Refusal::Corrupt,
-            "its counting floor or watermark is more than a day after the API's clock now",
+            storage::Refusal::Future,
+            &format!(
+                "its counting floor, watermark or save time is {} ahead of the API's clock now (more than --api.max-timestamp-lead): the API's clock went back, or the file is from elsewhere",
+                humantime::format_duration(Duration::from_secs(ahead.as_secs()))
+            ),
         );
         return (fresh(), fresh_watermark, health);
     }
@@ -146,7 +148,7 @@ pub(super) fn serve_durable(snap: &mut Snapshot, durable: &Snapshot) {
 /// The checkpoint loop of a workspace: a checkpoint every
 /// `--storage.interval` (the fleet as the last sync or webhook batch left
 /// it), and one at the stop, but after a kill (the test seam).
-pub(super) async fn run(saver: Saver, ws: Arc<Workspace>, mut stop: watch::Receiver<bool>) {
+pub(super) async fn run(mut saver: Saver, ws: Arc<Workspace>, mut stop: watch::Receiver<bool>) {
     let mut backoff = crate::supervise::Backoff::default();
     // The first soon (until it, the counters are served live and a crash
     // would lose them), then every interval.
@@ -181,17 +183,74 @@ pub(super) async fn run(saver: Saver, ws: Arc<Workspace>, mut stop: watch::Recei
 pub(super) struct Saver {
     cfg: StorageConfig,
     shard: (u32, u32),
+    /// The checkpoint's ownership, held while this slot runs (and by a
+    /// write still running after it).
+    lock: Option<storage::Lock>,
+    /// A write given up at its deadline whose process has not ended: no
+    /// other is started until it has (at most one in flight).
+    abandoned: Option<storage::Writer>,
 }
 
 impl Saver {
-    pub(super) fn new(cfg: StorageConfig, shard: (u32, u32)) -> Self {
-        Saver { cfg, shard }
+    pub(super) fn new(cfg: StorageConfig, shard: (u32, u32), lock: Option<storage::Lock>) -> Self {
+        Saver {
+            cfg,
+            shard,
+            lock,
+            abandoned: None,
+        }
     }
 
     /// Write a checkpoint of the workspace as it is now; once written, its
-    /// counters are the ones served.
-    async fn write(&self, ws: &Workspace) {
+    /// counters are the ones served. Never longer than
+    /// `--storage.write-timeout` (encoding aside).
+    async fn write(&mut self, ws: &Workspace) {
         let started = std::time::Instant::now();
+        let written = match self.abandoned.as_mut().map(|w| w.finished()) {
+            Some(None) => Err(storage::WriteError::Stuck),
+            _ => {
+                self.abandoned = None;
+                self.write_now(ws).await
+            }
+        };
+        {
+            let mut st = ws.lock();
+            let st = &mut *st;
+            let Some(h) = st.health.checkpoint.as_mut() else {
+                return;
+            };
+            match written {
+                Ok((n, taken, snap)) => {
+                    // As of when its state was taken: what is safe on disk.
+                    h.last_success = Some(taken.as_secs_f64());
+                    h.size_bytes = n;
+                    h.write_seconds = started.elapsed().as_secs_f64();
+                    st.durable = Some(Arc::new(snap));
+                }
+                Err(e) => {
+                    // The counters served stay those of the last checkpoint
+                    // written: served further, a restart now (from that
+                    // checkpoint) would show them fall. They move again
+                    // with the next write that succeeds; meanwhile this
+                    // counts, and the alert fires.
+                    let n = h.write_failures.entry(e.reason()).or_default();
+                    *n += 1;
+                    // The 1st, 2nd, 4th... failure: a full volume cannot flood the log.
+                    if n.is_power_of_two() {
+                        tracing::warn!(workspace = %ws.id, dir = %self.cfg.dir.display(), failures = *n, "cannot write the checkpoint: {e}; the counters served stay as the last checkpoint has them until a write succeeds");
+                    }
+                }
+            }
+        }
+        ws.publish();
+    }
+
+    /// Take the workspace's state, encode it and write it: its size, when
+    /// it was taken and the snapshot whose counters it keeps.
+    async fn write_now(
+        &mut self,
+        ws: &Workspace,
+    ) -> Result<(u64, Timestamp, Snapshot), storage::WriteError> {
         // Taken under the lock: the fleet, the watermark and what will be
         // served, as of one moment.
         let taken = Timestamp::host_now();
@@ -215,46 +274,29 @@ impl Saver {
             );
             (c, snap)
         };
-        let path = self.cfg.path_of(&ws.id, self.shard);
         let max = self.cfg.max_size;
-        let written = tokio::task::spawn_blocking(move || {
-            let bytes = storage::encode(&c, max)?;
-            storage::write_atomic(&path, &bytes).map_err(storage::WriteError::Io)?;
-            Ok::<u64, storage::WriteError>(bytes.len() as u64)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(storage::WriteError::Io(std::io::Error::other(
-                e.to_string(),
-            )))
-        });
-        {
-            let mut st = ws.lock();
-            let st = &mut *st;
-            let Some(h) = st.health.checkpoint.as_mut() else {
-                return;
-            };
-            match written {
-                Ok(n) => {
-                    // As of when its state was taken: what is safe on disk.
-                    h.last_success = Some(taken.as_secs_f64());
-                    h.size_bytes = n;
-                    h.write_seconds = started.elapsed().as_secs_f64();
-                    st.durable = Some(Arc::new(snap));
-                }
-                Err(e) => {
-                    // Not durable: served live until a write succeeds (a
-                    // crash meanwhile resumes from the older checkpoint).
-                    st.durable = None;
-                    let n = h.write_failures.entry(e.reason()).or_default();
-                    *n += 1;
-                    // The 1st, 2nd, 4th... failure: a full volume cannot flood the log.
-                    if n.is_power_of_two() {
-                        tracing::warn!(workspace = %ws.id, dir = %self.cfg.dir.display(), failures = *n, "cannot write the checkpoint: {e}");
-                    }
-                }
+        let bytes = tokio::task::spawn_blocking(move || storage::encode(&c, max))
+            .await
+            .unwrap_or_else(|e| {
+                Err(storage::WriteError::Io(std::io::Error::other(
+                    e.to_string(),
+                )))
+            })?;
+        let path = self.cfg.path_of(&ws.id, self.shard);
+        let mut writer = storage::Writer::start(&path, &bytes, self.lock.as_ref())
+            .map_err(storage::WriteError::Io)?;
+        let deadline = Instant::now() + self.cfg.write_timeout;
+        loop {
+            if let Some(done) = writer.finished() {
+                done.map_err(storage::WriteError::Io)?;
+                return Ok((bytes.len() as u64, taken, snap));
             }
+            if Instant::now() >= deadline {
+                writer.abandon();
+                self.abandoned = Some(writer);
+                return Err(storage::WriteError::Timeout(self.cfg.write_timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        ws.publish();
     }
 }

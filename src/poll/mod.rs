@@ -197,11 +197,11 @@ struct State {
     /// Where the incremental listing stands, for the checkpoint (the task
     /// loop's, told after each listing; an older one is only safer).
     watermark: Timestamp,
-    /// With storage: the workspace as of the last checkpoint written. The
-    /// counters it keeps are served from it, never from further: after a
-    /// crash the restart goes on from there, so nothing served is lost and
-    /// no counter falls (`None` before the first write: served live, all
-    /// of it less than what the first write will hold).
+    /// With storage: the workspace as of the last checkpoint written (or
+    /// as it started: restored, or from zero). The counters it keeps are
+    /// served from it, never from further, also while writes fail: after
+    /// a crash, or a stop whose last writes failed, the restart goes on
+    /// from there, so nothing served is lost and no counter falls.
     durable: Option<Arc<crate::fleet::Snapshot>>,
 }
 
@@ -219,6 +219,12 @@ impl State {
 /// (`workspace_name`, configured extras). With `inbox`, a worker applies the
 /// webhook events routed to this workspace; polling then slows down while
 /// they arrive.
+///
+/// With storage, the slot owns its checkpoint first (`storage::Lock`):
+/// while another process (the same workspace and shard assignment on the
+/// same directory) holds it, the slot stands by, polling nothing and
+/// publishing nothing (the exporter is not ready), and takes over, from
+/// the checkpoint the other wrote last, once it is released.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     client: Client,
@@ -228,6 +234,74 @@ pub fn spawn(
     hub: Arc<Hub>,
     stop: watch::Receiver<bool>,
     inbox: Option<crate::webhook::Inbox>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(storage) = cfg.storage.clone() else {
+        return start(client, token, cfg, labels, hub, stop, inbox, None);
+    };
+    let id = token.workspace_id.clone();
+    let take = move |storage: &crate::storage::Storage, id: &str| match storage.lock(id) {
+        Ok(Some(lock)) => Some(Some(lock)),
+        Ok(None) => None,
+        Err(e) => {
+            // Not a second owner, but a place where no lock can be made
+            // (read-only, no flock on this file system): polling goes on;
+            // the writes will say what is wrong.
+            tracing::warn!(workspace = %id, dir = %storage.cfg.dir.display(), error = %e, "cannot lock the checkpoint; going on without (make sure no other exporter with the same shard uses this directory)");
+            Some(None)
+        }
+    };
+    if let Some(lock) = take(&storage, &id) {
+        return start(client, token, cfg, labels, hub, stop, inbox, lock);
+    }
+    let token = token.clone();
+    let lock_path = storage.cfg.lock_path_of(&id, storage.shard);
+    vec![tokio::spawn(async move {
+        let mut stop = stop;
+        let mut said = Instant::now();
+        // Counted in `clawmesh_exporter_workspaces{state="standby"}` while
+        // it waits, however the wait ends.
+        struct Standby(Arc<Hub>);
+        impl Drop for Standby {
+            fn drop(&mut self) {
+                self.0.update_process(|p| {
+                    p.workspaces_standby = p.workspaces_standby.saturating_sub(1)
+                });
+            }
+        }
+        hub.update_process(|p| p.workspaces_standby += 1);
+        let standby = Standby(hub.clone());
+        tracing::warn!(workspace = %id, lock = %lock_path.display(), "another exporter process holds this workspace's checkpoint (two exporters with the same shard on one --storage.path?): standing by, not polling, until it is released; then this one goes on from its last checkpoint");
+        let lock = loop {
+            if sleep_or_stop(Instant::now() + Duration::from_secs(1), &mut stop).await {
+                return;
+            }
+            if let Some(lock) = take(&storage, &id) {
+                break lock;
+            }
+            if said.elapsed() >= Duration::from_secs(60) {
+                said = Instant::now();
+                tracing::warn!(workspace = %id, lock = %lock_path.display(), "still standing by: another exporter process holds this workspace's checkpoint");
+            }
+        };
+        drop(standby);
+        tracing::info!(workspace = %id, "the checkpoint was released: taking over");
+        for l in start(client, &token, cfg, labels, hub, stop, inbox, lock) {
+            let _ = l.await;
+        }
+    })]
+}
+
+/// [`spawn`], the checkpoint (if any) owned.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    client: Client,
+    token: &Token,
+    cfg: PollConfig,
+    labels: Vec<(String, String)>,
+    hub: Arc<Hub>,
+    stop: watch::Receiver<bool>,
+    inbox: Option<crate::webhook::Inbox>,
+    lock: Option<crate::storage::Lock>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let (rx, tracker) = match inbox {
         Some(i) => (Some((i.rx, i.changed)), Some(i.tracker)),
@@ -277,7 +351,7 @@ pub fn spawn(
             }
             h.restored_age_seconds = Some(0.0);
             health.checkpoint = Some(h);
-            let saver = checkpoint::Saver::new(storage.cfg.clone(), storage.shard);
+            let saver = checkpoint::Saver::new(storage.cfg.clone(), storage.shard, lock);
             (fleet, watermark, Some(saver))
         }
         (Some(storage), None) => {
@@ -287,9 +361,10 @@ pub fn spawn(
                 api_start,
                 fresh,
                 api_start.latest,
+                cfg.fleet.max_timestamp_lead,
             );
             health.checkpoint = Some(h);
-            let saver = checkpoint::Saver::new(storage.cfg.clone(), storage.shard);
+            let saver = checkpoint::Saver::new(storage.cfg.clone(), storage.shard, lock);
             (fleet, watermark, Some(saver))
         }
         (None, None) => (fresh(), api_start.latest, None),
@@ -629,6 +704,9 @@ impl Workspace {
                 if self.cfg.storage.is_some() {
                     *durable = baseline.clone();
                 }
+            } else if durable.is_none() && self.cfg.storage.is_some() {
+                // A fresh start: zero until the first write holds more.
+                *durable = Some(Arc::new(snap.clone()));
             }
             if let Some(d) = durable {
                 checkpoint::serve_durable(&mut snap, d);

@@ -24,12 +24,7 @@ fn temp_dir(what: &str) -> PathBuf {
 }
 
 fn file_of(storage: &Path, workspace: &str) -> PathBuf {
-    StorageConfig {
-        dir: storage.to_path_buf(),
-        interval: Duration::from_secs(1),
-        max_size: StorageConfig::DEFAULT_MAX_SIZE,
-    }
-    .path_of(workspace, (0, 1))
+    StorageConfig::new(storage.to_path_buf()).path_of(workspace, (0, 1))
 }
 
 async fn metric_once(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -82,7 +77,7 @@ async fn a_damaged_checkpoint_is_refused_counted_and_replaced_and_the_next_start
                 c.watermark += 365 * 86_400 * 1_000_000;
                 encode(&c, u64::MAX).unwrap()
             },
-            "corrupt",
+            "future",
         ),
     ] {
         std::fs::write(file_of(&storage, &ws), &damage).unwrap();
@@ -350,4 +345,763 @@ async fn a_backlog_longer_than_one_listing_is_read_over_several_and_counts_exact
     );
     exporter.shutdown().await;
     let _ = std::fs::remove_dir_all(&storage);
+}
+
+/// A file system of its own for the storage, to make real faults: ext4 on a
+/// loop device (`fsfreeze` freezes it as a hung NFS server or a snapshot
+/// would) or a small tmpfs (it fills up). Root only: `None` (a skip) where
+/// it cannot be made, a failure under CI=true (CI runs as root).
+struct Mount {
+    dir: PathBuf,
+    image: Option<PathBuf>,
+}
+
+impl Mount {
+    fn ext4(what: &str) -> Option<Mount> {
+        let dir = temp_dir(what);
+        let image = dir.with_extension("img");
+        let made = std::fs::File::create(&image)
+            .and_then(|f| f.set_len(32 << 20))
+            .is_ok()
+            && run("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()])
+            && run(
+                "mount",
+                &["-o", "loop", image.to_str().unwrap(), dir.to_str().unwrap()],
+            );
+        Mount::made(made, dir, Some(image), "a loop-mounted ext4")
+    }
+
+    fn tmpfs(what: &str, size: &str) -> Option<Mount> {
+        let dir = temp_dir(what);
+        let made = run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir.to_str().unwrap(),
+            ],
+        );
+        Mount::made(made, dir, None, "a tmpfs")
+    }
+
+    fn made(made: bool, dir: PathBuf, image: Option<PathBuf>, what: &str) -> Option<Mount> {
+        let m = Mount { dir, image };
+        if made {
+            return Some(m);
+        }
+        drop(m);
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("cannot mount {what} (root is needed, as in CI)");
+        }
+        eprintln!("SKIPPED: cannot mount {what} (not root?); CI=true makes this a failure");
+        None
+    }
+
+    fn freeze(&self) {
+        assert!(
+            run("fsfreeze", &["-f", self.dir.to_str().unwrap()]),
+            "fsfreeze -f"
+        );
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let d = self.dir.to_str().unwrap();
+        run("fsfreeze", &["-u", d]);
+        run("umount", &["-l", d]);
+        if let Some(i) = &self.image {
+            let _ = std::fs::remove_file(i);
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> bool {
+    std::process::Command::new(cmd)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The exporter binary on `port` against `sim`, storage in `dir`.
+fn exporter_process(
+    sim: &Sim,
+    dir: &Path,
+    port: u16,
+    extra: &[&str],
+    log: &Path,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        .env_clear()
+        .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
+        .args([
+            "--api-url",
+            &sim.url(),
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+            "--storage.path",
+            dir.to_str().unwrap(),
+            "--poll-interval",
+            "1s",
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+struct Procs(Vec<std::process::Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn scrape_port(port: u16) -> std::collections::BTreeMap<String, f64> {
+    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => parse(&r.text().await.unwrap_or_default()),
+        Err(_) => Default::default(),
+    }
+}
+
+fn finished_sum(m: &std::collections::BTreeMap<String, f64>) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with("clawmesh_tasks_finished_total{"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn sigterm(c: &std::process::Child) {
+    assert!(run("kill", &["-TERM", &c.id().to_string()]));
+}
+
+/// Issue 18, finding 4. A frozen volume (fsfreeze on a loop-mounted ext4:
+/// writes sleep in the kernel, as on a hung NFS mount) shows within two
+/// checkpoint intervals: the write past `--storage.write-timeout` counts
+/// failed (`timeout`), and the next ones too without piling up writers;
+/// the counters served never fall; and SIGTERM exits within 10 s (the
+/// final write has its deadline, and no thread of the process is stuck
+/// in the frozen file system: the writer is a child process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_volume_counts_timed_out_writes_within_two_intervals_and_sigterm_exits_within_10s()
+{
+    // Before the mount, so dropped after it: a failure thaws the volume
+    // first, else killing a process stuck in it would wait for ever.
+    let mut procs = Procs(Vec::new());
+    let Some(mount) = Mount::ext4("frozen") else {
+        return;
+    };
+    let sim = Sim::start(busy_fleet(34)).await;
+    let port = free_port();
+    let log = mount.dir.with_extension("log");
+    let child = exporter_process(
+        &sim,
+        &mount.dir,
+        port,
+        &["--storage.interval", "3s", "--storage.write-timeout", "1s"],
+        &log,
+    );
+    procs.0.push(child);
+    wait_for(
+        Duration::from_secs(60),
+        "a first checkpoint and counts",
+        || async {
+            let m = scrape_port(port).await;
+            value(
+                &m,
+                "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+                &[],
+            )
+            .is_some()
+                && finished_sum(&m) > 0.0
+        },
+    )
+    .await;
+    let before = finished_sum(&scrape_port(port).await);
+    mount.freeze();
+    let frozen_at = std::time::Instant::now();
+    wait_for(
+        Duration::from_secs(6),
+        "a timed-out write counted within two checkpoint intervals (6 s) of the freeze",
+        || async {
+            let m = scrape_port(port).await;
+            value(
+                &m,
+                "clawmesh_exporter_checkpoint_write_failures_total",
+                &[("reason", "timeout")],
+            )
+            .is_some_and(|n| n >= 1.0)
+        },
+    )
+    .await;
+    eprintln!("timeout counted {:?} after the freeze", frozen_at.elapsed());
+    // The next interval counts again (the stuck writer blocks no new one
+    // and is not joined by another).
+    wait_for(Duration::from_secs(10), "a second failed write", || async {
+        let m = scrape_port(port).await;
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_write_failures_total",
+            &[("reason", "timeout")],
+        )
+        .is_some_and(|n| n >= 2.0)
+            && finished_sum(&m) >= before
+    })
+    .await;
+    let t = std::time::Instant::now();
+    sigterm(&procs.0[0]);
+    let exited = loop {
+        if let Some(s) = procs.0[0].try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = t.elapsed();
+    drop(mount); // thaw, whatever happened
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        exited.is_some(),
+        "SIGTERM on a frozen volume: still running after {took:?}\n{logged}"
+    );
+    eprintln!("exited {took:?} after SIGTERM");
+    assert!(logged.contains("--storage.write-timeout"), "{logged}");
+    procs.0.clear();
+    let _ = std::fs::remove_file(&log);
+}
+
+/// Issue 18, finding 9a. A full volume (a small tmpfs filled up) from some
+/// time before a graceful stop: the writes fail, the stop's last one too,
+/// and the restart resumes from the older checkpoint. No scrape after the
+/// restart shows a counter lower than one before the stop (the counters
+/// served while the writes failed stay those of the last checkpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_volume_at_the_stop_never_makes_the_served_counters_go_back() {
+    let Some(mount) = Mount::tmpfs("full", "8m") else {
+        return;
+    };
+    let sim = Sim::start(busy_fleet(35)).await;
+    let cfg = exporter_config(
+        &sim,
+        &[
+            "--storage.path",
+            mount.dir.to_str().unwrap(),
+            "--storage.interval",
+            "1s",
+        ],
+    );
+    let exporter = start_exporter(&cfg).await;
+    run_fleet_for(&sim, 30).await;
+    wait_for(
+        Duration::from_secs(60),
+        "a checkpoint holding counts",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            finished_sum(&m) > 0.0
+        },
+    )
+    .await;
+    // Full: every write from now fails.
+    let filler = mount.dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    wait_for(Duration::from_secs(30), "writes failing", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_write_failures_total",
+            &[("reason", "io")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    run_fleet_for(&sim, 200).await;
+    let mut served = 0.0f64;
+    for _ in 0..20 {
+        served = served.max(finished_sum(&parse(&scrape(exporter.addr).await)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    exporter.shutdown().await;
+    sim.sim.pause();
+    std::fs::remove_file(&filler).unwrap();
+    let exporter = start_exporter(&cfg).await;
+    let mut lowest = f64::INFINITY;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = parse(&scrape(exporter.addr).await);
+        lowest = lowest.min(finished_sum(&m));
+        if value(&m, "clawmesh_up", &[]) == Some(1.0)
+            && value(
+                &m,
+                "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+                &[],
+            )
+            .is_some()
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not up within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        lowest >= served,
+        "before the stop /metrics served {served} finished tasks; after the restart it served {lowest}"
+    );
+    let e = converge(&sim, &exporter).await;
+    assert!(finished_sum(&e) >= served);
+    exporter.shutdown().await;
+}
+
+/// Issue 18, finding 6. A checkpoint whose floor is ahead of the API's
+/// confirmed clock (the API's clock went back 3 hours or 2 days; the
+/// host's is right) is refused, `future`, and the counters start afresh
+/// and count; judged against the host's clock it would pass, and every
+/// task finishing before its floor would go uncounted, unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_ahead_of_the_api_s_confirmed_clock_is_refused_and_counting_goes_on() {
+    for (behind, seed) in [(3 * 3600 * 1000i64, 36u64), (2 * 86_400 * 1000, 37)] {
+        let storage = temp_dir("future");
+        let flags = [
+            "--storage.path",
+            storage.to_str().unwrap(),
+            "--storage.interval",
+            "1s",
+        ];
+        let sim = Sim::start(busy_fleet(seed)).await;
+        let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+        run_fleet_for(&sim, 20).await;
+        metric_once(
+            exporter.addr,
+            "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+            &[],
+        )
+        .await;
+        exporter.shutdown().await;
+        drop(sim);
+        // The same workspace, its API's clock now behind.
+        let sim = Sim::start(latitude_fleet(seed, -behind)).await;
+        let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+        let refused = metric_once(
+            exporter.addr,
+            "clawmesh_exporter_checkpoint_refused_total",
+            &[("reason", "future")],
+        )
+        .await;
+        assert_eq!(refused, 1.0, "{behind} ms behind");
+        let m = parse(&scrape(exporter.addr).await);
+        assert!(value(&m, "clawmesh_exporter_checkpoint_restored_age_seconds", &[]).is_none());
+        wait_for(
+            Duration::from_secs(60),
+            "counting from the fresh start",
+            || async {
+                let m = parse(&scrape(exporter.addr).await);
+                value(&m, "clawmesh_up", &[]) == Some(1.0) && finished_sum(&m) > 0.0
+            },
+        )
+        .await;
+        exporter.shutdown().await;
+        let _ = std::fs::remove_dir_all(&storage);
+    }
+}
+
+/// The nearly case of the clock check: the same API clock at the restart
+/// resumes (nothing refused), so the check does not throw good
+/// checkpoints away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_the_same_api_clock_resumes() {
+    let storage = temp_dir("same-clock");
+    let flags = [
+        "--storage.path",
+        storage.to_str().unwrap(),
+        "--storage.interval",
+        "1s",
+    ];
+    let sim = Sim::start(latitude_fleet(38, -3 * 3600 * 1000)).await;
+    let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+    run_fleet_for(&sim, 20).await;
+    metric_once(
+        exporter.addr,
+        "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+        &[],
+    )
+    .await;
+    exporter.shutdown().await;
+    let exporter = start_exporter(&exporter_config(&sim, &flags)).await;
+    metric_once(
+        exporter.addr,
+        "clawmesh_exporter_checkpoint_restored_age_seconds",
+        &[],
+    )
+    .await;
+    let m = parse(&scrape(exporter.addr).await);
+    assert_eq!(
+        must(
+            &m,
+            "clawmesh_exporter_checkpoint_refused_total",
+            &[("reason", "future")]
+        ),
+        0.0
+    );
+    exporter.shutdown().await;
+    let _ = std::fs::remove_dir_all(&storage);
+}
+
+/// Workspace ids owned by shard 0 and shard 1 of 2.
+fn ids_of_two_shards() -> (String, String) {
+    let owner = |id: &str| {
+        (0..2u32)
+            .find(|i| {
+                clawmesh_exporter::shard::Shard::new(&i.to_string(), 2)
+                    .unwrap()
+                    .owns(id)
+            })
+            .unwrap()
+    };
+    let mut ids = (0..).map(|i| format!("ws_shared_{i}"));
+    let a = ids.by_ref().find(|id| owner(id) == 0).unwrap();
+    let b = ids.find(|id| owner(id) == 1).unwrap();
+    (a, b)
+}
+
+async fn workspace_sim(id: &str, seed: u64) -> Sim {
+    Sim::start(clawmesh_exporter::sim::SimConfig {
+        workspace_id: id.into(),
+        agents: 20,
+        history_tasks: 20,
+        task_changes_per_minute: 600.0,
+        visibility_lag_max: Duration::from_millis(500),
+        seed,
+        ..clawmesh_exporter::sim::SimConfig::default()
+    })
+    .await
+}
+
+fn config_file(dir: &Path, sims: &[&Sim]) -> PathBuf {
+    std::fs::write(
+        dir.join("key"),
+        format!("{}\n", clawmesh_exporter::sim::DEMO_KEY),
+    )
+    .unwrap();
+    let entries: String = sims
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "  - name: w{i}\n    api_url: {}\n    api_key_file: key\n    poll_interval: 1s\n    overlap: 5s\n",
+                s.url()
+            )
+        })
+        .collect();
+    let f = dir.join("clawmesh.yml");
+    std::fs::write(&f, format!("workspaces:\n{entries}")).unwrap();
+    f
+}
+
+fn sharded(file: &Path, dir: &Path, port: u16, shard: u32, log: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        .env_clear()
+        .args([
+            "--config.file",
+            file.to_str().unwrap(),
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+            "--storage.path",
+            dir.to_str().unwrap(),
+            "--storage.interval",
+            "1s",
+            "--shard",
+            &shard.to_string(),
+            "--total-shards",
+            "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+async fn checkpoint_written(port: u16, ws: &str) -> Option<f64> {
+    value(
+        &scrape_port(port).await,
+        "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+        &[("workspace", ws)],
+    )
+}
+
+/// Issue 18, finding 7. Two replicas (the real binary), shards 0 and 1 of
+/// 2, share a storage directory: shard 0's restart keeps shard 1's live
+/// checkpoint and its write in flight (a temporary file), and shard 1
+/// goes on from its own, nothing refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_two_shards_sharing_a_directory_keep_each_other_s_checkpoints() {
+    let (a, b) = ids_of_two_shards();
+    let (sa, sb) = (workspace_sim(&a, 40).await, workspace_sim(&b, 41).await);
+    let dir = temp_dir("shared");
+    let storage = dir.join("storage");
+    let file = config_file(&dir, &[&sa, &sb]);
+    let (p0, p1) = (free_port(), free_port());
+    let mut procs = Procs(vec![
+        sharded(&file, &storage, p0, 0, &dir.join("0.log")),
+        sharded(&file, &storage, p1, 1, &dir.join("1.log")),
+    ]);
+    wait_for(
+        Duration::from_secs(60),
+        "both shards' checkpoints",
+        || async {
+            checkpoint_written(p0, &a).await.is_some() && checkpoint_written(p1, &b).await.is_some()
+        },
+    )
+    .await;
+    let cfg = StorageConfig::new(storage.clone());
+    let b_file = cfg.path_of(&b, (1, 2));
+    let b_stem = b_file.file_stem().unwrap().to_string_lossy().to_string();
+    let b_tmp = storage.join(format!(".checkpoint-{b_stem}.1.999999.tmp"));
+    std::fs::write(&b_tmp, "shard 1 writing").unwrap();
+    // Shard 0 restarts.
+    sigterm(&procs.0[0]);
+    let _ = procs.0[0].wait();
+    procs.0[0] = sharded(&file, &storage, p0, 0, &dir.join("0b.log"));
+    wait_for(Duration::from_secs(60), "shard 0 resumed", || async {
+        value(
+            &scrape_port(p0).await,
+            "clawmesh_exporter_checkpoint_restored_age_seconds",
+            &[("workspace", a.as_str())],
+        )
+        .is_some()
+    })
+    .await;
+    assert!(b_file.exists(), "shard 0 removed shard 1's live checkpoint");
+    assert!(b_tmp.exists(), "shard 0 removed shard 1's write in flight");
+    // Shard 1 restarts too: it goes on from its own checkpoint.
+    sigterm(&procs.0[1]);
+    let _ = procs.0[1].wait();
+    procs.0[1] = sharded(&file, &storage, p1, 1, &dir.join("1b.log"));
+    wait_for(Duration::from_secs(60), "shard 1 resumed", || async {
+        value(
+            &scrape_port(p1).await,
+            "clawmesh_exporter_checkpoint_restored_age_seconds",
+            &[("workspace", b.as_str())],
+        )
+        .is_some()
+    })
+    .await;
+    let m = scrape_port(p1).await;
+    for r in ["shard", "corrupt", "unreadable"] {
+        assert_eq!(
+            must(
+                &m,
+                "clawmesh_exporter_checkpoint_refused_total",
+                &[("workspace", b.as_str()), ("reason", r)]
+            ),
+            0.0
+        );
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 18, finding 7. A second process with the same shard on the same
+/// directory stands by: it says so (log; not ready, polling nothing), does
+/// not write the first's checkpoint (which goes on being written and
+/// readable), and takes over from the first's last checkpoint once the
+/// first stops: no counter lower than the first served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_of_the_same_shard_stands_by_and_takes_over_at_the_first_s_stop() {
+    let (a, _) = ids_of_two_shards();
+    let sa = workspace_sim(&a, 42).await;
+    let dir = temp_dir("same-shard");
+    let storage = dir.join("storage");
+    let file = config_file(&dir, &[&sa]);
+    let (p0, p1) = (free_port(), free_port());
+    let mut procs = Procs(vec![sharded(
+        &file,
+        &storage,
+        p0,
+        0,
+        &dir.join("first.log"),
+    )]);
+    wait_for(
+        Duration::from_secs(60),
+        "the first's checkpoint",
+        || async { checkpoint_written(p0, &a).await.is_some() },
+    )
+    .await;
+    procs
+        .0
+        .push(sharded(&file, &storage, p1, 0, &dir.join("second.log")));
+    wait_for(
+        Duration::from_secs(30),
+        "the second says it stands by",
+        || async {
+            std::fs::read_to_string(dir.join("second.log")).is_ok_and(|l| l.contains("standing by"))
+        },
+    )
+    .await;
+    let cfg = StorageConfig::new(storage.clone());
+    let path = cfg.path_of(&a, (0, 2));
+    let first_wrote = checkpoint_written(p0, &a).await.unwrap();
+    wait_for(Duration::from_secs(30), "the first writes on", || async {
+        checkpoint_written(p0, &a)
+            .await
+            .is_some_and(|t| t > first_wrote)
+    })
+    .await;
+    // The second is not ready, polls nothing, and the file is the first's.
+    let ready = reqwest::get(format!("http://127.0.0.1:{p1}/readyz"))
+        .await
+        .unwrap();
+    assert_ne!(ready.status(), 200);
+    let m = scrape_port(p1).await;
+    assert!(value(&m, "clawmesh_up", &[("workspace", a.as_str())]).is_none());
+    assert_eq!(
+        must(&m, "clawmesh_exporter_workspaces", &[("state", "standby")]),
+        1.0
+    );
+    let first = scrape_port(p0).await;
+    assert_eq!(
+        must(
+            &first,
+            "clawmesh_exporter_workspaces",
+            &[("state", "standby")]
+        ),
+        0.0
+    );
+    let c = clawmesh_exporter::storage::decode(&std::fs::read(&path).unwrap(), u64::MAX).unwrap();
+    assert_eq!(c.workspace, a);
+    // The first stops (its final checkpoint); the second takes over from it.
+    let mut served = 0.0f64;
+    for _ in 0..10 {
+        served = served.max(finished_sum(&scrape_port(p0).await));
+    }
+    sigterm(&procs.0[0]);
+    let _ = procs.0[0].wait();
+    wait_for(
+        Duration::from_secs(60),
+        "the second took over and resumed",
+        || async {
+            let m = scrape_port(p1).await;
+            value(
+                &m,
+                "clawmesh_exporter_checkpoint_restored_age_seconds",
+                &[("workspace", a.as_str())],
+            )
+            .is_some()
+        },
+    )
+    .await;
+    let m = scrape_port(p1).await;
+    assert!(
+        finished_sum(&m) >= served,
+        "{} < {served}",
+        finished_sum(&m)
+    );
+    assert_eq!(
+        must(&m, "clawmesh_exporter_workspaces", &[("state", "standby")]),
+        0.0
+    );
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The crossing with reload: a reload that changes a workspace's entry
+/// restarts its slot; the new slot takes the checkpoint's lock as the old
+/// one releases it (after its final checkpoint) and goes on from it, never
+/// standing by behind its own predecessor, and no counter falls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_restarts_a_slot_goes_on_from_its_checkpoint_without_standing_by() {
+    let (a, _) = ids_of_two_shards();
+    let sa = workspace_sim(&a, 43).await;
+    let dir = temp_dir("reload");
+    let storage = dir.join("storage");
+    let file = config_file(&dir, &[&sa]);
+    let args = {
+        use clap::Parser;
+        clawmesh_exporter::config::RunArgs {
+            config_file: Some(file.clone()),
+            listen_address: "127.0.0.1:0".into(),
+            storage_path: Some(storage.clone()),
+            storage_interval: Some(Duration::from_secs(1)),
+            ..clawmesh_exporter::config::Cli::try_parse_from(["clawmesh-exporter"])
+                .unwrap()
+                .run
+        }
+    };
+    let cfg = args
+        .validate(&std::collections::HashMap::<String, String>::new())
+        .unwrap();
+    let exporter = start_exporter(&cfg).await;
+    let finished_a = |m: &std::collections::BTreeMap<String, f64>| {
+        ["completed", "failed", "cancelled"]
+            .iter()
+            .filter_map(|s| {
+                value(
+                    m,
+                    "clawmesh_tasks_finished_total",
+                    &[("workspace", a.as_str()), ("status", s)],
+                )
+            })
+            .sum::<f64>()
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "a checkpoint with counts",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            finished_a(&m) > 0.0
+                && value(
+                    &m,
+                    "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+                    &[("workspace", a.as_str())],
+                )
+                .is_some()
+        },
+    )
+    .await;
+    let before = finished_a(&parse(&scrape(exporter.addr).await));
+    // The entry changes (a label): its slot restarts.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}    labels: {{team: two}}\n")).unwrap();
+    let said = exporter.reload().await.unwrap();
+    assert!(said.contains("1 started"), "{said}");
+    let mut lowest = f64::INFINITY;
+    wait_for(
+        Duration::from_secs(60),
+        "the restarted slot resumed",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            let resumed = value(
+                &m,
+                "clawmesh_exporter_checkpoint_restored_age_seconds",
+                &[("workspace", a.as_str())],
+            )
+            .is_some();
+            resumed && must(&m, "clawmesh_exporter_workspaces", &[("state", "standby")]) == 0.0
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        let m = parse(&scrape(exporter.addr).await);
+        lowest = lowest.min(finished_a(&m));
+    }
+    assert!(lowest >= before, "{lowest} < {before}");
+    exporter.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
