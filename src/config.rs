@@ -216,7 +216,7 @@ pub struct RunArgs {
     #[arg(
         long = "breakdown.max-combinations",
         env = "CLAWMESH_BREAKDOWN_MAX_COMBINATIONS",
-        default_value_t = 2000
+        default_value_t = 250
     )]
     pub breakdown_max_combinations: usize,
     /// Agents read one by one per task sync when tasks name agents not yet listed (0: never).
