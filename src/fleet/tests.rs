@@ -1697,3 +1697,93 @@ fn restored_counters_at_u64_max_neither_panic_nor_wrap() {
         Err(_) => panic!("a restored counter at u64::MAX panics the next finish"),
     }
 }
+
+/// A checkpoint whose breakdown is `slices` copies of one slice (keys by
+/// team), each slice's counters `per_slice` finished tasks and as many
+/// queue-time observations at zero (summing to `sum`), edited as an attacker (or a buggy
+/// build) could: each within the bounds of one counter.
+fn hostile_slices(
+    slices: usize,
+    per_slice: u64,
+    totals: u64,
+    sum: f64,
+) -> crate::fleet::SavedFleet {
+    let mut f = Fleet::new(ts(0)).with_breakdown(&by_config(false, true), &["workspace".into()]);
+    f.apply_agent_listing(&[labelled_agent("a1", "red", "openai", Some(1))]);
+    f.apply_task(&on("a1", task("t1", "completed", 5)));
+    let mut v = serde_json::to_value(f.save()).unwrap();
+    let edit = |c: &mut serde_json::Value, n: u64, sum: f64| {
+        c["finished"]["completed"] = serde_json::json!(n);
+        let q = &mut c["queue_seconds"];
+        let buckets = q["counts"].as_array().unwrap().len();
+        let mut counts = vec![0u64; buckets];
+        counts[0] = n;
+        q["counts"] = serde_json::json!(counts);
+        q["count"] = serde_json::json!(n);
+        q["sum"] = serde_json::json!(sum);
+        q["zero_count"] = serde_json::json!(n);
+        q["positive"] = serde_json::json!([0, []]);
+        q["negative"] = serde_json::json!([0, []]);
+        c["run_seconds"] = c["queue_seconds"].clone();
+        c["input_tokens"] = serde_json::json!(0);
+        c["output_tokens"] = serde_json::json!(0);
+    };
+    edit(&mut v["counters"], totals, sum);
+    let b = &mut v["breakdown"];
+    let template = b["counters"][1].clone();
+    let mut keys = vec![serde_json::json!([])];
+    let mut counters = vec![b["counters"][0].clone()];
+    edit(&mut counters[0], 0, 0.0);
+    for i in 0..slices {
+        keys.push(serde_json::json!([format!("team{i}")]));
+        let mut c = template.clone();
+        edit(&mut c, per_slice, sum);
+        counters.push(c);
+    }
+    b["keys"] = serde_json::json!(keys);
+    b["counters"] = serde_json::json!(counters);
+    v["ledger"] = serde_json::json!([]);
+    v["open"] = serde_json::json!([]);
+    serde_json::from_value(v).unwrap()
+}
+
+/// attack: slices that hold more than the workspace totals (an edited
+/// checkpoint) cannot be served as they are (the sum over a breakdown
+/// would not be the total): the checkpoint is refused, as every corrupt
+/// one is. And slices each within the bound of a counter but summing past
+/// u64 (2049 slices of 2^53 queue observations at zero) must not panic
+/// the fold (the exponential histogram's merge added unchecked).
+#[test]
+fn attack_slices_holding_more_than_the_totals_refuse_the_checkpoint_without_panic() {
+    let narrow =
+        || Fleet::new(ts(0)).with_breakdown(&by_config(true, false), &["workspace".into()]);
+    let same = || Fleet::new(ts(0)).with_breakdown(&by_config(false, true), &["workspace".into()]);
+    // Modest: 3 slices of 5 against totals of 7.
+    for (what, fresh) in [("folded", &narrow as &dyn Fn() -> Fleet), ("same", &same)] {
+        let r = fresh().restore(hostile_slices(3, 5, 7, 0.0));
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.contains("more than the totals")),
+            "{what}: slices of 15 over totals of 7: {:?}",
+            r.map(|_| ())
+        );
+    }
+    // Past u64 when summed.
+    let huge = 1u64 << 53;
+    let r = std::panic::catch_unwind(|| {
+        narrow()
+            .restore(hostile_slices(2049, huge, huge, 0.0))
+            .map(|_| ())
+    });
+    match r {
+        Ok(r) => assert!(r.is_err(), "slices summing past u64 were taken"),
+        Err(_) => panic!("slices summing past u64 panic the restore"),
+    }
+    // Counts that add up, but sums near the largest double: what is
+    // taken is served finite and saved as a checkpoint that restores.
+    let (g, _) = narrow()
+        .restore(hostile_slices(2, 1, 2, f64::MAX / 1.5))
+        .unwrap();
+    let again = narrow().restore(g.save());
+    assert!(again.is_ok(), "{:?}", again.map(|_| ()));
+}
