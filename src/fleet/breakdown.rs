@@ -383,10 +383,16 @@ impl Breakdown {
             };
             out.push(self.admit(i, v.as_deref()));
         }
-        // The agent families' series are one per combination of agent
-        // values: those are capped like the tasks' (apart from them, so
-        // that they add no task series), past it every agent value `other`.
-        let key: Key = Self::agent_key(&out.clone().into()).into();
+        self.admit_agent_combination(&mut out);
+        out.into()
+    }
+
+    /// The agent families' series are one per combination of agent
+    /// values: those are capped like the tasks' (apart from them, so that
+    /// they add no task series), past it every agent value `other`. `out`:
+    /// an agent's values, one per dimension.
+    fn admit_agent_combination(&mut self, out: &mut [Arc<str>]) {
+        let key: Key = Self::agent_key(&out.to_vec().into()).into();
         if !self.agent_combinations.contains(&key) {
             // The last place is the overflow's.
             if self.agent_combinations.len() + 1 < self.cfg.max_slices.max(2) {
@@ -405,10 +411,9 @@ impl Breakdown {
                     }
                 }
                 self.agent_combinations
-                    .insert(Self::agent_key(&out.clone().into()).into());
+                    .insert(Self::agent_key(&out.to_vec().into()).into());
             }
         }
-        out.into()
     }
 
     /// The slice a task counts in: its agent's dimensions (`None`: no
@@ -755,12 +760,12 @@ impl Breakdown {
             return Arc::from(Vec::new());
         }
         let mut v = self.project(remap, &values, false);
+        if remap.changed {
+            // Under the cap of these settings, which may be lower.
+            self.admit_agent_combination(&mut v);
+        }
         while v.last().is_some_and(|v| v.is_empty()) {
             v.pop();
-        }
-        if remap.changed {
-            let k: Key = Self::agent_key(&v.clone().into()).into();
-            self.agent_combinations.insert(k);
         }
         v.into()
     }

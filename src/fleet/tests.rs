@@ -1787,3 +1787,54 @@ fn attack_slices_holding_more_than_the_totals_refuse_the_checkpoint_without_pani
     let again = narrow().restore(g.save());
     assert!(again.is_ok(), "{:?}", again.map(|_| ()));
 }
+
+/// attack: lowering `--breakdown.max-combinations` (a reload, or a restart
+/// with storage) folds the saved slices into the cap; the agents' series
+/// (one per combination of agent values) must be capped as well, at once
+/// and after the next listing, not kept past the cap for as long as the
+/// agents live.
+#[test]
+fn attack_a_folded_checkpoint_keeps_the_agent_combinations_within_the_cap() {
+    let wide = BreakdownConfig {
+        max_slices: 100,
+        ..by_config(false, true)
+    };
+    let mut f = Fleet::new(ts(0)).with_breakdown(&wide, &["workspace".into()]);
+    let agents: Vec<Agent> = (0..20)
+        .map(|i| labelled_agent(&format!("a{i}"), &format!("team{i}"), "openai", Some(1)))
+        .collect();
+    f.apply_agent_listing(&agents);
+    let narrow = BreakdownConfig {
+        max_slices: 5,
+        ..by_config(false, true)
+    };
+    let (mut g, note) = Fleet::new(ts(0))
+        .with_breakdown(&narrow, &["workspace".into()])
+        .restore(f.save())
+        .unwrap();
+    assert!(note.unwrap().contains("settings changed"));
+    let groups = |g: &mut Fleet| {
+        g.snapshot("ws", ts(10), Health::default(), Default::default())
+            .agent_groups
+            .len()
+    };
+    assert!(
+        groups(&mut g) <= 5,
+        "restored: {} agent series",
+        groups(&mut g)
+    );
+    g.apply_agent_listing(&agents);
+    assert!(
+        groups(&mut g) <= 5,
+        "after a listing: {} agent series",
+        groups(&mut g)
+    );
+    // Every agent is still counted, in some series.
+    let s = g.snapshot("ws", ts(10), Health::default(), Default::default());
+    let n: u64 = s
+        .agent_groups
+        .iter()
+        .map(|a| a.statuses.values().sum::<u64>())
+        .sum();
+    assert_eq!(n, 20);
+}
