@@ -774,9 +774,10 @@ impl Breakdown {
     /// combination or agent holds: past `max_values` or
     /// `max_combinations`, values of agents long gone would otherwise make
     /// every later one `other` for good. A combination is in use while an
-    /// open or remembered task counts in it (`used`, by slice) or an
-    /// agent (held, or gone within the horizon its values are kept for)
-    /// has its agent values (`agents`). What a freed combination counted
+    /// open or remembered task counts in it (`used`, by slice) or, unless
+    /// it has a task label's value (held by tasks only), an agent (held,
+    /// or gone within the horizon its values are kept for) has its agent
+    /// values (`agents`). What a freed combination counted
     /// is folded into the `other` one, so the sum over the slices stays
     /// the workspace total. Returns where each old slice went, when any
     /// was freed.
@@ -816,8 +817,15 @@ impl Breakdown {
                 if i == 0 || *k == other_key || used.get(i).copied().unwrap_or(true) {
                     return false;
                 }
+                // A task label's value is held by tasks only: one-off
+                // values (a run id) go with their last remembered task,
+                // whether or not an agent of the rest stays.
+                let task_value = k
+                    .iter()
+                    .zip(&task_dim)
+                    .any(|(v, t)| *t && !v.is_empty() && **v != *super::bounded::OTHER);
                 let a = agent_part(k);
-                !(a.is_empty() || agents.contains(&a))
+                task_value || !(a.is_empty() || agents.contains(&a))
             })
             .collect();
         let freed = free.iter().filter(|f| **f).count();

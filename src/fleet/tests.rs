@@ -1838,3 +1838,45 @@ fn attack_a_folded_checkpoint_keeps_the_agent_combinations_within_the_cap() {
         .sum();
     assert_eq!(n, 20);
 }
+
+/// attack: one-off task label values (a run id, a ticket) must not fill
+/// `--breakdown.max-values` for good either: once no open or remembered
+/// task counts in their combinations, they are freed like agents'
+/// values, with their own tasks or on an agent that stays.
+#[test]
+fn attack_one_off_task_label_values_are_freed_too() {
+    let cfg = BreakdownConfig {
+        max_values: 3,
+        task_labels: Patterns {
+            allow: vec!["run".into()],
+            deny: vec![],
+        },
+        ..by_config(false, true)
+    };
+    let mut f = Fleet::new(ts(0)).with_breakdown(&cfg, &["workspace".into()]);
+    let agents = [labelled_agent("a1", "red", "openai", Some(1))];
+    f.apply_agent_listing(&agents);
+    let run = |agent: Option<&str>, id: &str, run: &str| {
+        let mut t = task(id, "completed", 5);
+        t.agent_id = agent.map(Into::into);
+        t.labels = vec![("run".into(), run.into())];
+        t
+    };
+    f.apply_task(&run(Some("a1"), "t1", "r1"));
+    f.apply_task(&run(None, "t2", "r2"));
+    f.apply_task(&run(Some("a1"), "t3", "r3"));
+    // The tasks leave the ledger (past the horizon); the agent stays.
+    f.ledger.clear();
+    f.apply_agent_listing(&agents);
+    f.apply_task(&run(Some("a1"), "t4", "r4"));
+    f.apply_task(&run(None, "t5", "r5"));
+    let s = f.snapshot("ws", ts(10), Health::default(), Default::default());
+    let runs: Vec<&str> = s.task_groups.iter().map(|g| g.by[1].as_str()).collect();
+    assert!(
+        runs.contains(&"r4") && runs.contains(&"r5"),
+        "new run ids after the old ones were forgotten: {runs:?}"
+    );
+    assert!(!runs.contains(&"r1"), "{runs:?}");
+    assert_eq!(f.counters().finished["completed"], 5);
+    assert_slices_add_up(&mut f);
+}
