@@ -9,7 +9,7 @@ mod bounded;
 mod breakdown;
 mod saved;
 
-pub use bounded::BoundedNames;
+pub use bounded::{BoundedNames, OTHER};
 pub use breakdown::{
     breakdown_patterns, glob, sanitize, AgentDims, Breakdown, BreakdownConfig, Patterns,
 };

@@ -964,6 +964,77 @@ fn status_chunks(names: &[String], max: usize) -> impl Iterator<Item = Vec<Strin
 mod tests {
     use super::*;
 
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_micros(1_800_000_000_000_000 + secs * 1_000_000)
+    }
+
+    fn agent(id: &str, labels: &str) -> crate::api::types::Agent {
+        let json = format!(
+            r#"{{"id":"{id}","status":"busy","created_at":"2026-11-23T10:15:02Z","updated_at":"2026-11-23T10:15:02Z","labels":{labels}}}"#
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    fn finished(id: &str, agent: &str) -> crate::api::types::Task {
+        let t = at(5).to_rfc3339();
+        let json = format!(
+            r#"{{"id":"{id}","agent_id":"{agent}","status":"completed","created_at":"{t}","updated_at":"{t}","started_at":"{t}","finished_at":"{t}"}}"#
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    /// With storage, the counters are served as the last checkpoint had
+    /// them. A dimension discovered since (an agent label key the
+    /// patterns choose) pads every slice with an empty value: the same
+    /// series, which must go on at its durable value, not fall to 0 until
+    /// the next write; and slices freed since (`Breakdown::expire`) must
+    /// be served where their counts went, so that the served slices still
+    /// sum to the served totals.
+    #[test]
+    fn durable_counters_are_served_through_a_new_dimension_and_freed_slices() {
+        let cfg = crate::fleet::BreakdownConfig {
+            agent_labels: crate::fleet::Patterns {
+                allow: vec!["team*".into()],
+                deny: vec![],
+            },
+            ..Default::default()
+        };
+        let mut f = Fleet::new(at(0)).with_breakdown(&cfg, &["workspace".into()]);
+        let red = agent("a1", r#"{"team":"red"}"#);
+        f.apply_agent_listing_at(
+            &[red, agent("a2", r#"{"team":"blue"}"#)],
+            at(1),
+            Duration::ZERO,
+        );
+        f.apply_task(&finished("t1", "a1"));
+        f.apply_task(&finished("t2", "a2"));
+        let snap = |f: &mut Fleet| f.snapshot("ws", at(10), Health::default(), Default::default());
+        let durable = snap(&mut f);
+        let served = |f: &mut Fleet| {
+            let mut s = snap(f);
+            checkpoint::serve_durable(&mut s, &durable);
+            let by_team: std::collections::BTreeMap<String, u64> = s
+                .task_groups
+                .iter()
+                .map(|g| (g.by.join(","), g.counters.finished["completed"]))
+                .collect();
+            let sum: u64 = by_team.values().sum();
+            assert_eq!(sum, s.counters.finished["completed"], "{by_team:?}");
+            by_team
+        };
+        // A new label key: a new dimension; a2 went.
+        let red_b = agent("a1", r#"{"team":"red","team_b":"x"}"#);
+        f.apply_agent_listing_at(std::slice::from_ref(&red_b), at(20), Duration::ZERO);
+        let by_team = served(&mut f);
+        assert_eq!(by_team.get("red,"), Some(&1), "{by_team:?}");
+        assert_eq!(by_team.get("blue,"), Some(&1), "{by_team:?}");
+        // The tasks are forgotten, a2's values too: their slices are freed.
+        f.raise_floor(at(6));
+        f.apply_agent_listing_at(&[red_b], at(20 + 3601), Duration::ZERO);
+        let by_team = served(&mut f);
+        assert_eq!(by_team.get("blue,"), None, "{by_team:?}");
+    }
+
     /// A reload while the API is down (or slow to answer the key check for
     /// longer than `Handoffs::KEEP`): the stopped slot's handoff must wait
     /// for its successor's key check, else the successor, without
