@@ -653,6 +653,26 @@ impl Breakdown {
             {
                 return bad("more combinations or values than its own settings allow");
             }
+            // Taken as they were, so bounded here as live ones are: a
+            // name that is no label name, or a label of the families'
+            // own (a duplicate label breaks the whole scrape); a value
+            // longer than any admitted.
+            let name_ok = |d: &Dim| match d.source {
+                Source::Provider => d.name == "provider",
+                Source::Model => d.name == "model",
+                _ => {
+                    sanitize(&d.name) == d.name
+                        && !d.name.starts_with("__")
+                        && !self.reserved.contains(&d.name)
+                }
+            };
+            let long = |v: &Arc<str>| v.len() > super::bounded::MAX_NAME_LEN;
+            if !dims.iter().all(name_ok)
+                || dims.iter().any(|d| d.values.iter().any(long))
+                || keys.iter().any(|k| k.iter().any(long))
+            {
+                return bad("a label name or value no breakdown makes");
+            }
             let slices = keys
                 .iter()
                 .enumerate()

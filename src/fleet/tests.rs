@@ -1880,3 +1880,66 @@ fn attack_one_off_task_label_values_are_freed_too() {
     assert_eq!(f.counters().finished["completed"], 5);
     assert_slices_add_up(&mut f);
 }
+
+/// attack: a checkpoint restored under the same settings takes its
+/// combinations and dimensions as they were, but label values and names
+/// come back bounded as the fleet makes them live: a value past 128 bytes
+/// (never admitted live) or a dimension named as no label can be (a
+/// space, `__name__`) or as the families' own labels (`status`: a
+/// duplicate label breaks the whole scrape) is refused, never served.
+#[test]
+fn attack_breakdown_labels_of_a_same_settings_checkpoint_are_bounded() {
+    let cfg = by_config(false, true);
+    let mut f = Fleet::new(ts(0)).with_breakdown(&cfg, &["workspace".into()]);
+    f.apply_agent_listing(&[labelled_agent("a1", "red", "openai", Some(1))]);
+    f.apply_task(&on("a1", task("t1", "completed", 5)));
+    let v = serde_json::to_value(f.save()).unwrap();
+    assert_eq!(v["breakdown"]["keys"][1][0], "red");
+    let long = "x".repeat(200);
+    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 5] = [
+        ("a long value", &|v| {
+            v["breakdown"]["keys"][1][0] = serde_json::json!(long);
+            v["breakdown"]["dims"][0]["values"] = serde_json::json!([long]);
+        }),
+        ("a long dimension value", &|v| {
+            v["breakdown"]["dims"][0]["values"] = serde_json::json!(["red", long]);
+        }),
+        ("a name with a space", &|v| {
+            v["breakdown"]["dims"][0]["name"] = serde_json::json!("te am");
+        }),
+        ("__name__", &|v| {
+            v["breakdown"]["dims"][0]["name"] = serde_json::json!("__name__");
+        }),
+        ("a family's label", &|v| {
+            v["breakdown"]["dims"][0]["name"] = serde_json::json!("status");
+        }),
+    ];
+    for (what, edit) in edits {
+        let mut v = v.clone();
+        edit(&mut v);
+        let saved: crate::fleet::SavedFleet = serde_json::from_value(v).unwrap();
+        let r = Fleet::new(ts(0))
+            .with_breakdown(&cfg, &["workspace".into()])
+            .restore(saved);
+        let Ok((mut g, _)) = r else {
+            continue; // refused: fine
+        };
+        let s = g.snapshot("ws", ts(10), Health::default(), Default::default());
+        assert!(
+            s.dims
+                .iter()
+                .all(|d| crate::fleet::sanitize(d) == *d && !d.starts_with("__") && d != "status"),
+            "{what}: served as label names {:?}",
+            s.dims
+        );
+        let values = s.task_groups.iter().flat_map(|g| &g.by);
+        assert!(
+            values.clone().all(|v| v.len() <= 128),
+            "{what}: served a label value of {} bytes",
+            values.map(|v| v.len()).max().unwrap_or(0)
+        );
+        let info = s.breakdown.unwrap();
+        assert!(info.values.iter().all(|(_, n)| *n <= cfg.max_values));
+    }
+}
