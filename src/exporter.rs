@@ -454,6 +454,9 @@ async fn watch_workspace(
         }
     };
     hub.set_pending(&key, pending_snapshot(&cfg, &client));
+    // Until the key check settles, no reload's handoff expires: this slot
+    // may be its successor.
+    let checking = cfg.poll.handoff.as_ref().map(|h| h.checking());
     let mut backoff = crate::supervise::Backoff::default();
     let token = loop {
         let checked = tokio::select! {
@@ -537,6 +540,7 @@ async fn watch_workspace(
         stop.clone(),
         inbox,
     );
+    drop(checking);
     // The workspace publishes under its id now (not ready before its first
     // sync): the pending series go.
     settle(&mut verdict);

@@ -81,7 +81,9 @@ impl Histogram {
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a = a.saturating_add(*b);
         }
-        self.sum += other.sum;
+        // Finite, as a checkpoint must hold it: two slices of an edited
+        // one may each be near the largest double.
+        self.sum = (self.sum + other.sum).clamp(-f64::MAX, f64::MAX);
         self.count = self.count.saturating_add(other.count);
         self.exponential.merge(&other.exponential);
     }
@@ -238,9 +240,13 @@ impl Exponential {
         &self.negative
     }
     pub fn count(&self) -> u64 {
-        self.zero_count
-            + self.positive.counts.iter().sum::<u64>()
-            + self.negative.counts.iter().sum::<u64>()
+        // Saturating: merged slices of an edited checkpoint may sum past
+        // u64 (each is bounded at restore, their sum is not).
+        self.positive
+            .counts
+            .iter()
+            .chain(&self.negative.counts)
+            .fold(self.zero_count, |a, n| a.saturating_add(*n))
     }
 
     pub fn record(&mut self, v: f64) {
@@ -300,7 +306,7 @@ impl Exponential {
         let scale = self.scale.min(other.scale);
         self.downscale(self.scale - scale);
         other.downscale(other.scale - scale);
-        self.zero_count += other.zero_count;
+        self.zero_count = self.zero_count.saturating_add(other.zero_count);
         let change = self
             .positive
             .union_downscale_needed(&other.positive)
@@ -367,7 +373,7 @@ impl ExpBuckets {
         if i >= self.counts.len() {
             self.counts.resize(i + 1, 0);
         }
-        self.counts[i] += n;
+        self.counts[i] = self.counts[i].saturating_add(n);
     }
 
     fn downscaled(&self, change: i32) -> ExpBuckets {

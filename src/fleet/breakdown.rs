@@ -398,10 +398,16 @@ impl Breakdown {
             };
             out.push(self.admit(i, v.as_deref()));
         }
-        // The agent families' series are one per combination of agent
-        // values: those are capped like the tasks' (apart from them, so
-        // that they add no task series), past it every agent value `other`.
-        let key: Key = Self::agent_key(&out.clone().into()).into();
+        self.admit_agent_combination(&mut out);
+        out.into()
+    }
+
+    /// The agent families' series are one per combination of agent
+    /// values: those are capped like the tasks' (apart from them, so that
+    /// they add no task series), past it every agent value `other`. `out`:
+    /// an agent's values, one per dimension.
+    fn admit_agent_combination(&mut self, out: &mut [Arc<str>]) {
+        let key: Key = Self::agent_key(&out.to_vec().into()).into();
         if !self.agent_combinations.contains(&key) {
             // The last place is the overflow's.
             if self.agent_combinations.len() + 1 < self.cfg.max_slices.max(2) {
@@ -420,10 +426,9 @@ impl Breakdown {
                     }
                 }
                 self.agent_combinations
-                    .insert(Self::agent_key(&out.clone().into()).into());
+                    .insert(Self::agent_key(&out.to_vec().into()).into());
             }
         }
-        out.into()
     }
 
     /// The slice a task counts in: its agent's dimensions (`None`: no
@@ -664,6 +669,26 @@ impl Breakdown {
             {
                 return bad("more combinations or values than its own settings allow");
             }
+            // Taken as they were, so bounded here as live ones are: a
+            // name that is no label name, or a label of the families'
+            // own (a duplicate label breaks the whole scrape); a value
+            // longer than any admitted.
+            let name_ok = |d: &Dim| match d.source {
+                Source::Provider => d.name == "provider",
+                Source::Model => d.name == "model",
+                _ => {
+                    sanitize(&d.name) == d.name
+                        && !d.name.starts_with("__")
+                        && !self.reserved.contains(&d.name)
+                }
+            };
+            let long = |v: &Arc<str>| v.len() > super::bounded::MAX_NAME_LEN;
+            if !dims.iter().all(name_ok)
+                || dims.iter().any(|d| d.values.iter().any(long))
+                || keys.iter().any(|k| k.iter().any(long))
+            {
+                return bad("a label name or value no breakdown makes");
+            }
             let slices = keys
                 .iter()
                 .enumerate()
@@ -771,12 +796,12 @@ impl Breakdown {
             return Arc::from(Vec::new());
         }
         let mut v = self.project(remap, &values, false);
+        if remap.changed {
+            // Under the cap of these settings, which may be lower.
+            self.admit_agent_combination(&mut v);
+        }
         while v.last().is_some_and(|v| v.is_empty()) {
             v.pop();
-        }
-        if remap.changed {
-            let k: Key = Self::agent_key(&v.clone().into()).into();
-            self.agent_combinations.insert(k);
         }
         v.into()
     }
@@ -785,9 +810,10 @@ impl Breakdown {
     /// combination or agent holds: past `max_values` or
     /// `max_combinations`, values of agents long gone would otherwise make
     /// every later one `other` for good. A combination is in use while an
-    /// open or remembered task counts in it (`used`, by slice) or an
-    /// agent (held, or gone within the horizon its values are kept for)
-    /// has its agent values (`agents`). What a freed combination counted
+    /// open or remembered task counts in it (`used`, by slice) or, unless
+    /// it has a task label's value (held by tasks only), an agent (held,
+    /// or gone within the horizon its values are kept for) has its agent
+    /// values (`agents`). What a freed combination counted
     /// is folded into the `other` one, so the sum over the slices stays
     /// the workspace total. Returns where each old slice went, when any
     /// was freed.
@@ -827,8 +853,15 @@ impl Breakdown {
                 if i == 0 || *k == other_key || used.get(i).copied().unwrap_or(true) {
                     return false;
                 }
+                // A task label's value is held by tasks only: one-off
+                // values (a run id) go with their last remembered task,
+                // whether or not an agent of the rest stays.
+                let task_value = k
+                    .iter()
+                    .zip(&task_dim)
+                    .any(|(v, t)| *t && !v.is_empty() && **v != *super::bounded::OTHER);
                 let a = agent_part(k);
-                !(a.is_empty() || agents.contains(&a))
+                task_value || !(a.is_empty() || agents.contains(&a))
             })
             .collect();
         let freed = free.iter().filter(|f| **f).count();

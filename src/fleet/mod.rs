@@ -9,7 +9,7 @@ mod bounded;
 mod breakdown;
 mod saved;
 
-pub use bounded::BoundedNames;
+pub use bounded::{BoundedNames, OTHER};
 pub use breakdown::{
     breakdown_patterns, glob, sanitize, AgentDims, Breakdown, BreakdownConfig, Patterns,
 };
@@ -370,23 +370,24 @@ impl Fleet {
     /// totals hold that no slice does (counted under breakdowns that did
     /// not survive, before this version folded them) counts in the slice
     /// of no values, the series without breakdown labels.
-    fn settle_slices(&mut self) {
+    /// `Err` when the slices hold more than the totals: no fleet counts
+    /// so (each task counts in both), only an edited or corrupt
+    /// checkpoint, which cannot be served as it is (the sum over a
+    /// breakdown would not be the total) and is refused.
+    fn settle_slices(&mut self) -> Result<(), String> {
         let Some(b) = &mut self.breakdown else {
-            return;
+            return Ok(());
         };
         let sum = b.sum();
-        match self.counters.since(&sum) {
-            Some(mut missing) => {
-                // Refusals are the workspace's only, never a slice's.
-                missing.rejected.values_mut().for_each(|n| *n = 0);
-                if !missing.is_zero() {
-                    b.add_unattributed(&missing);
-                }
-            }
-            None => tracing::warn!(
-                "the breakdown slices hold more than the workspace totals; the totals are served as they are"
-            ),
+        let Some(mut missing) = self.counters.since(&sum) else {
+            return Err("breakdown: the slices hold more than the totals".into());
+        };
+        // Refusals are the workspace's only, never a slice's.
+        missing.rejected.values_mut().for_each(|n| *n = 0);
+        if !missing.is_zero() {
+            b.add_unattributed(&missing);
         }
+        Ok(())
     }
 
     /// Free the breakdown combinations and values nothing uses any more

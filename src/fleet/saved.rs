@@ -413,7 +413,7 @@ impl Fleet {
             .into_iter()
             .map(|(id, m, p)| (id.into_boxed_str(), (m.into(), p.into())))
             .collect();
-        self.settle_slices();
+        self.settle_slices()?;
         Ok((self, note))
     }
 }

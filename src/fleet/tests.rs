@@ -1730,4 +1730,248 @@ fn checkpointed_float_sums_read_back_exactly() {
             r.sum()
         );
     }
+/// A checkpoint whose breakdown is `slices` copies of one slice (keys by
+/// team), each slice's counters `per_slice` finished tasks and as many
+/// queue-time observations at zero (summing to `sum`), edited as an attacker (or a buggy
+/// build) could: each within the bounds of one counter.
+fn hostile_slices(
+    slices: usize,
+    per_slice: u64,
+    totals: u64,
+    sum: f64,
+) -> crate::fleet::SavedFleet {
+    let mut f = Fleet::new(ts(0)).with_breakdown(&by_config(false, true), &["workspace".into()]);
+    f.apply_agent_listing(&[labelled_agent("a1", "red", "openai", Some(1))]);
+    f.apply_task(&on("a1", task("t1", "completed", 5)));
+    let mut v = serde_json::to_value(f.save()).unwrap();
+    let edit = |c: &mut serde_json::Value, n: u64, sum: f64| {
+        c["finished"]["completed"] = serde_json::json!(n);
+        let q = &mut c["queue_seconds"];
+        let buckets = q["counts"].as_array().unwrap().len();
+        let mut counts = vec![0u64; buckets];
+        counts[0] = n;
+        q["counts"] = serde_json::json!(counts);
+        q["count"] = serde_json::json!(n);
+        q["sum"] = serde_json::json!(sum);
+        q["zero_count"] = serde_json::json!(n);
+        q["positive"] = serde_json::json!([0, []]);
+        q["negative"] = serde_json::json!([0, []]);
+        c["run_seconds"] = c["queue_seconds"].clone();
+        c["input_tokens"] = serde_json::json!(0);
+        c["output_tokens"] = serde_json::json!(0);
+    };
+    edit(&mut v["counters"], totals, sum);
+    let b = &mut v["breakdown"];
+    let template = b["counters"][1].clone();
+    let mut keys = vec![serde_json::json!([])];
+    let mut counters = vec![b["counters"][0].clone()];
+    edit(&mut counters[0], 0, 0.0);
+    for i in 0..slices {
+        keys.push(serde_json::json!([format!("team{i}")]));
+        let mut c = template.clone();
+        edit(&mut c, per_slice, sum);
+        counters.push(c);
+    }
+    b["keys"] = serde_json::json!(keys);
+    b["counters"] = serde_json::json!(counters);
+    v["ledger"] = serde_json::json!([]);
+    v["open"] = serde_json::json!([]);
+    serde_json::from_value(v).unwrap()
+}
+
+/// attack: slices that hold more than the workspace totals (an edited
+/// checkpoint) cannot be served as they are (the sum over a breakdown
+/// would not be the total): the checkpoint is refused, as every corrupt
+/// one is. And slices each within the bound of a counter but summing past
+/// u64 (2049 slices of 2^53 queue observations at zero) must not panic
+/// the fold (the exponential histogram's merge added unchecked).
+#[test]
+fn attack_slices_holding_more_than_the_totals_refuse_the_checkpoint_without_panic() {
+    let narrow =
+        || Fleet::new(ts(0)).with_breakdown(&by_config(true, false), &["workspace".into()]);
+    let same = || Fleet::new(ts(0)).with_breakdown(&by_config(false, true), &["workspace".into()]);
+    // Modest: 3 slices of 5 against totals of 7.
+    for (what, fresh) in [("folded", &narrow as &dyn Fn() -> Fleet), ("same", &same)] {
+        let r = fresh().restore(hostile_slices(3, 5, 7, 0.0));
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.contains("more than the totals")),
+            "{what}: slices of 15 over totals of 7: {:?}",
+            r.map(|_| ())
+        );
+    }
+    // Past u64 when summed.
+    let huge = 1u64 << 53;
+    let r = std::panic::catch_unwind(|| {
+        narrow()
+            .restore(hostile_slices(2049, huge, huge, 0.0))
+            .map(|_| ())
+    });
+    match r {
+        Ok(r) => assert!(r.is_err(), "slices summing past u64 were taken"),
+        Err(_) => panic!("slices summing past u64 panic the restore"),
+    }
+    // Counts that add up, but sums near the largest double: what is
+    // taken is served finite and saved as a checkpoint that restores.
+    let (g, _) = narrow()
+        .restore(hostile_slices(2, 1, 2, f64::MAX / 1.5))
+        .unwrap();
+    let again = narrow().restore(g.save());
+    assert!(again.is_ok(), "{:?}", again.map(|_| ()));
+}
+
+/// attack: lowering `--breakdown.max-combinations` (a reload, or a restart
+/// with storage) folds the saved slices into the cap; the agents' series
+/// (one per combination of agent values) must be capped as well, at once
+/// and after the next listing, not kept past the cap for as long as the
+/// agents live.
+#[test]
+fn attack_a_folded_checkpoint_keeps_the_agent_combinations_within_the_cap() {
+    let wide = BreakdownConfig {
+        max_slices: 100,
+        ..by_config(false, true)
+    };
+    let mut f = Fleet::new(ts(0)).with_breakdown(&wide, &["workspace".into()]);
+    let agents: Vec<Agent> = (0..20)
+        .map(|i| labelled_agent(&format!("a{i}"), &format!("team{i}"), "openai", Some(1)))
+        .collect();
+    f.apply_agent_listing(&agents);
+    let narrow = BreakdownConfig {
+        max_slices: 5,
+        ..by_config(false, true)
+    };
+    let (mut g, note) = Fleet::new(ts(0))
+        .with_breakdown(&narrow, &["workspace".into()])
+        .restore(f.save())
+        .unwrap();
+    assert!(note.unwrap().contains("settings changed"));
+    let groups = |g: &mut Fleet| {
+        g.snapshot("ws", ts(10), Health::default(), Default::default())
+            .agent_groups
+            .len()
+    };
+    assert!(
+        groups(&mut g) <= 5,
+        "restored: {} agent series",
+        groups(&mut g)
+    );
+    g.apply_agent_listing(&agents);
+    assert!(
+        groups(&mut g) <= 5,
+        "after a listing: {} agent series",
+        groups(&mut g)
+    );
+    // Every agent is still counted, in some series.
+    let s = g.snapshot("ws", ts(10), Health::default(), Default::default());
+    let n: u64 = s
+        .agent_groups
+        .iter()
+        .map(|a| a.statuses.values().sum::<u64>())
+        .sum();
+    assert_eq!(n, 20);
+}
+
+/// attack: one-off task label values (a run id, a ticket) must not fill
+/// `--breakdown.max-values` for good either: once no open or remembered
+/// task counts in their combinations, they are freed like agents'
+/// values, with their own tasks or on an agent that stays.
+#[test]
+fn attack_one_off_task_label_values_are_freed_too() {
+    let cfg = BreakdownConfig {
+        max_values: 3,
+        task_labels: Patterns {
+            allow: vec!["run".into()],
+            deny: vec![],
+        },
+        ..by_config(false, true)
+    };
+    let mut f = Fleet::new(ts(0)).with_breakdown(&cfg, &["workspace".into()]);
+    let agents = [labelled_agent("a1", "red", "openai", Some(1))];
+    f.apply_agent_listing(&agents);
+    let run = |agent: Option<&str>, id: &str, run: &str| {
+        let mut t = task(id, "completed", 5);
+        t.agent_id = agent.map(Into::into);
+        t.labels = vec![("run".into(), run.into())];
+        t
+    };
+    f.apply_task(&run(Some("a1"), "t1", "r1"));
+    f.apply_task(&run(None, "t2", "r2"));
+    f.apply_task(&run(Some("a1"), "t3", "r3"));
+    // The tasks leave the ledger (past the horizon); the agent stays.
+    f.ledger.clear();
+    f.apply_agent_listing(&agents);
+    f.apply_task(&run(Some("a1"), "t4", "r4"));
+    f.apply_task(&run(None, "t5", "r5"));
+    let s = f.snapshot("ws", ts(10), Health::default(), Default::default());
+    let runs: Vec<&str> = s.task_groups.iter().map(|g| g.by[1].as_str()).collect();
+    assert!(
+        runs.contains(&"r4") && runs.contains(&"r5"),
+        "new run ids after the old ones were forgotten: {runs:?}"
+    );
+    assert!(!runs.contains(&"r1"), "{runs:?}");
+    assert_eq!(f.counters().finished["completed"], 5);
+    assert_slices_add_up(&mut f);
+}
+
+/// attack: a checkpoint restored under the same settings takes its
+/// combinations and dimensions as they were, but label values and names
+/// come back bounded as the fleet makes them live: a value past 128 bytes
+/// (never admitted live) or a dimension named as no label can be (a
+/// space, `__name__`) or as the families' own labels (`status`: a
+/// duplicate label breaks the whole scrape) is refused, never served.
+#[test]
+fn attack_breakdown_labels_of_a_same_settings_checkpoint_are_bounded() {
+    let cfg = by_config(false, true);
+    let mut f = Fleet::new(ts(0)).with_breakdown(&cfg, &["workspace".into()]);
+    f.apply_agent_listing(&[labelled_agent("a1", "red", "openai", Some(1))]);
+    f.apply_task(&on("a1", task("t1", "completed", 5)));
+    let v = serde_json::to_value(f.save()).unwrap();
+    assert_eq!(v["breakdown"]["keys"][1][0], "red");
+    let long = "x".repeat(200);
+    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 5] = [
+        ("a long value", &|v| {
+            v["breakdown"]["keys"][1][0] = serde_json::json!(long);
+            v["breakdown"]["dims"][0]["values"] = serde_json::json!([long]);
+        }),
+        ("a long dimension value", &|v| {
+            v["breakdown"]["dims"][0]["values"] = serde_json::json!(["red", long]);
+        }),
+        ("a name with a space", &|v| {
+            v["breakdown"]["dims"][0]["name"] = serde_json::json!("te am");
+        }),
+        ("__name__", &|v| {
+            v["breakdown"]["dims"][0]["name"] = serde_json::json!("__name__");
+        }),
+        ("a family's label", &|v| {
+            v["breakdown"]["dims"][0]["name"] = serde_json::json!("status");
+        }),
+    ];
+    for (what, edit) in edits {
+        let mut v = v.clone();
+        edit(&mut v);
+        let saved: crate::fleet::SavedFleet = serde_json::from_value(v).unwrap();
+        let r = Fleet::new(ts(0))
+            .with_breakdown(&cfg, &["workspace".into()])
+            .restore(saved);
+        let Ok((mut g, _)) = r else {
+            continue; // refused: fine
+        };
+        let s = g.snapshot("ws", ts(10), Health::default(), Default::default());
+        assert!(
+            s.dims
+                .iter()
+                .all(|d| crate::fleet::sanitize(d) == *d && !d.starts_with("__") && d != "status"),
+            "{what}: served as label names {:?}",
+            s.dims
+        );
+        let values = s.task_groups.iter().flat_map(|g| &g.by);
+        assert!(
+            values.clone().all(|v| v.len() <= 128),
+            "{what}: served a label value of {} bytes",
+            values.map(|v| v.len()).max().unwrap_or(0)
+        );
+        let info = s.breakdown.unwrap();
+        assert!(info.values.iter().all(|(_, n)| *n <= cfg.max_values));
+    }
 }

@@ -230,9 +230,9 @@ pub struct Batcher {
     started_ns: u64,
     series: HashMap<(usize, String, Vec<String>), Series>,
     generation: u64,
-    /// Workspaces (and their counting origin) whose restored counters
-    /// have been taken as the series' last totals.
-    primed: HashSet<(String, u64)>,
+    /// Workspaces (their counting origin, and the slot's start) whose
+    /// restored counters have been taken as the series' last totals.
+    primed: HashSet<(String, u64, u64)>,
 }
 
 /// The OpenTelemetry attribute of a Prometheus label: the GenAI semantic
@@ -521,7 +521,7 @@ impl Batcher {
         // under the same origin (restored from the same checkpoint line):
         // else its deltas would start from zero and re-send the totals.
         let live: HashSet<&str> = self.series.keys().map(|(_, w, _)| w.as_str()).collect();
-        self.primed.retain(|(w, _)| live.contains(w.as_str()));
+        self.primed.retain(|(w, _, _)| live.contains(w.as_str()));
         let request = ExportMetricsServiceRequest {
             resource_metrics: vec![pb::ResourceMetrics {
                 resource: Some(self.resource.clone()),
@@ -548,13 +548,20 @@ impl Batcher {
     /// A workspace whose counters went on from a checkpoint: its restored
     /// totals are where each series stood (delivered before the restart),
     /// so that a delta counts this process's increase, not the totals
-    /// again. Once per workspace and counting origin.
+    /// again. Once per slot: a reload's new slot goes on from the stopped
+    /// one's counters, which its breakdown settings may fold into series
+    /// the workspace never showed (those start at their folded value;
+    /// those it showed go on from their last point).
     fn prime(&mut self, snap: &Snapshot) {
         let Some(base) = &snap.baseline else {
             return;
         };
         let origin_ns = (snap.counting_since * 1e9) as u64;
-        if !self.primed.insert((snap.workspace.clone(), origin_ns)) {
+        let slot_ns = (snap.slot_since * 1e9) as u64;
+        if !self
+            .primed
+            .insert((snap.workspace.clone(), origin_ns, slot_ns))
+        {
             return;
         }
         let mut samples = Vec::new();

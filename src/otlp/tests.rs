@@ -1357,4 +1357,56 @@ fn request_and_reply_limits_have_defaults_floors_and_flags() {
     assert_eq!(cli.run.otlp.max_request_size, Some(2 << 20));
     assert_eq!(cli.run.otlp.max_response_size, Some(8 << 10));
     assert_eq!(cli.run.otlp.max_retry_after, Some(Duration::from_secs(60)));
+/// attack: a reload that lowers the breakdown caps (or turns a
+/// label's values into `other`) folds slices into a series the workspace
+/// never showed. When the workspace was primed before (restored from a
+/// checkpoint at the start, or handed over by an earlier reload) and no
+/// batch fell between the stop and the new slot's first snapshot, the new
+/// slot's baseline was not primed (once per workspace and origin), so the
+/// new series counted from zero and a delta exporter re-sent what the
+/// folded slices had counted, delivered already under their own series.
+#[test]
+fn attack_deltas_after_a_reload_folding_into_a_new_series_do_not_resend() {
+    let at = |groups: &[(&[&str], u64)], slot: f64, base: Option<std::sync::Arc<Snapshot>>| {
+        let mut s = broken_down_snap(&["team"], groups);
+        s.counting_since = 500.0 / 1e9;
+        s.slot_since = slot;
+        s.baseline = base;
+        s
+    };
+    let total = |r: &ExportMetricsServiceRequest| -> f64 {
+        let Some(Data::Sum(sum)) = &metric(r, "clawmesh.tasks.finished").data else {
+            panic!("not a sum")
+        };
+        sum.data_points
+            .iter()
+            .filter(|p| attr(&p.attributes, "status") == "completed")
+            .map(|p| match p.value {
+                Some(number_data_point::Value::AsDouble(v)) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    let mut d = batcher(Temporality::Delta, HistogramMode::Explicit);
+    // A slot restored from a checkpoint of red 3, blue 2; 1 more in red.
+    let base = std::sync::Arc::new(at(&[(&["red"], 3), (&["blue"], 2)], 1e-6, None));
+    let b = d.build(
+        &Default::default(),
+        &[at(&[(&["red"], 4), (&["blue"], 2)], 1e-6, Some(base))],
+        2_000,
+    );
+    assert_eq!(total(&b.request), 1.0);
+    d.delivered(b.built_ns);
+    // Reload (no batch in between): blue is folded into other; 1 more in red.
+    let base = std::sync::Arc::new(at(&[(&["red"], 4), (&["other"], 2)], 2e-6, None));
+    let b = d.build(
+        &Default::default(),
+        &[at(&[(&["red"], 5), (&["other"], 2)], 2e-6, Some(base))],
+        3_000,
+    );
+    assert_eq!(
+        total(&b.request),
+        1.0,
+        "deltas after the reload: the fold into other was sent again"
+    );
 }

@@ -57,7 +57,13 @@ pub struct PollConfig {
 /// a reload that changes a workspace's settings (its breakdowns, an
 /// interval) must not reset its counters, with storage or without.
 #[derive(Debug, Default)]
-pub struct Handoffs(Mutex<std::collections::HashMap<String, Handoff>>);
+pub struct Handoffs {
+    left: Mutex<std::collections::HashMap<String, Handoff>>,
+    /// Slots whose key check has not settled: any may be the successor
+    /// (only the key check tells its workspace id), however long the API
+    /// stays down, so no handoff expires meanwhile.
+    checking: std::sync::atomic::AtomicUsize,
+}
 
 #[derive(Debug)]
 struct Handoff {
@@ -66,20 +72,54 @@ struct Handoff {
     watermark: Timestamp,
 }
 
+/// A slot's key check under way (see [`Handoffs::checking`]).
+pub struct KeyCheck(Arc<Handoffs>);
+
+impl Drop for KeyCheck {
+    fn drop(&mut self) {
+        self.0
+            .checking
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl Handoffs {
-    /// How long a left workspace waits for its successor: a reload starts
-    /// it at once; one that never comes (the workspace was removed) must
-    /// not hold a fleet's memory for good.
+    /// How long a left workspace waits for its successor once no key
+    /// check is under way: a reload starts it at once; one that never
+    /// comes (the workspace was removed, or its new key refused) must not
+    /// hold a fleet's memory for good.
     const KEEP: Duration = Duration::from_secs(600);
 
+    /// Held by a slot from its start until its key check settled.
+    pub fn checking(self: &Arc<Self>) -> KeyCheck {
+        self.checking
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        KeyCheck(self.clone())
+    }
+
+    fn expire(&self, m: &mut std::collections::HashMap<String, Handoff>, now: std::time::Instant) {
+        if self.checking.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            m.retain(|_, h| now.saturating_duration_since(h.left) < Self::KEEP);
+        }
+    }
+
     fn put(&self, workspace: &str, fleet: crate::fleet::SavedFleet, watermark: Timestamp) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.retain(|_, h| h.left.elapsed() < Self::KEEP);
-        let left = std::time::Instant::now();
+        self.put_at(workspace, fleet, watermark, std::time::Instant::now());
+    }
+
+    fn put_at(
+        &self,
+        workspace: &str,
+        fleet: crate::fleet::SavedFleet,
+        watermark: Timestamp,
+        now: std::time::Instant,
+    ) {
+        let mut m = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        self.expire(&mut m, now);
         m.insert(
             workspace.to_string(),
             Handoff {
-                left,
+                left: now,
                 fleet,
                 watermark,
             },
@@ -87,8 +127,20 @@ impl Handoffs {
     }
 
     fn take(&self, workspace: &str) -> Option<(crate::fleet::SavedFleet, Timestamp)> {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.retain(|_, h| h.left.elapsed() < Self::KEEP);
+        self.take_at(workspace, std::time::Instant::now())
+    }
+
+    fn take_at(
+        &self,
+        workspace: &str,
+        now: std::time::Instant,
+    ) -> Option<(crate::fleet::SavedFleet, Timestamp)> {
+        let mut m = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        // The caller's own key check holds every handoff: whatever its
+        // age, the one left is the newest state of its workspace here
+        // (every slot that polls it takes it first and leaves it at its
+        // stop, after its last checkpoint).
+        self.expire(&mut m, now);
         m.remove(workspace).map(|h| (h.fleet, h.watermark))
     }
 }
@@ -1025,6 +1077,102 @@ fn status_chunks(names: &[String], max: usize) -> impl Iterator<Item = Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_micros(1_800_000_000_000_000 + secs * 1_000_000)
+    }
+
+    fn agent(id: &str, labels: &str) -> crate::api::types::Agent {
+        let json = format!(
+            r#"{{"id":"{id}","status":"busy","created_at":"2026-11-23T10:15:02Z","updated_at":"2026-11-23T10:15:02Z","labels":{labels}}}"#
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    fn finished(id: &str, agent: &str) -> crate::api::types::Task {
+        let t = at(5).to_rfc3339();
+        let json = format!(
+            r#"{{"id":"{id}","agent_id":"{agent}","status":"completed","created_at":"{t}","updated_at":"{t}","started_at":"{t}","finished_at":"{t}"}}"#
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    /// With storage, the counters are served as the last checkpoint had
+    /// them. A dimension discovered since (an agent label key the
+    /// patterns choose) pads every slice with an empty value: the same
+    /// series, which must go on at its durable value, not fall to 0 until
+    /// the next write; and slices freed since (`Breakdown::expire`) must
+    /// be served where their counts went, so that the served slices still
+    /// sum to the served totals.
+    #[test]
+    fn durable_counters_are_served_through_a_new_dimension_and_freed_slices() {
+        let cfg = crate::fleet::BreakdownConfig {
+            agent_labels: crate::fleet::Patterns {
+                allow: vec!["team*".into()],
+                deny: vec![],
+            },
+            ..Default::default()
+        };
+        let mut f = Fleet::new(at(0)).with_breakdown(&cfg, &["workspace".into()]);
+        let red = agent("a1", r#"{"team":"red"}"#);
+        f.apply_agent_listing_at(
+            &[red, agent("a2", r#"{"team":"blue"}"#)],
+            at(1),
+            Duration::ZERO,
+        );
+        f.apply_task(&finished("t1", "a1"));
+        f.apply_task(&finished("t2", "a2"));
+        let snap = |f: &mut Fleet| f.snapshot("ws", at(10), Health::default(), Default::default());
+        let durable = snap(&mut f);
+        let served = |f: &mut Fleet| {
+            let mut s = snap(f);
+            checkpoint::serve_durable(&mut s, &durable);
+            let by_team: std::collections::BTreeMap<String, u64> = s
+                .task_groups
+                .iter()
+                .map(|g| (g.by.join(","), g.counters.finished["completed"]))
+                .collect();
+            let sum: u64 = by_team.values().sum();
+            assert_eq!(sum, s.counters.finished["completed"], "{by_team:?}");
+            by_team
+        };
+        // A new label key: a new dimension; a2 went.
+        let red_b = agent("a1", r#"{"team":"red","team_b":"x"}"#);
+        f.apply_agent_listing_at(std::slice::from_ref(&red_b), at(20), Duration::ZERO);
+        let by_team = served(&mut f);
+        assert_eq!(by_team.get("red,"), Some(&1), "{by_team:?}");
+        assert_eq!(by_team.get("blue,"), Some(&1), "{by_team:?}");
+        // The tasks are forgotten, a2's values too: their slices are freed.
+        f.raise_floor(at(6));
+        f.apply_agent_listing_at(&[red_b], at(20 + 3601), Duration::ZERO);
+        let by_team = served(&mut f);
+        assert_eq!(by_team.get("blue,"), None, "{by_team:?}");
+    }
+
+    /// A reload while the API is down (or slow to answer the key check for
+    /// longer than `Handoffs::KEEP`): the stopped slot's handoff must wait
+    /// for its successor's key check, else the successor, without
+    /// storage, starts every counter from zero when the API comes back;
+    /// with no key check left under way, it goes after `KEEP`.
+    #[test]
+    fn a_handoff_waits_past_its_keep_while_a_key_check_is_pending() {
+        let h = Arc::new(Handoffs::default());
+        let saved = || Fleet::new(Timestamp::from_micros(0)).save();
+        let wm = Timestamp::from_micros(7);
+        let t0 = std::time::Instant::now();
+        let late = t0 + Handoffs::KEEP + Duration::from_secs(1);
+        let checking = h.checking();
+        h.put_at("w1", saved(), wm, t0);
+        h.put_at("w2", saved(), wm, t0);
+        assert!(h.take_at("w3", late).is_none());
+        // The successor's own check just settled; another is still under way.
+        let other = h.checking();
+        drop(checking);
+        let taken = h.take_at("w1", late).map(|(_, w)| w.micros());
+        assert_eq!(taken, Some(7), "dropped while a key check was pending");
+        drop(other);
+        assert!(h.take_at("w2", late).is_none(), "kept past KEEP for nobody");
+    }
 
     #[test]
     fn reconciliation_statuses_split_into_short_groups() {

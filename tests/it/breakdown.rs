@@ -398,3 +398,62 @@ async fn breakdown_changes_by_reload_and_restart_keep_the_totals() {
         exporter.shutdown().await;
     }
 }
+
+/// A reload while the API is down (issue 18, item 8, crossed with an
+/// outage): the new slot retries its key check while the stopped slot's
+/// fleet waits for it; once the API answers, the workspace goes on from
+/// it under the new breakdown settings: without storage, the served
+/// totals since the start equal the truth (the tasks that finished in
+/// the outage counted once) and no series goes down. A handoff dropped
+/// while the key check was pending restarted every counter from zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_while_the_api_is_down_goes_on_from_the_stopped_slot() {
+    let sim = Sim::start(busy_fleet(36)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = breakdown_config(&sim, dir.path(), "", false);
+    let exporter = start_from_file(file).await;
+    let_the_start_pass(&sim, &exporter).await;
+    let start = summed(&converge(&sim, &exporter).await);
+    let truth_start = counters_of_truth(&sim.truth());
+    run_fleet_for(&sim, 30).await;
+    let before = finished_series(&converge(&sim, &exporter).await);
+    sim.faults(Faults {
+        outage: true,
+        ..Faults::default()
+    });
+    breakdown_config(
+        &sim,
+        dir.path(),
+        "    breakdown:\n      provider: true\n",
+        false,
+    );
+    exporter
+        .reload()
+        .await
+        .unwrap_or_else(|e| panic!("reload refused: {e}"));
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "the new slot's key check to meet the outage",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            value(
+                &m,
+                "clawmesh_api_requests_total",
+                &[("endpoint", "/auth/token"), ("code", "503")],
+            )
+            .is_some_and(|n| n >= 2.0)
+        },
+    )
+    .await;
+    // Tasks finish while nobody can poll.
+    run_fleet_for(&sim, 20).await;
+    sim.faults(Faults::default());
+    let m = converge(&sim, &exporter).await;
+    assert_none_went_down(&before, &finished_series(&m), "after the outage");
+    assert_eq!(
+        delta(&summed(&m), &start),
+        delta(&counters_of_truth(&sim.truth()), &truth_start),
+        "served totals since the start (left), truth (right)"
+    );
+    exporter.shutdown().await;
+}
