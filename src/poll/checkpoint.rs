@@ -145,6 +145,29 @@ pub(super) fn serve_durable(snap: &mut Snapshot, durable: &Snapshot) {
     }
 }
 
+/// Whether serving `durable`'s counters ([`serve_durable`]) serves every
+/// count `live` has: the fleet holds nothing the last checkpoint written
+/// lacks.
+pub(super) fn serves_all(live: &Snapshot, durable: &Snapshot) -> bool {
+    let same = |a: &Counters, b: &Counters| {
+        a.finished == b.finished
+            && a.failures == b.failures
+            && a.input_tokens == b.input_tokens
+            && a.output_tokens == b.output_tokens
+            && a.queue_seconds == b.queue_seconds
+            && a.run_seconds == b.run_seconds
+            && a.rejected == b.rejected
+    };
+    let mut served = live.clone();
+    serve_durable(&mut served, durable);
+    same(&served.counters, &live.counters)
+        && served
+            .task_groups
+            .iter()
+            .zip(&live.task_groups)
+            .all(|(s, l)| same(&s.counters, &l.counters))
+}
+
 /// The checkpoint loop of a workspace: a checkpoint every
 /// `--storage.interval` (the fleet as the last sync or webhook batch left
 /// it), and one at the stop, but after a kill (the test seam).

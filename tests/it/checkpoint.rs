@@ -1105,3 +1105,123 @@ async fn a_reload_that_restarts_a_slot_goes_on_from_its_checkpoint_without_stand
     exporter.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The exporter with a configuration file of `sims`, storage in `storage`,
+/// a checkpoint every second (in-process: it can be reloaded).
+fn reloadable(file: &Path, storage: &Path, extra: &[&str]) -> clawmesh_exporter::config::Config {
+    use clap::Parser;
+    let mut argv = vec!["clawmesh-exporter"];
+    argv.extend_from_slice(extra);
+    let args = clawmesh_exporter::config::RunArgs {
+        config_file: Some(file.to_path_buf()),
+        listen_address: "127.0.0.1:0".into(),
+        storage_path: Some(storage.to_path_buf()),
+        storage_interval: Some(Duration::from_secs(1)),
+        ..clawmesh_exporter::config::Cli::try_parse_from(argv)
+            .unwrap()
+            .run
+    };
+    args.validate(&std::collections::HashMap::<String, String>::new())
+        .unwrap()
+}
+
+/// Attack on the reload handoff with storage: a reload while the writes
+/// fail (a full volume) hands the stopped slot's fleet, ahead of the last
+/// checkpoint written, to its successor. Served as if durable, a crash
+/// before the next write that succeeds takes those counts back: the start
+/// resumes from the checkpoint on disk and the counters fall (increase()
+/// counts a reset). The successor must serve no more than the checkpoint
+/// on disk holds, as its predecessor did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_while_writes_fail_serves_nothing_a_crash_then_takes_back() {
+    let Some(mount) = Mount::tmpfs("reload-full", "8m") else {
+        return;
+    };
+    let (a, _) = ids_of_two_shards();
+    let sa = workspace_sim(&a, 44).await;
+    let dir = temp_dir("reload-full");
+    let file = config_file(&dir, &[&sa]);
+    let cfg = reloadable(&file, &mount.dir, &[]);
+    let exporter = start_exporter(&cfg).await;
+    wait_for(
+        Duration::from_secs(60),
+        "a checkpoint with counts",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            finished_sum(&m) > 0.0
+                && value(
+                    &m,
+                    "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+                    &[("workspace", a.as_str())],
+                )
+                .is_some()
+        },
+    )
+    .await;
+    let filler = mount.dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    wait_for(Duration::from_secs(30), "writes failing", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_write_failures_total",
+            &[("reason", "io")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    // Counts the checkpoint on disk has not: the last one written is older.
+    let on_disk = finished_sum(&parse(&scrape(exporter.addr).await));
+    run_fleet_for(&sa, 40).await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}    labels: {{team: two}}\n")).unwrap();
+    let said = exporter.reload().await.unwrap();
+    assert!(said.contains("1 started"), "{said}");
+    wait_for(Duration::from_secs(60), "the restarted slot", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(&m, "clawmesh_tasks_finished_total", &[("team", "two")]).is_some()
+    })
+    .await;
+    let mut served = 0.0f64;
+    for _ in 0..20 {
+        served = served.max(finished_sum(&parse(&scrape(exporter.addr).await)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A crash now (no write has succeeded since the volume filled).
+    exporter.stop_as_if_killed().await;
+    sa.sim.pause();
+    std::fs::remove_file(&filler).unwrap();
+    let exporter = start_exporter(&cfg).await;
+    let mut lowest = f64::INFINITY;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = parse(&scrape(exporter.addr).await);
+        if value(&m, "clawmesh_up", &[("workspace", a.as_str())]) == Some(1.0) {
+            lowest = lowest.min(finished_sum(&m));
+            break;
+        }
+        if value(
+            &m,
+            "clawmesh_tasks_finished_total",
+            &[("workspace", a.as_str())],
+        )
+        .is_some()
+        {
+            lowest = lowest.min(finished_sum(&m));
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not up within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        lowest >= served,
+        "after the reload /metrics served {served} finished tasks (the checkpoint on disk {on_disk}); after a crash and a restart it served {lowest}"
+    );
+    exporter.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
