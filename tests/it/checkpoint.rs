@@ -400,6 +400,13 @@ impl Mount {
         None
     }
 
+    fn thaw(&self) {
+        assert!(
+            run("fsfreeze", &["-u", self.dir.to_str().unwrap()]),
+            "fsfreeze -u"
+        );
+    }
+
     fn freeze(&self) {
         assert!(
             run("fsfreeze", &["-f", self.dir.to_str().unwrap()]),
@@ -1223,5 +1230,140 @@ async fn a_reload_while_writes_fail_serves_nothing_a_crash_then_takes_back() {
         "after the reload /metrics served {served} finished tasks (the checkpoint on disk {on_disk}); after a crash and a restart it served {lowest}"
     );
     exporter.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Attack: a lock file made on a frozen volume (a reload adding a
+/// workspace, a standby slot's retry, a start's sweep) slept in the kernel
+/// in the exporter's own thread until the thaw: a reload hung, and a thread
+/// asleep in the file system keeps the exporter from exiting. It is given
+/// up within --storage.write-timeout now; a lock file that exists still
+/// opens and locks on the frozen volume (no write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_file_made_on_a_frozen_volume_is_given_up_within_the_write_timeout() {
+    let Some(mount) = Mount::ext4("frozen-lock") else {
+        return;
+    };
+    let mut cfg = StorageConfig::new(mount.dir.clone());
+    cfg.write_timeout = Duration::from_secs(1);
+    let storage = clawmesh_exporter::storage::Storage::open(cfg, (0, 1));
+    drop(storage.lock("ws_old").unwrap().expect("free"));
+    mount.freeze();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = storage.clone();
+    std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let new = s.lock("ws_new").map(|l| l.is_some());
+        let old = s.lock("ws_old").map(|l| l.is_some());
+        let _ = tx.send((new, old, t.elapsed()));
+    });
+    let (new, old, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("taking a new workspace's lock on a frozen volume still sleeps after 10 s (write timeout 1 s)");
+    drop(mount);
+    let e = new.expect_err("no lock file can be made on a frozen volume");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    assert!(e.to_string().contains("--storage.write-timeout"), "{e}");
+    assert!(old.unwrap(), "an existing lock file locks without a write");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// This process's children in uninterruptible sleep (`D`): checkpoint
+/// writers hanging in a frozen file system.
+fn hanging_children() -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let (state, ppid) = proc_state(pid)?;
+            (ppid == me && state == 'D').then_some(pid)
+        })
+        .collect()
+}
+
+/// (state, parent) of a process, from /proc/<pid>/stat.
+fn proc_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((state, f.next()?.parse().ok()?))
+}
+
+/// Attack: a reload while a checkpoint write hangs (a frozen volume) drops
+/// the slot's writer unfinished; once the volume thaws the writer ends and
+/// must be reaped (it stayed a zombie for the life of the exporter, one per
+/// workspace and reload). Meanwhile the new slot stands by behind the lock
+/// the hanging writer holds, and takes over after the thaw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_left_hanging_by_a_reload_is_reaped_once_the_volume_thaws() {
+    let Some(mount) = Mount::ext4("frozen-reload") else {
+        return;
+    };
+    let (a, _) = ids_of_two_shards();
+    let sa = workspace_sim(&a, 45).await;
+    let dir = temp_dir("frozen-reload");
+    let file = config_file(&dir, &[&sa]);
+    let cfg = reloadable(&file, &mount.dir, &["--storage.write-timeout", "1s"]);
+    let exporter = start_exporter(&cfg).await;
+    wait_for(Duration::from_secs(60), "a first checkpoint", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+            &[("workspace", a.as_str())],
+        )
+        .is_some()
+    })
+    .await;
+    mount.freeze();
+    wait_for(Duration::from_secs(30), "a write timed out", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_write_failures_total",
+            &[("reason", "timeout")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let hung = hanging_children();
+    assert!(!hung.is_empty(), "no writer hangs in the frozen volume");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}    labels: {{team: two}}\n")).unwrap();
+    let said = exporter.reload().await.unwrap();
+    assert!(said.contains("1 started"), "{said}");
+    wait_for(
+        Duration::from_secs(30),
+        "the new slot standing by behind the hanging writer's lock",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            value(&m, "clawmesh_exporter_workspaces", &[("state", "standby")]) == Some(1.0)
+        },
+    )
+    .await;
+    mount.thaw();
+    wait_for(
+        Duration::from_secs(30),
+        "the hanging writers reaped after the thaw",
+        || async {
+            hung.iter()
+                .all(|p| proc_state(*p).is_none_or(|(_, ppid)| ppid != std::process::id()))
+        },
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(60),
+        "the new slot took over",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            value(&m, "clawmesh_exporter_workspaces", &[("state", "standby")]) == Some(0.0)
+                && value(&m, "clawmesh_up", &[("team", "two")]) == Some(1.0)
+        },
+    )
+    .await;
+    exporter.shutdown().await;
+    drop(mount);
     let _ = std::fs::remove_dir_all(&dir);
 }
