@@ -526,6 +526,9 @@ pub struct Writer {
     /// `finished` has reaped it: the pid is no longer ours.
     #[cfg(unix)]
     reaped: bool,
+    /// Its temporary file: left behind when it is killed mid-write.
+    #[cfg(unix)]
+    tmp: PathBuf,
     #[cfg(not(unix))]
     done: std::sync::mpsc::Receiver<std::io::Result<()>>,
 }
@@ -535,8 +538,21 @@ static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 impl Writer {
     /// Start replacing `path` with `bytes` (atomically and durably, as
     /// [`write_atomic`]), keeping `lock` held in the writer.
-    #[cfg(unix)]
     pub fn start(path: &Path, bytes: &[u8], lock: Option<&Lock>) -> std::io::Result<Writer> {
+        Self::start_after(path, bytes, lock, None)
+    }
+
+    /// [`Writer::start`], the writer first removing `stale`: the temporary
+    /// file of an earlier writer killed mid-write (see [`Writer::temporary`]).
+    /// Removed by the child, never by a thread of the exporter (a frozen
+    /// volume would hold it).
+    #[cfg(unix)]
+    pub fn start_after(
+        path: &Path,
+        bytes: &[u8],
+        lock: Option<&Lock>,
+        stale: Option<&Path>,
+    ) -> std::io::Result<Writer> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -551,14 +567,31 @@ impl Writer {
         ));
         let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
         let (c_tmp, c_path, c_dir) = (c(&tmp)?, c(path)?, c(dir)?);
+        let c_stale = stale.map(c).transpose()?;
         let keep = lock.map_or(-1, Lock::fd);
         // SAFETY: the child runs `write_child` only: system calls on the
         // prepared strings and bytes, then `_exit` (see the type's doc).
         match unsafe { libc::fork() } {
             -1 => Err(std::io::Error::last_os_error()),
-            0 => unsafe { write_child(&c_tmp, &c_path, &c_dir, bytes, keep) },
-            pid => Ok(Writer { pid, reaped: false }),
+            0 => unsafe { write_child(&c_tmp, &c_path, &c_dir, bytes, keep, c_stale.as_deref()) },
+            pid => Ok(Writer {
+                pid,
+                reaped: false,
+                tmp,
+            }),
         }
+    }
+
+    /// The temporary file it writes: once it has ended, one that is left
+    /// (it was killed mid-write) is for the next writer to remove.
+    #[cfg(unix)]
+    pub fn temporary(&self) -> &Path {
+        &self.tmp
+    }
+
+    #[cfg(not(unix))]
+    pub fn temporary(&self) -> &Path {
+        Path::new("")
     }
 
     /// `None` while it runs; else how it ended.
@@ -625,7 +658,12 @@ impl Drop for Writer {
 
 impl Writer {
     #[cfg(not(unix))]
-    pub fn start(path: &Path, bytes: &[u8], _: Option<&Lock>) -> std::io::Result<Writer> {
+    pub fn start_after(
+        path: &Path,
+        bytes: &[u8],
+        _: Option<&Lock>,
+        _: Option<&Path>,
+    ) -> std::io::Result<Writer> {
         let (tx, done) = std::sync::mpsc::sync_channel(1);
         let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
         std::thread::spawn(move || {
@@ -690,7 +728,11 @@ impl Writer {
         let mut child = match unsafe { libc::fork() } {
             -1 => return Err(std::io::Error::last_os_error()),
             0 => unsafe { create_child(&c_path) },
-            pid => Writer { pid, reaped: false },
+            pid => Writer {
+                pid,
+                reaped: false,
+                tmp: PathBuf::new(),
+            },
         };
         let deadline = std::time::Instant::now() + within;
         loop {
@@ -731,6 +773,7 @@ unsafe fn write_child(
     dir: &std::ffi::CStr,
     bytes: &[u8],
     keep: libc::c_int,
+    stale: Option<&std::ffi::CStr>,
 ) -> ! {
     let fail = |unlink: bool| -> ! {
         let errno = *libc::__errno_location();
@@ -748,6 +791,9 @@ unsafe fn write_child(
         close_range(0, (keep - 1) as libc::c_uint);
     }
     close_range(keep.max(-1) + 1, libc::c_uint::MAX);
+    if let Some(stale) = stale {
+        libc::unlink(stale.as_ptr());
+    }
     let fd = libc::open(
         tmp.as_ptr(),
         libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,

@@ -212,6 +212,9 @@ pub(super) struct Saver {
     /// A write given up at its deadline whose process has not ended: no
     /// other is started until it has (at most one in flight).
     abandoned: Option<storage::Writer>,
+    /// The temporary file an abandoned write left (killed mid-write): the
+    /// next writer removes it.
+    stale: Option<std::path::PathBuf>,
 }
 
 impl Saver {
@@ -221,6 +224,7 @@ impl Saver {
             shard,
             lock,
             abandoned: None,
+            stale: None,
         }
     }
 
@@ -232,7 +236,9 @@ impl Saver {
         let written = match self.abandoned.as_mut().map(|w| w.finished()) {
             Some(None) => Err(storage::WriteError::Stuck),
             _ => {
-                self.abandoned = None;
+                if let Some(w) = self.abandoned.take() {
+                    self.stale = Some(w.temporary().to_path_buf());
+                }
                 self.write_now(ws).await
             }
         };
@@ -306,8 +312,10 @@ impl Saver {
                 )))
             })?;
         let path = self.cfg.path_of(&ws.id, self.shard);
-        let mut writer = storage::Writer::start(&path, &bytes, self.lock.as_ref())
-            .map_err(storage::WriteError::Io)?;
+        let mut writer =
+            storage::Writer::start_after(&path, &bytes, self.lock.as_ref(), self.stale.as_deref())
+                .map_err(storage::WriteError::Io)?;
+        self.stale = None;
         let deadline = Instant::now() + self.cfg.write_timeout;
         loop {
             if let Some(done) = writer.finished() {

@@ -1367,3 +1367,81 @@ async fn a_writer_left_hanging_by_a_reload_is_reaped_once_the_volume_thaws() {
     drop(mount);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The temporary files in `dir`.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Attack: a write that hung in a frozen volume is killed at its deadline
+/// and ends at the thaw, leaving its temporary file (a partial checkpoint)
+/// behind; one more every hang, each up to a checkpoint's size, until the
+/// next start's sweep. The next write removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_killed_in_a_frozen_volume_leaves_no_temporary_file_behind() {
+    let Some(mount) = Mount::ext4("frozen-tmp") else {
+        return;
+    };
+    let sim = Sim::start(busy_fleet(46)).await;
+    let cfg = exporter_config(
+        &sim,
+        &[
+            "--storage.path",
+            mount.dir.to_str().unwrap(),
+            "--storage.interval",
+            "1s",
+            "--storage.write-timeout",
+            "1s",
+        ],
+    );
+    let exporter = start_exporter(&cfg).await;
+    let written = || async {
+        value(
+            &parse(&scrape(exporter.addr).await),
+            "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+            &[],
+        )
+    };
+    wait_for(Duration::from_secs(60), "a first checkpoint", || async {
+        written().await.is_some()
+    })
+    .await;
+    mount.freeze();
+    wait_for(Duration::from_secs(30), "a write timed out", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_write_failures_total",
+            &[("reason", "timeout")],
+        )
+        .is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    mount.thaw();
+    let thawed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    wait_for(
+        Duration::from_secs(30),
+        "a write after the thaw",
+        || async { written().await.is_some_and(|t| t > thawed + 1.0) },
+    )
+    .await;
+    // Writes go on every second: a temporary file may be one in flight.
+    wait_for(
+        Duration::from_secs(10),
+        "no temporary file left (one may be in flight)",
+        || async { temporaries(&mount.dir).is_empty() },
+    )
+    .await;
+    exporter.shutdown().await;
+    drop(mount);
+}
