@@ -430,21 +430,31 @@ impl Lock {
     /// child process ([`Writer::create`]), so no thread of the exporter
     /// sleeps there (a reload adding a workspace, a standby slot retrying,
     /// would keep the exporter from exiting); a lock file that exists
-    /// opens without writing. Past the deadline: `TimedOut`.
+    /// opens in the calling thread. Past the deadline: `TimedOut`.
     pub fn try_take_within(path: &Path, create_within: Duration) -> std::io::Result<Option<Lock>> {
         // A lock file removed (by a sweep holding it) between our open and
         // our lock would be a lock on nothing: lock, then check that the
         // path still names what was locked, else again.
         for _ in 0..8 {
-            // Read-only: enough for flock, and no write to the volume.
-            let open = || std::fs::File::open(path);
-            let file = match open() {
+            // Read-only first: an open for writing of a name not in the
+            // kernel's cache asks for write access to the volume, and
+            // sleeps on a frozen one even when the file is missing.
+            let file = match std::fs::File::open(path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     Writer::create(path, create_within)?;
-                    open()?
+                    std::fs::File::open(path)?
                 }
                 r => r?,
             };
+            // Then for writing where it can be (NFS emulates an exclusive
+            // flock with a byte-range lock, which needs it): the name was
+            // just looked up, so this writes nothing, frozen or not. On a
+            // read-only mount the read-only file locks.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap_or(file);
             if !flock_nb(&file)? {
                 return Ok(None);
             }
