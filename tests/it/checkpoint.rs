@@ -1448,3 +1448,79 @@ async fn a_write_killed_in_a_frozen_volume_leaves_no_temporary_file_behind() {
     exporter.shutdown().await;
     drop(mount);
 }
+
+/// Attack, end to end: a reload adding a workspace while the volume is
+/// frozen (fsfreeze on a loop-mounted ext4) made its lock file in the
+/// exporter's own thread, asleep in the file system until the thaw, and a
+/// SIGTERM then did not end the process (still running after 15 s; it
+/// exited at the thaw). It exits within 10 s now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_10s_after_a_reload_added_a_workspace_on_a_frozen_volume() {
+    // Before the mount, so dropped after it: the volume thaws first.
+    let mut procs = Procs(Vec::new());
+    let Some(mount) = Mount::ext4("frozen-add") else {
+        return;
+    };
+    let (a, b) = ids_of_two_shards();
+    let (sa, sb) = (workspace_sim(&a, 50).await, workspace_sim(&b, 51).await);
+    let dir = temp_dir("frozen-add");
+    let file = config_file(&dir, &[&sa]);
+    let port = free_port();
+    let log = dir.join("log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        .env_clear()
+        .args([
+            "--config.file",
+            file.to_str().unwrap(),
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+            "--storage.path",
+            mount.dir.to_str().unwrap(),
+            "--storage.interval",
+            "1s",
+            "--storage.write-timeout",
+            "1s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    procs.0.push(child);
+    wait_for(Duration::from_secs(60), "a first checkpoint", || async {
+        checkpoint_written(port, &a).await.is_some()
+    })
+    .await;
+    mount.freeze();
+    config_file(&dir, &[&sa, &sb]);
+    assert!(run("kill", &["-HUP", &procs.0[0].id().to_string()]));
+    wait_for(
+        Duration::from_secs(30),
+        "the added workspace's lock given up (--storage.write-timeout)",
+        || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("cannot lock the checkpoint")
+        },
+    )
+    .await;
+    let t = std::time::Instant::now();
+    sigterm(&procs.0[0]);
+    let exited = loop {
+        if let Some(s) = procs.0[0].try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = t.elapsed();
+    drop(mount);
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        exited.is_some(),
+        "SIGTERM after a reload on a frozen volume: still running after {took:?}\n{logged}"
+    );
+    procs.0.clear();
+    let _ = std::fs::remove_dir_all(&dir);
+}
