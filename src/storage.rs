@@ -192,7 +192,10 @@ impl Storage {
     /// Take the ownership of `workspace`'s checkpoint under this
     /// assignment: `None` while another process (or slot) holds it.
     pub fn lock(&self, workspace: &str) -> std::io::Result<Option<Lock>> {
-        Lock::try_take(&self.cfg.lock_path_of(workspace, self.shard))
+        Lock::try_take_within(
+            &self.cfg.lock_path_of(workspace, self.shard),
+            self.cfg.write_timeout,
+        )
     }
 }
 
@@ -362,7 +365,8 @@ pub fn sweep(cfg: &StorageConfig, shard: (u32, u32)) -> std::collections::BTreeS
             if assignment(owner).is_none() {
                 continue;
             }
-            if let Ok(Some(_lock)) = Lock::try_take(&cfg.dir.join(format!("{owner}.lock"))) {
+            let lock_path = cfg.dir.join(format!("{owner}.lock"));
+            if let Ok(Some(_lock)) = Lock::try_take_within(&lock_path, cfg.write_timeout) {
                 let _ = std::fs::remove_file(&path);
             }
             continue;
@@ -377,7 +381,7 @@ pub fn sweep(cfg: &StorageConfig, shard: (u32, u32)) -> std::collections::BTreeS
             continue;
         }
         let lock_path = cfg.dir.join(format!("{owner}.lock"));
-        match Lock::try_take(&lock_path) {
+        match Lock::try_take_within(&lock_path, cfg.write_timeout) {
             Ok(Some(lock)) => match std::fs::remove_file(&path) {
                 Ok(()) => {
                     tracing::warn!(file = %name, now = %format!("shard {} of {}", shard.0, shard.1), "removed a checkpoint written under another shard assignment: its workspace starts fresh (another replica may have counted it since)");
@@ -417,16 +421,40 @@ impl Lock {
     /// Take the lock at `path` (made if missing), or `None` when another
     /// open file holds it (another process, or another slot of this one).
     pub fn try_take(path: &Path) -> std::io::Result<Option<Lock>> {
+        Self::try_take_within(path, StorageConfig::DEFAULT_WRITE_TIMEOUT)
+    }
+
+    /// [`Lock::try_take`], a missing lock file made within `create_within`
+    /// (`--storage.write-timeout`): creating a file is a write, and on a
+    /// frozen volume it sleeps in the kernel until the thaw. Made in a
+    /// child process ([`Writer::create`]), so no thread of the exporter
+    /// sleeps there (a reload adding a workspace, a standby slot retrying,
+    /// would keep the exporter from exiting); a lock file that exists
+    /// opens in the calling thread. Past the deadline: `TimedOut`.
+    pub fn try_take_within(path: &Path, create_within: Duration) -> std::io::Result<Option<Lock>> {
         // A lock file removed (by a sweep holding it) between our open and
         // our lock would be a lock on nothing: lock, then check that the
         // path still names what was locked, else again.
         for _ in 0..8 {
+            // Read-only first: an open for writing of a name not in the
+            // kernel's cache asks for write access to the volume, and
+            // sleeps on a frozen one even when the file is missing.
+            let file = match std::fs::File::open(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Writer::create(path, create_within)?;
+                    std::fs::File::open(path)?
+                }
+                r => r?,
+            };
+            // Then for writing where it can be (NFS emulates an exclusive
+            // flock with a byte-range lock, which needs it): the name was
+            // just looked up, so this writes nothing, frozen or not. On a
+            // read-only mount the read-only file locks.
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)?;
+                .open(path)
+                .unwrap_or(file);
             if !flock_nb(&file)? {
                 return Ok(None);
             }
@@ -505,6 +533,12 @@ fn same_file(_: &std::fs::File, _: &Path) -> bool {
 pub struct Writer {
     #[cfg(unix)]
     pid: libc::pid_t,
+    /// `finished` has reaped it: the pid is no longer ours.
+    #[cfg(unix)]
+    reaped: bool,
+    /// Its temporary file: left behind when it is killed mid-write.
+    #[cfg(unix)]
+    tmp: PathBuf,
     #[cfg(not(unix))]
     done: std::sync::mpsc::Receiver<std::io::Result<()>>,
 }
@@ -514,8 +548,21 @@ static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 impl Writer {
     /// Start replacing `path` with `bytes` (atomically and durably, as
     /// [`write_atomic`]), keeping `lock` held in the writer.
-    #[cfg(unix)]
     pub fn start(path: &Path, bytes: &[u8], lock: Option<&Lock>) -> std::io::Result<Writer> {
+        Self::start_after(path, bytes, lock, None)
+    }
+
+    /// [`Writer::start`], the writer first removing `stale`: the temporary
+    /// file of an earlier writer killed mid-write (see [`Writer::temporary`]).
+    /// Removed by the child, never by a thread of the exporter (a frozen
+    /// volume would hold it).
+    #[cfg(unix)]
+    pub fn start_after(
+        path: &Path,
+        bytes: &[u8],
+        lock: Option<&Lock>,
+        stale: Option<&Path>,
+    ) -> std::io::Result<Writer> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -530,14 +577,31 @@ impl Writer {
         ));
         let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
         let (c_tmp, c_path, c_dir) = (c(&tmp)?, c(path)?, c(dir)?);
+        let c_stale = stale.map(c).transpose()?;
         let keep = lock.map_or(-1, Lock::fd);
         // SAFETY: the child runs `write_child` only: system calls on the
         // prepared strings and bytes, then `_exit` (see the type's doc).
         match unsafe { libc::fork() } {
             -1 => Err(std::io::Error::last_os_error()),
-            0 => unsafe { write_child(&c_tmp, &c_path, &c_dir, bytes, keep) },
-            pid => Ok(Writer { pid }),
+            0 => unsafe { write_child(&c_tmp, &c_path, &c_dir, bytes, keep, c_stale.as_deref()) },
+            pid => Ok(Writer {
+                pid,
+                reaped: false,
+                tmp,
+            }),
         }
+    }
+
+    /// The temporary file it writes: once it has ended, one that is left
+    /// (it was killed mid-write) is for the next writer to remove.
+    #[cfg(unix)]
+    pub fn temporary(&self) -> &Path {
+        &self.tmp
+    }
+
+    #[cfg(not(unix))]
+    pub fn temporary(&self) -> &Path {
+        Path::new("")
     }
 
     /// `None` while it runs; else how it ended.
@@ -545,7 +609,14 @@ impl Writer {
     pub fn finished(&mut self) -> Option<std::io::Result<()>> {
         let mut status = 0;
         // SAFETY: waits on our own child, without blocking.
-        match unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } {
+        if self.reaped {
+            return Some(Err(std::io::Error::other("the writer was reaped already")));
+        }
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        if r != 0 {
+            self.reaped = true;
+        }
+        match r {
             0 => None,
             -1 => Some(Err(std::io::Error::last_os_error())),
             _ if libc::WIFEXITED(status) => match libc::WEXITSTATUS(status) {
@@ -564,9 +635,45 @@ impl Writer {
         // before `finished` reaps it).
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
     }
+}
 
+/// A writer let go unfinished (its slot stopped while the write hung): a
+/// thread of its own waits for it, else it stays a zombie for the life of
+/// the exporter, one per reload of a workspace while its volume hangs.
+/// The thread waits in `waitpid`, never in the file system, so it cannot
+/// keep the exporter from exiting.
+#[cfg(unix)]
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        let pid = self.pid;
+        let reap = move || loop {
+            let mut status = 0;
+            // SAFETY: waits on our own child, which nothing else reaps.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return;
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("checkpoint-reaper".into())
+            .spawn(reap)
+        {
+            tracing::warn!(pid, error = %e, "cannot start a thread to wait for an unfinished checkpoint writer: it stays a zombie once it ends");
+        }
+    }
+}
+
+impl Writer {
     #[cfg(not(unix))]
-    pub fn start(path: &Path, bytes: &[u8], _: Option<&Lock>) -> std::io::Result<Writer> {
+    pub fn start_after(
+        path: &Path,
+        bytes: &[u8],
+        _: Option<&Lock>,
+        _: Option<&Path>,
+    ) -> std::io::Result<Writer> {
         let (tx, done) = std::sync::mpsc::sync_channel(1);
         let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
         std::thread::spawn(move || {
@@ -584,6 +691,90 @@ impl Writer {
     pub fn abandon(&self) {}
 }
 
+/// Close every descriptor from `lo` to `hi` (in a forked child).
+#[cfg(unix)]
+unsafe fn close_range(lo: libc::c_int, hi: libc::c_uint) {
+    if libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi, 0) != 0 {
+        let mut fd = lo;
+        while (fd as libc::c_uint) <= hi.min(65_535) {
+            libc::close(fd);
+            fd += 1;
+        }
+    }
+}
+
+/// The child of [`Writer::create`]: the file made if missing (never
+/// truncated or replaced: it may be a lock someone holds).
+#[cfg(unix)]
+unsafe fn create_child(path: &std::ffi::CStr) -> ! {
+    close_range(0, libc::c_uint::MAX);
+    let fd = libc::open(
+        path.as_ptr(),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+        0o600,
+    );
+    if fd >= 0 {
+        libc::_exit(0)
+    }
+    let errno = *libc::__errno_location();
+    libc::_exit(if errno > 0 && errno < 256 {
+        errno
+    } else {
+        libc::EIO
+    })
+}
+
+impl Writer {
+    /// Make the empty file at `path` if it is missing, in a child process,
+    /// waiting at most `within` (the calling thread sleeps meanwhile, in
+    /// short steps: a lock file is made once per workspace and directory).
+    #[cfg(unix)]
+    fn create(path: &Path, within: Duration) -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path =
+            std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: the child runs `create_child` only: system calls on the
+        // prepared string, then `_exit` (see the type's doc).
+        let mut child = match unsafe { libc::fork() } {
+            -1 => return Err(std::io::Error::last_os_error()),
+            0 => unsafe { create_child(&c_path) },
+            pid => Writer {
+                pid,
+                reaped: false,
+                tmp: PathBuf::new(),
+            },
+        };
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(r) = child.finished() {
+                return r;
+            }
+            if std::time::Instant::now() >= deadline {
+                child.abandon();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "cannot create {} within {} (--storage.write-timeout): a frozen or hung volume?",
+                        path.display(),
+                        humantime::format_duration(within)
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn create(path: &Path, _: Duration) -> std::io::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map(drop)
+    }
+}
+
 /// The child of [`Writer::start`]: only async-signal-safe system calls.
 #[cfg(unix)]
 unsafe fn write_child(
@@ -592,6 +783,7 @@ unsafe fn write_child(
     dir: &std::ffi::CStr,
     bytes: &[u8],
     keep: libc::c_int,
+    stale: Option<&std::ffi::CStr>,
 ) -> ! {
     let fail = |unlink: bool| -> ! {
         let errno = *libc::__errno_location();
@@ -605,19 +797,13 @@ unsafe fn write_child(
         })
     };
     // Every inherited descriptor but the lock's.
-    let close = |lo: libc::c_int, hi: libc::c_uint| {
-        if libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi, 0) != 0 {
-            let mut fd = lo;
-            while (fd as libc::c_uint) <= hi.min(65_535) {
-                libc::close(fd);
-                fd += 1;
-            }
-        }
-    };
     if keep > 0 {
-        close(0, (keep - 1) as libc::c_uint);
+        close_range(0, (keep - 1) as libc::c_uint);
     }
-    close(keep.max(-1) + 1, libc::c_uint::MAX);
+    close_range(keep.max(-1) + 1, libc::c_uint::MAX);
+    if let Some(stale) = stale {
+        libc::unlink(stale.as_ptr());
+    }
     let fd = libc::open(
         tmp.as_ptr(),
         libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,

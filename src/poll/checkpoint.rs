@@ -174,6 +174,29 @@ pub(super) fn serve_durable(snap: &mut Snapshot, durable: &Snapshot) {
     }
 }
 
+/// Whether serving `durable`'s counters ([`serve_durable`]) serves every
+/// count `live` has: the fleet holds nothing the last checkpoint written
+/// lacks.
+pub(super) fn serves_all(live: &Snapshot, durable: &Snapshot) -> bool {
+    let same = |a: &Counters, b: &Counters| {
+        a.finished == b.finished
+            && a.failures == b.failures
+            && a.input_tokens == b.input_tokens
+            && a.output_tokens == b.output_tokens
+            && a.queue_seconds == b.queue_seconds
+            && a.run_seconds == b.run_seconds
+            && a.rejected == b.rejected
+    };
+    let mut served = live.clone();
+    serve_durable(&mut served, durable);
+    same(&served.counters, &live.counters)
+        && served
+            .task_groups
+            .iter()
+            .zip(&live.task_groups)
+            .all(|(s, l)| same(&s.counters, &l.counters))
+}
+
 /// The checkpoint loop of a workspace: a checkpoint every
 /// `--storage.interval` (the fleet as the last sync or webhook batch left
 /// it), and one at the stop, but after a kill (the test seam).
@@ -218,6 +241,9 @@ pub(super) struct Saver {
     /// A write given up at its deadline whose process has not ended: no
     /// other is started until it has (at most one in flight).
     abandoned: Option<storage::Writer>,
+    /// The temporary file an abandoned write left (killed mid-write): the
+    /// next writer removes it.
+    stale: Option<std::path::PathBuf>,
 }
 
 impl Saver {
@@ -227,6 +253,7 @@ impl Saver {
             shard,
             lock,
             abandoned: None,
+            stale: None,
         }
     }
 
@@ -238,7 +265,9 @@ impl Saver {
         let written = match self.abandoned.as_mut().map(|w| w.finished()) {
             Some(None) => Err(storage::WriteError::Stuck),
             _ => {
-                self.abandoned = None;
+                if let Some(w) = self.abandoned.take() {
+                    self.stale = Some(w.temporary().to_path_buf());
+                }
                 self.write_now(ws).await
             }
         };
@@ -312,8 +341,10 @@ impl Saver {
                 )))
             })?;
         let path = self.cfg.path_of(&ws.id, self.shard);
-        let mut writer = storage::Writer::start(&path, &bytes, self.lock.as_ref())
-            .map_err(storage::WriteError::Io)?;
+        let mut writer =
+            storage::Writer::start_after(&path, &bytes, self.lock.as_ref(), self.stale.as_deref())
+                .map_err(storage::WriteError::Io)?;
+        self.stale = None;
         let deadline = Instant::now() + self.cfg.write_timeout;
         loop {
             if let Some(done) = writer.finished() {

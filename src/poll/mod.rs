@@ -126,6 +126,11 @@ impl Handoffs {
         );
     }
 
+    fn forget(&self, workspace: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(workspace);
+    }
+
     fn take(&self, workspace: &str) -> Option<(crate::fleet::SavedFleet, Timestamp)> {
         self.take_at(workspace, std::time::Instant::now())
     }
@@ -526,8 +531,26 @@ async fn hand_off(
     if ws.hub.killed() {
         return;
     }
+    // Read before the lock: no lock is held while the client's is.
+    let now = ws.client.api_time().estimate();
     let (fleet, watermark) = {
-        let st = ws.lock();
+        let mut st = ws.lock();
+        // With storage, the successor serves what it is handed as durable:
+        // handed counts the last checkpoint written lacks (its writes
+        // failed, or one hangs), a crash before its next write would take
+        // back from the counters served. It resumes from that checkpoint
+        // then, as a restart would, and its listing counts the rest again.
+        if let Some(durable) = st.durable.clone().filter(|_| ws.cfg.storage.is_some()) {
+            let live = st
+                .fleet
+                .snapshot(&ws.id, now, Default::default(), Default::default());
+            if !checkpoint::serves_all(&live, &durable) {
+                handoffs.forget(&ws.id);
+                // Debug: at a shutdown there is no successor.
+                tracing::debug!(workspace = %ws.id, "the last checkpoint written lacks counts of this slot (writes failed): a successor resumes from that checkpoint, not from memory");
+                return;
+            }
+        }
         (st.fleet.save(), st.watermark)
     };
     handoffs.put(&ws.id, fleet, watermark);

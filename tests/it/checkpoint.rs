@@ -400,6 +400,13 @@ impl Mount {
         None
     }
 
+    fn thaw(&self) {
+        assert!(
+            run("fsfreeze", &["-u", self.dir.to_str().unwrap()]),
+            "fsfreeze -u"
+        );
+    }
+
     fn freeze(&self) {
         assert!(
             run("fsfreeze", &["-f", self.dir.to_str().unwrap()]),
@@ -1103,5 +1110,417 @@ async fn a_reload_that_restarts_a_slot_goes_on_from_its_checkpoint_without_stand
     }
     assert!(lowest >= before, "{lowest} < {before}");
     exporter.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The exporter with a configuration file of `sims`, storage in `storage`,
+/// a checkpoint every second (in-process: it can be reloaded).
+fn reloadable(file: &Path, storage: &Path, extra: &[&str]) -> clawmesh_exporter::config::Config {
+    use clap::Parser;
+    let mut argv = vec!["clawmesh-exporter"];
+    argv.extend_from_slice(extra);
+    let args = clawmesh_exporter::config::RunArgs {
+        config_file: Some(file.to_path_buf()),
+        listen_address: "127.0.0.1:0".into(),
+        storage_path: Some(storage.to_path_buf()),
+        storage_interval: Some(Duration::from_secs(1)),
+        ..clawmesh_exporter::config::Cli::try_parse_from(argv)
+            .unwrap()
+            .run
+    };
+    args.validate(&std::collections::HashMap::<String, String>::new())
+        .unwrap()
+}
+
+/// Attack on the reload handoff with storage: a reload while the writes
+/// fail (a full volume) hands the stopped slot's fleet, ahead of the last
+/// checkpoint written, to its successor. Served as if durable, a crash
+/// before the next write that succeeds takes those counts back: the start
+/// resumes from the checkpoint on disk and the counters fall (increase()
+/// counts a reset). The successor must serve no more than the checkpoint
+/// on disk holds, as its predecessor did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_while_writes_fail_serves_nothing_a_crash_then_takes_back() {
+    let Some(mount) = Mount::tmpfs("reload-full", "8m") else {
+        return;
+    };
+    let (a, _) = ids_of_two_shards();
+    let sa = workspace_sim(&a, 44).await;
+    let dir = temp_dir("reload-full");
+    let file = config_file(&dir, &[&sa]);
+    let cfg = reloadable(&file, &mount.dir, &[]);
+    let exporter = start_exporter(&cfg).await;
+    wait_for(
+        Duration::from_secs(60),
+        "a checkpoint with counts",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            finished_sum(&m) > 0.0
+                && value(
+                    &m,
+                    "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+                    &[("workspace", a.as_str())],
+                )
+                .is_some()
+        },
+    )
+    .await;
+    let filler = mount.dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    wait_for(Duration::from_secs(30), "writes failing", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_write_failures_total",
+            &[("reason", "io")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    // Counts the checkpoint on disk has not: the last one written is older.
+    let on_disk = finished_sum(&parse(&scrape(exporter.addr).await));
+    run_fleet_for(&sa, 40).await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}    labels: {{team: two}}\n")).unwrap();
+    let said = exporter.reload().await.unwrap();
+    assert!(said.contains("1 started"), "{said}");
+    wait_for(Duration::from_secs(60), "the restarted slot", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(&m, "clawmesh_tasks_finished_total", &[("team", "two")]).is_some()
+    })
+    .await;
+    let mut served = 0.0f64;
+    for _ in 0..20 {
+        served = served.max(finished_sum(&parse(&scrape(exporter.addr).await)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A crash now (no write has succeeded since the volume filled).
+    exporter.stop_as_if_killed().await;
+    sa.sim.pause();
+    std::fs::remove_file(&filler).unwrap();
+    let exporter = start_exporter(&cfg).await;
+    let mut lowest = f64::INFINITY;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = parse(&scrape(exporter.addr).await);
+        if value(&m, "clawmesh_up", &[("workspace", a.as_str())]) == Some(1.0) {
+            lowest = lowest.min(finished_sum(&m));
+            break;
+        }
+        if value(
+            &m,
+            "clawmesh_tasks_finished_total",
+            &[("workspace", a.as_str())],
+        )
+        .is_some()
+        {
+            lowest = lowest.min(finished_sum(&m));
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not up within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        lowest >= served,
+        "after the reload /metrics served {served} finished tasks (the checkpoint on disk {on_disk}); after a crash and a restart it served {lowest}"
+    );
+    exporter.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Attack: a lock file made on a frozen volume (a reload adding a
+/// workspace, a standby slot's retry, a start's sweep) slept in the kernel
+/// in the exporter's own thread until the thaw: a reload hung, and a thread
+/// asleep in the file system keeps the exporter from exiting. It is given
+/// up within --storage.write-timeout now; a lock file that exists still
+/// opens and locks on the frozen volume (no write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_file_made_on_a_frozen_volume_is_given_up_within_the_write_timeout() {
+    let Some(mount) = Mount::ext4("frozen-lock") else {
+        return;
+    };
+    let mut cfg = StorageConfig::new(mount.dir.clone());
+    cfg.write_timeout = Duration::from_secs(1);
+    let storage = clawmesh_exporter::storage::Storage::open(cfg, (0, 1));
+    drop(storage.lock("ws_old").unwrap().expect("free"));
+    // Names out of the kernel's cache (as long after a start): an open for
+    // writing of such a name asks for write access to the volume.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
+    mount.freeze();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = storage.clone();
+    std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let new = s.lock("ws_new").map(|l| l.is_some());
+        let old = s.lock("ws_old").map(|l| l.is_some());
+        let _ = tx.send((new, old, t.elapsed()));
+    });
+    let (new, old, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("taking a new workspace's lock on a frozen volume still sleeps after 10 s (write timeout 1 s)");
+    drop(mount);
+    let e = new.expect_err("no lock file can be made on a frozen volume");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    assert!(e.to_string().contains("--storage.write-timeout"), "{e}");
+    assert!(old.unwrap(), "an existing lock file locks without a write");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// This process's children in uninterruptible sleep (`D`): checkpoint
+/// writers hanging in a frozen file system.
+fn hanging_children() -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let (state, ppid) = proc_state(pid)?;
+            (ppid == me && state == 'D').then_some(pid)
+        })
+        .collect()
+}
+
+/// (state, parent) of a process, from /proc/<pid>/stat.
+fn proc_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((state, f.next()?.parse().ok()?))
+}
+
+/// Attack: a reload while a checkpoint write hangs (a frozen volume) drops
+/// the slot's writer unfinished; once the volume thaws the writer ends and
+/// must be reaped (it stayed a zombie for the life of the exporter, one per
+/// workspace and reload). Meanwhile the new slot stands by behind the lock
+/// the hanging writer holds, and takes over after the thaw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_left_hanging_by_a_reload_is_reaped_once_the_volume_thaws() {
+    let Some(mount) = Mount::ext4("frozen-reload") else {
+        return;
+    };
+    let (a, _) = ids_of_two_shards();
+    let sa = workspace_sim(&a, 45).await;
+    let dir = temp_dir("frozen-reload");
+    let file = config_file(&dir, &[&sa]);
+    let cfg = reloadable(&file, &mount.dir, &["--storage.write-timeout", "1s"]);
+    let exporter = start_exporter(&cfg).await;
+    wait_for(Duration::from_secs(60), "a first checkpoint", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+            &[("workspace", a.as_str())],
+        )
+        .is_some()
+    })
+    .await;
+    mount.freeze();
+    wait_for(Duration::from_secs(30), "a write timed out", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_write_failures_total",
+            &[("reason", "timeout")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let hung = hanging_children();
+    assert!(!hung.is_empty(), "no writer hangs in the frozen volume");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}    labels: {{team: two}}\n")).unwrap();
+    let said = exporter.reload().await.unwrap();
+    assert!(said.contains("1 started"), "{said}");
+    wait_for(
+        Duration::from_secs(30),
+        "the new slot standing by behind the hanging writer's lock",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            value(&m, "clawmesh_exporter_workspaces", &[("state", "standby")]) == Some(1.0)
+        },
+    )
+    .await;
+    mount.thaw();
+    wait_for(
+        Duration::from_secs(30),
+        "the hanging writers reaped after the thaw",
+        || async {
+            hung.iter()
+                .all(|p| proc_state(*p).is_none_or(|(_, ppid)| ppid != std::process::id()))
+        },
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(60),
+        "the new slot took over",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            value(&m, "clawmesh_exporter_workspaces", &[("state", "standby")]) == Some(0.0)
+                && value(&m, "clawmesh_up", &[("team", "two")]) == Some(1.0)
+        },
+    )
+    .await;
+    exporter.shutdown().await;
+    drop(mount);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The temporary files in `dir`.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Attack: a write that hung in a frozen volume is killed at its deadline
+/// and ends at the thaw, leaving its temporary file (a partial checkpoint)
+/// behind; one more every hang, each up to a checkpoint's size, until the
+/// next start's sweep. The next write removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_killed_in_a_frozen_volume_leaves_no_temporary_file_behind() {
+    let Some(mount) = Mount::ext4("frozen-tmp") else {
+        return;
+    };
+    let sim = Sim::start(busy_fleet(46)).await;
+    let cfg = exporter_config(
+        &sim,
+        &[
+            "--storage.path",
+            mount.dir.to_str().unwrap(),
+            "--storage.interval",
+            "1s",
+            "--storage.write-timeout",
+            "1s",
+        ],
+    );
+    let exporter = start_exporter(&cfg).await;
+    let written = || async {
+        value(
+            &parse(&scrape(exporter.addr).await),
+            "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
+            &[],
+        )
+    };
+    wait_for(Duration::from_secs(60), "a first checkpoint", || async {
+        written().await.is_some()
+    })
+    .await;
+    mount.freeze();
+    wait_for(Duration::from_secs(30), "a write timed out", || async {
+        let m = parse(&scrape(exporter.addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_write_failures_total",
+            &[("reason", "timeout")],
+        )
+        .is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    mount.thaw();
+    let thawed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    wait_for(
+        Duration::from_secs(30),
+        "a write after the thaw",
+        || async { written().await.is_some_and(|t| t > thawed + 1.0) },
+    )
+    .await;
+    // Writes go on every second: a temporary file may be one in flight.
+    wait_for(
+        Duration::from_secs(10),
+        "no temporary file left (one may be in flight)",
+        || async { temporaries(&mount.dir).is_empty() },
+    )
+    .await;
+    exporter.shutdown().await;
+    drop(mount);
+}
+
+/// Attack, end to end: a reload adding a workspace while the volume is
+/// frozen (fsfreeze on a loop-mounted ext4) made its lock file in the
+/// exporter's own thread, asleep in the file system until the thaw, and a
+/// SIGTERM then did not end the process (still running after 15 s; it
+/// exited at the thaw). It exits within 10 s now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_10s_after_a_reload_added_a_workspace_on_a_frozen_volume() {
+    // Before the mount, so dropped after it: the volume thaws first.
+    let mut procs = Procs(Vec::new());
+    let Some(mount) = Mount::ext4("frozen-add") else {
+        return;
+    };
+    let (a, b) = ids_of_two_shards();
+    let (sa, sb) = (workspace_sim(&a, 50).await, workspace_sim(&b, 51).await);
+    let dir = temp_dir("frozen-add");
+    let file = config_file(&dir, &[&sa]);
+    let port = free_port();
+    let log = dir.join("log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        .env_clear()
+        .args([
+            "--config.file",
+            file.to_str().unwrap(),
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+            "--storage.path",
+            mount.dir.to_str().unwrap(),
+            "--storage.interval",
+            "1s",
+            "--storage.write-timeout",
+            "1s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    procs.0.push(child);
+    wait_for(Duration::from_secs(60), "a first checkpoint", || async {
+        checkpoint_written(port, &a).await.is_some()
+    })
+    .await;
+    mount.freeze();
+    config_file(&dir, &[&sa, &sb]);
+    assert!(run("kill", &["-HUP", &procs.0[0].id().to_string()]));
+    wait_for(
+        Duration::from_secs(30),
+        "the added workspace's lock given up (--storage.write-timeout)",
+        || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("cannot lock the checkpoint")
+        },
+    )
+    .await;
+    let t = std::time::Instant::now();
+    sigterm(&procs.0[0]);
+    let exited = loop {
+        if let Some(s) = procs.0[0].try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = t.elapsed();
+    drop(mount);
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        exited.is_some(),
+        "SIGTERM after a reload on a frozen volume: still running after {took:?}\n{logged}"
+    );
+    procs.0.clear();
     let _ = std::fs::remove_dir_all(&dir);
 }
