@@ -1730,6 +1730,8 @@ fn checkpointed_float_sums_read_back_exactly() {
             r.sum()
         );
     }
+}
+
 /// A checkpoint whose breakdown is `slices` copies of one slice (keys by
 /// team), each slice's counters `per_slice` finished tasks and as many
 /// queue-time observations at zero (summing to `sum`), edited as an attacker (or a buggy

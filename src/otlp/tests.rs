@@ -1357,6 +1357,8 @@ fn request_and_reply_limits_have_defaults_floors_and_flags() {
     assert_eq!(cli.run.otlp.max_request_size, Some(2 << 20));
     assert_eq!(cli.run.otlp.max_response_size, Some(8 << 10));
     assert_eq!(cli.run.otlp.max_retry_after, Some(Duration::from_secs(60)));
+}
+
 /// attack: a reload that lowers the breakdown caps (or turns a
 /// label's values into `other`) folds slices into a series the workspace
 /// never showed. When the workspace was primed before (restored from a

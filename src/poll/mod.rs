@@ -127,7 +127,7 @@ impl Handoffs {
     }
 
     fn forget(&self, workspace: &str) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.left.lock().unwrap_or_else(|p| p.into_inner());
         m.remove(workspace);
     }
 
