@@ -5,7 +5,8 @@
 //! compresses each gRPC message; the HTTP body is compressed here.
 //!
 //! A reply is read up to `--otlp.max-response-size` (the HTTP body frame by
-//! frame; tonic refuses a bigger gRPC message) and within the attempt's
+//! frame; tonic refuses a bigger gRPC message, and inflates a gzip one no
+//! further) and within the attempt's
 //! timeout: a collector that streams an endless answer costs that much and
 //! its connection. The status decides: a 200 whose body runs past the limit
 //! was accepted (its partial-success details are lost, said once in the
@@ -147,9 +148,15 @@ impl Transport {
                     metadata.insert(key, v);
                 }
                 // tonic refuses a reply message past the limit (its own
-                // default is 4 MiB) before reading it.
+                // default is 4 MiB) before reading it, and stops inflating a
+                // gzip one there. gzip replies are taken whatever we send:
+                // a Go collector (grpc-go) answers a gzip request in gzip
+                // without asking, and tonic refuses an encoding it was not
+                // told to accept (UNIMPLEMENTED: every export of a request
+                // the collector took would count failed and go out again).
                 let mut client = MetricsServiceClient::new(endpoint.connect_lazy())
-                    .max_decoding_message_size(cfg.max_response_size);
+                    .max_decoding_message_size(cfg.max_response_size)
+                    .accept_compressed(CompressionEncoding::Gzip);
                 if cfg.compression == Compression::Gzip {
                     client = client.send_compressed(CompressionEncoding::Gzip);
                 }
@@ -253,15 +260,12 @@ impl Transport {
                     Ok(resp) => Ok(accepted(resp.into_inner(), secrets)),
                     // A reply message only follows an OK status (gRPC sends
                     // an error as trailers alone): the request was taken,
-                    // the reply was past --otlp.max-response-size.
-                    Err(status)
-                        if status.code() == tonic::Code::OutOfRange
-                            && status
-                                .message()
-                                .contains("decoded message length too large") =>
-                    {
+                    // the reply could not be read (past
+                    // --otlp.max-response-size, or not a reply), as a 200
+                    // over HTTP whose body does not decode.
+                    Err(status) if reply_unreadable(&status) => {
                         if !std::mem::replace(&mut self.warned_oversized, true) {
-                            tracing::warn!(limit = self.max_response_size, detail = %scrub(status.message(), secrets), "the OTLP collector answered with a gRPC message larger than --otlp.max-response-size; it was not read, and the export counts as accepted (said once)");
+                            tracing::warn!(limit = self.max_response_size, detail = %scrub(status.message(), secrets), "the OTLP collector answered with a gRPC message that could not be read (larger than --otlp.max-response-size, inflated or not, or not a reply); the export counts as accepted (said once)");
                         }
                         Ok(Accepted::default())
                     }
@@ -361,6 +365,24 @@ impl Transport {
                 }
             }
         }
+    }
+}
+
+/// tonic's errors for a reply message it received and could not read
+/// (only an OK status sends one), as opposed to a status the collector
+/// sent: past the decoding limit as sent, past it while inflating (a gzip
+/// bomb), an encoding that does not inflate, bytes that are not the reply.
+fn reply_unreadable(status: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    let m = status.message();
+    match status.code() {
+        OutOfRange => m.contains("decoded message length too large"),
+        ResourceExhausted => m.contains("exceeded while decompressing message"),
+        Internal => {
+            (m.starts_with("Error decompressing: ") && m.contains("while receiving response"))
+                || m.starts_with("failed to decode Protobuf message")
+        }
+        _ => false,
     }
 }
 

@@ -1278,6 +1278,171 @@ async fn a_huge_grpc_reply_is_not_read_and_the_export_counts_delivered() {
     server.abort();
 }
 
+/// Serve `svc` (which compresses its replies with gzip when asked) over
+/// plain HTTP/2 as a Go collector does: grpc-go answers a gzip request in
+/// gzip without looking at `grpc-accept-encoding`, so the header is added
+/// to every request before tonic sees it. Counts the replies sent in gzip.
+async fn serve_like_grpc_go<S>(svc: S) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    S: tower::Service<
+            axum::http::Request<axum::body::Body>,
+            Response = axum::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gzip_replies = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = gzip_replies.clone();
+    let app = axum::Router::new().route_service(
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        svc,
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (app, counted) = (app.clone(), counted.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        let (app, counted) = (app.clone(), counted.clone());
+                        let sent_gzip = req
+                            .headers()
+                            .get("grpc-encoding")
+                            .is_some_and(|v| v == "gzip");
+                        if sent_gzip {
+                            req.headers_mut().insert(
+                                "grpc-accept-encoding",
+                                axum::http::HeaderValue::from_static("gzip"),
+                            );
+                        }
+                        async move {
+                            let resp =
+                                tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new))
+                                    .await;
+                            if let Ok(r) = &resp {
+                                if r.headers()
+                                    .get("grpc-encoding")
+                                    .is_some_and(|v| v == "gzip")
+                                {
+                                    counted.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                            resp
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+            });
+        }
+    });
+    (addr, gzip_replies)
+}
+
+/// A Go collector answers a gzip request in gzip, asked or not. The reply
+/// is read (on main tonic refused it, UNIMPLEMENTED: every export the
+/// collector took counted failed and its deltas went out again with the
+/// next, counted twice by the collector).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_gzip_replies_as_a_go_collector_sends_them_are_read() {
+    let sim = Sim::start(busy_fleet(83)).await;
+    let store = Store::default();
+    let (addr, gzip_replies) = serve_like_grpc_go(
+        grpc_service(store.clone()).send_compressed(tonic::codec::CompressionEncoding::Gzip),
+    )
+    .await;
+    let endpoint = format!("http://{addr}");
+    let mut args = otlp_args(&endpoint, Wire::Grpc, "delta", "explicit", "250ms", "2s");
+    args.extend(["--otlp.compression", "gzip"]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(60),
+        "three exports answered in gzip, counted delivered",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            gzip_replies.load(Ordering::SeqCst) >= 3
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", "success")])
+                    .is_some_and(|v| v >= 3.0)
+        },
+    )
+    .await;
+    converge(&sim, &exporter).await;
+    assert_same_sync(&exporter, &store, false).await;
+    assert_delta_windows_are_contiguous(&store.all());
+    let m = parse(&scrape(exporter.addr).await);
+    assert_eq!(
+        value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")]).unwrap_or(0.0),
+        0.0,
+        "a delivered delta export counted failed is sent again"
+    );
+    exporter.shutdown().await;
+}
+
+/// A gzip bomb: 5 MiB of reply in a few KiB of gzip, under
+/// --otlp.max-response-size as sent. It is inflated no further than the
+/// limit and, the status being OK, the export counts delivered, once: on
+/// main it was refused unread (UNIMPLEMENTED), and taken as
+/// RESOURCE_EXHAUSTED (retried) once gzip replies are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_gzip_bomb_reply_is_inflated_only_to_the_limit_and_counts_delivered_once() {
+    let sim = Sim::start(busy_fleet(84)).await;
+    let service = HugeAnswer::default();
+    let calls = service.calls.clone();
+    let (addr, gzip_replies) = serve_like_grpc_go(
+        MetricsServiceServer::new(service)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .await;
+    let endpoint = format!("http://{addr}");
+    let mut args = otlp_args(&endpoint, Wire::Grpc, "delta", "explicit", "300ms", "5s");
+    args.extend([
+        "--otlp.compression",
+        "gzip",
+        "--otlp.max-response-size",
+        "64KiB",
+    ]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(60),
+        "three exports answered with a gzip bomb, counted delivered",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            gzip_replies.load(Ordering::SeqCst) >= 3
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", "success")])
+                    .is_some_and(|v| v >= 3.0)
+        },
+    )
+    .await;
+    let m = parse(&scrape(exporter.addr).await);
+    assert_eq!(
+        value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")]).unwrap_or(0.0),
+        0.0,
+        "a delivered delta export counted failed is sent again"
+    );
+    // One request per export: none was retried after the collector took it.
+    let (exports, requests) = (
+        must(&m, "clawmesh_otlp_exports_total", &[("result", "success")]),
+        calls.load(Ordering::SeqCst) as f64,
+    );
+    assert!(
+        requests <= exports + 1.0,
+        "{requests} requests for {exports} exports: a taken request was sent again"
+    );
+    exporter.shutdown().await;
+}
+
 /// A collector answering 429 with `Retry-After: 3` (HTTP) or UNAVAILABLE
 /// with a RetryInfo of 3 s (gRPC) is not sent to again for 3 s (before, the
 /// retry came after the 0.2 s backoff, issue 18).
