@@ -1444,3 +1444,44 @@ fn one_malformed_object_is_one_refused_object_never_the_page() {
     );
     assert!(page.rejected.iter().all(|m| m.resource == "tasks"));
 }
+
+/// Invalid UTF-8 in one object of a page marks that object repaired
+/// (`invalid_text`), not every other object that holds a U+FFFD the API
+/// sent as such: on main a page with one bad byte marked them all, and
+/// each counted once more in clawmesh_api_rejected_objects_total.
+#[test]
+fn only_the_object_with_invalid_utf8_is_marked_repaired_not_one_with_a_real_u_fffd() {
+    let items = vec![
+        task_text(
+            "sent_as_is",
+            "2026-11-23T10:00:01Z",
+            ",\"labels\":{\"team\":\"x\u{FFFD}\"}",
+        ),
+        task_text(
+            "bad_byte",
+            "2026-11-23T10:00:02Z",
+            ",\"labels\":{\"team\":\"y\u{E000}\"}",
+        ),
+        task_text(
+            "after",
+            "2026-11-23T10:00:03Z",
+            ",\"labels\":{\"team\":\"\u{FFFD}z\"}",
+        ),
+    ];
+    let mark = "\u{E000}".as_bytes();
+    let mut body = page_of(&items);
+    let at = body.windows(3).position(|w| w == mark).unwrap();
+    body.splice(at..at + 3, [0xC3]);
+    let page = parse_page::<types::Task>(&body).unwrap();
+    let labels: Vec<&str> = page.data.iter().map(|t| t.labels[0].1.as_str()).collect();
+    assert_eq!(labels, ["x\u{FFFD}", "y\u{FFFD}", "\u{FFFD}z"]);
+    let repaired: Vec<bool> = page.data.iter().map(|t| t.text_repaired).collect();
+    assert_eq!(repaired, [false, true, false]);
+    // A single agent: a bad byte outside its object marks nothing.
+    let agent = "{\"id\":\"agt_1\",\"status\":\"idle\",\"created_at\":\"2026-11-23T10:00:00Z\",\"updated_at\":\"2026-11-23T10:00:00Z\",\"labels\":{\"team\":\"x\u{FFFD}\"}}";
+    let mut body = format!("{{\"data\":{agent},\"note\":\"\u{E000}\"}}").into_bytes();
+    let at = body.windows(3).position(|w| w == mark).unwrap();
+    body.splice(at..at + 3, [0xFF]);
+    let one = parse_envelope::<types::Agent>(&body, "").unwrap();
+    assert!(!one.text_repaired);
+}

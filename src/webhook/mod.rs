@@ -231,8 +231,7 @@ impl Receiver {
         }
         // Invalid UTF-8 reads as U+FFFD, as in a page: the object it is
         // in counts, marked (the signature was checked on the bytes sent).
-        let text = String::from_utf8_lossy(&body);
-        let lossy = matches!(text, std::borrow::Cow::Owned(_));
+        let (text, replaced) = crate::api::types::lossy_text(&body);
         let Ok(ev) = serde_json::from_str::<EventIn>(&text) else {
             return Refused(StatusCode::BAD_REQUEST, "bad_request");
         };
@@ -255,7 +254,9 @@ impl Receiver {
             return answer(StatusCode::BAD_REQUEST, "bad_request");
         }
         *lock(&route.last_event) = Some(Timestamp::host_now());
-        let change = match Change::from_event(&ev.kind, ev.data.object.get(), lossy) {
+        let object = ev.data.object.get();
+        let lossy = crate::api::types::replaced_within(&text, &replaced, object);
+        let change = match Change::from_event(&ev.kind, object, lossy) {
             Some(c) => c,
             None if KNOWN_UNUSED.contains(&ev.kind.as_str()) => {
                 return answer(StatusCode::OK, "ignored")
