@@ -623,7 +623,10 @@ pub fn replaced_within(text: &str, replaced: &[usize], part: &str) -> bool {
         return false;
     }
     let start = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
-    if start > text.len() || start + part.len() > text.len() {
+    if start
+        .checked_add(part.len())
+        .is_none_or(|end| end > text.len())
+    {
         // Not a slice of it (cannot happen: objects borrow from the text);
         // any replacement then may be in it.
         return true;
