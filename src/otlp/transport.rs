@@ -170,6 +170,11 @@ impl Transport {
                 let mut builder = reqwest::Client::builder()
                     .timeout(cfg.timeout)
                     .connect_timeout(cfg.timeout)
+                    // A redirect is not followed: reqwest would send the
+                    // headers (API keys: dd-api-key, x-tenant-token...; it
+                    // drops only Authorization and cookies) to wherever the
+                    // collector points, another host included.
+                    .redirect(reqwest::redirect::Policy::none())
                     .user_agent(concat!("clawmesh-exporter/", env!("CARGO_PKG_VERSION")));
                 if let Some(pem) = &cfg.ca_pem {
                     for cert in reqwest::Certificate::from_pem_bundle(pem)
@@ -322,6 +327,13 @@ impl Transport {
                     }
                 };
                 let status = resp.status();
+                let location: Option<String> =
+                    resp.headers().get(reqwest::header::LOCATION).map(|v| {
+                        String::from_utf8_lossy(v.as_bytes())
+                            .chars()
+                            .take(200)
+                            .collect()
+                    });
                 let retry_after = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
@@ -355,7 +367,10 @@ impl Transport {
                     return Ok(accepted(parsed, secrets));
                 }
                 let detail: String = String::from_utf8_lossy(&text).chars().take(200).collect();
-                let msg = scrub(&format!("HTTP {status}: {}", detail.trim()), secrets);
+                let msg = match location.filter(|_| status.is_redirection()) {
+                    Some(to) => scrub(&format!("HTTP {status}: the collector redirects to {to}; redirects are not followed (they would carry the headers there): set --otlp.endpoint to where it should go"), secrets),
+                    None => scrub(&format!("HTTP {status}: {}", detail.trim()), secrets),
+                };
                 match status.as_u16() {
                     429 | 502 | 503 | 504 => Err(SendError::Retryable {
                         message: msg,

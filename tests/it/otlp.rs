@@ -1513,6 +1513,59 @@ async fn grpc_retry_info_is_waited_out() {
 const HEADER_CANARY: &str = "otlp_header_canary_5c9e";
 const ENV_CANARY: &str = "otlp_env_canary_77ad";
 
+/// A collector answering 307 to another host: the export is not sent
+/// there (on main reqwest followed it, with the dd-api-key header: it
+/// drops only Authorization and cookies on the way), and it counts failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_so_the_headers_never_go_elsewhere() {
+    let sim = Sim::start(busy_fleet(85)).await;
+    let elsewhere = Receiver::start(Wire::Http).await;
+    let to = format!("{}/v1/metrics", elsewhere.endpoint());
+    let redirected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = redirected.clone();
+    let app = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post(move || {
+            let (to, counted) = (to.clone(), counted.clone());
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, to)],
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let headers = std::env::temp_dir().join(format!("cmx-otlp-redirect-{}", std::process::id()));
+    std::fs::write(&headers, format!("dd-api-key={HEADER_CANARY}\n")).unwrap();
+    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "200ms", "2s");
+    args.extend(["--otlp.headers-file", headers.to_str().unwrap()]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(60),
+        "three exports answered with a redirect (counted failed, or followed)",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            redirected.load(Ordering::SeqCst) >= 3
+                && (elsewhere.store.len() > 0
+                    || value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
+                        .is_some_and(|v| v >= 3.0))
+        },
+    )
+    .await;
+    assert_eq!(
+        elsewhere.store.len(),
+        0,
+        "an export followed the redirect, with its headers: {:?}",
+        elsewhere.store.all().first().map(|g| &g.headers)
+    );
+    let _ = std::fs::remove_file(&headers);
+    exporter.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_secrets_never_reach_logs_or_metrics() {
     let sim = Sim::start(busy_fleet(67)).await;
