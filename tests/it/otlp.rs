@@ -1508,6 +1508,70 @@ async fn grpc_retry_info_is_waited_out() {
     retry_after_is_waited_out(Wire::Grpc, 82).await;
 }
 
+/// A `Retry-After` of u64::MAX seconds under a --otlp.max-retry-after as
+/// long as a duration goes (400 billion years): the wait is past what an
+/// Instant holds. The pusher waits (nothing more is sent) and never
+/// panics; on main adding the wait to now panicked, at every export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_past_what_an_instant_holds_is_waited_without_a_panic() {
+    let sim = Sim::start(busy_fleet(86)).await;
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    let app = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post(move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, u64::MAX.to_string())],
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "200ms", "1s");
+    args.extend(["--otlp.max-retry-after", "400000000000y"]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    let restarts = |m: &BTreeMap<String, f64>| {
+        value(
+            m,
+            "clawmesh_exporter_task_restarts_total",
+            &[("task", "otlp_pusher")],
+        )
+        .unwrap_or(0.0)
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the 429 answered, and the export counted failed (or the pusher restarted)",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            requests.load(Ordering::SeqCst) >= 1
+                && (restarts(&m) > 0.0
+                    || value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
+                        .is_some_and(|v| v >= 1.0))
+        },
+    )
+    .await;
+    // Ten intervals: the wait is honoured, and nothing panics.
+    let broke = holds_within(Duration::from_secs(2), || async {
+        let m = parse(&scrape(exporter.addr).await);
+        restarts(&m) > 0.0 || requests.load(Ordering::SeqCst) > 1
+    })
+    .await;
+    let m = parse(&scrape(exporter.addr).await);
+    assert!(
+        !broke,
+        "{} requests, {} pusher restarts",
+        requests.load(Ordering::SeqCst),
+        restarts(&m)
+    );
+    exporter.shutdown().await;
+}
+
 // ---------------------------------------------------------------- secrets
 
 const HEADER_CANARY: &str = "otlp_header_canary_5c9e";
