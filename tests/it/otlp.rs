@@ -47,6 +47,9 @@ const RETRY_AFTER_ONCE: u8 = 3;
 /// Answer 503 to three requests in every seven (a part refused through
 /// all its attempts now and then); accept the rest.
 const REFUSE_SOME: u8 = 4;
+/// Take no request in three of every seven: hang past the exporter's
+/// deadline (no answer), then drop it unrecorded; accept the rest.
+const HANG_SOME: u8 = 5;
 
 #[derive(Clone, Default)]
 struct Store {
@@ -169,6 +172,15 @@ async fn http_export(
                 .unwrap()
                 .push(std::time::Instant::now());
             return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+        }
+        HANG_SOME if (2..=4).contains(&(n % 7)) => {
+            store
+                .refusals
+                .lock()
+                .unwrap()
+                .push(std::time::Instant::now());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return (StatusCode::SERVICE_UNAVAILABLE, ct, Vec::new()).into_response();
         }
         REJECT_ECHOING => {
             let echo: Vec<String> = headers
@@ -1001,6 +1013,40 @@ async fn refused_parts_of_a_delta_export_are_never_delivered_twice() {
             receiver.store.refusals.lock().unwrap().len() >= 12
                 && value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
                     .is_some_and(|v| v >= 1.0)
+        },
+    )
+    .await;
+    assert_delta_windows_are_contiguous(&receiver.store.all());
+    receiver.store.mode.store(NORMAL, Ordering::SeqCst);
+    converge(&sim, &exporter).await;
+    assert_same_sync(&exporter, &receiver.store, false).await;
+    assert_delta_windows_are_contiguous(&receiver.store.all());
+    exporter.shutdown().await;
+}
+
+/// A collector that takes the first parts of an export and hangs on the
+/// next until the export's deadline: the parts it took settle their
+/// series, the rest go out with the next export over the window since
+/// their last delivery (back to back), and once it answers again the union
+/// of what it took equals /metrics: nothing lost, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_a_collector_hangs_on_go_out_again_back_to_back_and_never_twice() {
+    let sim = Sim::start(busy_fleet(87)).await;
+    let receiver = Receiver::start(Wire::Http).await;
+    receiver.store.mode.store(HANG_SOME, Ordering::SeqCst);
+    let endpoint = receiver.endpoint();
+    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "300ms", "1s");
+    args.extend(["--otlp.max-request-size", "4KiB"]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    receiver.store.wait_for_finished_tasks().await;
+    wait_for(
+        Duration::from_secs(60),
+        "parts hung on and exports failed for it",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            receiver.store.refusals.lock().unwrap().len() >= 6
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
+                    .is_some_and(|v| v >= 2.0)
         },
     )
     .await;
