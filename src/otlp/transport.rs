@@ -640,3 +640,86 @@ pub fn scrub(text: &str, secrets: &[Secret]) -> String {
     }
     out
 }
+
+/// A collector's wait, however it is spelled, reads as a duration or as
+/// none, and never panics; a reply error is told from a collector's status.
+#[cfg(test)]
+mod hostile_waits {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    fn details(seconds: i64, nanos: i32) -> Vec<u8> {
+        RpcStatus {
+            details: vec![RpcAny {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                value: RetryInfo {
+                    retry_delay: Some(PbDuration { seconds, nanos }),
+                }
+                .encode_to_vec(),
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn retry_info_of_any_duration_reads_without_a_panic() {
+        assert_eq!(
+            retry_info(&details(i64::MAX, i32::MAX)),
+            Some(Duration::from_secs(i64::MAX as u64) + Duration::from_nanos(i32::MAX as u64))
+        );
+        assert_eq!(retry_info(&details(-1, 0)), None);
+        assert_eq!(retry_info(&details(i64::MIN, i32::MIN)), None);
+        assert_eq!(retry_info(&details(3, -5)), Some(Duration::from_secs(3)));
+        assert_eq!(retry_info(&[0xff; 64]), None);
+        assert_eq!(retry_info(&[]), None);
+    }
+
+    #[test]
+    fn retry_after_of_any_spelling_reads_without_a_panic() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after(&u64::MAX.to_string(), now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for v in ["18446744073709551616", "-1", "1.5", "1e9", "３", "", "  "] {
+            assert_eq!(parse_retry_after(v, now), None, "{v:?}");
+        }
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).unwrap();
+        assert!(far > Duration::from_secs(250_000_000_000 / 1000));
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        let _ = parse_retry_after("Mon, 01 Jan 0001 00:00:00 GMT", SystemTime::now());
+    }
+
+    #[test]
+    fn only_errors_about_a_received_reply_count_as_accepted() {
+        use tonic::{Code, Status};
+        for s in [
+            Status::new(Code::OutOfRange, "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes"),
+            Status::new(Code::ResourceExhausted, "Error decompressing: size limit, of 65536 bytes, exceeded while decompressing message"),
+            Status::new(Code::Internal, "Error decompressing: invalid gzip header, while receiving response with status: 200 OK"),
+            Status::new(Code::Internal, "failed to decode Protobuf message: invalid wire type"),
+        ] {
+            assert!(reply_unreadable(&s), "{s:?}");
+        }
+        for s in [
+            Status::new(
+                Code::OutOfRange,
+                "Error, encoded message length too large: found 5 bytes, the limit is: 4 bytes",
+            ),
+            Status::new(
+                Code::ResourceExhausted,
+                "data refused due to high memory usage",
+            ),
+            Status::new(
+                Code::Internal,
+                "Error decompressing: invalid gzip header, while sending request",
+            ),
+            Status::new(Code::Unavailable, "failed to decode Protobuf message"),
+        ] {
+            assert!(!reply_unreadable(&s), "{s:?}");
+        }
+    }
+}
