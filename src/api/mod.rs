@@ -882,8 +882,7 @@ pub fn parse_page<T: types::Object>(body: &[u8]) -> Result<Page<T>, ApiError> {
 fn parse_page_inner<T: types::Object>(body: &[u8], key: &str) -> Result<Page<T>, String> {
     // Invalid UTF-8 would refuse the page whole: it reads as U+FFFD (a
     // copy only when there is some), and the objects holding it are marked.
-    let text = String::from_utf8_lossy(body);
-    let lossy = matches!(text, std::borrow::Cow::Owned(_));
+    let (text, replaced) = types::lossy_text(body);
     let raw: types::RawPage =
         serde_json::from_str(&text).map_err(|e| error::describe_bad_body(body, &e, key))?;
     if raw.has_more && raw.next_cursor.as_deref().is_none_or(str::is_empty) {
@@ -896,6 +895,7 @@ fn parse_page_inner<T: types::Object>(body: &[u8], key: &str) -> Result<Page<T>,
         next_cursor: raw.next_cursor,
     };
     for item in raw.data {
+        let lossy = types::replaced_within(&text, &replaced, item.get());
         match types::parse_object::<T>(item.get(), lossy) {
             Ok(t) => page.data.push(t),
             Err(m) => page.rejected.push(m),
@@ -912,10 +912,10 @@ fn parse_envelope<T: types::Object>(body: &[u8], key: &str) -> Result<T, String>
         #[serde(borrow)]
         data: &'a serde_json::value::RawValue,
     }
-    let text = String::from_utf8_lossy(body);
-    let lossy = matches!(text, std::borrow::Cow::Owned(_));
+    let (text, replaced) = types::lossy_text(body);
     let raw: RawEnvelope =
         serde_json::from_str(&text).map_err(|e| error::describe_bad_body(body, &e, key))?;
+    let lossy = types::replaced_within(&text, &replaced, raw.data.get());
     types::parse_object::<T>(raw.data.get(), lossy)
         .map_err(|m| format!("{} ({})", m.reason, m.detail))
 }

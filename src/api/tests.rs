@@ -1444,3 +1444,121 @@ fn one_malformed_object_is_one_refused_object_never_the_page() {
     );
     assert!(page.rejected.iter().all(|m| m.resource == "tasks"));
 }
+
+/// Invalid UTF-8 in one object of a page marks that object repaired
+/// (`invalid_text`), not every other object that holds a U+FFFD the API
+/// sent as such: on main a page with one bad byte marked them all, and
+/// each counted once more in clawmesh_api_rejected_objects_total.
+#[test]
+fn only_the_object_with_invalid_utf8_is_marked_repaired_not_one_with_a_real_u_fffd() {
+    let items = vec![
+        task_text(
+            "sent_as_is",
+            "2026-11-23T10:00:01Z",
+            ",\"labels\":{\"team\":\"x\u{FFFD}\"}",
+        ),
+        task_text(
+            "bad_byte",
+            "2026-11-23T10:00:02Z",
+            ",\"labels\":{\"team\":\"y\u{E000}\"}",
+        ),
+        task_text(
+            "after",
+            "2026-11-23T10:00:03Z",
+            ",\"labels\":{\"team\":\"\u{FFFD}z\"}",
+        ),
+    ];
+    let mark = "\u{E000}".as_bytes();
+    let mut body = page_of(&items);
+    let at = body.windows(3).position(|w| w == mark).unwrap();
+    body.splice(at..at + 3, [0xC3]);
+    let page = parse_page::<types::Task>(&body).unwrap();
+    let labels: Vec<&str> = page.data.iter().map(|t| t.labels[0].1.as_str()).collect();
+    assert_eq!(labels, ["x\u{FFFD}", "y\u{FFFD}", "\u{FFFD}z"]);
+    let repaired: Vec<bool> = page.data.iter().map(|t| t.text_repaired).collect();
+    assert_eq!(repaired, [false, true, false]);
+    // A single agent: a bad byte outside its object marks nothing.
+    let agent = "{\"id\":\"agt_1\",\"status\":\"idle\",\"created_at\":\"2026-11-23T10:00:00Z\",\"updated_at\":\"2026-11-23T10:00:00Z\",\"labels\":{\"team\":\"x\u{FFFD}\"}}";
+    let mut body = format!("{{\"data\":{agent},\"note\":\"\u{E000}\"}}").into_bytes();
+    let at = body.windows(3).position(|w| w == mark).unwrap();
+    body.splice(at..at + 3, [0xFF]);
+    let one = parse_envelope::<types::Agent>(&body, "").unwrap();
+    assert!(!one.text_repaired);
+}
+
+/// Duplicate keys refuse the object (serde's derive: "duplicate field"),
+/// never count it twice or under the first or last value; a lone
+/// surrogate in an id or a status is repaired like any text; a `data`
+/// that is not an array, or a cursor that is not Unicode, fails the page
+/// (a cursor cannot be sent back repaired: it would name another page).
+#[test]
+fn duplicate_keys_broken_ids_statuses_and_cursors() {
+    let items = vec![
+        task_text("dup_status", "2026-11-23T10:00:01Z", "").replace(
+            r#""status":"completed""#,
+            r#""status":"completed","status":"pending""#,
+        ),
+        task_text("a", "2026-11-23T10:00:02Z", "").replace(r#""id":"a""#, r#""id":"a","id":"b""#),
+        task_text(r"t\ud800", "2026-11-23T10:00:03Z", ""),
+        task_text("s", "2026-11-23T10:00:04Z", "")
+            .replace(r#""status":"completed""#, r#""status":"complet\udc00""#),
+    ];
+    let page = parse_page::<types::Task>(&page_of(&items)).unwrap();
+    let refused: Vec<(Option<&str>, &str, Option<types::Timestamp>)> = page
+        .rejected
+        .iter()
+        .map(|m| (m.id.as_deref(), m.reason, m.updated_at))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (
+                Some("dup_status"),
+                "invalid_field",
+                types::Timestamp::parse("2026-11-23T10:00:01Z")
+            ),
+            // The id itself is doubled: neither is taken.
+            (None, "invalid_field", None),
+        ]
+    );
+    let read: Vec<(&str, bool, bool)> = page
+        .data
+        .iter()
+        .map(|t| (t.id.as_str(), t.text_repaired, t.status.is_terminal()))
+        .collect();
+    assert_eq!(
+        read,
+        [("t\u{FFFD}", true, true), ("s", true, false)],
+        "{:?}",
+        page.data.iter().map(|t| &t.status).collect::<Vec<_>>()
+    );
+    for body in [
+        r#"{"data":{"id":"t"},"has_more":false,"next_cursor":null}"#.to_string(),
+        r#"{"data":"many","has_more":false,"next_cursor":null}"#.to_string(),
+        r#"{"data":[],"has_more":true,"next_cursor":"c\ud800"}"#.to_string(),
+    ] {
+        assert!(
+            parse_page::<types::Task>(body.as_bytes()).is_err(),
+            "{body}"
+        );
+    }
+}
+
+/// 100,000 tiny objects in one page: each is one refused object (they
+/// are numbers, not tasks), the page stands, and it takes one pass.
+#[test]
+fn a_page_of_100k_tiny_objects_is_read_one_by_one() {
+    let body = format!(
+        r#"{{"data":[{}],"has_more":false,"next_cursor":null}}"#,
+        vec!["5"; 100_000].join(",")
+    );
+    let started = std::time::Instant::now();
+    let page = parse_page::<types::Task>(body.as_bytes()).unwrap();
+    eprintln!("100k tiny objects read in {:?}", started.elapsed());
+    assert!(page.data.is_empty());
+    assert_eq!(page.rejected.len(), 100_000);
+    assert!(page
+        .rejected
+        .iter()
+        .all(|m| m.reason == "invalid_field" && m.id.is_none()));
+}

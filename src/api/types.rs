@@ -596,11 +596,52 @@ pub struct Malformed {
 /// Reasons of [`Malformed`].
 pub const MALFORMED_REASONS: [&str; 2] = ["invalid_field", "malformed"];
 
+/// `body` as text, invalid UTF-8 read as U+FFFD as `String::from_utf8_lossy`
+/// does (a copy only when there is some), and where in the text each U+FFFD
+/// put there starts: only the objects holding one were repaired, not every
+/// object with a U+FFFD the API sent as such.
+pub fn lossy_text(body: &[u8]) -> (std::borrow::Cow<'_, str>, Vec<usize>) {
+    if let Ok(text) = std::str::from_utf8(body) {
+        return (std::borrow::Cow::Borrowed(text), Vec::new());
+    }
+    let mut text = String::with_capacity(body.len() + 16);
+    let mut replaced = Vec::new();
+    for chunk in body.utf8_chunks() {
+        text.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            replaced.push(text.len());
+            text.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+    (std::borrow::Cow::Owned(text), replaced)
+}
+
+/// Whether `part`, a slice of `text` (an object read from it), holds one of
+/// the U+FFFD [`lossy_text`] put at `replaced`.
+pub fn replaced_within(text: &str, replaced: &[usize], part: &str) -> bool {
+    if replaced.is_empty() {
+        return false;
+    }
+    let start = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    if start
+        .checked_add(part.len())
+        .is_none_or(|end| end > text.len())
+    {
+        // Not a slice of it (cannot happen: objects borrow from the text);
+        // any replacement then may be in it.
+        return true;
+    }
+    let first = replaced.partition_point(|&at| at < start);
+    replaced
+        .get(first)
+        .is_some_and(|&at| at < start + part.len())
+}
+
 /// One object from its JSON text. Lone UTF-16 surrogate escapes (what
 /// JavaScript's `JSON.stringify` makes of a cut emoji) read as U+FFFD,
 /// as invalid UTF-8 does: the object counts, with that text repaired and
 /// marked (`text_repaired`, counted as `invalid_text`). `lossy`: the text
-/// had invalid UTF-8 replaced already, somewhere in its page.
+/// had invalid UTF-8 replaced already, in this object ([`replaced_within`]).
 pub fn parse_object<T: Object>(raw: &str, lossy: bool) -> Result<T, Malformed> {
     let fixed = repair_surrogates(raw);
     let repaired = matches!(fixed, std::borrow::Cow::Owned(_))

@@ -96,6 +96,16 @@ pub fn encode(
     bytes::Bytes::from(request.encode_to_vec())
 }
 
+/// `wait` from now. A collector's wait is capped by
+/// `--otlp.max-retry-after` alone, which may be given as long as a
+/// duration goes: past what an `Instant` holds it is 30 years (adding it
+/// panicked, and did again at every export the collector answered so).
+fn later(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(86400 * 365 * 30))
+}
+
 /// A running pusher; [`Pusher::shutdown`] flushes the last numbers.
 pub struct Pusher {
     stop: watch::Sender<bool>,
@@ -295,7 +305,7 @@ impl Worker {
                         stopped = true;
                         if let Some(after) = retry_after {
                             let after = (*after).min(self.cfg.max_retry_after);
-                            self.not_before = Some(Instant::now() + after);
+                            self.not_before = Some(later(after));
                         }
                     }
                     error.get_or_insert(e);
@@ -396,7 +406,7 @@ impl Worker {
                             backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0)
                         }
                     };
-                    if Instant::now() + wait >= deadline {
+                    if later(wait) >= deadline {
                         return (
                             Err(SendError::Retryable {
                                 message,

@@ -677,3 +677,73 @@ fn random_uuid() -> String {
         &h[20..32]
     )
 }
+
+/// The SPKI reader fed hostile DER: it answers or refuses, never panics,
+/// and what it answers lies inside what it was given.
+#[cfg(test)]
+mod hostile_der {
+    use super::subject_public_key_info;
+    use proptest::prelude::*;
+
+    fn inside(outer: &[u8], inner: &[u8]) -> bool {
+        let (o, i) = (outer.as_ptr() as usize, inner.as_ptr() as usize);
+        i >= o && i + inner.len() <= o + outer.len()
+    }
+
+    fn real_cert() -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::new(vec!["exporter".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn crafted_lengths_and_nesting_are_refused() {
+        for der in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x80, 0x00, 0x00], // indefinite length
+            &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x30], // 4 GiB, past the end
+            &[0x30, 0x85, 1, 0, 0, 0, 0, 0], // five length bytes
+            &[0x30, 0x88, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &[0x30, 0x02, 0x30, 0x05],       // inner past the outer
+            &[0x30, 0x03, 0x30, 0x01, 0xa0], // version, nothing after
+        ] {
+            assert_eq!(subject_public_key_info(der), None, "{der:02x?}");
+        }
+        let deep: Vec<u8> = std::iter::repeat_n([0x30u8, 0x80], 100_000)
+            .flatten()
+            .collect();
+        assert_eq!(subject_public_key_info(&deep), None);
+        let cert = real_cert();
+        let spki = subject_public_key_info(&cert).expect("a real certificate reads");
+        assert!(inside(&cert, spki));
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Some(spki) = subject_public_key_info(&bytes) {
+                prop_assert!(inside(&bytes, spki));
+            }
+        }
+
+        #[test]
+        fn a_real_certificate_cut_or_changed_never_panics(
+            cut in 0usize..2000,
+            at in 0usize..2000,
+            to in any::<u8>(),
+        ) {
+            let mut cert = real_cert();
+            let at = at % cert.len();
+            cert[at] = to;
+            cert.truncate(cut.min(cert.len()));
+            if let Some(spki) = subject_public_key_info(&cert) {
+                prop_assert!(inside(&cert, spki));
+            }
+        }
+    }
+}

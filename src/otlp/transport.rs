@@ -5,7 +5,8 @@
 //! compresses each gRPC message; the HTTP body is compressed here.
 //!
 //! A reply is read up to `--otlp.max-response-size` (the HTTP body frame by
-//! frame; tonic refuses a bigger gRPC message) and within the attempt's
+//! frame; tonic refuses a bigger gRPC message, and inflates a gzip one no
+//! further) and within the attempt's
 //! timeout: a collector that streams an endless answer costs that much and
 //! its connection. The status decides: a 200 whose body runs past the limit
 //! was accepted (its partial-success details are lost, said once in the
@@ -147,9 +148,15 @@ impl Transport {
                     metadata.insert(key, v);
                 }
                 // tonic refuses a reply message past the limit (its own
-                // default is 4 MiB) before reading it.
+                // default is 4 MiB) before reading it, and stops inflating a
+                // gzip one there. gzip replies are taken whatever we send:
+                // a Go collector (grpc-go) answers a gzip request in gzip
+                // without asking, and tonic refuses an encoding it was not
+                // told to accept (UNIMPLEMENTED: every export of a request
+                // the collector took would count failed and go out again).
                 let mut client = MetricsServiceClient::new(endpoint.connect_lazy())
-                    .max_decoding_message_size(cfg.max_response_size);
+                    .max_decoding_message_size(cfg.max_response_size)
+                    .accept_compressed(CompressionEncoding::Gzip);
                 if cfg.compression == Compression::Gzip {
                     client = client.send_compressed(CompressionEncoding::Gzip);
                 }
@@ -163,6 +170,11 @@ impl Transport {
                 let mut builder = reqwest::Client::builder()
                     .timeout(cfg.timeout)
                     .connect_timeout(cfg.timeout)
+                    // A redirect is not followed: reqwest would send the
+                    // headers (API keys: dd-api-key, x-tenant-token...; it
+                    // drops only Authorization and cookies) to wherever the
+                    // collector points, another host included.
+                    .redirect(reqwest::redirect::Policy::none())
                     .user_agent(concat!("clawmesh-exporter/", env!("CARGO_PKG_VERSION")));
                 if let Some(pem) = &cfg.ca_pem {
                     for cert in reqwest::Certificate::from_pem_bundle(pem)
@@ -253,15 +265,12 @@ impl Transport {
                     Ok(resp) => Ok(accepted(resp.into_inner(), secrets)),
                     // A reply message only follows an OK status (gRPC sends
                     // an error as trailers alone): the request was taken,
-                    // the reply was past --otlp.max-response-size.
-                    Err(status)
-                        if status.code() == tonic::Code::OutOfRange
-                            && status
-                                .message()
-                                .contains("decoded message length too large") =>
-                    {
+                    // the reply could not be read (past
+                    // --otlp.max-response-size, or not a reply), as a 200
+                    // over HTTP whose body does not decode.
+                    Err(status) if reply_unreadable(&status) => {
                         if !std::mem::replace(&mut self.warned_oversized, true) {
-                            tracing::warn!(limit = self.max_response_size, detail = %scrub(status.message(), secrets), "the OTLP collector answered with a gRPC message larger than --otlp.max-response-size; it was not read, and the export counts as accepted (said once)");
+                            tracing::warn!(limit = self.max_response_size, detail = %scrub(status.message(), secrets), "the OTLP collector answered with a gRPC message that could not be read (larger than --otlp.max-response-size, inflated or not, or not a reply); the export counts as accepted (said once)");
                         }
                         Ok(Accepted::default())
                     }
@@ -318,6 +327,13 @@ impl Transport {
                     }
                 };
                 let status = resp.status();
+                let location: Option<String> =
+                    resp.headers().get(reqwest::header::LOCATION).map(|v| {
+                        String::from_utf8_lossy(v.as_bytes())
+                            .chars()
+                            .take(200)
+                            .collect()
+                    });
                 let retry_after = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
@@ -351,7 +367,10 @@ impl Transport {
                     return Ok(accepted(parsed, secrets));
                 }
                 let detail: String = String::from_utf8_lossy(&text).chars().take(200).collect();
-                let msg = scrub(&format!("HTTP {status}: {}", detail.trim()), secrets);
+                let msg = match location.filter(|_| status.is_redirection()) {
+                    Some(to) => scrub(&format!("HTTP {status}: the collector redirects to {to}; redirects are not followed (they would carry the headers there): set --otlp.endpoint to where it should go"), secrets),
+                    None => scrub(&format!("HTTP {status}: {}", detail.trim()), secrets),
+                };
                 match status.as_u16() {
                     429 | 502 | 503 | 504 => Err(SendError::Retryable {
                         message: msg,
@@ -361,6 +380,24 @@ impl Transport {
                 }
             }
         }
+    }
+}
+
+/// tonic's errors for a reply message it received and could not read
+/// (only an OK status sends one), as opposed to a status the collector
+/// sent: past the decoding limit as sent, past it while inflating (a gzip
+/// bomb), an encoding that does not inflate, bytes that are not the reply.
+fn reply_unreadable(status: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    let m = status.message();
+    match status.code() {
+        OutOfRange => m.contains("decoded message length too large"),
+        ResourceExhausted => m.contains("exceeded while decompressing message"),
+        Internal => {
+            (m.starts_with("Error decompressing: ") && m.contains("while receiving response"))
+                || m.starts_with("failed to decode Protobuf message")
+        }
+        _ => false,
     }
 }
 
@@ -602,4 +639,87 @@ pub fn scrub(text: &str, secrets: &[Secret]) -> String {
         out = out.replace(s.expose(), "<redacted>");
     }
     out
+}
+
+/// A collector's wait, however it is spelled, reads as a duration or as
+/// none, and never panics; a reply error is told from a collector's status.
+#[cfg(test)]
+mod hostile_waits {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    fn details(seconds: i64, nanos: i32) -> Vec<u8> {
+        RpcStatus {
+            details: vec![RpcAny {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                value: RetryInfo {
+                    retry_delay: Some(PbDuration { seconds, nanos }),
+                }
+                .encode_to_vec(),
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn retry_info_of_any_duration_reads_without_a_panic() {
+        assert_eq!(
+            retry_info(&details(i64::MAX, i32::MAX)),
+            Some(Duration::from_secs(i64::MAX as u64) + Duration::from_nanos(i32::MAX as u64))
+        );
+        assert_eq!(retry_info(&details(-1, 0)), None);
+        assert_eq!(retry_info(&details(i64::MIN, i32::MIN)), None);
+        assert_eq!(retry_info(&details(3, -5)), Some(Duration::from_secs(3)));
+        assert_eq!(retry_info(&[0xff; 64]), None);
+        assert_eq!(retry_info(&[]), None);
+    }
+
+    #[test]
+    fn retry_after_of_any_spelling_reads_without_a_panic() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after(&u64::MAX.to_string(), now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for v in ["18446744073709551616", "-1", "1.5", "1e9", "３", "", "  "] {
+            assert_eq!(parse_retry_after(v, now), None, "{v:?}");
+        }
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).unwrap();
+        assert!(far > Duration::from_secs(250_000_000_000 / 1000));
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        let _ = parse_retry_after("Mon, 01 Jan 0001 00:00:00 GMT", SystemTime::now());
+    }
+
+    #[test]
+    fn only_errors_about_a_received_reply_count_as_accepted() {
+        use tonic::{Code, Status};
+        for s in [
+            Status::new(Code::OutOfRange, "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes"),
+            Status::new(Code::ResourceExhausted, "Error decompressing: size limit, of 65536 bytes, exceeded while decompressing message"),
+            Status::new(Code::Internal, "Error decompressing: invalid gzip header, while receiving response with status: 200 OK"),
+            Status::new(Code::Internal, "failed to decode Protobuf message: invalid wire type"),
+        ] {
+            assert!(reply_unreadable(&s), "{s:?}");
+        }
+        for s in [
+            Status::new(
+                Code::OutOfRange,
+                "Error, encoded message length too large: found 5 bytes, the limit is: 4 bytes",
+            ),
+            Status::new(
+                Code::ResourceExhausted,
+                "data refused due to high memory usage",
+            ),
+            Status::new(
+                Code::Internal,
+                "Error decompressing: invalid gzip header, while sending request",
+            ),
+            Status::new(Code::Unavailable, "failed to decode Protobuf message"),
+        ] {
+            assert!(!reply_unreadable(&s), "{s:?}");
+        }
+    }
 }

@@ -231,9 +231,14 @@ impl Receiver {
         }
         // Invalid UTF-8 reads as U+FFFD, as in a page: the object it is
         // in counts, marked (the signature was checked on the bytes sent).
-        let text = String::from_utf8_lossy(&body);
-        let lossy = matches!(text, std::borrow::Cow::Owned(_));
-        let Ok(ev) = serde_json::from_str::<EventIn>(&text) else {
+        let (text, replaced) = crate::api::types::lossy_text(&body);
+        // A lone surrogate escape outside the object (in the event's id,
+        // say) would refuse the event, and every retry of it: the event is
+        // read with them as U+FFFD, the object from the text as sent (the
+        // repair keeps every length, so it sits at the same place), so
+        // that it is marked repaired when it holds one.
+        let envelope = crate::api::types::repair_surrogates(&text);
+        let Ok(ev) = serde_json::from_str::<EventIn>(&envelope) else {
             return Refused(StatusCode::BAD_REQUEST, "bad_request");
         };
         if ev.created_at < Timestamp::host_now().saturating_sub(RETRY_HORIZON) {
@@ -255,7 +260,14 @@ impl Receiver {
             return answer(StatusCode::BAD_REQUEST, "bad_request");
         }
         *lock(&route.last_event) = Some(Timestamp::host_now());
-        let change = match Change::from_event(&ev.kind, ev.data.object.get(), lossy) {
+        let object = ev.data.object.get();
+        let start = (object.as_ptr() as usize).wrapping_sub(envelope.as_ptr() as usize);
+        let object = start
+            .checked_add(object.len())
+            .and_then(|end| text.get(start..end))
+            .unwrap_or(object);
+        let lossy = crate::api::types::replaced_within(&text, &replaced, object);
+        let change = match Change::from_event(&ev.kind, object, lossy) {
             Some(c) => c,
             None if KNOWN_UNUSED.contains(&ev.kind.as_str()) => {
                 return answer(StatusCode::OK, "ignored")

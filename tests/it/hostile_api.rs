@@ -1329,6 +1329,86 @@ mod objects {
         exporter.shutdown().await;
     }
 
+    /// A lone surrogate escape outside the object, in the event's own id:
+    /// the event is read (the id with U+FFFD), its task counts once, the
+    /// object is not marked repaired (it holds none), and the platform's
+    /// retry is a duplicate. On main the event was refused (400) on every
+    /// retry, and the task counted only when a listing came by.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_webhook_event_with_a_lone_surrogate_in_its_id_is_read_and_counted_once() {
+        use hmac::{Hmac, Mac};
+        const SECRET: &str = "whsec_hostile_event_id";
+        let sim = Sim::start(busy_fleet(184)).await;
+        sim.sim.pause();
+        let file = std::env::temp_dir().join(format!("cmx-whsec-{}-evtid", std::process::id()));
+        std::fs::write(&file, SECRET).unwrap();
+        let cfg = exporter_config(&sim, &["--webhook.secret-file", file.to_str().unwrap()]);
+        let exporter = start_exporter(&cfg).await;
+        let ws = exporter.workspace.clone();
+        let before = converge(&sim, &exporter).await;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let post = |body: Vec<u8>| {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+            mac.update(&body);
+            let sig: String = mac
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let req = client
+                .post(format!("http://{}/webhooks/clawmesh", exporter.addr))
+                .header("x-clawmesh-signature", format!("sha256={sig}"))
+                .body(body);
+            async move {
+                let r = req.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        let now = (chrono::Utc::now() + chrono::Duration::seconds(2))
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        let event = format!(
+            r#"{{"id":"evt_\ud800x","type":"task.completed","created_at":"{now}","workspace_id":"{ws}","data":{{"object":{{"id":"tsk_evtid","agent_id":null,"status":"completed","labels":{{"team":"x"}},"created_at":"{now}","updated_at":"{now}","started_at":"{now}","finished_at":"{now}","transitions":[],"error":null,"metrics":{{"queue_seconds":1,"run_seconds":2,"input_tokens":3,"output_tokens":4}}}}}}}}"#
+        )
+        .into_bytes();
+        assert!(String::from_utf8_lossy(&event).contains(r#""evt_\ud800x""#));
+        assert_eq!(post(event.clone()).await, (200, "accepted\n".to_string()));
+        assert_eq!(post(event).await, (200, "duplicate\n".to_string()));
+        let was = |name: &str, labels: &[(&str, &str)]| must(&before, name, labels);
+        let want = (
+            was("clawmesh_tasks_finished_total", &[("status", "completed")]) + 1.0,
+            was(
+                "clawmesh_api_rejected_objects_total",
+                &[("resource", "tasks"), ("reason", "invalid_text")],
+            ),
+        );
+        let now = || async {
+            let m = parse(&scrape(exporter.addr).await);
+            (
+                must(
+                    &m,
+                    "clawmesh_tasks_finished_total",
+                    &[("status", "completed")],
+                ),
+                must(
+                    &m,
+                    "clawmesh_api_rejected_objects_total",
+                    &[("resource", "tasks"), ("reason", "invalid_text")],
+                ),
+            )
+        };
+        wait_for(Duration::from_secs(30), "the event applied", || async {
+            now().await == want
+        })
+        .await;
+        let _ = std::fs::remove_file(&file);
+        exporter.shutdown().await;
+    }
+
     /// The refused objects are counters like the others: a restart from
     /// the checkpoint goes on from them, never below.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,9 @@ const RETRY_AFTER_ONCE: u8 = 3;
 /// Answer 503 to three requests in every seven (a part refused through
 /// all its attempts now and then); accept the rest.
 const REFUSE_SOME: u8 = 4;
+/// Take no request in three of every seven: hang past the exporter's
+/// deadline (no answer), then drop it unrecorded; accept the rest.
+const HANG_SOME: u8 = 5;
 
 #[derive(Clone, Default)]
 struct Store {
@@ -169,6 +172,15 @@ async fn http_export(
                 .unwrap()
                 .push(std::time::Instant::now());
             return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+        }
+        HANG_SOME if (2..=4).contains(&(n % 7)) => {
+            store
+                .refusals
+                .lock()
+                .unwrap()
+                .push(std::time::Instant::now());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return (StatusCode::SERVICE_UNAVAILABLE, ct, Vec::new()).into_response();
         }
         REJECT_ECHOING => {
             let echo: Vec<String> = headers
@@ -1012,6 +1024,40 @@ async fn refused_parts_of_a_delta_export_are_never_delivered_twice() {
     exporter.shutdown().await;
 }
 
+/// A collector that takes the first parts of an export and hangs on the
+/// next until the export's deadline: the parts it took settle their
+/// series, the rest go out with the next export over the window since
+/// their last delivery (back to back), and once it answers again the union
+/// of what it took equals /metrics: nothing lost, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_a_collector_hangs_on_go_out_again_back_to_back_and_never_twice() {
+    let sim = Sim::start(busy_fleet(87)).await;
+    let receiver = Receiver::start(Wire::Http).await;
+    receiver.store.mode.store(HANG_SOME, Ordering::SeqCst);
+    let endpoint = receiver.endpoint();
+    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "300ms", "1s");
+    args.extend(["--otlp.max-request-size", "4KiB"]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    receiver.store.wait_for_finished_tasks().await;
+    wait_for(
+        Duration::from_secs(60),
+        "parts hung on and exports failed for it",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            receiver.store.refusals.lock().unwrap().len() >= 6
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
+                    .is_some_and(|v| v >= 2.0)
+        },
+    )
+    .await;
+    assert_delta_windows_are_contiguous(&receiver.store.all());
+    receiver.store.mode.store(NORMAL, Ordering::SeqCst);
+    converge(&sim, &exporter).await;
+    assert_same_sync(&exporter, &receiver.store, false).await;
+    assert_delta_windows_are_contiguous(&receiver.store.all());
+    exporter.shutdown().await;
+}
+
 // ---------------------------------------------------------------- hostile collectors
 
 /// A collector that takes a request and answers `status` with a chunked
@@ -1278,6 +1324,171 @@ async fn a_huge_grpc_reply_is_not_read_and_the_export_counts_delivered() {
     server.abort();
 }
 
+/// Serve `svc` (which compresses its replies with gzip when asked) over
+/// plain HTTP/2 as a Go collector does: grpc-go answers a gzip request in
+/// gzip without looking at `grpc-accept-encoding`, so the header is added
+/// to every request before tonic sees it. Counts the replies sent in gzip.
+async fn serve_like_grpc_go<S>(svc: S) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    S: tower::Service<
+            axum::http::Request<axum::body::Body>,
+            Response = axum::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gzip_replies = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = gzip_replies.clone();
+    let app = axum::Router::new().route_service(
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        svc,
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (app, counted) = (app.clone(), counted.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        let (app, counted) = (app.clone(), counted.clone());
+                        let sent_gzip = req
+                            .headers()
+                            .get("grpc-encoding")
+                            .is_some_and(|v| v == "gzip");
+                        if sent_gzip {
+                            req.headers_mut().insert(
+                                "grpc-accept-encoding",
+                                axum::http::HeaderValue::from_static("gzip"),
+                            );
+                        }
+                        async move {
+                            let resp =
+                                tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new))
+                                    .await;
+                            if let Ok(r) = &resp {
+                                if r.headers()
+                                    .get("grpc-encoding")
+                                    .is_some_and(|v| v == "gzip")
+                                {
+                                    counted.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                            resp
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+            });
+        }
+    });
+    (addr, gzip_replies)
+}
+
+/// A Go collector answers a gzip request in gzip, asked or not. The reply
+/// is read (on main tonic refused it, UNIMPLEMENTED: every export the
+/// collector took counted failed and its deltas went out again with the
+/// next, counted twice by the collector).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_gzip_replies_as_a_go_collector_sends_them_are_read() {
+    let sim = Sim::start(busy_fleet(83)).await;
+    let store = Store::default();
+    let (addr, gzip_replies) = serve_like_grpc_go(
+        grpc_service(store.clone()).send_compressed(tonic::codec::CompressionEncoding::Gzip),
+    )
+    .await;
+    let endpoint = format!("http://{addr}");
+    let mut args = otlp_args(&endpoint, Wire::Grpc, "delta", "explicit", "250ms", "2s");
+    args.extend(["--otlp.compression", "gzip"]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(60),
+        "three exports answered in gzip, counted delivered",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            gzip_replies.load(Ordering::SeqCst) >= 3
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", "success")])
+                    .is_some_and(|v| v >= 3.0)
+        },
+    )
+    .await;
+    converge(&sim, &exporter).await;
+    assert_same_sync(&exporter, &store, false).await;
+    assert_delta_windows_are_contiguous(&store.all());
+    let m = parse(&scrape(exporter.addr).await);
+    assert_eq!(
+        value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")]).unwrap_or(0.0),
+        0.0,
+        "a delivered delta export counted failed is sent again"
+    );
+    exporter.shutdown().await;
+}
+
+/// A gzip bomb: 5 MiB of reply in a few KiB of gzip, under
+/// --otlp.max-response-size as sent. It is inflated no further than the
+/// limit and, the status being OK, the export counts delivered, once: on
+/// main it was refused unread (UNIMPLEMENTED), and taken as
+/// RESOURCE_EXHAUSTED (retried) once gzip replies are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_gzip_bomb_reply_is_inflated_only_to_the_limit_and_counts_delivered_once() {
+    let sim = Sim::start(busy_fleet(84)).await;
+    let service = HugeAnswer::default();
+    let calls = service.calls.clone();
+    let (addr, gzip_replies) = serve_like_grpc_go(
+        MetricsServiceServer::new(service)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .await;
+    let endpoint = format!("http://{addr}");
+    let mut args = otlp_args(&endpoint, Wire::Grpc, "delta", "explicit", "300ms", "5s");
+    args.extend([
+        "--otlp.compression",
+        "gzip",
+        "--otlp.max-response-size",
+        "64KiB",
+    ]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(60),
+        "three exports answered with a gzip bomb, counted delivered",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            gzip_replies.load(Ordering::SeqCst) >= 3
+                && value(&m, "clawmesh_otlp_exports_total", &[("result", "success")])
+                    .is_some_and(|v| v >= 3.0)
+        },
+    )
+    .await;
+    let m = parse(&scrape(exporter.addr).await);
+    assert_eq!(
+        value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")]).unwrap_or(0.0),
+        0.0,
+        "a delivered delta export counted failed is sent again"
+    );
+    // One request per export: none was retried after the collector took it.
+    let (exports, requests) = (
+        must(&m, "clawmesh_otlp_exports_total", &[("result", "success")]),
+        calls.load(Ordering::SeqCst) as f64,
+    );
+    assert!(
+        requests <= exports + 1.0,
+        "{requests} requests for {exports} exports: a taken request was sent again"
+    );
+    exporter.shutdown().await;
+}
+
 /// A collector answering 429 with `Retry-After: 3` (HTTP) or UNAVAILABLE
 /// with a RetryInfo of 3 s (gRPC) is not sent to again for 3 s (before, the
 /// retry came after the 0.2 s backoff, issue 18).
@@ -1343,10 +1554,127 @@ async fn grpc_retry_info_is_waited_out() {
     retry_after_is_waited_out(Wire::Grpc, 82).await;
 }
 
+/// A `Retry-After` of u64::MAX seconds under a --otlp.max-retry-after as
+/// long as a duration goes (400 billion years): the wait is past what an
+/// Instant holds. The pusher waits (nothing more is sent) and never
+/// panics; on main adding the wait to now panicked, at every export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_past_what_an_instant_holds_is_waited_without_a_panic() {
+    let sim = Sim::start(busy_fleet(86)).await;
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    let app = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post(move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, u64::MAX.to_string())],
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "200ms", "1s");
+    args.extend(["--otlp.max-retry-after", "400000000000y"]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    let restarts = |m: &BTreeMap<String, f64>| {
+        value(
+            m,
+            "clawmesh_exporter_task_restarts_total",
+            &[("task", "otlp_pusher")],
+        )
+        .unwrap_or(0.0)
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the 429 answered, and the export counted failed (or the pusher restarted)",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            requests.load(Ordering::SeqCst) >= 1
+                && (restarts(&m) > 0.0
+                    || value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
+                        .is_some_and(|v| v >= 1.0))
+        },
+    )
+    .await;
+    // Ten intervals: the wait is honoured, and nothing panics.
+    let broke = holds_within(Duration::from_secs(2), || async {
+        let m = parse(&scrape(exporter.addr).await);
+        restarts(&m) > 0.0 || requests.load(Ordering::SeqCst) > 1
+    })
+    .await;
+    let m = parse(&scrape(exporter.addr).await);
+    assert!(
+        !broke,
+        "{} requests, {} pusher restarts",
+        requests.load(Ordering::SeqCst),
+        restarts(&m)
+    );
+    exporter.shutdown().await;
+}
+
 // ---------------------------------------------------------------- secrets
 
 const HEADER_CANARY: &str = "otlp_header_canary_5c9e";
 const ENV_CANARY: &str = "otlp_env_canary_77ad";
+
+/// A collector answering 307 to another host: the export is not sent
+/// there (on main reqwest followed it, with the dd-api-key header: it
+/// drops only Authorization and cookies on the way), and it counts failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_so_the_headers_never_go_elsewhere() {
+    let sim = Sim::start(busy_fleet(85)).await;
+    let elsewhere = Receiver::start(Wire::Http).await;
+    let to = format!("{}/v1/metrics", elsewhere.endpoint());
+    let redirected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = redirected.clone();
+    let app = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post(move || {
+            let (to, counted) = (to.clone(), counted.clone());
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, to)],
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let headers = std::env::temp_dir().join(format!("cmx-otlp-redirect-{}", std::process::id()));
+    std::fs::write(&headers, format!("dd-api-key={HEADER_CANARY}\n")).unwrap();
+    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "200ms", "2s");
+    args.extend(["--otlp.headers-file", headers.to_str().unwrap()]);
+    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
+    wait_for(
+        Duration::from_secs(60),
+        "three exports answered with a redirect (counted failed, or followed)",
+        || async {
+            let m = parse(&scrape(exporter.addr).await);
+            redirected.load(Ordering::SeqCst) >= 3
+                && (elsewhere.store.len() > 0
+                    || value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
+                        .is_some_and(|v| v >= 3.0))
+        },
+    )
+    .await;
+    assert_eq!(
+        elsewhere.store.len(),
+        0,
+        "an export followed the redirect, with its headers: {:?}",
+        elsewhere.store.all().first().map(|g| &g.headers)
+    );
+    let _ = std::fs::remove_file(&headers);
+    exporter.shutdown().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_secrets_never_reach_logs_or_metrics() {
