@@ -1267,7 +1267,7 @@ async fn attack_dot_segment_agent_ids_never_request_another_path() {
     assert_eq!(s.seen()[0].path, "/v1/agents/%252e");
 }
 
-// ---- one malformed object is one refused object (issue 18) ----
+// ---- one malformed object is one refused object ----
 
 /// A task as the API writes it, `extra` fields added (JSON text, each
 /// starting with a comma).

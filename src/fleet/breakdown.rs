@@ -103,7 +103,7 @@ impl Default for BreakdownConfig {
             max_values: 50,
             max_labels: 10,
             // At 250 the worst case fits the shipped 64Mi with 30 %
-            // headroom, steady and at restore (BENCHMARKS.md, issue 18).
+            // headroom, steady and at restore (BENCHMARKS.md, "The default cap").
             max_slices: 250,
         }
     }

@@ -1781,14 +1781,14 @@ fn hostile_slices(
     serde_json::from_value(v).unwrap()
 }
 
-/// attack: slices that hold more than the workspace totals (an edited
+/// Slices that hold more than the workspace totals (an edited
 /// checkpoint) cannot be served as they are (the sum over a breakdown
 /// would not be the total): the checkpoint is refused, as every corrupt
 /// one is. And slices each within the bound of a counter but summing past
 /// u64 (2049 slices of 2^53 queue observations at zero) must not panic
 /// the fold (the exponential histogram's merge added unchecked).
 #[test]
-fn attack_slices_holding_more_than_the_totals_refuse_the_checkpoint_without_panic() {
+fn slices_holding_more_than_the_totals_refuse_the_checkpoint_without_panic() {
     let narrow =
         || Fleet::new(ts(0)).with_breakdown(&by_config(true, false), &["workspace".into()]);
     let same = || Fleet::new(ts(0)).with_breakdown(&by_config(false, true), &["workspace".into()]);
@@ -1822,13 +1822,13 @@ fn attack_slices_holding_more_than_the_totals_refuse_the_checkpoint_without_pani
     assert!(again.is_ok(), "{:?}", again.map(|_| ()));
 }
 
-/// attack: lowering `--breakdown.max-combinations` (a reload, or a restart
+/// Lowering `--breakdown.max-combinations` (a reload, or a restart
 /// with storage) folds the saved slices into the cap; the agents' series
 /// (one per combination of agent values) must be capped as well, at once
 /// and after the next listing, not kept past the cap for as long as the
 /// agents live.
 #[test]
-fn attack_a_folded_checkpoint_keeps_the_agent_combinations_within_the_cap() {
+fn a_folded_checkpoint_keeps_the_agent_combinations_within_the_cap() {
     let wide = BreakdownConfig {
         max_slices: 100,
         ..by_config(false, true)
@@ -1873,12 +1873,12 @@ fn attack_a_folded_checkpoint_keeps_the_agent_combinations_within_the_cap() {
     assert_eq!(n, 20);
 }
 
-/// attack: one-off task label values (a run id, a ticket) must not fill
+/// One-off task label values (a run id, a ticket) must not fill
 /// `--breakdown.max-values` for good either: once no open or remembered
 /// task counts in their combinations, they are freed like agents'
 /// values, with their own tasks or on an agent that stays.
 #[test]
-fn attack_one_off_task_label_values_are_freed_too() {
+fn one_off_task_label_values_are_freed_too() {
     let cfg = BreakdownConfig {
         max_values: 3,
         task_labels: Patterns {
@@ -1915,14 +1915,14 @@ fn attack_one_off_task_label_values_are_freed_too() {
     assert_slices_add_up(&mut f);
 }
 
-/// attack: a checkpoint restored under the same settings takes its
+/// A checkpoint restored under the same settings takes its
 /// combinations and dimensions as they were, but label values and names
 /// come back bounded as the fleet makes them live: a value past 128 bytes
 /// (never admitted live) or a dimension named as no label can be (a
 /// space, `__name__`) or as the families' own labels (`status`: a
 /// duplicate label breaks the whole scrape) is refused, never served.
 #[test]
-fn attack_breakdown_labels_of_a_same_settings_checkpoint_are_bounded() {
+fn breakdown_labels_of_a_same_settings_checkpoint_are_bounded() {
     let cfg = by_config(false, true);
     let mut f = Fleet::new(ts(0)).with_breakdown(&cfg, &["workspace".into()]);
     f.apply_agent_listing(&[labelled_agent("a1", "red", "openai", Some(1))]);

@@ -1359,7 +1359,7 @@ fn request_and_reply_limits_have_defaults_floors_and_flags() {
     assert_eq!(cli.run.otlp.max_retry_after, Some(Duration::from_secs(60)));
 }
 
-/// attack: a reload that lowers the breakdown caps (or turns a
+/// A reload that lowers the breakdown caps (or turns a
 /// label's values into `other`) folds slices into a series the workspace
 /// never showed. When the workspace was primed before (restored from a
 /// checkpoint at the start, or handed over by an earlier reload) and no
@@ -1368,7 +1368,7 @@ fn request_and_reply_limits_have_defaults_floors_and_flags() {
 /// new series counted from zero and a delta exporter re-sent what the
 /// folded slices had counted, delivered already under their own series.
 #[test]
-fn attack_deltas_after_a_reload_folding_into_a_new_series_do_not_resend() {
+fn deltas_after_a_reload_folding_into_a_new_series_do_not_resend() {
     let at = |groups: &[(&[&str], u64)], slot: f64, base: Option<std::sync::Arc<Snapshot>>| {
         let mut s = broken_down_snap(&["team"], groups);
         s.counting_since = 500.0 / 1e9;
