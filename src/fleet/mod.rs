@@ -1123,6 +1123,16 @@ pub struct CheckpointHealth {
 
 impl CheckpointHealth {
     pub const WRITE_FAILURES: [&'static str; 3] = ["io", "too_large", "timeout"];
+
+    /// Nothing written or refused yet: every write failure reason at 0, so
+    /// each series shows from the first scrape.
+    pub fn new() -> Self {
+        let mut h = CheckpointHealth::default();
+        for r in Self::WRITE_FAILURES {
+            h.write_failures.insert(r, 0);
+        }
+        h
+    }
 }
 
 /// Everything the metric table needs about one workspace, taken once per sync.

@@ -28,10 +28,7 @@ pub(super) fn resume(
     fresh_watermark: Timestamp,
     lead: Duration,
 ) -> (Fleet, Timestamp, CheckpointHealth) {
-    let mut health = CheckpointHealth::default();
-    for r in CheckpointHealth::WRITE_FAILURES {
-        health.write_failures.insert(r, 0);
-    }
+    let mut health = CheckpointHealth::new();
     let (cfg, shard) = (&storage.cfg, storage.shard);
     let path = cfg.path_of(workspace, shard);
     let refuse = |health: &mut CheckpointHealth, why: storage::Refusal, what: &str| {

@@ -402,10 +402,7 @@ fn start(
     let (fleet, watermark, saver) = match (&cfg.storage, handed) {
         (None, Some((fleet, watermark))) => (fleet, watermark, None),
         (Some(storage), Some((fleet, watermark))) => {
-            let mut h = crate::fleet::CheckpointHealth::default();
-            for r in crate::fleet::CheckpointHealth::WRITE_FAILURES {
-                h.write_failures.insert(r, 0);
-            }
+            let mut h = crate::fleet::CheckpointHealth::new();
             h.restored_age_seconds = Some(0.0);
             health.checkpoint = Some(h);
             let saver = checkpoint::Saver::new(storage.cfg.clone(), storage.shard, lock);
