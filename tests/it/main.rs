@@ -8,6 +8,7 @@ mod checkpoint;
 mod cli;
 mod dashboards;
 mod deploy;
+mod docs;
 mod exactness;
 mod exposition;
 mod health;
