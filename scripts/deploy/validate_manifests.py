@@ -39,7 +39,7 @@ K8S_VERSIONS = ("1.25.0", "1.37.0")
 UID = 65532
 PORT_NAME = "http-metrics"
 JOB = "clawmesh"
-# Every flag the deploy files may give the exporter (README, Configuration).
+# Every flag the deploy files may give the exporter (docs/configuration.md).
 KNOWN_FLAGS = {
     "--api-url", "--api-key-file", "--config.file", "--shard", "--total-shards",
     "--web.listen-address", "--web.telemetry-path", "--web.config.file",
