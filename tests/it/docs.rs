@@ -209,6 +209,24 @@ fn the_readme_is_a_door() {
     );
 }
 
+/// A page says what it covers and links back, in the paragraph under its title.
+#[test]
+fn every_docs_page_links_back_to_the_readme() {
+    let pages = pages();
+    let lost: Vec<&String> = pages
+        .iter()
+        .filter(|(p, text)| {
+            let first = text.split("\n\n").nth(1).unwrap_or("");
+            p.starts_with("docs/") && !first.contains("](../README.md)")
+        })
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "docs/ pages whose first paragraph has no link back to the README: {lost:?}"
+    );
+}
+
 /// The checker itself finds what it must, on pages made up for it.
 #[test]
 fn the_link_checker_finds_dead_links_and_unreached_pages() {
