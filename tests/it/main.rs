@@ -11,6 +11,7 @@ mod deploy;
 mod exactness;
 mod exposition;
 mod health;
+mod layers;
 mod hostile_api;
 mod hostile_clients;
 mod operator;
