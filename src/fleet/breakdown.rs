@@ -118,7 +118,7 @@ pub fn breakdown_patterns(allow: &[String], deny: &[String]) -> Result<Patterns,
             if p.len() > crate::api::types::MAX_TEXT_LEN {
                 return Err(format!(
                     "the pattern {} is longer than a label key can be ({} bytes)",
-                    crate::api::shorten(p, 32),
+                    crate::text::shorten(p, 32),
                     crate::api::types::MAX_TEXT_LEN
                 ));
             }

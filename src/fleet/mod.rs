@@ -547,7 +547,7 @@ impl Fleet {
             tracing::warn!(
                 resource,
                 reason,
-                id = %crate::api::shorten(id, 64),
+                id = %crate::text::shorten(id, 64),
                 refused_so_far = *n,
                 "an object from the ClawMesh API was refused (future_timestamp: not applied; invalid_number: applied without the invalid value; invalid_text: applied with U+FFFD for text that is not Unicode; invalid_field, malformed: not readable, skipped)"
             );

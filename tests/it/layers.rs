@@ -136,9 +136,7 @@ fn strip(src: &str) -> Vec<char> {
         }
         // Raw strings: r"..", r#".."#, br#".."#.
         let raw_start = c == 'r'
-            && (i == 0
-                || !ident(b[i - 1])
-                || (b[i - 1] == 'b' && (i == 1 || !ident(b[i - 2]))));
+            && (i == 0 || !ident(b[i - 1]) || (b[i - 1] == 'b' && (i == 1 || !ident(b[i - 2]))));
         if raw_start {
             let mut j = i + 1;
             while j < n && b[j] == '#' {
@@ -535,7 +533,10 @@ impl Graph {
             let facts = read_facts(&text);
             let index = files.len();
             // Children of `a/mod.rs` and `lib.rs` sit beside them; of `a.rs`, in `a/`.
-            let dir = if file.file_name().is_some_and(|n| n == "mod.rs" || n == "lib.rs") {
+            let dir = if file
+                .file_name()
+                .is_some_and(|n| n == "mod.rs" || n == "lib.rs")
+            {
                 file.parent().map(Path::to_path_buf).unwrap_or_default()
             } else {
                 file.with_extension("")
@@ -652,7 +653,11 @@ impl Graph {
                 }
             }
         }
-        for u in facts.uses.iter().filter(|u| u.top_level && u.binds.is_none()) {
+        for u in facts
+            .uses
+            .iter()
+            .filter(|u| u.top_level && u.binds.is_none())
+        {
             if let Some(mut target) = self.absolute(m, &u.segs) {
                 target.push(name.clone());
                 let (file, found) = self.resolve(&target, guard + 1);
@@ -680,9 +685,11 @@ impl Graph {
                 // A `pub use` whose name the file does not use itself only passes it on.
                 if u.public {
                     let Some(bound) = &u.binds else { continue };
-                    let used = facts.toks.iter().enumerate().any(|(k, t)| {
-                        !in_use[k] && t.0 == Tok::Ident(bound.clone())
-                    });
+                    let used = facts
+                        .toks
+                        .iter()
+                        .enumerate()
+                        .any(|(k, t)| !in_use[k] && t.0 == Tok::Ident(bound.clone()));
                     if !used {
                         continue;
                     }
@@ -696,7 +703,11 @@ impl Graph {
                 let starts = !in_use[k]
                     && matches!(&toks[k].0, Tok::Ident(w) if w == "crate" || w == "super" || w == "self" || self.files[from].children.contains_key(w))
                     && toks.get(k + 1).map(|t| &t.0) == Some(&Tok::PathSep)
-                    && (k == 0 || !matches!(toks[k - 1].0, Tok::PathSep | Tok::Punct('$') | Tok::Punct('.')));
+                    && (k == 0
+                        || !matches!(
+                            toks[k - 1].0,
+                            Tok::PathSep | Tok::Punct('$') | Tok::Punct('.')
+                        ));
                 if !starts {
                     k += 1;
                     continue;
@@ -734,7 +745,10 @@ impl Graph {
         for f in 0..self.files.len() {
             tops.insert(self.top(f));
         }
-        let root_imported = self.edges.keys().any(|&(_, to)| self.files[to].path.is_empty());
+        let root_imported = self
+            .edges
+            .keys()
+            .any(|&(_, to)| self.files[to].path.is_empty());
         for top in &tops {
             if top == ROOT && !root_imported {
                 continue;
@@ -913,7 +927,9 @@ impl Report {
             self.unplaced.len()
         );
         for m in &self.unplaced {
-            text.push_str(&format!("  on no floor: {m} (add it to a `floor N:` line)\n"));
+            text.push_str(&format!(
+                "  on no floor: {m} (add it to a `floor N:` line)\n"
+            ));
         }
         for b in &self.back_up {
             text.push_str(&format!("  against the floors: {b}\n"));
@@ -956,7 +972,8 @@ impl Drop for Tree {
     }
 }
 
-const FLOORS: &str = "# A\n\n## Layers\n\n```text\nfloor 0: low, leaf  # leaves\nfloor 1: mid\nfloor 3: high\n```\n";
+const FLOORS: &str =
+    "# A\n\n## Layers\n\n```text\nfloor 0: low, leaf  # leaves\nfloor 1: mid\nfloor 3: high\n```\n";
 
 fn analyse(files: &[(&str, &str)]) -> (Graph, Report) {
     let tree = Tree::new(files);
@@ -986,7 +1003,10 @@ fn two_files_importing_each_other_are_a_circle() {
             "mid/a.rs",
             "use super::b::B; // a comment: crate::low::X\npub fn g() {}\n",
         ),
-        ("mid/b.rs", "pub struct B;\nfn h() { let _ = super::a::g; }\n"),
+        (
+            "mid/b.rs",
+            "pub struct B;\nfn h() { let _ = super::a::g; }\n",
+        ),
     ]);
     assert_eq!(report.circles.len(), 1, "{}", report.render(&graph));
     let circle = &report.circles[0];
@@ -1008,7 +1028,11 @@ fn a_child_using_its_parent_that_uses_it_is_a_circle() {
         ("mid/batch.rs", "use super::Config;\npub struct Tag;\n"),
     ]);
     assert_eq!(report.circles.len(), 1, "{}", report.render(&graph));
-    assert!(report.circles[0].contains("[Config]"), "{}", report.circles[0]);
+    assert!(
+        report.circles[0].contains("[Config]"),
+        "{}",
+        report.circles[0]
+    );
     // Passing a name on without using it is not an import.
     let (graph, report) = analyse(&[
         ("lib.rs", "pub mod mid;\n"),
@@ -1066,13 +1090,22 @@ fn same_floor_unplaced_and_test_code_are_handled() {
     let text = report.render(&graph);
     assert_eq!(report.unplaced, vec!["stray".to_string()], "{text}");
     assert_eq!(report.back_up.len(), 1, "{text}");
-    assert!(text.contains("src/low.rs (low, floor 0) -> src/leaf.rs (leaf, floor 0): g"), "{text}");
+    assert!(
+        text.contains("src/low.rs (low, floor 0) -> src/leaf.rs (leaf, floor 0): g"),
+        "{text}"
+    );
     assert_eq!(graph.files.len(), 4, "tests.rs is not read: {text}");
 }
 
 #[test]
 fn comments_strings_and_chars_hide_nothing_real() {
-    let clean: String = strip("let a = '\"'; // crate::x\nlet b = r#\"crate::y\"#; /* crate::z */ crate::w").into_iter().collect();
-    assert!(!clean.contains("crate::x") && !clean.contains("crate::y") && !clean.contains("crate::z"), "{clean}");
+    let clean: String =
+        strip("let a = '\"'; // crate::x\nlet b = r#\"crate::y\"#; /* crate::z */ crate::w")
+            .into_iter()
+            .collect();
+    assert!(
+        !clean.contains("crate::x") && !clean.contains("crate::y") && !clean.contains("crate::z"),
+        "{clean}"
+    );
     assert!(clean.contains("crate::w"), "{clean}");
 }
