@@ -14,9 +14,9 @@ pub struct Hub {
     state: Mutex<State>,
     exposition: RwLock<Arc<Exposition>>,
     /// The HTTP server's counts, read at each render.
-    http: Arc<crate::server::ServerStats>,
+    http: Arc<crate::metrics::ServerStats>,
     /// What the last render showed of them, so that OTLP pushes the same.
-    http_rendered: Mutex<crate::server::HttpStats>,
+    http_rendered: Mutex<crate::metrics::HttpStats>,
     /// The test seam of a crash: the stop writes no last checkpoint, as
     /// after `kill -9` (`Running::stop_as_if_killed`).
     killed: std::sync::atomic::AtomicBool,
@@ -183,7 +183,7 @@ impl Hub {
     }
 
     /// Where the HTTP server counts what it refused.
-    pub fn http_stats(&self) -> Arc<crate::server::ServerStats> {
+    pub fn http_stats(&self) -> Arc<crate::metrics::ServerStats> {
         self.http.clone()
     }
 

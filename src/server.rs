@@ -2,7 +2,10 @@
 //! Built by [`app`] so tests can serve it on any listener.
 
 use crate::hub::Hub;
+use crate::metrics::ServerStats;
+// The limits are the web config's (`--web.*`, the web config file); named here too.
 use crate::webconfig::{require_basic_auth, AuthGate, BasicAuth};
+pub use crate::webconfig::{Limits, MIN_HEADER_BYTES};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
@@ -10,11 +13,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -84,116 +85,25 @@ pub fn app(
     router
 }
 
-/// What every client connection is held to, so that slow, idle or
-/// numerous clients cannot exhaust the process (`--web.*` flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// The TLS handshake, and each request's headers (from the first byte
-    /// of the request, or from the connection's start for its first).
-    pub read_header_timeout: Duration,
-    /// A request body, from the moment its headers were read.
-    pub read_body_timeout: Duration,
-    /// A keep-alive connection without a request, or a response the client
-    /// stopped reading.
-    pub idle_timeout: Duration,
-    /// Writing one response, from its start: a client reading a trickle
-    /// cannot extend it.
-    pub write_timeout: Duration,
-    /// Connections open at once; past it a new one is closed at once.
-    pub max_connections: usize,
-    /// bcrypt verifications at once (basic auth).
-    pub auth_concurrency: usize,
-    /// Bytes of one request's headers (HTTP/1 read buffer, HTTP/2 header
-    /// list); past it the request is refused (431) or the connection closed.
-    pub max_header_bytes: usize,
-    /// HTTP/2 streams open at once on one connection.
-    pub max_h2_streams: u32,
-    /// How long a password check waits for one of them before a 503.
-    pub auth_max_wait: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            read_header_timeout: Duration::from_secs(10),
-            read_body_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(60),
-            max_connections: 512,
-            auth_concurrency: 2,
-            max_header_bytes: 64 * 1024,
-            max_h2_streams: 16,
-            auth_max_wait: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Why the server cut a client off: a connection closed at accept past
-/// the cap, or by its watchdog, or a request refused for lack of a bcrypt
-/// slot. All are exported, zeros included.
-pub const REFUSALS: [&str; 5] = [
-    "max_connections",
-    "header_timeout",
-    "idle_timeout",
-    "response_stalled",
-    "auth_busy",
-];
-
-/// The server's counts, kept as it goes and read when the exposition is
-/// rendered.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    open: std::sync::atomic::AtomicU64,
-    refusals: [std::sync::atomic::AtomicU64; REFUSALS.len()],
-}
-
-/// [`ServerStats`] at one moment.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct HttpStats {
-    pub open_connections: u64,
-    pub refusals: BTreeMap<&'static str, u64>,
-}
-
-impl ServerStats {
-    pub fn refused(&self, reason: &'static str) {
-        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
-            self.refusals[i].fetch_add(1, Relaxed);
-        }
-    }
-
-    pub fn snapshot(&self) -> HttpStats {
-        HttpStats {
-            open_connections: self.open.load(Relaxed),
-            refusals: REFUSALS
-                .iter()
-                .zip(&self.refusals)
-                .map(|(r, n)| (*r, n.load(Relaxed)))
-                .collect(),
-        }
-    }
-}
-
 /// Counts a connection open while it lives.
 struct OpenConnection(Arc<ServerStats>);
 
 impl OpenConnection {
     fn new(stats: &Arc<ServerStats>) -> Self {
-        stats.open.fetch_add(1, Relaxed);
+        stats.opened();
         OpenConnection(stats.clone())
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
+        self.0.closed();
     }
 }
 
 /// How long a connection past the cap waits for a slot before it is closed.
 const SLOT_WAIT: Duration = Duration::from_millis(250);
 
-/// hyper's smallest HTTP/1 buffer.
-pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 /// HTTP/2 flow-control windows: what a peer may send ahead of a stream's
 /// reader, and of all of a connection's.
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
