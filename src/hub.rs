@@ -236,7 +236,7 @@ impl Hub {
             && st.pending.is_empty()
             && st.expected.iter().all(|w| {
                 st.snapshots.get(w).is_some_and(|s| {
-                    crate::poll::RESOURCES
+                    crate::fleet::RESOURCES
                         .iter()
                         .all(|r| s.health.last_sync.contains_key(r))
                 })

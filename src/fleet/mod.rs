@@ -41,9 +41,10 @@ pub const FAILURE_CODES: [&str; 6] = [
     "internal",
     UNKNOWN_CODE,
 ];
-/// Resources and reasons of `clawmesh_api_rejected_objects_total`, always
-/// exported.
-pub const REJECT_RESOURCES: [&str; 2] = ["agents", "tasks"];
+/// The resources a workspace syncs: each has its own sync health series, and
+/// they are the resources of `clawmesh_api_rejected_objects_total` (always
+/// exported, with the reasons below).
+pub const RESOURCES: [&str; 2] = ["agents", "tasks"];
 pub const REJECT_REASONS: [&str; 5] = [
     "future_timestamp",
     "invalid_number",
@@ -188,7 +189,7 @@ impl Default for Counters {
             output_tokens: 0,
             queue_seconds: Histogram::new(TASK_DURATION_BUCKETS),
             run_seconds: Histogram::new(TASK_DURATION_BUCKETS),
-            rejected: REJECT_RESOURCES
+            rejected: RESOURCES
                 .iter()
                 .flat_map(|r| REJECT_REASONS.iter().map(move |why| ((*r, *why), 0)))
                 .collect(),
@@ -524,7 +525,7 @@ impl Fleet {
             .find(|r| **r == m.reason)
             .copied()
             .unwrap_or("malformed");
-        let resource = REJECT_RESOURCES
+        let resource = RESOURCES
             .iter()
             .find(|r| **r == m.resource)
             .copied()

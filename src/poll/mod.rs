@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 mod checkpoint;
 
-/// The resources a workspace syncs; each has its own health series.
-pub const RESOURCES: [&str; 2] = ["agents", "tasks"];
+/// The resources a workspace syncs (the fleet's list, named here too).
+pub use crate::fleet::RESOURCES;
 
 /// The scopes the exporter needs, and the ones it should not have.
 pub const REQUIRED_SCOPES: [&str; 2] = ["agents:read", "tasks:read"];
