@@ -37,6 +37,10 @@ fn imports_follow_the_layers_and_form_no_circle() {
         graph.files.len()
     );
     let report = graph.check(&floors);
+    if std::env::var_os("LAYERS_EDGES").is_some() {
+        // Every import between files, for a look at the whole graph.
+        print!("{}", graph.render_edges());
+    }
     println!("{}", report.render(&graph));
     assert!(
         report.is_clean(),
@@ -737,6 +741,20 @@ impl Graph {
             }
         }
         self.edges = edges;
+    }
+
+    /// Every import between files, one a line: `from -> to: names`.
+    pub fn render_edges(&self) -> String {
+        let mut text = String::new();
+        for (&(from, to), tie) in &self.edges {
+            text.push_str(&format!(
+                "{} -> {}: {}\n",
+                self.name(from),
+                self.name(to),
+                tie.names.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        text
     }
 
     pub fn check(&self, floors: &Floors) -> Report {
