@@ -9,6 +9,7 @@ mod bounded;
 mod breakdown;
 mod counters;
 mod saved;
+mod snapshot;
 
 pub use bounded::{BoundedNames, OTHER};
 pub use breakdown::{
@@ -20,6 +21,10 @@ pub use counters::{
     UNKNOWN_CODE,
 };
 pub use saved::SavedFleet;
+pub use snapshot::{
+    AgentGroup, AgentHeartbeat, BreakdownInfo, CheckpointHealth, ExportHealth, Health, Snapshot,
+    TaskGroup, WebhookHealth,
+};
 
 use crate::api::clock::ApiTime;
 use crate::api::types::{Agent, Progress, Task, TaskStatus, Timestamp};
@@ -953,153 +958,8 @@ fn settled_by(cutoff: Option<Timestamp>, status: &TaskStatus, updated_at: Timest
 #[cfg(test)]
 mod tests;
 
-/// How the sync of one workspace is going; written by `poll`, read by the
-/// metric table.
-#[derive(Debug, Clone, Default)]
-pub struct Health {
-    /// The last sync of every resource succeeded.
-    pub up: bool,
-    /// Start of the last successful sync per resource ("agents", "tasks"),
-    /// Unix seconds: the data is at least this fresh.
-    pub last_sync: BTreeMap<&'static str, f64>,
-    pub sync_failures: BTreeMap<&'static str, u64>,
-    /// Unix seconds; `None` for a key that never expires.
-    pub token_expiry: Option<f64>,
-    /// With `--storage.path`: how the workspace's checkpoints go.
-    pub checkpoint: Option<CheckpointHealth>,
-}
-
-/// How a workspace's checkpoints go (`crate::storage`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CheckpointHealth {
-    /// When one was last written (Unix seconds, the host's clock).
-    pub last_success: Option<f64>,
-    /// Writes that failed, by reason (`io`, `too_large`, `timeout`).
-    pub write_failures: BTreeMap<&'static str, u64>,
-    /// Bytes of the last checkpoint written (or read at the start).
-    pub size_bytes: u64,
-    /// How long the last write took, encoding included.
-    pub write_seconds: f64,
-    /// Checkpoints refused at the start, by reason (`storage::Refusal`).
-    pub refused: BTreeMap<&'static str, u64>,
-    /// The counters go on from a checkpoint written this long before the
-    /// start; `None`: they started from zero.
-    pub restored_age_seconds: Option<f64>,
-}
-
-impl CheckpointHealth {
-    pub const WRITE_FAILURES: [&'static str; 3] = ["io", "too_large", "timeout"];
-
-    /// Nothing written or refused yet: every write failure reason at 0, so
-    /// each series shows from the first scrape.
-    pub fn new() -> Self {
-        let mut h = CheckpointHealth::default();
-        for r in Self::WRITE_FAILURES {
-            h.write_failures.insert(r, 0);
-        }
-        h
-    }
-}
-
-/// Everything the metric table needs about one workspace, taken once per sync.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub workspace: String,
-    /// Labels on every series of the workspace, `workspace` first, then
-    /// `workspace_name` and the configured extra labels.
-    pub labels: Vec<(String, String)>,
-    pub agents: Option<BTreeMap<String, u64>>,
-    pub tasks_open: BTreeMap<String, u64>,
-    pub oldest_pending_age_seconds: f64,
-    pub counters: Counters,
-    /// When this fleet began counting (Unix seconds): counters are totals
-    /// since then; a new value means they restarted from zero.
-    pub counting_since: f64,
-    /// When this process's slot began (Unix seconds): the start of the
-    /// counters a checkpoint does not keep (`metrics::restored` says which
-    /// it keeps); `counting_since` unless the fleet was restored.
-    pub slot_since: f64,
-    pub ledger_len: usize,
-    pub open_len: usize,
-    pub health: Health,
-    pub api: crate::api::ApiStats,
-    /// How OTLP exports carrying this workspace's numbers went; `None` when
-    /// OTLP is off. Stamped by the hub, not by the poll loops.
-    pub otlp: Option<ExportHealth>,
-    /// Set by the poll loop when the webhook receiver is on.
-    pub webhook: Option<crate::webhook::WebhookHealth>,
-    /// The breakdown label names, in the order of every group's `by`
-    /// (empty without breakdowns).
-    pub dims: Vec<String>,
-    /// Agents per breakdown group (one group, `by` empty, without
-    /// breakdowns); empty before the first complete listing.
-    pub agent_groups: Vec<AgentGroup>,
-    /// Task counters and open tasks per breakdown slice (one, `by` empty,
-    /// without breakdowns).
-    pub task_groups: Vec<TaskGroup>,
-    /// Per-agent heartbeats, when asked for (`--agents.heartbeat-series`).
-    pub heartbeats: Vec<AgentHeartbeat>,
-    /// What the breakdowns hold; `None` without breakdowns.
-    pub breakdown: Option<BreakdownInfo>,
-    /// When the counters went on from a checkpoint: the workspace as
-    /// restored, before this process counted anything. A delta exporter
-    /// counts this process's increase from it, not from zero.
-    pub baseline: Option<Arc<Snapshot>>,
-}
-
-/// Agents of one combination of breakdown values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentGroup {
-    /// Values in the order of `Snapshot::dims`; "" where none.
-    pub by: Vec<String>,
-    /// Per status; the six known ones always.
-    pub statuses: BTreeMap<String, u64>,
-    /// Idle and busy agents whose heartbeat is stale, per status.
-    pub silent: BTreeMap<String, u64>,
-}
-
-/// The task numbers of one breakdown slice.
-#[derive(Debug, Clone)]
-pub struct TaskGroup {
-    pub by: Vec<String>,
-    pub counters: Counters,
-    /// Open tasks per status; pending and running always.
-    pub open: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentHeartbeat {
-    pub id: String,
-    pub status: String,
-    pub by: Vec<String>,
-    /// The API's `last_heartbeat_at` (Unix seconds, the API's clock).
-    pub at: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakdownInfo {
-    /// Distinct values admitted per breakdown label.
-    pub values: Vec<(String, usize)>,
-    pub combinations: usize,
-}
-
 /// Statuses whose agents are meant to heartbeat (the contract's active).
 pub const HEARTBEAT_STATUSES: [&str; 2] = ["idle", "busy"];
-
-/// The OTLP pusher's record for one workspace, plain data for the table.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExportHealth {
-    /// Exports that carried this workspace's numbers and were accepted.
-    pub succeeded: u64,
-    /// Exports that carried them and failed after their retries.
-    pub failed: u64,
-    /// Unix seconds of the last accepted export.
-    pub last_success: Option<f64>,
-    /// Data points of this workspace built but not yet delivered: at most
-    /// one per series, since unsent deltas merge and a newer cumulative
-    /// value replaces an unsent one.
-    pub pending_points: u64,
-}
 
 impl Fleet {
     /// `now` is the API's time (an estimate), against which ages of API
