@@ -22,8 +22,8 @@ pub use counters::{
 };
 pub use saved::SavedFleet;
 pub use snapshot::{
-    AgentGroup, AgentHeartbeat, BreakdownInfo, CheckpointHealth, ExportHealth, Health, Snapshot,
-    TaskGroup, WebhookHealth,
+    serve_durable, AgentGroup, AgentHeartbeat, BreakdownInfo, CheckpointHealth, ExportHealth,
+    Health, Parts, Snapshot, TaskGroup, WebhookHealth,
 };
 
 use crate::api::clock::ApiTime;

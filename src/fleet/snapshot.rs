@@ -3,10 +3,68 @@
 //! ([`CheckpointHealth`]), the OTLP exports ([`ExportHealth`]) and the webhooks
 //! ([`WebhookHealth`]). Plain data, defined here below every stage that
 //! fills one in, so none of them reaches up to another for a type.
+//!
+//! # Who writes what
+//!
+//! Each stage writes only its own part; the parts meet in one place.
+//!
+//! - The fleet builds the snapshot (`Fleet::snapshot`): everything it counts
+//!   and holds, the sync health and API stats `poll` hands it, the
+//!   `workspace` label, and empty join slots.
+//! - The workspace's poll stage keeps its own [`Parts`] beside the fleet: the
+//!   configured labels, the webhook health, and with storage the last
+//!   checkpoint written (`durable`, whose counters are served) and the
+//!   restored `baseline`. It hands the fleet's snapshot and its parts to the
+//!   hub as they are, patching neither.
+//! - The hub joins them ([`Snapshot::join`], the only writer of the join
+//!   slots `labels` beyond `workspace`, `webhook`, `baseline`, and of the
+//!   served counters), and sets its own part, the OTLP pusher's health
+//!   ([`Snapshot::set_export_health`]), on the joined snapshot it holds.
+//! - The renderers (the Prometheus exposition, the OTLP batch) read joined
+//!   snapshots only, through the one metric table.
+//!
+//! So a number shows the same whichever way it leaves, and no stage has to
+//! know what a later one will add.
 
 use super::counters::Counters;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+/// The poll stage's part of a workspace's snapshot: what it knows beside the
+/// fleet. See the module doc.
+#[derive(Debug, Clone, Default)]
+pub struct Parts {
+    /// The workspace's labels after `workspace`: `workspace_name` and the
+    /// configured extra labels.
+    pub labels: Vec<(String, String)>,
+    /// Set when the webhook receiver is on.
+    pub webhook: Option<WebhookHealth>,
+    /// With storage: the workspace as the last checkpoint written has it.
+    /// The counters a checkpoint keeps are served from it ([`serve_durable`]).
+    pub durable: Option<Arc<Snapshot>>,
+    /// The workspace as restored, before this process counted anything.
+    pub baseline: Option<Arc<Snapshot>>,
+}
+
+impl Snapshot {
+    /// The fleet's snapshot joined with the poll stage's parts: the one
+    /// place that writes the join slots and the served counters.
+    pub fn join(mut self, parts: Parts) -> Snapshot {
+        self.webhook = parts.webhook;
+        if let Some(d) = &parts.durable {
+            serve_durable(&mut self, d);
+        }
+        self.baseline = parts.baseline;
+        self.labels.extend(parts.labels);
+        self
+    }
+
+    /// The hub's own part: how OTLP exports carrying this workspace went
+    /// (`None` while OTLP is off).
+    pub fn set_export_health(&mut self, health: Option<ExportHealth>) {
+        self.otlp = health;
+    }
+}
 
 /// How the sync of one workspace is going; written by `poll`, read by the
 /// metric table.
@@ -166,4 +224,56 @@ pub struct WebhookHealth {
     pub missed_events: u64,
     /// When the last verified event for the workspace arrived (Unix seconds).
     pub last_event: Option<f64>,
+}
+
+/// Serve the counters a checkpoint keeps as `durable` had them (the last
+/// checkpoint written): a crash then loses nothing that was served, and a
+/// counter never falls at the restart. Gauges and the exporter's own
+/// counters stay live. A slice the checkpoint did not have yet shows 0.
+///
+/// Slices are matched by the series they render (their non-empty labels):
+/// a dimension discovered since pads every slice with an empty value, and
+/// is the same series. A slice of `durable` no longer live was freed into
+/// the slice of every label `other` (`Breakdown::expire`): it is served
+/// there, so that the slices still sum to the served totals.
+pub fn serve_durable(snap: &mut Snapshot, durable: &Snapshot) {
+    fn series<'a>(dims: &'a [String], by: &'a [String]) -> Vec<(&'a str, &'a str)> {
+        dims.iter()
+            .zip(by)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+    snap.counters = durable.counters.clone();
+    let mut by: HashMap<Vec<(&str, &str)>, &Counters> = durable
+        .task_groups
+        .iter()
+        .map(|g| (series(&durable.dims, &g.by), &g.counters))
+        .collect();
+    let served: Vec<Counters> = snap
+        .task_groups
+        .iter()
+        .map(|g| {
+            by.remove(&series(&snap.dims, &g.by))
+                .map_or_else(Counters::default, |c| c.clone())
+        })
+        .collect();
+    // Freed since: served where their counts went (the slice of no values
+    // when there is no `other` one, which cannot be: the sum holds).
+    let all = |g: &TaskGroup, v: &str| g.by.iter().all(|x| x == v);
+    let to = snap
+        .task_groups
+        .iter()
+        .position(|g| !g.by.is_empty() && all(g, super::bounded::OTHER))
+        .or_else(|| snap.task_groups.iter().position(|g| all(g, "")));
+    let mut freed = Counters::default();
+    for c in by.values() {
+        freed.merge(c);
+    }
+    for (i, (g, c)) in snap.task_groups.iter_mut().zip(served).enumerate() {
+        g.counters = c;
+        if Some(i) == to {
+            g.counters.merge(&freed);
+        }
+    }
 }

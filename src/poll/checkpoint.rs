@@ -6,9 +6,8 @@
 use super::Workspace;
 use crate::api::clock::ApiTime;
 use crate::api::types::Timestamp;
-use crate::fleet::{CheckpointHealth, Counters, Fleet, Snapshot};
+use crate::fleet::{serve_durable, CheckpointHealth, Counters, Fleet, Snapshot};
 use crate::storage::{self, Checkpoint, Found, StorageConfig};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -119,59 +118,8 @@ pub(super) fn resume(
     (fleet, Timestamp::from_micros(watermark), health)
 }
 
-/// Serve the counters a checkpoint keeps as `durable` had them (the last
-/// checkpoint written): a crash then loses nothing that was served, and a
-/// counter never falls at the restart. Gauges and the exporter's own
-/// counters stay live. A slice the checkpoint did not have yet shows 0.
-///
-/// Slices are matched by the series they render (their non-empty labels):
-/// a dimension discovered since pads every slice with an empty value, and
-/// is the same series. A slice of `durable` no longer live was freed into
-/// the slice of every label `other` (`Breakdown::expire`): it is served
-/// there, so that the slices still sum to the served totals.
-pub(super) fn serve_durable(snap: &mut Snapshot, durable: &Snapshot) {
-    fn series<'a>(dims: &'a [String], by: &'a [String]) -> Vec<(&'a str, &'a str)> {
-        dims.iter()
-            .zip(by)
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect()
-    }
-    snap.counters = durable.counters.clone();
-    let mut by: HashMap<Vec<(&str, &str)>, &Counters> = durable
-        .task_groups
-        .iter()
-        .map(|g| (series(&durable.dims, &g.by), &g.counters))
-        .collect();
-    let served: Vec<Counters> = snap
-        .task_groups
-        .iter()
-        .map(|g| {
-            by.remove(&series(&snap.dims, &g.by))
-                .map_or_else(Counters::default, |c| c.clone())
-        })
-        .collect();
-    // Freed since: served where their counts went (the slice of no values
-    // when there is no `other` one, which cannot be: the sum holds).
-    let all = |g: &crate::fleet::TaskGroup, v: &str| g.by.iter().all(|x| x == v);
-    let to = snap
-        .task_groups
-        .iter()
-        .position(|g| !g.by.is_empty() && all(g, crate::fleet::OTHER))
-        .or_else(|| snap.task_groups.iter().position(|g| all(g, "")));
-    let mut freed = Counters::default();
-    for c in by.values() {
-        freed.merge(c);
-    }
-    for (i, (g, c)) in snap.task_groups.iter_mut().zip(served).enumerate() {
-        g.counters = c;
-        if Some(i) == to {
-            g.counters.merge(&freed);
-        }
-    }
-}
-
-/// Whether serving `durable`'s counters ([`serve_durable`]) serves every
+/// Whether serving `durable`'s counters ([`serve_durable`], the join's)
+/// serves every
 /// count `live` has: the fleet holds nothing the last checkpoint written
 /// lacks.
 pub(super) fn serves_all(live: &Snapshot, durable: &Snapshot) -> bool {

@@ -6,7 +6,7 @@
 use crate::api::clock::ApiTime;
 use crate::api::types::{Timestamp, Token};
 use crate::api::{ApiError, Client, ListEvent, TaskQuery};
-use crate::fleet::{Fleet, FleetLimits, Health};
+use crate::fleet::{Fleet, FleetLimits, Health, Parts};
 use crate::hub::Hub;
 use crate::supervise::{guard, Backoff, Caught};
 use std::collections::HashSet;
@@ -749,8 +749,10 @@ impl Workspace {
         }
     }
 
+    /// Hands the fleet's snapshot and this stage's parts to the hub, which
+    /// joins them (`fleet::Snapshot::join`); neither is patched here.
     fn publish(&self) {
-        let mut snap = {
+        let (snap, parts) = {
             let mut st = self.lock();
             let State {
                 fleet,
@@ -761,15 +763,20 @@ impl Workspace {
                 durable,
                 ..
             } = &mut *st;
-            let mut snap = fleet.snapshot(
+            let snap = fleet.snapshot(
                 &self.id,
                 self.client.api_time().estimate(),
                 health.clone(),
                 self.client.stats(),
             );
-            snap.webhook = webhook.as_mut().map(|w| w.health());
+            let webhook = webhook.as_mut().map(|w| w.health());
             if *restored && baseline.is_none() {
-                *baseline = Some(Arc::new(snap.clone()));
+                // The workspace as restored, webhook health and all.
+                let restored = snap.clone().join(Parts {
+                    webhook: webhook.clone(),
+                    ..Parts::default()
+                });
+                *baseline = Some(Arc::new(restored));
                 // With storage, what the checkpoint restored is durable
                 // already; without (a reload's handoff), nothing ever is,
                 // and the counters are served live.
@@ -778,16 +785,21 @@ impl Workspace {
                 }
             } else if durable.is_none() && self.cfg.storage.is_some() {
                 // A fresh start: zero until the first write holds more.
-                *durable = Some(Arc::new(snap.clone()));
+                let fresh = snap.clone().join(Parts {
+                    webhook: webhook.clone(),
+                    ..Parts::default()
+                });
+                *durable = Some(Arc::new(fresh));
             }
-            if let Some(d) = durable {
-                checkpoint::serve_durable(&mut snap, d);
-            }
-            snap.baseline = baseline.clone();
-            snap
+            let parts = Parts {
+                labels: self.labels.clone(),
+                webhook,
+                durable: durable.clone(),
+                baseline: baseline.clone(),
+            };
+            (snap, parts)
         };
-        snap.labels.extend(self.labels.iter().cloned());
-        self.hub.publish(snap);
+        self.hub.publish(snap, parts);
     }
 
     /// After a round of the loop of `resource`: true when told to stop.
@@ -1146,7 +1158,7 @@ mod tests {
         let durable = snap(&mut f);
         let served = |f: &mut Fleet| {
             let mut s = snap(f);
-            checkpoint::serve_durable(&mut s, &durable);
+            crate::fleet::serve_durable(&mut s, &durable);
             let by_team: std::collections::BTreeMap<String, u64> = s
                 .task_groups
                 .iter()
@@ -1251,7 +1263,7 @@ mod tests {
         f.apply_agent_listing(&[agent]);
         let mut live = f.snapshot("ws", t(6), Health::default(), Default::default());
         assert_eq!(live.dims, ["team"]);
-        checkpoint::serve_durable(&mut live, &durable);
+        crate::fleet::serve_durable(&mut live, &durable);
         let served: u64 = live
             .task_groups
             .iter()
