@@ -508,7 +508,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
             out.push(num(&["finished"], s.ledger_len as f64));
         },
     },
-    // ---- checkpoints (issue 12): present only with --storage.path ----
+    // Checkpoints: present only with --storage.path.
     Family {
         name: "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
         help: "When the workspace's checkpoint was last written (Unix seconds); absent before the first.",
@@ -571,7 +571,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         labels: &[],
         collect: |s, out| out.extend(s.health.checkpoint.as_ref().and_then(|c| c.restored_age_seconds).map(|a| num(&[], a))),
     },
-    // ---- webhooks (issue 6): present only when the receiver is on ----
+    // Webhooks: present only when the receiver is on.
     Family {
         name: "clawmesh_webhook_requests_total",
         help: "Webhook deliveries received, by result (accepted, duplicate, ignored, unknown_type, bad_signature, too_large, bad_request, stale, unknown_workspace, queue_full). Only requests that named the workspace; refusals before that are in clawmesh_webhook_unattributed_requests_total.",

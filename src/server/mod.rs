@@ -7,8 +7,8 @@ mod conn;
 pub use conn::{serve, BodyTimeout};
 
 use crate::hub::Hub;
-// The limits are the web config's (`--web.*`, the web config file); named here too.
 use crate::webconfig::{require_basic_auth, AuthGate, BasicAuth};
+// The limits are the web config's (`--web.*`, the web config file); named here too.
 pub use crate::webconfig::{Limits, MIN_HEADER_BYTES};
 use axum::body::Body;
 use axum::extract::State;
