@@ -200,6 +200,17 @@ pub(crate) fn injected(workspace: &str, task: &'static str) {
     }
 }
 
+/// Sleep until `until`; true when told to stop first.
+pub async fn sleep_or_stop(
+    until: tokio::time::Instant,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep_until(until) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

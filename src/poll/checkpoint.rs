@@ -165,7 +165,9 @@ pub(super) async fn run(mut saver: Saver, ws: Arc<Workspace>, mut stop: watch::R
                 let pause = backoff.failed();
                 ws.hub.count_restart("checkpoint");
                 crate::supervise::report("checkpoint", &ws.id, &c, pause);
-                if !stopped && super::sleep_or_stop(Instant::now() + pause, &mut stop).await {
+                if !stopped
+                    && crate::supervise::sleep_or_stop(Instant::now() + pause, &mut stop).await
+                {
                     return;
                 }
             }

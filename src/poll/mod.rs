@@ -8,6 +8,7 @@ use crate::api::types::{Timestamp, Token};
 use crate::api::{ApiError, Client, ListEvent, TaskQuery};
 use crate::fleet::{Fleet, FleetLimits, Health, Parts};
 use crate::hub::Hub;
+use crate::supervise::sleep_or_stop;
 use crate::supervise::{guard, Backoff, Caught};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -648,14 +649,6 @@ async fn watch_waits(ws: Arc<Workspace>, mut stop: watch::Receiver<bool>) {
         if was.is_some() || held.is_some() {
             ws.publish();
         }
-    }
-}
-
-/// Sleep until `until`; true when told to stop first.
-async fn sleep_or_stop(until: Instant, stop: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep_until(until) => false,
-        _ = stop.wait_for(|s| *s) => true,
     }
 }
 
