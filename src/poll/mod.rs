@@ -6,7 +6,7 @@
 use crate::api::clock::ApiTime;
 use crate::api::types::{Timestamp, Token};
 use crate::api::{ApiError, Client, ListEvent, TaskQuery};
-use crate::fleet::{Fleet, FleetLimits, Health, Parts};
+use crate::fleet::{Fleet, FleetLimits, Health, Parts, Snapshot};
 use crate::hub::Hub;
 use crate::supervise::sleep_or_stop;
 use crate::supervise::{guard, Backoff, Caught};
@@ -248,7 +248,7 @@ struct State {
     /// The counters went on from a checkpoint: the first snapshot, as
     /// restored, rides on every later one (`Snapshot::baseline`).
     restored: bool,
-    baseline: Option<Arc<crate::fleet::Snapshot>>,
+    baseline: Option<Arc<Snapshot>>,
     /// Restored, and polling not yet past what the stopped process had
     /// counted (from events too): no missed event is suspected until then.
     resuming: bool,
@@ -260,7 +260,7 @@ struct State {
     /// served from it, never from further, also while writes fail: after
     /// a crash, or a stop whose last writes failed, the restart goes on
     /// from there, so nothing served is lost and no counter falls.
-    durable: Option<Arc<crate::fleet::Snapshot>>,
+    durable: Option<Arc<Snapshot>>,
 }
 
 impl State {
@@ -649,6 +649,55 @@ async fn watch_waits(ws: Arc<Workspace>, mut stop: watch::Receiver<bool>) {
         if was.is_some() || held.is_some() {
             ws.publish();
         }
+    }
+}
+
+/// The checkpoint loop's view of a workspace (`checkpoint::Checkpointed`).
+impl checkpoint::Checkpointed for Workspace {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn take(&self, shard: (u32, u32), taken: Timestamp) -> (crate::storage::Checkpoint, Snapshot) {
+        let mut st = self.lock();
+        let api = self.client.api_time();
+        let c = crate::storage::Checkpoint {
+            workspace: self.id.clone(),
+            shard,
+            saved_at: taken.micros(),
+            api_saved_at: api.earliest.micros(),
+            watermark: st.watermark.micros(),
+            fleet: st.fleet.save(),
+        };
+        // Only its counters are read (`serve_durable`).
+        let snap = st.fleet.snapshot(
+            &self.id,
+            api.estimate(),
+            Default::default(),
+            Default::default(),
+        );
+        (c, snap)
+    }
+
+    fn record(
+        &self,
+        f: &mut dyn FnMut(&mut crate::fleet::CheckpointHealth, &mut Option<Arc<Snapshot>>),
+    ) -> bool {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(h) = st.health.checkpoint.as_mut() else {
+            return false;
+        };
+        f(h, &mut st.durable);
+        true
+    }
+
+    fn publish(&self) {
+        Workspace::publish(self);
     }
 }
 
