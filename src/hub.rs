@@ -2,9 +2,14 @@
 //! up: the latest snapshot per workspace, the process-level facts (shard,
 //! reloads), and the exposition rendered from them. A scrape reads an
 //! `Arc`; it never renders and never calls the API.
+//!
+//! The hub is where a workspace's parts meet (see `fleet::snapshot`): it
+//! joins the fleet's snapshot with the poll stage's parts as they are
+//! handed over, and sets its own part, the OTLP pusher's health, on the
+//! joined snapshots it holds. The renderers read only those.
 
 use crate::expose::Exposition;
-use crate::fleet::{ExportHealth, Snapshot};
+use crate::fleet::{ExportHealth, Parts, Snapshot};
 use crate::metrics::ProcessInfo;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,9 +19,9 @@ pub struct Hub {
     state: Mutex<State>,
     exposition: RwLock<Arc<Exposition>>,
     /// The HTTP server's counts, read at each render.
-    http: Arc<crate::server::ServerStats>,
+    http: Arc<crate::metrics::ServerStats>,
     /// What the last render showed of them, so that OTLP pushes the same.
-    http_rendered: Mutex<crate::server::HttpStats>,
+    http_rendered: Mutex<crate::metrics::HttpStats>,
     /// The test seam of a crash: the stop writes no last checkpoint, as
     /// after `kill -9` (`Running::stop_as_if_killed`).
     killed: std::sync::atomic::AtomicBool,
@@ -51,12 +56,12 @@ impl State {
         p
     }
 
-    /// Put the OTLP export health into every snapshot, so that both ways
-    /// out show it.
-    fn stamp_otlp(&mut self) {
+    /// The hub's own part of every joined snapshot: the OTLP export health,
+    /// so that both ways out show it.
+    fn set_export_health(&mut self) {
         if let Some(health) = &self.otlp {
             for (ws, snap) in self.snapshots.iter_mut() {
-                snap.otlp = Some(health.get(ws).cloned().unwrap_or_default());
+                snap.set_export_health(Some(health.get(ws).cloned().unwrap_or_default()));
             }
         }
     }
@@ -144,16 +149,18 @@ impl Hub {
         self.render(&st);
     }
 
-    /// Replace a workspace's snapshot and re-render the exposition, once.
-    /// A snapshot of a workspace no longer expected (a late publish after a
+    /// Replace a workspace's snapshot with the fleet's `snap` joined with
+    /// the poll stage's `parts`, and re-render the exposition, once. A
+    /// snapshot of a workspace no longer expected (a late publish after a
     /// reload stopped it) is dropped.
-    pub fn publish(&self, snap: Snapshot) {
+    pub fn publish(&self, snap: Snapshot, parts: Parts) {
         let mut st = self.lock();
         if !st.expected.contains(&snap.workspace) {
             return;
         }
-        st.snapshots.insert(snap.workspace.clone(), snap);
-        st.stamp_otlp();
+        st.snapshots
+            .insert(snap.workspace.clone(), snap.join(parts));
+        st.set_export_health();
         self.render(&st);
     }
 
@@ -173,7 +180,7 @@ impl Hub {
     pub fn set_otlp_health(&self, health: BTreeMap<String, ExportHealth>) {
         let mut st = self.lock();
         st.otlp = Some(health);
-        st.stamp_otlp();
+        st.set_export_health();
         self.render(&st);
     }
 
@@ -183,7 +190,7 @@ impl Hub {
     }
 
     /// Where the HTTP server counts what it refused.
-    pub fn http_stats(&self) -> Arc<crate::server::ServerStats> {
+    pub fn http_stats(&self) -> Arc<crate::metrics::ServerStats> {
         self.http.clone()
     }
 
@@ -236,7 +243,7 @@ impl Hub {
             && st.pending.is_empty()
             && st.expected.iter().all(|w| {
                 st.snapshots.get(w).is_some_and(|s| {
-                    crate::poll::RESOURCES
+                    crate::fleet::RESOURCES
                         .iter()
                         .all(|r| s.health.last_sync.contains_key(r))
                 })

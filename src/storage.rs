@@ -912,7 +912,7 @@ pub fn read(cfg: &StorageConfig, workspace: &str, shard: (u32, u32)) -> Found {
             Refusal::Workspace,
             format!(
                 "written for workspace {:?}",
-                crate::api::shorten(&c.workspace, 64)
+                crate::text::shorten(&c.workspace, 64)
             ),
         );
     }

@@ -125,7 +125,7 @@ fn caught(payload: Box<dyn Any + Send>) -> Caught {
         "a panic without a message".to_string()
     };
     Caught {
-        message: crate::api::shorten(&message, 300),
+        message: crate::text::shorten(&message, 300),
         location: LAST_LOCATION.with(|l| l.borrow_mut().take()),
     }
 }
@@ -197,6 +197,39 @@ pub(crate) fn injected(workspace: &str, task: &'static str) {
     };
     if due {
         panic!("a panic injected by a test into {task}");
+    }
+}
+
+/// Sleep until `until`; true when told to stop first.
+pub async fn sleep_or_stop(
+    until: tokio::time::Instant,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep_until(until) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
 }
 

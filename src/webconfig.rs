@@ -23,6 +23,54 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What every client connection is held to, so that slow, idle or
+/// numerous clients cannot exhaust the process (`--web.*` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The TLS handshake, and each request's headers (from the first byte
+    /// of the request, or from the connection's start for its first).
+    pub read_header_timeout: Duration,
+    /// A request body, from the moment its headers were read.
+    pub read_body_timeout: Duration,
+    /// A keep-alive connection without a request, or a response the client
+    /// stopped reading.
+    pub idle_timeout: Duration,
+    /// Writing one response, from its start: a client reading a trickle
+    /// cannot extend it.
+    pub write_timeout: Duration,
+    /// Connections open at once; past it a new one is closed at once.
+    pub max_connections: usize,
+    /// bcrypt verifications at once (basic auth).
+    pub auth_concurrency: usize,
+    /// Bytes of one request's headers (HTTP/1 read buffer, HTTP/2 header
+    /// list); past it the request is refused (431) or the connection closed.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams open at once on one connection.
+    pub max_h2_streams: u32,
+    /// How long a password check waits for one of them before a 503.
+    pub auth_max_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            read_header_timeout: Duration::from_secs(10),
+            read_body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 512,
+            auth_concurrency: 2,
+            max_header_bytes: 64 * 1024,
+            max_h2_streams: 16,
+            auth_max_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// hyper's smallest HTTP/1 buffer.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +100,7 @@ pub struct WebConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub auth: Option<Arc<BasicAuth>>,
     /// The bounds on clients, from the `--web.*` flags.
-    pub limits: crate::server::Limits,
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -321,14 +369,14 @@ pub struct AuthGate {
     slots: Arc<tokio::sync::Semaphore>,
     max_wait: std::time::Duration,
     busy: std::sync::atomic::AtomicU64,
-    stats: Arc<crate::server::ServerStats>,
+    stats: Arc<crate::metrics::ServerStats>,
 }
 
 impl AuthGate {
     pub fn new(
         auth: Arc<BasicAuth>,
-        limits: &crate::server::Limits,
-        stats: Arc<crate::server::ServerStats>,
+        limits: &Limits,
+        stats: Arc<crate::metrics::ServerStats>,
     ) -> Self {
         AuthGate {
             auth,

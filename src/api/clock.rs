@@ -346,7 +346,7 @@ mod tests {
         let _ = c.skew_seconds();
     }
 
-    // ---- Adversarial review, round 2 (branch attack2) ----
+    // Answers a little off the truth: how far one may move the clock.
 
     fn at_ms(ms: i64) -> Timestamp {
         Timestamp::from_micros(ts("2026-12-02T10:00:00Z").micros() + ms * 1000)
@@ -370,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn attack2_one_answer_off_by_under_a_second_narrows_the_clock_off_the_truth_for_good() {
+    fn one_answer_off_by_under_a_second_narrows_the_clock_off_the_truth_for_good() {
         // The API agrees with the host. Polls every 5 s at the same
         // sub-second phase (a periodic loop on a synced host does that).
         let c = ApiClock::default();
@@ -396,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn attack2_a_real_step_under_a_second_is_never_followed() {
+    fn a_real_step_under_a_second_is_never_followed() {
         // Answers at many phases narrow the interval to ~10 ms around 0.
         let c = ApiClock::default();
         for (k, phase) in [0, 990, 500, 250, 750, 100, 900].iter().enumerate() {

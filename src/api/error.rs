@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::types::ErrorEnvelope;
+use crate::text::{cut, shorten};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -163,7 +164,7 @@ fn ends_token(c: char) -> bool {
 /// (an echo cut short), and after any "Bearer ".
 pub(crate) fn clean(text: &str, key: &str, max: usize) -> String {
     // Only a window can reach the output, so a huge text costs little.
-    let window = shorten_raw(text, max.saturating_add(key.len()).saturating_add(16));
+    let window = cut(text, max.saturating_add(key.len()).saturating_add(16));
     let mut out = window.to_string();
     if !key.is_empty() {
         out = out.replace(key, REDACTED);
@@ -200,29 +201,6 @@ fn redact_tokens_after(text: &str, marker: &str, keep_marker: bool) -> String {
     }
     out.push_str(&text[i..]);
     out
-}
-
-fn shorten_raw(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// Keeps server-provided text short: it ends up in logs and errors.
-pub(crate) fn shorten(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 /// Why a body is not the JSON we wanted, in a few words (never the body).

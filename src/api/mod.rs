@@ -16,7 +16,6 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use error::shorten;
 pub use error::ApiError;
 pub use stats::ApiStats;
 
@@ -24,6 +23,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::text::shorten;
 
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use tokio::time::Instant;
@@ -670,7 +671,7 @@ fn root_cause(e: &reqwest::Error) -> String {
         text = c.to_string();
         cause = c.source();
     }
-    error::shorten(&text, 200)
+    shorten(&text, 200)
 }
 
 impl<T> Listing<T> {

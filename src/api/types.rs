@@ -674,7 +674,7 @@ pub fn parse_object<T: Object>(raw: &str, lossy: bool) -> Result<T, Malformed> {
                 reason,
                 id: ident.as_ref().and_then(|i| i.id.clone()),
                 updated_at: ident.and_then(|i| i.updated_at),
-                detail: crate::api::shorten(&e.to_string(), 160),
+                detail: crate::text::shorten(&e.to_string(), 160),
             })
         }
     }

@@ -8,7 +8,7 @@
 //! dimension (`max_values`, then `other`) and combinations (`max_slices`,
 //! then every dimension `other`).
 
-use super::Counters;
+use super::counters::{restore_counters, save_counters, Counters, SavedCounters};
 use crate::api::types::{Agent, Labels, Task};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -118,7 +118,7 @@ pub fn breakdown_patterns(allow: &[String], deny: &[String]) -> Result<Patterns,
             if p.len() > crate::api::types::MAX_TEXT_LEN {
                 return Err(format!(
                     "the pattern {} is longer than a label key can be ({} bytes)",
-                    crate::api::shorten(p, 32),
+                    crate::text::shorten(p, 32),
                     crate::api::types::MAX_TEXT_LEN
                 ));
             }
@@ -546,7 +546,7 @@ pub struct SavedBreakdown {
     config: String,
     dims: Vec<SavedDim>,
     keys: Vec<Vec<String>>,
-    counters: Vec<super::saved::SavedCounters>,
+    counters: Vec<SavedCounters>,
     agent_combinations: Vec<Vec<String>>,
 }
 
@@ -596,11 +596,7 @@ impl Breakdown {
                 })
                 .collect(),
             keys: self.keys.iter().map(|k| strs(k)).collect(),
-            counters: self
-                .counters
-                .iter()
-                .map(super::saved::save_counters)
-                .collect(),
+            counters: self.counters.iter().map(save_counters).collect(),
             agent_combinations,
         }
     }
@@ -661,7 +657,7 @@ impl Breakdown {
         drop(seen);
         let mut counters = Vec::with_capacity(s.counters.len());
         for c in s.counters {
-            counters.push(super::saved::restore_counters(c)?);
+            counters.push(restore_counters(c)?);
         }
         if same {
             if keys.len() > self.cfg.max_slices.max(2) + 64

@@ -7,66 +7,30 @@
 
 mod bounded;
 mod breakdown;
+mod counters;
 mod saved;
+mod snapshot;
 
 pub use bounded::{BoundedNames, OTHER};
 pub use breakdown::{
     breakdown_patterns, glob, sanitize, AgentDims, Breakdown, BreakdownConfig, Patterns,
 };
+pub use counters::{
+    Counters, AGENT_STATUSES, FAILURE_CODES, MAX_DURATION_SECONDS, MAX_UNKNOWN_NAMES,
+    OPEN_TASK_STATUSES, REJECT_REASONS, RESOURCES, TASK_DURATION_BUCKETS, TERMINAL_STATUSES,
+    UNKNOWN_CODE,
+};
 pub use saved::SavedFleet;
+pub use snapshot::{
+    serve_durable, AgentGroup, AgentHeartbeat, BreakdownInfo, CheckpointHealth, ExportHealth,
+    Health, Parts, Snapshot, TaskGroup, WebhookHealth,
+};
 
 use crate::api::clock::ApiTime;
 use crate::api::types::{Agent, Progress, Task, TaskStatus, Timestamp};
-use crate::histogram::Histogram;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The agent statuses the contract names; always exported, zeros included.
-pub const AGENT_STATUSES: [&str; 6] =
-    ["provisioning", "idle", "busy", "paused", "error", "offline"];
-/// Open task statuses always exported.
-pub const OPEN_TASK_STATUSES: [&str; 2] = ["pending", "running"];
-/// Terminal statuses, always exported on the finished counter.
-pub const TERMINAL_STATUSES: [&str; 3] = ["completed", "failed", "cancelled"];
-/// What a failure whose code stays null past the grace counts under.
-pub const UNKNOWN_CODE: &str = "unknown";
-/// The failure codes the contract names, and [`UNKNOWN_CODE`]: always
-/// exported, so that `increase()` sees each code's first failure.
-pub const FAILURE_CODES: [&str; 6] = [
-    "timeout",
-    "model_error",
-    "skill_error",
-    "invalid_input",
-    "internal",
-    UNKNOWN_CODE,
-];
-/// Resources and reasons of `clawmesh_api_rejected_objects_total`, always
-/// exported.
-pub const REJECT_RESOURCES: [&str; 2] = ["agents", "tasks"];
-pub const REJECT_REASONS: [&str; 5] = [
-    "future_timestamp",
-    "invalid_number",
-    "invalid_text",
-    "invalid_field",
-    "malformed",
-];
-
-/// Buckets for queue and run durations: seconds to hours, since agent tasks
-/// range from a quick tool call to a long research job.
-pub const TASK_DURATION_BUCKETS: &[f64] = &[
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
-];
-
-/// The longest duration (seconds, about 31 years) taken as true: longer
-/// ones are refused as `invalid_number`, so that no sum of them can
-/// overflow to infinity.
-pub const MAX_DURATION_SECONDS: f64 = 1e9;
-
-/// Past this many distinct unknown names (statuses, error codes), further
-/// ones are counted under "other" so a misbehaving API cannot blow up the
-/// series count.
-pub const MAX_UNKNOWN_NAMES: usize = 20;
 
 /// How the fleet judges what the API tells it; `poll` fills it from flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,99 +127,6 @@ pub enum Applied {
     BeforeFloor,
     /// Refused: it names an instant implausibly far ahead of the API's clock.
     Rejected,
-}
-
-/// Counters of terminal transitions and what they carried.
-#[derive(Debug, Clone)]
-pub struct Counters {
-    pub finished: BTreeMap<String, u64>,
-    pub failures: BTreeMap<String, u64>,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub queue_seconds: Histogram,
-    pub run_seconds: Histogram,
-    /// (resource, reason) -> sightings refused whole or in part.
-    pub rejected: BTreeMap<(&'static str, &'static str), u64>,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        let zeros = |names: &[&str]| names.iter().map(|s| (s.to_string(), 0)).collect();
-        Counters {
-            finished: zeros(&TERMINAL_STATUSES),
-            failures: zeros(&FAILURE_CODES),
-            input_tokens: 0,
-            output_tokens: 0,
-            queue_seconds: Histogram::new(TASK_DURATION_BUCKETS),
-            run_seconds: Histogram::new(TASK_DURATION_BUCKETS),
-            rejected: REJECT_RESOURCES
-                .iter()
-                .flat_map(|r| REJECT_REASONS.iter().map(move |why| ((*r, *why), 0)))
-                .collect(),
-        }
-    }
-}
-
-impl Counters {
-    /// Add what `other` counted: slices of a breakdown folded into one.
-    pub fn merge(&mut self, other: &Counters) {
-        let add = |a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
-            for (k, n) in b {
-                let e = a.entry(k.clone()).or_default();
-                *e = e.saturating_add(*n);
-            }
-        };
-        add(&mut self.finished, &other.finished);
-        add(&mut self.failures, &other.failures);
-        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
-        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
-        self.queue_seconds.merge(&other.queue_seconds);
-        self.run_seconds.merge(&other.run_seconds);
-        for (k, n) in &other.rejected {
-            let e = self.rejected.entry(*k).or_default();
-            *e = e.saturating_add(*n);
-        }
-    }
-
-    /// What this counted beyond `earlier`; `None` when `earlier` is not a
-    /// part of it (some count of it is larger).
-    pub fn since(&self, earlier: &Counters) -> Option<Counters> {
-        let sub = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
-            let mut out = a.clone();
-            for (k, n) in b {
-                let e = out.get_mut(k)?;
-                *e = e.checked_sub(*n)?;
-            }
-            Some(out)
-        };
-        let mut rejected = self.rejected.clone();
-        for (k, n) in &earlier.rejected {
-            let e = rejected.get_mut(k)?;
-            *e = e.checked_sub(*n)?;
-        }
-        Some(Counters {
-            finished: sub(&self.finished, &earlier.finished)?,
-            failures: sub(&self.failures, &earlier.failures)?,
-            input_tokens: self.input_tokens.checked_sub(earlier.input_tokens)?,
-            output_tokens: self.output_tokens.checked_sub(earlier.output_tokens)?,
-            queue_seconds: self.queue_seconds.since(&earlier.queue_seconds)?,
-            run_seconds: self.run_seconds.since(&earlier.run_seconds)?,
-            rejected,
-        })
-    }
-
-    /// Whether nothing was counted.
-    pub fn is_zero(&self) -> bool {
-        self.finished
-            .values()
-            .chain(self.failures.values())
-            .all(|n| *n == 0)
-            && self.input_tokens == 0
-            && self.output_tokens == 0
-            && self.queue_seconds.count() == 0
-            && self.run_seconds.count() == 0
-            && self.rejected.values().all(|n| *n == 0)
-    }
 }
 
 #[derive(Debug)]
@@ -524,7 +395,7 @@ impl Fleet {
             .find(|r| **r == m.reason)
             .copied()
             .unwrap_or("malformed");
-        let resource = REJECT_RESOURCES
+        let resource = RESOURCES
             .iter()
             .find(|r| **r == m.resource)
             .copied()
@@ -547,7 +418,7 @@ impl Fleet {
             tracing::warn!(
                 resource,
                 reason,
-                id = %crate::api::shorten(id, 64),
+                id = %crate::text::shorten(id, 64),
                 refused_so_far = *n,
                 "an object from the ClawMesh API was refused (future_timestamp: not applied; invalid_number: applied without the invalid value; invalid_text: applied with U+FFFD for text that is not Unicode; invalid_field, malformed: not readable, skipped)"
             );
@@ -1087,153 +958,8 @@ fn settled_by(cutoff: Option<Timestamp>, status: &TaskStatus, updated_at: Timest
 #[cfg(test)]
 mod tests;
 
-/// How the sync of one workspace is going; written by `poll`, read by the
-/// metric table.
-#[derive(Debug, Clone, Default)]
-pub struct Health {
-    /// The last sync of every resource succeeded.
-    pub up: bool,
-    /// Start of the last successful sync per resource ("agents", "tasks"),
-    /// Unix seconds: the data is at least this fresh.
-    pub last_sync: BTreeMap<&'static str, f64>,
-    pub sync_failures: BTreeMap<&'static str, u64>,
-    /// Unix seconds; `None` for a key that never expires.
-    pub token_expiry: Option<f64>,
-    /// With `--storage.path`: how the workspace's checkpoints go.
-    pub checkpoint: Option<CheckpointHealth>,
-}
-
-/// How a workspace's checkpoints go (`crate::storage`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CheckpointHealth {
-    /// When one was last written (Unix seconds, the host's clock).
-    pub last_success: Option<f64>,
-    /// Writes that failed, by reason (`io`, `too_large`, `timeout`).
-    pub write_failures: BTreeMap<&'static str, u64>,
-    /// Bytes of the last checkpoint written (or read at the start).
-    pub size_bytes: u64,
-    /// How long the last write took, encoding included.
-    pub write_seconds: f64,
-    /// Checkpoints refused at the start, by reason (`storage::Refusal`).
-    pub refused: BTreeMap<&'static str, u64>,
-    /// The counters go on from a checkpoint written this long before the
-    /// start; `None`: they started from zero.
-    pub restored_age_seconds: Option<f64>,
-}
-
-impl CheckpointHealth {
-    pub const WRITE_FAILURES: [&'static str; 3] = ["io", "too_large", "timeout"];
-
-    /// Nothing written or refused yet: every write failure reason at 0, so
-    /// each series shows from the first scrape.
-    pub fn new() -> Self {
-        let mut h = CheckpointHealth::default();
-        for r in Self::WRITE_FAILURES {
-            h.write_failures.insert(r, 0);
-        }
-        h
-    }
-}
-
-/// Everything the metric table needs about one workspace, taken once per sync.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub workspace: String,
-    /// Labels on every series of the workspace, `workspace` first, then
-    /// `workspace_name` and the configured extra labels.
-    pub labels: Vec<(String, String)>,
-    pub agents: Option<BTreeMap<String, u64>>,
-    pub tasks_open: BTreeMap<String, u64>,
-    pub oldest_pending_age_seconds: f64,
-    pub counters: Counters,
-    /// When this fleet began counting (Unix seconds): counters are totals
-    /// since then; a new value means they restarted from zero.
-    pub counting_since: f64,
-    /// When this process's slot began (Unix seconds): the start of the
-    /// counters a checkpoint does not keep (`metrics::restored` says which
-    /// it keeps); `counting_since` unless the fleet was restored.
-    pub slot_since: f64,
-    pub ledger_len: usize,
-    pub open_len: usize,
-    pub health: Health,
-    pub api: crate::api::ApiStats,
-    /// How OTLP exports carrying this workspace's numbers went; `None` when
-    /// OTLP is off. Stamped by the hub, not by the poll loops.
-    pub otlp: Option<ExportHealth>,
-    /// Set by the poll loop when the webhook receiver is on.
-    pub webhook: Option<crate::webhook::WebhookHealth>,
-    /// The breakdown label names, in the order of every group's `by`
-    /// (empty without breakdowns).
-    pub dims: Vec<String>,
-    /// Agents per breakdown group (one group, `by` empty, without
-    /// breakdowns); empty before the first complete listing.
-    pub agent_groups: Vec<AgentGroup>,
-    /// Task counters and open tasks per breakdown slice (one, `by` empty,
-    /// without breakdowns).
-    pub task_groups: Vec<TaskGroup>,
-    /// Per-agent heartbeats, when asked for (`--agents.heartbeat-series`).
-    pub heartbeats: Vec<AgentHeartbeat>,
-    /// What the breakdowns hold; `None` without breakdowns.
-    pub breakdown: Option<BreakdownInfo>,
-    /// When the counters went on from a checkpoint: the workspace as
-    /// restored, before this process counted anything. A delta exporter
-    /// counts this process's increase from it, not from zero.
-    pub baseline: Option<Arc<Snapshot>>,
-}
-
-/// Agents of one combination of breakdown values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentGroup {
-    /// Values in the order of `Snapshot::dims`; "" where none.
-    pub by: Vec<String>,
-    /// Per status; the six known ones always.
-    pub statuses: BTreeMap<String, u64>,
-    /// Idle and busy agents whose heartbeat is stale, per status.
-    pub silent: BTreeMap<String, u64>,
-}
-
-/// The task numbers of one breakdown slice.
-#[derive(Debug, Clone)]
-pub struct TaskGroup {
-    pub by: Vec<String>,
-    pub counters: Counters,
-    /// Open tasks per status; pending and running always.
-    pub open: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentHeartbeat {
-    pub id: String,
-    pub status: String,
-    pub by: Vec<String>,
-    /// The API's `last_heartbeat_at` (Unix seconds, the API's clock).
-    pub at: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakdownInfo {
-    /// Distinct values admitted per breakdown label.
-    pub values: Vec<(String, usize)>,
-    pub combinations: usize,
-}
-
 /// Statuses whose agents are meant to heartbeat (the contract's active).
 pub const HEARTBEAT_STATUSES: [&str; 2] = ["idle", "busy"];
-
-/// The OTLP pusher's record for one workspace, plain data for the table.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExportHealth {
-    /// Exports that carried this workspace's numbers and were accepted.
-    pub succeeded: u64,
-    /// Exports that carried them and failed after their retries.
-    pub failed: u64,
-    /// Unix seconds of the last accepted export.
-    pub last_success: Option<f64>,
-    /// Data points of this workspace built but not yet delivered: at most
-    /// one per series, since unsent deltas merge and a newer cumulative
-    /// value replaces an unsent one.
-    pub pending_points: u64,
-}
 
 impl Fleet {
     /// `now` is the API's time (an estimate), against which ages of API

@@ -10,11 +10,12 @@
 //! a new checkpoint version (`storage::VERSION`).
 
 use super::breakdown::SavedBreakdown;
-use super::{AgentSeen, Counted, Counters, Fleet, Marks, OpenTask};
+use super::counters::{restore_counters, save_counters, SavedCounters};
+use super::{AgentSeen, Counted, Fleet, Marks, OpenTask};
 use crate::api::types::{Progress, TaskStatus, Timestamp};
-use crate::histogram::{Histogram, SavedHistogram};
+
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,81 +80,6 @@ struct SavedProgress {
     known: bool,
     transitions: u32,
     updated_at: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SavedCounters {
-    finished: BTreeMap<String, u64>,
-    failures: BTreeMap<String, u64>,
-    input_tokens: u64,
-    output_tokens: u64,
-    queue_seconds: SavedHistogram,
-    run_seconds: SavedHistogram,
-    rejected: Vec<(String, String, u64)>,
-}
-
-pub(super) fn save_counters(c: &Counters) -> SavedCounters {
-    SavedCounters {
-        finished: c.finished.clone(),
-        failures: c.failures.clone(),
-        input_tokens: c.input_tokens,
-        output_tokens: c.output_tokens,
-        queue_seconds: c.queue_seconds.save(),
-        run_seconds: c.run_seconds.save(),
-        rejected: c
-            .rejected
-            .iter()
-            .map(|((r, why), n)| (r.to_string(), why.to_string(), *n))
-            .collect(),
-    }
-}
-
-/// The largest count a checkpoint may hold (2^53).
-const MAX_RESTORED_COUNT: u64 = 1 << 53;
-
-pub(super) fn restore_counters(s: SavedCounters) -> Result<Counters, String> {
-    let mut c = Counters::default();
-    // Label values come back bounded as the fleet bounds them live.
-    let names_ok = |m: &BTreeMap<String, u64>| {
-        m.len() <= 4 * super::MAX_UNKNOWN_NAMES + 16
-            && m.keys().all(|k| k.len() <= super::bounded::MAX_NAME_LEN)
-    };
-    if !names_ok(&s.finished) || !names_ok(&s.failures) {
-        return Err("counters by more names than the fleet admits".into());
-    }
-    // No live count gets near this (2^53: the last integer a float, and so
-    // Prometheus, holds exactly); one past it cannot be a count, and one
-    // at u64::MAX would overflow at the next finish.
-    let counts = s
-        .finished
-        .values()
-        .chain(s.failures.values())
-        .copied()
-        .chain([s.input_tokens, s.output_tokens])
-        .chain([s.queue_seconds.count(), s.run_seconds.count()])
-        .chain(s.rejected.iter().map(|(_, _, n)| *n))
-        .collect::<Vec<u64>>();
-    if counts.iter().any(|n| *n > MAX_RESTORED_COUNT) {
-        return Err(format!("a counter past {MAX_RESTORED_COUNT}"));
-    }
-    c.finished.extend(s.finished);
-    c.failures.extend(s.failures);
-    c.input_tokens = s.input_tokens;
-    c.output_tokens = s.output_tokens;
-    c.queue_seconds = Histogram::restore(super::TASK_DURATION_BUCKETS, s.queue_seconds)?;
-    c.run_seconds = Histogram::restore(super::TASK_DURATION_BUCKETS, s.run_seconds)?;
-    for (r, why, n) in s.rejected {
-        // Keys are the fleet's own names; an unknown pair is not restored.
-        if let Some(k) = c
-            .rejected
-            .keys()
-            .find(|(kr, kw)| *kr == r && *kw == why)
-            .copied()
-        {
-            c.rejected.insert(k, n);
-        }
-    }
-    Ok(c)
 }
 
 impl From<Marks> for SavedMarks {

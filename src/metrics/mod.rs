@@ -6,7 +6,10 @@
 
 use crate::fleet::Snapshot;
 use crate::histogram::Histogram;
-use std::collections::BTreeMap;
+
+mod process;
+
+pub use process::{HttpStats, ProcessFamily, ProcessInfo, ServerStats, PROCESS_FAMILIES, REFUSALS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -77,8 +80,6 @@ pub struct FamilyOf<T> {
 
 /// A family of every workspace, labelled by it.
 pub type Family = FamilyOf<Snapshot>;
-/// A family about the process: no `workspace` label.
-pub type ProcessFamily = FamilyOf<ProcessInfo>;
 
 fn num<'a>(labels: &[&str], v: f64) -> Sample<'a> {
     Sample {
@@ -507,7 +508,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
             out.push(num(&["finished"], s.ledger_len as f64));
         },
     },
-    // ---- checkpoints (issue 12): present only with --storage.path ----
+    // Checkpoints: present only with --storage.path.
     Family {
         name: "clawmesh_exporter_checkpoint_last_success_timestamp_seconds",
         help: "When the workspace's checkpoint was last written (Unix seconds); absent before the first.",
@@ -570,7 +571,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         labels: &[],
         collect: |s, out| out.extend(s.health.checkpoint.as_ref().and_then(|c| c.restored_age_seconds).map(|a| num(&[], a))),
     },
-    // ---- webhooks (issue 6): present only when the receiver is on ----
+    // Webhooks: present only when the receiver is on.
     Family {
         name: "clawmesh_webhook_requests_total",
         help: "Webhook deliveries received, by result (accepted, duplicate, ignored, unknown_type, bad_signature, too_large, bad_request, stale, unknown_workspace, queue_full). Only requests that named the workspace; refusals before that are in clawmesh_webhook_unattributed_requests_total.",
@@ -601,140 +602,6 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         stability: Stability::Experimental,
         labels: &[],
         collect: |s, out| out.extend(s.webhook.as_ref().and_then(|w| w.last_event).map(|t| num(&[], t))),
-    },
-];
-
-/// Facts about the process rather than a workspace: sharding and reloads.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProcessInfo {
-    pub shard: crate::shard::Shard,
-    pub workspaces_configured: usize,
-    pub workspaces_owned: usize,
-    /// Owned, but standing by: another exporter process holds their
-    /// checkpoint (`poll::spawn`).
-    pub workspaces_standby: usize,
-    /// Whether the last reload of the config file worked (true before any).
-    pub reload_ok: bool,
-    /// Unix seconds of the last successful (re)load of the configuration.
-    pub reload_success_at: f64,
-    /// Webhook requests refused before a verified body named a workspace,
-    /// per result; `None` when the receiver is off. Filled in by the hub
-    /// from the workspaces' snapshots at render time.
-    pub webhook_unattributed: Option<BTreeMap<&'static str, u64>>,
-    /// Panics caught per guarded loop (see `supervise`), every loop at 0
-    /// from the start.
-    pub task_restarts: BTreeMap<&'static str, u64>,
-    /// The HTTP server's open connections and refusals (issue 10); filled
-    /// in by the hub at render time.
-    pub http: crate::server::HttpStats,
-}
-
-impl Default for ProcessInfo {
-    fn default() -> Self {
-        ProcessInfo {
-            shard: Default::default(),
-            workspaces_configured: 0,
-            workspaces_owned: 0,
-            workspaces_standby: 0,
-            reload_ok: true,
-            reload_success_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
-            webhook_unattributed: None,
-            task_restarts: crate::supervise::TASKS.iter().map(|t| (*t, 0)).collect(),
-            http: Default::default(),
-        }
-    }
-}
-
-pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
-    // ---- HTTP server bounds (issue 10) ----
-    ProcessFamily {
-        name: "clawmesh_exporter_http_connections",
-        help: "Client connections open to the HTTP server, at the last render; at most --web.max-connections.",
-        kind: Kind::Gauge,
-        unit: "{connection}",
-        stability: Stability::Experimental,
-        labels: &[],
-        collect: |p, out| out.push(num(&[], p.http.open_connections as f64)),
-    },
-    ProcessFamily {
-        name: "clawmesh_exporter_http_refusals_total",
-        help: "Clients the HTTP server cut off, by reason: max_connections (closed at accept), header_timeout (headers or TLS handshake too slow), idle_timeout, response_stalled (the client stopped reading), auth_busy (503: no bcrypt slot within --web.basic-auth.max-wait).",
-        kind: Kind::Counter,
-        unit: "{refusal}",
-        stability: Stability::Experimental,
-        labels: &["reason"],
-        collect: |p, out| {
-            out.extend(crate::server::REFUSALS.iter().map(|r| num(&[r], p.http.refusals.get(r).copied().unwrap_or(0) as f64)))
-        },
-    },
-    // ---- end HTTP server bounds ----
-    ProcessFamily {
-        name: "clawmesh_webhook_unattributed_requests_total",
-        help: "Webhook deliveries refused before a verified body named a workspace (bad_signature, too_large, bad_request, stale, unknown_workspace), for the whole receiver; absent when the receiver is off.",
-        kind: Kind::Counter,
-        unit: "{request}",
-        stability: Stability::Experimental,
-        labels: &["result"],
-        collect: |p, out| {
-            if let Some(u) = &p.webhook_unattributed {
-                out.extend(u.iter().map(|(r, n)| num(&[r], *n as f64)));
-            }
-        },
-    },
-    ProcessFamily {
-        name: "clawmesh_exporter_shard_info",
-        help: "This replica's shard and the number of shards workspaces are split across (constant 1).",
-        kind: Kind::Gauge,
-        unit: "1",
-        stability: Stability::Stable,
-        labels: &["shard", "total_shards"],
-        collect: |p, out| {
-            out.push(Sample {
-                labels: vec![p.shard.index.to_string(), p.shard.total.to_string()],
-                value: Value::Number(1.0),
-                by: By::default(),
-            })
-        },
-    },
-    ProcessFamily {
-        name: "clawmesh_exporter_workspaces",
-        help: "Workspaces in the configuration, those this shard owns and polls, and those it owns but stands by for (another exporter process holds their checkpoint).",
-        kind: Kind::Gauge,
-        unit: "{workspace}",
-        stability: Stability::Stable,
-        labels: &["state"],
-        collect: |p, out| {
-            out.push(num(&["configured"], p.workspaces_configured as f64));
-            out.push(num(&["owned"], p.workspaces_owned as f64));
-            out.push(num(&["standby"], p.workspaces_standby as f64));
-        },
-    },
-    ProcessFamily {
-        name: "clawmesh_exporter_config_last_reload_successful",
-        help: "1 when the last (re)load of the configuration file worked; 0 when it was refused and the previous one kept running.",
-        kind: Kind::Gauge,
-        unit: "1",
-        stability: Stability::Stable,
-        labels: &[],
-        collect: |p, out| out.push(num(&[], if p.reload_ok { 1.0 } else { 0.0 })),
-    },
-    ProcessFamily {
-        name: "clawmesh_exporter_config_last_reload_success_timestamp_seconds",
-        help: "When the configuration was last (re)loaded successfully (Unix seconds).",
-        kind: Kind::Gauge,
-        unit: "s",
-        stability: Stability::Stable,
-        labels: &[],
-        collect: |p, out| out.push(num(&[], p.reload_success_at)),
-    },
-    ProcessFamily {
-        name: "clawmesh_exporter_task_restarts_total",
-        help: "Panics caught in the exporter's loops (key_check, poll_agents, poll_tasks, webhook_worker, otlp_pusher, checkpoint); each loop went on after a pause. Any increase is a bug: see the log.",
-        kind: Kind::Counter,
-        unit: "{restart}",
-        stability: Stability::Stable,
-        labels: &["task"],
-        collect: |p, out| out.extend(p.task_restarts.iter().map(|(t, n)| num(&[t], *n as f64))),
     },
 ];
 

@@ -66,10 +66,12 @@ mod tests;
 
 pub use batch::{otel_name, Batch, Batcher, WORKSPACE_ATTRIBUTE};
 pub use settings::{ClientIdentity, Compression, HistogramMode, OtlpConfig, Protocol, Temporality};
-pub use transport::{parse_retry_after, retry_info_details, SendError, Transport};
+pub use transport::{encode, parse_retry_after, retry_info_details, SendError, Transport};
 
 use crate::fleet::ExportHealth;
 use crate::hub::Hub;
+// The tests measure encoded sizes through `super::*`.
+#[cfg(test)]
 use prost::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -86,14 +88,6 @@ fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-/// Encode a request as it goes on the wire (the HTTP body; gRPC adds a
-/// 5-byte frame header).
-pub fn encode(
-    request: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
-) -> bytes::Bytes {
-    bytes::Bytes::from(request.encode_to_vec())
 }
 
 /// `wait` from now. A collector's wait is capped by

@@ -24,6 +24,14 @@ use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// Encode a request as it goes on the wire (the HTTP body; gRPC adds a
+/// 5-byte frame header).
+pub fn encode(
+    request: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+) -> bytes::Bytes {
+    bytes::Bytes::from(request.encode_to_vec())
+}
+
 /// Why a send failed. The text never holds a header value.
 #[derive(Debug)]
 pub enum SendError {
@@ -230,7 +238,7 @@ impl Transport {
     /// export (retries resend it): for HTTP with gzip, the compressed body.
     /// gRPC sends `request` itself (tonic compresses); the bytes only count.
     pub fn body(&self, request: &ExportMetricsServiceRequest) -> bytes::Bytes {
-        let raw = super::encode(request);
+        let raw = encode(request);
         match self.wire {
             Wire::Http { gzip: true, .. } => {
                 let mut gz = flate2::write::GzEncoder::new(

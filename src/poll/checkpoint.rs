@@ -3,16 +3,32 @@
 //! serving the counters a checkpoint keeps as the last one written has
 //! them. The file format and its atomic replacement are `crate::storage`'s.
 
-use super::Workspace;
 use crate::api::clock::ApiTime;
 use crate::api::types::Timestamp;
-use crate::fleet::{CheckpointHealth, Counters, Fleet, Snapshot};
+use crate::fleet::{serve_durable, CheckpointHealth, Counters, Fleet, Snapshot};
+use crate::hub::Hub;
 use crate::storage::{self, Checkpoint, Found, StorageConfig};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// What the checkpoint loop needs of its workspace (`super::Workspace` is
+/// one): defined here, so that this file needs nothing of the poll loops
+/// and they may use it.
+pub(super) trait Checkpointed: Send + Sync + 'static {
+    fn id(&self) -> &str;
+    fn hub(&self) -> &Hub;
+    /// Under one lock, as of one moment: the checkpoint to write, and the
+    /// snapshot whose counters it keeps (`serve_durable`).
+    fn take(&self, shard: (u32, u32), taken: Timestamp) -> (Checkpoint, Snapshot);
+    /// Under the workspace's lock: `f` on its checkpoint health and the
+    /// last checkpoint written; false (`f` not called) without checkpoint
+    /// health.
+    fn record(&self, f: &mut dyn FnMut(&mut CheckpointHealth, &mut Option<Arc<Snapshot>>)) -> bool;
+    /// Publish the workspace's snapshot (after a write, its served counters move).
+    fn publish(&self);
+}
 
 /// How long the API keeps finished tasks (standard plans, CONTRACT.md:
 /// "Tasks leave history 30 days after they finish").
@@ -119,59 +135,8 @@ pub(super) fn resume(
     (fleet, Timestamp::from_micros(watermark), health)
 }
 
-/// Serve the counters a checkpoint keeps as `durable` had them (the last
-/// checkpoint written): a crash then loses nothing that was served, and a
-/// counter never falls at the restart. Gauges and the exporter's own
-/// counters stay live. A slice the checkpoint did not have yet shows 0.
-///
-/// Slices are matched by the series they render (their non-empty labels):
-/// a dimension discovered since pads every slice with an empty value, and
-/// is the same series. A slice of `durable` no longer live was freed into
-/// the slice of every label `other` (`Breakdown::expire`): it is served
-/// there, so that the slices still sum to the served totals.
-pub(super) fn serve_durable(snap: &mut Snapshot, durable: &Snapshot) {
-    fn series<'a>(dims: &'a [String], by: &'a [String]) -> Vec<(&'a str, &'a str)> {
-        dims.iter()
-            .zip(by)
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect()
-    }
-    snap.counters = durable.counters.clone();
-    let mut by: HashMap<Vec<(&str, &str)>, &Counters> = durable
-        .task_groups
-        .iter()
-        .map(|g| (series(&durable.dims, &g.by), &g.counters))
-        .collect();
-    let served: Vec<Counters> = snap
-        .task_groups
-        .iter()
-        .map(|g| {
-            by.remove(&series(&snap.dims, &g.by))
-                .map_or_else(Counters::default, |c| c.clone())
-        })
-        .collect();
-    // Freed since: served where their counts went (the slice of no values
-    // when there is no `other` one, which cannot be: the sum holds).
-    let all = |g: &crate::fleet::TaskGroup, v: &str| g.by.iter().all(|x| x == v);
-    let to = snap
-        .task_groups
-        .iter()
-        .position(|g| !g.by.is_empty() && all(g, crate::fleet::OTHER))
-        .or_else(|| snap.task_groups.iter().position(|g| all(g, "")));
-    let mut freed = Counters::default();
-    for c in by.values() {
-        freed.merge(c);
-    }
-    for (i, (g, c)) in snap.task_groups.iter_mut().zip(served).enumerate() {
-        g.counters = c;
-        if Some(i) == to {
-            g.counters.merge(&freed);
-        }
-    }
-}
-
-/// Whether serving `durable`'s counters ([`serve_durable`]) serves every
+/// Whether serving `durable`'s counters ([`serve_durable`], the join's)
+/// serves every
 /// count `live` has: the fleet holds nothing the last checkpoint written
 /// lacks.
 pub(super) fn serves_all(live: &Snapshot, durable: &Snapshot) -> bool {
@@ -197,7 +162,11 @@ pub(super) fn serves_all(live: &Snapshot, durable: &Snapshot) -> bool {
 /// The checkpoint loop of a workspace: a checkpoint every
 /// `--storage.interval` (the fleet as the last sync or webhook batch left
 /// it), and one at the stop, but after a kill (the test seam).
-pub(super) async fn run(mut saver: Saver, ws: Arc<Workspace>, mut stop: watch::Receiver<bool>) {
+pub(super) async fn run<W: Checkpointed>(
+    mut saver: Saver,
+    ws: Arc<W>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = crate::supervise::Backoff::default();
     // The first soon (until it, the counters are served live and a crash
     // would lose them), then every interval.
@@ -208,16 +177,18 @@ pub(super) async fn run(mut saver: Saver, ws: Arc<Workspace>, mut stop: watch::R
             _ = tokio::time::sleep(pause) => false,
             _ = stop.wait_for(|s| *s) => true,
         };
-        if stopped && ws.hub.killed() {
+        if stopped && ws.hub().killed() {
             return;
         }
-        match crate::supervise::guard(saver.write(&ws)).await {
+        match crate::supervise::guard(saver.write(&*ws)).await {
             Ok(()) => backoff.succeeded(),
             Err(c) => {
                 let pause = backoff.failed();
-                ws.hub.count_restart("checkpoint");
-                crate::supervise::report("checkpoint", &ws.id, &c, pause);
-                if !stopped && super::sleep_or_stop(Instant::now() + pause, &mut stop).await {
+                ws.hub().count_restart("checkpoint");
+                crate::supervise::report("checkpoint", ws.id(), &c, pause);
+                if !stopped
+                    && crate::supervise::sleep_or_stop(Instant::now() + pause, &mut stop).await
+                {
                     return;
                 }
             }
@@ -257,7 +228,7 @@ impl Saver {
     /// Write a checkpoint of the workspace as it is now; once written, its
     /// counters are the ones served. Never longer than
     /// `--storage.write-timeout` (encoding aside).
-    async fn write(&mut self, ws: &Workspace) {
+    async fn write<W: Checkpointed>(&mut self, ws: &W) {
         let started = std::time::Instant::now();
         let written = match self.abandoned.as_mut().map(|w| w.finished()) {
             Some(None) => Err(storage::WriteError::Stuck),
@@ -268,10 +239,9 @@ impl Saver {
                 self.write_now(ws).await
             }
         };
-        {
-            let mut st = ws.lock();
-            let st = &mut *st;
-            let Some(h) = st.health.checkpoint.as_mut() else {
+        let mut written = Some(written);
+        let recorded = ws.record(&mut |h, durable| {
+            let Some(written) = written.take() else {
                 return;
             };
             match written {
@@ -280,7 +250,7 @@ impl Saver {
                     h.last_success = Some(taken.as_secs_f64());
                     h.size_bytes = n;
                     h.write_seconds = started.elapsed().as_secs_f64();
-                    st.durable = Some(Arc::new(snap));
+                    *durable = Some(Arc::new(snap));
                 }
                 Err(e) => {
                     // The counters served stay those of the last checkpoint
@@ -292,10 +262,13 @@ impl Saver {
                     *n += 1;
                     // The 1st, 2nd, 4th... failure: a full volume cannot flood the log.
                     if n.is_power_of_two() {
-                        tracing::warn!(workspace = %ws.id, dir = %self.cfg.dir.display(), failures = *n, "cannot write the checkpoint: {e}; the counters served stay as the last checkpoint has them until a write succeeds");
+                        tracing::warn!(workspace = %ws.id(), dir = %self.cfg.dir.display(), failures = *n, "cannot write the checkpoint: {e}; the counters served stay as the last checkpoint has them until a write succeeds");
                     }
                 }
             }
+        });
+        if !recorded {
+            return;
         }
         ws.publish();
     }
@@ -304,31 +277,12 @@ impl Saver {
     /// it was taken and the snapshot whose counters it keeps.
     async fn write_now(
         &mut self,
-        ws: &Workspace,
+        ws: &impl Checkpointed,
     ) -> Result<(u64, Timestamp, Snapshot), storage::WriteError> {
         // Taken under the lock: the fleet, the watermark and what will be
         // served, as of one moment.
         let taken = Timestamp::host_now();
-        let (c, snap) = {
-            let mut st = ws.lock();
-            let api = ws.client.api_time();
-            let c = Checkpoint {
-                workspace: ws.id.clone(),
-                shard: self.shard,
-                saved_at: taken.micros(),
-                api_saved_at: api.earliest.micros(),
-                watermark: st.watermark.micros(),
-                fleet: st.fleet.save(),
-            };
-            // Only its counters are read (`serve_durable`).
-            let snap = st.fleet.snapshot(
-                &ws.id,
-                api.estimate(),
-                Default::default(),
-                Default::default(),
-            );
-            (c, snap)
-        };
+        let (c, snap) = ws.take(self.shard, taken);
         let max = self.cfg.max_size;
         let bytes = tokio::task::spawn_blocking(move || storage::encode(&c, max))
             .await
@@ -337,7 +291,7 @@ impl Saver {
                     e.to_string(),
                 )))
             })?;
-        let path = self.cfg.path_of(&ws.id, self.shard);
+        let path = self.cfg.path_of(ws.id(), self.shard);
         let mut writer =
             storage::Writer::start_after(&path, &bytes, self.lock.as_ref(), self.stale.as_deref())
                 .map_err(storage::WriteError::Io)?;

@@ -6,8 +6,9 @@
 use crate::api::clock::ApiTime;
 use crate::api::types::{Timestamp, Token};
 use crate::api::{ApiError, Client, ListEvent, TaskQuery};
-use crate::fleet::{Fleet, FleetLimits, Health};
+use crate::fleet::{Fleet, FleetLimits, Health, Parts, Snapshot};
 use crate::hub::Hub;
+use crate::supervise::sleep_or_stop;
 use crate::supervise::{guard, Backoff, Caught};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -17,8 +18,8 @@ use tokio::time::Instant;
 
 mod checkpoint;
 
-/// The resources a workspace syncs; each has its own health series.
-pub const RESOURCES: [&str; 2] = ["agents", "tasks"];
+/// The resources a workspace syncs (the fleet's list, named here too).
+pub use crate::fleet::RESOURCES;
 
 /// The scopes the exporter needs, and the ones it should not have.
 pub const REQUIRED_SCOPES: [&str; 2] = ["agents:read", "tasks:read"];
@@ -247,7 +248,7 @@ struct State {
     /// The counters went on from a checkpoint: the first snapshot, as
     /// restored, rides on every later one (`Snapshot::baseline`).
     restored: bool,
-    baseline: Option<Arc<crate::fleet::Snapshot>>,
+    baseline: Option<Arc<Snapshot>>,
     /// Restored, and polling not yet past what the stopped process had
     /// counted (from events too): no missed event is suspected until then.
     resuming: bool,
@@ -259,7 +260,7 @@ struct State {
     /// served from it, never from further, also while writes fail: after
     /// a crash, or a stop whose last writes failed, the restart goes on
     /// from there, so nothing served is lost and no counter falls.
-    durable: Option<Arc<crate::fleet::Snapshot>>,
+    durable: Option<Arc<Snapshot>>,
 }
 
 impl State {
@@ -651,11 +652,52 @@ async fn watch_waits(ws: Arc<Workspace>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Sleep until `until`; true when told to stop first.
-async fn sleep_or_stop(until: Instant, stop: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep_until(until) => false,
-        _ = stop.wait_for(|s| *s) => true,
+/// The checkpoint loop's view of a workspace (`checkpoint::Checkpointed`).
+impl checkpoint::Checkpointed for Workspace {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn take(&self, shard: (u32, u32), taken: Timestamp) -> (crate::storage::Checkpoint, Snapshot) {
+        let mut st = self.lock();
+        let api = self.client.api_time();
+        let c = crate::storage::Checkpoint {
+            workspace: self.id.clone(),
+            shard,
+            saved_at: taken.micros(),
+            api_saved_at: api.earliest.micros(),
+            watermark: st.watermark.micros(),
+            fleet: st.fleet.save(),
+        };
+        // Only its counters are read (`serve_durable`).
+        let snap = st.fleet.snapshot(
+            &self.id,
+            api.estimate(),
+            Default::default(),
+            Default::default(),
+        );
+        (c, snap)
+    }
+
+    fn record(
+        &self,
+        f: &mut dyn FnMut(&mut crate::fleet::CheckpointHealth, &mut Option<Arc<Snapshot>>),
+    ) -> bool {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(h) = st.health.checkpoint.as_mut() else {
+            return false;
+        };
+        f(h, &mut st.durable);
+        true
+    }
+
+    fn publish(&self) {
+        Workspace::publish(self);
     }
 }
 
@@ -749,8 +791,10 @@ impl Workspace {
         }
     }
 
+    /// Hands the fleet's snapshot and this stage's parts to the hub, which
+    /// joins them (`fleet::Snapshot::join`); neither is patched here.
     fn publish(&self) {
-        let mut snap = {
+        let (snap, parts) = {
             let mut st = self.lock();
             let State {
                 fleet,
@@ -761,15 +805,20 @@ impl Workspace {
                 durable,
                 ..
             } = &mut *st;
-            let mut snap = fleet.snapshot(
+            let snap = fleet.snapshot(
                 &self.id,
                 self.client.api_time().estimate(),
                 health.clone(),
                 self.client.stats(),
             );
-            snap.webhook = webhook.as_mut().map(|w| w.health());
+            let webhook = webhook.as_mut().map(|w| w.health());
             if *restored && baseline.is_none() {
-                *baseline = Some(Arc::new(snap.clone()));
+                // The workspace as restored, webhook health and all.
+                let restored = snap.clone().join(Parts {
+                    webhook: webhook.clone(),
+                    ..Parts::default()
+                });
+                *baseline = Some(Arc::new(restored));
                 // With storage, what the checkpoint restored is durable
                 // already; without (a reload's handoff), nothing ever is,
                 // and the counters are served live.
@@ -778,16 +827,21 @@ impl Workspace {
                 }
             } else if durable.is_none() && self.cfg.storage.is_some() {
                 // A fresh start: zero until the first write holds more.
-                *durable = Some(Arc::new(snap.clone()));
+                let fresh = snap.clone().join(Parts {
+                    webhook: webhook.clone(),
+                    ..Parts::default()
+                });
+                *durable = Some(Arc::new(fresh));
             }
-            if let Some(d) = durable {
-                checkpoint::serve_durable(&mut snap, d);
-            }
-            snap.baseline = baseline.clone();
-            snap
+            let parts = Parts {
+                labels: self.labels.clone(),
+                webhook,
+                durable: durable.clone(),
+                baseline: baseline.clone(),
+            };
+            (snap, parts)
         };
-        snap.labels.extend(self.labels.iter().cloned());
-        self.hub.publish(snap);
+        self.hub.publish(snap, parts);
     }
 
     /// After a round of the loop of `resource`: true when told to stop.
@@ -1146,7 +1200,7 @@ mod tests {
         let durable = snap(&mut f);
         let served = |f: &mut Fleet| {
             let mut s = snap(f);
-            checkpoint::serve_durable(&mut s, &durable);
+            crate::fleet::serve_durable(&mut s, &durable);
             let by_team: std::collections::BTreeMap<String, u64> = s
                 .task_groups
                 .iter()
@@ -1251,7 +1305,7 @@ mod tests {
         f.apply_agent_listing(&[agent]);
         let mut live = f.snapshot("ws", t(6), Health::default(), Default::default());
         assert_eq!(live.dims, ["team"]);
-        checkpoint::serve_durable(&mut live, &durable);
+        crate::fleet::serve_durable(&mut live, &durable);
         let served: u64 = live
             .task_groups
             .iter()

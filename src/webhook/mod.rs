@@ -446,20 +446,9 @@ async fn read_capped<'a>(
     Ok((buf, held))
 }
 
-/// What the metric table shows about a workspace's webhooks.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct WebhookHealth {
-    /// Requests per result that named this workspace.
-    pub requests: BTreeMap<&'static str, u64>,
-    /// Requests the receiver refused before a verified body named a
-    /// workspace (one receiver serves every workspace, and an unverified
-    /// body names none that can be trusted): the same shared counts in every
-    /// workspace's health, shown once, at the process level.
-    pub unattributed: BTreeMap<&'static str, u64>,
-    pub missed_events: u64,
-    /// When the last verified event for the workspace arrived (Unix seconds).
-    pub last_event: Option<f64>,
-}
+/// What the metric table shows about a workspace's webhooks (carried by
+/// the workspace's snapshot, so defined beside it).
+pub use crate::fleet::WebhookHealth;
 
 /// A workspace's webhook state, kept beside its fleet (under the same lock).
 pub struct Tracker {

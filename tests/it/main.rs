@@ -14,6 +14,7 @@ mod exposition;
 mod health;
 mod hostile_api;
 mod hostile_clients;
+mod layers;
 mod operator;
 mod otlp;
 mod production;

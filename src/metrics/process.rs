@@ -1,0 +1,198 @@
+//! The process's own families (no `workspace` label) and the facts they read:
+//! sharding, reloads, caught panics, and the HTTP server's counts. The counts
+//! are kept here, below the server that bumps them and the hub that reads
+//! them at render time, so neither reaches up to the other.
+
+use super::{num, By, FamilyOf, Kind, Sample, Stability, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Why the server cut a client off: a connection closed at accept past
+/// the cap, or by its watchdog, or a request refused for lack of a bcrypt
+/// slot. All are exported, zeros included.
+pub const REFUSALS: [&str; 5] = [
+    "max_connections",
+    "header_timeout",
+    "idle_timeout",
+    "response_stalled",
+    "auth_busy",
+];
+
+/// The server's counts, kept as it goes and read when the exposition is
+/// rendered.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    open: std::sync::atomic::AtomicU64,
+    refusals: [std::sync::atomic::AtomicU64; REFUSALS.len()],
+}
+
+/// [`ServerStats`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpStats {
+    pub open_connections: u64,
+    pub refusals: BTreeMap<&'static str, u64>,
+}
+
+impl ServerStats {
+    pub fn refused(&self, reason: &'static str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.refusals[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A connection opened; [`ServerStats::closed`] when it ends.
+    pub fn opened(&self) {
+        self.open.fetch_add(1, Relaxed);
+    }
+
+    pub fn closed(&self) {
+        self.open.fetch_sub(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HttpStats {
+        HttpStats {
+            open_connections: self.open.load(Relaxed),
+            refusals: REFUSALS
+                .iter()
+                .zip(&self.refusals)
+                .map(|(r, n)| (*r, n.load(Relaxed)))
+                .collect(),
+        }
+    }
+}
+
+/// A family about the process: no `workspace` label.
+pub type ProcessFamily = FamilyOf<ProcessInfo>;
+
+/// Facts about the process rather than a workspace: sharding and reloads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessInfo {
+    pub shard: crate::shard::Shard,
+    pub workspaces_configured: usize,
+    pub workspaces_owned: usize,
+    /// Owned, but standing by: another exporter process holds their
+    /// checkpoint (`poll::spawn`).
+    pub workspaces_standby: usize,
+    /// Whether the last reload of the config file worked (true before any).
+    pub reload_ok: bool,
+    /// Unix seconds of the last successful (re)load of the configuration.
+    pub reload_success_at: f64,
+    /// Webhook requests refused before a verified body named a workspace,
+    /// per result; `None` when the receiver is off. Filled in by the hub
+    /// from the workspaces' snapshots at render time.
+    pub webhook_unattributed: Option<BTreeMap<&'static str, u64>>,
+    /// Panics caught per guarded loop (see `supervise`), every loop at 0
+    /// from the start.
+    pub task_restarts: BTreeMap<&'static str, u64>,
+    /// The HTTP server's open connections and refusals; filled in by the
+    /// hub at render time.
+    pub http: HttpStats,
+}
+
+impl Default for ProcessInfo {
+    fn default() -> Self {
+        ProcessInfo {
+            shard: Default::default(),
+            workspaces_configured: 0,
+            workspaces_owned: 0,
+            workspaces_standby: 0,
+            reload_ok: true,
+            reload_success_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
+            webhook_unattributed: None,
+            task_restarts: crate::supervise::TASKS.iter().map(|t| (*t, 0)).collect(),
+            http: Default::default(),
+        }
+    }
+}
+
+pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
+    // The HTTP server's bounds: what it cut off, and what it holds open.
+    ProcessFamily {
+        name: "clawmesh_exporter_http_connections",
+        help: "Client connections open to the HTTP server, at the last render; at most --web.max-connections.",
+        kind: Kind::Gauge,
+        unit: "{connection}",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |p, out| out.push(num(&[], p.http.open_connections as f64)),
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_http_refusals_total",
+        help: "Clients the HTTP server cut off, by reason: max_connections (closed at accept), header_timeout (headers or TLS handshake too slow), idle_timeout, response_stalled (the client stopped reading), auth_busy (503: no bcrypt slot within --web.basic-auth.max-wait).",
+        kind: Kind::Counter,
+        unit: "{refusal}",
+        stability: Stability::Experimental,
+        labels: &["reason"],
+        collect: |p, out| {
+            out.extend(REFUSALS.iter().map(|r| num(&[r], p.http.refusals.get(r).copied().unwrap_or(0) as f64)))
+        },
+    },
+    ProcessFamily {
+        name: "clawmesh_webhook_unattributed_requests_total",
+        help: "Webhook deliveries refused before a verified body named a workspace (bad_signature, too_large, bad_request, stale, unknown_workspace), for the whole receiver; absent when the receiver is off.",
+        kind: Kind::Counter,
+        unit: "{request}",
+        stability: Stability::Experimental,
+        labels: &["result"],
+        collect: |p, out| {
+            if let Some(u) = &p.webhook_unattributed {
+                out.extend(u.iter().map(|(r, n)| num(&[r], *n as f64)));
+            }
+        },
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_shard_info",
+        help: "This replica's shard and the number of shards workspaces are split across (constant 1).",
+        kind: Kind::Gauge,
+        unit: "1",
+        stability: Stability::Stable,
+        labels: &["shard", "total_shards"],
+        collect: |p, out| {
+            out.push(Sample {
+                labels: vec![p.shard.index.to_string(), p.shard.total.to_string()],
+                value: Value::Number(1.0),
+                by: By::default(),
+            })
+        },
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_workspaces",
+        help: "Workspaces in the configuration, those this shard owns and polls, and those it owns but stands by for (another exporter process holds their checkpoint).",
+        kind: Kind::Gauge,
+        unit: "{workspace}",
+        stability: Stability::Stable,
+        labels: &["state"],
+        collect: |p, out| {
+            out.push(num(&["configured"], p.workspaces_configured as f64));
+            out.push(num(&["owned"], p.workspaces_owned as f64));
+            out.push(num(&["standby"], p.workspaces_standby as f64));
+        },
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_config_last_reload_successful",
+        help: "1 when the last (re)load of the configuration file worked; 0 when it was refused and the previous one kept running.",
+        kind: Kind::Gauge,
+        unit: "1",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.push(num(&[], if p.reload_ok { 1.0 } else { 0.0 })),
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_config_last_reload_success_timestamp_seconds",
+        help: "When the configuration was last (re)loaded successfully (Unix seconds).",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.push(num(&[], p.reload_success_at)),
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_task_restarts_total",
+        help: "Panics caught in the exporter's loops (key_check, poll_agents, poll_tasks, webhook_worker, otlp_pusher, checkpoint); each loop went on after a pause. Any increase is a bug: see the log.",
+        kind: Kind::Counter,
+        unit: "{restart}",
+        stability: Stability::Stable,
+        labels: &["task"],
+        collect: |p, out| out.extend(p.task_restarts.iter().map(|(t, n)| num(&[t], *n as f64))),
+    },
+];
