@@ -1,7 +1,9 @@
 //! CLI wiring only: parse, set up logging, dispatch.
 
 use clap::Parser;
-use clawmesh_exporter::config::{Cli, Command, LogFormat, LogLevel, ProcessEnv, SimArgs};
+use clawmesh_exporter::config::{Cli, Command, LogFormat, LogLevel};
+use clawmesh_exporter::env::ProcessEnv;
+use clawmesh_exporter::sim::cli::SimArgs;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -59,7 +61,7 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
             report(runtime.block_on(simulate(sim)))
         }
         Some(Command::Demo(args)) => {
-            init_logging(args.run.log_level, args.run.log_format);
+            init_logging(args.run.log.log_level, args.run.log.log_format);
             let latitude = args.latitude.to_latitude();
             let incident = args.latitude.incident.clone();
             report(runtime.block_on(clawmesh_exporter::demo::run(args.run, latitude, incident)))
@@ -103,24 +105,7 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
 }
 
 async fn simulate(args: SimArgs) -> anyhow::Result<()> {
-    let cfg = clawmesh_exporter::sim::SimConfig {
-        agents: args.agents,
-        history_tasks: args.history_tasks,
-        task_changes_per_minute: args.changes_per_minute,
-        visibility_lag_max: args.visibility_lag,
-        rate_limit_per_minute: args.rate_limit,
-        seed: args.seed,
-        unknown_agent_statuses: args.unknown_agent_statuses,
-        latitude: args.latitude.to_latitude(),
-        incident: args.latitude.incident.clone(),
-        label_spread: (args.teams.is_some() || args.envs.is_some()).then(|| {
-            clawmesh_exporter::sim::LabelSpread {
-                teams: args.teams.unwrap_or(5),
-                envs: args.envs.unwrap_or(2),
-            }
-        }),
-        ..Default::default()
-    };
+    let cfg = args.config();
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     println!(

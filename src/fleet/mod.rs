@@ -8,6 +8,7 @@
 mod bounded;
 mod breakdown;
 mod saved;
+pub mod settings;
 
 pub use bounded::{BoundedNames, OTHER};
 pub use breakdown::{

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 mod checkpoint;
+pub mod settings;
 
 /// The resources a workspace syncs; each has its own health series.
 pub const RESOURCES: [&str; 2] = ["agents", "tasks"];
@@ -24,7 +25,10 @@ pub const RESOURCES: [&str; 2] = ["agents", "tasks"];
 pub const REQUIRED_SCOPES: [&str; 2] = ["agents:read", "tasks:read"];
 const WRITE_SCOPES: [&str; 3] = ["agents:write", "tasks:write", "webhooks:manage"];
 
-#[derive(Debug, Clone)]
+/// A workspace's scheduler settings. `Default` is the empty base the
+/// settings table fills; the defaults a user gets are the flags'
+/// (`settings::PollArgs`).
+#[derive(Debug, Clone, Default)]
 pub struct PollConfig {
     /// How often tasks are listed incrementally.
     pub interval: Duration,
@@ -147,23 +151,6 @@ impl Handoffs {
         // stop, after its last checkpoint).
         self.expire(&mut m, now);
         m.remove(workspace).map(|h| (h.fleet, h.watermark))
-    }
-}
-
-impl Default for PollConfig {
-    fn default() -> Self {
-        PollConfig {
-            interval: Duration::from_secs(15),
-            agents_interval: Duration::from_secs(15),
-            reconcile_interval: Duration::from_secs(600),
-            overlap: Duration::from_secs(10),
-            dedup_horizon: Duration::from_secs(3600),
-            fleet: FleetLimits::default(),
-            breakdown: Default::default(),
-            max_agent_lookups: 20,
-            storage: None,
-            handoff: None,
-        }
     }
 }
 
