@@ -24,14 +24,35 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+/// The version, the revision it was built from and the day it was built.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision: ",
+    env!("CLAWMESH_GIT_REVISION"),
+    ", date: ",
+    env!("CLAWMESH_BUILD_DATE"),
+    ")"
+);
+
+/// `--version`, worded as Prometheus and its exporters word it:
+/// `clawmesh-exporter, version 0.1.0 (revision: 1a2b3c4d5e6f, date: 2026-12-06)`.
+pub fn version_line() -> String {
+    format!("clawmesh-exporter, version {VERSION}")
+}
+
 pub const DEFAULT_PORT: u16 = 9817;
 pub const KEY_ENV: &str = "CLAWMESH_API_KEY";
 
+// `[env: NAME]` in --help, not clap's `[env: NAME=VALUE]`: unset, the
+// value is empty and the line shows a stray `=`; set, it would print the
+// environment's values into the help.
 #[derive(Debug, Parser)]
 #[command(
     name = "clawmesh-exporter",
-    version,
-    about = "Prometheus and OTLP exporter for ClawMesh agent fleets"
+    version = VERSION,
+    about = "Prometheus and OTLP exporter for ClawMesh agent fleets",
+    mut_args(|a| a.hide_env_values(true)),
+    mut_subcommands(|c| c.mut_args(|a| a.hide_env_values(true)))
 )]
 pub struct Cli {
     #[command(subcommand)]

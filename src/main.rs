@@ -9,8 +9,12 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayVersion => {
+            println!("{}", clawmesh_exporter::config::version_line());
+            return ExitCode::SUCCESS;
+        }
         Err(e) if !e.use_stderr() => {
-            // --help, --version
+            // --help
             let _ = e.print();
             return ExitCode::SUCCESS;
         }

@@ -11,8 +11,10 @@ pub struct SimArgs {
     /// Address to serve the simulated API on.
     #[arg(long = "listen", default_value = "127.0.0.1:8089")]
     pub listen: String,
+    /// Agents in the simulated fleet.
     #[arg(long, default_value_t = 200)]
     pub agents: usize,
+    /// Finished tasks already in the history when the simulator starts.
     #[arg(long = "history-tasks", default_value_t = 2000)]
     pub history_tasks: usize,
     /// Task status changes per minute.
@@ -24,6 +26,7 @@ pub struct SimArgs {
     /// Requests per minute per workspace.
     #[arg(long = "rate-limit", default_value_t = 1000)]
     pub rate_limit: u32,
+    /// Seed of the simulator's random choices: the same seed, the same fleet and the same history.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Agents sometimes take statuses the contract does not list.
