@@ -41,8 +41,6 @@ pub struct PollConfig {
     pub overlap: Duration,
     /// How long finished tasks are remembered for de-duplication.
     pub dedup_horizon: Duration,
-    /// How long the scheduler waits before an example thing.
-    pub example_delay: Duration,
     /// How the fleet judges what the API says (future stamps, unknown
     /// statuses, late failure codes).
     pub fleet: FleetLimits,

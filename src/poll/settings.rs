@@ -27,9 +27,6 @@ pub struct PollArgs {
     /// How long finished tasks are remembered to count each exactly once.
     #[arg(long = "tasks.dedup-horizon", env = "CLAWMESH_TASKS_DEDUP_HORIZON", default_value = "1h", value_parser = humantime::parse_duration)]
     pub dedup_horizon: Duration,
-    /// How long the scheduler waits before an example thing (a scratch setting showing what a new duration takes).
-    #[arg(long = "tasks.example-delay", env = "CLAWMESH_TASKS_EXAMPLE_DELAY", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub example_delay: Duration,
     /// Agents read one by one per task sync when tasks name agents not yet listed (0: never).
     #[arg(
         long = "breakdown.max-agent-lookups",
@@ -66,11 +63,6 @@ pub const DURATIONS: &[(
         "dedup_horizon",
         |a| a.dedup_horizon,
         |c| &mut c.dedup_horizon,
-    ),
-    (
-        "example_delay",
-        |a| a.example_delay,
-        |c| &mut c.example_delay,
     ),
 ];
 
