@@ -506,25 +506,51 @@ fn workspace(
     cx: &Context,
     p: &mut Vec<String>,
 ) -> Option<WorkspaceConfig> {
-    let (base_dir, env, files) = (cx.base_dir, cx.env, cx.files);
     let name = m
         .get("name")
         .and_then(|v| string(v, &format!("{at}.name"), p));
     let expected_id = m.get("id").and_then(|v| string(v, &format!("{at}.id"), p));
+    let key = key(m, at, cx, p);
+    let client = client(m, d, at, cx, p);
+    let poll = poll(m, d, at, cx, p);
+    let labels = labels(m, at, p);
+    let ((key, source), client) = (key?, client?);
+    let identity = name
+        .clone()
+        .or_else(|| expected_id.clone())
+        .unwrap_or_else(|| format!("{source}@{}", client.base_url));
+    Some(WorkspaceConfig {
+        key: identity,
+        name,
+        expected_id,
+        client: ClientConfig { key, ..client },
+        poll,
+        labels,
+    })
+}
+
+/// The workspace's key, from `api_key_file` (relative to the file's
+/// directory) or `api_key_env`, with where it came from (`file:a.key`).
+fn key(
+    m: &serde_norway::Mapping,
+    at: &str,
+    cx: &Context,
+    p: &mut Vec<String>,
+) -> Option<(Secret, String)> {
     let key_file = m
         .get("api_key_file")
         .and_then(|v| string(v, &format!("{at}.api_key_file"), p));
     let key_env = m
         .get("api_key_env")
         .and_then(|v| string(v, &format!("{at}.api_key_env"), p));
-    let (key, source) = match (&key_file, &key_env) {
+    match (&key_file, &key_env) {
         (Some(f), None) => {
-            let path = base_dir.join(f);
-            match crate::files::read_to_string(&path, files) {
-                Ok(s) if !s.trim().is_empty() => (Some(Secret::new(s.trim())), format!("file:{f}")),
+            let path = cx.base_dir.join(f);
+            match crate::files::read_to_string(&path, cx.files) {
+                Ok(s) if !s.trim().is_empty() => Some((Secret::new(s.trim()), format!("file:{f}"))),
                 Ok(_) => {
                     p.push(format!("{at}.api_key_file: {} is empty", path.display()));
-                    (None, String::new())
+                    None
                 }
                 Err(e) => {
                     p.push(match e {
@@ -533,30 +559,41 @@ fn workspace(
                         }
                         e => format!("{at}.api_key_file: {} {e}", path.display()),
                     });
-                    (None, String::new())
+                    None
                 }
             }
         }
-        (None, Some(var)) => match env.var(var).filter(|k| !k.trim().is_empty()) {
-            Some(k) => (Some(Secret::new(k.trim())), format!("env:{var}")),
+        (None, Some(var)) => match cx.env.var(var).filter(|k| !k.trim().is_empty()) {
+            Some(k) => Some((Secret::new(k.trim()), format!("env:{var}"))),
             None => {
                 p.push(format!(
                     "{at}.api_key_env: the environment variable {var} is not set"
                 ));
-                (None, String::new())
+                None
             }
         },
         (Some(_), Some(_)) => {
             p.push(format!("{at}: give api_key_file or api_key_env, not both"));
-            (None, String::new())
+            None
         }
         (None, None) => {
             p.push(format!(
                 "{at}: needs api_key_file or api_key_env (a key with agents:read and tasks:read)"
             ));
-            (None, String::new())
+            None
         }
-    };
+    }
+}
+
+/// The API client's settings: URL, budget, attempts, bounds and durations.
+/// `None` when the URL is unusable (the problem is noted).
+fn client(
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    cx: &Context,
+    p: &mut Vec<String>,
+) -> Option<ClientConfig> {
     let api_url = match setting(m, d, at, "api_url") {
         Some((v, path)) => string(v, &path, p).and_then(|u| {
             let u = u.trim_end_matches('/').to_string();
@@ -582,8 +619,8 @@ fn workspace(
         },
         None => cx.api.budget_share,
     };
-    // Stricter than the flag (at least 1): a file's workspaces share the
-    // process, and more attempts than 20 only hold a failed sync longer.
+    // The file's range (1 to 20) is narrower than the flag's (at least 1);
+    // kept as it was.
     let max_attempts = match setting(m, d, at, "max_attempts") {
         Some((v, path)) => match v.as_u64() {
             Some(n) if (1..=20).contains(&n) => n as u32,
@@ -594,6 +631,43 @@ fn workspace(
         },
         None => cx.api.max_attempts,
     };
+    let mut client = ClientConfig {
+        max_attempts,
+        budget_share,
+        lookup_share: cx.api.lookup_share,
+        limits: api_limits(m, d, at, p),
+        ..ClientConfig::default()
+    };
+    durations(
+        crate::api::settings::DURATIONS,
+        &cx.api,
+        &mut client,
+        m,
+        d,
+        at,
+        p,
+    );
+    if let Err(e) = client
+        .limits
+        .check(|f| format!("{at}.{}", f.replace('-', "_")))
+    {
+        p.push(e);
+    }
+    // Last: every problem of the workspace is noted, whatever the URL.
+    Some(ClientConfig {
+        base_url: api_url?,
+        ..client
+    })
+}
+
+/// The scheduler's settings, the fleet's judgement and breakdowns with them.
+fn poll(
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    cx: &Context,
+    p: &mut Vec<String>,
+) -> PollConfig {
     let mut fleet = cx.fleet.limits();
     durations(
         crate::fleet::settings::DURATIONS,
@@ -638,28 +712,11 @@ fn workspace(
     for rule in poll.check() {
         p.push(rule.file_message(at));
     }
-    let mut client = ClientConfig {
-        max_attempts,
-        budget_share,
-        lookup_share: cx.api.lookup_share,
-        limits: api_limits(m, d, at, p),
-        ..ClientConfig::default()
-    };
-    durations(
-        crate::api::settings::DURATIONS,
-        &cx.api,
-        &mut client,
-        m,
-        d,
-        at,
-        p,
-    );
-    if let Err(e) = client
-        .limits
-        .check(|f| format!("{at}.{}", f.replace('-', "_")))
-    {
-        p.push(e);
-    }
+    poll
+}
+
+/// `labels:`, each a valid Prometheus label name the exporter does not set itself.
+fn labels(m: &serde_norway::Mapping, at: &str, p: &mut Vec<String>) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
     match m.get("labels") {
         None | Some(Value::Null) => {}
@@ -684,24 +741,7 @@ fn workspace(
             "{at}.labels: must be a mapping of label names to values"
         )),
     }
-    let key = key?;
-    let api_url = api_url?;
-    let identity = name
-        .clone()
-        .or_else(|| expected_id.clone())
-        .unwrap_or_else(|| format!("{source}@{api_url}"));
-    Some(WorkspaceConfig {
-        key: identity,
-        name,
-        expected_id,
-        client: ClientConfig {
-            base_url: api_url,
-            key,
-            ..client
-        },
-        poll,
-        labels,
-    })
+    labels
 }
 
 pub fn valid_label_name(k: &str) -> bool {
