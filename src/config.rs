@@ -144,8 +144,22 @@ pub struct RunArgs {
     pub files: FilesArgs,
     #[command(flatten)]
     pub server: ServerArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
+    /// Least severe log level written.
+    #[arg(
+        long = "log.level",
+        env = "CLAWMESH_LOG_LEVEL",
+        value_enum,
+        default_value = "info"
+    )]
+    pub log_level: LogLevel,
+    /// Log line format, on stderr.
+    #[arg(
+        long = "log.format",
+        env = "CLAWMESH_LOG_FORMAT",
+        value_enum,
+        default_value = "logfmt"
+    )]
+    pub log_format: LogFormat,
     #[command(flatten)]
     pub otlp: OtlpArgs,
 }
@@ -163,27 +177,6 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
-}
-
-/// Where and how the exporter logs.
-#[derive(Debug, Clone, Args)]
-pub struct LogArgs {
-    /// Least severe log level written.
-    #[arg(
-        long = "log.level",
-        env = "CLAWMESH_LOG_LEVEL",
-        value_enum,
-        default_value = "info"
-    )]
-    pub log_level: LogLevel,
-    /// Log line format, on stderr.
-    #[arg(
-        long = "log.format",
-        env = "CLAWMESH_LOG_FORMAT",
-        value_enum,
-        default_value = "logfmt"
-    )]
-    pub log_format: LogFormat,
 }
 
 /// `demo`: the exporter's flags, and how the simulator behind it behaves.
@@ -328,8 +321,8 @@ impl RunArgs {
             enable_lifecycle: self.enable_lifecycle,
             listen,
             telemetry_path: path.clone(),
-            log_level: self.log.log_level,
-            log_format: self.log.log_format,
+            log_level: self.log_level,
+            log_format: self.log_format,
             otlp,
             webhook: self.webhook.resolve(env, &files).map_err(bad)?,
             files,

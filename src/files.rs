@@ -19,6 +19,36 @@ pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_YAML_DEPTH: usize = 64;
 
+/// Reads whose thread has not returned yet (a hung read outlives its
+/// deadline). Past this many, new reads are refused at once instead of
+/// piling up threads behind a dead mount.
+const MAX_IN_FLIGHT: usize = 8;
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Everything wrong with a file an operator wrote (the config file, the web
+/// config), one problem per line, each with its path in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct Problems(pub Vec<String>);
+
+/// The bounds of every operator file (`--files.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimits {
+    pub max_bytes: u64,
+    pub timeout: Duration,
+    pub max_yaml_depth: usize,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            max_bytes: DEFAULT_MAX_BYTES,
+            timeout: DEFAULT_TIMEOUT,
+            max_yaml_depth: DEFAULT_MAX_YAML_DEPTH,
+        }
+    }
+}
+
 /// The `--files.*` flags: the bounds of every file an operator names.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FilesArgs {
@@ -50,36 +80,6 @@ impl FilesArgs {
             timeout: self.files_read_timeout,
             max_yaml_depth: self.files_max_yaml_depth,
         })
-    }
-}
-
-/// Reads whose thread has not returned yet (a hung read outlives its
-/// deadline). Past this many, new reads are refused at once instead of
-/// piling up threads behind a dead mount.
-const MAX_IN_FLIGHT: usize = 8;
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-/// Everything wrong with a file an operator wrote (the config file, the web
-/// config), one problem per line, each with its path in the file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .0.join("\n"))]
-pub struct Problems(pub Vec<String>);
-
-/// The bounds of every operator file (`--files.*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileLimits {
-    pub max_bytes: u64,
-    pub timeout: Duration,
-    pub max_yaml_depth: usize,
-}
-
-impl Default for FileLimits {
-    fn default() -> Self {
-        FileLimits {
-            max_bytes: DEFAULT_MAX_BYTES,
-            timeout: DEFAULT_TIMEOUT,
-            max_yaml_depth: DEFAULT_MAX_YAML_DEPTH,
-        }
     }
 }
 

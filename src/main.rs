@@ -65,7 +65,7 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
             report(runtime.block_on(simulate(sim)))
         }
         Some(Command::Demo(args)) => {
-            init_logging(args.run.log.log_level, args.run.log.log_format);
+            init_logging(args.run.log_level, args.run.log_format);
             let latitude = args.latitude.to_latitude();
             let incident = args.latitude.incident.clone();
             report(runtime.block_on(clawmesh_exporter::demo::run(args.run, latitude, incident)))
