@@ -7,8 +7,8 @@
 //! becomes the validated [`WorkspaceConfig`] list the rest of the code takes.
 
 use crate::api::ClientConfig;
-use crate::config::{Env, MAX_VISIBILITY_LAG};
-use crate::files::{FileError, FileLimits};
+use crate::env::Env;
+use crate::files::{FileError, FileLimits, Problems};
 use crate::poll::PollConfig;
 use crate::secret::Secret;
 use serde_norway::Value;
@@ -32,34 +32,6 @@ pub struct WorkspaceConfig {
     pub labels: BTreeMap<String, String>,
 }
 
-impl PartialEq for ClientConfig {
-    fn eq(&self, o: &Self) -> bool {
-        self.base_url == o.base_url
-            && self.key == o.key
-            && self.request_timeout == o.request_timeout
-            && self.max_attempts == o.max_attempts
-            && self.backoff_base == o.backoff_base
-            && self.backoff_cap == o.backoff_cap
-            && self.budget_share == o.budget_share
-            && self.lookup_share == o.lookup_share
-            && self.page_size == o.page_size
-            && self.limits == o.limits
-    }
-}
-
-impl PartialEq for PollConfig {
-    fn eq(&self, o: &Self) -> bool {
-        self.interval == o.interval
-            && self.agents_interval == o.agents_interval
-            && self.reconcile_interval == o.reconcile_interval
-            && self.overlap == o.overlap
-            && self.dedup_horizon == o.dedup_horizon
-            && self.fleet == o.fleet
-            && self.breakdown == o.breakdown
-            && self.max_agent_lookups == o.max_agent_lookups
-    }
-}
-
 /// Labels the exporter sets itself; a config may not reuse them.
 pub const RESERVED_LABELS: &[&str] = &[
     "workspace",
@@ -77,7 +49,7 @@ pub const RESERVED_LABELS: &[&str] = &[
     "shard",
     "job",
     "instance",
-    // breakdowns (issue 11)
+    // the breakdown labels
     "provider",
     "model",
     "agent_id",
@@ -86,32 +58,53 @@ pub const RESERVED_LABELS: &[&str] = &[
 
 const TOP_KEYS: &[&str] = &["defaults", "workspaces", "storage"];
 const STORAGE_KEYS: &[&str] = &["path", "interval", "max_size", "write_timeout"];
-const SETTING_KEYS: &[&str] = &[
+/// The per-workspace settings that are not durations (the durations are
+/// the modules' `DURATIONS` tables, see [`setting_keys`]).
+const OTHER_SETTING_KEYS: &[&str] = &[
     "api_url",
     "budget_share",
-    "poll_interval",
-    "agents_interval",
-    "reconcile_interval",
-    "overlap",
-    "dedup_horizon",
-    "unknown_status_ttl",
-    "failure_code_grace",
-    "max_timestamp_lead",
-    "timeout",
     "max_attempts",
-    // upstream bounds (issue 10)
     "max_body_size",
     "max_pages",
     "max_listing_bytes",
     "max_cursor_length",
-    "max_retry_after",
-    "max_listing_duration",
-    // breakdowns (issue 11)
     "breakdown",
-    "heartbeat_stale_after",
     "heartbeat_series_max",
     "max_agent_lookups",
 ];
+
+/// Every key a workspace or `defaults:` may set.
+fn setting_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&str> = OTHER_SETTING_KEYS[..2].to_vec();
+    keys.extend(crate::poll::settings::DURATIONS.iter().map(|r| r.0));
+    keys.extend(crate::fleet::settings::DURATIONS.iter().map(|r| r.0));
+    keys.extend(crate::api::settings::DURATIONS.iter().map(|r| r.0));
+    keys.extend(&OTHER_SETTING_KEYS[2..]);
+    keys
+}
+
+/// The flags' defaults, for what a file leaves unset: as if no flag and
+/// no environment variable were given.
+fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true))
+        .mut_args(|a| a.env(None::<&'static str>));
+    let matches = cmd
+        .try_get_matches_from(std::iter::empty::<String>())
+        .expect("every flag has a default or is optional");
+    T::from_arg_matches(&matches).expect("the defaults parse")
+}
+
+/// What reading a workspace takes besides its mapping: where relative key
+/// files are, the environment, the file bounds, and the flags' defaults
+/// for what the file leaves unset (made once per file).
+struct Context<'a> {
+    base_dir: &'a Path,
+    env: &'a dyn Env,
+    files: &'a FileLimits,
+    api: crate::api::settings::ApiArgs,
+    poll: crate::poll::settings::PollArgs,
+    fleet: crate::fleet::settings::FleetArgs,
+}
 
 const BREAKDOWN_KEYS: &[&str] = &[
     "provider",
@@ -200,11 +193,6 @@ fn breakdown(
     cfg
 }
 const WORKSPACE_ONLY_KEYS: &[&str] = &["name", "id", "api_key_file", "api_key_env", "labels"];
-
-/// Everything wrong with a file, one problem per line, each with its path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .0.join("\n"))]
-pub struct Problems(pub Vec<String>);
 
 /// Read and validate a configuration file. Relative key file paths are
 /// taken relative to the file's directory. Problems do not name the file:
@@ -312,7 +300,7 @@ pub fn parse_file(
     let defaults = match top.get("defaults") {
         None | Some(Value::Null) => &empty,
         Some(Value::Mapping(m)) => {
-            check_keys(m, "defaults.", SETTING_KEYS, &mut p);
+            check_keys(m, "defaults.", &setting_keys(), &mut p);
             m
         }
         Some(_) => {
@@ -331,6 +319,14 @@ pub fn parse_file(
             &[]
         }
     };
+    let cx = Context {
+        base_dir,
+        env,
+        files,
+        api: flag_defaults(),
+        poll: flag_defaults(),
+        fleet: flag_defaults(),
+    };
     let mut out = Vec::new();
     let mut keys = BTreeSet::new();
     for (i, w) in list.iter().enumerate() {
@@ -339,10 +335,9 @@ pub fn parse_file(
             p.push(format!("{at}: must be a mapping"));
             continue;
         };
-        let allowed: Vec<&str> = SETTING_KEYS
-            .iter()
-            .chain(WORKSPACE_ONLY_KEYS)
-            .copied()
+        let allowed: Vec<&str> = setting_keys()
+            .into_iter()
+            .chain(WORKSPACE_ONLY_KEYS.iter().copied())
             .collect();
         check_keys(m, &format!("{at}."), &allowed, &mut p);
         if let Some(name) = m.get("name").and_then(Value::as_str) {
@@ -351,7 +346,7 @@ pub fn parse_file(
             }
         }
         let before = p.len();
-        let ws = workspace(m, defaults, &at, base_dir, env, files, &mut p);
+        let ws = workspace(m, defaults, &at, &cx, &mut p);
         if let Some(ws) = ws.filter(|_| p.len() == before) {
             if ws.name.is_none() && !keys.insert(ws.key.clone()) {
                 p.push(format!(
@@ -411,8 +406,8 @@ fn string(v: &Value, path: &str, p: &mut Vec<String>) -> Option<String> {
     }
 }
 
-// ---- upstream bounds (issue 10) ----
-/// The `max_*` API bounds of a workspace (or its defaults), each checked.
+/// The `max_*` size and count bounds of a workspace (or its defaults); the
+/// durations come from the table, and the whole is checked after.
 fn api_limits(
     m: &serde_norway::Mapping,
     d: &serde_norway::Mapping,
@@ -446,57 +441,60 @@ fn api_limits(
             }
         },
     };
-    let limits = crate::api::ApiLimits {
+    crate::api::ApiLimits {
         max_body_bytes,
         max_pages: count("max_pages", def.max_pages.into(), p) as u32,
         max_listing_bytes,
         max_cursor_len: count("max_cursor_length", def.max_cursor_len as u64, p) as usize,
-        max_retry_after: duration(m, d, at, "max_retry_after", def.max_retry_after, p),
-        max_listing_duration: duration(
-            m,
-            d,
-            at,
-            "max_listing_duration",
-            def.max_listing_duration,
-            p,
-        ),
-    };
-    if let Err(e) = limits.check(|f| format!("{at}.{}", f.replace('-', "_"))) {
-        p.push(e);
+        ..def
     }
-    limits
 }
-// ---- end upstream bounds ----
 
+/// Fill `cfg` from a module's table of durations: each one the workspace
+/// (or `defaults:`) sets, else the flag's default.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn durations<A, C>(
+    table: &[(&str, fn(&A) -> Duration, fn(&mut C) -> &mut Duration)],
+    flags: &A,
+    cfg: &mut C,
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    p: &mut Vec<String>,
+) {
+    for (key, flag, field) in table {
+        *field(cfg) = duration(m, d, at, key, p).unwrap_or_else(|| flag(flags));
+    }
+}
+
+/// A duration the workspace (or `defaults:`) sets; `None` when unset or bad
+/// (the problem is noted).
 fn duration(
     m: &serde_norway::Mapping,
     d: &serde_norway::Mapping,
     at: &str,
     k: &str,
-    default: Duration,
     p: &mut Vec<String>,
-) -> Duration {
-    let Some((v, path)) = setting(m, d, at, k) else {
-        return default;
-    };
+) -> Option<Duration> {
+    let (v, path) = setting(m, d, at, k)?;
     match v.as_str().map(humantime::parse_duration) {
-        Some(Ok(x)) if !x.is_zero() => x,
+        Some(Ok(x)) if !x.is_zero() => Some(x),
         Some(Ok(_)) => {
             p.push(format!("{path}: must be longer than zero"));
-            default
+            None
         }
         Some(Err(e)) => {
             p.push(format!(
                 "{path}: bad duration {:?}: {e} (examples: 15s, 2m, 1h30m)",
                 v.as_str().unwrap_or("")
             ));
-            default
+            None
         }
         None => {
             p.push(format!(
                 "{path}: bad duration: write it as a string such as \"15s\""
             ));
-            default
+            None
         }
     }
 }
@@ -505,29 +503,54 @@ fn workspace(
     m: &serde_norway::Mapping,
     d: &serde_norway::Mapping,
     at: &str,
-    base_dir: &Path,
-    env: &dyn Env,
-    files: &FileLimits,
+    cx: &Context,
     p: &mut Vec<String>,
 ) -> Option<WorkspaceConfig> {
     let name = m
         .get("name")
         .and_then(|v| string(v, &format!("{at}.name"), p));
     let expected_id = m.get("id").and_then(|v| string(v, &format!("{at}.id"), p));
+    let key = key(m, at, cx, p);
+    let client = client(m, d, at, cx, p);
+    let poll = poll(m, d, at, cx, p);
+    let labels = labels(m, at, p);
+    let ((key, source), client) = (key?, client?);
+    let identity = name
+        .clone()
+        .or_else(|| expected_id.clone())
+        .unwrap_or_else(|| format!("{source}@{}", client.base_url));
+    Some(WorkspaceConfig {
+        key: identity,
+        name,
+        expected_id,
+        client: ClientConfig { key, ..client },
+        poll,
+        labels,
+    })
+}
+
+/// The workspace's key, from `api_key_file` (relative to the file's
+/// directory) or `api_key_env`, with where it came from (`file:a.key`).
+fn key(
+    m: &serde_norway::Mapping,
+    at: &str,
+    cx: &Context,
+    p: &mut Vec<String>,
+) -> Option<(Secret, String)> {
     let key_file = m
         .get("api_key_file")
         .and_then(|v| string(v, &format!("{at}.api_key_file"), p));
     let key_env = m
         .get("api_key_env")
         .and_then(|v| string(v, &format!("{at}.api_key_env"), p));
-    let (key, source) = match (&key_file, &key_env) {
+    match (&key_file, &key_env) {
         (Some(f), None) => {
-            let path = base_dir.join(f);
-            match crate::files::read_to_string(&path, files) {
-                Ok(s) if !s.trim().is_empty() => (Some(Secret::new(s.trim())), format!("file:{f}")),
+            let path = cx.base_dir.join(f);
+            match crate::files::read_to_string(&path, cx.files) {
+                Ok(s) if !s.trim().is_empty() => Some((Secret::new(s.trim()), format!("file:{f}"))),
                 Ok(_) => {
                     p.push(format!("{at}.api_key_file: {} is empty", path.display()));
-                    (None, String::new())
+                    None
                 }
                 Err(e) => {
                     p.push(match e {
@@ -536,162 +559,164 @@ fn workspace(
                         }
                         e => format!("{at}.api_key_file: {} {e}", path.display()),
                     });
-                    (None, String::new())
+                    None
                 }
             }
         }
-        (None, Some(var)) => match env.var(var).filter(|k| !k.trim().is_empty()) {
-            Some(k) => (Some(Secret::new(k.trim())), format!("env:{var}")),
+        (None, Some(var)) => match cx.env.var(var).filter(|k| !k.trim().is_empty()) {
+            Some(k) => Some((Secret::new(k.trim()), format!("env:{var}"))),
             None => {
                 p.push(format!(
                     "{at}.api_key_env: the environment variable {var} is not set"
                 ));
-                (None, String::new())
+                None
             }
         },
         (Some(_), Some(_)) => {
             p.push(format!("{at}: give api_key_file or api_key_env, not both"));
-            (None, String::new())
+            None
         }
         (None, None) => {
             p.push(format!(
                 "{at}: needs api_key_file or api_key_env (a key with agents:read and tasks:read)"
             ));
-            (None, String::new())
+            None
         }
-    };
+    }
+}
+
+/// The API client's settings: URL, budget, attempts, bounds and durations.
+/// `None` when the URL is unusable (the problem is noted).
+fn client(
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    cx: &Context,
+    p: &mut Vec<String>,
+) -> Option<ClientConfig> {
     let api_url = match setting(m, d, at, "api_url") {
         Some((v, path)) => string(v, &path, p).and_then(|u| {
             let u = u.trim_end_matches('/').to_string();
-            if u.starts_with("https://") || u.starts_with("http://") {
-                Some(u)
-            } else {
-                p.push(format!(
-                    "{path}: must start with https:// (or http:// for the simulator)"
-                ));
-                None
+            match crate::api::settings::check_url(&u) {
+                Ok(()) => Some(u),
+                Err(e) => {
+                    p.push(format!("{path}: {e}"));
+                    None
+                }
             }
         }),
-        None => Some(ClientConfig::default().base_url),
+        None => Some(cx.api.api_url.trim_end_matches('/').to_string()),
     };
     let budget_share = match setting(m, d, at, "budget_share") {
         Some((v, path)) => match v.as_f64() {
-            Some(s) if s > 0.0 && s <= 1.0 => s,
+            Some(s) if crate::api::settings::budget_share_ok(s) => s,
             _ => {
                 p.push(format!(
                     "{path}: must be a number in (0, 1], e.g. 0.1 for 10 %"
                 ));
-                0.1
+                cx.api.budget_share
             }
         },
-        None => ClientConfig::default().budget_share,
+        None => cx.api.budget_share,
     };
+    // The file's range (1 to 20) is narrower than the flag's (at least 1);
+    // kept as it was.
     let max_attempts = match setting(m, d, at, "max_attempts") {
         Some((v, path)) => match v.as_u64() {
             Some(n) if (1..=20).contains(&n) => n as u32,
             _ => {
                 p.push(format!("{path}: must be a whole number from 1 to 20"));
-                5
+                cx.api.max_attempts
             }
         },
-        None => ClientConfig::default().max_attempts,
+        None => cx.api.max_attempts,
     };
-    let defaults = PollConfig::default();
-    let interval = duration(m, d, at, "poll_interval", defaults.interval, p);
-    let poll = PollConfig {
-        interval,
-        agents_interval: duration(m, d, at, "agents_interval", interval, p),
-        reconcile_interval: duration(
-            m,
-            d,
-            at,
-            "reconcile_interval",
-            defaults.reconcile_interval,
-            p,
-        ),
-        overlap: duration(m, d, at, "overlap", defaults.overlap, p),
-        dedup_horizon: duration(m, d, at, "dedup_horizon", defaults.dedup_horizon, p),
-        fleet: crate::fleet::FleetLimits {
-            max_timestamp_lead: duration(
-                m,
-                d,
-                at,
-                "max_timestamp_lead",
-                defaults.fleet.max_timestamp_lead,
-                p,
-            ),
-            unknown_status_ttl: duration(
-                m,
-                d,
-                at,
-                "unknown_status_ttl",
-                defaults.fleet.unknown_status_ttl,
-                p,
-            ),
-            failure_code_grace: duration(
-                m,
-                d,
-                at,
-                "failure_code_grace",
-                defaults.fleet.failure_code_grace,
-                p,
-            ),
-            heartbeat_stale_after: duration(
-                m,
-                d,
-                at,
-                "heartbeat_stale_after",
-                defaults.fleet.heartbeat_stale_after,
-                p,
-            ),
-            per_agent_series: match setting(m, d, at, "heartbeat_series_max") {
-                None => 0,
-                Some((v, path)) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
-                    p.push(format!(
-                        "{path}: must be a whole number (0: no per-agent series)"
-                    ));
-                    0
-                }),
-            },
-        },
-        breakdown: breakdown(m, d, at, p),
-        max_agent_lookups: match setting(m, d, at, "max_agent_lookups") {
-            None => defaults.max_agent_lookups,
-            Some((v, path)) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
-                p.push(format!("{path}: must be a whole number (0: never)"));
-                defaults.max_agent_lookups
-            }),
-        },
-        storage: None,
-        handoff: None,
+    let mut client = ClientConfig {
+        max_attempts,
+        budget_share,
+        lookup_share: cx.api.lookup_share,
+        limits: api_limits(m, d, at, p),
+        ..ClientConfig::default()
     };
-    if poll.fleet.failure_code_grace >= poll.dedup_horizon {
-        p.push(format!(
-            "{at}: failure_code_grace must be shorter than dedup_horizon"
-        ));
-    }
-    if poll.overlap < MAX_VISIBILITY_LAG {
-        p.push(format!(
-            "{at}: overlap must be at least 5s, the API's visibility lag"
-        ));
-    }
-    if poll.dedup_horizon < poll.overlap * 2 {
-        p.push(format!(
-            "{at}: dedup_horizon must be at least twice the overlap"
-        ));
-    }
-    if poll.interval < Duration::from_secs(1) {
-        p.push(format!("{at}: poll_interval must be at least 1s"));
-    }
-    let timeout = duration(
+    durations(
+        crate::api::settings::DURATIONS,
+        &cx.api,
+        &mut client,
         m,
         d,
         at,
-        "timeout",
-        ClientConfig::default().request_timeout,
         p,
     );
-    let limits = api_limits(m, d, at, p);
+    if let Err(e) = client
+        .limits
+        .check(|f| format!("{at}.{}", f.replace('-', "_")))
+    {
+        p.push(e);
+    }
+    // Last: every problem of the workspace is noted, whatever the URL.
+    Some(ClientConfig {
+        base_url: api_url?,
+        ..client
+    })
+}
+
+/// The scheduler's settings, the fleet's judgement and breakdowns with them.
+fn poll(
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    cx: &Context,
+    p: &mut Vec<String>,
+) -> PollConfig {
+    let mut fleet = cx.fleet.limits();
+    durations(
+        crate::fleet::settings::DURATIONS,
+        &cx.fleet,
+        &mut fleet,
+        m,
+        d,
+        at,
+        p,
+    );
+    fleet.per_agent_series = match setting(m, d, at, "heartbeat_series_max") {
+        None => 0,
+        Some((v, path)) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
+            p.push(format!(
+                "{path}: must be a whole number (0: no per-agent series)"
+            ));
+            0
+        }),
+    };
+    let breakdown = breakdown(m, d, at, p);
+    let mut poll = cx.poll.config(fleet, breakdown);
+    durations(
+        crate::poll::settings::DURATIONS,
+        &cx.poll,
+        &mut poll,
+        m,
+        d,
+        at,
+        p,
+    );
+    // Unset, the agents are listed as often as the workspace's own tasks.
+    if setting(m, d, at, "agents_interval").is_none() {
+        poll.agents_interval = poll.interval;
+    }
+    poll.max_agent_lookups = match setting(m, d, at, "max_agent_lookups") {
+        None => poll.max_agent_lookups,
+        Some((v, path)) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
+            p.push(format!("{path}: must be a whole number (0: never)"));
+            poll.max_agent_lookups
+        }),
+    };
+    for rule in poll.check() {
+        p.push(rule.file_message(at));
+    }
+    poll
+}
+
+/// `labels:`, each a valid Prometheus label name the exporter does not set itself.
+fn labels(m: &serde_norway::Mapping, at: &str, p: &mut Vec<String>) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
     match m.get("labels") {
         None | Some(Value::Null) => {}
@@ -716,28 +741,7 @@ fn workspace(
             "{at}.labels: must be a mapping of label names to values"
         )),
     }
-    let key = key?;
-    let api_url = api_url?;
-    let identity = name
-        .clone()
-        .or_else(|| expected_id.clone())
-        .unwrap_or_else(|| format!("{source}@{api_url}"));
-    Some(WorkspaceConfig {
-        key: identity,
-        name,
-        expected_id,
-        client: ClientConfig {
-            base_url: api_url,
-            key,
-            request_timeout: timeout,
-            max_attempts,
-            budget_share,
-            limits,
-            ..ClientConfig::default()
-        },
-        poll,
-        labels,
-    })
+    labels
 }
 
 pub fn valid_label_name(k: &str) -> bool {

@@ -1,7 +1,8 @@
 //! `clawmesh-exporter demo`: the simulator and the exporter in one process,
 //! talking real HTTP over loopback. No key, no network.
 
-use crate::config::{ProcessEnv, RunArgs};
+use crate::config::RunArgs;
+use crate::env::ProcessEnv;
 use crate::secret::Secret;
 use crate::sim::{Incident, Latitude, SimConfig, Simulator, WebhookSettings, DEMO_KEY};
 
@@ -21,25 +22,29 @@ pub async fn run(
     });
     // The demo shows where: breakdowns by provider, model, team and env,
     // unless the command line chose its own.
-    let chosen = args.breakdown_provider
-        || args.breakdown_model
-        || !args.breakdown_agent_labels.is_empty()
-        || !args.breakdown_task_labels.is_empty();
+    let chosen = args.breakdown.breakdown_provider
+        || args.breakdown.breakdown_model
+        || !args.breakdown.breakdown_agent_labels.is_empty()
+        || !args.breakdown.breakdown_task_labels.is_empty();
     if !chosen {
-        args.breakdown_provider = true;
-        args.breakdown_model = true;
-        args.breakdown_agent_labels = vec!["team".into(), "env".into()];
+        args.breakdown.breakdown_provider = true;
+        args.breakdown.breakdown_model = true;
+        args.breakdown.breakdown_agent_labels = vec!["team".into(), "env".into()];
     }
     tokio::spawn(sim.clone().serve(sim_listener));
 
     // Loopback and a 5 s poll are the demo's own defaults (`DemoArgs`).
-    args.api_url = format!("http://{sim_addr}/v1");
+    args.api.api_url = format!("http://{sim_addr}/v1");
     let mut cfg = args.validate_with_key_in(Secret::new(DEMO_KEY), &ProcessEnv)?;
     // Webhooks on, in-process: the simulator delivers signed events to the
     // exporter's receiver with a secret made for this run.
     if cfg.webhook.is_none() {
         let made = format!("whsec_demo_{:032x}", rand::random::<u128>());
-        cfg.webhook = Some(args.webhook_config(vec![Secret::new(made)])?);
+        cfg.webhook = Some(
+            args.webhook
+                .config(vec![Secret::new(made)])
+                .map_err(anyhow::Error::msg)?,
+        );
     }
     let webhook_secret = cfg
         .webhook

@@ -5,8 +5,9 @@
 //! configured, the OTLP pusher.
 
 use crate::api::Client;
-use crate::config::{Config, Env, ProcessEnv};
+use crate::config::Config;
 use crate::config_file::WorkspaceConfig;
+use crate::env::{Env, ProcessEnv};
 use crate::hub::Hub;
 use crate::poll::{self, KeyError};
 use crate::shard::Shard;
@@ -329,7 +330,7 @@ impl Supervisor {
             crate::config_file::load_file(&file, &ProcessEnv as &dyn Env, &files)
         });
         let result = tokio::select! {
-            r = reading => r.unwrap_or_else(|e| Err(crate::config_file::Problems(vec![format!("the reading failed: {e}")]))),
+            r = reading => r.unwrap_or_else(|e| Err(crate::files::Problems(vec![format!("the reading failed: {e}")]))),
             _ = stopping.wait_for(|s| *s) => return shutting_down(),
         };
         let new = match result {

@@ -25,6 +25,12 @@ pub const DEFAULT_MAX_YAML_DEPTH: usize = 64;
 const MAX_IN_FLIGHT: usize = 8;
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
+/// Everything wrong with a file an operator wrote (the config file, the web
+/// config), one problem per line, each with its path in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct Problems(pub Vec<String>);
+
 /// The bounds of every operator file (`--files.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileLimits {
@@ -40,6 +46,40 @@ impl Default for FileLimits {
             timeout: DEFAULT_TIMEOUT,
             max_yaml_depth: DEFAULT_MAX_YAML_DEPTH,
         }
+    }
+}
+
+/// The `--files.*` flags: the bounds of every file an operator names.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilesArgs {
+    /// Largest file read: the config file, key and secret files, the web config and its certificates, OTLP headers and CA (e.g. 1MiB).
+    #[arg(long = "files.max-size", env = "CLAWMESH_FILES_MAX_SIZE", default_value = "1MiB", value_parser = crate::units::parse_size)]
+    pub files_max_size: u64,
+    /// How long reading one of those files may take (a hung network file system cannot hang start or reload).
+    #[arg(long = "files.read-timeout", env = "CLAWMESH_FILES_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub files_read_timeout: Duration,
+    /// Deepest nesting accepted in the YAML files (config file, web config).
+    #[arg(long = "files.max-yaml-depth", env = "CLAWMESH_FILES_MAX_YAML_DEPTH", default_value_t = DEFAULT_MAX_YAML_DEPTH)]
+    pub files_max_yaml_depth: usize,
+}
+
+impl FilesArgs {
+    /// The bounds, checked; errors name the flags.
+    pub fn limits(&self) -> Result<FileLimits, String> {
+        if self.files_max_size == 0 {
+            return Err("--files.max-size: must be at least 1 byte, e.g. 1MiB".into());
+        }
+        if self.files_read_timeout.is_zero() {
+            return Err("--files.read-timeout: must be longer than zero, e.g. 5s".into());
+        }
+        if self.files_max_yaml_depth < 4 {
+            return Err("--files.max-yaml-depth: must be at least 4 (the configuration file itself nests 4 deep)".into());
+        }
+        Ok(FileLimits {
+            max_bytes: self.files_max_size,
+            timeout: self.files_read_timeout,
+            max_yaml_depth: self.files_max_yaml_depth,
+        })
     }
 }
 

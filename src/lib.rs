@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod config_file;
 pub mod demo;
+pub mod env;
 pub mod exporter;
 pub mod expose;
 pub mod files;

@@ -1,14 +1,20 @@
 //! CLI wiring only: parse, set up logging, dispatch.
 
 use clap::Parser;
-use clawmesh_exporter::config::{Cli, Command, LogFormat, LogLevel, ProcessEnv, SimArgs};
+use clawmesh_exporter::config::{Cli, Command, LogFormat, LogLevel};
+use clawmesh_exporter::env::ProcessEnv;
+use clawmesh_exporter::sim::cli::SimArgs;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayVersion => {
+            println!("{}", clawmesh_exporter::config::version_line());
+            return ExitCode::SUCCESS;
+        }
         Err(e) if !e.use_stderr() => {
-            // --help, --version
+            // --help
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
@@ -103,24 +109,7 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
 }
 
 async fn simulate(args: SimArgs) -> anyhow::Result<()> {
-    let cfg = clawmesh_exporter::sim::SimConfig {
-        agents: args.agents,
-        history_tasks: args.history_tasks,
-        task_changes_per_minute: args.changes_per_minute,
-        visibility_lag_max: args.visibility_lag,
-        rate_limit_per_minute: args.rate_limit,
-        seed: args.seed,
-        unknown_agent_statuses: args.unknown_agent_statuses,
-        latitude: args.latitude.to_latitude(),
-        incident: args.latitude.incident.clone(),
-        label_spread: (args.teams.is_some() || args.envs.is_some()).then(|| {
-            clawmesh_exporter::sim::LabelSpread {
-                teams: args.teams.unwrap_or(5),
-                envs: args.envs.unwrap_or(2),
-            }
-        }),
-        ..Default::default()
-    };
+    let cfg = args.config();
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     println!(

@@ -14,6 +14,8 @@
 //! body = gzip(JSON of Checkpoint)
 //! ```
 
+pub mod settings;
+
 use crate::fleet::SavedFleet;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};

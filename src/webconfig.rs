@@ -12,7 +12,9 @@
 //!   prometheus: $2y$10$...                          # bcrypt hash (htpasswd -nBC 10 "" | tr -d ':\n')
 //! ```
 
-use crate::config_file::Problems;
+pub mod settings;
+
+use crate::files::Problems;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;

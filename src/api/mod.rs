@@ -10,6 +10,7 @@ mod budget;
 pub mod clock;
 mod error;
 mod retry;
+pub mod settings;
 mod stats;
 pub mod types;
 

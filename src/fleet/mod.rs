@@ -9,6 +9,7 @@ mod bounded;
 mod breakdown;
 mod counters;
 mod saved;
+pub mod settings;
 mod snapshot;
 
 pub use bounded::{BoundedNames, OTHER};

@@ -2,11 +2,89 @@
 //! environment variables (read through the [`Env`] seam) over defaults, to
 //! one validated [`OtlpConfig`]. Flags win; OTLP is off without an endpoint.
 
-use crate::config::{Env, OtlpArgs};
+use crate::env::Env;
 use crate::secret::Secret;
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// OTLP push, off unless an endpoint is given (here or in
+/// OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_METRICS_ENDPOINT). The
+/// flags win over the standard OTEL_* variables; see `otlp::settings`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct OtlpArgs {
+    /// OTLP endpoint to push to, e.g. http://collector:4317 (gRPC) or http://collector:4318 (HTTP; /v1/metrics is added to a bare host:port).
+    #[arg(
+        long = "otlp.endpoint",
+        env = "CLAWMESH_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub endpoint: Option<String>,
+    /// OTLP transport [default: http/protobuf, or OTEL_EXPORTER_OTLP_PROTOCOL].
+    #[arg(long = "otlp.protocol", env = "CLAWMESH_OTLP_PROTOCOL", value_enum)]
+    pub protocol: Option<Protocol>,
+    /// How often to push [default: 60s, or OTEL_METRIC_EXPORT_INTERVAL in ms].
+    #[arg(long = "otlp.interval", env = "CLAWMESH_OTLP_INTERVAL", value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    /// Timeout of one push attempt, and of the last push at shutdown [default: 10s, or OTEL_EXPORTER_OTLP_TIMEOUT in ms].
+    #[arg(long = "otlp.timeout", env = "CLAWMESH_OTLP_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Cumulative totals, or deltas since the last delivered push (Datadog) [default: cumulative].
+    #[arg(
+        long = "otlp.temporality",
+        env = "CLAWMESH_OTLP_TEMPORALITY",
+        value_enum
+    )]
+    pub temporality: Option<Temporality>,
+    /// Histograms as the explicit buckets of /metrics, or base-2 exponential [default: explicit].
+    #[arg(long = "otlp.histogram", env = "CLAWMESH_OTLP_HISTOGRAM", value_enum)]
+    pub histogram: Option<HistogramMode>,
+    /// File of extra request headers, one name=value per line (e.g. dd-api-key=...); values are secrets. Merged over OTEL_EXPORTER_OTLP_HEADERS.
+    #[arg(
+        long = "otlp.headers-file",
+        env = "CLAWMESH_OTLP_HEADERS_FILE",
+        value_name = "PATH"
+    )]
+    pub headers_file: Option<PathBuf>,
+    /// PEM file of a CA to trust for the collector, besides the system roots.
+    #[arg(
+        long = "otlp.ca-file",
+        env = "CLAWMESH_OTLP_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// Compress each push: gzip or none [default: none, or OTEL_EXPORTER_OTLP_COMPRESSION].
+    #[arg(
+        long = "otlp.compression",
+        env = "CLAWMESH_OTLP_COMPRESSION",
+        value_enum
+    )]
+    pub compression: Option<Compression>,
+    /// PEM certificate (chain) the exporter presents to the collector (mutual TLS); needs --otlp.client-key and an https:// endpoint.
+    #[arg(
+        long = "otlp.client-certificate",
+        env = "CLAWMESH_OTLP_CLIENT_CERTIFICATE",
+        value_name = "PATH"
+    )]
+    pub client_certificate: Option<PathBuf>,
+    /// PEM private key of --otlp.client-certificate (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long = "otlp.client-key",
+        env = "CLAWMESH_OTLP_CLIENT_KEY",
+        value_name = "PATH"
+    )]
+    pub client_key: Option<PathBuf>,
+    /// Largest request sent (its protobuf before compression); a bigger export goes out as several requests [default: 3MiB, under a Collector's 4MiB gRPC receive limit].
+    #[arg(id = "otlp_max_request_size", long = "otlp.max-request-size", env = "CLAWMESH_OTLP_MAX_REQUEST_SIZE", value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub max_request_size: Option<u64>,
+    /// Largest collector reply read (HTTP body, gRPC message); the rest is left unread [default: 64KiB].
+    #[arg(id = "otlp_max_response_size", long = "otlp.max-response-size", env = "CLAWMESH_OTLP_MAX_RESPONSE_SIZE", value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub max_response_size: Option<u64>,
+    /// Longest wait granted to a collector's Retry-After (HTTP 429/503) or RetryInfo (gRPC) [default: 5m].
+    #[arg(id = "otlp_max_retry_after", long = "otlp.max-retry-after", env = "CLAWMESH_OTLP_MAX_RETRY_AFTER", value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub max_retry_after: Option<Duration>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {

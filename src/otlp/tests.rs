@@ -1,8 +1,8 @@
 use super::batch::Batcher;
 use super::*;
-use crate::config::OtlpArgs;
 use crate::fleet::{Counters, Health, Snapshot};
 use crate::metrics::WORKSPACE_FAMILIES;
+use crate::otlp::settings::OtlpArgs;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, Metric};
@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// The settings with the default bounds on the files they name.
-fn resolve(a: &OtlpArgs, env: &dyn crate::config::Env) -> Result<Option<OtlpConfig>, String> {
+fn resolve(a: &OtlpArgs, env: &dyn crate::env::Env) -> Result<Option<OtlpConfig>, String> {
     super::settings::resolve(a, env, &Default::default())
 }
 

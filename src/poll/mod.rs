@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 mod checkpoint;
+pub mod settings;
 
 /// The resources a workspace syncs (the fleet's list, named here too).
 pub use crate::fleet::RESOURCES;
@@ -25,7 +26,10 @@ pub use crate::fleet::RESOURCES;
 pub const REQUIRED_SCOPES: [&str; 2] = ["agents:read", "tasks:read"];
 const WRITE_SCOPES: [&str; 3] = ["agents:write", "tasks:write", "webhooks:manage"];
 
-#[derive(Debug, Clone)]
+/// A workspace's scheduler settings. `Default` is the empty base the
+/// settings table fills; the defaults a user gets are the flags'
+/// (`settings::PollArgs`).
+#[derive(Debug, Clone, Default)]
 pub struct PollConfig {
     /// How often tasks are listed incrementally.
     pub interval: Duration,
@@ -148,23 +152,6 @@ impl Handoffs {
         // stop, after its last checkpoint).
         self.expire(&mut m, now);
         m.remove(workspace).map(|h| (h.fleet, h.watermark))
-    }
-}
-
-impl Default for PollConfig {
-    fn default() -> Self {
-        PollConfig {
-            interval: Duration::from_secs(15),
-            agents_interval: Duration::from_secs(15),
-            reconcile_interval: Duration::from_secs(600),
-            overlap: Duration::from_secs(10),
-            dedup_horizon: Duration::from_secs(3600),
-            fleet: FleetLimits::default(),
-            breakdown: Default::default(),
-            max_agent_lookups: 20,
-            storage: None,
-            handoff: None,
-        }
     }
 }
 

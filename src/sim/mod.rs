@@ -39,6 +39,7 @@
 //!   `/agents`, `/agents/{id}`, `/tasks`, `/tasks/{id}` and `other`;
 //!   `rate_limited_total` counts every 429 answered, injected ones included.
 
+pub mod cli;
 mod http;
 mod latitude;
 mod life;

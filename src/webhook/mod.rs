@@ -15,6 +15,7 @@
 
 mod dedup;
 mod reconcile;
+pub mod settings;
 mod verify;
 
 pub use dedup::Dedup;

@@ -1044,8 +1044,11 @@ async fn a_reload_that_restarts_a_slot_goes_on_from_its_checkpoint_without_stand
         clawmesh_exporter::config::RunArgs {
             config_file: Some(file.clone()),
             listen_address: "127.0.0.1:0".into(),
-            storage_path: Some(storage.clone()),
-            storage_interval: Some(Duration::from_secs(1)),
+            storage: clawmesh_exporter::storage::settings::StorageArgs {
+                storage_path: Some(storage.clone()),
+                storage_interval: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
             ..clawmesh_exporter::config::Cli::try_parse_from(["clawmesh-exporter"])
                 .unwrap()
                 .run
@@ -1122,8 +1125,11 @@ fn reloadable(file: &Path, storage: &Path, extra: &[&str]) -> clawmesh_exporter:
     let args = clawmesh_exporter::config::RunArgs {
         config_file: Some(file.to_path_buf()),
         listen_address: "127.0.0.1:0".into(),
-        storage_path: Some(storage.to_path_buf()),
-        storage_interval: Some(Duration::from_secs(1)),
+        storage: clawmesh_exporter::storage::settings::StorageArgs {
+            storage_path: Some(storage.to_path_buf()),
+            storage_interval: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
         ..clawmesh_exporter::config::Cli::try_parse_from(argv)
             .unwrap()
             .run

@@ -413,3 +413,103 @@ fn every_flag_is_documented_in_the_readme() {
         "flags without a row in docs/{{configuration,webhooks,otlp,metrics}}.md: {missing:?}"
     );
 }
+
+/// What a new user reads first: every flag and argument of every command
+/// says what it does, `[env: NAME]` carries no stray `=` (nor the value of
+/// a variable that is set), and --version names the revision and the day
+/// of the build, as Prometheus' exporters do.
+#[test]
+fn every_flag_of_every_command_has_help_text_and_an_env_without_a_stray_equals() {
+    for (command, at_least) in [
+        (vec![], 80),
+        (vec!["simulate"], 13),
+        (vec!["demo"], 80),
+        (vec!["check-config"], 2),
+    ] {
+        let mut args = command.clone();
+        args.push("--help");
+        let (code, help, err) = run_env(&args, &[("CLAWMESH_POLL_INTERVAL", "7s")]);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(!help.contains("=]"), "{args:?}: a stray = in:\n{help}");
+        assert!(
+            !help.contains("7s"),
+            "{args:?}: the environment's value shows:\n{help}"
+        );
+        let lines: Vec<&str> = help.lines().collect();
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        let (mut in_options, mut entries) = (false, 0);
+        for (i, l) in lines.iter().enumerate() {
+            if l.is_empty() {
+                continue;
+            }
+            if !l.starts_with(' ') {
+                in_options = matches!(l.trim_end(), "Options:" | "Arguments:");
+                continue;
+            }
+            if !in_options || l.trim().is_empty() || indent(l) >= 10 {
+                continue;
+            }
+            entries += 1;
+            // Short entries carry their help on the same line.
+            let same_line = l.trim().split_once("  ").map(|(_, h)| h.trim());
+            let first = same_line
+                .filter(|h| !h.is_empty())
+                .or_else(|| {
+                    lines[i + 1..]
+                        .iter()
+                        .take_while(|n| n.trim().is_empty() || indent(n) >= 10)
+                        .find(|n| !n.trim().is_empty())
+                        .map(|n| n.trim())
+                })
+                .unwrap_or("");
+            assert!(
+                !first.is_empty() && !first.starts_with('['),
+                "{args:?}: {} has no help text",
+                l.trim()
+            );
+        }
+        assert!(
+            entries >= at_least,
+            "{args:?}: read only {entries} entries:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn version_names_the_revision_and_the_build_date() {
+    let (code, out, err) = run_env(&["--version"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let line = out.trim_end();
+    let prefix = format!(
+        "clawmesh-exporter, version {} (revision: ",
+        env!("CARGO_PKG_VERSION")
+    );
+    let rest = line
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{line:?} does not start with {prefix:?}"));
+    let (revision, date) = rest
+        .strip_suffix(')')
+        .and_then(|r| r.split_once(", date: "))
+        .unwrap_or_else(|| panic!("no revision and date in {line:?}"));
+    let hash = revision.strip_suffix("-dirty").unwrap_or(revision);
+    let built_from_git = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if built_from_git {
+        assert!(
+            hash.len() == 12 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+            "revision {revision:?} is not a short git hash"
+        );
+    } else {
+        assert_eq!(revision, "unknown");
+    }
+    let parts: Vec<&str> = date.split('-').collect();
+    assert!(
+        parts.len() == 3
+            && [4, 2, 2] == [parts[0].len(), parts[1].len(), parts[2].len()]
+            && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_digit())),
+        "date {date:?} is not YYYY-MM-DD"
+    );
+}
