@@ -212,7 +212,7 @@ fn help_and_version_exit_0() {
     }
 }
 
-// ---- the small frictions a new user met (issue 10) ----
+// ---- the small frictions a new user met ----
 
 fn run_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));

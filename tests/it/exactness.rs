@@ -174,7 +174,7 @@ async fn api_clock_behind_and_a_retry_after_mid_listing_lose_nothing() {
     assert_eq!(t.retry_after_violations, 0);
 }
 
-// ---- checkpoints (issue 12) ----
+// ---- checkpoints ----
 
 /// [`assert_exact`] with checkpoints on and the exporter killed (no last
 /// checkpoint, as `kill -9`) `crashes` times at moments drawn from `seed`

@@ -1067,7 +1067,7 @@ async fn a_listing_that_never_ends_fails_within_its_duration() {
     .await;
 }
 
-// ---- one hostile object costs that object, over real HTTP (issue 18) ----
+// ---- one hostile object costs that object, over real HTTP ----
 
 mod objects {
     use crate::util::*;

@@ -931,7 +931,7 @@ fn built_at(r: &ExportMetricsServiceRequest) -> u64 {
 /// With a small --otlp.max-request-size every export goes out as several
 /// requests, none over the limit, whose union is what /metrics shows (a
 /// Collector's 4 MiB gRPC limit refused a 7.9 MB export of a big breakdown
-/// fleet before, issue 18).
+/// fleet before).
 async fn split_requests_fit_the_limit_and_add_up(
     wire: Wire,
     temporality: &str,
@@ -985,7 +985,7 @@ async fn grpc_split_requests_fit_the_limit_and_add_up_to_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_split_delta_requests_of_a_breakdown_fit_the_limit_and_sum_to_metrics() {
-    // Broken down by provider and model: the big requests of issue 18.
+    // Broken down by provider and model: the big requests that once broke the limit.
     let breakdown = ["--breakdown.provider", "--breakdown.model"];
     split_requests_fit_the_limit_and_add_up(Wire::Http, "delta", &breakdown, 73).await;
 }
@@ -1158,7 +1158,7 @@ async fn endless(status: &'static str, drip: bool) -> Endless {
 /// A collector answering with an endless body: the exporter reads
 /// --otlp.max-response-size of it, drops the connection, counts the export
 /// as the status says, and goes on. Before, it read the whole stream (8.6
-/// GB of RSS in 40 s for a 200, issue 18). The bytes the collector got to
+/// GB of RSS in 40 s for a 200). The bytes the collector got to
 /// write are what the socket buffers hold, far from the stream.
 async fn endless_replies_are_cut(status: &'static str, counted: &str, seed: u64) {
     let sim = Sim::start(busy_fleet(seed)).await;
@@ -1491,7 +1491,7 @@ async fn a_grpc_gzip_bomb_reply_is_inflated_only_to_the_limit_and_counts_deliver
 
 /// A collector answering 429 with `Retry-After: 3` (HTTP) or UNAVAILABLE
 /// with a RetryInfo of 3 s (gRPC) is not sent to again for 3 s (before, the
-/// retry came after the 0.2 s backoff, issue 18).
+/// retry came after the 0.2 s backoff).
 async fn retry_after_is_waited_out(wire: Wire, seed: u64) {
     let sim = Sim::start(busy_fleet(seed)).await;
     let receiver = Receiver::start(wire).await;
@@ -1985,7 +1985,7 @@ mod mtls {
     }
 
     /// A TLS failure says which side refused what, not "connection failed"
-    /// as for a collector that is down (issue 18).
+    /// as for a collector that is down.
     async fn tls_failures_say_which_side_and_why(wire: Wire, seed: u64) {
         let p = pki(&format!("why-{wire:?}"));
         let mut receiver = Receiver::start_tls(wire, p.server.clone()).await;

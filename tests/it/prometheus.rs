@@ -441,7 +441,7 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
     sim.faults(Faults::default());
 }
 
-/// A provider outage (issue 11): with the provider breakdown on, that
+/// A provider outage: with the provider breakdown on, that
 /// provider's error ratio crosses the SLO's page threshold (14.4 x the 5 %
 /// budget) in a real Prometheus while every other provider's stays under it,
 /// and the SLO page alert fires for that provider only.
@@ -511,7 +511,7 @@ async fn a_provider_outage_pages_on_that_provider_only() {
     }
 }
 
-// ---- restarts without loss (issue 12) ----
+// ---- restarts without loss ----
 
 /// The exporter as its own process (the release a user runs), so that it
 /// can be killed with SIGKILL; killed on drop.

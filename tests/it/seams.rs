@@ -1,4 +1,4 @@
-//! The seams between features (issue 18): each seed draws storage on or
+//! The seams between features: each seed draws storage on or
 //! off, a breakdown, the contract's latitude or not, API faults or not,
 //! and 2 to 4 steps among a config reload (SIGHUP) that changes the
 //! breakdown, a graceful restart, a `kill -9` and restart, webhooks

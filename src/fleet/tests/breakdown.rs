@@ -1,7 +1,5 @@
 use super::*;
 
-// ---- breakdowns (issue 11) ----
-
 /// Sums every task group's counters.
 fn summed(s: &Snapshot) -> (u64, u64, u64, u64) {
     s.task_groups.iter().fold((0, 0, 0, 0), |a, g| {
@@ -158,7 +156,7 @@ fn silent_heartbeats_are_judged_as_of_the_listing() {
     );
 }
 
-// ---- adversarial review of the breakdowns (issue 11) ----
+// ---- breakdowns under pressure: caps, reserved names, duplicate series, clock skew ----
 
 fn team_fleet(max_values: usize, max_slices: usize) -> Fleet {
     let cfg = BreakdownConfig {
@@ -204,7 +202,7 @@ fn assert_no_duplicate_series(s: &Snapshot) -> String {
 }
 
 #[test]
-fn attack_agent_combinations_are_bounded_like_task_slices() {
+fn agent_combinations_are_bounded_like_task_slices() {
     // Every agent its own combination of two labels: the agent families'
     // series must follow --breakdown.max-combinations, not the fleet size.
     let mut f = team_fleet(1000, 10);
@@ -230,7 +228,7 @@ fn attack_agent_combinations_are_bounded_like_task_slices() {
 }
 
 #[test]
-fn attack_no_agents_with_breakdowns_still_renders_the_zeros() {
+fn no_agents_with_breakdowns_still_renders_the_zeros() {
     // Without breakdowns an empty fleet renders clawmesh_agents 0 per
     // status; with them it must too (alerts on == 0 need a series).
     let mut f = team_fleet(50, 100);
@@ -248,7 +246,7 @@ fn attack_no_agents_with_breakdowns_still_renders_the_zeros() {
 }
 
 #[test]
-fn attack_label_keys_that_sanitise_to_an_underscore_never_take_a_reserved_name() {
+fn label_keys_that_sanitise_to_an_underscore_never_take_a_reserved_name() {
     // "-", "." and "é" all sanitise to "_": the second and third must not
     // become "__2", "__3" (names starting "__" are Prometheus' own).
     let mut f = team_fleet(50, 100);
@@ -262,7 +260,7 @@ fn attack_label_keys_that_sanitise_to_an_underscore_never_take_a_reserved_name()
 }
 
 #[test]
-fn attack_no_duplicate_series_when_dimensions_come_later_and_values_overflow() {
+fn no_duplicate_series_when_dimensions_come_later_and_values_overflow() {
     let mut f = team_fleet(2, 4);
     // Tasks counted before any dimension exists, then with one, then
     // values past the cap, a literal "other", and combinations past the cap.
@@ -302,7 +300,7 @@ fn attack_no_duplicate_series_when_dimensions_come_later_and_values_overflow() {
 }
 
 #[test]
-fn attack_a_heartbeat_far_ahead_of_the_api_clock_does_not_hide_a_silent_agent() {
+fn a_heartbeat_far_ahead_of_the_api_clock_does_not_hide_a_silent_agent() {
     // The API's clock reads 1000; an agent busy since 10 claims a heartbeat
     // a year ahead. Like a future updated_at, that instant is not believed:
     // it is judged from its last change, silent for long.
@@ -323,7 +321,7 @@ fn attack_a_heartbeat_far_ahead_of_the_api_clock_does_not_hide_a_silent_agent() 
 }
 
 #[test]
-fn attack_an_agent_lookup_that_cannot_apply_is_not_asked_again() {
+fn an_agent_lookup_that_cannot_apply_is_not_asked_again() {
     // GET /agents/a9 answers another agent, or one with a future stamp:
     // either way a9 must not be looked up again on every sync.
     let mut f = fleet_at(1000).with_breakdown(

@@ -280,7 +280,7 @@ fn metrics_that_become_known_after_the_finish_count_once_when_they_arrive() {
     assert_eq!(f.counters().finished["completed"], 1);
 }
 
-// ---- Exact under everything the contract allows (issue 9) ----
+// ---- exact under everything the contract allows ----
 
 #[test]
 fn an_agent_missing_from_a_listing_is_gone_even_if_it_changed_just_before() {
@@ -616,10 +616,10 @@ fn absurd_durations_neither_panic_nor_land_in_a_histogram_wrongly() {
     assert_eq!(h.exponential().count(), 2);
 }
 
-// ---- Adversarial review (branch attack) ----
+// ---- stale copies, deletions and numbers at their limits ----
 
 #[test]
-fn attack_a_stale_running_copy_after_the_failure_does_not_settle_its_code() {
+fn a_stale_running_copy_after_the_failure_does_not_settle_its_code() {
     // The task fails with its code still null (late failure codes); then a
     // webhook retry of its `task.started` event arrives (delivery order is
     // not guaranteed). That running copy must not count as a terminal one.
@@ -645,7 +645,7 @@ fn attack_a_stale_running_copy_after_the_failure_does_not_settle_its_code() {
 }
 
 #[test]
-fn attack_a_stale_running_copy_after_the_finish_does_not_count_partial_usage() {
+fn a_stale_running_copy_after_the_finish_does_not_count_partial_usage() {
     // Usage is "null until known": a running copy may carry the tokens used
     // so far. The finished copy still has them null (late metrics); a stale
     // running copy arriving after it must not count its partial value in
@@ -668,7 +668,7 @@ fn attack_a_stale_running_copy_after_the_finish_does_not_count_partial_usage() {
 }
 
 #[test]
-fn attack_an_unknown_status_before_pending_does_not_hide_the_task_from_pending() {
+fn an_unknown_status_before_pending_does_not_hide_the_task_from_pending() {
     // New statuses may be added anywhere in the lifecycle: a task created
     // `scheduled` that becomes `pending` (its transitions grow 1 -> 2) is
     // pending, and counts in the pending gauge and the oldest-pending age.
@@ -691,7 +691,7 @@ fn attack_an_unknown_status_before_pending_does_not_hide_the_task_from_pending()
 }
 
 #[test]
-fn attack_a_deletion_keeping_its_old_updated_at_outlives_one_listing() {
+fn a_deletion_keeping_its_old_updated_at_outlives_one_listing() {
     // deletion-keeps-updated-at: the deletion carries the agent's last
     // updated_at (10), long before now (100). A listing that started before
     // the deletion was visible (started within the lag of it) still shows the
@@ -726,7 +726,7 @@ fn attack_a_deletion_keeping_its_old_updated_at_outlives_one_listing() {
 }
 
 #[test]
-fn attack_finite_durations_do_not_overflow_the_histogram_sum() {
+fn finite_durations_do_not_overflow_the_histogram_sum() {
     // Each value is a finite, non-negative number of seconds, as the
     // contract's `number` allows; the sum must not become +Inf for good.
     let mut f = Fleet::new(ts(0));
@@ -743,7 +743,7 @@ fn attack_finite_durations_do_not_overflow_the_histogram_sum() {
 }
 
 #[test]
-fn attack_timestamp_arithmetic_saturates_for_huge_durations() {
+fn timestamp_arithmetic_saturates_for_huge_durations() {
     let t = Timestamp::from_micros(0);
     assert_eq!(t.saturating_add(Duration::MAX).micros(), i64::MAX);
     assert!(t.saturating_sub(Duration::MAX).micros() <= i64::MIN + 1);
@@ -764,6 +764,8 @@ fn attack_timestamp_arithmetic_saturates_for_huge_durations() {
     assert_eq!(f.apply_task(&task("p", "pending", 5)), Applied::Updated);
 }
 
+// ---- the counting floor while the API clock is unsure ----
+
 /// An HTTP `Date` for API instant `t`.
 fn http_date(t: Timestamp) -> String {
     chrono::DateTime::from_timestamp_micros(t.micros())
@@ -773,7 +775,7 @@ fn http_date(t: Timestamp) -> String {
 }
 
 #[test]
-fn attack_the_floor_at_start_is_fixed_by_an_answer_without_a_date() {
+fn the_floor_at_start_is_fixed_by_an_answer_without_a_date() {
     use crate::api::clock::ApiClock;
     // As poll::spawn does: the floor is the API's time after the key check.
     // The API's clock is 45 s behind the host's; the key check's answer
@@ -796,7 +798,7 @@ fn attack_the_floor_at_start_is_fixed_by_an_answer_without_a_date() {
 }
 
 #[test]
-fn attack_one_lying_date_at_start_counts_the_whole_history() {
+fn one_lying_date_at_start_does_not_count_the_whole_history() {
     use crate::api::clock::ApiClock;
     // The key check's answer carries a Date a day behind (a proxy answering
     // with its own clock, a cached answer); every later one the true time.
@@ -823,10 +825,8 @@ fn attack_one_lying_date_at_start_counts_the_whole_history() {
     );
 }
 
-// ---- Adversarial review, round 2 (branch attack2) ----
-
 #[test]
-fn attack2_a_provisional_floor_never_falls_below_what_the_ledger_forgot() {
+fn a_provisional_floor_never_falls_below_what_the_ledger_forgot() {
     // The key check saw one Date (later answers carry none, or never agree):
     // the clock stays unconfirmed, so the floor "follows the clock" on every
     // set_api_time, long after raise_floor pruned the ledger past it.

@@ -1,7 +1,5 @@
 use super::*;
 
-// ---- checkpoints (issue 12) ----
-
 /// Through a checkpoint (saved, encoded to the file's bytes, decoded,
 /// restored into a fleet made as at a start) at any point of a busy
 /// sequence, the fleet goes on exactly as one that never stopped:
