@@ -10,19 +10,6 @@ use clawmesh_exporter::storage::StorageConfig;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn temp_dir(what: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "cmx-it-ckpt-{what}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn file_of(storage: &Path, workspace: &str) -> PathBuf {
     StorageConfig::new(storage.to_path_buf()).path_of(workspace, (0, 1))
 }
@@ -444,8 +431,7 @@ fn exporter_process(
     extra: &[&str],
     log: &Path,
 ) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    bin()
         .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
         .args([
             "--api-url",
@@ -788,19 +774,6 @@ fn ids_of_two_shards() -> (String, String) {
     (a, b)
 }
 
-async fn workspace_sim(id: &str, seed: u64) -> Sim {
-    Sim::start(clawmesh_exporter::sim::SimConfig {
-        workspace_id: id.into(),
-        agents: 20,
-        history_tasks: 20,
-        task_changes_per_minute: 600.0,
-        visibility_lag_max: Duration::from_millis(500),
-        seed,
-        ..clawmesh_exporter::sim::SimConfig::default()
-    })
-    .await
-}
-
 fn config_file(dir: &Path, sims: &[&Sim]) -> PathBuf {
     std::fs::write(
         dir.join("key"),
@@ -823,8 +796,7 @@ fn config_file(dir: &Path, sims: &[&Sim]) -> PathBuf {
 }
 
 fn sharded(file: &Path, dir: &Path, port: u16, shard: u32, log: &Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    bin()
         .args([
             "--config.file",
             file.to_str().unwrap(),
@@ -1467,8 +1439,7 @@ async fn sigterm_exits_within_10s_after_a_reload_added_a_workspace_on_a_frozen_v
     let file = config_file(&dir, &[&sa]);
     let port = free_port();
     let log = dir.join("log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    let child = bin()
         .args([
             "--config.file",
             file.to_str().unwrap(),

@@ -1,10 +1,10 @@
 //! Bad input at the command line: one readable line, exit code 2.
 
-use std::process::Command;
+use crate::util::{bin, said, temp_file};
 
 fn run(args: &[&str], key: Option<&str>) -> (Option<i32>, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
-    c.env_clear().args(args);
+    let mut c = bin();
+    c.args(args);
     if let Some(k) = key {
         c.env("CLAWMESH_API_KEY", k);
     }
@@ -131,9 +131,8 @@ fn a_missing_key_says_where_to_put_one() {
 
 #[test]
 fn flags_can_come_from_the_environment() {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
+    let mut c = bin();
     let out = c
-        .env_clear()
         .env("CLAWMESH_API_KEY", "k")
         .env("CLAWMESH_POLL_INTERVAL", "never")
         .output()
@@ -196,7 +195,10 @@ fn bad_otlp_compression_and_client_certificates_are_one_line_and_exit_code_2() {
         let (code, _, err) = run_env(&args, &env);
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?} wants {needle}: {err}");
+        assert!(
+            said(&err).contains(needle),
+            "{args:?} wants {needle}: {err}"
+        );
         assert!(!err.contains("canary"), "the key file shows: {err}");
     }
 }
@@ -204,7 +206,7 @@ fn bad_otlp_compression_and_client_certificates_are_one_line_and_exit_code_2() {
 #[test]
 fn help_and_version_exit_0() {
     for a in ["--help", "--version"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
             .arg(a)
             .output()
             .unwrap();
@@ -215,20 +217,14 @@ fn help_and_version_exit_0() {
 // ---- the small frictions a new user met ----
 
 fn run_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
-    c.env_clear().args(args).envs(env.iter().copied());
+    let mut c = bin();
+    c.args(args).envs(env.iter().copied());
     let out = c.output().unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
-}
-
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("cmx-cli-{}-{name}", std::process::id()));
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 #[test]

@@ -194,8 +194,7 @@ async fn a_sighup_while_the_key_checks_run_does_not_kill_the_process() {
     use std::process::{Command, Stdio};
     let port = free_port();
     let api = format!("http://127.0.0.1:{}/v1", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    let mut child = bin()
         .env("CLAWMESH_API_KEY", "cm_test_key")
         .args([
             "--api-url",

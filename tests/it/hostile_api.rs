@@ -9,7 +9,7 @@
 //! syncs fail, `clawmesh_up` 1 and sane numbers where the case is
 //! survivable. Each case prints its peak RSS (see BENCHMARKS.md).
 
-use crate::util::{free_port, parse, value};
+use crate::util::{free_port, now_rfc3339, parse, value};
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::Response;
@@ -52,10 +52,6 @@ impl Req {
 type Answer = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 type Script = Arc<dyn Fn(Req) -> Answer + Send + Sync>;
 
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 fn json(status: u16, body: impl Into<Body>) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -78,7 +74,7 @@ fn page(items: &[String], next: Option<&str>) -> String {
 }
 
 fn agent(id: &str, status: &str) -> String {
-    let t = now_rfc3339();
+    let t = now_rfc3339(0);
     format!(
         r#"{{"id":"{id}","name":"n","status":"{status}","created_at":"{t}","updated_at":"{t}"}}"#
     )
@@ -489,7 +485,7 @@ async fn invalid_utf8_reads_as_u_fffd_and_the_sync_succeeds() {
     let agents: Script = Arc::new(|_| {
         let mut body =
             b"{\"data\":[{\"id\":\"agt_\xff\xfe\",\"status\":\"idle\",\"created_at\":\"".to_vec();
-        let t = now_rfc3339();
+        let t = now_rfc3339(0);
         body.extend_from_slice(
             format!("{t}\",\"updated_at\":\"{t}\"}}],\"has_more\":false,\"next_cursor\":null}}")
                 .as_bytes(),
@@ -560,7 +556,7 @@ async fn deep_json_nesting_in_an_unread_field_is_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_json_nesting_where_it_is_read_refuses_that_task_alone() {
     let tasks: Script = Arc::new(|_| {
-        let t = now_rfc3339();
+        let t = now_rfc3339(0);
         let item = format!(
             r#"{{"id":"tsk_1","status":"failed","created_at":"{t}","updated_at":"{t}","finished_at":"{t}","error":{{"code":{}}}}}"#,
             deep(100_000)
@@ -595,7 +591,7 @@ async fn a_100_mb_response_fails_the_sync() {
     let agents: Script = Arc::new(|_| {
         ready(streamed(200, |tx| {
             Box::pin(async move {
-                let t = now_rfc3339();
+                let t = now_rfc3339(0);
                 let head = format!(
                     r#"{{"data":[{{"id":"agt_1","status":"idle","created_at":"{t}","updated_at":"{t}","pad":""#
                 );
@@ -1212,12 +1208,10 @@ mod objects {
     /// carry the same bytes) and counted once, never a failed batch.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_webhook_event_with_a_broken_object_is_one_refused_or_repaired_object() {
-        use hmac::{Hmac, Mac};
         const SECRET: &str = "whsec_hostile_objects";
         let sim = Sim::start(busy_fleet(183)).await;
         sim.sim.pause();
-        let file = std::env::temp_dir().join(format!("cmx-whsec-{}-objects", std::process::id()));
-        std::fs::write(&file, SECRET).unwrap();
+        let file = temp_file("whsec-objects", SECRET);
         let cfg = exporter_config(&sim, &["--webhook.secret-file", file.to_str().unwrap()]);
         let exporter = start_exporter(&cfg).await;
         let ws = exporter.workspace.clone();
@@ -1227,17 +1221,9 @@ mod objects {
             .build()
             .unwrap();
         let post = |body: Vec<u8>| {
-            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-            mac.update(&body);
-            let sig: String = mac
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
             let req = client
                 .post(format!("http://{}/webhooks/clawmesh", exporter.addr))
-                .header("x-clawmesh-signature", format!("sha256={sig}"))
+                .header("x-clawmesh-signature", signature(SECRET, &body))
                 .body(body);
             async move {
                 let r = req.send().await.unwrap();
@@ -1336,12 +1322,10 @@ mod objects {
     /// retry, and the task counted only when a listing came by.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_webhook_event_with_a_lone_surrogate_in_its_id_is_read_and_counted_once() {
-        use hmac::{Hmac, Mac};
         const SECRET: &str = "whsec_hostile_event_id";
         let sim = Sim::start(busy_fleet(184)).await;
         sim.sim.pause();
-        let file = std::env::temp_dir().join(format!("cmx-whsec-{}-evtid", std::process::id()));
-        std::fs::write(&file, SECRET).unwrap();
+        let file = temp_file("whsec-evtid", SECRET);
         let cfg = exporter_config(&sim, &["--webhook.secret-file", file.to_str().unwrap()]);
         let exporter = start_exporter(&cfg).await;
         let ws = exporter.workspace.clone();
@@ -1351,17 +1335,9 @@ mod objects {
             .build()
             .unwrap();
         let post = |body: Vec<u8>| {
-            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-            mac.update(&body);
-            let sig: String = mac
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
             let req = client
                 .post(format!("http://{}/webhooks/clawmesh", exporter.addr))
-                .header("x-clawmesh-signature", format!("sha256={sig}"))
+                .header("x-clawmesh-signature", signature(SECRET, &body))
                 .body(body);
             async move {
                 let r = req.send().await.unwrap();

@@ -1685,8 +1685,7 @@ async fn header_secrets_never_reach_logs_or_metrics() {
     let dir = std::env::temp_dir().join(format!("cmx-otlp-secret-{}", std::process::id()));
     std::fs::write(&dir, format!("dd-api-key={HEADER_CANARY}\n")).unwrap();
     let port = crate::util::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    let mut child = bin()
         .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
         .env(
             "OTEL_EXPORTER_OTLP_HEADERS",
@@ -1940,8 +1939,7 @@ mod mtls {
     /// export; its log.
     async fn log_until_a_failure(sim: &Sim, args: &[&str]) -> String {
         let port = crate::util::free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-            .env_clear()
+        let mut child = bin()
             .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
             .args(["--api-url", &sim.url(), "--poll-interval", "1s"])
             .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
