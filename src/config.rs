@@ -8,7 +8,7 @@ use crate::poll::PollConfig;
 use crate::secret::Secret;
 use crate::shard::Shard;
 use crate::webconfig::WebConfig;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,20 +46,8 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Logfmt,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
+/// Logging owns its settings (`crate::logging`); the flags name them.
+pub use crate::logging::{LogFormat, LogLevel};
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {

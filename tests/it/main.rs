@@ -13,6 +13,7 @@ mod exposition;
 mod health;
 mod hostile_api;
 mod hostile_clients;
+mod logs;
 mod operator;
 mod otlp;
 mod production;
