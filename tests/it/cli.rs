@@ -405,3 +405,97 @@ fn every_flag_is_documented_in_the_readme() {
         "flags without a row in README.md: {missing:?}"
     );
 }
+
+/// The demo's banner, up to its last line, and the demo still running.
+fn demo_banner(extra: &[&str]) -> (std::process::Child, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = bin()
+        .arg("demo")
+        .args([
+            "--web.listen-address",
+            &format!("127.0.0.1:{}", crate::util::free_port()),
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let last = l == "Ctrl-C stops.";
+            let _ = tx.send(l);
+            if last {
+                break;
+            }
+        }
+    });
+    let mut banner = Vec::new();
+    while banner.last().is_none_or(|l| l != "Ctrl-C stops.") {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(l) => banner.push(l),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no whole banner ({e}): {banner:?}");
+            }
+        }
+    }
+    (child, banner)
+}
+
+fn banner_line<'a>(banner: &'a [String], key: &str) -> &'a str {
+    banner
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {banner:?}"))
+        .trim()
+}
+
+#[test]
+fn the_demo_says_which_breakdowns_it_turns_on_and_its_example_prints_a_screenful() {
+    let (mut child, banner) = demo_banner(&[]);
+    let breakdowns = banner_line(&banner, "breakdowns:").to_string();
+    let metrics = banner_line(&banner, "metrics:").to_string();
+    let example = banner_line(&banner, "try:").to_string();
+    let run = |cmd: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let shown = crate::util::require_tool("curl")
+        .map(|_| (run(&example), run(&format!("curl -s {metrics}"))));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        breakdowns,
+        "provider, model, agent labels (team, env) (the demo's; any --breakdown.* flag replaces them)"
+    );
+    if let Some((shown, all)) = shown {
+        let lines = shown.lines().count();
+        assert!(
+            (5..=24).contains(&lines),
+            "`{example}` printed {lines} lines, not a screenful:\n{shown}"
+        );
+        assert!(
+            shown.contains("clawmesh_up{workspace=\"ws_sim\"} "),
+            "{shown}"
+        );
+        assert!(
+            all.lines().count() > 10 * lines,
+            "the whole exposition is not much longer: the example shows nothing special"
+        );
+    }
+    let (mut child, banner) = demo_banner(&["--breakdown.provider"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        banner_line(&banner, "breakdowns:"),
+        "provider (from the command line)"
+    );
+}
