@@ -10,6 +10,30 @@ use clawmesh_exporter::storage::StorageConfig;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Fills the file system at `dir` and waits until a checkpoint write has
+/// failed for it; the file that fills it, to remove for room again.
+async fn fill_until_writes_fail(dir: &Path, addr: std::net::SocketAddr) -> PathBuf {
+    let filler = dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    wait_for(Duration::from_secs(30), "writes failing", || async {
+        let m = parse(&scrape(addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_write_failures_total",
+            &[("reason", "io")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    filler
+}
+
 fn file_of(storage: &Path, workspace: &str) -> PathBuf {
     StorageConfig::new(storage.to_path_buf()).path_of(workspace, (0, 1))
 }
@@ -608,24 +632,7 @@ async fn a_full_volume_at_the_stop_never_makes_the_served_counters_go_back() {
     )
     .await;
     // Full: every write from now fails.
-    let filler = mount.dir.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![1u8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
-    wait_for(Duration::from_secs(30), "writes failing", || async {
-        let m = parse(&scrape(exporter.addr).await);
-        value(
-            &m,
-            "clawmesh_exporter_checkpoint_write_failures_total",
-            &[("reason", "io")],
-        )
-        .is_some_and(|n| n >= 1.0)
-    })
-    .await;
+    let filler = fill_until_writes_fail(&mount.dir, exporter.addr).await;
     run_fleet_for(&sim, 200).await;
     let mut served = 0.0f64;
     for _ in 0..20 {
@@ -1137,24 +1144,7 @@ async fn a_reload_while_writes_fail_serves_nothing_a_crash_then_takes_back() {
         },
     )
     .await;
-    let filler = mount.dir.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![1u8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
-    wait_for(Duration::from_secs(30), "writes failing", || async {
-        let m = parse(&scrape(exporter.addr).await);
-        value(
-            &m,
-            "clawmesh_exporter_checkpoint_write_failures_total",
-            &[("reason", "io")],
-        )
-        .is_some_and(|n| n >= 1.0)
-    })
-    .await;
+    let filler = fill_until_writes_fail(&mount.dir, exporter.addr).await;
     // Counts the checkpoint on disk has not: the last one written is older.
     let on_disk = finished_sum(&parse(&scrape(exporter.addr).await));
     run_fleet_for(&sa, 40).await;

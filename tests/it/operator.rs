@@ -381,9 +381,7 @@ const SECRET: &str = "whsec_operator";
 
 /// A signed `task.completed` event with this id for a task the simulator never had.
 fn event(id: &str, task: &str, workspace: &str) -> Vec<u8> {
-    let now = (chrono::Utc::now() + chrono::Duration::seconds(2))
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string();
+    let now = now_rfc3339(2);
     serde_json::json!({
         "id": id, "type": "task.completed", "created_at": now, "workspace_id": workspace,
         "data": {"object": {

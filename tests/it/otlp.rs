@@ -990,31 +990,33 @@ async fn http_split_delta_requests_of_a_breakdown_fit_the_limit_and_sum_to_metri
     split_requests_fit_the_limit_and_add_up(Wire::Http, "delta", &breakdown, 73).await;
 }
 
-/// A delta export in parts against a collector that refuses some parts
-/// (each through all its attempts now and then): a delivered part is never
-/// sent again, a refused one goes with the next export. The accepted points
-/// of each series cover back-to-back windows (a point delivered twice would
-/// overlap the one before), and their sums equal /metrics.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_parts_of_a_delta_export_are_never_delivered_twice() {
-    let sim = Sim::start(busy_fleet(74)).await;
+/// A delta export in parts against a collector in `mode` until the
+/// exports fail for it (`refusals` parts refused or hung on, `failures`
+/// exports failed), then a normal one: the accepted points of each series
+/// cover back-to-back windows throughout (a point delivered twice would
+/// overlap the one before), and once it takes everything their sums equal
+/// /metrics.
+async fn parts_not_taken_go_out_again_and_never_twice(
+    seed: u64,
+    mode: u8,
+    timeout: &str,
+    (refusals, failures): (usize, f64),
+    what: &str,
+) {
+    let sim = Sim::start(busy_fleet(seed)).await;
     let receiver = Receiver::start(Wire::Http).await;
-    receiver.store.mode.store(REFUSE_SOME, Ordering::SeqCst);
+    receiver.store.mode.store(mode, Ordering::SeqCst);
     let endpoint = receiver.endpoint();
-    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "300ms", "2s");
+    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "300ms", timeout);
     args.extend(["--otlp.max-request-size", "4KiB"]);
     let exporter = start_exporter(&exporter_config(&sim, &args)).await;
     receiver.store.wait_for_finished_tasks().await;
-    wait_for(
-        Duration::from_secs(60),
-        "parts refused and exports failed for it",
-        || async {
-            let m = parse(&scrape(exporter.addr).await);
-            receiver.store.refusals.lock().unwrap().len() >= 12
-                && value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
-                    .is_some_and(|v| v >= 1.0)
-        },
-    )
+    wait_for(Duration::from_secs(60), what, || async {
+        let m = parse(&scrape(exporter.addr).await);
+        receiver.store.refusals.lock().unwrap().len() >= refusals
+            && value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
+                .is_some_and(|v| v >= failures)
+    })
     .await;
     assert_delta_windows_are_contiguous(&receiver.store.all());
     receiver.store.mode.store(NORMAL, Ordering::SeqCst);
@@ -1024,38 +1026,35 @@ async fn refused_parts_of_a_delta_export_are_never_delivered_twice() {
     exporter.shutdown().await;
 }
 
+/// A collector that refuses some parts (each through all its attempts now
+/// and then): a delivered part is never sent again, a refused one goes
+/// with the next export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_parts_of_a_delta_export_are_never_delivered_twice() {
+    parts_not_taken_go_out_again_and_never_twice(
+        74,
+        REFUSE_SOME,
+        "2s",
+        (12, 1.0),
+        "parts refused and exports failed for it",
+    )
+    .await;
+}
+
 /// A collector that takes the first parts of an export and hangs on the
 /// next until the export's deadline: the parts it took settle their
 /// series, the rest go out with the next export over the window since
-/// their last delivery (back to back), and once it answers again the union
-/// of what it took equals /metrics: nothing lost, nothing twice.
+/// their last delivery (back to back): nothing lost, nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_a_collector_hangs_on_go_out_again_back_to_back_and_never_twice() {
-    let sim = Sim::start(busy_fleet(87)).await;
-    let receiver = Receiver::start(Wire::Http).await;
-    receiver.store.mode.store(HANG_SOME, Ordering::SeqCst);
-    let endpoint = receiver.endpoint();
-    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "300ms", "1s");
-    args.extend(["--otlp.max-request-size", "4KiB"]);
-    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
-    receiver.store.wait_for_finished_tasks().await;
-    wait_for(
-        Duration::from_secs(60),
+    parts_not_taken_go_out_again_and_never_twice(
+        87,
+        HANG_SOME,
+        "1s",
+        (6, 2.0),
         "parts hung on and exports failed for it",
-        || async {
-            let m = parse(&scrape(exporter.addr).await);
-            receiver.store.refusals.lock().unwrap().len() >= 6
-                && value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
-                    .is_some_and(|v| v >= 2.0)
-        },
     )
     .await;
-    assert_delta_windows_are_contiguous(&receiver.store.all());
-    receiver.store.mode.store(NORMAL, Ordering::SeqCst);
-    converge(&sim, &exporter).await;
-    assert_same_sync(&exporter, &receiver.store, false).await;
-    assert_delta_windows_are_contiguous(&receiver.store.all());
-    exporter.shutdown().await;
 }
 
 // ---------------------------------------------------------------- hostile collectors

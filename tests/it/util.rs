@@ -662,3 +662,23 @@ pub fn said(stderr: &str) -> String {
         _ => line.to_string(),
     }
 }
+
+/// The exporter's counters moved between its scrapes `e1` and `e2` exactly
+/// as the ground truth did between `t1` and `t2`, and at least `at_least`
+/// tasks completed meanwhile (less proves nothing).
+pub fn assert_deltas_match(
+    (e1, t1): (&BTreeMap<String, f64>, &GroundTruth),
+    (e2, t2): (&BTreeMap<String, f64>, &GroundTruth),
+    at_least: f64,
+) {
+    let want = delta(&counters_of_truth(t2), &counters_of_truth(t1));
+    let got = delta(&counters_of_exporter(e2), &counters_of_exporter(e1));
+    assert!(
+        want["finished/completed"] >= at_least,
+        "too little happened to prove anything: {want:?}"
+    );
+    assert_eq!(
+        got, want,
+        "exporter deltas (left) differ from the ground truth (right)"
+    );
+}
