@@ -350,16 +350,6 @@ fn equal_updated_at_never_moves_a_task_backwards() {
 
 #[test]
 fn agent_events_at_the_listed_updated_at_apply_and_deletions_are_never_lost() {
-    let agent = |id: &str, status: &str, at: i64| Agent {
-        last_heartbeat_at: None,
-        labels: Vec::new(),
-        text_repaired: false,
-        config: Default::default(),
-        id: id.into(),
-        status: status.into(),
-        created_at: ts(0),
-        updated_at: ts(at),
-    };
     let mut f = Fleet::new(ts(0));
     f.apply_agent_listing_at(
         &[agent("a", "idle", 10), agent("b", "idle", 10)],
