@@ -20,7 +20,7 @@ use crate::storage::settings::StorageArgs;
 use crate::webconfig::settings::ServerArgs;
 use crate::webconfig::WebConfig;
 use crate::webhook::settings::WebhookArgs;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
@@ -75,6 +75,9 @@ pub enum Command {
         file: Option<PathBuf>,
     },
 }
+
+/// Logging owns its settings (`crate::logging`); the flags name them.
+pub use crate::logging::{LogFormat, LogLevel};
 
 /// The exporter's flags: its own (where the workspaces and the key come
 /// from, where it listens, its shard), and each module's, flattened in.
@@ -162,21 +165,6 @@ pub struct RunArgs {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub otlp: OtlpArgs,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Logfmt,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
 }
 
 /// `demo`: the exporter's flags, and how the simulator behind it behaves.

@@ -31,6 +31,7 @@ pub async fn run(
         args.breakdown.breakdown_model = true;
         args.breakdown.breakdown_agent_labels = vec!["team".into(), "env".into()];
     }
+    let breakdowns = describe_breakdowns(&args, chosen);
     tokio::spawn(sim.clone().serve(sim_listener));
 
     // Loopback and a 5 s poll are the demo's own defaults (`DemoArgs`).
@@ -77,7 +78,11 @@ pub async fn run(
     println!("  simulator:    http://{sim_addr}/v1 (key {DEMO_KEY})");
     println!("  ground truth: http://{sim_addr}/_sim/ground_truth");
     println!("  webhooks:     the simulator delivers signed events to {hook}");
-    println!("  try:          curl -s {m} | grep -E '^clawmesh_(agents|tasks)'");
+    println!("  breakdowns:   {breakdowns}");
+    // The workspace totals (series with at most one label beside
+    // `workspace`): a screenful, where every sliced series would be some
+    // two thousand lines.
+    println!("  try:          curl -s {m} | grep -E '{TOTALS}'");
     match &cfg.otlp {
         Some(o) => println!(
             "  otlp:         {} ({:?}, every {}, {:?})",
@@ -100,4 +105,42 @@ pub async fn run(
     crate::shutdown_signal().await;
     running.shutdown().await;
     Ok(())
+}
+
+/// What the banner's example keeps: `clawmesh_up`, open and finished tasks
+/// and the breakdown values per dimension, for the workspace as a whole.
+const TOTALS: &str = r#"^clawmesh_(up|tasks|tasks_finished_total|breakdown_values)\{workspace="[^"]*"(,[a-z_]+="[^"]*")?\}"#;
+
+/// The breakdowns in force, for the banner: the demo's own unless the
+/// command line chose some.
+fn describe_breakdowns(args: &RunArgs, chosen: bool) -> String {
+    let mut on = Vec::new();
+    if args.breakdown.breakdown_provider {
+        on.push("provider".to_string());
+    }
+    if args.breakdown.breakdown_model {
+        on.push("model".to_string());
+    }
+    if !args.breakdown.breakdown_agent_labels.is_empty() {
+        on.push(format!(
+            "agent labels ({})",
+            args.breakdown.breakdown_agent_labels.join(", ")
+        ));
+    }
+    if !args.breakdown.breakdown_task_labels.is_empty() {
+        on.push(format!(
+            "task labels ({})",
+            args.breakdown.breakdown_task_labels.join(", ")
+        ));
+    }
+    let on = if on.is_empty() {
+        "none".to_string()
+    } else {
+        on.join(", ")
+    };
+    if chosen {
+        format!("{on} (from the command line)")
+    } else {
+        format!("{on} (the demo's; any --breakdown.* flag replaces them)")
+    }
 }

@@ -417,6 +417,9 @@ async fn watch_workspace(
     verdict: oneshot::Sender<Result<(), StartError>>,
 ) {
     let key = cfg.key.clone();
+    // Log lines name the workspace as its metrics do until the key check
+    // tells the id (then both use the id).
+    let shown = shown_workspace(&cfg);
     let mut verdict = Some(verdict);
     // At start the caller prints a fatal verdict as its one line; after a
     // reload nobody waits for it, so the slot logs it.
@@ -426,7 +429,7 @@ async fn watch_workspace(
                 let _ = v.send(Err(e));
             }
             _ => {
-                tracing::error!(error = %e, "cannot watch the workspace; its series show clawmesh_up 0 until the configuration is fixed")
+                tracing::error!(workspace = %shown, error = %e, "cannot watch the workspace; its series show clawmesh_up 0 until the configuration is fixed")
             }
         }
     };
@@ -437,7 +440,7 @@ async fn watch_workspace(
         }
     };
     if cfg.expected_id.as_ref().is_some_and(|id| !shard.owns(id)) {
-        tracing::debug!(workspace = %key, "another shard owns this workspace");
+        tracing::debug!(workspace = %shown, "another shard owns this workspace");
         settle(&mut verdict);
         return;
     }
@@ -467,7 +470,7 @@ async fn watch_workspace(
         let pause = match checked {
             Ok(Ok(t)) => break t,
             Ok(Err(KeyError::Api(e))) if !e.is_fatal_auth() => {
-                tracing::warn!(workspace = %key, api = %cfg.client.base_url, error = %e, "cannot check the API key yet; retrying (clawmesh_up is 0 meanwhile)");
+                tracing::warn!(workspace = %shown, api = %cfg.client.base_url, error = %e, "cannot check the API key yet; retrying (clawmesh_up is 0 meanwhile)");
                 // Not fatal: start goes on, and this slot keeps trying.
                 if let Some(v) = verdict.take() {
                     let _ = v.send(Ok(()));
@@ -565,16 +568,22 @@ fn workspace_labels(cfg: &WorkspaceConfig) -> Vec<(String, String)> {
     labels
 }
 
-/// What a slot shows before its key check settles: `clawmesh_up` 0, no
-/// sync yet, the key check's requests. Its `workspace` label is the
-/// configured id, else the entry's name or key source ("" for the flags'
-/// one workspace): the id is not known before the API answers.
-fn pending_snapshot(cfg: &WorkspaceConfig, client: &Client) -> crate::fleet::Snapshot {
-    let workspace = match (&cfg.expected_id, cfg.key.as_str()) {
+/// How a slot names its workspace before the key check tells the id, in
+/// the `workspace` label and in log lines alike: the configured id, else
+/// the entry's name or key source ("" for the flags' one workspace).
+fn shown_workspace(cfg: &WorkspaceConfig) -> String {
+    match (&cfg.expected_id, cfg.key.as_str()) {
         (Some(id), _) => id.clone(),
         (None, "flags") => String::new(),
         (None, key) => key.to_string(),
-    };
+    }
+}
+
+/// What a slot shows before its key check settles: `clawmesh_up` 0, no
+/// sync yet, the key check's requests, under [`shown_workspace`]: the id is
+/// not known before the API answers.
+fn pending_snapshot(cfg: &WorkspaceConfig, client: &Client) -> crate::fleet::Snapshot {
+    let workspace = shown_workspace(cfg);
     let now = crate::api::types::Timestamp::host_now();
     let health = crate::fleet::Health {
         sync_failures: poll::RESOURCES.iter().map(|r| (*r, 0)).collect(),

@@ -15,6 +15,7 @@ pub mod files;
 pub mod fleet;
 pub mod histogram;
 pub mod hub;
+pub mod logging;
 pub mod metrics;
 pub mod otlp;
 pub mod poll;

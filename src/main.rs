@@ -1,8 +1,9 @@
 //! CLI wiring only: parse, set up logging, dispatch.
 
 use clap::Parser;
-use clawmesh_exporter::config::{Cli, Command, LogFormat, LogLevel};
+use clawmesh_exporter::config::{Cli, Command};
 use clawmesh_exporter::env::ProcessEnv;
+use clawmesh_exporter::logging::{self, LogFormat, LogLevel};
 use clawmesh_exporter::sim::cli::SimArgs;
 use std::process::ExitCode;
 
@@ -18,12 +19,26 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        // clap's own parse errors (an unknown flag, a value of the wrong
+        // type) come before the log format is known: one plain line.
         Err(e) => return usage_error(&e.to_string()),
     };
+    // Logging first: every later failure, a bad value or configuration
+    // file included, is a line in the chosen format that a pipeline parses.
+    // check-config is a report for a person (like `promtool check config`).
+    let log = match &cli.command {
+        Some(Command::CheckConfig { .. }) => None,
+        Some(Command::Simulate(_)) => Some((LogLevel::Info, LogFormat::Logfmt)),
+        Some(Command::Demo(args)) => Some((args.run.log_level, args.run.log_format)),
+        None => Some((cli.run.log_level, cli.run.log_format)),
+    };
+    if let Some((level, format)) = log {
+        logging::init(level, format);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("clawmesh-exporter: cannot start the runtime: {e}");
+            tracing::error!(err = %e, "cannot start the runtime");
             return ExitCode::FAILURE;
         }
     };
@@ -60,12 +75,8 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
                 }
             }
         }
-        Some(Command::Simulate(sim)) => {
-            init_logging(LogLevel::Info, LogFormat::Logfmt);
-            report(runtime.block_on(simulate(sim)))
-        }
+        Some(Command::Simulate(sim)) => report(runtime.block_on(simulate(sim))),
         Some(Command::Demo(args)) => {
-            init_logging(args.run.log_level, args.run.log_format);
             let latitude = args.latitude.to_latitude();
             let incident = args.latitude.incident.clone();
             report(runtime.block_on(clawmesh_exporter::demo::run(args.run, latitude, incident)))
@@ -73,13 +84,12 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
         None => {
             let cfg = match cli.run.validate(&ProcessEnv) {
                 Ok(c) => c,
-                Err(e) => return usage_error(&e.to_string()),
+                Err(e) => return fatal("invalid configuration", &e.to_string()),
             };
-            init_logging(cfg.log_level, cfg.log_format);
             runtime.block_on(async {
                 let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
                     Ok(l) => l,
-                    Err(e) => return usage_error(&format!("cannot listen on {}: {e}", cfg.listen)),
+                    Err(e) => return fatal("cannot start", &format!("cannot listen on {}: {e}", cfg.listen)),
                 };
                 let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 tracing::info!(%address, path = %cfg.telemetry_path, version = clawmesh_exporter::metrics::version(), "serving metrics");
@@ -101,7 +111,7 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
                         running.shutdown().await;
                         ExitCode::SUCCESS
                     }
-                    Err(e) => usage_error(&e.to_string()),
+                    Err(e) => fatal("cannot start", &e.to_string()),
                 }
             })
         }
@@ -131,6 +141,13 @@ fn usage_error(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// A bad value, configuration or key once logging is set up: one log line
+/// in the chosen format (`msg` what failed, `err` why), exit code 2.
+fn fatal(msg: &str, err: &str) -> ExitCode {
+    tracing::error!(err = %one_line(err), "{msg}");
+    ExitCode::from(2)
+}
+
 /// clap's message in one line: what is wrong, what is missing and its
 /// "did you mean" tip, without the usage that follows.
 fn one_line(msg: &str) -> String {
@@ -154,39 +171,8 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("clawmesh-exporter: {e:#}");
+            tracing::error!(err = %format!("{e:#}"), "stopped by an error");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(level: LogLevel, format: LogFormat) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let level = match level {
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-        LogLevel::Trace => "trace",
-    };
-    // Our own crate at the chosen level; dependencies one notch quieter.
-    let filter = tracing_subscriber::EnvFilter::new(format!("warn,clawmesh_exporter={level}"));
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
-        LogFormat::Logfmt => registry
-            .with(
-                tracing_logfmt::builder()
-                    .layer()
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
     }
 }

@@ -1,4 +1,4 @@
-//! What rendering /metrics holds at the breakdowns' default caps (issue 18):
+//! What rendering /metrics holds at the breakdowns' default caps:
 //! `--breakdown.provider --breakdown.model --breakdown.agent-labels team,env`
 //! with every combination cap reached (2,000 task slices and 2,000 agent
 //! groups, plus their `other`), each slice with every known status and

@@ -874,7 +874,7 @@ fn futures_are_send_and_client_is_sync() {
     assert_send(&c.list_tasks(TaskQuery::default()).collect_all());
 }
 
-// ---- issue 10: an upstream that cannot exhaust us ----
+// ---- an upstream that cannot exhaust us ----
 
 fn listing_error(e: &ApiError) -> &str {
     match e {
@@ -1172,7 +1172,7 @@ fn api_strings_are_bounded_where_they_are_read() {
     assert_eq!(token.scopes[0], "other");
 }
 
-// ---- adversarial review of the breakdown fields (issue 11) ----
+// ---- hostile breakdown fields: labels, providers, agent ids ----
 
 fn hostile_agent(fields: &str) -> types::Agent {
     let json = format!(
@@ -1182,7 +1182,7 @@ fn hostile_agent(fields: &str) -> types::Agent {
 }
 
 #[test]
-fn attack_hostile_agent_breakdown_fields_never_fail_the_page() {
+fn hostile_agent_breakdown_fields_never_fail_the_page() {
     for fields in [
         r#","labels":["team","x"]"#,
         r#","labels":42"#,
@@ -1211,7 +1211,7 @@ fn attack_hostile_agent_breakdown_fields_never_fail_the_page() {
 }
 
 #[test]
-fn attack_huge_label_maps_and_keys_are_bounded() {
+fn huge_label_maps_and_keys_are_bounded() {
     let mut m = serde_json::Map::new();
     for i in 0..5000 {
         m.insert(
@@ -1230,7 +1230,7 @@ fn attack_huge_label_maps_and_keys_are_bounded() {
 }
 
 #[test]
-fn attack_hostile_task_agent_ids_are_read_as_none_or_bounded() {
+fn hostile_task_agent_ids_are_read_as_none_or_bounded() {
     let task = |agent_id: &str| {
         let json = format!(
             r#"{{"id":"t","agent_id":{agent_id},"status":"running","created_at":"2026-11-23T10:15:02Z","updated_at":"2026-11-23T10:15:02Z"}}"#
@@ -1245,14 +1245,14 @@ fn attack_hostile_task_agent_ids_are_read_as_none_or_bounded() {
 }
 
 #[test]
-fn attack_agent_ids_cannot_leave_their_path_segment() {
+fn agent_ids_cannot_leave_their_path_segment() {
     assert_eq!(escape_segment("agt_1"), "agt_1");
     assert_eq!(escape_segment("../tasks?x=1#"), "..%2Ftasks%3Fx%3D1%23");
     assert_eq!(escape_segment("é"), "%C3%A9");
 }
 
 #[tokio::test]
-async fn attack_dot_segment_agent_ids_never_request_another_path() {
+async fn dot_segment_agent_ids_never_request_another_path() {
     // "." and ".." are dot segments: GET /agents/. is GET /agents/, the
     // listing, and /agents/.. the API's root. No agent has such an id;
     // the client must not ask for one.

@@ -828,7 +828,7 @@ mod tests {
     }
 
     #[test]
-    fn attack_an_out_of_range_number_in_metrics_does_not_fail_the_page() {
+    fn an_out_of_range_number_in_metrics_does_not_fail_the_page() {
         // 1e400 is a JSON number (RFC 8259 grammar); as a duration it is
         // not a valid one, so it must read as unknown, as "soon" does,
         // not fail the page (which would stop the incremental sync for as
@@ -896,7 +896,7 @@ mod attack2 {
     }
 
     #[test]
-    fn attack2_webhook_value_path_reads_metrics() {
+    fn metrics_read_the_same_through_the_webhook_value_path() {
         // The webhook path parses the body to serde_json::Value first, then
         // the task from that Value: the RawValue-based metrics must still read.
         let v: serde_json::Value = serde_json::from_str(&task_json(
@@ -912,7 +912,7 @@ mod attack2 {
     }
 
     #[test]
-    fn attack2_number_spellings() {
+    fn every_json_spelling_of_a_number_reads_the_same_from_text_and_from_a_value() {
         for (m, q, tok) in [
             (
                 r#"{"queue_seconds":-0,"input_tokens":-0}"#,

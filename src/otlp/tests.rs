@@ -641,7 +641,7 @@ fn a_workspace_whose_counting_restarted_starts_its_series_again_even_above_the_o
     assert_eq!(finished(&r, "w1").0, 7.0, "all 7 are new, not 7 - 5");
 }
 
-/// Counters that went on from a checkpoint (issue 12): cumulative points
+/// Counters that went on from a checkpoint: cumulative points
 /// keep the series' original start time; deltas count this process's
 /// increase from the restored totals, not the totals again.
 #[test]

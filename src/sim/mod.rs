@@ -52,6 +52,8 @@ mod tests;
 
 pub use latitude::{parse_signed_ms, Latitude};
 pub use truth::{GroundTruth, Observations};
+/// How the simulator signs a webhook body; tests sign their own events with it.
+pub use webhooks::sign as sign_webhook;
 pub use webhooks::{WebhookCounts, WebhookSettings};
 
 use life::Fleet;

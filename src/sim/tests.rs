@@ -1441,7 +1441,7 @@ fn latitude_names_and_signed_offsets_parse() {
     );
 }
 
-// ---- breakdowns and incidents (issue 11) ----
+// ---- breakdowns and incidents ----
 
 /// Ticks `f` for `minutes` simulated minutes from `start` (100 ms ticks).
 fn live(f: &mut life::Fleet, start: i64, minutes: i64) -> i64 {

@@ -1,4 +1,4 @@
-//! Breakdowns (issue 11): every per-dimension count equals the simulator's
+//! Breakdowns: every per-dimension count equals the simulator's
 //! ground truth by dimension and sums to the workspace total, under the
 //! exactness suite's faults; past the value cap a dimension shows `other`
 //! and the series count stays true.
@@ -399,8 +399,7 @@ async fn breakdown_changes_by_reload_and_restart_keep_the_totals() {
     }
 }
 
-/// A reload while the API is down (issue 18, item 8, crossed with an
-/// outage): the new slot retries its key check while the stopped slot's
+/// A reload while the API is down (crossed with an outage): the new slot retries its key check while the stopped slot's
 /// fleet waits for it; once the API answers, the workspace goes on from
 /// it under the new breakdown settings: without storage, the served
 /// totals since the start equal the truth (the tasks that finished in

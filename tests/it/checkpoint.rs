@@ -10,17 +10,28 @@ use clawmesh_exporter::storage::StorageConfig;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn temp_dir(what: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "cmx-it-ckpt-{what}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// Fills the file system at `dir` and waits until a checkpoint write has
+/// failed for it; the file that fills it, to remove for room again.
+async fn fill_until_writes_fail(dir: &Path, addr: std::net::SocketAddr) -> PathBuf {
+    let filler = dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    wait_for(Duration::from_secs(30), "writes failing", || async {
+        let m = parse(&scrape(addr).await);
+        value(
+            &m,
+            "clawmesh_exporter_checkpoint_write_failures_total",
+            &[("reason", "io")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    filler
 }
 
 fn file_of(storage: &Path, workspace: &str) -> PathBuf {
@@ -444,8 +455,7 @@ fn exporter_process(
     extra: &[&str],
     log: &Path,
 ) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    bin()
         .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
         .args([
             "--api-url",
@@ -622,24 +632,7 @@ async fn a_full_volume_at_the_stop_never_makes_the_served_counters_go_back() {
     )
     .await;
     // Full: every write from now fails.
-    let filler = mount.dir.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![1u8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
-    wait_for(Duration::from_secs(30), "writes failing", || async {
-        let m = parse(&scrape(exporter.addr).await);
-        value(
-            &m,
-            "clawmesh_exporter_checkpoint_write_failures_total",
-            &[("reason", "io")],
-        )
-        .is_some_and(|n| n >= 1.0)
-    })
-    .await;
+    let filler = fill_until_writes_fail(&mount.dir, exporter.addr).await;
     run_fleet_for(&sim, 200).await;
     let mut served = 0.0f64;
     for _ in 0..20 {
@@ -788,19 +781,6 @@ fn ids_of_two_shards() -> (String, String) {
     (a, b)
 }
 
-async fn workspace_sim(id: &str, seed: u64) -> Sim {
-    Sim::start(clawmesh_exporter::sim::SimConfig {
-        workspace_id: id.into(),
-        agents: 20,
-        history_tasks: 20,
-        task_changes_per_minute: 600.0,
-        visibility_lag_max: Duration::from_millis(500),
-        seed,
-        ..clawmesh_exporter::sim::SimConfig::default()
-    })
-    .await
-}
-
 fn config_file(dir: &Path, sims: &[&Sim]) -> PathBuf {
     std::fs::write(
         dir.join("key"),
@@ -823,8 +803,7 @@ fn config_file(dir: &Path, sims: &[&Sim]) -> PathBuf {
 }
 
 fn sharded(file: &Path, dir: &Path, port: u16, shard: u32, log: &Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    bin()
         .args([
             "--config.file",
             file.to_str().unwrap(),
@@ -1171,24 +1150,7 @@ async fn a_reload_while_writes_fail_serves_nothing_a_crash_then_takes_back() {
         },
     )
     .await;
-    let filler = mount.dir.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![1u8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
-    wait_for(Duration::from_secs(30), "writes failing", || async {
-        let m = parse(&scrape(exporter.addr).await);
-        value(
-            &m,
-            "clawmesh_exporter_checkpoint_write_failures_total",
-            &[("reason", "io")],
-        )
-        .is_some_and(|n| n >= 1.0)
-    })
-    .await;
+    let filler = fill_until_writes_fail(&mount.dir, exporter.addr).await;
     // Counts the checkpoint on disk has not: the last one written is older.
     let on_disk = finished_sum(&parse(&scrape(exporter.addr).await));
     run_fleet_for(&sa, 40).await;
@@ -1473,8 +1435,7 @@ async fn sigterm_exits_within_10s_after_a_reload_added_a_workspace_on_a_frozen_v
     let file = config_file(&dir, &[&sa]);
     let port = free_port();
     let log = dir.join("log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    let child = bin()
         .args([
             "--config.file",
             file.to_str().unwrap(),

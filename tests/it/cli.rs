@@ -1,10 +1,10 @@
 //! Bad input at the command line: one readable line, exit code 2.
 
-use std::process::Command;
+use crate::util::{bin, said, temp_file};
 
 fn run(args: &[&str], key: Option<&str>) -> (Option<i32>, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
-    c.env_clear().args(args);
+    let mut c = bin();
+    c.args(args);
     if let Some(k) = key {
         c.env("CLAWMESH_API_KEY", k);
     }
@@ -131,9 +131,8 @@ fn a_missing_key_says_where_to_put_one() {
 
 #[test]
 fn flags_can_come_from_the_environment() {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
+    let mut c = bin();
     let out = c
-        .env_clear()
         .env("CLAWMESH_API_KEY", "k")
         .env("CLAWMESH_POLL_INTERVAL", "never")
         .output()
@@ -196,7 +195,10 @@ fn bad_otlp_compression_and_client_certificates_are_one_line_and_exit_code_2() {
         let (code, _, err) = run_env(&args, &env);
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?} wants {needle}: {err}");
+        assert!(
+            said(&err).contains(needle),
+            "{args:?} wants {needle}: {err}"
+        );
         assert!(!err.contains("canary"), "the key file shows: {err}");
     }
 }
@@ -204,7 +206,7 @@ fn bad_otlp_compression_and_client_certificates_are_one_line_and_exit_code_2() {
 #[test]
 fn help_and_version_exit_0() {
     for a in ["--help", "--version"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
             .arg(a)
             .output()
             .unwrap();
@@ -212,23 +214,17 @@ fn help_and_version_exit_0() {
     }
 }
 
-// ---- the small frictions a new user met (issue 10) ----
+// ---- the small frictions a new user met ----
 
 fn run_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
-    c.env_clear().args(args).envs(env.iter().copied());
+    let mut c = bin();
+    c.args(args).envs(env.iter().copied());
     let out = c.output().unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
-}
-
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("cmx-cli-{}-{name}", std::process::id()));
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 #[test]
@@ -511,5 +507,99 @@ fn version_names_the_revision_and_the_build_date() {
             && [4, 2, 2] == [parts[0].len(), parts[1].len(), parts[2].len()]
             && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_digit())),
         "date {date:?} is not YYYY-MM-DD"
+    );
+}
+
+/// The demo's banner, up to its last line, and the demo still running.
+fn demo_banner(extra: &[&str]) -> (std::process::Child, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = bin()
+        .arg("demo")
+        .args([
+            "--web.listen-address",
+            &format!("127.0.0.1:{}", crate::util::free_port()),
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let last = l == "Ctrl-C stops.";
+            let _ = tx.send(l);
+            if last {
+                break;
+            }
+        }
+    });
+    let mut banner = Vec::new();
+    while banner.last().is_none_or(|l| l != "Ctrl-C stops.") {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(l) => banner.push(l),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no whole banner ({e}): {banner:?}");
+            }
+        }
+    }
+    (child, banner)
+}
+
+fn banner_line<'a>(banner: &'a [String], key: &str) -> &'a str {
+    banner
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {banner:?}"))
+        .trim()
+}
+
+#[test]
+fn the_demo_says_which_breakdowns_it_turns_on_and_its_example_prints_a_screenful() {
+    let (mut child, banner) = demo_banner(&[]);
+    let breakdowns = banner_line(&banner, "breakdowns:").to_string();
+    let metrics = banner_line(&banner, "metrics:").to_string();
+    let example = banner_line(&banner, "try:").to_string();
+    let run = |cmd: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let shown = crate::util::require_tool("curl")
+        .map(|_| (run(&example), run(&format!("curl -s {metrics}"))));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        breakdowns,
+        "provider, model, agent labels (team, env) (the demo's; any --breakdown.* flag replaces them)"
+    );
+    if let Some((shown, all)) = shown {
+        let lines = shown.lines().count();
+        assert!(
+            (5..=24).contains(&lines),
+            "`{example}` printed {lines} lines, not a screenful:\n{shown}"
+        );
+        assert!(
+            shown.contains("clawmesh_up{workspace=\"ws_sim\"} "),
+            "{shown}"
+        );
+        assert!(
+            all.lines().count() > 10 * lines,
+            "the whole exposition is not much longer: the example shows nothing special"
+        );
+    }
+    let (mut child, banner) = demo_banner(&["--breakdown.provider"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        banner_line(&banner, "breakdowns:"),
+        "provider (from the command line)"
     );
 }

@@ -21,16 +21,7 @@ async fn assert_exact(sim: &Sim, cfg_extra: &[&str], finished: u64) {
     let t2 = sim.truth();
     assert_gauges_match(&e2, &t2);
 
-    let want = delta(&counters_of_truth(&t2), &counters_of_truth(&t1));
-    let got = delta(&counters_of_exporter(&e2), &counters_of_exporter(&e1));
-    assert!(
-        want["finished/completed"] >= 10.0,
-        "too little happened to prove anything: {want:?}"
-    );
-    assert_eq!(
-        got, want,
-        "exporter deltas (left) differ from the ground truth (right)"
-    );
+    assert_deltas_match((&e1, &t1), (&e2, &t2), 10.0);
     exporter.shutdown().await;
 }
 
@@ -174,7 +165,7 @@ async fn api_clock_behind_and_a_retry_after_mid_listing_lose_nothing() {
     assert_eq!(t.retry_after_violations, 0);
 }
 
-// ---- checkpoints (issue 12) ----
+// ---- checkpoints ----
 
 /// [`assert_exact`] with checkpoints on and the exporter killed (no last
 /// checkpoint, as `kill -9`) `crashes` times at moments drawn from `seed`

@@ -179,13 +179,7 @@ async fn panics_in_the_poll_loops_are_caught_counted_shown_and_cost_no_count() {
     let t2 = sim.truth();
     assert_eq!(must(&e2, "clawmesh_up", &[("workspace", "ws_panics")]), 1.0);
     assert_gauges_match(&e2, &t2);
-    let want = delta(&counters_of_truth(&t2), &counters_of_truth(&t1));
-    let got = delta(&counters_of_exporter(&e2), &counters_of_exporter(&e1));
-    assert!(want["finished/completed"] >= 10.0, "{want:?}");
-    assert_eq!(
-        got, want,
-        "exporter deltas (left) differ from the ground truth (right)"
-    );
+    assert_deltas_match((&e1, &t1), (&e2, &t2), 10.0);
     exporter.shutdown().await;
 }
 
@@ -194,8 +188,7 @@ async fn a_sighup_while_the_key_checks_run_does_not_kill_the_process() {
     use std::process::{Command, Stdio};
     let port = free_port();
     let api = format!("http://127.0.0.1:{}/v1", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    let mut child = bin()
         .env("CLAWMESH_API_KEY", "cm_test_key")
         .args([
             "--api-url",

@@ -8,16 +8,8 @@ use crate::util::*;
 use clawmesh_exporter::sim::{SimConfig, DEMO_KEY};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cmx-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 async fn quiet_sim() -> Sim {
     Sim::start(SimConfig {

@@ -15,6 +15,7 @@ mod health;
 mod hostile_api;
 mod hostile_clients;
 mod layers;
+mod logs;
 mod operator;
 mod otlp;
 mod production;

@@ -6,23 +6,9 @@
 
 use crate::util::*;
 use clawmesh_exporter::sim::{SimConfig, DEMO_KEY};
-use hmac::{Hmac, Mac};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cmx-op-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
-    c.env_clear();
-    c
-}
 
 /// The bad files an operator could name by mistake (or an attacker plant).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -219,16 +205,13 @@ fn the_file_limits_are_flags() {
     }
 }
 
-/// A quiet simulated workspace.
-async fn workspace_sim(id: &str, seed: u64) -> Sim {
+/// A quieter simulated workspace than [`workspace_fleet`]'s.
+async fn quiet_workspace_sim(id: &str, seed: u64) -> Sim {
     Sim::start(SimConfig {
-        workspace_id: id.into(),
         agents: 5,
         history_tasks: 5,
         task_changes_per_minute: 60.0,
-        visibility_lag_max: Duration::from_millis(500),
-        seed,
-        ..SimConfig::default()
+        ..workspace_fleet(id, seed)
     })
     .await
 }
@@ -344,7 +327,7 @@ impl Exporter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_files_on_reload_are_refused_and_the_old_configuration_keeps_running() {
-    let sim = workspace_sim("ws_op", 41).await;
+    let sim = quiet_workspace_sim("ws_op", 41).await;
     let e = Exporter::start("reload", &sim).await;
     for (which, bad) in Bad::ALL.iter().map(|b| ("config file", *b)).chain(
         [Bad::DevZero, Bad::Fifo, Bad::Huge, Bad::Directory]
@@ -377,7 +360,7 @@ async fn bad_files_on_reload_are_refused_and_the_old_configuration_keeps_running
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_reload_of_a_fifo_exits_promptly() {
-    let sim = workspace_sim("ws_op", 42).await;
+    let sim = quiet_workspace_sim("ws_op", 42).await;
     let mut e = Exporter::start("sigterm", &sim).await;
     // A FIFO no one writes to: opened blocking, its read would never end.
     Bad::Fifo.make(&e.config());
@@ -396,23 +379,9 @@ async fn sigterm_during_a_reload_of_a_fifo_exits_promptly() {
 
 const SECRET: &str = "whsec_operator";
 
-fn signed(body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
-}
-
 /// A signed `task.completed` event with this id for a task the simulator never had.
 fn event(id: &str, task: &str, workspace: &str) -> Vec<u8> {
-    let now = (chrono::Utc::now() + chrono::Duration::seconds(2))
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string();
+    let now = now_rfc3339(2);
     serde_json::json!({
         "id": id, "type": "task.completed", "created_at": now, "workspace_id": workspace,
         "data": {"object": {
@@ -431,8 +400,7 @@ fn event(id: &str, task: &str, workspace: &str) -> Vec<u8> {
 async fn webhook_ids_longer_than_the_limit_are_refused_and_not_remembered() {
     let sim = Sim::start(busy_fleet(43)).await;
     sim.sim.pause();
-    let secret = std::env::temp_dir().join(format!("cmx-op-whsec-{}", std::process::id()));
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let secret = temp_file("op-whsec", &format!("{SECRET}\n"));
     let cfg = exporter_config(&sim, &["--webhook.secret-file", secret.to_str().unwrap()]);
     assert_eq!(cfg.webhook.as_ref().unwrap().max_id_length, 256);
     let exporter = start_exporter(&cfg).await;
@@ -444,7 +412,7 @@ async fn webhook_ids_longer_than_the_limit_are_refused_and_not_remembered() {
         let r = client
             .post(&url)
             .header("content-type", "application/json")
-            .header("x-clawmesh-signature", signed(&body))
+            .header("x-clawmesh-signature", signature(SECRET, &body))
             .body(body);
         async move {
             let r = r.send().await.unwrap();

@@ -931,7 +931,7 @@ fn built_at(r: &ExportMetricsServiceRequest) -> u64 {
 /// With a small --otlp.max-request-size every export goes out as several
 /// requests, none over the limit, whose union is what /metrics shows (a
 /// Collector's 4 MiB gRPC limit refused a 7.9 MB export of a big breakdown
-/// fleet before, issue 18).
+/// fleet before).
 async fn split_requests_fit_the_limit_and_add_up(
     wire: Wire,
     temporality: &str,
@@ -985,36 +985,38 @@ async fn grpc_split_requests_fit_the_limit_and_add_up_to_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_split_delta_requests_of_a_breakdown_fit_the_limit_and_sum_to_metrics() {
-    // Broken down by provider and model: the big requests of issue 18.
+    // Broken down by provider and model: the big requests that once broke the limit.
     let breakdown = ["--breakdown.provider", "--breakdown.model"];
     split_requests_fit_the_limit_and_add_up(Wire::Http, "delta", &breakdown, 73).await;
 }
 
-/// A delta export in parts against a collector that refuses some parts
-/// (each through all its attempts now and then): a delivered part is never
-/// sent again, a refused one goes with the next export. The accepted points
-/// of each series cover back-to-back windows (a point delivered twice would
-/// overlap the one before), and their sums equal /metrics.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_parts_of_a_delta_export_are_never_delivered_twice() {
-    let sim = Sim::start(busy_fleet(74)).await;
+/// A delta export in parts against a collector in `mode` until the
+/// exports fail for it (`refusals` parts refused or hung on, `failures`
+/// exports failed), then a normal one: the accepted points of each series
+/// cover back-to-back windows throughout (a point delivered twice would
+/// overlap the one before), and once it takes everything their sums equal
+/// /metrics.
+async fn parts_not_taken_go_out_again_and_never_twice(
+    seed: u64,
+    mode: u8,
+    timeout: &str,
+    (refusals, failures): (usize, f64),
+    what: &str,
+) {
+    let sim = Sim::start(busy_fleet(seed)).await;
     let receiver = Receiver::start(Wire::Http).await;
-    receiver.store.mode.store(REFUSE_SOME, Ordering::SeqCst);
+    receiver.store.mode.store(mode, Ordering::SeqCst);
     let endpoint = receiver.endpoint();
-    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "300ms", "2s");
+    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "300ms", timeout);
     args.extend(["--otlp.max-request-size", "4KiB"]);
     let exporter = start_exporter(&exporter_config(&sim, &args)).await;
     receiver.store.wait_for_finished_tasks().await;
-    wait_for(
-        Duration::from_secs(60),
-        "parts refused and exports failed for it",
-        || async {
-            let m = parse(&scrape(exporter.addr).await);
-            receiver.store.refusals.lock().unwrap().len() >= 12
-                && value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
-                    .is_some_and(|v| v >= 1.0)
-        },
-    )
+    wait_for(Duration::from_secs(60), what, || async {
+        let m = parse(&scrape(exporter.addr).await);
+        receiver.store.refusals.lock().unwrap().len() >= refusals
+            && value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
+                .is_some_and(|v| v >= failures)
+    })
     .await;
     assert_delta_windows_are_contiguous(&receiver.store.all());
     receiver.store.mode.store(NORMAL, Ordering::SeqCst);
@@ -1022,40 +1024,37 @@ async fn refused_parts_of_a_delta_export_are_never_delivered_twice() {
     assert_same_sync(&exporter, &receiver.store, false).await;
     assert_delta_windows_are_contiguous(&receiver.store.all());
     exporter.shutdown().await;
+}
+
+/// A collector that refuses some parts (each through all its attempts now
+/// and then): a delivered part is never sent again, a refused one goes
+/// with the next export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_parts_of_a_delta_export_are_never_delivered_twice() {
+    parts_not_taken_go_out_again_and_never_twice(
+        74,
+        REFUSE_SOME,
+        "2s",
+        (12, 1.0),
+        "parts refused and exports failed for it",
+    )
+    .await;
 }
 
 /// A collector that takes the first parts of an export and hangs on the
 /// next until the export's deadline: the parts it took settle their
 /// series, the rest go out with the next export over the window since
-/// their last delivery (back to back), and once it answers again the union
-/// of what it took equals /metrics: nothing lost, nothing twice.
+/// their last delivery (back to back): nothing lost, nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_a_collector_hangs_on_go_out_again_back_to_back_and_never_twice() {
-    let sim = Sim::start(busy_fleet(87)).await;
-    let receiver = Receiver::start(Wire::Http).await;
-    receiver.store.mode.store(HANG_SOME, Ordering::SeqCst);
-    let endpoint = receiver.endpoint();
-    let mut args = otlp_args(&endpoint, Wire::Http, "delta", "explicit", "300ms", "1s");
-    args.extend(["--otlp.max-request-size", "4KiB"]);
-    let exporter = start_exporter(&exporter_config(&sim, &args)).await;
-    receiver.store.wait_for_finished_tasks().await;
-    wait_for(
-        Duration::from_secs(60),
+    parts_not_taken_go_out_again_and_never_twice(
+        87,
+        HANG_SOME,
+        "1s",
+        (6, 2.0),
         "parts hung on and exports failed for it",
-        || async {
-            let m = parse(&scrape(exporter.addr).await);
-            receiver.store.refusals.lock().unwrap().len() >= 6
-                && value(&m, "clawmesh_otlp_exports_total", &[("result", "failure")])
-                    .is_some_and(|v| v >= 2.0)
-        },
     )
     .await;
-    assert_delta_windows_are_contiguous(&receiver.store.all());
-    receiver.store.mode.store(NORMAL, Ordering::SeqCst);
-    converge(&sim, &exporter).await;
-    assert_same_sync(&exporter, &receiver.store, false).await;
-    assert_delta_windows_are_contiguous(&receiver.store.all());
-    exporter.shutdown().await;
 }
 
 // ---------------------------------------------------------------- hostile collectors
@@ -1158,7 +1157,7 @@ async fn endless(status: &'static str, drip: bool) -> Endless {
 /// A collector answering with an endless body: the exporter reads
 /// --otlp.max-response-size of it, drops the connection, counts the export
 /// as the status says, and goes on. Before, it read the whole stream (8.6
-/// GB of RSS in 40 s for a 200, issue 18). The bytes the collector got to
+/// GB of RSS in 40 s for a 200). The bytes the collector got to
 /// write are what the socket buffers hold, far from the stream.
 async fn endless_replies_are_cut(status: &'static str, counted: &str, seed: u64) {
     let sim = Sim::start(busy_fleet(seed)).await;
@@ -1491,7 +1490,7 @@ async fn a_grpc_gzip_bomb_reply_is_inflated_only_to_the_limit_and_counts_deliver
 
 /// A collector answering 429 with `Retry-After: 3` (HTTP) or UNAVAILABLE
 /// with a RetryInfo of 3 s (gRPC) is not sent to again for 3 s (before, the
-/// retry came after the 0.2 s backoff, issue 18).
+/// retry came after the 0.2 s backoff).
 async fn retry_after_is_waited_out(wire: Wire, seed: u64) {
     let sim = Sim::start(busy_fleet(seed)).await;
     let receiver = Receiver::start(wire).await;
@@ -1685,8 +1684,7 @@ async fn header_secrets_never_reach_logs_or_metrics() {
     let dir = std::env::temp_dir().join(format!("cmx-otlp-secret-{}", std::process::id()));
     std::fs::write(&dir, format!("dd-api-key={HEADER_CANARY}\n")).unwrap();
     let port = crate::util::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    let mut child = bin()
         .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
         .env(
             "OTEL_EXPORTER_OTLP_HEADERS",
@@ -1940,8 +1938,7 @@ mod mtls {
     /// export; its log.
     async fn log_until_a_failure(sim: &Sim, args: &[&str]) -> String {
         let port = crate::util::free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-            .env_clear()
+        let mut child = bin()
             .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
             .args(["--api-url", &sim.url(), "--poll-interval", "1s"])
             .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
@@ -1985,7 +1982,7 @@ mod mtls {
     }
 
     /// A TLS failure says which side refused what, not "connection failed"
-    /// as for a collector that is down (issue 18).
+    /// as for a collector that is down.
     async fn tls_failures_say_which_side_and_why(wire: Wire, seed: u64) {
         let p = pki(&format!("why-{wire:?}"));
         let mut receiver = Receiver::start_tls(wire, p.server.clone()).await;

@@ -3,32 +3,11 @@
 //! and basic auth over real connections.
 
 use crate::util::*;
-use clawmesh_exporter::sim::{SimConfig, DEMO_KEY};
+use clawmesh_exporter::sim::DEMO_KEY;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cmx-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A quiet simulated workspace with its own id.
-async fn workspace_sim(id: &str, seed: u64) -> Sim {
-    Sim::start(SimConfig {
-        workspace_id: id.into(),
-        agents: 20,
-        history_tasks: 20,
-        task_changes_per_minute: 600.0,
-        visibility_lag_max: Duration::from_millis(500),
-        seed,
-        ..SimConfig::default()
-    })
-    .await
-}
 
 /// One `workspaces:` entry: name, the sim's URL, a key file, extra YAML.
 fn entry(name: &str, sim: &Sim, extra: &str) -> String {
@@ -43,12 +22,6 @@ fn write_config(dir: &Path, entries: &[String]) -> PathBuf {
     let f = dir.join("clawmesh.yml");
     std::fs::write(&f, format!("workspaces:\n{}", entries.concat())).unwrap();
     f
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
-    c.env_clear();
-    c
 }
 
 /// The workspaces an exposition has `clawmesh_up` for.

@@ -25,7 +25,9 @@ use crate::dashboards::{
 };
 use crate::files_with_suffix;
 use crate::otlp::{otlp_args, Receiver, Wire};
-use crate::util::{busy_fleet, exporter_config, require_tool, start_exporter, wait_for, Sim};
+use crate::util::{
+    bin, busy_fleet, exporter_config, require_tool, start_exporter, temp_file, wait_for, Sim,
+};
 use clawmesh_exporter::sim::{Faults, WebhookSettings};
 
 /// Panels that may be empty while the exporter has never seen a retry, a 403
@@ -299,9 +301,7 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
     // The webhook receiver on, and the simulator delivering to it, so that
     // the webhook panels have data too.
     let secret = "whsec_dashboards";
-    let secret_file =
-        std::env::temp_dir().join(format!("cmx-it-prom-whsec-{}", std::process::id()));
-    std::fs::write(&secret_file, secret).unwrap();
+    let secret_file = temp_file("prom-whsec", secret);
     let mut flags = otlp;
     flags.extend(BREAKDOWNS);
     // Polling as fast with events arriving as without (default 2m), so that
@@ -441,7 +441,7 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
     sim.faults(Faults::default());
 }
 
-/// A provider outage (issue 11): with the provider breakdown on, that
+/// A provider outage: with the provider breakdown on, that
 /// provider's error ratio crosses the SLO's page threshold (14.4 x the 5 %
 /// budget) in a real Prometheus while every other provider's stays under it,
 /// and the SLO page alert fires for that provider only.
@@ -511,7 +511,7 @@ async fn a_provider_outage_pages_on_that_provider_only() {
     }
 }
 
-// ---- restarts without loss (issue 12) ----
+// ---- restarts without loss ----
 
 /// The exporter as its own process (the release a user runs), so that it
 /// can be killed with SIGKILL; killed on drop.
@@ -534,8 +534,7 @@ impl ExporterProcess {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-            .env_clear()
+        let child = bin()
             .env("CLAWMESH_API_KEY", clawmesh_exporter::sim::DEMO_KEY)
             .args(["--api-url", &sim.url()])
             .args(["--web.listen-address", &addr.to_string()])

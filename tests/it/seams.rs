@@ -1,4 +1,4 @@
-//! The seams between features (issue 18): each seed draws storage on or
+//! The seams between features: each seed draws storage on or
 //! off, a breakdown, the contract's latitude or not, API faults or not,
 //! and 2 to 4 steps among a config reload (SIGHUP) that changes the
 //! breakdown, a graceful restart, a `kill -9` and restart, webhooks
@@ -248,19 +248,18 @@ impl Setup {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         // The webhook receiver is always on, as deployed; the simulator
         // delivers from a WebhooksOn step on.
-        let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
-        c.env_clear()
-            .args([
-                "--config.file",
-                self.dir.join("clawmesh.yml").to_str().unwrap(),
-            ])
-            .args(["--web.listen-address", &addr.to_string()])
-            .args([
-                "--webhook.secret-file",
-                self.dir.join("whsec").to_str().unwrap(),
-                "--webhook.poll-interval",
-                "1s",
-            ]);
+        let mut c = bin();
+        c.args([
+            "--config.file",
+            self.dir.join("clawmesh.yml").to_str().unwrap(),
+        ])
+        .args(["--web.listen-address", &addr.to_string()])
+        .args([
+            "--webhook.secret-file",
+            self.dir.join("whsec").to_str().unwrap(),
+            "--webhook.poll-interval",
+            "1s",
+        ]);
         if let Some(endpoint) = &self.collector {
             c.args([
                 "--otlp.endpoint",
@@ -1230,8 +1229,7 @@ fn the_ci_seeds_cover_every_seam() {
 /// Shard `index` of 2 over `file`, on `port`, logging to `log`.
 async fn start_shard(file: &std::path::Path, port: u16, index: u32, log: PathBuf) -> Exporter {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"))
-        .env_clear()
+    let child = bin()
         .args(["--config.file", file.to_str().unwrap()])
         .args(["--web.listen-address", &addr.to_string()])
         // The pod-name form, as a StatefulSet's downward API gives it.

@@ -10,9 +10,8 @@ use std::time::Duration;
 const CANARY: &str = "cmk_canary_7b1e0f5d9a";
 
 fn exporter_cmd(sim: &Sim, port: u16) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
-    c.env_clear()
-        .env("CLAWMESH_API_KEY", CANARY)
+    let mut c = bin();
+    c.env("CLAWMESH_API_KEY", CANARY)
         .args([
             "--api-url",
             &sim.url(),

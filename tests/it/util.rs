@@ -546,3 +546,139 @@ pub fn promtool_check_metrics(promtool: &str, text: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), report)
 }
+
+/// The exporter binary with an empty environment: only what the test sets
+/// reaches it, as on a clean host.
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_clawmesh-exporter"));
+    c.env_clear();
+    c
+}
+
+/// A new empty directory for `name`, of its own for every call (a test
+/// running twice in one process, or a loop, never sees an earlier one's
+/// files; neither do two modules naming theirs alike).
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "cmx-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    // Left over from an earlier process that had this pid.
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A quiet simulated workspace with its own id, for tests that run several.
+pub fn workspace_fleet(id: &str, seed: u64) -> SimConfig {
+    SimConfig {
+        workspace_id: id.into(),
+        agents: 20,
+        history_tasks: 20,
+        task_changes_per_minute: 600.0,
+        visibility_lag_max: Duration::from_millis(500),
+        seed,
+        ..SimConfig::default()
+    }
+}
+
+/// [`workspace_fleet`] running.
+pub async fn workspace_sim(id: &str, seed: u64) -> Sim {
+    Sim::start(workspace_fleet(id, seed)).await
+}
+
+/// The host's time `offset_secs` from now as the API writes instants
+/// (RFC 3339, microseconds, UTC).
+pub fn now_rfc3339(offset_secs: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(offset_secs))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The `X-ClawMesh-Signature` of `body` under `secret`, as the simulator's
+/// webhook sender makes it (not the exporter's verifier: the test checks that).
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    clawmesh_exporter::sim::sign_webhook(secret, body)
+}
+
+/// A file `name` holding `content`, in a [`temp_dir`] of its own.
+pub fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
+    let p = temp_dir(name).join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+/// The fields of a logfmt line, values unquoted and unescaped: `None` for
+/// a line that is not logfmt.
+pub fn logfmt(line: &str) -> Option<Vec<(String, String)>> {
+    let mut fields = Vec::new();
+    let mut rest = line.trim_end();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        if key.is_empty() || key.contains([' ', '"']) {
+            return None;
+        }
+        let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') => break i + 1,
+                    (_, '\\') => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        'r' => value.push('\r'),
+                        't' => value.push('\t'),
+                        c => value.push(c),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            (value, &quoted[end..])
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_string(), &after[end..])
+        };
+        fields.push((key.to_string(), value));
+        rest = after.trim_start();
+    }
+    Some(fields)
+}
+
+/// What a fatal error line says, for a person: `msg: err` of a logfmt
+/// line, unescaped; any other text as it is (clap's own errors are plain).
+pub fn said(stderr: &str) -> String {
+    let line = stderr.trim_end();
+    match logfmt(line) {
+        Some(f) if f.first().is_some_and(|(k, _)| k == "ts") => {
+            let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+            match (get("msg"), get("err")) {
+                (Some(m), Some(e)) => format!("{m}: {e}"),
+                (Some(m), None) => m.to_string(),
+                _ => line.to_string(),
+            }
+        }
+        _ => line.to_string(),
+    }
+}
+
+/// The exporter's counters moved between its scrapes `e1` and `e2` exactly
+/// as the ground truth did between `t1` and `t2`, and at least `at_least`
+/// tasks completed meanwhile (less proves nothing).
+pub fn assert_deltas_match(
+    (e1, t1): (&BTreeMap<String, f64>, &GroundTruth),
+    (e2, t2): (&BTreeMap<String, f64>, &GroundTruth),
+    at_least: f64,
+) {
+    let want = delta(&counters_of_truth(t2), &counters_of_truth(t1));
+    let got = delta(&counters_of_exporter(e2), &counters_of_exporter(e1));
+    assert!(
+        want["finished/completed"] >= at_least,
+        "too little happened to prove anything: {want:?}"
+    );
+    assert_eq!(
+        got, want,
+        "exporter deltas (left) differ from the ground truth (right)"
+    );
+}

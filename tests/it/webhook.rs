@@ -5,38 +5,12 @@
 
 use crate::util::*;
 use clawmesh_exporter::sim::WebhookSettings;
-use hmac::{Hmac, Mac};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const SECRET: &str = "whsec_test_current";
 const OLD_SECRET: &str = "whsec_test_previous";
 const MIB: usize = 1024 * 1024;
-
-fn sign_with(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
-}
-
-fn secret_file(name: &str, content: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("cmx-whsec-{}-{name}", std::process::id()));
-    std::fs::write(&p, content).unwrap();
-    p
-}
-
-fn now_rfc3339(offset_secs: i64) -> String {
-    (chrono::Utc::now() + chrono::Duration::seconds(offset_secs))
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
-}
 
 /// A `task.completed` event for a task the simulator never had: applied,
 /// it adds one to `finished{completed}`, so any change shows.
@@ -137,7 +111,7 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
     let sim = Sim::start(busy_fleet(31)).await;
     sim.sim.pause();
     // Two secrets, as during a rotation: both verify.
-    let file = secret_file("bad", &format!("{SECRET}\n{OLD_SECRET}\n"));
+    let file = temp_file("bad", &format!("{SECRET}\n{OLD_SECRET}\n"));
     let cfg = exporter_config(&sim, &["--webhook.secret-file", file.to_str().unwrap()]);
     let exporter = start_exporter(&cfg).await;
     let ws = exporter.workspace.clone();
@@ -146,7 +120,7 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
 
     let body = completed_event("evt_good", "tsk_webhook_1", &ws, &now_rfc3339(0));
     let b = body.as_bytes().to_vec();
-    let sig = sign_with(SECRET, &b);
+    let sig = signature(SECRET, &b);
     let hex = sig.strip_prefix("sha256=").unwrap().to_string();
     let mut bad: Vec<(String, Vec<u8>, Option<String>, u16)> = vec![
         ("missing header".into(), b.clone(), None, 401),
@@ -184,7 +158,7 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
         (
             "wrong secret".into(),
             b.clone(),
-            Some(sign_with("whsec_wrong", &b)),
+            Some(signature("whsec_wrong", &b)),
             401,
         ),
         (
@@ -234,22 +208,22 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
     // applied and counted as invalid_text (hostile_api::objects). Signed
     // bytes that are no event at all are refused.
     let not_json = b"{\"id\": \"evt_cut".to_vec();
-    let s = sign_with(SECRET, &not_json);
+    let s = signature(SECRET, &not_json);
     bad.push(("not JSON, signed".into(), not_json, Some(s), 400));
     // Past the horizon (3 h): a replay, even correctly signed.
     let stale =
         completed_event("evt_stale", "tsk_webhook_2", &ws, &now_rfc3339(-4 * 3600)).into_bytes();
-    let s = sign_with(SECRET, &stale);
+    let s = signature(SECRET, &stale);
     bad.push(("event past the horizon".into(), stale, Some(s), 400));
     // One byte over 1 MiB, correctly signed (JSON padded with spaces).
     let mut big = completed_event("evt_big", "tsk_webhook_3", &ws, &now_rfc3339(0)).into_bytes();
     big.resize(MIB + 1, b' ');
-    let s = sign_with(SECRET, &big);
+    let s = signature(SECRET, &big);
     bad.push(("one byte over 1 MiB".into(), big, Some(s), 413));
     // A workspace this exporter does not watch.
     let other =
         completed_event("evt_other", "tsk_webhook_4", "ws_other", &now_rfc3339(0)).into_bytes();
-    let s = sign_with(SECRET, &other);
+    let s = signature(SECRET, &other);
     bad.push(("unknown workspace".into(), other, Some(s), 404));
 
     for (what, body, sig, want) in &bad {
@@ -286,7 +260,7 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
     .await;
     // Replayed (same id), and signed with the previous secret: acknowledged, not applied again.
     assert_eq!(poster.post(b.clone(), Some(&sig)).await, 200, "replay");
-    let old_sig = sign_with(OLD_SECRET, &b);
+    let old_sig = signature(OLD_SECRET, &b);
     assert_eq!(
         poster.post(b.clone(), Some(&old_sig)).await,
         200,
@@ -296,12 +270,12 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
     let mut exact =
         completed_event("evt_exact", "tsk_webhook_5", &ws, &now_rfc3339(0)).into_bytes();
     exact.resize(MIB, b' ');
-    let s = sign_with(OLD_SECRET, &exact);
+    let s = signature(OLD_SECRET, &exact);
     assert_eq!(poster.post(exact, Some(&s)).await, 200, "exactly 1 MiB");
     // Unknown types are acknowledged, not applied.
     let unknown = serde_json::json!({"id": "evt_new_kind", "type": "agent.teleported", "created_at": now_rfc3339(0),
         "workspace_id": ws, "data": {"object": {"id": "agt_1"}}}).to_string().into_bytes();
-    let s = sign_with(SECRET, &unknown);
+    let s = signature(SECRET, &unknown);
     assert_eq!(poster.post(unknown, Some(&s)).await, 200, "unknown type");
 
     // Request counts without an event are published within 250 ms, the
@@ -345,7 +319,7 @@ async fn bad_deliveries_change_nothing_and_are_refused() {
 async fn webhooks_with_drops_duplicates_and_reordering_count_exactly() {
     let sim = Sim::start(busy_fleet(32)).await;
     sim.sim.pause();
-    let file = secret_file("e2e", SECRET);
+    let file = temp_file("e2e", SECRET);
     let cfg = exporter_config(
         &sim,
         &[
@@ -459,7 +433,7 @@ async fn freshness() {
         })
         .await;
         sim.sim.pause();
-        let file = secret_file("bench", SECRET);
+        let file = temp_file("bench", SECRET);
         let mut flags = vec![
             "--poll-interval",
             "15s",
@@ -548,7 +522,7 @@ async fn a_panic_in_the_webhook_worker_is_caught_and_later_deliveries_are_applie
     })
     .await;
     sim.sim.pause();
-    let file = secret_file("panic", SECRET);
+    let file = temp_file("panic", SECRET);
     let cfg = exporter_config(&sim, &["--webhook.secret-file", file.to_str().unwrap()]);
     let exporter = start_exporter(&cfg).await;
     let ws = exporter.workspace.clone();
@@ -573,7 +547,7 @@ async fn a_panic_in_the_webhook_worker_is_caught_and_later_deliveries_are_applie
     // lost (polling would find a real task's change), and the worker lives.
     clawmesh_exporter::supervise::inject_panics(&ws, "webhook_worker", 1);
     let first = completed_event("evt_panic_1", "tsk_panic_1", &ws, &now_rfc3339(0)).into_bytes();
-    let s = sign_with(SECRET, &first);
+    let s = signature(SECRET, &first);
     assert_eq!(poster.post(first, Some(&s)).await, 200);
     wait_for(
         Duration::from_secs(30),
@@ -591,7 +565,7 @@ async fn a_panic_in_the_webhook_worker_is_caught_and_later_deliveries_are_applie
             &now_rfc3339(0),
         )
         .into_bytes();
-        let s = sign_with(SECRET, &body);
+        let s = signature(SECRET, &body);
         assert_eq!(poster.post(body, Some(&s)).await, 200, "delivery {i}");
     }
     wait_for(
@@ -618,7 +592,7 @@ async fn a_panic_in_the_webhook_worker_is_caught_and_later_deliveries_are_applie
 async fn extreme_durations_in_signed_deliveries_are_refused_and_the_worker_lives() {
     let sim = Sim::start(busy_fleet(37)).await;
     sim.sim.pause();
-    let file = secret_file("extreme", SECRET);
+    let file = temp_file("extreme", SECRET);
     let cfg = exporter_config(&sim, &["--webhook.secret-file", file.to_str().unwrap()]);
     let exporter = start_exporter(&cfg).await;
     let ws = exporter.workspace.clone();
@@ -634,11 +608,11 @@ async fn extreme_durations_in_signed_deliveries_are_refused_and_the_worker_lives
         .unwrap();
         ev["data"]["object"]["metrics"]["run_seconds"] = serde_json::json!(run);
         let body = serde_json::to_vec(&ev).unwrap();
-        let s = sign_with(SECRET, &body);
+        let s = signature(SECRET, &body);
         assert_eq!(poster.post(body, Some(&s)).await, 200, "run_seconds {run}");
     }
     let normal = completed_event("evt_after", "tsk_after", &ws, &now_rfc3339(0)).into_bytes();
-    let s = sign_with(SECRET, &normal);
+    let s = signature(SECRET, &normal);
     assert_eq!(poster.post(normal, Some(&s)).await, 200);
     wait_for(
         Duration::from_secs(30),
