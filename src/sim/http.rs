@@ -1,9 +1,10 @@
 //! The HTTP face: axum handlers, auth, keyset pagination, rate limiting,
 //! fault injection, and the `/_sim/` control endpoints.
 
+use super::config::{Incident, SimKey};
 use super::faults::{Faults, Hostile, NOT_UTF8_MARK};
 use super::model::{imf_fixdate, Agent, AgentOut, Hit, Listing, Order, Task, MICROS};
-use super::{Inner, KeyEntry, SimKey, Simulator};
+use super::{Inner, KeyEntry, Simulator};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -931,7 +932,7 @@ async fn set_incident(State(sim): State<Simulator>, Json(v): Json<serde_json::Va
         sim.set_incident(None);
         return Json(v).into_response();
     }
-    match serde_json::from_value::<super::Incident>(v.clone()) {
+    match serde_json::from_value::<Incident>(v.clone()) {
         Ok(i) => {
             sim.set_incident(Some(i));
             Json(v).into_response()
@@ -942,7 +943,7 @@ async fn set_incident(State(sim): State<Simulator>, Json(v): Json<serde_json::Va
 
 async fn set_webhooks(
     State(sim): State<Simulator>,
-    Json(w): Json<super::WebhookSettings>,
+    Json(w): Json<super::webhooks::WebhookSettings>,
 ) -> Response {
     sim.set_webhooks(w.clone());
     Json(w).into_response()
