@@ -4,7 +4,8 @@
 use super::config::{Incident, SimKey};
 use super::faults::{Faults, Hostile, NOT_UTF8_MARK};
 use super::model::{imf_fixdate, Agent, AgentOut, Hit, Listing, Order, Task, MICROS};
-use super::{Inner, KeyEntry, Simulator};
+use super::state::{Inner, KeyEntry};
+use super::Simulator;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};

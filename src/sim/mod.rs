@@ -46,6 +46,7 @@ mod http;
 mod latitude;
 mod life;
 mod model;
+mod state;
 mod truth;
 mod webhooks;
 
@@ -60,74 +61,11 @@ pub use webhooks::{WebhookCounts, WebhookSettings};
 
 use life::Fleet;
 use model::{format_us, whole_second, Clock, MICROS};
+use state::{HttpState, Inner, KeyEntry};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// A key as the simulator knows it.
-#[derive(Clone, Debug)]
-struct KeyEntry {
-    key: SimKey,
-    created_us: i64,
-}
-
-/// Request-side state: keys, rate-limit window, counters, fault dice.
-struct HttpState {
-    keys: HashMap<String, KeyEntry>,
-    window: i64,
-    window_count: u64,
-    /// Per key id: the instant before which it must not come back.
-    not_before: HashMap<String, i64>,
-    counters: truth::RequestCounters,
-    rng: rand::rngs::StdRng,
-    next_request: u64,
-}
-
-struct Inner {
-    cfg: SimConfig,
-    /// The API's clock.
-    clock: Clock,
-    start_us: i64,
-    fleet: Mutex<Fleet>,
-    http: Mutex<HttpState>,
-    faults: Mutex<Faults>,
-    started: AtomicBool,
-    /// Signs cursors so that a cursor never issued is told apart.
-    cursor_secret: u64,
-    webhooks: Mutex<webhooks::Deliverer>,
-}
-
-impl Inner {
-    fn fleet(&self) -> MutexGuard<'_, Fleet> {
-        self.fleet.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    fn http(&self) -> MutexGuard<'_, HttpState> {
-        self.http.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    fn webhooks(&self) -> MutexGuard<'_, webhooks::Deliverer> {
-        self.webhooks.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    /// An instant as the API prints it outside the fleet's objects (keys):
-    /// six digits, or a whole second under whole-second stamps.
-    fn api_ts(&self, us: i64) -> String {
-        if self.cfg.latitude.whole_second_stamps {
-            model::Ts {
-                us: whole_second(us),
-                digits: 0,
-            }
-            .format()
-        } else {
-            format_us(us)
-        }
-    }
-    fn faults(&self) -> Faults {
-        self.faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
 
 #[derive(Clone)]
 pub struct Simulator {

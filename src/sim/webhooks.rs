@@ -9,7 +9,7 @@
 //! either side shows.
 
 use super::model::Ts;
-use super::Inner;
+use super::state::Inner;
 use hmac::{Hmac, Mac};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
