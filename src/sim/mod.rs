@@ -41,6 +41,7 @@
 
 pub mod cli;
 mod config;
+mod delivery;
 mod faults;
 mod http;
 mod latitude;
@@ -158,7 +159,7 @@ impl Simulator {
                     f.events.as_mut().map(std::mem::take)
                 };
                 if let Some(events) = events.filter(|e| !e.is_empty()) {
-                    webhooks::dispatch(&inner, events);
+                    delivery::dispatch(&inner, events);
                 }
             }
         });
