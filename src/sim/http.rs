@@ -4,8 +4,8 @@
 use super::config::{Incident, SimKey};
 use super::faults::{Faults, Hostile, NOT_UTF8_MARK};
 use super::model::{imf_fixdate, Agent, AgentOut, Hit, Listing, Order, Task, MICROS};
+use super::simulator::Simulator;
 use super::state::{Inner, KeyEntry};
-use super::Simulator;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -20,7 +20,19 @@ use std::time::Duration;
 
 type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-pub fn router(sim: Simulator) -> Router {
+impl Simulator {
+    /// `/v1/...` (the contract) and `/_sim/...` (control).
+    pub fn router(&self) -> Router {
+        router(self.clone())
+    }
+
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        self.start();
+        axum::serve(listener, self.router()).await
+    }
+}
+
+fn router(sim: Simulator) -> Router {
     Router::new()
         .route("/v1/auth/token", get(token))
         .route("/v1/agents", get(list_agents))

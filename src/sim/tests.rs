@@ -6,7 +6,8 @@ use rand::SeedableRng;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn small() -> SimConfig {
     SimConfig {
