@@ -1,8 +1,11 @@
 //! The HTTP face: axum handlers, auth, keyset pagination, rate limiting,
 //! fault injection, and the `/_sim/` control endpoints.
 
+use super::config::{Incident, SimKey};
+use super::faults::{Faults, Hostile, NOT_UTF8_MARK};
 use super::model::{imf_fixdate, Agent, AgentOut, Hit, Listing, Order, Task, MICROS};
-use super::{Faults, Inner, KeyEntry, SimKey, Simulator};
+use super::simulator::Simulator;
+use super::state::{Inner, KeyEntry};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -17,7 +20,19 @@ use std::time::Duration;
 
 type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-pub fn router(sim: Simulator) -> Router {
+impl Simulator {
+    /// `/v1/...` (the contract) and `/_sim/...` (control).
+    pub fn router(&self) -> Router {
+        router(self.clone())
+    }
+
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        self.start();
+        axum::serve(listener, self.router()).await
+    }
+}
+
+fn router(sim: Simulator) -> Router {
     Router::new()
         .route("/v1/auth/token", get(token))
         .route("/v1/agents", get(list_agents))
@@ -627,7 +642,7 @@ impl Wire for Task {
 
 /// An object (of id `.3`) as written at an instant, hostile
 /// (`Faults::hostile_every`) when `hostile` says so.
-struct One<'a, T>(&'a T, i64, Option<super::Hostile>, &'a str);
+struct One<'a, T>(&'a T, i64, Option<Hostile>, &'a str);
 impl<T: Wire> Serialize for One<'_, T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let Some(h) = self.2 else {
@@ -645,15 +660,15 @@ impl<T: Wire> Serialize for One<'_, T> {
 }
 
 /// Which objects are written hostile, and how.
-fn hostile_of(inner: &Inner) -> Option<(u32, super::Hostile)> {
+fn hostile_of(inner: &Inner) -> Option<(u32, Hostile)> {
     let f = inner.faults();
     (f.hostile_every > 0).then_some((f.hostile_every, f.hostile))
 }
 
-/// `body` with every [`super::NOT_UTF8_MARK`] a 0xFF byte (not UTF-8).
+/// `body` with every [`NOT_UTF8_MARK`] a 0xFF byte (not UTF-8).
 fn break_utf8(body: Vec<u8>) -> Vec<u8> {
     let mut mark = [0u8; 4];
-    let mark = super::NOT_UTF8_MARK.encode_utf8(&mut mark).as_bytes();
+    let mark = NOT_UTF8_MARK.encode_utf8(&mut mark).as_bytes();
     if memchr::memmem::find(&body, mark).is_none() {
         return body;
     }
@@ -668,7 +683,7 @@ fn break_utf8(body: Vec<u8>) -> Vec<u8> {
     out
 }
 
-struct Items<'a, T>(&'a [Hit<T>], i64, Option<(u32, super::Hostile)>);
+struct Items<'a, T>(&'a [Hit<T>], i64, Option<(u32, Hostile)>);
 impl<T: Wire> Serialize for Items<'_, T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
@@ -676,7 +691,7 @@ impl<T: Wire> Serialize for Items<'_, T> {
         for h in self.0 {
             let hostile = self
                 .2
-                .filter(|(every, _)| super::Hostile::chosen(*every, &h.id))
+                .filter(|(every, _)| Hostile::chosen(*every, &h.id))
                 .map(|(_, how)| how);
             seq.serialize_element(&One(&*h.obj, self.1, hostile, &h.id))?;
         }
@@ -714,7 +729,7 @@ fn single<T: Wire>(inner: &Inner, id: &str, obj: &T, now_us: i64) -> Vec<u8> {
         data: One<'a, T>,
     }
     let hostile = hostile_of(inner)
-        .filter(|(every, _)| super::Hostile::chosen(*every, id))
+        .filter(|(every, _)| Hostile::chosen(*every, id))
         .map(|(_, how)| how);
     let body = serde_json::to_vec(&Data {
         data: One(obj, now_us, hostile, id),
@@ -930,7 +945,7 @@ async fn set_incident(State(sim): State<Simulator>, Json(v): Json<serde_json::Va
         sim.set_incident(None);
         return Json(v).into_response();
     }
-    match serde_json::from_value::<super::Incident>(v.clone()) {
+    match serde_json::from_value::<Incident>(v.clone()) {
         Ok(i) => {
             sim.set_incident(Some(i));
             Json(v).into_response()
@@ -941,7 +956,7 @@ async fn set_incident(State(sim): State<Simulator>, Json(v): Json<serde_json::Va
 
 async fn set_webhooks(
     State(sim): State<Simulator>,
-    Json(w): Json<super::WebhookSettings>,
+    Json(w): Json<super::webhooks::WebhookSettings>,
 ) -> Response {
     sim.set_webhooks(w.clone());
     Json(w).into_response()

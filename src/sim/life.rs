@@ -1,12 +1,13 @@
 //! The fleet's life: seeding, and the tick that applies status changes.
 //! Every change is a new version that becomes visible after a random lag.
 
+use super::config::{Incident, LabelSpread, SimConfig, MAX_FILL_DELAY};
+use super::latitude::Latitude;
 use super::model::{
     stamp_with, Agent, AgentConfig, AgentConstraints, AgentOut, Metrics, Output, Store, Task,
     TaskError, Transition, Ts, MICROS,
 };
 use super::truth::FleetCounters;
-use super::{Latitude, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -23,9 +24,6 @@ const MODELS: [(&str, &str); 4] = [
     ("google", "gemini-2.5-pro"),
     ("local", "llama-3.3-70b"),
 ];
-/// Who an incident hits unless told otherwise.
-pub const OUTAGE_PROVIDER: &str = "openai";
-pub const SILENT_TEAM: &str = "growth";
 const SKILLS: [&str; 6] = [
     "web_search",
     "code",
@@ -106,13 +104,13 @@ pub struct Fleet {
     /// tasks' late values still count under them).
     agent_dims: HashMap<String, (BTreeMap<String, String>, String, String)>,
     /// An incident switched on (see `Incident`).
-    pub incident: Option<super::Incident>,
+    pub incident: Option<Incident>,
     lag_max_us: i64,
     changes_per_minute: f64,
     late_output_probability: f64,
     unknown_agent_statuses: bool,
     big_every: Option<usize>,
-    label_spread: Option<super::LabelSpread>,
+    label_spread: Option<LabelSpread>,
     new_tasks: usize,
     target_pending: usize,
     target_running: usize,
@@ -442,9 +440,9 @@ impl Fleet {
     /// Random terminal outcome of a run: failed `failed_share`, cancelled
     /// `cancelled_share`, completed the rest (by default 91/5/4 %).
     /// Switch an incident on (or off with `None`) at `now_us`.
-    pub fn set_incident(&mut self, incident: Option<super::Incident>, now_us: i64) {
-        let team_of = |i: &Option<super::Incident>| match i {
-            Some(super::Incident::HeartbeatLoss { team }) => Some(team.clone()),
+    pub fn set_incident(&mut self, incident: Option<Incident>, now_us: i64) {
+        let team_of = |i: &Option<Incident>| match i {
+            Some(Incident::HeartbeatLoss { team }) => Some(team.clone()),
             _ => None,
         };
         let (before, after) = (team_of(&self.incident), team_of(&incident));
@@ -471,7 +469,7 @@ impl Fleet {
 
     /// The provider of a running task's agent, when an outage hits it.
     fn in_outage(&self, t: &Task) -> bool {
-        let Some(super::Incident::ProviderOutage { provider }) = &self.incident else {
+        let Some(Incident::ProviderOutage { provider }) = &self.incident else {
             return false;
         };
         t.agent_id
@@ -732,9 +730,9 @@ impl Fleet {
         true
     }
 
-    /// Schedules `fill` 1 s to [`super::MAX_FILL_DELAY`] after `now_us`.
+    /// Schedules `fill` 1 s to [`MAX_FILL_DELAY`] after `now_us`.
     fn fill_later(&mut self, fill: Fill, now_us: i64) {
-        let max = super::MAX_FILL_DELAY.as_micros() as i64;
+        let max = MAX_FILL_DELAY.as_micros() as i64;
         let due = now_us + self.rng.random_range(MICROS..=max);
         self.next_fill += 1;
         self.fills.insert(self.next_fill, fill);

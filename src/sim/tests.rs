@@ -6,7 +6,8 @@ use rand::SeedableRng;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn small() -> SimConfig {
     SimConfig {
@@ -1531,7 +1532,7 @@ fn a_provider_outage_fails_that_providers_tasks_only() {
             continue;
         }
         let r = *failed as f64 / *total as f64;
-        if p == life::OUTAGE_PROVIDER {
+        if p == config::OUTAGE_PROVIDER {
             assert!(r > 0.9, "{p}: {r}");
         } else {
             assert!(r < 0.05, "{p}: {r}");
