@@ -458,3 +458,39 @@ async fn an_upstream_error_message_is_one_line_read_back_in_both_formats() {
         assert!(seen >= 1, "{format}: {lines:?}");
     }
 }
+
+/// `--log.level` keeps this crate's lines at or above it, as the filter
+/// `warn,clawmesh_exporter=LEVEL` always did: at warn a failing key check
+/// shows and "serving metrics" (info) does not; at error neither does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_keeps_the_lines_at_or_above_it() {
+    // Nothing listens there: the key check fails, a warning each time.
+    let api = format!("http://127.0.0.1:{}/v1", free_port());
+    let exporter = Running::start(&api, &["--log.level=warn", "--api.max-attempts", "1"]);
+    exporter
+        .wait_for_line("the key check to fail", "cannot check the API key yet")
+        .await;
+    let (_, lines) = exporter.stop();
+    for l in &lines {
+        let f = logfmt(l).unwrap_or_else(|| panic!("not logfmt: {l}"));
+        assert!(
+            ["warn", "error"].contains(&f[1].1.as_str()),
+            "below --log.level=warn: {l}"
+        );
+    }
+    let exporter = Running::start(&api, &["--log.level=error", "--api.max-attempts", "1"]);
+    let metrics = format!("{}/metrics", exporter.url);
+    // The key check failed at least twice: each was a warning.
+    wait_for(Duration::from_secs(60), "two failed key checks", || async {
+        let Ok(r) = reqwest::get(&metrics).await else {
+            return false;
+        };
+        let text = r.text().await.unwrap_or_default();
+        parse(&text).iter().any(|(k, v)| {
+            k.starts_with("clawmesh_api_requests_total{") && k.contains("/auth/token") && *v >= 2.0
+        })
+    })
+    .await;
+    let (_, lines) = exporter.stop();
+    assert!(lines.is_empty(), "below --log.level=error: {lines:?}");
+}
