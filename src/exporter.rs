@@ -589,14 +589,17 @@ fn pending_snapshot(cfg: &WorkspaceConfig, client: &Client) -> crate::fleet::Sna
         sync_failures: poll::RESOURCES.iter().map(|r| (*r, 0)).collect(),
         ..Default::default()
     };
-    let mut snap = crate::fleet::Fleet::starting(client.api_time(), now, cfg.poll.fleet).snapshot(
+    let snap = crate::fleet::Fleet::starting(client.api_time(), now, cfg.poll.fleet).snapshot(
         &workspace,
         now,
         health,
         client.stats(),
     );
-    snap.labels.extend(workspace_labels(cfg));
-    snap
+    // Its labels join as a polled workspace's do (`Snapshot::join`).
+    snap.join(crate::fleet::Parts {
+        labels: workspace_labels(cfg),
+        ..Default::default()
+    })
 }
 
 /// "workspace payments: " before a message, unless the flags name the one workspace.
@@ -605,5 +608,41 @@ fn in_workspace(key: &str) -> String {
         String::new()
     } else {
         format!("workspace {key}: ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slot still checking its key shows the labels its workspace will
+    /// have once polled: `workspace`, `workspace_name`, then the extras.
+    #[test]
+    fn a_pending_slot_has_the_labels_of_a_polled_workspace() {
+        let cfg = WorkspaceConfig {
+            key: "payments".into(),
+            name: Some("Payments".into()),
+            expected_id: None,
+            client: Default::default(),
+            poll: Default::default(),
+            labels: [("team".to_string(), "core".to_string())].into(),
+        };
+        let client = Client::new(cfg.client.clone()).unwrap();
+        let snap = pending_snapshot(&cfg, &client);
+        let labels: Vec<(&str, &str)> = snap
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("workspace", "payments"),
+                ("workspace_name", "Payments"),
+                ("team", "core")
+            ]
+        );
+        assert!(!snap.health.up);
+        assert!(snap.webhook.is_none() && snap.baseline.is_none());
     }
 }

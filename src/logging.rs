@@ -107,52 +107,98 @@ pub fn line(
     match format {
         LogFormat::Logfmt => all
             .iter()
-            .map(|(k, v)| format!("{k}={}", logfmt_value(&v.text())))
+            .map(|(k, v)| format!("{}={}", logfmt_key(k), logfmt_value(&v.text())))
             .collect::<Vec<_>>()
             .join(" "),
         LogFormat::Json => {
-            let parts: Vec<String> = all
-                .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        Value::Str(s) => serde_json::Value::from(s.as_str()),
-                        Value::I64(n) => serde_json::Value::from(*n),
-                        Value::U64(n) => serde_json::Value::from(*n),
-                        // NaN and the infinities are no JSON numbers.
-                        Value::F64(n) if n.is_finite() => serde_json::Value::from(*n),
-                        Value::F64(n) => serde_json::Value::from(n.to_string()),
-                        Value::Bool(b) => serde_json::Value::from(*b),
-                    };
-                    format!("{}:{v}", serde_json::Value::from(k.as_str()))
-                })
-                .collect();
-            format!("{{{}}}", parts.join(","))
+            let mut out = String::from("{");
+            for (i, (k, v)) in all.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_str(&mut out, k);
+                out.push(':');
+                match v {
+                    Value::Str(s) => json_str(&mut out, s),
+                    Value::I64(n) => out.push_str(&n.to_string()),
+                    Value::U64(n) => out.push_str(&n.to_string()),
+                    // NaN and the infinities are no JSON numbers.
+                    Value::F64(n) if n.is_finite() => {
+                        out.push_str(&serde_json::Value::from(*n).to_string())
+                    }
+                    Value::F64(n) => json_str(&mut out, &n.to_string()),
+                    Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                }
+            }
+            out.push('}');
+            out
         }
     }
 }
 
+/// Characters written as `\uXXXX` in both formats, quoted in logfmt: the
+/// control characters (C0, DEL, C1: a newline, a carriage return, an ANSI
+/// escape sequence from an upstream's text) and the Unicode line and
+/// paragraph separators, which some line readers split on (Python's
+/// `splitlines`, JavaScript). One event stays one line for every reader.
+fn escaped(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// `c` escaped as logfmt (go-logfmt) and JSON both read it back.
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '"' => out.push_str("\\\""),
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        // All of them are in the Basic Multilingual Plane: four digits.
+        c if escaped(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+        c => out.push(c),
+    }
+}
+
+/// A JSON string: valid JSON for every Rust string (they hold no lone
+/// surrogate), and one line.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        push_escaped(out, c);
+    }
+    out.push('"');
+}
+
+/// A logfmt key: a field name is the code's, but one with a space, `=` or
+/// `"` would break the line, so those become `_`.
+fn logfmt_key(k: &str) -> String {
+    k.chars()
+        .map(|c| {
+            if c <= ' ' || c == '=' || c == '"' || escaped(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// A logfmt value: bare when it can be, else quoted with `"`, `\` and
-/// control characters escaped, so that one event stays one line.
+/// control characters escaped (`\n`, `\u001b`: go-logfmt's and JSON's
+/// escapes), so that one event stays one line that a logfmt parser reads
+/// back to the same text.
 fn logfmt_value(v: &str) -> String {
     let bare = !v.is_empty()
         && !v
             .chars()
-            .any(|c| c <= ' ' || c == '=' || c == '"' || c.is_control());
+            .any(|c| c <= ' ' || c == '=' || c == '"' || escaped(c));
     if bare {
         return v.to_string();
     }
     let mut out = String::with_capacity(v.len() + 2);
     out.push('"');
     for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
-            c => out.push(c),
-        }
+        push_escaped(&mut out, c);
     }
     out.push('"');
     out
@@ -169,6 +215,17 @@ fn caller(file: &str, line: u32) -> String {
     format!("{short}:{line}")
 }
 
+/// Where an event comes from: its own metadata's file and line, else (a
+/// dependency's `log` record, whose metadata has none) the file and line
+/// tracing-log put in its fields; `None` when neither says.
+fn caller_of(meta: Option<(&str, u32)>, log: Option<(&str, u64)>) -> Option<String> {
+    match (meta, log) {
+        (Some((file, line)), _) => Some(caller(file, line)),
+        (None, Some((file, line))) => Some(caller(file, u32::try_from(line).unwrap_or(u32::MAX))),
+        (None, None) => None,
+    }
+}
+
 struct Lines {
     format: LogFormat,
 }
@@ -177,15 +234,27 @@ struct Lines {
 struct Fields {
     msg: String,
     fields: Vec<(String, Value)>,
+    /// A dependency's `log` record (through tracing-log) carries its file
+    /// and line as fields; its metadata has none.
+    log_file: Option<String>,
+    log_line: Option<u64>,
 }
 
 impl Fields {
     fn put(&mut self, field: &Field, v: Value) {
         if field.name() == "message" {
             self.msg = v.text();
+        } else if field.name() == "log.file" {
+            self.log_file = Some(v.text());
+        } else if field.name() == "log.line" {
+            self.log_line = match v {
+                Value::U64(n) => Some(n),
+                Value::I64(n) => u64::try_from(n).ok(),
+                _ => v.text().parse().ok(),
+            };
         } else if field.name().starts_with("log.") {
-            // What tracing-log adds to a dependency's `log` record: its
-            // target, module, file and line, already in `caller`.
+            // The rest of what tracing-log adds to a dependency's `log`
+            // record (target, module): `caller` says where it came from.
         } else {
             self.fields.push((field.name().to_string(), v));
         }
@@ -223,7 +292,10 @@ impl<S: Subscriber> Layer<S> for Lines {
         event.record(&mut f);
         let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let level = meta.level().as_str().to_ascii_lowercase();
-        let caller = meta.file().zip(meta.line()).map(|(f, l)| caller(f, l));
+        let caller = caller_of(
+            meta.file().zip(meta.line()),
+            f.log_file.as_deref().zip(f.log_line),
+        );
         let mut text = line(
             self.format,
             &ts,
@@ -295,5 +367,26 @@ mod tests {
             "proto/h1.rs:9"
         );
         assert_eq!(caller("main.rs", 1), "main.rs:1");
+    }
+
+    #[test]
+    fn a_field_name_that_would_break_logfmt_is_written_with_underscores() {
+        let fields = vec![("odd key=\"x\"\n".to_string(), Value::I64(-1))];
+        let l = line(LogFormat::Logfmt, "t", "info", None, "m", &fields);
+        assert_eq!(l, "ts=t level=info msg=m odd_key__x__=-1");
+    }
+
+    #[test]
+    fn a_dependencys_log_record_has_a_caller_from_its_fields() {
+        let rustls = "/r/.cargo/registry/src/i/rustls-0.23.1/src/common_state.rs";
+        assert_eq!(
+            caller_of(None, Some((rustls, 42))).as_deref(),
+            Some("common_state.rs:42")
+        );
+        assert_eq!(
+            caller_of(Some(("src/hub.rs", 3)), Some((rustls, 42))).as_deref(),
+            Some("hub.rs:3")
+        );
+        assert_eq!(caller_of(None, None), None);
     }
 }
