@@ -646,11 +646,39 @@ pub fn scrub(text: &str, secrets: &[Secret]) -> String {
     for s in secrets.iter().filter(|s| s.expose().len() >= 4) {
         out = out.replace(s.expose(), "<redacted>");
     }
-    out
+    // A collector's message (a partial success's error_message, a gRPC
+    // status) may be as long as --otlp.max-response-size, on every export:
+    // a log line keeps the start of it. Cut after scrubbing, so a cut never
+    // leaves the start of a secret behind.
+    crate::text::shorten(&out, MAX_COLLECTOR_TEXT)
 }
+
+/// The most of a collector's own text a log line or an error keeps.
+const MAX_COLLECTOR_TEXT: usize = 1024;
 
 /// A collector's wait, however it is spelled, reads as a duration or as
 /// none, and never panics; a reply error is told from a collector's status.
+#[cfg(test)]
+mod collector_text {
+    use super::*;
+
+    #[test]
+    fn a_collector_message_of_64kib_is_cut_and_scrubbed_before_it_is_logged() {
+        let key = Secret::new("hdr-secret-value");
+        let text = format!(
+            "{}{}{}",
+            "x".repeat(1000),
+            key.expose(),
+            "y".repeat(64 * 1024)
+        );
+        let out = scrub(&text, std::slice::from_ref(&key));
+        assert!(out.len() <= MAX_COLLECTOR_TEXT + 3, "{} bytes", out.len());
+        assert!(!out.contains("hdr-secret"), "{out}");
+        assert!(out.ends_with("..."));
+        assert_eq!(scrub("short", &[]), "short");
+    }
+}
+
 #[cfg(test)]
 mod hostile_waits {
     use super::*;
