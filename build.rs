@@ -13,9 +13,25 @@ fn git(args: &[&str]) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// Whether git's work tree here is this package's own: a source tarball
+/// unpacked inside another repository (a packaging tree, a home directory
+/// kept in git) is not that repository's revision.
+fn own_repository() -> bool {
+    let here = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
+    let top = git(&["rev-parse", "--show-toplevel"]).map(std::path::PathBuf::from);
+    match (here, top) {
+        (Some(here), Some(top)) => {
+            let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+            canon(&here).is_some() && canon(&here) == canon(&top)
+        }
+        _ => false,
+    }
+}
+
 fn main() {
+    let own = own_repository();
     let rev = git(&["rev-parse", "--short=12", "HEAD"])
-        .filter(|s| !s.is_empty())
+        .filter(|s| own && !s.is_empty())
         .map(|rev| {
             // Tracked files changed since the commit: the binary is not
             // that revision.
@@ -31,14 +47,31 @@ fn main() {
     println!("cargo:rustc-env=CLAWMESH_GIT_REVISION={rev}");
     println!("cargo:rustc-env=CLAWMESH_BUILD_DATE={}", build_date());
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
-    // A new commit, a checkout, a staged change or an edited source: in a
-    // worktree `.git` is a file, so ask git where its files are.
-    for path in ["HEAD", "index", "refs/heads"] {
-        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={p}");
+    println!("cargo:rerun-if-changed=src");
+    if own {
+        for path in watched() {
+            println!("cargo:rerun-if-changed={path}");
         }
     }
-    println!("cargo:rerun-if-changed=src");
+}
+
+/// The git files whose change means a new revision or a dirty tree: HEAD,
+/// the index (a commit, a checkout, a staged change), and the checked-out
+/// branch's own ref (loose, else packed). Not the whole `refs/heads`: a
+/// commit on any other branch (another worktree's) would rebuild this one.
+/// In a worktree `.git` is a file, so git says where its files are; a
+/// path that does not exist is left out (cargo would rerun on every build).
+fn watched() -> Vec<String> {
+    let mut paths = vec!["HEAD".to_string(), "index".to_string()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        paths.push(branch);
+    }
+    paths.push("packed-refs".into());
+    paths
+        .iter()
+        .filter_map(|p| git(&["rev-parse", "--git-path", p]))
+        .filter(|p| std::path::Path::new(p).exists())
+        .collect()
 }
 
 /// The day of the build (UTC), or of SOURCE_DATE_EPOCH for a reproducible

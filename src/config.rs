@@ -258,13 +258,22 @@ impl RunArgs {
 
     /// Validate with a key already at hand; OTEL_* variables come from `env`.
     pub fn validate_with_key_in(&self, key: Secret, env: &dyn Env) -> Result<Config, ConfigError> {
-        let client = self.api.client(key).map_err(bad)?;
-        let poll = self
-            .poll
-            .config(self.fleet.limits(), self.breakdown.config().map_err(bad)?);
+        // The first problem is the one reported, in the order the flags
+        // have always been checked: the URL, the scheduler's rules, the
+        // client's shares and bounds, then the breakdowns.
+        self.api.url().map_err(bad)?;
+        let poll = self.poll.config(
+            self.fleet.limits(),
+            crate::fleet::BreakdownConfig::default(),
+        );
         if let Some(rule) = poll.check().first() {
             return Err(bad(rule.flag_message(&poll)));
         }
+        let client = self.api.client(key).map_err(bad)?;
+        let poll = crate::poll::PollConfig {
+            breakdown: self.breakdown.config().map_err(bad)?,
+            ..poll
+        };
         let workspace = WorkspaceConfig {
             key: "flags".into(),
             name: None,
@@ -453,6 +462,44 @@ mod tests {
             let e = args(&flags).validate(&env(key)).unwrap_err().to_string();
             assert!(e.contains(needle), "{flags:?}: {e}");
             assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    /// With two bad flags, the one reported is the one the exporter
+    /// reported before the settings moved into their modules (ae9b5e5):
+    /// the URL, then the scheduler's rules, then the client's shares and
+    /// bounds, then the breakdowns.
+    #[test]
+    fn the_first_of_two_flag_problems_is_the_one_it_always_was() {
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (
+                vec!["--poll-interval", "1ms", "--api.budget-share", "5"],
+                "--poll-interval: must be at least 1s",
+            ),
+            (
+                vec!["--tasks.overlap", "1s", "--api.max-attempts", "0"],
+                "--tasks.overlap 1s:",
+            ),
+            (
+                vec!["--api.max-body-size", "1", "--tasks.overlap", "1s"],
+                "--tasks.overlap 1s:",
+            ),
+            (
+                vec!["--breakdown.max-values", "0", "--tasks.dedup-horizon", "1s"],
+                "--tasks.dedup-horizon:",
+            ),
+            (
+                vec!["--api.budget-share", "5", "--breakdown.max-values", "0"],
+                "--api.budget-share 5:",
+            ),
+            (
+                vec!["--api-url", "ftp://x", "--poll-interval", "0s"],
+                "--api-url \"ftp://x\":",
+            ),
+        ];
+        for (flags, start) in cases {
+            let e = args(&flags).validate(&env(Some("k"))).unwrap_err();
+            assert!(e.to_string().starts_with(start), "{flags:?}: {e}");
         }
     }
 

@@ -510,11 +510,20 @@ fn workspace(
         .get("name")
         .and_then(|v| string(v, &format!("{at}.name"), p));
     let expected_id = m.get("id").and_then(|v| string(v, &format!("{at}.id"), p));
+    // Problems are noted in the order they always were: the key, the
+    // client's URL and shares, the scheduler, the client's bounds, labels.
     let key = key(m, at, cx, p);
-    let client = client(m, d, at, cx, p);
+    let (api_url, mut client) = client(m, d, at, cx, p);
     let poll = poll(m, d, at, cx, p);
+    client_bounds(&mut client, m, d, at, cx, p);
     let labels = labels(m, at, p);
-    let ((key, source), client) = (key?, client?);
+    let ((key, source), client) = (
+        key?,
+        ClientConfig {
+            base_url: api_url?,
+            ..client
+        },
+    );
     let identity = name
         .clone()
         .or_else(|| expected_id.clone())
@@ -585,15 +594,15 @@ fn key(
     }
 }
 
-/// The API client's settings: URL, budget, attempts, bounds and durations.
-/// `None` when the URL is unusable (the problem is noted).
+/// The API client's URL (`None` when unusable: the problem is noted), and
+/// its budget and attempts; the bounds come after ([`client_bounds`]).
 fn client(
     m: &serde_norway::Mapping,
     d: &serde_norway::Mapping,
     at: &str,
     cx: &Context,
     p: &mut Vec<String>,
-) -> Option<ClientConfig> {
+) -> (Option<String>, ClientConfig) {
     let api_url = match setting(m, d, at, "api_url") {
         Some((v, path)) => string(v, &path, p).and_then(|u| {
             let u = u.trim_end_matches('/').to_string();
@@ -631,17 +640,29 @@ fn client(
         },
         None => cx.api.max_attempts,
     };
-    let mut client = ClientConfig {
+    let client = ClientConfig {
         max_attempts,
         budget_share,
         lookup_share: cx.api.lookup_share,
-        limits: api_limits(m, d, at, p),
         ..ClientConfig::default()
     };
+    (api_url, client)
+}
+
+/// The API client's bounds and durations, checked together.
+fn client_bounds(
+    client: &mut ClientConfig,
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    cx: &Context,
+    p: &mut Vec<String>,
+) {
+    client.limits = api_limits(m, d, at, p);
     durations(
         crate::api::settings::DURATIONS,
         &cx.api,
-        &mut client,
+        client,
         m,
         d,
         at,
@@ -653,12 +674,13 @@ fn client(
     {
         p.push(e);
     }
-    // Last: every problem of the workspace is noted, whatever the URL.
-    Some(ClientConfig {
-        base_url: api_url?,
-        ..client
-    })
 }
+
+/// The order of the scheduler's rules in a file's problems.
+const FILE_RULE_ORDER: &[crate::poll::settings::PollRule] = {
+    use crate::poll::settings::PollRule::*;
+    &[FailureCodeGrace, Overlap, DedupHorizon, Interval]
+};
 
 /// The scheduler's settings, the fleet's judgement and breakdowns with them.
 fn poll(
@@ -668,27 +690,7 @@ fn poll(
     cx: &Context,
     p: &mut Vec<String>,
 ) -> PollConfig {
-    let mut fleet = cx.fleet.limits();
-    durations(
-        crate::fleet::settings::DURATIONS,
-        &cx.fleet,
-        &mut fleet,
-        m,
-        d,
-        at,
-        p,
-    );
-    fleet.per_agent_series = match setting(m, d, at, "heartbeat_series_max") {
-        None => 0,
-        Some((v, path)) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
-            p.push(format!(
-                "{path}: must be a whole number (0: no per-agent series)"
-            ));
-            0
-        }),
-    };
-    let breakdown = breakdown(m, d, at, p);
-    let mut poll = cx.poll.config(fleet, breakdown);
+    let mut poll = cx.poll.config(cx.fleet.limits(), Default::default());
     durations(
         crate::poll::settings::DURATIONS,
         &cx.poll,
@@ -702,6 +704,25 @@ fn poll(
     if setting(m, d, at, "agents_interval").is_none() {
         poll.agents_interval = poll.interval;
     }
+    durations(
+        crate::fleet::settings::DURATIONS,
+        &cx.fleet,
+        &mut poll.fleet,
+        m,
+        d,
+        at,
+        p,
+    );
+    poll.fleet.per_agent_series = match setting(m, d, at, "heartbeat_series_max") {
+        None => 0,
+        Some((v, path)) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
+            p.push(format!(
+                "{path}: must be a whole number (0: no per-agent series)"
+            ));
+            0
+        }),
+    };
+    poll.breakdown = breakdown(m, d, at, p);
     poll.max_agent_lookups = match setting(m, d, at, "max_agent_lookups") {
         None => poll.max_agent_lookups,
         Some((v, path)) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
@@ -709,7 +730,10 @@ fn poll(
             poll.max_agent_lookups
         }),
     };
-    for rule in poll.check() {
+    // The file has always listed these rules in this order (the flags
+    // stop at the first, most basic one).
+    let broken = poll.check();
+    for rule in FILE_RULE_ORDER.iter().filter(|r| broken.contains(r)) {
         p.push(rule.file_message(at));
     }
     poll
@@ -802,6 +826,40 @@ workspaces:
     agents_interval: 5m
     budget_share: 0.2
 "#;
+
+    /// A file with many problems lists them in the order the exporter
+    /// listed them before the settings moved into their modules (ae9b5e5):
+    /// a reader fixing them top to bottom meets the same list.
+    #[test]
+    fn a_files_problems_come_in_the_order_they_always_did() {
+        let text = r#"
+workspaces:
+  - name: a
+    api_key_env: KEY_B
+    api_url: ftp://x
+    overlap: 1s
+    dedup_horizon: 1s
+    failure_code_grace: 2h
+    poll_interval: 1ms
+    max_body_size: 1
+    breakdown: {max_values: 0}
+    labels: {job: x}
+"#;
+        let p = parse(text, Path::new("."), &env(), &FileLimits::default()).unwrap_err();
+        assert_eq!(
+            p.0,
+            [
+                "workspaces[0].api_url: must start with https:// (or http:// for the simulator)",
+                "workspaces[0].breakdown.max_values: must be from 1 to 10000",
+                "workspaces[0]: failure_code_grace must be shorter than dedup_horizon",
+                "workspaces[0]: overlap must be at least 5s, the API's visibility lag",
+                "workspaces[0]: dedup_horizon must be at least twice the overlap",
+                "workspaces[0]: poll_interval must be at least 1s",
+                "workspaces[0].max_body_size: must be at least 1KiB",
+                "workspaces[0].labels.job: the exporter sets this label itself; choose another name",
+            ]
+        );
+    }
 
     #[test]
     fn a_good_file_validates_with_defaults_and_overrides() {

@@ -101,10 +101,17 @@ pub fn lookup_share_ok(share: f64) -> bool {
 }
 
 impl ApiArgs {
-    /// The client these flags describe, checked; errors name the flags.
-    pub fn client(&self, key: Secret) -> Result<ClientConfig, String> {
+    /// `--api-url` without its trailing slashes, checked. The flags check it
+    /// before anything else (config.rs), so it has its own step.
+    pub fn url(&self) -> Result<String, String> {
         let url = self.api_url.trim_end_matches('/');
         check_url(url).map_err(|e| format!("--api-url {url:?}: {e}"))?;
+        Ok(url.to_string())
+    }
+
+    /// The client these flags describe, checked; errors name the flags.
+    pub fn client(&self, key: Secret) -> Result<ClientConfig, String> {
+        let url = self.url()?;
         if !budget_share_ok(self.budget_share) {
             return Err(format!(
                 "--api.budget-share {}: must be in (0, 1], e.g. 0.1 for 10 %",
@@ -121,7 +128,7 @@ impl ApiArgs {
             return Err("--api.max-attempts: must be at least 1".into());
         }
         let mut client = ClientConfig {
-            base_url: url.to_string(),
+            base_url: url,
             key,
             max_attempts: self.max_attempts,
             budget_share: self.budget_share,

@@ -161,3 +161,77 @@ impl PartialEq for PollConfig {
             && self.max_agent_lookups == o.max_agent_lookups
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// How many fields at the top of a `{:?}` print hold `value`.
+    fn top_level_fields_holding(debug: &str, value: &str) -> usize {
+        let (mut depth, mut n) = (0, 0);
+        for (i, c) in debug.char_indices() {
+            match c {
+                '{' | '(' | '[' => depth += 1,
+                '}' | ')' | ']' => depth -= 1,
+                ':' if depth == 1 => {
+                    let rest = debug[i + 1..].trim_start();
+                    let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
+                    n += usize::from(&rest[..end] == value);
+                }
+                _ => {}
+            }
+        }
+        n
+    }
+
+    /// A reload keeps a workspace running when its settings are equal, and
+    /// the comparison goes through the DURATIONS table: every duration of
+    /// the settings is a row of it, and a change of any setting a workspace
+    /// has (a duration, the fleet's judgement, the breakdowns, the lookups)
+    /// restarts it, while the exporter's own (storage, handoff) do not.
+    #[test]
+    fn a_reload_compares_every_setting_of_a_workspace() {
+        assert_eq!(
+            top_level_fields_holding(&format!("{:?}", PollConfig::default()), "0ns"),
+            DURATIONS.len(),
+            "a Duration of PollConfig is not in poll::settings::DURATIONS: the reload would not see it change"
+        );
+        let base = PollConfig {
+            max_agent_lookups: 3,
+            ..PollConfig::default()
+        };
+        for (key, _, field) in DURATIONS {
+            let mut changed = base.clone();
+            *field(&mut changed) += Duration::from_secs(1);
+            assert_ne!(base, changed, "{key}");
+        }
+        type Change = (&'static str, fn(&mut PollConfig));
+        let changes: [Change; 5] = [
+            ("fleet duration", |c| {
+                c.fleet.heartbeat_stale_after += Duration::from_secs(1)
+            }),
+            ("per-agent series", |c| c.fleet.per_agent_series += 1),
+            ("breakdown", |c| {
+                c.breakdown.provider = !c.breakdown.provider
+            }),
+            ("breakdown caps", |c| c.breakdown.max_values += 1),
+            ("lookups", |c| c.max_agent_lookups += 1),
+        ];
+        for (what, change) in changes {
+            let mut changed = base.clone();
+            change(&mut changed);
+            assert_ne!(base, changed, "{what}");
+        }
+        let exporters = PollConfig {
+            storage: Some(crate::storage::Storage {
+                cfg: crate::storage::StorageConfig::new("/nonexistent".into()),
+                shard: (0, 1),
+                swept: Arc::default(),
+            }),
+            handoff: Some(Arc::default()),
+            ..base.clone()
+        };
+        assert_eq!(base, exporters);
+    }
+}

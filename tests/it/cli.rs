@@ -510,6 +510,109 @@ fn version_names_the_revision_and_the_build_date() {
     );
 }
 
+/// build.rs, compiled on its own and run as cargo runs it: in `dir`, with
+/// `CARGO_MANIFEST_DIR` there. Its `cargo:` lines.
+fn build_script_in(script: &std::path::Path, dir: &std::path::Path, epoch: &str) -> Vec<String> {
+    let out = std::process::Command::new(script)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("CARGO_MANIFEST_DIR", dir)
+        .env("SOURCE_DATE_EPOCH", epoch)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The revision is this package's repository's, or "unknown": a source
+/// tarball unpacked inside some other git repository (a packaging tree, a
+/// home directory kept in git) took that repository's HEAD. The build
+/// reruns on this branch's commits, not on any branch's (every commit in
+/// another worktree rebuilt this one), and SOURCE_DATE_EPOCH sets the date.
+#[test]
+fn version_revision_is_the_packages_own_repository_or_unknown() {
+    let (Some(git), Some(rustc)) = (
+        crate::util::require_tool("git"),
+        crate::util::require_tool("rustc"),
+    ) else {
+        return;
+    };
+    let d = crate::util::temp_dir("buildrs");
+    let script = d.join("build-script");
+    let built = std::process::Command::new(&rustc)
+        .args(["--edition", "2021", "-o"])
+        .arg(&script)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/build.rs"))
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let repo = d.join("repo");
+    let tarball = repo.join("unpacked");
+    std::fs::create_dir_all(&tarball).unwrap();
+    std::fs::write(repo.join("tracked"), "x").unwrap();
+    std::fs::write(tarball.join("Cargo.toml"), "").unwrap();
+    let git_in = |args: &[&str]| {
+        let o = std::process::Command::new(&git)
+            .current_dir(&repo)
+            .env("HOME", &repo)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {o:?}");
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    git_in(&["init", "-q", "-b", "trunk"]);
+    git_in(&["add", "tracked"]);
+    git_in(&["commit", "-q", "-m", "one"]);
+    let head = git_in(&["rev-parse", "--short=12", "HEAD"]);
+
+    let own = build_script_in(&script, &repo, "951782400");
+    assert!(
+        own.contains(&format!("cargo:rustc-env=CLAWMESH_GIT_REVISION={head}")),
+        "{own:?}"
+    );
+    assert!(
+        own.contains(&"cargo:rustc-env=CLAWMESH_BUILD_DATE=2000-02-29".to_string()),
+        "{own:?}"
+    );
+    let watched: Vec<&String> = own
+        .iter()
+        .filter(|l| l.starts_with("cargo:rerun-if-changed="))
+        .collect();
+    assert!(
+        watched.iter().any(|l| l.ends_with("refs/heads/trunk")),
+        "{watched:?}"
+    );
+    assert!(
+        !watched.iter().any(|l| l.ends_with("refs/heads")),
+        "the whole refs/heads is watched: {watched:?}"
+    );
+
+    let inside = build_script_in(&script, &tarball, "0");
+    assert!(
+        inside.contains(&"cargo:rustc-env=CLAWMESH_GIT_REVISION=unknown".to_string()),
+        "a tarball inside another repository took its revision: {inside:?}"
+    );
+    assert!(
+        inside.contains(&"cargo:rustc-env=CLAWMESH_BUILD_DATE=1970-01-01".to_string()),
+        "{inside:?}"
+    );
+    assert!(
+        !inside.iter().any(|l| l.contains(".git")),
+        "the other repository's files are watched: {inside:?}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// The demo's banner, up to its last line, and the demo still running.
 fn demo_banner(extra: &[&str]) -> (std::process::Child, Vec<String>) {
     use std::io::BufRead;

@@ -481,3 +481,126 @@ async fn webhook_ids_longer_than_the_limit_are_refused_and_not_remembered() {
     );
     exporter.shutdown().await;
 }
+
+/// A SIGHUP with the file unchanged keeps the workspace running as it is
+/// (no new key check, no counter lower); one that changes a duration
+/// applies it. The reload's comparison and the file reader both go through
+/// the modules' DURATIONS tables since the settings moved into the modules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_keeps_an_unchanged_workspace_and_applies_a_changed_poll_interval() {
+    let sim = quiet_workspace_sim("ws_op", 43).await;
+    let e = Exporter::start("reload-durations", &sim).await;
+    const RELOADED: &str = "clawmesh_exporter_config_last_reload_success_timestamp_seconds";
+    let tasks_synced = |m: &std::collections::BTreeMap<String, f64>| {
+        value(
+            m,
+            "clawmesh_last_sync_timestamp_seconds",
+            &[("workspace", "ws_op"), ("resource", "tasks")],
+        )
+    };
+    // Reload with `text` as the file; the scrape once the reload is done
+    // and the workspace is up.
+    let reload = |text: Option<String>| {
+        let e = &e;
+        async move {
+            let before = e.scrape().await.and_then(|m| value(&m, RELOADED, &[]));
+            match text {
+                Some(t) => std::fs::write(e.config(), t).unwrap(),
+                None => e.write_good(),
+            }
+            e.signal("-HUP");
+            let after = std::sync::Mutex::new(None);
+            wait_for(Duration::from_secs(30), "the reload", || {
+                let after = &after;
+                async move {
+                    let Some(m) = e.scrape().await else {
+                        return false;
+                    };
+                    let done = value(&m, RELOADED, &[]) > before
+                        && value(&m, "clawmesh_up", &[("workspace", "ws_op")]) == Some(1.0);
+                    if done {
+                        *after.lock().unwrap() = Some(m);
+                    }
+                    done
+                }
+            })
+            .await;
+            let m = after.lock().unwrap().take();
+            m.unwrap()
+        }
+    };
+    // Let a sync or two pass so the counters have values to keep.
+    wait_for(Duration::from_secs(30), "a task sync", || async {
+        e.scrape().await.is_some_and(|m| tasks_synced(&m).is_some())
+    })
+    .await;
+    let m0 = e.scrape().await.unwrap();
+    let m1 = reload(None).await;
+    for (series, v0) in m0.iter().filter(|(k, _)| {
+        k.starts_with("clawmesh_api_requests_total{")
+            || k.starts_with("clawmesh_tasks_finished_total{")
+    }) {
+        let v1 = m1.get(series).copied().unwrap_or(0.0);
+        assert!(
+            v1 >= *v0,
+            "{series} went from {v0} to {v1} on an unchanged reload"
+        );
+    }
+    let key_checks = |m: &std::collections::BTreeMap<String, f64>| {
+        value(
+            m,
+            "clawmesh_api_requests_total",
+            &[("endpoint", "/auth/token")],
+        )
+    };
+    assert_eq!(
+        key_checks(&m1),
+        key_checks(&m0),
+        "an unchanged reload restarted the workspace (its key was checked again)"
+    );
+
+    let file = |interval: &str| {
+        format!(
+            "workspaces:\n  - name: a\n    api_url: {}\n    api_key_file: key\n    poll_interval: {interval}\n    overlap: 5s\n",
+            sim.url()
+        )
+    };
+    // 1h: after the restarted slot's first sync, no other for a while.
+    reload(Some(file("1h"))).await;
+    let seen = std::sync::Mutex::new(None);
+    wait_for(Duration::from_secs(30), "the first sync at 1h", || {
+        let seen = &seen;
+        let e = &e;
+        async move {
+            // A sync of the restarted slot: started after the reload.
+            let Some(m) = e.scrape().await else {
+                return false;
+            };
+            let t = tasks_synced(&m).filter(|t| Some(*t) >= value(&m, RELOADED, &[]));
+            *seen.lock().unwrap() = t;
+            t.is_some()
+        }
+    })
+    .await;
+    let first = seen.lock().unwrap().take();
+    let again = holds_within(Duration::from_secs(3), || async {
+        e.scrape().await.as_ref().and_then(tasks_synced) > first
+    })
+    .await;
+    assert!(!again, "tasks synced again within 3s at poll_interval 1h");
+    // Back to 1s: two more syncs follow within seconds.
+    reload(Some(file("1s"))).await;
+    wait_for(
+        Duration::from_secs(30),
+        "syncs every second again",
+        || async {
+            e.scrape()
+                .await
+                .as_ref()
+                .and_then(tasks_synced)
+                .zip(first)
+                .is_some_and(|(t, f)| t >= f + 2.0)
+        },
+    )
+    .await;
+}
