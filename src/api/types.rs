@@ -884,7 +884,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod attack2 {
+mod metric_numbers {
     use super::*;
 
     fn task_json(metrics: &str) -> String {
