@@ -454,7 +454,7 @@ fn api_limits(
 /// (or `defaults:`) sets, else the flag's default.
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn durations<A, C>(
-    table: &[(&str, fn(&A) -> Duration, fn(&mut C) -> &mut Duration)],
+    table: &crate::units::DurationRows<A, C>,
     flags: &A,
     cfg: &mut C,
     m: &serde_norway::Mapping,

@@ -1,4 +1,24 @@
-//! Sizes as flags and the configuration file write them.
+//! Sizes as flags and the configuration file write them, and the one shape
+//! of a module's table of per-workspace durations.
+
+use std::time::Duration;
+
+/// A module's per-workspace durations, a row each: the config-file key, the
+/// flag's value, and the setting both fill. The flags, the config file and
+/// a reload's comparison go through the same rows, so a new duration is a
+/// flag, a field and a row.
+pub type DurationRows<A, C> = [(
+    &'static str,
+    fn(&A) -> Duration,
+    fn(&mut C) -> &mut Duration,
+)];
+
+/// Every duration of `rows` from the flags into `cfg`.
+pub fn fill_durations<A, C>(rows: &DurationRows<A, C>, flags: &A, cfg: &mut C) {
+    for (_, flag, field) in rows {
+        *field(cfg) = flag(flags);
+    }
+}
 
 /// A size in bytes: a whole number with an optional unit, `B`, `KiB`,
 /// `MiB`, `GiB` (or `KB`, `MB`, `GB`, powers of ten; any case): `8MiB`,

@@ -3,6 +3,7 @@
 
 use super::{ApiLimits, ClientConfig};
 use crate::secret::Secret;
+use crate::units::{fill_durations, DurationRows};
 use clap::Args;
 use std::time::Duration;
 
@@ -62,12 +63,7 @@ pub struct ApiArgs {
 /// The client's per-workspace durations: the config-file key, the flag's
 /// value, and the setting both fill. The file reader and the flags go
 /// through this table, so a new duration is a flag, a field and a row.
-#[allow(clippy::type_complexity)]
-pub const DURATIONS: &[(
-    &str,
-    fn(&ApiArgs) -> Duration,
-    fn(&mut ClientConfig) -> &mut Duration,
-)] = &[
+pub const DURATIONS: &DurationRows<ApiArgs, ClientConfig> = &[
     ("timeout", |a| a.api_timeout, |c| &mut c.request_timeout),
     (
         "max_retry_after",
@@ -142,9 +138,7 @@ impl ApiArgs {
             },
             ..ClientConfig::default()
         };
-        for (_, flag, field) in DURATIONS {
-            *field(&mut client) = flag(self);
-        }
+        fill_durations(DURATIONS, self, &mut client);
         client.limits.check(|f| format!("--api.{f}"))?;
         Ok(client)
     }

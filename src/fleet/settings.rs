@@ -3,6 +3,7 @@
 //! `--breakdown.*`, with the table the config file reads them through.
 
 use super::{breakdown_patterns, BreakdownConfig, FleetLimits};
+use crate::units::{fill_durations, DurationRows};
 use clap::Args;
 use std::time::Duration;
 
@@ -38,12 +39,7 @@ pub struct FleetArgs {
 /// The fleet's per-workspace durations: the config-file key, the flag's
 /// value, and the setting both fill. The file reader and the flags go
 /// through this table.
-#[allow(clippy::type_complexity)]
-pub const DURATIONS: &[(
-    &str,
-    fn(&FleetArgs) -> Duration,
-    fn(&mut FleetLimits) -> &mut Duration,
-)] = &[
+pub const DURATIONS: &DurationRows<FleetArgs, FleetLimits> = &[
     (
         "unknown_status_ttl",
         |a| a.unknown_status_ttl,
@@ -77,9 +73,7 @@ impl FleetArgs {
             },
             ..FleetLimits::default()
         };
-        for (_, flag, field) in DURATIONS {
-            *field(&mut limits) = flag(self);
-        }
+        fill_durations(DURATIONS, self, &mut limits);
         limits
     }
 }

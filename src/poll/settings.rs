@@ -4,6 +4,7 @@
 
 use super::PollConfig;
 use crate::fleet::{BreakdownConfig, FleetLimits};
+use crate::units::{fill_durations, DurationRows};
 use clap::Args;
 use std::time::Duration;
 
@@ -40,12 +41,7 @@ pub struct PollArgs {
 /// flag's value, and the setting both fill. The file reader, the flags and
 /// the reload comparison go through this table, so a new duration is a
 /// flag, a field and a row.
-#[allow(clippy::type_complexity)]
-pub const DURATIONS: &[(
-    &str,
-    fn(&PollArgs) -> Duration,
-    fn(&mut PollConfig) -> &mut Duration,
-)] = &[
+pub const DURATIONS: &DurationRows<PollArgs, PollConfig> = &[
     ("poll_interval", |a| a.poll_interval, |c| &mut c.interval),
     // The file's default is the workspace's own poll_interval (config_file).
     (
@@ -75,9 +71,7 @@ impl PollArgs {
             max_agent_lookups: self.breakdown_max_agent_lookups,
             ..PollConfig::default()
         };
-        for (_, flag, field) in DURATIONS {
-            *field(&mut cfg) = flag(self);
-        }
+        fill_durations(DURATIONS, self, &mut cfg);
         cfg
     }
 }
