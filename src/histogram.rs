@@ -21,6 +21,118 @@ pub struct Histogram {
     sum: f64,
     count: u64,
     exponential: Exponential,
+    /// The latest observation per bucket that named its task.
+    exemplars: Exemplars,
+}
+
+/// The label an exemplar names its task by.
+pub const EXEMPLAR_LABEL: &str = "task_id";
+/// OpenMetrics caps an exemplar's label names and values at 128 UTF-8
+/// characters together.
+pub const EXEMPLAR_MAX_LABEL_CHARS: usize = 128;
+
+/// One observation shown beside the bucket (or counter) it counted in:
+/// which task, its value, and when the exporter counted it (Unix seconds,
+/// the exporter's clock, so that a scraper sees them in order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    pub task_id: Box<str>,
+    pub value: f64,
+    pub at: f64,
+}
+
+impl Exemplar {
+    /// `None` for an id past the OpenMetrics cap: a cut id would name
+    /// another task, and a scraper refuses a longer label set.
+    pub fn new(task_id: &str, value: f64, at: f64) -> Option<Exemplar> {
+        let chars = EXEMPLAR_LABEL.len() + task_id.chars().count();
+        (chars <= EXEMPLAR_MAX_LABEL_CHARS && value.is_finite() && at.is_finite()).then(|| {
+            Exemplar {
+                task_id: task_id.into(),
+                value,
+                at,
+            }
+        })
+    }
+
+    /// The later of two (`self` on a tie).
+    fn newest<'a>(a: &'a Option<Exemplar>, b: &'a Option<Exemplar>) -> &'a Option<Exemplar> {
+        match (a, b) {
+            (Some(x), Some(y)) if y.at > x.at => b,
+            (None, Some(_)) => b,
+            _ => a,
+        }
+    }
+}
+
+/// The exemplar of each bucket, allocated at the first one. Two
+/// histograms are equal (and print alike) when they hold the same
+/// observations: which task illustrates a bucket is a sample of them, not
+/// part of the count, and a checkpoint does not keep it (a restart shows
+/// none until a task falls in the bucket again).
+#[derive(Clone, Default)]
+pub struct Exemplars(Option<Box<[Option<Exemplar>]>>);
+
+impl PartialEq for Exemplars {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Exemplars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("_")
+    }
+}
+
+/// The latest event of a counter that named its task; like [`Exemplars`],
+/// equal to any other and not kept by a checkpoint.
+#[derive(Clone, Default)]
+pub struct LatestExemplar(pub Option<Exemplar>);
+
+impl PartialEq for LatestExemplar {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for LatestExemplar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("_")
+    }
+}
+
+impl LatestExemplar {
+    /// Keep the later of the two (`self` on a tie).
+    pub fn merge(&mut self, other: &LatestExemplar) {
+        if let Some(theirs) = &other.0 {
+            if self.0.as_ref().is_none_or(|ours| theirs.at > ours.at) {
+                self.0 = Some(theirs.clone());
+            }
+        }
+    }
+}
+
+impl Exemplars {
+    fn set(&mut self, slots: usize, i: usize, e: Exemplar) {
+        let v = self.0.get_or_insert_with(|| vec![None; slots].into());
+        if let Some(slot) = v.get_mut(i) {
+            *slot = Some(e);
+        }
+    }
+
+    /// Per slot the later of the two.
+    fn merge(&mut self, other: &Exemplars) {
+        let Some(theirs) = &other.0 else { return };
+        match &mut self.0 {
+            None => self.0 = Some(theirs.clone()),
+            Some(ours) => {
+                for (a, b) in ours.iter_mut().zip(theirs.iter()) {
+                    *a = Exemplar::newest(a, b).clone();
+                }
+            }
+        }
+    }
 }
 
 impl Histogram {
@@ -31,10 +143,16 @@ impl Histogram {
             sum: 0.0,
             count: 0,
             exponential: Exponential::default(),
+            exemplars: Exemplars::default(),
         }
     }
 
     pub fn observe(&mut self, v: f64) {
+        self.observe_as(v, None);
+    }
+
+    /// Observe `v`, and show `exemplar` (if any) as its bucket's latest.
+    pub fn observe_as(&mut self, v: f64, exemplar: Option<&Exemplar>) {
         if !v.is_finite() {
             return;
         }
@@ -43,6 +161,19 @@ impl Histogram {
         self.sum += v;
         self.count += 1;
         self.exponential.record(v);
+        if let Some(e) = exemplar {
+            self.exemplars.set(self.counts.len(), i, e.clone());
+        }
+    }
+
+    /// `(bucket, exemplar)`: the latest observation that named its task,
+    /// per bucket that has one; bucket `bounds().len()` is `+Inf`.
+    pub fn exemplars(&self) -> impl Iterator<Item = (usize, &Exemplar)> + '_ {
+        self.exemplars
+            .0
+            .iter()
+            .flat_map(|v| v.iter().enumerate())
+            .filter_map(|(i, e)| Some((i, e.as_ref()?)))
     }
 
     pub fn bounds(&self) -> &'static [f64] {
@@ -86,6 +217,7 @@ impl Histogram {
         self.sum = (self.sum + other.sum).clamp(-f64::MAX, f64::MAX);
         self.count = self.count.saturating_add(other.count);
         self.exponential.merge(&other.exponential);
+        self.exemplars.merge(&other.exemplars);
     }
 
     /// The observations this one holds beyond `earlier` (which must be a
@@ -101,6 +233,7 @@ impl Histogram {
             sum: (self.sum - earlier.sum).max(0.0),
             count: self.count.checked_sub(earlier.count)?,
             exponential: self.exponential.since(&earlier.exponential)?,
+            exemplars: self.exemplars.clone(),
         })
     }
 }
@@ -185,6 +318,7 @@ impl Histogram {
                     counts: s.negative.1,
                 },
             },
+            exemplars: Exemplars::default(),
         })
     }
 }
@@ -439,6 +573,38 @@ fn map_to_index(v: f64, scale: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_bucket_shows_its_latest_exemplar_and_a_fold_keeps_the_later() {
+        let mut a = Histogram::new(&[1.0, 10.0]);
+        let e = |id: &str, v: f64, at: f64| Exemplar::new(id, v, at);
+        a.observe_as(0.5, e("t1", 0.5, 100.0).as_ref());
+        a.observe_as(1.0, e("t2", 1.0, 101.0).as_ref());
+        a.observe_as(50.0, e("t3", 50.0, 102.0).as_ref());
+        a.observe(5.0);
+        let shown: Vec<(usize, &str)> = a.exemplars().map(|(i, x)| (i, &*x.task_id)).collect();
+        // le is inclusive: 1.0 is in the first bucket, after 0.5; +Inf is slot 2.
+        assert_eq!(shown, [(0, "t2"), (2, "t3")]);
+        let mut b = Histogram::new(&[1.0, 10.0]);
+        b.observe_as(0.7, e("t4", 0.7, 99.0).as_ref());
+        b.observe_as(7.0, e("t5", 7.0, 98.0).as_ref());
+        a.merge(&b);
+        let shown: Vec<(usize, &str)> = a.exemplars().map(|(i, x)| (i, &*x.task_id)).collect();
+        assert_eq!(shown, [(0, "t2"), (1, "t5"), (2, "t3")]);
+        // Exemplars are not part of the count: a restored copy is equal.
+        assert_eq!(Histogram::restore(&[1.0, 10.0], a.save()).unwrap(), a);
+    }
+
+    #[test]
+    fn an_exemplar_id_past_the_openmetrics_cap_is_not_shown_cut() {
+        let fits = "x".repeat(EXEMPLAR_MAX_LABEL_CHARS - EXEMPLAR_LABEL.len());
+        assert!(Exemplar::new(&fits, 1.0, 1.0).is_some());
+        assert!(Exemplar::new(&format!("{fits}y"), 1.0, 1.0).is_none());
+        // Characters, not bytes.
+        let wide = "é".repeat(EXEMPLAR_MAX_LABEL_CHARS - EXEMPLAR_LABEL.len());
+        assert!(Exemplar::new(&wide, 1.0, 1.0).is_some());
+        assert!(Exemplar::new("t", f64::NAN, 1.0).is_none());
+    }
 
     #[test]
     fn le_is_inclusive() {

@@ -5,7 +5,7 @@
 //! (a slice's counters) and `saved.rs` (the fleet's counters), which all use
 //! them.
 
-use crate::histogram::{Histogram, SavedHistogram};
+use crate::histogram::{Histogram, LatestExemplar, SavedHistogram};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -67,6 +67,10 @@ pub struct Counters {
     pub run_seconds: Histogram,
     /// (resource, reason) -> sightings refused whole or in part.
     pub rejected: BTreeMap<(&'static str, &'static str), u64>,
+    /// The latest failed task counted, shown beside
+    /// `clawmesh_tasks_finished_total{status="failed"}`; like a
+    /// histogram's exemplars, not kept by a checkpoint.
+    pub last_failed: LatestExemplar,
 }
 
 impl Default for Counters {
@@ -83,6 +87,7 @@ impl Default for Counters {
                 .iter()
                 .flat_map(|r| REJECT_REASONS.iter().map(move |why| ((*r, *why), 0)))
                 .collect(),
+            last_failed: LatestExemplar::default(),
         }
     }
 }
@@ -106,6 +111,7 @@ impl Counters {
             let e = self.rejected.entry(*k).or_default();
             *e = e.saturating_add(*n);
         }
+        self.last_failed.merge(&other.last_failed);
     }
 
     /// What this counted beyond `earlier`; `None` when `earlier` is not a
@@ -132,6 +138,7 @@ impl Counters {
             queue_seconds: self.queue_seconds.since(&earlier.queue_seconds)?,
             run_seconds: self.run_seconds.since(&earlier.run_seconds)?,
             rejected,
+            last_failed: self.last_failed.clone(),
         })
     }
 

@@ -29,6 +29,7 @@ pub use snapshot::{
 
 use crate::api::clock::ApiTime;
 use crate::api::types::{Agent, Progress, Task, TaskStatus, Timestamp};
+use crate::histogram::Exemplar;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -738,7 +739,8 @@ impl Fleet {
         }
         if let (false, Some(v)) = (marks.run, m.run_seconds) {
             if !absurd(Some(v)) {
-                self.add(slice, |c| c.run_seconds.observe(v));
+                let e = Exemplar::new(t.id.as_str(), v, host_now());
+                self.add(slice, |c| c.run_seconds.observe_as(v, e.as_ref()));
             }
             marks.run = true;
         }
@@ -773,8 +775,14 @@ impl Fleet {
         }
         let slice = self.slice_of(t);
         let status = t.status.name();
+        let failed = (t.status == TaskStatus::Failed)
+            .then(|| Exemplar::new(t.id.as_str(), 1.0, host_now()))
+            .flatten();
         self.add(slice, |c| {
-            *c.finished.entry(status.to_string()).or_default() += 1
+            *c.finished.entry(status.to_string()).or_default() += 1;
+            if failed.is_some() {
+                c.last_failed.0.clone_from(&failed);
+            }
         });
         // A task created and finished between two polls was never open
         // here: its queue time is observed now, once.
@@ -1132,4 +1140,10 @@ impl Fleet {
             .take(max)
             .collect()
     }
+}
+
+/// When an exemplar was counted: the exporter's clock (Unix seconds), so
+/// that a scraper sees a bucket's exemplars in order whatever the API's.
+fn host_now() -> f64 {
+    Timestamp::host_now().as_secs_f64()
 }

@@ -5,7 +5,7 @@
 //! golden test, and a row in `docs/metrics.md` (a test keeps them in step).
 
 use crate::fleet::Snapshot;
-use crate::histogram::Histogram;
+use crate::histogram::{Exemplar, Histogram};
 
 mod process;
 
@@ -40,6 +40,9 @@ pub struct Sample<'a> {
     pub labels: Vec<String>,
     pub value: Value<'a>,
     pub by: By<'a>,
+    /// A counter's latest event that named its task (a histogram carries
+    /// its own, per bucket).
+    pub exemplar: Option<&'a Exemplar>,
 }
 
 /// A sample's breakdown values, borrowed from its group: every sample of a
@@ -86,6 +89,7 @@ fn num<'a>(labels: &[&str], v: f64) -> Sample<'a> {
         labels: labels.iter().map(|s| s.to_string()).collect(),
         value: Value::Number(v),
         by: By::default(),
+        exemplar: None,
     }
 }
 
@@ -107,6 +111,7 @@ fn hist(h: &Histogram) -> Sample<'_> {
         labels: vec![],
         value: Value::Histogram(h),
         by: By::default(),
+        exemplar: None,
     }
 }
 
@@ -224,7 +229,14 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         labels: &["status"],
         collect: |s, out| {
             for g in &s.task_groups {
-                grouped(out, &g.by, |out| per_name(out, &g.counters.finished));
+                grouped(out, &g.by, |out| {
+                    let from = out.len();
+                    per_name(out, &g.counters.finished);
+                    // The latest failed task, beside the failed count.
+                    if let Some(x) = out[from..].iter_mut().find(|x| x.labels[0] == "failed") {
+                        x.exemplar = g.counters.last_failed.0.as_ref();
+                    }
+                });
             }
         },
     },
@@ -366,7 +378,7 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
         stability: Stability::Stable,
         labels: &["endpoint"],
         collect: |s, out| {
-            out.extend(s.api.durations.iter().map(|(e, h)| Sample { labels: vec![e.clone()], value: Value::Histogram(h), by: By::default() }))
+            out.extend(s.api.durations.iter().map(|(e, h)| Sample { labels: vec![e.clone()], value: Value::Histogram(h), by: By::default(), exemplar: None }))
         },
     },
     Family {

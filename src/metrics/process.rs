@@ -73,6 +73,9 @@ pub struct ProcessInfo {
     /// Owned, but standing by: another exporter process holds their
     /// checkpoint (`poll::spawn`).
     pub workspaces_standby: usize,
+    /// When the process started (Unix seconds): the start of the counters
+    /// that are the process's own.
+    pub started_at: f64,
     /// Whether the last reload of the config file worked (true before any).
     pub reload_ok: bool,
     /// Unix seconds of the last successful (re)load of the configuration.
@@ -96,6 +99,7 @@ impl Default for ProcessInfo {
             workspaces_configured: 0,
             workspaces_owned: 0,
             workspaces_standby: 0,
+            started_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
             reload_ok: true,
             reload_success_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
             webhook_unattributed: None,
@@ -152,6 +156,7 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
                 labels: vec![p.shard.index.to_string(), p.shard.total.to_string()],
                 value: Value::Number(1.0),
                 by: By::default(),
+                exemplar: None,
             })
         },
     },
