@@ -7,7 +7,7 @@
 
 use clawmesh_exporter::api::types::{Agent, Task, TaskError, TaskMetrics, TaskStatus, Timestamp};
 use clawmesh_exporter::api::ApiStats;
-use clawmesh_exporter::expose::{render, Exposition};
+use clawmesh_exporter::expose::{render, Exposition, Format, Options};
 use clawmesh_exporter::fleet::{Fleet, Health};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -182,13 +182,23 @@ fn main() {
         let snap = fleet.snapshot("ws_bench", ts(200), health.clone(), ApiStats::default());
         bench("render /metrics (into gzip) for one workspace", 200, || {
             black_box(Exposition::render(
+                Format::Text,
+                &Options::default(),
                 &Default::default(),
                 black_box(std::slice::from_ref(&snap)),
                 0,
+                false,
             ));
         });
         let text = render(&Default::default(), std::slice::from_ref(&snap));
-        let e = Exposition::render(&Default::default(), std::slice::from_ref(&snap), 0);
+        let e = Exposition::render(
+            Format::Text,
+            &Options::default(),
+            &Default::default(),
+            std::slice::from_ref(&snap),
+            0,
+            false,
+        );
         println!(
             "  (series {}, text {} bytes, gzip {} bytes)",
             text.lines().filter(|l| !l.starts_with('#')).count(),

@@ -15,11 +15,56 @@ use std::borrow::Borrow;
 use std::fmt::Write as _;
 use std::io::Write;
 
-/// One rendered exposition, gzipped, shared by every scrape until the next
-/// sync replaces it.
+/// The formats /metrics speaks, chosen by the scraper's `Accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Format {
+    /// Prometheus text 0.0.4: the default, for anything else (curl).
+    Text,
+    /// OpenMetrics 1.0.0 text: exemplars and `_created`.
+    OpenMetrics,
+    /// Prometheus protobuf (`io.prometheus.client.MetricFamily`, varint
+    /// delimited): native histograms, exemplars and created timestamps.
+    Protobuf,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::Text, Format::OpenMetrics, Format::Protobuf];
+
+    /// The answer's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Protobuf => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+            }
+        }
+    }
+}
+
+/// What a render shows beyond the numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Exemplars (task ids) in the formats that carry them
+    /// (`--web.exemplars`).
+    pub exemplars: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { exemplars: true }
+    }
+}
+
+/// One rendered exposition in one format, gzipped (and as it is, when a
+/// scraper without gzip asked for it), shared by every scrape until the
+/// next sync replaces it.
 #[derive(Debug, Clone, Default)]
 pub struct Exposition {
     pub gzip: Bytes,
+    /// The bytes as they are, kept only when asked for
+    /// ([`Exposition::render`]'s `identity`).
+    pub identity: Option<Bytes>,
     /// Bytes of the text inflated.
     pub text_len: usize,
 }
@@ -31,26 +76,37 @@ impl Exposition {
     /// Renders the exposition (see [`render`]) straight into gzip; `hint`
     /// is about how long the gzip will be (the last render's), reserved so
     /// that it does not grow by doubling.
+    /// `identity`: keep the bytes as they are too (a scraper without gzip
+    /// asked for this format).
+    // TODO(formats): OpenMetrics and protobuf; every format is text for now.
     pub fn render<S: Borrow<Snapshot>>(
+        _format: Format,
+        _options: &Options,
         process: &ProcessInfo,
         snapshots: &[S],
         hint: usize,
+        identity: bool,
     ) -> Self {
         let mut gz = flate2::write::GzEncoder::new(
             Vec::with_capacity(hint + hint / 16),
             flate2::Compression::fast(),
         );
         let mut text_len = 0;
+        let mut plain = Vec::new();
         // Writing into a Vec cannot fail.
         render_with(process, snapshots, |piece| {
             text_len += piece.len();
             let _ = gz.write_all(piece.as_bytes());
+            if identity {
+                plain.extend_from_slice(piece.as_bytes());
+            }
         });
         let mut gzip = gz.finish().unwrap_or_default();
         // Held until the next render: no spare capacity kept with it.
         gzip.shrink_to_fit();
         Exposition {
             gzip: Bytes::from(gzip),
+            identity: identity.then(|| Bytes::from(plain)),
             text_len,
         }
     }

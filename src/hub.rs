@@ -8,7 +8,7 @@
 //! handed over, and sets its own part, the OTLP pusher's health, on the
 //! joined snapshots it holds. The renderers read only those.
 
-use crate::expose::Exposition;
+use crate::expose::{Exposition, Format, Options};
 use crate::fleet::{ExportHealth, Parts, Snapshot};
 use crate::metrics::ProcessInfo;
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,7 +86,14 @@ impl State {
 impl Default for Hub {
     fn default() -> Self {
         let state = State::default();
-        let e = Exposition::render::<Snapshot>(&state.process, &[], 0);
+        let e = Exposition::render::<Snapshot>(
+            Format::Text,
+            &Options::default(),
+            &state.process,
+            &[],
+            0,
+            false,
+        );
         Hub {
             state: Mutex::new(state),
             exposition: RwLock::new(Arc::new(e)),
@@ -213,7 +220,14 @@ impl Hub {
         let list = st.all_snapshots();
         *self.http_rendered.lock().unwrap_or_else(|p| p.into_inner()) = self.http.snapshot();
         let last = self.exposition().gzip.len();
-        let e = Arc::new(Exposition::render(&self.process_view(st), &list, last));
+        let e = Arc::new(Exposition::render(
+            Format::Text,
+            &Options::default(),
+            &self.process_view(st),
+            &list,
+            last,
+            false,
+        ));
         *self.exposition.write().unwrap_or_else(|p| p.into_inner()) = e;
     }
 

@@ -13,7 +13,7 @@
 //! figures BENCHMARKS.md quotes.
 
 use clawmesh_exporter::api::types::Timestamp;
-use clawmesh_exporter::expose::{render, Exposition};
+use clawmesh_exporter::expose::{render, Exposition, Format, Options};
 use clawmesh_exporter::fleet::{
     AgentGroup, Counters, Fleet, Health, Snapshot, TaskGroup, AGENT_STATUSES,
 };
@@ -126,7 +126,14 @@ fn render_held(snap: &Snapshot) -> (Exposition, usize) {
     let process = ProcessInfo::default();
     let base = LIVE.with(Cell::get);
     PEAK.with(|p| p.set(base));
-    let e = Exposition::render(&process, std::slice::from_ref(snap), 0);
+    let e = Exposition::render(
+        Format::Text,
+        &Options::default(),
+        &process,
+        std::slice::from_ref(snap),
+        0,
+        false,
+    );
     let peak = PEAK.with(Cell::get) - base;
     (e.clone(), peak.saturating_sub(e.gzip.len()))
 }

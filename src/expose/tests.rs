@@ -168,7 +168,14 @@ fn every_family_is_documented_in_docs_metrics_md() {
 #[test]
 fn gzip_round_trips() {
     use std::io::Read;
-    let e = Exposition::render(&process(), &[sample_snapshot()], 0);
+    let e = Exposition::render(
+        Format::Text,
+        &Options::default(),
+        &process(),
+        &[sample_snapshot()],
+        0,
+        false,
+    );
     let mut out = String::new();
     flate2::read::GzDecoder::new(&e.gzip[..])
         .read_to_string(&mut out)
