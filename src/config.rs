@@ -106,6 +106,9 @@ pub struct RunArgs {
         default_value = "/metrics"
     )]
     pub telemetry_path: String,
+    /// Show no exemplars (the task ids beside duration buckets and failed counts) in OpenMetrics and protobuf scrapes.
+    #[arg(long = "web.disable-exemplars", env = "CLAWMESH_WEB_DISABLE_EXEMPLARS")]
+    pub disable_exemplars: bool,
     #[command(flatten)]
     pub poll: PollArgs,
     #[command(flatten)]
@@ -194,6 +197,8 @@ pub struct Config {
     pub enable_lifecycle: bool,
     pub listen: SocketAddr,
     pub telemetry_path: String,
+    /// What /metrics shows beyond the numbers (exemplars).
+    pub exposition: crate::expose::Options,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     /// OTLP push; `None` when off.
@@ -318,6 +323,9 @@ impl RunArgs {
             enable_lifecycle: self.enable_lifecycle,
             listen,
             telemetry_path: path.clone(),
+            exposition: crate::expose::Options {
+                exemplars: !self.disable_exemplars,
+            },
             log_level: self.log_level,
             log_format: self.log_format,
             otlp,

@@ -59,7 +59,7 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
     // Before anything can take time: a SIGHUP during the key checks must
     // not kill the process (the default action); it reloads once started.
     let hangups = Hangups::listen();
-    let hub = Hub::new();
+    let hub = Arc::new(Hub::with_options(cfg.exposition));
     let addr = listener.local_addr().map_err(StartError::Listen)?;
     let (stop, stop_rx) = watch::channel(false);
     // Webhooks: on the main listener, so they share its TLS and basic auth.

@@ -13,11 +13,48 @@ use crate::fleet::{ExportHealth, Parts, Snapshot};
 use crate::metrics::ProcessInfo;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// A format (or its bytes as they are) not asked for in this long is no
+/// longer rendered at each sync; the next ask renders it again. Longer
+/// than any scrape interval.
+pub const ASKED_WITHIN: Duration = Duration::from_secs(600);
+
+/// One render of each format, by [`Format`] index.
+type Expositions = [Option<Arc<Exposition>>; 3];
+
+/// When a format was last asked for.
+#[derive(Debug, Default, Clone, Copy)]
+struct Asked {
+    any: Option<Instant>,
+    /// Without gzip: the bytes as they are are kept too.
+    identity: Option<Instant>,
+}
+
+impl Asked {
+    fn recent(at: Option<Instant>) -> bool {
+        at.is_some_and(|t| t.elapsed() < ASKED_WITHIN)
+    }
+}
+
+fn slot(f: Format) -> usize {
+    match f {
+        Format::Text => 0,
+        Format::OpenMetrics => 1,
+        Format::Protobuf => 2,
+    }
+}
 
 #[derive(Debug)]
 pub struct Hub {
     state: Mutex<State>,
-    exposition: RwLock<Arc<Exposition>>,
+    /// The last render of each format asked for lately; `None` for one
+    /// nobody asked for since (rendered at the first ask).
+    expositions: RwLock<Expositions>,
+    /// When each format was last asked for, and in it the bytes as they are.
+    asked: Mutex<[Asked; 3]>,
+    /// What a render shows beyond the numbers (`--web.disable-exemplars`).
+    options: Options,
     /// The HTTP server's counts, read at each render.
     http: Arc<crate::metrics::ServerStats>,
     /// What the last render showed of them, so that OTLP pushes the same.
@@ -85,28 +122,28 @@ impl State {
 
 impl Default for Hub {
     fn default() -> Self {
-        let state = State::default();
-        let e = Exposition::render::<Snapshot>(
-            Format::Text,
-            &Options::default(),
-            &state.process,
-            &[],
-            0,
-            false,
-        );
-        Hub {
-            state: Mutex::new(state),
-            exposition: RwLock::new(Arc::new(e)),
-            http: Default::default(),
-            http_rendered: Default::default(),
-            killed: Default::default(),
-        }
+        Hub::with_options(Options::default())
     }
 }
 
 impl Hub {
     pub fn new() -> Arc<Self> {
         Arc::new(Hub::default())
+    }
+
+    /// A hub whose renders show what `options` says. Nothing is rendered
+    /// until a scrape asks (or a sync publishes and the text format, the
+    /// default, has been asked for lately).
+    pub fn with_options(options: Options) -> Self {
+        Hub {
+            state: Mutex::new(State::default()),
+            expositions: RwLock::new(Default::default()),
+            asked: Mutex::new(Default::default()),
+            options,
+            http: Default::default(),
+            http_rendered: Default::default(),
+            killed: Default::default(),
+        }
     }
 
     /// From now on, stopping is as after `kill -9`: no last checkpoint.
@@ -213,29 +250,76 @@ impl Hub {
         }
     }
 
-    /// Renders from the snapshots held, not copies of them (at the
-    /// breakdowns' caps a snapshot is megabytes), reserving the last
-    /// render's size: growing by doubling would peak at up to twice it.
+    /// Renders, once per change, every format asked for lately (a format
+    /// nobody reads is not rendered; the others are dropped, so that a
+    /// scrape never reads one older than the numbers).
     fn render(&self, st: &State) {
-        let list = st.all_snapshots();
         *self.http_rendered.lock().unwrap_or_else(|p| p.into_inner()) = self.http.snapshot();
-        let last = self.exposition().gzip.len();
-        let e = Arc::new(Exposition::render(
-            Format::Text,
-            &Options::default(),
-            &self.process_view(st),
-            &list,
-            last,
-            false,
-        ));
-        *self.exposition.write().unwrap_or_else(|p| p.into_inner()) = e;
+        let asked = *self.lock_asked();
+        let mut next: Expositions = Default::default();
+        for f in Format::ALL {
+            let a = asked[slot(f)];
+            if Asked::recent(a.any) {
+                next[slot(f)] = Some(self.render_one(st, f, Asked::recent(a.identity)));
+            }
+        }
+        *self.expositions.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 
+    /// Renders `format` from the snapshots held, not copies of them (at
+    /// the breakdowns' caps a snapshot is megabytes), reserving the last
+    /// render's size: growing by doubling would peak at up to twice it.
+    fn render_one(&self, st: &State, format: Format, identity: bool) -> Arc<Exposition> {
+        let last = self.current(format).map_or(0, |e| e.gzip.len());
+        Arc::new(Exposition::render(
+            format,
+            &self.options,
+            &self.process_view(st),
+            &st.all_snapshots(),
+            last,
+            identity,
+        ))
+    }
+
+    fn current(&self, format: Format) -> Option<Arc<Exposition>> {
+        self.expositions.read().unwrap_or_else(|p| p.into_inner())[slot(format)].clone()
+    }
+
+    /// The exposition in the text format (tests, and a reader that does
+    /// not negotiate).
     pub fn exposition(&self) -> Arc<Exposition> {
-        self.exposition
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.exposition_for(Format::Text, false)
+    }
+
+    /// The last render in `format`, rendered now if nobody asked for it
+    /// lately (then at each sync while it is asked for). `identity`: the
+    /// scraper takes no gzip, so its bytes as they are are kept from the
+    /// next render on (until then it is inflated as it is read).
+    pub fn exposition_for(&self, format: Format, identity: bool) -> Arc<Exposition> {
+        {
+            let mut asked = self.lock_asked();
+            let now = Some(Instant::now());
+            asked[slot(format)].any = now;
+            if identity {
+                asked[slot(format)].identity = now;
+            }
+        }
+        if let Some(e) = self.current(format) {
+            return e;
+        }
+        // Under the state's lock, as a sync's render: one render of what
+        // the snapshots hold, whoever asks at once.
+        let st = self.lock();
+        if let Some(e) = self.current(format) {
+            return e;
+        }
+        let e = self.render_one(&st, format, identity);
+        self.expositions.write().unwrap_or_else(|p| p.into_inner())[slot(format)] = Some(e.clone());
+        e
+    }
+
+    fn lock_asked(&self) -> std::sync::MutexGuard<'_, [Asked; 3]> {
+        self.asked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every workspace's snapshot, pending slots included (OTLP carries
@@ -268,5 +352,38 @@ impl Hub {
     /// plain data; serving the data beats serving nothing.
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_format_is_rendered_at_its_first_ask_then_once_per_change() {
+        let hub = Hub::default();
+        assert!(Format::ALL.iter().all(|f| hub.current(*f).is_none()));
+        let a = hub.exposition_for(Format::OpenMetrics, false);
+        let b = hub.exposition_for(Format::OpenMetrics, false);
+        assert!(Arc::ptr_eq(&a, &b), "a second scrape rendered again");
+        assert!(a.identity.is_none());
+        hub.update_process(|p| p.workspaces_configured = 3);
+        let c = hub
+            .current(Format::OpenMetrics)
+            .expect("rendered at the change");
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert!(
+            hub.current(Format::Protobuf).is_none() && hub.current(Format::Text).is_none(),
+            "a format nobody asked for was rendered"
+        );
+        // A scraper without gzip: its bytes as they are from the next render on.
+        let d = hub.exposition_for(Format::OpenMetrics, true);
+        assert!(Arc::ptr_eq(&c, &d) && d.identity.is_none());
+        hub.update_process(|p| p.workspaces_configured = 4);
+        let e = hub.current(Format::OpenMetrics).unwrap();
+        assert_eq!(
+            e.identity.as_deref().map(<[u8]>::to_vec),
+            Some(crate::expose::Exposition::text(&e).into_bytes())
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! each connection to its bounds.
 
 mod conn;
+pub mod negotiate;
 
 pub use conn::{serve, BodyTimeout};
 
@@ -20,8 +21,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-
-const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone)]
 struct AppState {
@@ -83,17 +82,31 @@ pub fn app(
     router
 }
 
+/// The last render in the format the scraper asked for: gzipped as it is
+/// kept, or as it is (kept too once a scraper without gzip asked, until
+/// then inflated as it is read). Never rendered here but at the first ask
+/// of a format (see `Hub::exposition_for`).
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let e = s.hub.exposition();
-    let ct = [(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT))];
-    if accepts_gzip(&headers) {
-        let h = [
-            (header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT)),
-            (header::CONTENT_ENCODING, HeaderValue::from_static("gzip")),
-        ];
+    let format = negotiate::format(&headers);
+    let gzip = negotiate::gzip(&headers);
+    let e = s.hub.exposition_for(format, !gzip);
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    // Caches between scraper and exporter must key on both.
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         (h, e.gzip.clone()).into_response()
+    } else if let Some(bytes) = &e.identity {
+        (h, bytes.clone()).into_response()
     } else {
-        (ct, Body::new(Inflating::new(&e))).into_response()
+        (h, Body::new(Inflating::new(&e))).into_response()
     }
 }
 
@@ -145,25 +158,6 @@ impl http_body::Body for Inflating {
     }
 }
 
-/// `Accept-Encoding` names gzip with a non-zero weight.
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let coding = parts.next().unwrap_or("");
-            let q_zero = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f64>().ok())
-                    == Some(0.0)
-            });
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
-        })
-}
-
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if s.hub.is_ready() {
         (StatusCode::OK, "ready\n")
@@ -186,26 +180,4 @@ async fn landing(State(s): State<AppState>) -> Html<String> {
          </ul></body></html>",
         crate::metrics::version()
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(v: &str) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        m.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
-        m
-    }
-
-    #[test]
-    fn gzip_negotiation() {
-        assert!(accepts_gzip(&h("gzip")));
-        assert!(accepts_gzip(&h("deflate, gzip;q=0.5")));
-        assert!(accepts_gzip(&h("*")));
-        assert!(!accepts_gzip(&h("gzip;q=0")));
-        assert!(!accepts_gzip(&h("gzip;q=0.0")));
-        assert!(!accepts_gzip(&h("identity")));
-        assert!(!accepts_gzip(&HeaderMap::new()));
-    }
 }

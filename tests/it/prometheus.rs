@@ -61,10 +61,10 @@ fn slo_panels_pending() -> Vec<String> {
 
 /// A Prometheus server in its own temporary directory; dropped, it is killed
 /// and the directory removed, also when an assertion failed.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     dir: PathBuf,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Prometheus {
@@ -79,6 +79,11 @@ impl Prometheus {
     /// Starts `bin` scraping `target` as job `clawmesh` every second, with the
     /// repository's rule files evaluated every second, and waits until ready.
     async fn start(bin: &str, target: SocketAddr) -> Prometheus {
+        Prometheus::start_with(bin, target, &[]).await
+    }
+
+    /// [`Prometheus::start`] with more command-line flags (feature flags).
+    pub(crate) async fn start_with(bin: &str, target: SocketAddr, flags: &[&str]) -> Prometheus {
         let dir = std::env::temp_dir().join(format!(
             "clawmesh-it-prometheus-{}-{}",
             std::process::id(),
@@ -111,6 +116,7 @@ impl Prometheus {
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -141,13 +147,13 @@ impl Prometheus {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
     }
 
     /// An instant query now: the `data.result` array, or the error
     /// Prometheus gave.
-    async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+    pub(crate) async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
         self.query_at(expr, None).await
     }
 
