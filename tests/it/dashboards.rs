@@ -67,6 +67,8 @@ fn exposed_series() -> HashSet<String> {
             for suffix in ["_bucket", "_sum", "_count"] {
                 names.insert(format!("{name}{suffix}"));
             }
+            // The native histogram, over protobuf (docs/formats.md).
+            names.insert(name.to_string());
         } else {
             names.insert(name.to_string());
         }
@@ -160,6 +162,20 @@ impl PanelQuery {
             self.file, self.title, self.ref_id
         )
     }
+}
+
+/// The mark in the title of a panel that reads native histograms
+/// (dashboards/generate.py `NATIVE`).
+pub const NATIVE_MARK: &str = "(native histogram)";
+
+/// Titles of the panels on native histograms: empty unless Prometheus
+/// scrapes them.
+pub fn native_panel_titles() -> Vec<String> {
+    panel_queries()
+        .into_iter()
+        .filter(|q| q.title.contains(NATIVE_MARK))
+        .map(|q| q.title)
+        .collect()
 }
 
 /// Every PromQL query of every dashboard panel (rows' nested panels included),
