@@ -205,6 +205,36 @@ fn main() {
             e.text_len,
             e.gzip.len()
         );
+        // Each format (issue 20), gzipped and also kept as it is (a scraper
+        // without gzip), exemplars on.
+        for format in Format::ALL {
+            for identity in [false, true] {
+                let kept = if identity { "gzip + identity" } else { "gzip" };
+                bench(&format!("render {format:?} ({kept})"), 100, || {
+                    black_box(Exposition::render(
+                        format,
+                        &Options::default(),
+                        &Default::default(),
+                        black_box(std::slice::from_ref(&snap)),
+                        0,
+                        identity,
+                    ));
+                });
+            }
+            let e = Exposition::render(
+                format,
+                &Options::default(),
+                &Default::default(),
+                std::slice::from_ref(&snap),
+                0,
+                false,
+            );
+            println!(
+                "  ({format:?}: {} bytes, gzip {} bytes)",
+                e.text_len,
+                e.gzip.len()
+            );
+        }
     }
 
     // ---- checkpoints (issue 12) ----

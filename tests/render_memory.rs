@@ -122,12 +122,12 @@ fn at_the_caps(value_len: usize) -> Snapshot {
 
 /// Renders `snap` as the hub does and returns it with the most the render
 /// held at once besides the exposition it returned.
-fn render_held(snap: &Snapshot) -> (Exposition, usize) {
+fn render_held(format: Format, snap: &Snapshot) -> (Exposition, usize) {
     let process = ProcessInfo::default();
     let base = LIVE.with(Cell::get);
     PEAK.with(|p| p.set(base));
     let e = Exposition::render(
-        Format::Text,
+        format,
         &Options::default(),
         &process,
         std::slice::from_ref(snap),
@@ -142,23 +142,27 @@ fn render_held(snap: &Snapshot) -> (Exposition, usize) {
 fn rendering_at_the_breakdown_caps_holds_little_besides_the_gzip() {
     for value_len in [8, 128] {
         let snap = at_the_caps(value_len);
-        let (e, held) = render_held(&snap);
         let series = render(&ProcessInfo::default(), std::slice::from_ref(&snap))
             .lines()
             .filter(|l| !l.starts_with('#'))
             .count();
-        println!(
-            "values of {value_len} bytes: {series} series, {} bytes of text, {} gzipped, {held} bytes held besides the gzip while rendering",
-            e.text_len,
-            e.gzip.len(),
-        );
         assert!(series > 100_000, "not at the caps: {series} series");
-        // The gzip stream's state and one family's samples at a time; the
-        // text is never held whole (a tenth of it here, in the smallest case).
-        assert!(
-            held < 4 << 20,
-            "a render of {} bytes of text held {held} bytes besides the gzip",
-            e.text_len
-        );
+        for format in Format::ALL {
+            let (e, held) = render_held(format, &snap);
+            println!(
+                "{format:?}, values of {value_len} bytes: {series} series, {} bytes of body, {} gzipped, {held} bytes held besides the gzip while rendering",
+                e.text_len,
+                e.gzip.len(),
+            );
+            // The gzip stream's state and one family's samples at a time
+            // (protobuf: one family's encoded body, which its length must
+            // precede); the body is never held whole (a tenth of it here,
+            // in the smallest case).
+            assert!(
+                held < 4 << 20,
+                "a {format:?} render of {} bytes held {held} bytes besides the gzip",
+                e.text_len
+            );
+        }
     }
 }
