@@ -109,6 +109,12 @@ pub struct RunArgs {
     /// Show no exemplars (the task ids beside duration buckets and failed counts) in OpenMetrics and protobuf scrapes.
     #[arg(long = "web.disable-exemplars", env = "CLAWMESH_WEB_DISABLE_EXEMPLARS")]
     pub disable_exemplars: bool,
+    /// Write OpenMetrics _created samples (Prometheus before 3.x stores each as one more series; protobuf carries created timestamps regardless).
+    #[arg(
+        long = "web.openmetrics-created",
+        env = "CLAWMESH_WEB_OPENMETRICS_CREATED"
+    )]
+    pub openmetrics_created: bool,
     #[command(flatten)]
     pub poll: PollArgs,
     #[command(flatten)]
@@ -325,6 +331,7 @@ impl RunArgs {
             telemetry_path: path.clone(),
             exposition: crate::expose::Options {
                 exemplars: !self.disable_exemplars,
+                created_lines: self.openmetrics_created,
             },
             log_level: self.log_level,
             log_format: self.log_format,

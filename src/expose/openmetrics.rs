@@ -120,7 +120,7 @@ impl<F: FnMut(&[u8])> Encoder for Writer<F> {
     }
 
     /// One sample, labelled as the text format labels it; a counter's and
-    /// a histogram's followed by `_created`.
+    /// a histogram's followed by `_created` when asked for.
     fn sample(&mut self, series: &Series, s: &Sample) {
         self.labels.clear();
         self.labels.push_str(series.prefix);
@@ -130,7 +130,7 @@ impl<F: FnMut(&[u8])> Encoder for Writer<F> {
         match &s.value {
             Value::Number(v) => {
                 self.line("", None, *v, s.exemplar);
-                if self.kind == Kind::Counter {
+                if self.kind == Kind::Counter && self.options.created_lines {
                     // The counter's samples are `name_total`: `_created`
                     // goes on the family's name.
                     let name = self.name;
@@ -149,7 +149,9 @@ impl<F: FnMut(&[u8])> Encoder for Writer<F> {
                 self.line("_bucket", Some(Le::Inf), h.count() as f64, inf);
                 self.line("_sum", None, h.sum(), None);
                 self.line("_count", None, h.count() as f64, None);
-                self.line("_created", None, series.created, None);
+                if self.options.created_lines {
+                    self.line("_created", None, series.created, None);
+                }
             }
         }
         if self.out.len() >= PIECE {

@@ -393,7 +393,7 @@ fn golden(name: &str, got: &str) {
 
 #[test]
 fn openmetrics_matches_golden() {
-    let om = openmetrics(Options::default(), &[sample_snapshot()]);
+    let om = openmetrics(ALL_ON, &[sample_snapshot()]);
     assert!(om.contains(" # {task_id=\"t4\"} 1 "), "{om}");
     golden("exposition.om", &pinned(&om));
 }
@@ -603,7 +603,7 @@ fn broken_down() -> [Snapshot; 2] {
 fn every_format_shows_the_same_samples() {
     let snaps = broken_down();
     let text = samples_of_text(&render(&process(), &snaps));
-    let om_text = openmetrics(Options::default(), &snaps);
+    let om_text = openmetrics(ALL_ON, &snaps);
     assert!(om_text.ends_with("\n# EOF\n"));
     let om = samples_of_text(&om_text);
     let pb = samples_of_protobuf(&decode(&body(Format::Protobuf, Options::default(), &snaps)));
@@ -654,7 +654,7 @@ fn every_format_shows_the_same_samples() {
 
 #[test]
 fn openmetrics_names_families_as_the_spec_does() {
-    let om = openmetrics(Options::default(), &[sample_snapshot()]);
+    let om = openmetrics(ALL_ON, &[sample_snapshot()]);
     for want in [
         "# TYPE clawmesh_tasks_finished counter\n# HELP clawmesh_tasks_finished Tasks",
         "\nclawmesh_tasks_finished_total{workspace=\"ws_test\",status=\"completed\"} 1\n",
@@ -672,7 +672,7 @@ fn openmetrics_names_families_as_the_spec_does() {
     assert!(om.contains(r#"unknown ones appear by name (past 20, as \"other\")"#));
     // Infinities and NaN as OpenMetrics spells them.
     let [a, _] = broken_down();
-    let om = openmetrics(Options::default(), &[a]);
+    let om = openmetrics(ALL_ON, &[a]);
     for want in [" NaN\n", " +Inf\n"] {
         assert!(om.contains(want), "no {want:?}");
     }
@@ -682,8 +682,11 @@ fn openmetrics_names_families_as_the_spec_does() {
 #[test]
 fn exemplars_show_only_when_asked_for() {
     let snaps = broken_down();
-    let on = Options { exemplars: true };
-    let off = Options { exemplars: false };
+    let on = ALL_ON;
+    let off = Options {
+        exemplars: false,
+        ..ALL_ON
+    };
     let exemplars = |families: &[MetricFamily]| {
         let mut n = 0;
         for m in families.iter().flat_map(|f| &f.metric) {
@@ -728,7 +731,7 @@ fn an_exemplars_task_id_is_escaped_in_openmetrics() {
         error: None,
     });
     let snap = fleet.snapshot("ws_test", ts(61), Default::default(), Default::default());
-    let om = openmetrics(Options::default(), std::slice::from_ref(&snap));
+    let om = openmetrics(ALL_ON, std::slice::from_ref(&snap));
     let escaped = r#"# {task_id="t\"5\\x\ny"} "#;
     let lines: Vec<&str> = om.lines().filter(|l| l.contains(escaped)).collect();
     // The failed counter and the run histogram's bucket (and the queue's).
@@ -890,4 +893,28 @@ fn protobuf_streamed_is_byte_for_byte_what_prost_writes_for_each_family() {
         .flat_map(|f| f.encode_length_delimited_to_vec())
         .collect();
     assert_eq!(again, body);
+}
+
+/// Everything a render can show: the golden files and the cross-format
+/// comparisons see `_created` too.
+const ALL_ON: Options = Options {
+    exemplars: true,
+    created_lines: true,
+};
+
+#[test]
+fn openmetrics_has_no_created_lines_unless_asked_for() {
+    // One snapshot: its exemplars' times are the clock's when it was built.
+    let snap = [sample_snapshot()];
+    let off = openmetrics(Options::default(), &snap);
+    assert!(!off.contains("_created"));
+    let on = openmetrics(ALL_ON, &snap);
+    assert!(on.contains("clawmesh_tasks_finished_created{"));
+    assert!(on.contains("clawmesh_task_run_duration_seconds_created{"));
+    // Nothing else differs.
+    let without: Vec<&str> = on.lines().filter(|l| !l.contains("_created")).collect();
+    assert!(
+        without == off.lines().collect::<Vec<_>>(),
+        "more than _created differs"
+    );
 }

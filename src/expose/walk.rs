@@ -9,14 +9,22 @@ use std::borrow::Borrow;
 /// What a render shows beyond the numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
-    /// Exemplars (task ids) in the formats that carry them
-    /// (`--web.exemplars`).
+    /// Exemplars (task ids) in the formats that carry them (off with
+    /// `--web.disable-exemplars`).
     pub exemplars: bool,
+    /// OpenMetrics `_created` samples (`--web.openmetrics-created`). Off
+    /// by default, as in client_golang: Prometheus before 3.x stores each
+    /// as a series of its own, one more per counter and histogram series.
+    /// Protobuf always carries created timestamps (they cost no series).
+    pub created_lines: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { exemplars: true }
+        Options {
+            exemplars: true,
+            created_lines: false,
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod deploy;
 mod docs;
 mod exactness;
 mod exposition;
+mod formats;
 mod health;
 mod hostile_api;
 mod hostile_clients;
