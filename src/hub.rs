@@ -22,6 +22,9 @@ pub struct Hub {
     http: Arc<crate::metrics::ServerStats>,
     /// What the last render showed of them, so that OTLP pushes the same.
     http_rendered: Mutex<crate::metrics::HttpStats>,
+    /// The process's CPU, memory and descriptors as the last render read
+    /// them (at each render, never per scrape), so that OTLP pushes the same.
+    resources_rendered: Mutex<Option<crate::metrics::ProcessResources>>,
     /// The test seam of a crash: the stop writes no last checkpoint, as
     /// after `kill -9` (`Running::stop_as_if_killed`).
     killed: std::sync::atomic::AtomicBool,
@@ -99,6 +102,7 @@ impl Default for Hub {
             exposition: RwLock::new(Arc::new(e)),
             http: Default::default(),
             http_rendered: Default::default(),
+            resources_rendered: Default::default(),
             killed: Default::default(),
         }
     }
@@ -209,6 +213,11 @@ impl Hub {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            resources: self
+                .resources_rendered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             ..st.process_view()
         }
     }
@@ -219,6 +228,10 @@ impl Hub {
     fn render(&self, st: &State) {
         let list = st.all_snapshots();
         *self.http_rendered.lock().unwrap_or_else(|p| p.into_inner()) = self.http.snapshot();
+        *self
+            .resources_rendered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(crate::metrics::ProcessResources::read());
         let last = self.exposition().gzip.len();
         let e = Arc::new(Exposition::render(
             Format::Text,
