@@ -64,6 +64,7 @@ class Layout:
         self.x = 0
         self.row_h = 0
         self.next_id = 1
+        self.used = set()
         self.panels = []
 
     def add(self, panel, w, h, pid=None):
@@ -74,8 +75,13 @@ class Layout:
             self.x = 0
             self.row_h = 0
         if pid is None:
+            # Past the ids given out by hand (pid=): two panels with one id
+            # break Grafana's links and layout.
+            while self.next_id in self.used:
+                self.next_id += 1
             pid = self.next_id
             self.next_id += 1
+        self.used.add(pid)
         panel["id"] = pid
         panel["gridPos"] = {"h": h, "w": w, "x": self.x, "y": self.y}
         self.x += w
@@ -598,9 +604,30 @@ def exporter():
     L.add(timeseries("OTLP data points held", "Data points built but not yet delivered while the collector is "
                      "away: bounded by the series count, never growing with the outage.",
                      [(f"clawmesh_otlp_pending_data_points{{{WS}}}", "{{workspace}}")], "none"), 8, 8)
+    L.row("Resources")
+    # process_* is every client library's: only the targets that are a
+    # clawmesh-exporter, whatever their job.
+    ours = "and on (job, instance) clawmesh_exporter_build_info"
+    L.add(timeseries("Memory vs limit", "Resident memory of each exporter process and the memory limit of its "
+                     "cgroup (container limit or systemd MemoryMax=). ClawMeshExporterMemoryNearLimit fires past "
+                     "85 % of the limit for 10 min; no limit line: the process runs without one. Sizing: "
+                     "docs/deploying.md, Scaling.",
+                     [(f"process_resident_memory_bytes {ours}", "{{instance}} resident"),
+                      ("clawmesh_exporter_memory_limit_bytes", "{{instance}} limit")], "bytes"), 8, 8)
+    L.add(timeseries("File descriptors vs limit", "Open file descriptors of each exporter process (scrapers', "
+                     "webhook senders' and API connections, checkpoint files) and its soft open-files limit "
+                     "(LimitNOFILE). ClawMeshExporterFileDescriptorsNearLimit fires past 80 % for 10 min; keep "
+                     "--web.max-connections well below the limit.",
+                     [(f"process_open_fds {ours}", "{{instance}} open"),
+                      (f"process_max_fds {ours}", "{{instance}} limit")], "short"), 8, 8)
+    L.add(timeseries("CPU", "CPU time each exporter process uses, user and system, per second of wall time: "
+                     "100 % is one core.",
+                     [(f"rate(process_cpu_seconds_total[$__rate_interval]) {ours}", "{{instance}}")],
+                     "percentunit"), 8, 8)
     return dashboard("clawmesh-exporter", "ClawMesh / Exporter health",
                      "Health of clawmesh-exporter itself: scrape, sync, ClawMesh API requests, clock skew and "
-                     "refused objects, rate limit, API key and OTLP export.", L.panels)
+                     "refused objects, rate limit, API key, OTLP export, and the process's memory, file "
+                     "descriptors and CPU against their limits.", L.panels)
 
 
 def main():

@@ -59,6 +59,9 @@ pub struct Hub {
     http: Arc<crate::metrics::ServerStats>,
     /// What the last render showed of them, so that OTLP pushes the same.
     http_rendered: Mutex<crate::metrics::HttpStats>,
+    /// The process's CPU, memory and descriptors as the last render read
+    /// them (at each render, never per scrape), so that OTLP pushes the same.
+    resources_rendered: Mutex<Option<crate::metrics::ProcessResources>>,
     /// The test seam of a crash: the stop writes no last checkpoint, as
     /// after `kill -9` (`Running::stop_as_if_killed`).
     killed: std::sync::atomic::AtomicBool,
@@ -142,6 +145,7 @@ impl Hub {
             options,
             http: Default::default(),
             http_rendered: Default::default(),
+            resources_rendered: Default::default(),
             killed: Default::default(),
         }
     }
@@ -246,6 +250,11 @@ impl Hub {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            resources: self
+                .resources_rendered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             ..st.process_view()
         }
     }
@@ -255,6 +264,10 @@ impl Hub {
     /// scrape never reads one older than the numbers).
     fn render(&self, st: &State) {
         *self.http_rendered.lock().unwrap_or_else(|p| p.into_inner()) = self.http.snapshot();
+        *self
+            .resources_rendered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(crate::metrics::ProcessResources::read());
         let asked = *self.lock_asked();
         let mut next: Expositions = Default::default();
         for f in Format::ALL {
@@ -313,6 +326,12 @@ impl Hub {
         if let Some(e) = self.current(format) {
             return e;
         }
+        // Asked before any change was rendered: the process's resources
+        // as a render reads them.
+        self.resources_rendered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(crate::metrics::ProcessResources::read);
         let e = self.render_one(&st, format, identity);
         self.expositions.write().unwrap_or_else(|p| p.into_inner())[slot(format)] = Some(e.clone());
         e

@@ -9,7 +9,10 @@ use crate::histogram::{Exemplar, Histogram};
 
 mod process;
 
-pub use process::{HttpStats, ProcessFamily, ProcessInfo, ServerStats, PROCESS_FAMILIES, REFUSALS};
+pub use process::{
+    HttpStats, ProcessFamily, ProcessInfo, ProcessResources, ServerStats, PROCESS_FAMILIES,
+    REFUSALS,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -1,11 +1,16 @@
 //! The process's own families (no `workspace` label) and the facts they read:
-//! sharding, reloads, caught panics, and the HTTP server's counts. The counts
+//! sharding, reloads, caught panics, the HTTP server's counts, and the
+//! process's resources (CPU, memory, file descriptors and their limits, read
+//! from `/proc/self` as every Prometheus client library does). The counts
 //! are kept here, below the server that bumps them and the hub that reads
 //! them at render time, so neither reaches up to the other.
 
 use super::{num, By, FamilyOf, Kind, Sample, Stability, Value};
+pub use resources::ProcessResources;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
+
+mod resources;
 
 /// Why the server cut a client off: a connection closed at accept past
 /// the cap, or by its watchdog, or a request refused for lack of a bcrypt
@@ -90,6 +95,10 @@ pub struct ProcessInfo {
     /// The HTTP server's open connections and refusals; filled in by the
     /// hub at render time.
     pub http: HttpStats,
+    /// CPU, memory and file descriptors, read by the hub at render time
+    /// ([`ProcessResources::read`]); `None` before that (and in the golden
+    /// test, whose numbers must not vary), when the families are absent.
+    pub resources: Option<ProcessResources>,
 }
 
 impl Default for ProcessInfo {
@@ -99,12 +108,17 @@ impl Default for ProcessInfo {
             workspaces_configured: 0,
             workspaces_owned: 0,
             workspaces_standby: 0,
-            started_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
+            // The process's own start, so that the start of its counters
+            // is process_start_time_seconds; the clock now where /proc
+            // cannot say (not Linux).
+            started_at: resources::start_time()
+                .unwrap_or_else(|| crate::api::types::Timestamp::host_now().as_secs_f64()),
             reload_ok: true,
             reload_success_at: crate::api::types::Timestamp::host_now().as_secs_f64(),
             webhook_unattributed: None,
             task_restarts: crate::supervise::TASKS.iter().map(|t| (*t, 0)).collect(),
             http: Default::default(),
+            resources: None,
         }
     }
 }
@@ -199,5 +213,72 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
         stability: Stability::Stable,
         labels: &["task"],
         collect: |p, out| out.extend(p.task_restarts.iter().map(|(t, n)| num(&[t], *n as f64))),
+    },
+    // The standard process families of every Prometheus client library
+    // (client_golang's process collector: its names and help texts), and
+    // the memory limit they are compared with. Each is absent where it
+    // cannot be read (not Linux, /proc hidden), never a made-up 0.
+    ProcessFamily {
+        name: "process_cpu_seconds_total",
+        help: "Total user and system CPU time spent in seconds.",
+        kind: Kind::Counter,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.extend(p.resources.as_ref().and_then(|r| r.cpu_seconds).map(|v| num(&[], v))),
+    },
+    ProcessFamily {
+        name: "process_resident_memory_bytes",
+        help: "Resident memory size in bytes.",
+        kind: Kind::Gauge,
+        unit: "By",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.extend(p.resources.as_ref().and_then(|r| r.resident_bytes).map(|v| num(&[], v))),
+    },
+    ProcessFamily {
+        name: "process_virtual_memory_bytes",
+        help: "Virtual memory size in bytes.",
+        kind: Kind::Gauge,
+        unit: "By",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.extend(p.resources.as_ref().and_then(|r| r.virtual_bytes).map(|v| num(&[], v))),
+    },
+    ProcessFamily {
+        name: "process_open_fds",
+        help: "Number of open file descriptors.",
+        kind: Kind::Gauge,
+        unit: "{file_descriptor}",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.extend(p.resources.as_ref().and_then(|r| r.open_fds).map(|v| num(&[], v))),
+    },
+    ProcessFamily {
+        name: "process_max_fds",
+        help: "Maximum number of open file descriptors.",
+        kind: Kind::Gauge,
+        unit: "{file_descriptor}",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.extend(p.resources.as_ref().and_then(|r| r.max_fds).map(|v| num(&[], v))),
+    },
+    ProcessFamily {
+        name: "process_start_time_seconds",
+        help: "Start time of the process since unix epoch in seconds.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Stable,
+        labels: &[],
+        collect: |p, out| out.extend(p.resources.as_ref().and_then(|r| r.start_time).map(|v| num(&[], v))),
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_memory_limit_bytes",
+        help: "The memory limit of the cgroup the exporter runs in (the lowest of its own and its parents': memory.max, or memory.limit_in_bytes under cgroup v1), to compare with process_resident_memory_bytes; absent when unlimited or unreadable.",
+        kind: Kind::Gauge,
+        unit: "By",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |p, out| out.extend(p.resources.as_ref().and_then(|r| r.memory_limit_bytes).map(|v| num(&[], v))),
     },
 ];

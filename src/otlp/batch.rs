@@ -52,10 +52,34 @@ const COMPOUNDS: &[&str] = &[
     "last_event",
 ];
 
-/// The OpenTelemetry name of a family, derived from its Prometheus name:
-/// without `_total` (a Sum says it is a counter), without the unit suffix
-/// `_seconds` (the unit field carries it), and with dots between the words.
+/// The process families under the names the OpenTelemetry semantic
+/// conventions give them (system/process-metrics, v1.45.0:
+/// `process.cpu.time`, Counter, `s`; `process.memory.usage` and
+/// `process.memory.virtual`, `By`; `process.unix.file_descriptor.count`,
+/// `{file_descriptor}`), so that a backend's process views read them as
+/// any process's. What the conventions do not name (the open-files limit,
+/// the start, which OTLP also carries as the start of `process.cpu.time`)
+/// goes under the exporter's own namespace: `process.*` is theirs.
+const SEMANTIC_NAMES: &[(&str, &str)] = &[
+    ("process_cpu_seconds_total", "process.cpu.time"),
+    ("process_resident_memory_bytes", "process.memory.usage"),
+    ("process_virtual_memory_bytes", "process.memory.virtual"),
+    ("process_open_fds", "process.unix.file_descriptor.count"),
+    ("process_max_fds", "clawmesh.exporter.file_descriptor.limit"),
+    (
+        "process_start_time_seconds",
+        "clawmesh.exporter.start.timestamp",
+    ),
+];
+
+/// The OpenTelemetry name of a family: the semantic conventions' where
+/// they name it, else derived from its Prometheus name: without `_total`
+/// (a Sum says it is a counter), without the unit suffix `_seconds` (the
+/// unit field carries it), and with dots between the words.
 pub fn otel_name<T>(f: &metrics::FamilyOf<T>) -> String {
+    if let Some((_, n)) = SEMANTIC_NAMES.iter().find(|(p, _)| *p == f.name) {
+        return n.to_string();
+    }
     let mut name = f.name;
     if f.kind == Kind::Counter {
         name = name.strip_suffix("_total").unwrap_or(name);
@@ -449,9 +473,11 @@ impl Batcher {
                 ..Default::default()
             });
         }
-        // The process's own families (shard, reloads, the HTTP server): no
-        // workspace; its counters keep delta state like a workspace's, under
-        // indexes past the workspace families'.
+        // The process's own families (shard, reloads, the HTTP server, CPU
+        // and memory): no workspace; its counters keep delta state like a
+        // workspace's, under indexes past the workspace families', and count
+        // from the process's start (process.cpu.time counts from there).
+        let process_origin_ns = (process.started_at * 1e9) as u64;
         for (pi, family) in metrics::PROCESS_FAMILIES.iter().enumerate() {
             samples.clear();
             (family.collect)(process, &mut samples);
@@ -468,7 +494,7 @@ impl Batcher {
                         String::new(),
                         s.labels.clone(),
                     );
-                    match self.advance(key.clone(), &s.value, now_ns, 0) {
+                    match self.advance(key.clone(), &s.value, now_ns, process_origin_ns) {
                         (Point::Number(d), start) => (d, start, Some(key)),
                         (Point::Hist(_), _) => continue,
                     }

@@ -1412,3 +1412,82 @@ fn deltas_after_a_reload_folding_into_a_new_series_do_not_resend() {
         "deltas after the reload: the fold into other was sent again"
     );
 }
+
+/// The process's resources go out under the semantic conventions' names,
+/// with the numbers /metrics renders from the same `ProcessInfo`: CPU time
+/// a monotonic Sum counting from the process's start, memory and
+/// descriptors Gauges; absent, like on /metrics, when not read.
+#[test]
+fn process_resources_go_out_under_the_semantic_conventions_names() {
+    let process = crate::metrics::ProcessInfo {
+        started_at: 1_700_000_000.5,
+        resources: Some(crate::metrics::ProcessResources {
+            cpu_seconds: Some(12.25),
+            resident_bytes: Some(50e6),
+            virtual_bytes: Some(900e6),
+            open_fds: Some(42.0),
+            max_fds: Some(1024.0),
+            start_time: Some(1_700_000_000.5),
+            memory_limit_bytes: Some(256e6),
+        }),
+        ..Default::default()
+    };
+    let now = 1_800_000_000_000_000_000;
+    for t in [Temporality::Cumulative, Temporality::Delta] {
+        let mut b = batcher(t, HistogramMode::Explicit);
+        let r = b.build(&process, &[], now).request;
+        let Some(Data::Sum(cpu)) = &metric(&r, "process.cpu.time").data else {
+            panic!("process.cpu.time is not a Sum")
+        };
+        assert!(cpu.is_monotonic);
+        assert_eq!(metric(&r, "process.cpu.time").unit, "s");
+        let p = &cpu.data_points[0];
+        assert_eq!(p.value, Some(number_data_point::Value::AsDouble(12.25)));
+        assert!(p.attributes.is_empty(), "{:?}", p.attributes);
+        if t == Temporality::Cumulative {
+            assert_eq!(p.start_time_unix_nano, 1_700_000_000_500_000_000);
+        }
+        for (name, unit, v) in [
+            ("process.memory.usage", "By", 50e6),
+            ("process.memory.virtual", "By", 900e6),
+            (
+                "process.unix.file_descriptor.count",
+                "{file_descriptor}",
+                42.0,
+            ),
+            (
+                "clawmesh.exporter.file_descriptor.limit",
+                "{file_descriptor}",
+                1024.0,
+            ),
+            ("clawmesh.exporter.start.timestamp", "s", 1_700_000_000.5),
+            ("clawmesh.exporter.memory.limit", "By", 256e6),
+        ] {
+            let m = metric(&r, name);
+            assert_eq!(m.unit, unit, "{name}");
+            let Some(Data::Gauge(g)) = &m.data else {
+                panic!("{name} is not a Gauge")
+            };
+            assert_eq!(
+                g.data_points[0].value,
+                Some(number_data_point::Value::AsDouble(v)),
+                "{name}"
+            );
+        }
+    }
+    // Not read (no /proc): none of them, not zeros.
+    let r = batcher(Temporality::Cumulative, HistogramMode::Explicit)
+        .build(&Default::default(), &[], now)
+        .request;
+    let names: Vec<&str> = r.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("process.") || n.ends_with(".limit")),
+        "{names:?}"
+    );
+}

@@ -225,8 +225,9 @@ pub fn all_promql_expressions() -> Vec<(String, String)> {
     out
 }
 
-/// Metric-like identifiers of a PromQL expression: `clawmesh_*` names and
-/// `level:metric:operations` names. Quoted strings (label values) are skipped.
+/// Metric-like identifiers of a PromQL expression: `clawmesh_*` and the
+/// standard `process_*` names, and `level:metric:operations` names. Quoted
+/// strings (label values) are skipped.
 fn metric_identifiers(expr: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let chars: Vec<char> = expr.chars().collect();
@@ -250,7 +251,10 @@ fn metric_identifiers(expr: &str) -> BTreeSet<String> {
                 i += 1;
             }
             let ident: String = chars[start..i].iter().collect();
-            if ident.starts_with("clawmesh_") || ident.contains(':') {
+            if ident.starts_with("clawmesh_")
+                || ident.starts_with("process_")
+                || ident.contains(':')
+            {
                 out.insert(ident);
             }
         } else if c.is_ascii_digit() || c == '$' {
@@ -269,11 +273,12 @@ fn metric_identifiers(expr: &str) -> BTreeSet<String> {
 #[test]
 fn extractor_finds_metrics_and_recording_rules() {
     let got = metric_identifiers(
-        r#"sum by (workspace) (rate(clawmesh_tasks_finished_total{status="clawmesh_fake", workspace=~"$workspace"}[$__rate_interval])) / workspace:clawmesh_tasks_finished:rate5m * 60"#,
+        r#"sum by (workspace) (rate(clawmesh_tasks_finished_total{status="clawmesh_fake", workspace=~"$workspace"}[$__rate_interval])) / workspace:clawmesh_tasks_finished:rate5m * 60 + on (instance) process_open_fds"#,
     );
     let want: BTreeSet<String> = [
         "clawmesh_tasks_finished_total",
         "workspace:clawmesh_tasks_finished:rate5m",
+        "process_open_fds",
     ]
     .iter()
     .map(|s| s.to_string())

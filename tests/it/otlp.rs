@@ -557,8 +557,54 @@ fn otlp_view(got: &[Got]) -> BTreeMap<String, f64> {
         got.iter().map(|g| g.request.clone()).collect();
     fold(&requests)
         .into_iter()
-        .filter(|(k, _)| !k.starts_with("clawmesh_otlp_"))
+        // The process's CPU, memory and descriptors move between the
+        // export and the scrape: `assert_process_resources` checks them.
+        .filter(|(k, _)| !k.starts_with("clawmesh_otlp_") && !k.starts_with("process_"))
         .collect()
+}
+
+/// The process's resources arrived, under the semantic conventions'
+/// names, with sane numbers that agree with /metrics: CPU time counting
+/// from the process's start, resident memory past 1 MiB, descriptors
+/// between 3 and their limit, the same start.
+fn assert_process_resources(got: &[Got], metrics: &BTreeMap<String, f64>, temporality: &str) {
+    let last = &got.last().unwrap().request;
+    let all = &last.resource_metrics[0].scope_metrics[0].metrics;
+    let find = |name: &str| {
+        all.iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no {name} in the last export"))
+    };
+    let gauge = |name: &str| match find(name).data.as_ref().unwrap() {
+        Data::Gauge(g) => number(&g.data_points[0].value),
+        other => panic!("{name} is not a Gauge: {other:?}"),
+    };
+    let start = must(metrics, "process_start_time_seconds", &[]);
+    assert_eq!(gauge("clawmesh.exporter.start.timestamp"), start);
+    let Some(Data::Sum(cpu)) = &find("process.cpu.time").data else {
+        panic!("process.cpu.time is not a Sum")
+    };
+    assert!(cpu.is_monotonic);
+    let p = &cpu.data_points[0];
+    assert!(number(&p.value) >= 0.0, "{p:?}");
+    if temporality == "cumulative" {
+        assert!(
+            (p.start_time_unix_nano as f64 / 1e9 - start).abs() < 1e-3,
+            "process.cpu.time starts at {}, the process at {start}",
+            p.start_time_unix_nano
+        );
+        // No more CPU than /metrics showed after it.
+        assert!(number(&p.value) <= must(metrics, "process_cpu_seconds_total", &[]));
+    }
+    let rss = gauge("process.memory.usage");
+    assert!(rss > 1024.0 * 1024.0, "resident {rss}");
+    assert!(gauge("process.memory.virtual") >= rss);
+    let (open, max) = (
+        gauge("process.unix.file_descriptor.count"),
+        gauge("clawmesh.exporter.file_descriptor.limit"),
+    );
+    assert!(open >= 3.0 && open <= max, "open {open}, limit {max}");
+    assert_eq!(max, must(metrics, "process_max_fds", &[]));
 }
 
 fn same(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> Result<(), String> {
@@ -660,6 +706,7 @@ async fn pushes_what_metrics_shows(
     eprintln!("{wire:?} {temporality} {histogram} {compression}: {compared} series equal");
 
     let got = receiver.store.all();
+    assert_process_resources(&got, &parse(&scrape(exporter.addr).await), temporality);
     // Every request came encoded as asked (and decoded to the numbers above).
     let header = match wire {
         Wire::Grpc => "grpc-encoding",
