@@ -466,7 +466,11 @@ async fn dashboards_and_alerts_work_in_a_real_prometheus() {
     // 5. Now every panel shows data, no exception (but the SLO panels while
     //    their rules are not loaded yet: see `slo_rules_pending`, and the
     //    memory limit of an exporter without one).
-    let slo_pending: Vec<&str> = slo_pending.into_iter().chain(no_limit_line).collect();
+    let slo_pending: Vec<&str> = slo_pending
+        .into_iter()
+        .chain(no_limit_line)
+        .chain(native.iter().map(String::as_str))
+        .collect();
     prom.assert_panels_have_data(&slo_pending, limit).await;
 
     // 6. An outage: every request answers 503, clawmesh_up drops to 0.
