@@ -59,6 +59,8 @@ else
   cargo build --release --quiet --bin clawmesh-exporter
   bin=${CARGO_TARGET_DIR:-target}/release/clawmesh-exporter
 fi
+# Taken now: a build during the run would change what the binary says.
+version=$("$bin" --version | head -n1)
 
 tmp=$(mktemp -d)
 # nginx's workers drop to an unprivileged user when started as root: they
@@ -127,7 +129,8 @@ body_size() { curl -sf "$exp_url/metrics" | wc -c; }
 prev=$(body_size); settled=0; until_settled=$((SECONDS + 600))
 while [ $settled -lt 2 ]; do
   [ $SECONDS -lt $until_settled ] || { echo "bench-scrape: /metrics size not settled within 600 s" >&2; exit 1; }
-  sleep 15
+  sleep 15 &
+  wait $!   # a signal is handled at once, not after the sleep
   now=$(body_size)
   if [ $(((now > prev ? now - prev : prev - now) * 100)) -le "$prev" ]; then
     settled=$((settled + 1))
@@ -260,6 +263,7 @@ run_wrk() { # url, headers...
   wrk_pid=
 }
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 results=$tmp/results.tsv
 : >"$results"
 echo "bench-scrape: ${#pairs[@]} pairs x $rounds rounds x 2 servers x ${duration}s" >&2
@@ -288,8 +292,8 @@ for p in "${pairs[@]}"; do
 done
 
 echo
-echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr); load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "Command: DURATION=$duration ROUNDS=$rounds CONNECTIONS=$connections THREADS=$threads NGINX_WORKERS=$nginx_workers scripts/bench-scrape.sh ($(date -u +%F), exporter $("$bin" --version 2>/dev/null | head -n1), breakdowns: ${breakdowns[*]}; wrk -t$threads -c$connections -d${duration}s, $rounds rounds each, alternating)"
+echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr); load average $load_start at the start of the rounds, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+echo "Command: DURATION=$duration ROUNDS=$rounds CONNECTIONS=$connections THREADS=$threads NGINX_WORKERS=$nginx_workers scripts/bench-scrape.sh ($(date -u +%F), exporter $version, breakdowns: ${breakdowns[*]}; wrk -t$threads -c$connections -d${duration}s, $rounds rounds each, alternating)"
 echo
 for p in "${pairs[@]}"; do
   IFS='|' read -r pair accept <<<"$p"
