@@ -20,6 +20,8 @@
 #                       only the (format/encoding) pairs matching these words
 #   NGINX_WORKERS=1 scripts/bench-scrape.sh          (default auto: see below)
 #   CONNECTIONS=50 THREADS=2                         wrk's -c and -t
+#   NGINX_SENDFILE=off scripts/bench-scrape.sh       nginx copying the bytes
+#                       through user space as the exporter must (default on)
 #
 # Tools: wrk, nginx, curl, python3 (Debian: apt-get install -y wrk
 # nginx-light curl python3). wrk, nginx and the exporter share the machine's
@@ -41,6 +43,7 @@ nginx_workers=${NGINX_WORKERS:-auto}
 # 4 providers with one model each, 5 teams, 2 environments.
 read -r -a breakdowns <<<"${BREAKDOWNS:---breakdown.provider --breakdown.model --breakdown.agent-labels team,env}"
 only=${ONLY:-}
+nginx_sendfile=${NGINX_SENDFILE:-on}
 
 missing=()
 for tool in wrk nginx curl python3; do
@@ -204,7 +207,7 @@ error_log $tmp/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  sendfile on;
+  sendfile $nginx_sendfile;
   tcp_nopush on;
   tcp_nodelay on;
   etag off;
@@ -293,7 +296,7 @@ done
 
 echo
 echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr); load average $load_start at the start of the rounds, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
-echo "Command: DURATION=$duration ROUNDS=$rounds CONNECTIONS=$connections THREADS=$threads NGINX_WORKERS=$nginx_workers scripts/bench-scrape.sh ($(date -u +%F), exporter $version, breakdowns: ${breakdowns[*]}; wrk -t$threads -c$connections -d${duration}s, $rounds rounds each, alternating)"
+echo "Command: DURATION=$duration ROUNDS=$rounds CONNECTIONS=$connections THREADS=$threads NGINX_WORKERS=$nginx_workers NGINX_SENDFILE=$nginx_sendfile scripts/bench-scrape.sh ($(date -u +%F), exporter $version, breakdowns: ${breakdowns[*]}; wrk -t$threads -c$connections -d${duration}s, $rounds rounds each, alternating)"
 echo
 for p in "${pairs[@]}"; do
   IFS='|' read -r pair accept <<<"$p"
