@@ -158,7 +158,9 @@ impl Histogram {
         }
         let i = self.bounds.partition_point(|b| *b < v);
         self.counts[i] += 1;
-        self.sum += v;
+        // Finite, as a checkpoint must hold it (`restore`): two run times
+        // near the largest double sum past it.
+        self.sum = (self.sum + v).clamp(-f64::MAX, f64::MAX);
         self.count += 1;
         self.exponential.record(v);
         if let Some(e) = exemplar {
@@ -705,6 +707,21 @@ mod extreme_tests {
         1.0,
         0.0,
     ];
+
+    /// Two observations near the largest double (an API may send any
+    /// finite run time) sum past it: the sum stays finite, as `merge`
+    /// keeps it, or every checkpoint after is refused at restore and a
+    /// restart starts the restored counters over.
+    #[test]
+    fn a_sum_past_the_largest_double_stays_finite_and_restores() {
+        for v in [f64::MAX, -f64::MAX] {
+            let mut h = Histogram::new(&[1.0, 10.0]);
+            h.observe(v);
+            h.observe(v);
+            assert!(h.sum().is_finite(), "{v}: sum {}", h.sum());
+            assert_eq!(Histogram::restore(&[1.0, 10.0], h.save()), Ok(h));
+        }
+    }
 
     #[test]
     fn extremes_in_every_pair_are_counted() {
