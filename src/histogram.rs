@@ -158,7 +158,9 @@ impl Histogram {
         }
         let i = self.bounds.partition_point(|b| *b < v);
         self.counts[i] += 1;
-        self.sum += v;
+        // Finite, as a checkpoint must hold it (`restore`): two run times
+        // near the largest double sum past it.
+        self.sum = (self.sum + v).clamp(-f64::MAX, f64::MAX);
         self.count += 1;
         self.exponential.record(v);
         if let Some(e) = exemplar {
@@ -295,7 +297,7 @@ impl Histogram {
         if sums(&s.counts) != Some(s.count)
             || exp_count != Some(s.count)
             || !s.sum.is_finite()
-            || !(-10..=EXP_MAX_SCALE).contains(&s.scale)
+            || !(EXP_MIN_SCALE..=EXP_MAX_SCALE).contains(&s.scale)
             || !exp_ok(&s.positive)
             || !exp_ok(&s.negative)
         {
@@ -328,6 +330,10 @@ impl Histogram {
 pub const EXP_MAX_BUCKETS: usize = 160;
 /// The finest scale, where an exponential histogram starts.
 pub const EXP_MAX_SCALE: i32 = 20;
+/// The coarsest scale observations reach: at -4 the indexes of every finite
+/// double (2^-1074 to 2^1024) span 133 buckets, within [`EXP_MAX_BUCKETS`].
+/// Prometheus' coarsest schema too (`expose::native`).
+pub const EXP_MIN_SCALE: i32 = -4;
 
 /// A base-2 exponential histogram as OpenTelemetry defines it: at scale `s`
 /// bucket `i` holds values in `(2^(i/2^s), 2^((i+1)/2^s)]`. It starts at the
@@ -705,6 +711,44 @@ mod extreme_tests {
         1.0,
         0.0,
     ];
+
+    /// Two observations near the largest double (an API may send any
+    /// finite run time) sum past it: the sum stays finite, as `merge`
+    /// keeps it, or every checkpoint after is refused at restore and a
+    /// restart starts the restored counters over.
+    #[test]
+    fn a_sum_past_the_largest_double_stays_finite_and_restores() {
+        for v in [f64::MAX, -f64::MAX] {
+            let mut h = Histogram::new(&[1.0, 10.0]);
+            h.observe(v);
+            h.observe(v);
+            assert!(h.sum().is_finite(), "{v}: sum {}", h.sum());
+            assert_eq!(Histogram::restore(&[1.0, 10.0], h.save()), Ok(h));
+        }
+    }
+
+    /// Every finite double fits 133 buckets at scale -4, so no histogram
+    /// goes coarser; a checkpoint saying so is edited, and would be served
+    /// without native buckets (Prometheus takes schemas -4 to 8): the
+    /// series would turn classic in a Prometheus that had it native.
+    #[test]
+    fn a_checkpoint_coarser_than_any_observations_reach_is_refused() {
+        let mut h = Histogram::new(&[1.0, 10.0]);
+        for v in EXTREMES {
+            h.observe(v);
+        }
+        assert!(h.exponential().scale() >= EXP_MIN_SCALE);
+        let mut saved = h.save();
+        saved.scale = EXP_MIN_SCALE;
+        assert!(Histogram::restore(&[1.0, 10.0], saved.clone()).is_ok());
+        for scale in [EXP_MIN_SCALE - 1, -10] {
+            saved.scale = scale;
+            assert!(
+                Histogram::restore(&[1.0, 10.0], saved.clone()).is_err(),
+                "{scale}"
+            );
+        }
+    }
 
     #[test]
     fn extremes_in_every_pair_are_counted() {

@@ -166,3 +166,31 @@ fn rendering_at_the_breakdown_caps_holds_little_besides_the_gzip() {
         }
     }
 }
+
+/// For a scraper without gzip the hub keeps the bytes as they are until
+/// the next render: the body and nothing more. The buffer they are written
+/// into grows by doubling, and `Bytes` keeps a `Vec`'s spare capacity, so
+/// unshrunk it held up to twice the body (134 MB for a 72 MB text).
+#[test]
+fn the_bytes_kept_for_a_scraper_without_gzip_are_the_body_and_no_more() {
+    let snap = at_the_caps(128);
+    for format in Format::ALL {
+        let base = LIVE.with(Cell::get);
+        let e = Exposition::render(
+            format,
+            &Options::default(),
+            &ProcessInfo::default(),
+            std::slice::from_ref(&snap),
+            0,
+            true,
+        );
+        let kept = LIVE.with(Cell::get) - base;
+        let body = e.identity.as_ref().map_or(0, |b| b.len());
+        assert_eq!(body, e.text_len, "{format:?}");
+        assert!(
+            kept <= body + e.gzip.len() + (1 << 20),
+            "a {format:?} render kept {kept} bytes for a body of {body} and a gzip of {}",
+            e.gzip.len()
+        );
+    }
+}

@@ -97,8 +97,11 @@ impl Exposition {
             }
         });
         let mut gzip = gz.finish().unwrap_or_default();
-        // Held until the next render: no spare capacity kept with it.
+        // Held until the next render: no spare capacity kept with either
+        // (`Bytes` keeps a `Vec`'s; the body's, grown by doubling, can be
+        // near its size again).
         gzip.shrink_to_fit();
+        plain.shrink_to_fit();
         Exposition {
             gzip: Bytes::from(gzip),
             identity: identity.then(|| Bytes::from(plain)),

@@ -98,23 +98,34 @@ fn weight(v: &str) -> Option<u16> {
     }
 }
 
-/// `Accept-Encoding` names gzip (or `*`) with a non-zero weight.
+/// `Accept-Encoding` takes gzip: names it with a non-zero weight, or, when
+/// it does not name gzip, names `*` with one (RFC 9110 12.5.3: `*` is any
+/// coding not listed, so `gzip;q=0, *` refuses gzip).
 pub fn gzip(headers: &HeaderMap) -> bool {
-    headers
+    // The weight of the last `gzip` and of the last `*`, if named.
+    let (mut named, mut any) = (None, None);
+    for item in headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .take(MAX_RANGES)
-        .any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let coding = parts.next().unwrap_or("");
-            let refused = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .is_some_and(|q| weight(q.trim()).is_none_or(|w| w == 0))
-            });
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
-        })
+    {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        // A weight that is not one refuses, as `q=0` does.
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1000), |(_, v)| weight(v.trim()))
+            .unwrap_or(0);
+        if coding.eq_ignore_ascii_case("gzip") {
+            named = Some(q);
+        } else if coding == "*" {
+            any = Some(q);
+        }
+    }
+    named.or(any).is_some_and(|q| q > 0)
 }
 
 #[cfg(test)]
@@ -252,5 +263,19 @@ mod tests {
         assert!(!enc("gzip;q=bogus"));
         assert!(!enc("identity"));
         assert!(!gzip(&HeaderMap::new()));
+    }
+
+    /// `*` is any coding the header does not name: it does not undo an
+    /// explicit `gzip;q=0`; a weight's name is case-insensitive.
+    #[test]
+    fn an_explicit_gzip_refusal_is_not_undone_by_a_star() {
+        assert!(!enc("gzip;q=0, *"));
+        assert!(!enc("*, gzip;q=0"));
+        assert!(!enc("gzip;Q=0"));
+        assert!(!enc("gzip; q = 0"));
+        assert!(!enc("*;q=0"));
+        assert!(!enc("br, *;q=0"));
+        assert!(enc("gzip;q=0.1, *;q=0"));
+        assert!(enc("br;q=1, *;q=0.5"));
     }
 }
