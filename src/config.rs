@@ -115,6 +115,9 @@ pub struct RunArgs {
         env = "CLAWMESH_WEB_OPENMETRICS_CREATED"
     )]
     pub openmetrics_created: bool,
+    /// Largest /metrics body kept uncompressed, per format, for scrapers that do not take gzip (e.g. 4MiB); a larger one is inflated from the kept gzip as such a scraper reads it.
+    #[arg(long = "web.max-plain-size", env = "CLAWMESH_WEB_MAX_PLAIN_SIZE", default_value = "4MiB", value_parser = crate::units::parse_size)]
+    pub max_plain_size: u64,
     #[command(flatten)]
     pub poll: PollArgs,
     #[command(flatten)]
@@ -332,6 +335,7 @@ impl RunArgs {
             exposition: crate::expose::Options {
                 exemplars: !self.disable_exemplars,
                 created_lines: self.openmetrics_created,
+                plain_max: usize::try_from(self.max_plain_size).unwrap_or(usize::MAX),
             },
             log_level: self.log_level,
             log_format: self.log_format,

@@ -309,15 +309,7 @@ impl Hub {
     /// scraper takes no gzip, so its bytes as they are are kept from the
     /// next render on (until then it is inflated as it is read).
     pub fn exposition_for(&self, format: Format, identity: bool) -> Arc<Exposition> {
-        {
-            let mut asked = self.lock_asked();
-            let now = Some(Instant::now());
-            asked[slot(format)].any = now;
-            if identity {
-                asked[slot(format)].identity = now;
-            }
-        }
-        if let Some(e) = self.current(format) {
+        if let Some(e) = self.cached(format, identity) {
             return e;
         }
         // Under the state's lock, as a sync's render: one render of what
@@ -335,6 +327,21 @@ impl Hub {
         let e = self.render_one(&st, format, identity);
         self.expositions.write().unwrap_or_else(|p| p.into_inner())[slot(format)] = Some(e.clone());
         e
+    }
+
+    /// The last render in `format` if there is one (it is asked for now:
+    /// see [`Hub::exposition_for`]); `None` when it must be rendered, which
+    /// the server does off its async threads.
+    pub fn cached(&self, format: Format, identity: bool) -> Option<Arc<Exposition>> {
+        {
+            let mut asked = self.lock_asked();
+            let now = Some(Instant::now());
+            asked[slot(format)].any = now;
+            if identity {
+                asked[slot(format)].identity = now;
+            }
+        }
+        self.current(format)
     }
 
     fn lock_asked(&self) -> std::sync::MutexGuard<'_, [Asked; 3]> {

@@ -176,9 +176,14 @@ fn the_bytes_kept_for_a_scraper_without_gzip_are_the_body_and_no_more() {
     let snap = at_the_caps(128);
     for format in Format::ALL {
         let base = LIVE.with(Cell::get);
+        // Past the default --web.max-plain-size: the cap raised to keep it.
+        let options = Options {
+            plain_max: usize::MAX,
+            ..Options::default()
+        };
         let e = Exposition::render(
             format,
-            &Options::default(),
+            &options,
             &ProcessInfo::default(),
             std::slice::from_ref(&snap),
             0,
@@ -192,5 +197,22 @@ fn the_bytes_kept_for_a_scraper_without_gzip_are_the_body_and_no_more() {
             "a {format:?} render kept {kept} bytes for a body of {body} and a gzip of {}",
             e.gzip.len()
         );
+        // At the default cap, nothing but the gzip is kept.
+        let base = LIVE.with(Cell::get);
+        let e = Exposition::render(
+            format,
+            &Options::default(),
+            &ProcessInfo::default(),
+            std::slice::from_ref(&snap),
+            0,
+            true,
+        );
+        let kept = LIVE.with(Cell::get) - base;
+        assert!(
+            e.identity.is_none(),
+            "{format:?}: a body of {} kept",
+            e.text_len
+        );
+        assert!(kept <= e.gzip.len() + (1 << 20), "{format:?}: {kept} kept");
     }
 }

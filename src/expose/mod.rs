@@ -26,7 +26,7 @@ mod text;
 mod walk;
 
 use walk::walk;
-pub use walk::Options;
+pub use walk::{Options, DEFAULT_PLAIN_MAX};
 
 /// The formats /metrics speaks, chosen by the scraper's `Accept`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,7 +73,8 @@ impl Exposition {
     /// about how long the gzip will be (the last render's), reserved so
     /// that it does not grow by doubling.
     /// `identity`: keep the bytes as they are too (a scraper without gzip
-    /// asked for this format).
+    /// asked for this format), unless they are more than
+    /// `options.plain_max`.
     pub fn render<S: Borrow<Snapshot>>(
         format: Format,
         options: &Options,
@@ -87,13 +88,18 @@ impl Exposition {
             flate2::Compression::fast(),
         );
         let mut text_len = 0;
-        let mut plain = Vec::new();
+        // The plain bytes, while within `--web.max-plain-size`: past it a
+        // scraper without gzip is served the gzip inflated as it reads.
+        let mut plain = identity.then(Vec::new);
         // Writing into a Vec cannot fail.
         render_with(format, options, process, snapshots, |piece| {
             text_len += piece.len();
             let _ = gz.write_all(piece);
-            if identity {
-                plain.extend_from_slice(piece);
+            if text_len > options.plain_max {
+                plain = None;
+            }
+            if let Some(p) = &mut plain {
+                p.extend_from_slice(piece);
             }
         });
         let mut gzip = gz.finish().unwrap_or_default();
@@ -101,10 +107,12 @@ impl Exposition {
         // (`Bytes` keeps a `Vec`'s; the body's, grown by doubling, can be
         // near its size again).
         gzip.shrink_to_fit();
-        plain.shrink_to_fit();
         Exposition {
             gzip: Bytes::from(gzip),
-            identity: identity.then(|| Bytes::from(plain)),
+            identity: plain.map(|mut p| {
+                p.shrink_to_fit();
+                Bytes::from(p)
+            }),
             text_len,
         }
     }

@@ -900,6 +900,7 @@ fn protobuf_streamed_is_byte_for_byte_what_prost_writes_for_each_family() {
 const ALL_ON: Options = Options {
     exemplars: true,
     created_lines: true,
+    plain_max: usize::MAX,
 };
 
 #[test]
@@ -917,4 +918,23 @@ fn openmetrics_has_no_created_lines_unless_asked_for() {
         without == off.lines().collect::<Vec<_>>(),
         "more than _created differs"
     );
+}
+
+#[test]
+fn a_body_past_the_plain_cap_is_not_kept_as_it_is() {
+    let snaps = [sample_snapshot()];
+    let len = body(Format::Text, Options::default(), &snaps).len();
+    let at = |plain_max| {
+        let o = Options {
+            plain_max,
+            ..Options::default()
+        };
+        Exposition::render(Format::Text, &o, &process(), &snaps, 0, true)
+    };
+    let kept = at(len);
+    assert_eq!(kept.identity.as_ref().map(|b| b.len()), Some(len));
+    let over = at(len - 1);
+    assert!(over.identity.is_none(), "a body over the cap was kept");
+    // The gzip is the same body either way.
+    assert_eq!(over.text(), kept.text());
 }

@@ -17,13 +17,22 @@ pub struct Options {
     /// as a series of its own, one more per counter and histogram series.
     /// Protobuf always carries created timestamps (they cost no series).
     pub created_lines: bool,
+    /// The largest body kept as it is for scrapers without gzip
+    /// (`--web.max-plain-size`); a larger one is inflated from the gzip as
+    /// such a scraper reads it.
+    pub plain_max: usize,
 }
+
+/// `--web.max-plain-size`'s default: what three formats kept as they are
+/// may cost at most, 12 MiB, fits the shipped 64 MiB limit with the rest.
+pub const DEFAULT_PLAIN_MAX: usize = 4 << 20;
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             exemplars: true,
             created_lines: false,
+            plain_max: DEFAULT_PLAIN_MAX,
         }
     }
 }

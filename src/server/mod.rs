@@ -89,7 +89,24 @@ pub fn app(
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let format = negotiate::format(&headers);
     let gzip = negotiate::gzip(&headers);
-    let e = s.hub.exposition_for(format, !gzip);
+    let e = match s.hub.cached(format, !gzip) {
+        Some(e) => e,
+        // A first ask renders (at the breakdowns' caps, a tenth of a second
+        // and more): not on the threads that serve every other request.
+        None => {
+            let hub = s.hub.clone();
+            match tokio::task::spawn_blocking(move || hub.exposition_for(format, !gzip)).await {
+                Ok(e) => e,
+                Err(_) => {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the exposition could not be rendered; see the log\n",
+                    )
+                        .into_response()
+                }
+            }
+        }
+    };
     let mut h = HeaderMap::new();
     h.insert(
         header::CONTENT_TYPE,
