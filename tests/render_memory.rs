@@ -216,3 +216,37 @@ fn the_bytes_kept_for_a_scraper_without_gzip_are_the_body_and_no_more() {
         assert!(kept <= e.gzip.len() + (1 << 20), "{format:?}: {kept} kept");
     }
 }
+
+/// Exemplars at the caps, the worst case: every bucket of both duration
+/// histograms of every slice holding one, with ids at the OpenMetrics
+/// limit (121 characters). docs/formats.md states their cost per slice.
+#[test]
+fn exemplars_at_the_caps_cost_what_the_docs_say() {
+    use clawmesh_exporter::histogram::{Exemplar, EXEMPLAR_LABEL, EXEMPLAR_MAX_LABEL_CHARS};
+    let mut snap = at_the_caps(8);
+    let slices = snap.task_groups.len();
+    let id = "t".repeat(EXEMPLAR_MAX_LABEL_CHARS - EXEMPLAR_LABEL.len());
+    let bounds = snap.task_groups[0].counters.run_seconds.bounds();
+    // A value in every bucket, +Inf included.
+    let values: Vec<f64> = bounds.iter().copied().chain([f64::MAX / 4.0]).collect();
+    let base = LIVE.with(Cell::get);
+    for g in &mut snap.task_groups {
+        for v in &values {
+            let e = Exemplar::new(&id, *v, 1.8e9).unwrap();
+            g.counters.queue_seconds.observe_as(*v, Some(&e));
+            g.counters.run_seconds.observe_as(*v, Some(&e));
+        }
+        g.counters.last_failed.0 = Exemplar::new(&id, 1.0, 1.8e9);
+    }
+    let per_slice = (LIVE.with(Cell::get) - base) / slices;
+    println!("exemplars at the caps: {per_slice} bytes a slice, {slices} slices");
+    assert!(
+        per_slice <= 5_632,
+        "exemplars cost {per_slice} bytes a slice, docs/formats.md says at most 5.5 KB"
+    );
+    // Every bucket shows its exemplar.
+    assert_eq!(
+        snap.task_groups[0].counters.run_seconds.exemplars().count(),
+        values.len()
+    );
+}
