@@ -20,6 +20,13 @@ use std::time::{Duration, Instant};
 /// than any scrape interval.
 pub const ASKED_WITHIN: Duration = Duration::from_secs(600);
 
+/// The process's resources are read at most this often. A render runs at
+/// each publish (each poll of each workspace: 50 workspaces at 1 s are 50
+/// a second), and each read (a thread for its deadline, `/proc/self/stat`,
+/// a walk of `/proc/self/fd`: 1.7 ms at 1,100 descriptors, debug build)
+/// runs under the state's lock; a served value is at most this old.
+pub const RESOURCES_EVERY: Duration = Duration::from_secs(1);
+
 /// One render of each format, by [`Format`] index.
 type Expositions = [Option<Arc<Exposition>>; 3];
 
@@ -60,8 +67,11 @@ pub struct Hub {
     /// What the last render showed of them, so that OTLP pushes the same.
     http_rendered: Mutex<crate::metrics::HttpStats>,
     /// The process's CPU, memory and descriptors as the last render read
-    /// them (at each render, never per scrape), so that OTLP pushes the same.
-    resources_rendered: Mutex<Option<crate::metrics::ProcessResources>>,
+    /// them, and when (at a render at most every [`RESOURCES_EVERY`], never
+    /// per scrape), so that OTLP pushes the same.
+    resources_rendered: Mutex<Option<(Instant, crate::metrics::ProcessResources)>>,
+    /// How many times the resources were read (tests).
+    resource_reads: std::sync::atomic::AtomicU64,
     /// The test seam of a crash: the stop writes no last checkpoint, as
     /// after `kill -9` (`Running::stop_as_if_killed`).
     killed: std::sync::atomic::AtomicBool,
@@ -146,6 +156,7 @@ impl Hub {
             http: Default::default(),
             http_rendered: Default::default(),
             resources_rendered: Default::default(),
+            resource_reads: Default::default(),
             killed: Default::default(),
         }
     }
@@ -254,7 +265,8 @@ impl Hub {
                 .resources_rendered
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+                .as_ref()
+                .map(|(_, r)| r.clone()),
             ..st.process_view()
         }
     }
@@ -264,10 +276,18 @@ impl Hub {
     /// scrape never reads one older than the numbers).
     fn render(&self, st: &State) {
         *self.http_rendered.lock().unwrap_or_else(|p| p.into_inner()) = self.http.snapshot();
-        *self
-            .resources_rendered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(crate::metrics::ProcessResources::read());
+        {
+            let mut res = self
+                .resources_rendered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if res
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= RESOURCES_EVERY)
+            {
+                *res = Some((Instant::now(), self.read_resources()));
+            }
+        }
         let asked = *self.lock_asked();
         let mut next: Expositions = Default::default();
         for f in Format::ALL {
@@ -323,7 +343,7 @@ impl Hub {
         self.resources_rendered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(crate::metrics::ProcessResources::read);
+            .get_or_insert_with(|| (Instant::now(), self.read_resources()));
         let e = self.render_one(&st, format, identity);
         self.expositions.write().unwrap_or_else(|p| p.into_inner())[slot(format)] = Some(e.clone());
         e
@@ -342,6 +362,12 @@ impl Hub {
             }
         }
         self.current(format)
+    }
+
+    fn read_resources(&self) -> crate::metrics::ProcessResources {
+        self.resource_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        crate::metrics::ProcessResources::read()
     }
 
     fn lock_asked(&self) -> std::sync::MutexGuard<'_, [Asked; 3]> {
@@ -411,5 +437,26 @@ mod tests {
             e.identity.as_deref().map(<[u8]>::to_vec),
             Some(crate::expose::Exposition::text(&e).into_bytes())
         );
+    }
+
+    /// A render runs at each publish (each poll of each workspace, each
+    /// OTLP health change): the process's resources are read at most once
+    /// a second of them, not at each.
+    #[test]
+    fn the_process_resources_are_read_at_most_once_a_second_of_renders() {
+        let hub = Hub::default();
+        hub.exposition_for(Format::Text, false);
+        let start = Instant::now();
+        for i in 0..200 {
+            hub.update_process(|p| p.workspaces_configured = i);
+        }
+        let reads = hub.resource_reads.load(std::sync::atomic::Ordering::SeqCst);
+        let most = 2 + start.elapsed().as_secs() / RESOURCES_EVERY.as_secs();
+        assert!(
+            (1..=most).contains(&reads),
+            "{reads} reads for 200 renders in {:?}",
+            start.elapsed()
+        );
+        assert!(hub.process().resources.is_some());
     }
 }

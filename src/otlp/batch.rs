@@ -252,6 +252,8 @@ pub struct Batcher {
     /// Deltas count from here: the start, then the last delivered build.
     delivered_ns: u64,
     started_ns: u64,
+    /// Some export, or a part of one, was accepted.
+    delivered_any: bool,
     series: HashMap<(usize, String, Vec<String>), Series>,
     generation: u64,
     /// Workspaces (their counting origin, and the slot's start) whose
@@ -298,6 +300,7 @@ impl Batcher {
             },
             delivered_ns: started_ns,
             started_ns,
+            delivered_any: false,
             series: HashMap::new(),
             generation: 0,
             primed: HashSet::new(),
@@ -642,6 +645,15 @@ impl Batcher {
                 bounds: h.bounds,
             }),
         };
+        // Before the first delivery a series' increase is all it counted
+        // since its origin, which may precede this pusher (the process's
+        // CPU time, a workspace polled before the first export): its first
+        // delta starts there, not at the pusher's start.
+        let first_from = if !self.delivered_any && origin_ns > 0 {
+            delivered.min(origin_ns)
+        } else {
+            delivered
+        };
         let s = self.series.entry(key).or_insert_with(|| Series {
             // A series first seen now counted zero before: its total counts
             // from its start, its increase from the last delivery.
@@ -649,7 +661,7 @@ impl Batcher {
             last_ns: delivered,
             start_ns: start,
             undelivered: None,
-            delivered_ns: delivered,
+            delivered_ns: first_from,
             seen: generation,
             origin_ns,
         });
@@ -688,6 +700,7 @@ impl Batcher {
     /// afresh from it.
     pub fn delivered(&mut self, built_ns: u64) {
         self.delivered_ns = built_ns;
+        self.delivered_any = true;
         for s in self.series.values_mut() {
             s.undelivered = None;
             s.delivered_ns = built_ns;
@@ -702,6 +715,7 @@ impl Batcher {
         series: impl IntoIterator<Item = &'a SeriesKey>,
         built_ns: u64,
     ) {
+        self.delivered_any = true;
         for key in series {
             if let Some(s) = self.series.get_mut(key) {
                 s.undelivered = None;

@@ -1491,3 +1491,41 @@ fn process_resources_go_out_under_the_semantic_conventions_names() {
         "{names:?}"
     );
 }
+
+/// The pusher starts after the process: the first delta of
+/// process.cpu.time holds the CPU time since the process's start, so it
+/// must start there, not at the pusher's start (a rate over it would count
+/// the startup's CPU in too short a time); the next starts where it ended.
+#[test]
+fn the_first_delta_of_process_cpu_time_starts_at_the_process_start() {
+    let started = 1_700_000_000.0;
+    let mut process = crate::metrics::ProcessInfo {
+        started_at: started,
+        resources: Some(crate::metrics::ProcessResources {
+            cpu_seconds: Some(1.5),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pusher_ns = 1_700_000_002_000_000_000;
+    let mut b = Batcher::new(
+        Temporality::Delta,
+        HistogramMode::Explicit,
+        &[("service.name".into(), "x".into())],
+        pusher_ns,
+    );
+    let cpu = |r: &ExportMetricsServiceRequest| match &metric(r, "process.cpu.time").data {
+        Some(Data::Sum(s)) => s.data_points[0].clone(),
+        other => panic!("process.cpu.time is not a Sum: {other:?}"),
+    };
+    let first = b.build(&process, &[], pusher_ns + 1_000_000_000);
+    let p = cpu(&first.request);
+    assert_eq!(p.value, Some(number_data_point::Value::AsDouble(1.5)));
+    assert_eq!(p.start_time_unix_nano, 1_700_000_000_000_000_000);
+    b.delivered(first.built_ns);
+    process.resources.as_mut().unwrap().cpu_seconds = Some(2.0);
+    let second = b.build(&process, &[], pusher_ns + 2_000_000_000);
+    let p = cpu(&second.request);
+    assert_eq!(p.value, Some(number_data_point::Value::AsDouble(0.5)));
+    assert_eq!(p.start_time_unix_nano, first.built_ns);
+}

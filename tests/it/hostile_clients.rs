@@ -356,6 +356,34 @@ async fn file_descriptor_exhaustion_recovers_by_itself() {
         "took {:?}",
         opened.elapsed()
     );
+    // The process families, which read /proc (itself short of descriptors
+    // at the limit: absent then, never 0), are back with the limit it
+    // runs under, and its start as before.
+    let families = || async {
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        match c.get(format!("http://{addr}/metrics")).send().await {
+            Ok(r) => parse(&r.text().await.unwrap_or_default()),
+            Err(_) => Default::default(),
+        }
+    };
+    wait_for(
+        Duration::from_secs(15),
+        "the process families after the descriptors ran out",
+        || async {
+            let m = families().await;
+            value(&m, "process_open_fds", &[]).is_some()
+                && value(&m, "process_cpu_seconds_total", &[]).is_some()
+        },
+    )
+    .await;
+    let m = families().await;
+    assert_eq!(value(&m, "process_max_fds", &[]), Some(1024.0));
+    let open = must(&m, "process_open_fds", &[]);
+    assert!((3.0..=1024.0).contains(&open), "open fds {open}");
+    assert!(value(&m, "process_start_time_seconds", &[]).is_some());
     let _ = child.kill();
     let _ = child.wait();
     let stderr = std::fs::read_to_string(&log).unwrap();

@@ -595,6 +595,38 @@ fn assert_process_resources(got: &[Got], metrics: &BTreeMap<String, f64>, tempor
         );
         // No more CPU than /metrics showed after it.
         assert!(number(&p.value) <= must(metrics, "process_cpu_seconds_total", &[]));
+    } else {
+        // Each delta counts from the end of the one before, from the
+        // process's start, never negative: their sum is the CPU time at the
+        // last export, no more than /metrics showed after it (a double
+        // count would pass it as the exports go on).
+        let points: Vec<_> = got
+            .iter()
+            .flat_map(|g| &g.request.resource_metrics)
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .filter(|m| m.name == "process.cpu.time")
+            .flat_map(|m| match &m.data {
+                Some(Data::Sum(s)) => s.data_points.clone(),
+                other => panic!("process.cpu.time is not a Sum: {other:?}"),
+            })
+            .collect();
+        assert!(points.len() >= 2, "{points:?}");
+        assert!(
+            (points[0].start_time_unix_nano as f64 / 1e9 - start).abs() < 1e-3,
+            "the first delta starts at {}, the process at {start}",
+            points[0].start_time_unix_nano
+        );
+        for w in points.windows(2) {
+            assert_eq!(w[1].start_time_unix_nano, w[0].time_unix_nano, "{w:?}");
+        }
+        assert!(points.iter().all(|p| number(&p.value) >= 0.0), "{points:?}");
+        let sum: f64 = points.iter().map(|p| number(&p.value)).sum();
+        let shown = must(metrics, "process_cpu_seconds_total", &[]);
+        assert!(
+            sum <= shown + 1e-6,
+            "deltas sum to {sum}, /metrics shows {shown}"
+        );
     }
     let rss = gauge("process.memory.usage");
     assert!(rss > 1024.0 * 1024.0, "resident {rss}");

@@ -86,17 +86,39 @@ fn read_now() -> ProcessResources {
 /// When the process started (Unix seconds), from `/proc`: its start in
 /// clock ticks after boot, and the boot time. Read once.
 pub fn start_time() -> Option<f64> {
-    static START: OnceLock<Option<f64>> = OnceLock::new();
-    *START.get_or_init(|| {
-        if !cfg!(target_os = "linux") {
-            return None;
+    static START: Settled<f64> = Settled::new();
+    START
+        .get_or_try(|| {
+            if !cfg!(target_os = "linux") {
+                return None;
+            }
+            let stat = Stat::parse(&read_small(Path::new("/proc/self/stat"))?)?;
+            let tick = sysconf(libc::_SC_CLK_TCK)?;
+            let file = std::fs::File::open("/proc/stat").ok()?;
+            let btime = boot_time(std::io::BufReader::new(file.take(PROC_STAT_MAX)))?;
+            Some(btime + stat.starttime as f64 / tick)
+        })
+        .copied()
+}
+
+/// A fact of the process worked out once it could be. A failed try (a
+/// read at the open-files limit, `EMFILE`) is not kept: the next call
+/// tries again, else the family would be absent for the process's life
+/// (and the memory alert silent) after one bad moment.
+struct Settled<T>(OnceLock<T>);
+
+impl<T> Settled<T> {
+    const fn new() -> Self {
+        Settled(OnceLock::new())
+    }
+
+    fn get_or_try(&self, f: impl FnOnce() -> Option<T>) -> Option<&T> {
+        if let Some(v) = self.0.get() {
+            return Some(v);
         }
-        let stat = Stat::parse(&read_small(Path::new("/proc/self/stat"))?)?;
-        let tick = sysconf(libc::_SC_CLK_TCK)?;
-        let file = std::fs::File::open("/proc/stat").ok()?;
-        let btime = boot_time(std::io::BufReader::new(file.take(PROC_STAT_MAX)))?;
-        Some(btime + stat.starttime as f64 / tick)
-    })
+        let v = f()?;
+        Some(self.0.get_or_init(|| v))
+    }
 }
 
 /// `btime` of `/proc/stat`: the boot time, Unix seconds.
@@ -168,12 +190,13 @@ fn read_small(path: &Path) -> Option<String> {
 /// mount, worked out once (a process does not move between cgroups).
 #[cfg(target_os = "linux")]
 fn cgroup_files() -> &'static [PathBuf] {
-    static FILES: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    FILES.get_or_init(|| {
-        read_small(Path::new("/proc/self/cgroup"))
-            .map(|c| limit_files(&c, Path::new("/sys/fs/cgroup")))
-            .unwrap_or_default()
-    })
+    static FILES: Settled<Vec<PathBuf>> = Settled::new();
+    FILES
+        .get_or_try(|| {
+            read_small(Path::new("/proc/self/cgroup"))
+                .map(|c| limit_files(&c, Path::new("/sys/fs/cgroup")))
+        })
+        .map_or(&[], Vec::as_slice)
 }
 
 /// From `/proc/self/cgroup` and the mount point of the cgroup file
@@ -246,6 +269,20 @@ mod tests {
         );
         assert_eq!(Stat::parse("4242 (cut short) S 1 2"), None);
         assert_eq!(Stat::parse("no parenthesis at all"), None);
+    }
+
+    /// The start time and the cgroup's files are worked out once; a first
+    /// try that failed (at the open-files limit) is tried again, not kept.
+    #[test]
+    fn a_failed_first_try_of_a_settled_fact_is_tried_again() {
+        let s: Settled<u32> = Settled::new();
+        assert_eq!(s.get_or_try(|| None), None);
+        assert_eq!(s.get_or_try(|| Some(7)), Some(&7));
+        assert_eq!(
+            s.get_or_try(|| Some(8)),
+            Some(&7),
+            "settled, not read again"
+        );
     }
 
     #[test]
@@ -328,6 +365,57 @@ mod tests {
             &"1".repeat(SMALL_FILE_MAX as usize + 1),
         );
         assert_eq!(memory_limit(&files), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// What a hostile or broken `/proc/self/cgroup` and limit file can
+    /// hold: never a panic, never more files than the mount's depth, and a
+    /// number no limit can be is no limit.
+    #[test]
+    fn odd_cgroup_listings_and_limits_are_bounded_and_never_panic() {
+        let root = dir();
+        std::fs::create_dir_all(&root).unwrap();
+        let long = format!("0::/{}\n", "x/".repeat(100_000));
+        for listing in [
+            "",
+            "\n\n",
+            "garbage",
+            "0:",
+            "0::",
+            "0::/",
+            "::::::",
+            "0::/./.",
+            "0::/a/../../..",
+            "0::/..",
+            "7:memory,memory:/../x",
+            "\u{0}::\u{0}",
+            long.as_str(),
+        ] {
+            let files = limit_files(listing, &root);
+            assert!(files.len() <= 2, "{listing:.60?}: {files:?}");
+            assert!(
+                files.iter().all(|f| f.starts_with(&root)),
+                "{listing:.60?} climbed out: {files:?}"
+            );
+        }
+        let file = root.join("memory.max");
+        for text in [
+            "-1",
+            "0",
+            "18446744073709551616",
+            "99999999999999999999999999",
+            "max max",
+            "1e9",
+            " \n",
+            "\u{0}",
+        ] {
+            write(file.clone(), text);
+            assert_eq!(memory_limit(std::slice::from_ref(&file)), None, "{text:?}");
+        }
+        // A missing file is no limit; the readable one still counts.
+        write(file.clone(), "1073741824\n");
+        let files = [root.join("gone/memory.max"), file];
+        assert_eq!(memory_limit(&files), Some(1_073_741_824.0));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
