@@ -519,29 +519,42 @@ async fn a_real_prometheus_takes_native_histograms_and_exemplars_over_protobuf()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
+    // Past the exporter's counting floor (its start rounded up to the
+    // second of a Date header), so that it counts every task from here.
+    let_the_start_pass(&sim, &exporter).await;
     let resumed = sim.sim.now_us();
     sim.sim.resume();
     run_fleet_for(&sim, 150).await;
     converge(&sim, &exporter).await;
-    let runs = finished_after(&sim, resumed).await;
+    // The API stamps an instant with 0 to 6 fractional digits (rounded
+    // down by up to a second): a task finished just after the resume may
+    // read as finished before it. Nothing finished in the second before
+    // (the fleet was paused for longer, since before the exporter started).
+    let runs = finished_after(&sim, resumed - 1_000_000).await;
     let n = runs.len() as u64;
     assert!(n >= 50, "too few finished tasks to take a p95 of: {n}");
 
     // The native histogram holds exactly the tasks the API lists.
-    wait_for(
-        Duration::from_secs(60),
-        "the native histogram holds every task",
-        || async {
-            native
-                .query("histogram_count(sum(clawmesh_task_run_duration_seconds))")
-                .await
-                .is_ok_and(|r| {
-                    r.first()
-                        .is_some_and(|s| number(&s["value"][1]) == n as f64)
-                })
-        },
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let count = native
+            .query("histogram_count(sum(clawmesh_task_run_duration_seconds))")
+            .await
+            .ok()
+            .and_then(|r| r.first().map(|s| number(&s["value"][1])));
+        if count == Some(n as f64) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let served = parse(&scrape(exporter.addr).await);
+            panic!(
+                "the native histogram holds {count:?} tasks, the API lists {n}; the exporter serves {:?}\n{}",
+                value(&served, "clawmesh_task_run_duration_seconds_count", &[]),
+                native.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Protobuf was negotiated: the classic buckets are not what it stored.
     assert!(
         native
@@ -637,14 +650,21 @@ async fn a_real_prometheus_takes_native_histograms_and_exemplars_over_protobuf()
     }
 
     // Without the features: OpenMetrics, classic buckets, the same counts.
-    let classic = plain
-        .query("sum(clawmesh_task_run_duration_seconds_count)")
-        .await
-        .unwrap();
-    assert!(
-        number(&classic[0]["value"][1]) == n as f64,
-        "the Prometheus without features counts {classic:?}, not {n}"
-    );
+    // (Awaited: on a loaded machine its last scrape may have timed out.)
+    wait_for(
+        Duration::from_secs(60),
+        "the Prometheus without features counts every task",
+        || async {
+            plain
+                .query("sum(clawmesh_task_run_duration_seconds_count)")
+                .await
+                .is_ok_and(|r| {
+                    r.first()
+                        .is_some_and(|s| number(&s["value"][1]) == n as f64)
+                })
+        },
+    )
+    .await;
     exporter.shutdown().await;
 }
 
@@ -652,7 +672,14 @@ async fn a_real_prometheus_takes_native_histograms_and_exemplars_over_protobuf()
 async fn openmetrics_exemplars_lie_in_their_buckets_and_the_flag_hides_them() {
     let sim = Sim::start(busy_fleet(65)).await;
     let exporter = start_exporter(&exporter_config(&sim, &[])).await;
+    // At least 40 tasks, and until one has failed since the start (1 in
+    // 20 or so do).
+    let failed = |s: &Sim| s.truth().finished_total.get("failed").copied().unwrap_or(0);
+    let failed_at_start = failed(&sim);
     run_fleet_for(&sim, 40).await;
+    while failed(&sim) == failed_at_start {
+        run_fleet_for(&sim, 10).await;
+    }
     converge(&sim, &exporter).await;
     let truth_runs = finished_after(&sim, 0).await;
     let om = String::from_utf8(get(exporter.addr, OPENMETRICS, true).await.body).unwrap();
