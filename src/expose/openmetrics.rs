@@ -3,7 +3,7 @@
 //! series whichever format it took; OpenMetrics adds the family's unit,
 //! `_created` beside every counter and histogram, exemplars, and `# EOF`.
 
-use super::text::Le;
+use super::text::{push_series, Le};
 use super::walk::{escape, push_label, unit, Encoder, Head, Options, Series, PIECE};
 use crate::histogram::{Exemplar, EXEMPLAR_LABEL};
 use crate::metrics::{Kind, Sample, Value};
@@ -39,20 +39,8 @@ impl<F: FnMut(&[u8])> Writer<F> {
 
     /// `name{labels} value`, and the exemplar if there is one to show.
     fn line(&mut self, suffix: &str, le: Option<Le>, value: f64, exemplar: Option<&Exemplar>) {
+        push_series(&mut self.out, self.name, suffix, &self.labels, le);
         let out = &mut self.out;
-        out.push_str(self.name);
-        out.push_str(suffix);
-        if !self.labels.is_empty() || le.is_some() {
-            out.push('{');
-            out.push_str(&self.labels);
-            if let Some(le) = le {
-                if !self.labels.is_empty() {
-                    out.push(',');
-                }
-                le.push(out);
-            }
-            out.push('}');
-        }
         out.push(' ');
         number(out, value);
         if let Some(e) = exemplar.filter(|_| self.options.exemplars) {

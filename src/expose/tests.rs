@@ -338,7 +338,7 @@ fn renders_byte_for_byte_what_the_prometheus_encoder_renders() {
     );
 }
 
-// ---- OpenMetrics and protobuf (issue 20) ----
+// ---- OpenMetrics and protobuf ----
 
 use super::native::{self, ZERO_THRESHOLD};
 use super::protobuf::{self as pb, MetricFamily};

@@ -40,20 +40,8 @@ impl<F: FnMut(&[u8])> Writer<F> {
     /// `name{labels} value`: numbers as Rust's `Display` writes them
     /// (`1`, `0.25`, `inf`, `NaN`), as the `prometheus` crate does.
     fn line(&mut self, suffix: &str, le: Option<Le>, value: f64) {
+        push_series(&mut self.out, self.name, suffix, &self.labels, le);
         let out = &mut self.out;
-        out.push_str(self.name);
-        out.push_str(suffix);
-        if !self.labels.is_empty() || le.is_some() {
-            out.push('{');
-            out.push_str(&self.labels);
-            if let Some(le) = le {
-                if !self.labels.is_empty() {
-                    out.push(',');
-                }
-                le.push(out);
-            }
-            out.push('}');
-        }
         // Writing into a String cannot fail.
         let _ = writeln!(out, " {value}");
     }
@@ -113,6 +101,30 @@ impl<F: FnMut(&[u8])> Encoder for Writer<F> {
 pub(super) enum Le {
     Bound(f64),
     Inf,
+}
+
+/// `name_suffix{labels,le="…"}`, as the text format and OpenMetrics both
+/// write a sample's series (no braces without labels).
+pub(super) fn push_series(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: &str,
+    le: Option<Le>,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    if !labels.is_empty() || le.is_some() {
+        out.push('{');
+        out.push_str(labels);
+        if let Some(le) = le {
+            if !labels.is_empty() {
+                out.push(',');
+            }
+            le.push(out);
+        }
+        out.push('}');
+    }
 }
 
 impl Le {
