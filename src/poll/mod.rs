@@ -50,6 +50,12 @@ pub struct PollConfig {
     /// Agents read one by one per task sync (`GET /agents/{id}`) when tasks
     /// name agents not yet listed; the rest count without agent values.
     pub max_agent_lookups: usize,
+    /// What the workspace's spend is held against (the config file's
+    /// `budgets:`).
+    pub budgets: Vec<crate::fleet::BudgetConfig>,
+    /// The price table, shared by every workspace and replaced in place by
+    /// a reload; set by the exporter, not per workspace.
+    pub prices: crate::prices::Prices,
     /// Checkpoints; set by the exporter, not per workspace.
     pub storage: Option<crate::storage::Storage>,
     /// Where a stopped slot leaves its workspace for the slot a reload

@@ -153,6 +153,7 @@ impl PartialEq for PollConfig {
             && self.fleet == o.fleet
             && self.breakdown == o.breakdown
             && self.max_agent_lookups == o.max_agent_lookups
+            && self.budgets == o.budgets
     }
 }
 
