@@ -5,7 +5,9 @@
 //! (a slice's counters) and `saved.rs` (the fleet's counters), which all use
 //! them.
 
+use super::spend::{PeriodSpend, Spend, Unpriced};
 use crate::histogram::{Histogram, LatestExemplar, SavedHistogram};
+use crate::prices::Money;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -63,6 +65,14 @@ pub struct Counters {
     pub failures: BTreeMap<String, u64>,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// What the tokens cost, by kind and terminal status.
+    pub spend: Spend,
+    /// Spend of the tasks finished in the latest UTC month and day seen.
+    pub month: PeriodSpend,
+    pub day: PeriodSpend,
+    /// Tokens no price covered, by (provider, model): the workspace's
+    /// only (like `rejected`), never a slice's.
+    pub unpriced: Unpriced,
     pub queue_seconds: Histogram,
     pub run_seconds: Histogram,
     /// (resource, reason) -> sightings refused whole or in part.
@@ -81,6 +91,10 @@ impl Default for Counters {
             failures: zeros(&FAILURE_CODES),
             input_tokens: 0,
             output_tokens: 0,
+            spend: Spend::default(),
+            month: PeriodSpend::default(),
+            day: PeriodSpend::default(),
+            unpriced: Unpriced::new(),
             queue_seconds: Histogram::new(TASK_DURATION_BUCKETS),
             run_seconds: Histogram::new(TASK_DURATION_BUCKETS),
             rejected: RESOURCES
@@ -105,6 +119,15 @@ impl Counters {
         add(&mut self.failures, &other.failures);
         self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.spend.merge(&other.spend);
+        self.month.merge(&other.month);
+        self.day.merge(&other.day);
+        for (k, v) in &other.unpriced {
+            let e = self.unpriced.entry(k.clone()).or_default();
+            for i in 0..2 {
+                e[i] = e[i].saturating_add(v[i]);
+            }
+        }
         self.queue_seconds.merge(&other.queue_seconds);
         self.run_seconds.merge(&other.run_seconds);
         for (k, n) in &other.rejected {
@@ -130,11 +153,22 @@ impl Counters {
             let e = rejected.get_mut(k)?;
             *e = e.checked_sub(*n)?;
         }
+        let mut unpriced = self.unpriced.clone();
+        for (k, v) in &earlier.unpriced {
+            let e = unpriced.get_mut(k)?;
+            for i in 0..2 {
+                e[i] = e[i].checked_sub(v[i])?;
+            }
+        }
         Some(Counters {
             finished: sub(&self.finished, &earlier.finished)?,
             failures: sub(&self.failures, &earlier.failures)?,
             input_tokens: self.input_tokens.checked_sub(earlier.input_tokens)?,
             output_tokens: self.output_tokens.checked_sub(earlier.output_tokens)?,
+            spend: self.spend.since(&earlier.spend)?,
+            month: self.month.since(&earlier.month),
+            day: self.day.since(&earlier.day),
+            unpriced,
             queue_seconds: self.queue_seconds.since(&earlier.queue_seconds)?,
             run_seconds: self.run_seconds.since(&earlier.run_seconds)?,
             rejected,
@@ -150,6 +184,10 @@ impl Counters {
             .all(|n| *n == 0)
             && self.input_tokens == 0
             && self.output_tokens == 0
+            && self.spend.is_zero()
+            && self.month.spend == Money::ZERO
+            && self.day.spend == Money::ZERO
+            && self.unpriced.values().all(|v| *v == [0, 0])
             && self.queue_seconds.count() == 0
             && self.run_seconds.count() == 0
             && self.rejected.values().all(|n| *n == 0)
@@ -165,6 +203,20 @@ pub struct SavedCounters {
     queue_seconds: SavedHistogram,
     run_seconds: SavedHistogram,
     rejected: Vec<(String, String, u64)>,
+    /// Spend as exact decimal text ([kind][status], currency units): u128
+    /// does not fit a JSON number. Absent in checkpoints of before spend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spend: Option<SavedSpend>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedSpend {
+    spend: [[String; 3]; 2],
+    /// (period, spend) of the latest month and day.
+    month: (i64, String),
+    day: (i64, String),
+    /// (provider, model, input, output).
+    unpriced: Vec<(String, String, u64, u64)>,
 }
 
 pub(super) fn save_counters(c: &Counters) -> SavedCounters {
@@ -180,7 +232,57 @@ pub(super) fn save_counters(c: &Counters) -> SavedCounters {
             .iter()
             .map(|((r, why), n)| (r.to_string(), why.to_string(), *n))
             .collect(),
+        spend: Some(SavedSpend {
+            spend: c.spend.0.map(|k| k.map(|m| m.to_decimal())),
+            month: (c.month.period, c.month.spend.to_decimal()),
+            day: (c.day.period, c.day.spend.to_decimal()),
+            unpriced: c
+                .unpriced
+                .iter()
+                .map(|((p, m), v)| (p.clone(), m.clone(), v[0], v[1]))
+                .collect(),
+        }),
     }
+}
+
+/// The largest amount a checkpoint may hold: 10^11 of the currency, a
+/// third of what u128 holds at the scale, so that no live sum overflows.
+const MAX_RESTORED_MONEY: u128 = 100_000_000_000 * 10u128.pow(crate::prices::MONEY_DIGITS);
+
+fn restore_spend(s: SavedSpend, c: &mut Counters) -> Result<(), String> {
+    let money = |t: &str| -> Result<Money, String> {
+        let m = Money::parse_decimal(t, 0).map_err(|e| format!("spend {t:?}: {e}"))?;
+        if m.0 > MAX_RESTORED_MONEY {
+            return Err(format!("spend {t:?} past 10^11"));
+        }
+        Ok(m)
+    };
+    for k in 0..2 {
+        for st in 0..3 {
+            c.spend.0[k][st] = money(&s.spend[k][st])?;
+        }
+    }
+    c.month = PeriodSpend {
+        period: s.month.0,
+        spend: money(&s.month.1)?,
+    };
+    c.day = PeriodSpend {
+        period: s.day.0,
+        spend: money(&s.day.1)?,
+    };
+    if s.unpriced.len() > super::spend::MAX_UNPRICED_MODELS {
+        return Err("unpriced tokens of more models than the fleet admits".into());
+    }
+    for (p, m, i, o) in s.unpriced {
+        if p.len() > super::bounded::MAX_NAME_LEN || m.len() > super::bounded::MAX_NAME_LEN {
+            return Err("an unpriced model's name past 128 bytes".into());
+        }
+        if i > MAX_RESTORED_COUNT || o > MAX_RESTORED_COUNT {
+            return Err(format!("a counter past {MAX_RESTORED_COUNT}"));
+        }
+        c.unpriced.insert((p, m), [i, o]);
+    }
+    Ok(())
 }
 
 /// The largest count a checkpoint may hold (2^53).
@@ -215,6 +317,9 @@ pub(super) fn restore_counters(s: SavedCounters) -> Result<Counters, String> {
     c.failures.extend(s.failures);
     c.input_tokens = s.input_tokens;
     c.output_tokens = s.output_tokens;
+    if let Some(spend) = s.spend {
+        restore_spend(spend, &mut c)?;
+    }
     c.queue_seconds = Histogram::restore(TASK_DURATION_BUCKETS, s.queue_seconds)?;
     c.run_seconds = Histogram::restore(TASK_DURATION_BUCKETS, s.run_seconds)?;
     for (r, why, n) in s.rejected {

@@ -23,15 +23,19 @@ pub use counters::{
     UNKNOWN_CODE,
 };
 pub use saved::SavedFleet;
-pub use spend::BudgetConfig;
 pub use snapshot::{
-    serve_durable, AgentGroup, AgentHeartbeat, BreakdownInfo, CheckpointHealth, ExportHealth,
-    Health, Parts, Snapshot, TaskGroup, WebhookHealth,
+    serve_durable, AgentGroup, AgentHeartbeat, BreakdownInfo, BudgetSpend, CheckpointHealth,
+    ExportHealth, Health, Parts, Snapshot, TaskGroup, WebhookHealth,
+};
+pub use spend::{
+    day_end, month_end, BudgetConfig, PeriodSpend, Spend, Unpriced, MAX_UNPRICED_MODELS,
+    SPEND_STATUSES, TOKEN_KINDS,
 };
 
 use crate::api::clock::ApiTime;
 use crate::api::types::{Agent, Progress, Task, TaskStatus, Timestamp};
 use crate::histogram::Exemplar;
+use crate::prices::PriceTable;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +84,16 @@ struct AgentSeen {
     seen_at: Timestamp,
     /// Its breakdown values (empty without breakdowns).
     dims: AgentDims,
+    /// Its provider and model (`config`), which price its tasks' tokens.
+    model: AgentModel,
+}
+
+/// An agent's `config.model_provider` and `config.model` ("" when absent).
+type AgentModel = Arc<(Box<str>, Box<str>)>;
+
+fn agent_model(a: &Agent) -> AgentModel {
+    let get = |v: &Option<String>| v.as_deref().unwrap_or("").into();
+    Arc::new((get(&a.config.model_provider), get(&a.config.model)))
 }
 
 /// Which of a task's once-only observations are made (or never will be):
@@ -184,6 +198,12 @@ pub struct Fleet {
     /// The breakdown values of agents gone (deleted, or missing from a
     /// listing) and when they went: their tasks may still finish.
     dims_gone: HashMap<Box<str>, (AgentDims, Timestamp)>,
+    /// The models of those agents (kept while prices are set).
+    models_gone: HashMap<Box<str>, AgentModel>,
+    /// The price table tokens are priced with as they become known.
+    prices: Arc<PriceTable>,
+    /// What spend is held against (rendered from the counters).
+    budgets: Arc<Vec<BudgetConfig>>,
 }
 
 /// How long the breakdown values of an agent that went are remembered for
@@ -216,6 +236,9 @@ impl Fleet {
             limits: FleetLimits::default(),
             breakdown: None,
             dims_gone: HashMap::new(),
+            models_gone: HashMap::new(),
+            prices: Arc::new(PriceTable::none()),
+            budgets: Arc::new(Vec::new()),
         }
     }
 
@@ -230,16 +253,71 @@ impl Fleet {
     }
 
     /// Hold spend against these budgets (the config file's `budgets:`).
-    pub fn with_budgets(self, budgets: Vec<BudgetConfig>) -> Self {
-        let _ = budgets;
+    pub fn with_budgets(mut self, budgets: Vec<BudgetConfig>) -> Self {
+        self.budgets = Arc::new(budgets);
         self
     }
 
     /// Price what counts from now on with `table` (`poll` hands the
     /// current one at each sync; a reload's new table prices only what
     /// becomes known after it: nothing counted is priced again).
-    pub fn set_prices(&mut self, table: Arc<crate::prices::PriceTable>) {
-        let _ = table;
+    pub fn set_prices(&mut self, table: Arc<PriceTable>) {
+        self.prices = table;
+    }
+
+    /// Whether gone agents' values are kept for their tasks that finish
+    /// later: their breakdown values, or their models for pricing.
+    fn keeps_gone(&self) -> bool {
+        self.breakdown.is_some() || !self.prices.is_empty()
+    }
+
+    /// The model of a task's agent as known now: held, or gone.
+    fn model_of(&self, t: &Task) -> Option<AgentModel> {
+        let id = t.agent_id.as_deref()?;
+        self.agent_by_id
+            .get(id)
+            .map(|e| e.model.clone())
+            .or_else(|| self.models_gone.get(id).cloned())
+    }
+
+    /// Price `n` tokens of `kind` (0 input, 1 output) of the terminal task
+    /// `t` counted in `slice`, with the price in force at its finish; what
+    /// no price covers counts as unpriced, by its agent's model.
+    fn price(&mut self, t: &Task, slice: u32, kind: usize, n: u64) {
+        if self.prices.is_empty() {
+            return;
+        }
+        let Some(status) = spend::SPEND_STATUSES
+            .iter()
+            .position(|s| *s == t.status.name())
+        else {
+            return;
+        };
+        let model = self.model_of(t);
+        let (provider, name) = model.as_deref().map_or(("", ""), |m| (&*m.0, &*m.1));
+        let finished = t.finished_time();
+        let cost = self
+            .prices
+            .lookup(provider, name, finished)
+            .and_then(|p| [p.input, p.output][kind].times(n));
+        match cost {
+            Some(m) => {
+                let (month, day) = (
+                    spend::month_of(finished.micros()),
+                    spend::day_of(finished.micros()),
+                );
+                self.add(slice, |c| {
+                    c.spend.add(kind, status, m);
+                    c.month.add(month, m);
+                    c.day.add(day, m);
+                });
+            }
+            None => {
+                // The workspace's only, like refusals: slices sum to the
+                // total without it.
+                spend::add_unpriced(&mut self.counters.unpriced, provider, name, kind, n);
+            }
+        }
     }
 
     /// Add to the workspace's counters and to those of `slice`.
@@ -270,8 +348,10 @@ impl Fleet {
         let Some(mut missing) = self.counters.since(&sum) else {
             return Err("breakdown: the slices hold more than the totals".into());
         };
-        // Refusals are the workspace's only, never a slice's.
+        // Refusals and unpriced tokens are the workspace's only, never a
+        // slice's.
         missing.rejected.values_mut().for_each(|n| *n = 0);
+        missing.unpriced.clear();
         if !missing.is_zero() {
             b.add_unattributed(&missing);
         }
@@ -337,7 +417,7 @@ impl Fleet {
     /// `poll` reads them before the tasks count, so that a task of an
     /// agent created since the last listing counts under its values.
     pub fn unknown_agents<'a>(&self, tasks: impl IntoIterator<Item = &'a Task>) -> Vec<String> {
-        if self.breakdown.is_none() {
+        if !self.keeps_gone() {
             return Vec::new();
         }
         let mut out: Vec<String> = tasks
@@ -448,6 +528,14 @@ impl Fleet {
             .is_some_and(|t| latest > t.latest.saturating_add(self.limits.max_timestamp_lead))
     }
 
+    /// Forget gone agents' values past their horizon.
+    fn forget_gone(&mut self, now: Timestamp) {
+        let forget = now.saturating_sub(DIMS_GONE_TTL);
+        self.dims_gone.retain(|_, (_, at)| *at > forget);
+        let gone = &self.dims_gone;
+        self.models_gone.retain(|id, _| gone.contains_key(id));
+    }
+
     /// Replace the agents with a complete listing.
     pub fn apply_agent_listing(&mut self, agents: &[Agent]) {
         self.apply_agent_listing_at(agents, Timestamp::from_micros(i64::MAX), Duration::ZERO);
@@ -484,12 +572,11 @@ impl Fleet {
         lag: Duration,
     ) {
         let recent = listing_start.saturating_sub(lag);
-        if self.breakdown.is_some() {
+        if self.keeps_gone() {
             // Values of agents gone past the horizon free their places
             // before this listing's agents take theirs.
             let now = self.api_time.map_or(listing_start, |t| t.latest);
-            let forget = now.saturating_sub(DIMS_GONE_TTL);
-            self.dims_gone.retain(|_, (_, at)| *at > forget);
+            self.forget_gone(now);
             self.expire_breakdown();
         }
         let mut old = std::mem::take(&mut self.agent_by_id);
@@ -532,13 +619,13 @@ impl Fleet {
             old.into_iter().partition(|(_, e)| e.created_at > recent);
         next.extend(kept);
         self.agent_gone.retain(|_, (_, came)| *came > recent);
-        if self.breakdown.is_some() {
+        if self.keeps_gone() {
             let now = self.api_time.map_or(listing_start, |t| t.latest);
             for (id, e) in went {
+                self.models_gone.insert(id.clone(), e.model);
                 self.dims_gone.insert(id, (e.dims, now));
             }
-            let forget = now.saturating_sub(DIMS_GONE_TTL);
-            self.dims_gone.retain(|_, (_, at)| *at > forget);
+            self.forget_gone(now);
         }
         self.agent_by_id = next;
         self.agents = AGENT_STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
@@ -577,8 +664,9 @@ impl Fleet {
         }
         if deleted {
             if let Some(e) = self.agent_by_id.remove(a.id.as_str()) {
-                if self.breakdown.is_some() {
+                if self.keeps_gone() {
                     let now = self.api_time.map_or(a.updated_at, |t| t.latest);
+                    self.models_gone.insert(a.id.as_str().into(), e.model);
                     self.dims_gone.insert(a.id.as_str().into(), (e.dims, now));
                 }
             }
@@ -591,6 +679,7 @@ impl Fleet {
         let seen = self.seen(a, seen_at);
         *self.agents.entry(seen.status.clone()).or_default() += 1;
         self.dims_gone.remove(a.id.as_str());
+        self.models_gone.remove(a.id.as_str());
         self.agent_by_id.insert(a.id.as_str().into(), seen);
     }
 
@@ -609,6 +698,7 @@ impl Fleet {
                 seen_at
             },
             dims: self.agent_dims(a),
+            model: agent_model(a),
         }
     }
 
@@ -761,12 +851,14 @@ impl Fleet {
         }
         if let (false, Some(v)) = (marks.input, m.input_tokens) {
             self.add(slice, |c| c.input_tokens = c.input_tokens.saturating_add(v));
+            self.price(t, slice, 0, v);
             marks.input = true;
         }
         if let (false, Some(v)) = (marks.output, m.output_tokens) {
             self.add(slice, |c| {
                 c.output_tokens = c.output_tokens.saturating_add(v)
             });
+            self.price(t, slice, 1, v);
             marks.output = true;
         }
         if !marks.code {
@@ -1026,6 +1118,9 @@ impl Fleet {
                 combinations: b.slices(),
             }),
             baseline: None,
+            priced: !self.prices.is_empty(),
+            budgets: self.budgets.clone(),
+            api_now: self.api_time.map(|t| t.latest.micros()),
         }
     }
 

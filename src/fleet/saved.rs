@@ -35,6 +35,9 @@ pub struct SavedFleet {
     agent_gone: Vec<(String, i64, i64)>,
     /// Gone agents' breakdown values: (id, values, when they went).
     dims_gone: Vec<(String, Vec<String>, i64)>,
+    /// Gone agents' models: (id, provider, model). Absent before spend.
+    #[serde(default)]
+    models_gone: Vec<(String, String, String)>,
     open: Vec<SavedOpen>,
     ledger: Vec<SavedCounted>,
     unlisted: Vec<(String, SavedMarks, SavedProgress)>,
@@ -50,6 +53,10 @@ struct SavedAgent {
     last_heartbeat_at: Option<i64>,
     seen_at: i64,
     dims: Vec<String>,
+    /// (provider, model); absent in checkpoints of before spend (the next
+    /// listing tells it again).
+    #[serde(default)]
+    model: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,6 +169,7 @@ impl Fleet {
                     last_heartbeat_at: e.last_heartbeat_at.map(ts),
                     seen_at: ts(e.seen_at),
                     dims: e.dims.iter().map(|v| v.to_string()).collect(),
+                    model: Some((e.model.0.to_string(), e.model.1.to_string())),
                 })
                 .collect(),
             agent_gone: self
@@ -176,6 +184,11 @@ impl Fleet {
                     let values = d.iter().map(|v| v.to_string()).collect();
                     (id.to_string(), values, ts(*at))
                 })
+                .collect(),
+            models_gone: self
+                .models_gone
+                .iter()
+                .map(|(id, m)| (id.to_string(), m.0.to_string(), m.1.to_string()))
                 .collect(),
             open: self
                 .open
@@ -282,6 +295,7 @@ impl Fleet {
                 last_heartbeat_at: a.last_heartbeat_at.map(ts),
                 seen_at: ts(a.seen_at),
                 dims: dims(&mut self, a.dims),
+                model: saved_model(a.model)?,
             };
             by_id.insert(a.id.into_boxed_str(), seen);
         }
@@ -303,6 +317,13 @@ impl Fleet {
             gone.insert(id.into_boxed_str(), (dims(&mut self, v), ts(at)));
         }
         self.dims_gone = gone;
+        let mut models = HashMap::with_capacity(s.models_gone.len());
+        for (id, p, m) in s.models_gone {
+            if self.dims_gone.contains_key(id.as_str()) {
+                models.insert(id.into_boxed_str(), saved_model(Some((p, m)))?);
+            }
+        }
+        self.models_gone = models;
         self.open = s
             .open
             .into_iter()
@@ -342,4 +363,14 @@ impl Fleet {
         self.settle_slices()?;
         Ok((self, note))
     }
+}
+
+/// An agent's model as saved, bounded as the API's reading bounds text.
+fn saved_model(m: Option<(String, String)>) -> Result<super::AgentModel, String> {
+    let (p, m) = m.unwrap_or_default();
+    let max = crate::api::types::MAX_TEXT_LEN;
+    if p.len() > max || m.len() > max {
+        return Err(format!("an agent's model or provider past {max} bytes"));
+    }
+    Ok(Arc::new((p.into_boxed_str(), m.into_boxed_str())))
 }

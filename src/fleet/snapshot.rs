@@ -27,6 +27,8 @@
 //! know what a later one will add.
 
 use super::counters::Counters;
+use super::spend::{day_of, month_of, BudgetConfig};
+use crate::prices::Money;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -158,6 +160,58 @@ pub struct Snapshot {
     /// restored, before this process counted anything. A delta exporter
     /// counts this process's increase from it, not from zero.
     pub baseline: Option<Arc<Snapshot>>,
+    /// Whether a price table is in force: the spend families show only
+    /// then (without one, no token is unpriced either).
+    pub priced: bool,
+    /// What the workspace's spend is held against.
+    pub budgets: Arc<Vec<BudgetConfig>>,
+    /// The API's time at the snapshot (Unix micros): which calendar month
+    /// and day are current. `None` before the API told its time.
+    pub api_now: Option<i64>,
+}
+
+/// What a budget's tasks spent: in all, and in the current month and day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BudgetSpend {
+    pub total: Money,
+    pub month: Money,
+    pub day: Money,
+}
+
+impl Snapshot {
+    /// The spend of the tasks `b` matches: those of every slice whose
+    /// breakdown values include all of `b.matches` (the workspace's when
+    /// it matches nothing in particular). A label that is no breakdown
+    /// label (yet) matches no slice.
+    pub fn budget_spend(&self, b: &BudgetConfig) -> BudgetSpend {
+        let (month, day) = self
+            .api_now
+            .map_or((i64::MIN, i64::MIN), |t| (month_of(t), day_of(t)));
+        let mut out = BudgetSpend::default();
+        let mut add = |c: &Counters| {
+            out.total = out.total.saturating_add(c.spend.total());
+            out.month = out.month.saturating_add(c.month.of(month));
+            out.day = out.day.saturating_add(c.day.of(day));
+        };
+        if b.matches.is_empty() {
+            add(&self.counters);
+            return out;
+        }
+        let Some(at): Option<Vec<(usize, &String)>> = b
+            .matches
+            .iter()
+            .map(|(k, v)| self.dims.iter().position(|d| d == k).map(|i| (i, v)))
+            .collect()
+        else {
+            return out;
+        };
+        for g in &self.task_groups {
+            if at.iter().all(|(i, v)| g.by.get(*i) == Some(*v)) {
+                add(&g.counters);
+            }
+        }
+        out
+    }
 }
 
 /// Agents of one combination of breakdown values.

@@ -4,7 +4,7 @@
 //! they cannot disagree. Adding a metric is one entry here, a line in the
 //! golden test, and a row in `docs/metrics.md` (a test keeps them in step).
 
-use crate::fleet::Snapshot;
+use crate::fleet::{Snapshot, SPEND_STATUSES, TOKEN_KINDS};
 use crate::histogram::{Exemplar, Histogram};
 
 mod process;
@@ -150,6 +150,9 @@ pub const RESTORED_FAMILIES: &[&str] = &[
     "clawmesh_tasks_finished_total",
     "clawmesh_task_failures_total",
     "clawmesh_task_tokens_total",
+    "clawmesh_task_spend_total",
+    "clawmesh_task_unpriced_tokens_total",
+    "clawmesh_budget_spend_total",
     "clawmesh_task_queue_duration_seconds",
     "clawmesh_task_run_duration_seconds",
     "clawmesh_api_rejected_objects_total",
@@ -295,6 +298,109 @@ pub const WORKSPACE_FAMILIES: &[Family] = &[
                     out.push(num(&["input"], g.counters.input_tokens as f64));
                     out.push(num(&["output"], g.counters.output_tokens as f64));
                 });
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_task_spend_total",
+        help: "What finished tasks' model tokens cost, in the price table's currency (clawmesh_exporter_prices_info), by token kind (input, output) and terminal status; each value priced once, exactly, with the price in force when its task finished. Present with a price table (--prices.file).",
+        kind: Kind::Counter,
+        unit: "{currency}",
+        stability: Stability::Experimental,
+        labels: &["kind", "status"],
+        collect: |s, out| {
+            if !s.priced {
+                return;
+            }
+            for g in &s.task_groups {
+                grouped(out, &g.by, |out| {
+                    for (k, kind) in TOKEN_KINDS.iter().enumerate() {
+                        for (i, status) in SPEND_STATUSES.iter().enumerate() {
+                            let v = g.counters.spend.0[k][i].to_f64();
+                            out.push(num(&[kind, status], v));
+                        }
+                    }
+                });
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_task_unpriced_tokens_total",
+        help: "Tokens of finished tasks that no price of the table covers (their model is not in it, or only from a later date), by kind and the agent's provider and model (absent when the agent is not known; past 100 models, \"other\"). Never priced at 0: a missing price shows here. Present with a price table.",
+        kind: Kind::Counter,
+        unit: "{token}",
+        stability: Stability::Experimental,
+        labels: &["kind", "provider", "model"],
+        collect: |s, out| {
+            if !s.priced {
+                return;
+            }
+            for ((provider, model), v) in &s.counters.unpriced {
+                for (k, kind) in TOKEN_KINDS.iter().enumerate() {
+                    out.push(num(&[kind, provider, model], v[k] as f64));
+                }
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_budget_amount",
+        help: "A budget of the workspace (the config file's budgets:), per calendar period (month, day; UTC), in the price table's currency.",
+        kind: Kind::Gauge,
+        unit: "{currency}",
+        stability: Stability::Experimental,
+        labels: &["budget", "period"],
+        collect: |s, out| {
+            for b in s.budgets.iter() {
+                for (period, amount) in [("month", b.monthly), ("day", b.daily)] {
+                    if let Some(m) = amount {
+                        out.push(num(&[&b.name, period], m.to_f64()));
+                    }
+                }
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_budget_period_spend",
+        help: "What the tasks a budget matches spent that finished in the current calendar period (month, day; UTC, on the API's clock), in the price table's currency; starts again at 0 with each period.",
+        kind: Kind::Gauge,
+        unit: "{currency}",
+        stability: Stability::Experimental,
+        labels: &["budget", "period"],
+        collect: |s, out| {
+            for b in s.budgets.iter() {
+                let spent = s.budget_spend(b);
+                for (period, amount, v) in [("month", b.monthly, spent.month), ("day", b.daily, spent.day)] {
+                    if amount.is_some() {
+                        out.push(num(&[&b.name, period], v.to_f64()));
+                    }
+                }
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_budget_spend_total",
+        help: "What the tasks a budget matches spent since counting began, in the price table's currency: its rate is the budget's burn.",
+        kind: Kind::Counter,
+        unit: "{currency}",
+        stability: Stability::Experimental,
+        labels: &["budget"],
+        collect: |s, out| {
+            for b in s.budgets.iter() {
+                out.push(num(&[&b.name], s.budget_spend(b).total.to_f64()));
+            }
+        },
+    },
+    Family {
+        name: "clawmesh_budget_period_end_timestamp_seconds",
+        help: "When the current calendar period (month, day; UTC, on the API's clock) ends, Unix seconds: what a projection of the period's spend runs to. Present for a workspace with budgets.",
+        kind: Kind::Gauge,
+        unit: "s",
+        stability: Stability::Experimental,
+        labels: &["period"],
+        collect: |s, out| {
+            if let (false, Some(now)) = (s.budgets.is_empty(), s.api_now) {
+                out.push(num(&["month"], crate::fleet::month_end(now)));
+                out.push(num(&["day"], crate::fleet::day_end(now)));
             }
         },
     },

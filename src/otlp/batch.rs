@@ -268,7 +268,16 @@ pub fn otel_attribute<'a>(family: &str, label: &'a str) -> &'a str {
     match label {
         "provider" => "gen_ai.provider.name",
         "model" => "gen_ai.request.model",
-        "kind" if family == "clawmesh_task_tokens_total" => "gen_ai.token.type",
+        "kind"
+            if matches!(
+                family,
+                "clawmesh_task_tokens_total"
+                    | "clawmesh_task_spend_total"
+                    | "clawmesh_task_unpriced_tokens_total"
+            ) =>
+        {
+            "gen_ai.token.type"
+        }
         other => other,
     }
 }

@@ -31,6 +31,12 @@ fn names_follow_opentelemetry_conventions() {
         ("clawmesh.task.queue.duration", "s"),
         ("clawmesh.task.run.duration", "s"),
         ("clawmesh.task.tokens", "{token}"),
+        ("clawmesh.task.spend", "{currency}"),
+        ("clawmesh.task.unpriced.tokens", "{token}"),
+        ("clawmesh.budget.amount", "{currency}"),
+        ("clawmesh.budget.period.spend", "{currency}"),
+        ("clawmesh.budget.spend", "{currency}"),
+        ("clawmesh.budget.period.end.timestamp", "s"),
         ("clawmesh.agent.last_heartbeat.timestamp", "s"),
         ("clawmesh.breakdown.series", "{series}"),
         ("clawmesh.breakdown.values", "{value}"),
@@ -453,6 +459,9 @@ fn snap(ws: &str, completed: u64, runs: &[f64]) -> Snapshot {
         counting_since: 0.0,
         slot_since: 0.0,
         baseline: None,
+        priced: false,
+        budgets: Default::default(),
+        api_now: None,
     }
 }
 

@@ -69,10 +69,18 @@ pub struct PricesArgs {
     #[arg(long = "prices.file", env = "CLAWMESH_PRICES_FILE")]
     pub file: Option<PathBuf>,
     /// A ClawMesh provider's name in the price table, as PROVIDER=TABLE_PROVIDER (e.g. google=gemini); repeatable.
-    #[arg(long = "prices.provider-alias", env = "CLAWMESH_PRICES_PROVIDER_ALIAS", value_delimiter = ',')]
+    #[arg(
+        long = "prices.provider-alias",
+        env = "CLAWMESH_PRICES_PROVIDER_ALIAS",
+        value_delimiter = ','
+    )]
     pub provider_alias: Vec<String>,
     /// The most entries (models × price dates) a price table may hold; a larger one is refused.
-    #[arg(long = "prices.max-entries", env = "CLAWMESH_PRICES_MAX_ENTRIES", default_value_t = 100_000)]
+    #[arg(
+        long = "prices.max-entries",
+        env = "CLAWMESH_PRICES_MAX_ENTRIES",
+        default_value_t = 100_000
+    )]
     pub max_entries: usize,
     /// The largest price file read (LiteLLM's table is about 3.4 MB).
     #[arg(long = "prices.max-size", env = "CLAWMESH_PRICES_MAX_SIZE", default_value = "8MiB", value_parser = crate::units::parse_size)]

@@ -10,6 +10,7 @@ use crate::api::types::{TaskError, TaskMetrics, Transitions};
 mod breakdown;
 mod ledger;
 mod saved;
+mod spend;
 
 const S: i64 = 1_000_000;
 
