@@ -1995,6 +1995,11 @@ fn a_spend_spike_multiplies_that_teams_tokens_only() {
     assert!(seen > 10_000, "team {team} used {seen} tokens");
     let describe = spiking.incident.unwrap().describe();
     assert!(describe.contains("clawmesh_budget_spend"), "{describe}");
+    // The CLI's form and /_sim/incident's JSON name it alike.
+    let ml = Incident::SpendSpike { team: "ml".into() };
+    assert_eq!(Incident::parse("spend-spike:ml"), Ok(ml.clone()));
+    let json = serde_json::json!({"kind": "spend-spike", "team": "ml"});
+    assert_eq!(serde_json::from_value::<Incident>(json).unwrap(), ml);
 }
 
 /// The default fleet's spend, for sizing the demo's budgets (below every
