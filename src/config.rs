@@ -483,11 +483,14 @@ pub fn load_prices(
         if problems.len() > SHOWN {
             line.push_str(&format!("; and {} more", problems.len() - SHOWN));
         }
-        format!(
-            "the price table {}: {}",
-            cfg.file.display(),
-            crate::text::shorten(&line, 4096)
-        )
+        // The reader's problems name the file themselves (once is enough).
+        let path = cfg.file.display().to_string();
+        let line = crate::text::shorten(&line, 4096);
+        if line.contains(&path) {
+            format!("the price table is refused: {line}")
+        } else {
+            format!("the price table {path} is refused: {line}")
+        }
     })
 }
 
@@ -628,7 +631,7 @@ mod tests {
             (
                 vec!["--prices.file", "/nonexistent/prices.yaml"],
                 Some("k"),
-                "the price table /nonexistent/prices.yaml: ",
+                "/nonexistent/prices.yaml",
             ),
         ];
         for (flags, key, needle) in cases {
