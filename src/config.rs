@@ -375,6 +375,31 @@ impl RunArgs {
         })
     }
 
+    /// `check-config`'s part beyond the file itself: the price table the
+    /// file's `prices:` and these flags name, read as the start would.
+    /// `Ok(None)`: no table; `Ok(Some(report))`; `Err`: why it would be
+    /// refused.
+    pub fn check_prices(
+        &self,
+        file: &std::path::Path,
+        env: &dyn Env,
+    ) -> Result<Option<String>, String> {
+        let files = self.file_limits().map_err(|e| e.to_string())?;
+        let loaded =
+            crate::config_file::load_file(file, env, &files).map_err(|p| p.0.join("; "))?;
+        let Some(source) = resolve_prices(&self.prices, loaded.prices)? else {
+            return Ok(None);
+        };
+        let table = load_prices(&source, &files)?;
+        Ok(Some(format!(
+            "price table {}: OK, {} entries ({}, {})",
+            source.file.display(),
+            table.entries(),
+            table.currency(),
+            table.format().map_or("", |f| f.name())
+        )))
+    }
+
     /// The `--files.*` bounds.
     pub fn file_limits(&self) -> Result<crate::files::FileLimits, ConfigError> {
         self.files.limits().map_err(bad)

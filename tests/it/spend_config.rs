@@ -124,6 +124,32 @@ fn bad_budgets_in_the_config_file_are_refused_at_the_start_with_their_path() {
     );
 }
 
+/// `check-config` reads the price table the file's `prices:` names, as
+/// the start would: one it cannot use is a problem (exit code 2, no OK).
+#[test]
+fn check_config_reads_the_price_table_the_file_names() {
+    let dir = temp_dir("spend-check");
+    std::fs::write(dir.join("key"), "k\n").unwrap();
+    let file = dir.join("clawmesh.yml");
+    std::fs::write(
+        &file,
+        "prices:\n  file: missing-prices.yaml\nworkspaces:\n  - name: a\n    api_key_file: key\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(!stdout.contains("OK"), "{stdout}");
+    assert!(stderr.contains("missing-prices.yaml"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
 /// A config file of workspaces (name, simulator) with `budget` as each
 /// one's monthly budget and the price table `prices.yaml` beside it.
 fn write_config(dir: &Path, workspaces: &[(&str, &Sim, &str)]) -> std::path::PathBuf {
