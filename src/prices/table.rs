@@ -237,15 +237,16 @@ impl PriceTable {
     /// YAML or LiteLLM's JSON, told apart by content. `Err`: every
     /// problem, each naming its entry and field.
     pub fn parse(bytes: &[u8], name: &str, opts: &PriceOptions) -> Result<PriceTable, Vec<String>> {
-        Self::parse_with(bytes, name, opts, crate::files::DEFAULT_MAX_YAML_DEPTH)
+        Self::parse_with(bytes, name, opts, &FileLimits::default())
     }
 
     fn parse_with(
         bytes: &[u8],
         name: &str,
         opts: &PriceOptions,
-        max_yaml_depth: usize,
+        limits: &FileLimits,
     ) -> Result<PriceTable, Vec<String>> {
+        let max_yaml_depth = limits.max_yaml_depth;
         let fail = |p: String| Err(vec![format!("{name}: {p}")]);
         // A byte order mark is what some editors write first; neither
         // parser takes it, and it says nothing.
@@ -256,6 +257,13 @@ impl PriceTable {
         if text.trim().is_empty() {
             return fail("is empty: write a price table (docs/spend.md) or name LiteLLM's model_prices_and_context_window.json".into());
         }
+        let yaml_fits = text.len() as u64 <= limits.max_yaml_bytes;
+        let too_large = || {
+            format!(
+                "is YAML larger than {} bytes (--files.max-yaml-size): the YAML parser holds about 50 times that while it reads; raise the flag, or use LiteLLM's JSON format for a table this large",
+                limits.max_yaml_bytes
+            )
+        };
         let mut b = Builder::new(opts);
         b.currency = opts.litellm_currency.clone();
         let format = if text.trim_start().starts_with('{') {
@@ -264,6 +272,9 @@ impl PriceTable {
                 Ok(()) => TableFormat::Litellm,
                 // `{currency: ..., models: [...]}`: our format, in flow style.
                 Err(_) if b.ours => {
+                    if !yaml_fits {
+                        return fail(too_large());
+                    }
                     b = Builder::new(opts);
                     read_ours(text, &mut b, max_yaml_depth);
                     TableFormat::Clawmesh
@@ -274,6 +285,9 @@ impl PriceTable {
                 }
             }
         } else {
+            if !yaml_fits {
+                return fail(too_large());
+            }
             read_ours(text, &mut b, max_yaml_depth);
             TableFormat::Clawmesh
         };
@@ -299,7 +313,7 @@ impl PriceTable {
                 e => format!("check --prices.file (prices.file): {name} {e}"),
             }]
         })?;
-        Self::parse_with(&bytes, &name, &cfg.options, limits.max_yaml_depth)
+        Self::parse_with(&bytes, &name, &cfg.options, &limits)
     }
 
     /// The price per token of `model` of `provider` in force at `at` (the

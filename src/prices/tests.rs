@@ -709,8 +709,10 @@ fn deep_nesting_is_refused_without_overflowing_the_stack() {
     assert!(p.contains("is nested deeper than 64 levels"), "{p}");
     let p = problems(&deep("[", 100_000));
     assert!(p.contains("is nested deeper than 64 levels"), "{p}");
+    // (600 levels: under --files.max-yaml-size, so the depth is what
+    // refuses it.)
     let mut y = String::new();
-    for i in 0..1000 {
+    for i in 0..600 {
         y += &format!("{}a:\n", " ".repeat(i));
     }
     assert!(problems(&y).contains("is nested deeper than 64 levels"));
@@ -978,4 +980,40 @@ fn measure_million_yaml() {
         y += "- {}\n";
     }
     measure("10^6 yaml models", &y, 100_000);
+}
+
+/// A YAML table past `--files.max-yaml-size` is refused before the YAML
+/// parser sees it (the parser holds about 50 times the text), however it
+/// is written; LiteLLM's JSON of the same size is read (streaming).
+#[test]
+fn a_yaml_table_past_the_yaml_limit_is_refused_before_parsing() {
+    let limits = crate::files::FileLimits::default();
+    let mut yaml = String::from("currency: USD\nmodels:\n");
+    while yaml.len() as u64 <= limits.max_yaml_bytes {
+        yaml.push_str("  - {}\n");
+    }
+    let flow = format!(
+        r#"{{"currency": "USD", "models": [{}{{}}]}}"#,
+        "{}, ".repeat(70_000)
+    );
+    for (what, text) in [("block", &yaml), ("flow", &flow)] {
+        let t = std::time::Instant::now();
+        let e = PriceTable::parse(text.as_bytes(), "big.yaml", &PriceOptions::default())
+            .unwrap_err()
+            .join("\n");
+        assert!(e.contains("--files.max-yaml-size"), "{what}: {e}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{what} was parsed"
+        );
+    }
+    // Just under the limit: parsed (and refused for what it holds).
+    let mut small = String::from("currency: USD\nmodels:\n");
+    while small.len() as u64 + 40 < limits.max_yaml_bytes {
+        small.push_str("  - {}\n");
+    }
+    let e = PriceTable::parse(small.as_bytes(), "small.yaml", &PriceOptions::default())
+        .unwrap_err()
+        .join("\n");
+    assert!(!e.contains("--files.max-yaml-size"), "{e}");
 }
