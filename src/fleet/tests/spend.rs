@@ -360,3 +360,63 @@ fn by_config_team() -> BreakdownConfig {
         ..Default::default()
     }
 }
+
+fn budget_on(name: &str, key: &str, value: &str) -> BudgetConfig {
+    BudgetConfig {
+        name: name.into(),
+        matches: [(key.to_string(), value.to_string())].into(),
+        monthly: Some(pm(10)),
+        daily: Some(pm(1)),
+    }
+}
+
+/// A budget's series are counters (its total) and period gauges rendered
+/// from the slices it matches: when a slice is freed into `other` (its
+/// task label value held by no remembered task any more, its agents long
+/// gone), the budget must not lose what that slice spent. A project with
+/// no task for the ledger's horizon is an ordinary quiet hour.
+#[test]
+fn a_budget_keeps_its_spend_when_its_slices_are_freed() {
+    let cfg = BreakdownConfig {
+        max_values: 3,
+        task_labels: Patterns {
+            allow: vec!["project".into()],
+            deny: vec![],
+        },
+        ..by_config_team()
+    };
+    let mut f = Fleet::new(ts(0))
+        .with_breakdown(&cfg, &["workspace".into()])
+        .with_budgets(vec![
+            budget_on("alpha", "task_project", "alpha"),
+            budget_on("red", "team", "red"),
+        ]);
+    f.set_prices(table());
+    f.set_api_time(ApiTime::host(ts(10)));
+    let red = labelled_agent("a1", "red", "openai", Some(1));
+    f.apply_agent_listing(&[red.clone()]);
+    let mut t = with_tokens(on("a1", task("t1", "completed", 5)), Some(1_000_000), None);
+    t.labels = vec![("project".into(), "alpha".into())];
+    assert_eq!(f.apply_task(&t), Applied::Finished);
+    let spent = |f: &mut Fleet, at: i64| {
+        let s = f.snapshot("ws", ts(at), Health::default(), Default::default());
+        (s.budget_spend(&s.budgets[0]), s.budget_spend(&s.budgets[1]))
+    };
+    let before = spent(&mut f, 10);
+    assert_eq!(before.0.total, pm(3));
+    assert_eq!(before.1.total, pm(3));
+    // The task leaves the ledger; its project's slice is freed at the next
+    // listing. Then the agent leaves, and its values past their horizon.
+    f.raise_floor(ts(6));
+    f.apply_agent_listing(&[red]);
+    let later = 10 + DIMS_GONE_TTL.as_secs() as i64 + 10;
+    f.set_api_time(ApiTime::host(ts(20)));
+    f.apply_agent_listing_at(&[], ts(20), Duration::ZERO);
+    f.set_api_time(ApiTime::host(ts(later)));
+    f.apply_agent_listing_at(&[], ts(later), Duration::ZERO);
+    let after = spent(&mut f, later);
+    assert_eq!(
+        after, before,
+        "a budget's total (a counter) and its period spend never fall as its slices are freed"
+    );
+}
