@@ -377,6 +377,31 @@ impl Fleet {
                 *u = true;
             }
         }
+        // A slice a budget matches is held for good: its budget's series
+        // are rendered from it (a total that is a counter, a period's spend
+        // that must not fall mid-period), and folded into `other` they
+        // would lose what it spent. Budgets are few, and their slices
+        // bounded like every other.
+        let names = b.names();
+        let held: Vec<Vec<(usize, &String)>> = self
+            .budgets
+            .iter()
+            .filter(|g| !g.matches.is_empty())
+            .filter_map(|g| g.positions(&names))
+            .collect();
+        if !held.is_empty() {
+            for (i, u) in used.iter_mut().enumerate() {
+                let key = b.key(i as u32);
+                let value = |p: usize| key.get(p).map_or("", |v| &**v);
+                if !*u
+                    && held
+                        .iter()
+                        .any(|at| at.iter().all(|(p, v)| value(*p) == v.as_str()))
+                {
+                    *u = true;
+                }
+            }
+        }
         let agents: HashSet<Vec<Arc<str>>> = self
             .agent_by_id
             .values()

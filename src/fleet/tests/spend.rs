@@ -394,7 +394,7 @@ fn a_budget_keeps_its_spend_when_its_slices_are_freed() {
     f.set_prices(table());
     f.set_api_time(ApiTime::host(ts(10)));
     let red = labelled_agent("a1", "red", "openai", Some(1));
-    f.apply_agent_listing(&[red.clone()]);
+    f.apply_agent_listing(std::slice::from_ref(&red));
     let mut t = with_tokens(on("a1", task("t1", "completed", 5)), Some(1_000_000), None);
     t.labels = vec![("project".into(), "alpha".into())];
     assert_eq!(f.apply_task(&t), Applied::Finished);
