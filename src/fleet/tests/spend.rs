@@ -420,3 +420,51 @@ fn a_budget_keeps_its_spend_when_its_slices_are_freed() {
         "a budget's total (a counter) and its period spend never fall as its slices are freed"
     );
 }
+
+/// The model that prices a task's tokens is its agent's as of the task's
+/// finish: a late value (output known after the finish) is priced by it
+/// even when the agent changed model since, as the slice it counts in
+/// (its `model` label) says.
+#[test]
+fn late_tokens_are_priced_by_the_model_of_the_finish() {
+    let mut f = priced_fleet();
+    let t = with_tokens(on("a1", task("t1", "completed", 50)), Some(1_000_000), None);
+    assert_eq!(f.apply_task(&t), Applied::Finished);
+    // The agent moves to anthropic's model (1 / 1 per million).
+    let mut moved = labelled_agent("a1", "red", "anthropic", Some(1));
+    moved.updated_at = ts(60);
+    f.apply_agent_event(&moved, false);
+    let mut late = with_tokens(
+        on("a1", task("t1", "completed", 50)),
+        Some(1_000_000),
+        Some(1_000_000),
+    );
+    late.updated_at = ts(70);
+    f.apply_task(&late);
+    let s = f.counters().spend;
+    assert_eq!(s.0[0][C], pm(3));
+    assert_eq!(
+        s.0[1][C],
+        pm(15),
+        "the late output at openai-m's price, the model it finished on"
+    );
+    // Its agent deleted and forgotten, a task's late output is still priced.
+    let t = with_tokens(on("a1", task("t2", "completed", 80)), Some(1_000_000), None);
+    f.apply_task(&t);
+    f.apply_agent_event(&moved, true);
+    f.set_api_time(ApiTime::host(ts(100_000)));
+    f.apply_agent_listing_at(&[], ts(100_000), Duration::ZERO);
+    let mut late = with_tokens(
+        on("a1", task("t2", "completed", 80)),
+        Some(1_000_000),
+        Some(1_000_000),
+    );
+    late.updated_at = ts(100_000);
+    f.apply_task(&late);
+    assert!(
+        f.counters().unpriced.is_empty(),
+        "{:?}",
+        f.counters().unpriced
+    );
+    assert_eq!(f.counters().spend.0[1][C], pm(16));
+}
