@@ -202,6 +202,11 @@ pub struct Fleet {
     dims_gone: HashMap<Box<str>, (AgentDims, Timestamp)>,
     /// The models of those agents (kept while prices are set).
     models_gone: HashMap<Box<str>, AgentModel>,
+    /// The model of each counted task whose tokens are not all known yet,
+    /// as of its finish: its late tokens are priced by it, as its slice
+    /// says, even if its agent changed model or was forgotten since.
+    /// Bounded by the ledger (pruned with it).
+    late_models: HashMap<Box<str>, AgentModel>,
     /// The price table tokens are priced with as they become known.
     prices: Arc<PriceTable>,
     /// What spend is held against (rendered from the counters).
@@ -239,6 +244,7 @@ impl Fleet {
             breakdown: None,
             dims_gone: HashMap::new(),
             models_gone: HashMap::new(),
+            late_models: HashMap::new(),
             prices: Arc::new(PriceTable::none()),
             budgets: Arc::new(Vec::new()),
         }
@@ -295,7 +301,11 @@ impl Fleet {
         else {
             return;
         };
-        let model = self.model_of(t);
+        let model = self
+            .late_models
+            .get(t.id.as_str())
+            .cloned()
+            .or_else(|| self.model_of(t));
         let (provider, name) = model.as_deref().map_or(("", ""), |m| (&*m.0, &*m.1));
         let finished = t.finished_time();
         let cost = self
@@ -758,6 +768,9 @@ impl Fleet {
             if waiting && c.marks.code {
                 self.codes_waiting -= 1;
             }
+            if c.marks.input && c.marks.output {
+                self.late_models.remove(t.id.as_str());
+            }
             self.ledger.insert(t.id.as_str().into(), c);
             return Applied::Unchanged;
         }
@@ -924,6 +937,11 @@ impl Fleet {
         if !marks.code {
             self.codes_waiting += 1;
         }
+        if !(marks.input && marks.output) {
+            if let Some(m) = self.model_of(t) {
+                self.late_models.insert(t.id.as_str().into(), m);
+            }
+        }
         self.ledger.insert(
             t.id.as_str().into(),
             Counted {
@@ -980,6 +998,8 @@ impl Fleet {
             keep
         });
         self.count_unknown_codes(unknown);
+        let ledger = &self.ledger;
+        self.late_models.retain(|id, _| ledger.contains_key(id));
         // Such a task changed last at or before the floor: a copy of it can
         // only be one that is not counted again anyway.
         self.unlisted.retain(|_, (_, p)| p.updated_at > floor);
