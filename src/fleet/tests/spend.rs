@@ -468,3 +468,24 @@ fn late_tokens_are_priced_by_the_model_of_the_finish() {
     );
     assert_eq!(f.counters().spend.0[1][C], pm(16));
 }
+
+/// Whatever a live fleet can count, its checkpoint restores: a hostile or
+/// buggy API value (7e15 output tokens in one task, under the 2^53 tokens
+/// a checkpoint keeps) prices past 10^11 of the currency; a restore that
+/// refused it would refuse every checkpoint from then on, and each restart
+/// would start every counter again from zero.
+#[test]
+fn spend_a_live_fleet_counted_is_restored() {
+    let mut f = priced_fleet();
+    f.apply_task(&with_tokens(
+        on("a1", task("t1", "completed", 50)),
+        Some(1),
+        Some(7_000_000_000_000_000),
+    ));
+    let spent = f.counters().spend;
+    assert!(spent.0[1][C] > pm(100_000_000_000));
+    let (g, _) = fleet_at(1000)
+        .restore(f.save())
+        .expect("a checkpoint of what the fleet counted restores");
+    assert_eq!(g.counters().spend, spent);
+}
