@@ -489,3 +489,53 @@ fn spend_a_live_fleet_counted_is_restored() {
         .expect("a checkpoint of what the fleet counted restores");
     assert_eq!(g.counters().spend, spent);
 }
+
+/// A task stamped a little ahead of the API's clock (within
+/// `max_timestamp_lead`) may finish in the next day (or month) while the
+/// API's clock still reads the last seconds of this one: this period's
+/// spend must not fall to 0 for those minutes, nor lose what this
+/// period's tasks spend meanwhile.
+#[test]
+fn a_task_stamped_in_the_next_period_keeps_this_one_s_spend() {
+    let all = BudgetConfig {
+        name: "all".into(),
+        matches: Default::default(),
+        monthly: Some(pm(10)),
+        daily: Some(pm(1)),
+    };
+    let mut f = Fleet::new(ts(0)).with_budgets(vec![all.clone()]);
+    f.set_prices(table());
+    f.apply_agent_listing(&[labelled_agent("a1", "red", "anthropic", Some(1))]);
+    // ts(57_600) is 2027-01-16T00:00:00Z: the API reads 10 s before it.
+    f.set_api_time(ApiTime::host(ts(57_590)));
+    let done = |id: &str, at: i64| {
+        with_tokens(
+            on("a1", task(id, "completed", at)),
+            Some(1_000_000),
+            Some(0),
+        )
+    };
+    assert_eq!(f.apply_task(&done("a", 57_580)), Applied::Finished);
+    assert_eq!(f.apply_task(&done("b", 57_630)), Applied::Finished);
+    assert_eq!(f.apply_task(&done("c", 57_585)), Applied::Finished);
+    let s = f.snapshot("ws", ts(57_595), Health::default(), Default::default());
+    let spent = s.budget_spend(&s.budgets[0]);
+    assert_eq!(spent.total, pm(3));
+    assert_eq!(
+        (spent.day, spent.month),
+        (pm(2), pm(3)),
+        "today's two tasks, not the one stamped tomorrow (the month's all three: the 16th is no new month)"
+    );
+    // Past midnight: the new day's one task, the month's three.
+    let mut next = s.clone();
+    next.api_now = Some(ts(57_700).micros());
+    let spent = next.budget_spend(&next.budgets[0]);
+    assert_eq!((spent.day, spent.month), (pm(1), pm(3)));
+    // Through a checkpoint.
+    let (mut g, _) = Fleet::new(ts(0))
+        .with_budgets(vec![all])
+        .restore(f.save())
+        .unwrap();
+    let s = g.snapshot("ws", ts(57_595), Health::default(), Default::default());
+    assert_eq!(s.budget_spend(&s.budgets[0]).day, pm(2));
+}
