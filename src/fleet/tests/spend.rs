@@ -536,6 +536,7 @@ fn a_task_stamped_in_the_next_period_keeps_this_one_s_spend() {
         .with_budgets(vec![all])
         .restore(f.save())
         .unwrap();
+    g.set_api_time(ApiTime::host(ts(57_595)));
     let s = g.snapshot("ws", ts(57_595), Health::default(), Default::default());
     assert_eq!(s.budget_spend(&s.budgets[0]).day, pm(2));
 }
