@@ -540,3 +540,33 @@ fn a_task_stamped_in_the_next_period_keeps_this_one_s_spend() {
     let s = g.snapshot("ws", ts(57_595), Health::default(), Default::default());
     assert_eq!(s.budget_spend(&s.budgets[0]).day, pm(2));
 }
+
+/// A budget names a breakdown value (`team: ml`): that value must get a
+/// slice of its own even when other values filled `--breakdown.max-values`
+/// first, or the budget's tasks count under `other` and it shows nothing
+/// spent for good, with no sign of why.
+#[test]
+fn a_budget_s_value_is_broken_down_past_the_value_cap() {
+    let cfg = BreakdownConfig {
+        max_values: 2,
+        ..by_config_team()
+    };
+    let mut f = Fleet::new(ts(0))
+        .with_breakdown(&cfg, &["workspace".into()])
+        .with_budgets(vec![budget_on("ml", "team", "ml")]);
+    f.set_prices(table());
+    f.set_api_time(ApiTime::host(ts(10)));
+    f.apply_agent_listing(&[
+        labelled_agent("a1", "red", "openai", Some(1)),
+        labelled_agent("a2", "blue", "openai", Some(1)),
+        labelled_agent("a3", "ml", "openai", Some(1)),
+        labelled_agent("a4", "green", "openai", Some(1)),
+    ]);
+    f.apply_task(&with_tokens(
+        on("a3", task("t1", "completed", 5)),
+        Some(1_000_000),
+        None,
+    ));
+    let s = f.snapshot("ws", ts(10), Health::default(), Default::default());
+    assert_eq!(s.budget_spend(&s.budgets[0]).total, pm(3));
+}
