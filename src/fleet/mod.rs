@@ -262,6 +262,11 @@ impl Fleet {
 
     /// Hold spend against these budgets (the config file's `budgets:`).
     pub fn with_budgets(mut self, budgets: Vec<BudgetConfig>) -> Self {
+        if let Some(b) = &mut self.breakdown {
+            for (k, v) in budgets.iter().flat_map(|g| &g.matches) {
+                b.pin(k, v);
+            }
+        }
         self.budgets = Arc::new(budgets);
         self
     }
