@@ -200,6 +200,10 @@ pub struct Breakdown {
     /// task slices).
     agent_combinations: HashSet<Key>,
     agent_full_logged: bool,
+    /// Values a budget names, by label name: admitted past `max_values`
+    /// (budgets are few), or the budget's tasks would count under
+    /// `other` and it would show nothing spent for good.
+    pinned: HashMap<String, HashSet<String>>,
 }
 
 /// Prometheus label name from an object's label key: `[^a-zA-Z0-9_]`
@@ -243,6 +247,7 @@ impl Breakdown {
             label_cap_logged: false,
             agent_combinations: HashSet::new(),
             agent_full_logged: false,
+            pinned: HashMap::new(),
         };
         if b.cfg.provider {
             b.add_dim("provider".into(), Source::Provider);
@@ -346,6 +351,20 @@ impl Breakdown {
         true
     }
 
+    /// Admit `value` of the label `name` whatever `max_values` says: a
+    /// budget names it.
+    pub(super) fn pin(&mut self, name: &str, value: &str) {
+        self.pinned
+            .entry(name.to_string())
+            .or_default()
+            .insert(value.to_string());
+    }
+
+    /// How many values of the label `name` budgets name.
+    fn pinned_of(&self, name: &str) -> usize {
+        self.pinned.get(name).map_or(0, HashSet::len)
+    }
+
     fn admit(&mut self, dim: usize, value: Option<&str>) -> Arc<str> {
         let Some(v) = value.filter(|v| !v.is_empty()) else {
             return self.empty.clone();
@@ -355,7 +374,8 @@ impl Breakdown {
         if let Some(known) = d.values.get(v) {
             return known.clone();
         }
-        if d.values.len() < max
+        let pinned = self.pinned.get(&d.name).is_some_and(|p| p.contains(v));
+        if (d.values.len() < max || pinned)
             && v != super::bounded::OTHER
             && v.len() <= super::bounded::MAX_NAME_LEN
         {
@@ -661,7 +681,9 @@ impl Breakdown {
         }
         if same {
             if keys.len() > self.cfg.max_slices.max(2) + 64
-                || dims.iter().any(|d| d.values.len() > self.cfg.max_values)
+                || dims
+                    .iter()
+                    .any(|d| d.values.len() > self.cfg.max_values + self.pinned_of(&d.name))
             {
                 return bad("more combinations or values than its own settings allow");
             }

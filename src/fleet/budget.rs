@@ -22,6 +22,16 @@ pub struct BudgetConfig {
 }
 
 impl BudgetConfig {
+    /// Where its matches sit among the breakdown label names `dims`, with
+    /// the value each wants; `None` when one is no breakdown label (then
+    /// it matches no slice).
+    pub fn positions<'a>(&'a self, dims: &[String]) -> Option<Vec<(usize, &'a String)>> {
+        self.matches
+            .iter()
+            .map(|(k, v)| dims.iter().position(|d| d == k).map(|i| (i, v)))
+            .collect()
+    }
+
     /// The rules a budget follows, checked once for the config file:
     /// (field, what is wrong). `breakdown` says which labels exist.
     pub fn check(&self, breakdown: &super::BreakdownConfig) -> Result<(), (&'static str, String)> {

@@ -185,8 +185,8 @@ impl Counters {
             && self.input_tokens == 0
             && self.output_tokens == 0
             && self.spend.is_zero()
-            && self.month.spend == Money::ZERO
-            && self.day.spend == Money::ZERO
+            && self.month.is_zero()
+            && self.day.is_zero()
             && self.unpriced.values().all(|v| *v == [0, 0])
             && self.queue_seconds.count() == 0
             && self.run_seconds.count() == 0
@@ -215,6 +215,10 @@ struct SavedSpend {
     /// (period, spend) of the latest month and day.
     month: (i64, String),
     day: (i64, String),
+    /// The spend of the period before each (absent in checkpoints of
+    /// before it was kept).
+    #[serde(default)]
+    before: Option<(String, String)>,
     /// (provider, model, input, output).
     unpriced: Vec<(String, String, u64, u64)>,
 }
@@ -236,6 +240,7 @@ pub(super) fn save_counters(c: &Counters) -> SavedCounters {
             spend: c.spend.0.map(|k| k.map(|m| m.to_decimal())),
             month: (c.month.period, c.month.spend.to_decimal()),
             day: (c.day.period, c.day.spend.to_decimal()),
+            before: Some((c.month.before.to_decimal(), c.day.before.to_decimal())),
             unpriced: c
                 .unpriced
                 .iter()
@@ -245,30 +250,32 @@ pub(super) fn save_counters(c: &Counters) -> SavedCounters {
     }
 }
 
-/// The largest amount a checkpoint may hold: 10^11 of the currency, a
-/// third of what u128 holds at the scale, so that no live sum overflows.
-const MAX_RESTORED_MONEY: u128 = 100_000_000_000 * 10u128.pow(crate::prices::MONEY_DIGITS);
-
 fn restore_spend(s: SavedSpend, c: &mut Counters) -> Result<(), String> {
     let money = |t: &str| -> Result<Money, String> {
-        let m = Money::parse_decimal(t, 0).map_err(|e| format!("spend {t:?}: {e}"))?;
-        if m.0 > MAX_RESTORED_MONEY {
-            return Err(format!("spend {t:?} past 10^11"));
-        }
-        Ok(m)
+        // Any amount the scale holds: live sums saturate there (never
+        // overflow), and what a live fleet counted (a hostile token value
+        // can price past any bound below that) must restore, or every
+        // later checkpoint would be refused and each restart start from 0.
+        Money::parse_decimal(t, 0).map_err(|e| format!("spend {t:?}: {e}"))
     };
     for k in 0..2 {
         for st in 0..3 {
             c.spend.0[k][st] = money(&s.spend[k][st])?;
         }
     }
+    let (month_before, day_before) = match &s.before {
+        Some((m, d)) => (money(m)?, money(d)?),
+        None => (Money::ZERO, Money::ZERO),
+    };
     c.month = PeriodSpend {
         period: s.month.0,
         spend: money(&s.month.1)?,
+        before: month_before,
     };
     c.day = PeriodSpend {
         period: s.day.0,
         spend: money(&s.day.1)?,
+        before: day_before,
     };
     if s.unpriced.len() > super::spend::MAX_UNPRICED_MODELS {
         return Err("unpriced tokens of more models than the fleet admits".into());

@@ -202,6 +202,11 @@ pub struct Fleet {
     dims_gone: HashMap<Box<str>, (AgentDims, Timestamp)>,
     /// The models of those agents (kept while prices are set).
     models_gone: HashMap<Box<str>, AgentModel>,
+    /// The model of each counted task whose tokens are not all known yet,
+    /// as of its finish: its late tokens are priced by it, as its slice
+    /// says, even if its agent changed model or was forgotten since.
+    /// Bounded by the ledger (pruned with it).
+    late_models: HashMap<Box<str>, AgentModel>,
     /// The price table tokens are priced with as they become known.
     prices: Arc<PriceTable>,
     /// What spend is held against (rendered from the counters).
@@ -239,6 +244,7 @@ impl Fleet {
             breakdown: None,
             dims_gone: HashMap::new(),
             models_gone: HashMap::new(),
+            late_models: HashMap::new(),
             prices: Arc::new(PriceTable::none()),
             budgets: Arc::new(Vec::new()),
         }
@@ -256,6 +262,11 @@ impl Fleet {
 
     /// Hold spend against these budgets (the config file's `budgets:`).
     pub fn with_budgets(mut self, budgets: Vec<BudgetConfig>) -> Self {
+        if let Some(b) = &mut self.breakdown {
+            for (k, v) in budgets.iter().flat_map(|g| &g.matches) {
+                b.pin(k, v);
+            }
+        }
         self.budgets = Arc::new(budgets);
         self
     }
@@ -295,7 +306,11 @@ impl Fleet {
         else {
             return;
         };
-        let model = self.model_of(t);
+        let model = self
+            .late_models
+            .get(t.id.as_str())
+            .cloned()
+            .or_else(|| self.model_of(t));
         let (provider, name) = model.as_deref().map_or(("", ""), |m| (&*m.0, &*m.1));
         let finished = t.finished_time();
         let cost = self
@@ -375,6 +390,31 @@ impl Fleet {
         {
             if let Some(u) = used.get_mut(s as usize) {
                 *u = true;
+            }
+        }
+        // A slice a budget matches is held for good: its budget's series
+        // are rendered from it (a total that is a counter, a period's spend
+        // that must not fall mid-period), and folded into `other` they
+        // would lose what it spent. Budgets are few, and their slices
+        // bounded like every other.
+        let names = b.names();
+        let held: Vec<Vec<(usize, &String)>> = self
+            .budgets
+            .iter()
+            .filter(|g| !g.matches.is_empty())
+            .filter_map(|g| g.positions(&names))
+            .collect();
+        if !held.is_empty() {
+            for (i, u) in used.iter_mut().enumerate() {
+                let key = b.key(i as u32);
+                let value = |p: usize| key.get(p).map_or("", |v| &**v);
+                if !*u
+                    && held
+                        .iter()
+                        .any(|at| at.iter().all(|(p, v)| value(*p) == v.as_str()))
+                {
+                    *u = true;
+                }
             }
         }
         let agents: HashSet<Vec<Arc<str>>> = self
@@ -733,6 +773,9 @@ impl Fleet {
             if waiting && c.marks.code {
                 self.codes_waiting -= 1;
             }
+            if c.marks.input && c.marks.output {
+                self.late_models.remove(t.id.as_str());
+            }
             self.ledger.insert(t.id.as_str().into(), c);
             return Applied::Unchanged;
         }
@@ -899,6 +942,11 @@ impl Fleet {
         if !marks.code {
             self.codes_waiting += 1;
         }
+        if !(marks.input && marks.output) {
+            if let Some(m) = self.model_of(t) {
+                self.late_models.insert(t.id.as_str().into(), m);
+            }
+        }
         self.ledger.insert(
             t.id.as_str().into(),
             Counted {
@@ -955,6 +1003,8 @@ impl Fleet {
             keep
         });
         self.count_unknown_codes(unknown);
+        let ledger = &self.ledger;
+        self.late_models.retain(|id, _| ledger.contains_key(id));
         // Such a task changed last at or before the floor: a copy of it can
         // only be one that is not counted again anyway.
         self.unlisted.retain(|_, (_, p)| p.updated_at > floor);

@@ -198,12 +198,7 @@ impl Snapshot {
             add(&self.counters);
             return out;
         }
-        let Some(at): Option<Vec<(usize, &String)>> = b
-            .matches
-            .iter()
-            .map(|(k, v)| self.dims.iter().position(|d| d == k).map(|i| (i, v)))
-            .collect()
-        else {
+        let Some(at) = b.positions(&self.dims) else {
             return out;
         };
         for g in &self.task_groups {

@@ -51,48 +51,74 @@ impl Spend {
 
 /// Spend of the tasks that finished in one calendar period (a UTC month or
 /// day, numbered by [`month_of`] / [`day_of`]): only the latest period a
-/// task finished in is kept; a task of an earlier one (a late value of last
-/// month's task) is not added, since that period is over.
+/// task finished in is kept, and the one just before it: a task stamped a
+/// little ahead of the API's clock (within the timestamp lead) may finish
+/// in the next period while the clock still reads this one, whose spend
+/// must go on showing and counting. A task of an earlier period (a late
+/// value of last month's task) is not added, since that period is over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PeriodSpend {
     pub period: i64,
     pub spend: Money,
+    /// The spend of `period - 1`.
+    pub before: Money,
 }
 
 impl PeriodSpend {
     pub fn add(&mut self, period: i64, m: Money) {
         if period > self.period {
-            *self = PeriodSpend { period, spend: m };
+            let before = if period == self.period.saturating_add(1) {
+                self.spend
+            } else {
+                Money::ZERO
+            };
+            *self = PeriodSpend {
+                period,
+                spend: m,
+                before,
+            };
         } else if period == self.period {
             self.spend = self.spend.saturating_add(m);
+        } else if period == self.period.saturating_sub(1) {
+            self.before = self.before.saturating_add(m);
         }
     }
-    /// Two slices' spend: that of the later period (both, when the same).
+    /// Two slices' spend: that of the later period and the one before
+    /// (both, when the same).
     pub fn merge(&mut self, o: &PeriodSpend) {
-        if o.spend == Money::ZERO {
+        if o.spend == Money::ZERO && o.before == Money::ZERO {
             return;
         }
         self.add(o.period, o.spend);
+        self.add(o.period.saturating_sub(1), o.before);
     }
-    /// What this holds beyond `earlier`; of another period, all of it (a
-    /// period's spend is a gauge that starts again, not a counter).
+    /// What this holds beyond `earlier` (`earlier` a part of it, or of an
+    /// earlier period: a period's spend is a gauge that starts again, not
+    /// a counter).
     pub fn since(&self, earlier: &PeriodSpend) -> PeriodSpend {
+        let sub = |a: Money, b: Money| a.checked_sub(b).unwrap_or(Money::ZERO);
+        let mut out = *self;
         if earlier.period == self.period {
-            PeriodSpend {
-                period: self.period,
-                spend: self.spend.checked_sub(earlier.spend).unwrap_or(Money::ZERO),
-            }
-        } else {
-            *self
+            out.spend = sub(self.spend, earlier.spend);
+            out.before = sub(self.before, earlier.before);
+        } else if earlier.period == self.period.saturating_sub(1) {
+            out.before = sub(self.before, earlier.spend);
         }
+        out
     }
-    /// The spend of `period` (zero when this holds another).
+    /// The spend of `period` (zero when this holds neither it nor the
+    /// one after it).
     pub fn of(&self, period: i64) -> Money {
         if self.period == period {
             self.spend
+        } else if self.period.saturating_sub(1) == period {
+            self.before
         } else {
             Money::ZERO
         }
+    }
+    pub fn is_zero(&self) -> bool {
+        self.spend == Money::ZERO && self.before == Money::ZERO
     }
 }
 
@@ -210,7 +236,23 @@ mod tests {
             "last period's late value is not this one's"
         );
         p.add(6, Money(1));
-        assert_eq!((p.of(5), p.of(6)), (Money::ZERO, Money(1)));
+        // The period just before the latest is kept (the API's clock may
+        // still read it), and still counts; none before it.
+        assert_eq!((p.of(5), p.of(6)), (Money(15), Money(1)));
+        p.add(5, Money(2));
+        p.add(4, Money(100));
+        assert_eq!(
+            (p.of(4), p.of(5), p.of(6)),
+            (Money::ZERO, Money(17), Money(1))
+        );
+        p.add(8, Money(3));
+        assert_eq!(
+            (p.of(6), p.of(7), p.of(8)),
+            (Money::ZERO, Money::ZERO, Money(3))
+        );
+        p.add(6, Money(1));
+        p.add(9, Money(4));
+        assert_eq!((p.of(8), p.of(9)), (Money(3), Money(4)));
         let mut q = PeriodSpend::default();
         q.merge(&p);
         assert_eq!(q, p);

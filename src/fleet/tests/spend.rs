@@ -360,3 +360,213 @@ fn by_config_team() -> BreakdownConfig {
         ..Default::default()
     }
 }
+
+fn budget_on(name: &str, key: &str, value: &str) -> BudgetConfig {
+    BudgetConfig {
+        name: name.into(),
+        matches: [(key.to_string(), value.to_string())].into(),
+        monthly: Some(pm(10)),
+        daily: Some(pm(1)),
+    }
+}
+
+/// A budget's series are counters (its total) and period gauges rendered
+/// from the slices it matches: when a slice is freed into `other` (its
+/// task label value held by no remembered task any more, its agents long
+/// gone), the budget must not lose what that slice spent. A project with
+/// no task for the ledger's horizon is an ordinary quiet hour.
+#[test]
+fn a_budget_keeps_its_spend_when_its_slices_are_freed() {
+    let cfg = BreakdownConfig {
+        max_values: 3,
+        task_labels: Patterns {
+            allow: vec!["project".into()],
+            deny: vec![],
+        },
+        ..by_config_team()
+    };
+    let mut f = Fleet::new(ts(0))
+        .with_breakdown(&cfg, &["workspace".into()])
+        .with_budgets(vec![
+            budget_on("alpha", "task_project", "alpha"),
+            budget_on("red", "team", "red"),
+        ]);
+    f.set_prices(table());
+    f.set_api_time(ApiTime::host(ts(10)));
+    let red = labelled_agent("a1", "red", "openai", Some(1));
+    f.apply_agent_listing(std::slice::from_ref(&red));
+    let mut t = with_tokens(on("a1", task("t1", "completed", 5)), Some(1_000_000), None);
+    t.labels = vec![("project".into(), "alpha".into())];
+    assert_eq!(f.apply_task(&t), Applied::Finished);
+    let spent = |f: &mut Fleet, at: i64| {
+        let s = f.snapshot("ws", ts(at), Health::default(), Default::default());
+        (s.budget_spend(&s.budgets[0]), s.budget_spend(&s.budgets[1]))
+    };
+    let before = spent(&mut f, 10);
+    assert_eq!(before.0.total, pm(3));
+    assert_eq!(before.1.total, pm(3));
+    // The task leaves the ledger; its project's slice is freed at the next
+    // listing. Then the agent leaves, and its values past their horizon.
+    f.raise_floor(ts(6));
+    f.apply_agent_listing(&[red]);
+    let later = 10 + DIMS_GONE_TTL.as_secs() as i64 + 10;
+    f.set_api_time(ApiTime::host(ts(20)));
+    f.apply_agent_listing_at(&[], ts(20), Duration::ZERO);
+    f.set_api_time(ApiTime::host(ts(later)));
+    f.apply_agent_listing_at(&[], ts(later), Duration::ZERO);
+    let after = spent(&mut f, later);
+    assert_eq!(
+        after, before,
+        "a budget's total (a counter) and its period spend never fall as its slices are freed"
+    );
+}
+
+/// The model that prices a task's tokens is its agent's as of the task's
+/// finish: a late value (output known after the finish) is priced by it
+/// even when the agent changed model since, as the slice it counts in
+/// (its `model` label) says.
+#[test]
+fn late_tokens_are_priced_by_the_model_of_the_finish() {
+    let mut f = priced_fleet();
+    let t = with_tokens(on("a1", task("t1", "completed", 50)), Some(1_000_000), None);
+    assert_eq!(f.apply_task(&t), Applied::Finished);
+    // The agent moves to anthropic's model (1 / 1 per million).
+    let mut moved = labelled_agent("a1", "red", "anthropic", Some(1));
+    moved.updated_at = ts(60);
+    f.apply_agent_event(&moved, false);
+    let mut late = with_tokens(
+        on("a1", task("t1", "completed", 50)),
+        Some(1_000_000),
+        Some(1_000_000),
+    );
+    late.updated_at = ts(70);
+    f.apply_task(&late);
+    let s = f.counters().spend;
+    assert_eq!(s.0[0][C], pm(3));
+    assert_eq!(
+        s.0[1][C],
+        pm(15),
+        "the late output at openai-m's price, the model it finished on"
+    );
+    // Its agent deleted and forgotten, a task's late output is still priced.
+    let t = with_tokens(on("a1", task("t2", "completed", 80)), Some(1_000_000), None);
+    f.apply_task(&t);
+    f.apply_agent_event(&moved, true);
+    f.set_api_time(ApiTime::host(ts(100_000)));
+    f.apply_agent_listing_at(&[], ts(100_000), Duration::ZERO);
+    let mut late = with_tokens(
+        on("a1", task("t2", "completed", 80)),
+        Some(1_000_000),
+        Some(1_000_000),
+    );
+    late.updated_at = ts(100_000);
+    f.apply_task(&late);
+    assert!(
+        f.counters().unpriced.is_empty(),
+        "{:?}",
+        f.counters().unpriced
+    );
+    assert_eq!(f.counters().spend.0[1][C], pm(16));
+}
+
+/// Whatever a live fleet can count, its checkpoint restores: a hostile or
+/// buggy API value (7e15 output tokens in one task, under the 2^53 tokens
+/// a checkpoint keeps) prices past 10^11 of the currency; a restore that
+/// refused it would refuse every checkpoint from then on, and each restart
+/// would start every counter again from zero.
+#[test]
+fn spend_a_live_fleet_counted_is_restored() {
+    let mut f = priced_fleet();
+    f.apply_task(&with_tokens(
+        on("a1", task("t1", "completed", 50)),
+        Some(1),
+        Some(7_000_000_000_000_000),
+    ));
+    let spent = f.counters().spend;
+    assert!(spent.0[1][C] > pm(100_000_000_000));
+    let (g, _) = fleet_at(1000)
+        .restore(f.save())
+        .expect("a checkpoint of what the fleet counted restores");
+    assert_eq!(g.counters().spend, spent);
+}
+
+/// A task stamped a little ahead of the API's clock (within
+/// `max_timestamp_lead`) may finish in the next day (or month) while the
+/// API's clock still reads the last seconds of this one: this period's
+/// spend must not fall to 0 for those minutes, nor lose what this
+/// period's tasks spend meanwhile.
+#[test]
+fn a_task_stamped_in_the_next_period_keeps_this_one_s_spend() {
+    let all = BudgetConfig {
+        name: "all".into(),
+        matches: Default::default(),
+        monthly: Some(pm(10)),
+        daily: Some(pm(1)),
+    };
+    let mut f = Fleet::new(ts(0)).with_budgets(vec![all.clone()]);
+    f.set_prices(table());
+    f.apply_agent_listing(&[labelled_agent("a1", "red", "anthropic", Some(1))]);
+    // ts(57_600) is 2027-01-16T00:00:00Z: the API reads 10 s before it.
+    f.set_api_time(ApiTime::host(ts(57_590)));
+    let done = |id: &str, at: i64| {
+        with_tokens(
+            on("a1", task(id, "completed", at)),
+            Some(1_000_000),
+            Some(0),
+        )
+    };
+    assert_eq!(f.apply_task(&done("a", 57_580)), Applied::Finished);
+    assert_eq!(f.apply_task(&done("b", 57_630)), Applied::Finished);
+    assert_eq!(f.apply_task(&done("c", 57_585)), Applied::Finished);
+    let s = f.snapshot("ws", ts(57_595), Health::default(), Default::default());
+    let spent = s.budget_spend(&s.budgets[0]);
+    assert_eq!(spent.total, pm(3));
+    assert_eq!(
+        (spent.day, spent.month),
+        (pm(2), pm(3)),
+        "today's two tasks, not the one stamped tomorrow (the month's all three: the 16th is no new month)"
+    );
+    // Past midnight: the new day's one task, the month's three.
+    let mut next = s.clone();
+    next.api_now = Some(ts(57_700).micros());
+    let spent = next.budget_spend(&next.budgets[0]);
+    assert_eq!((spent.day, spent.month), (pm(1), pm(3)));
+    // Through a checkpoint.
+    let (mut g, _) = Fleet::new(ts(0))
+        .with_budgets(vec![all])
+        .restore(f.save())
+        .unwrap();
+    g.set_api_time(ApiTime::host(ts(57_595)));
+    let s = g.snapshot("ws", ts(57_595), Health::default(), Default::default());
+    assert_eq!(s.budget_spend(&s.budgets[0]).day, pm(2));
+}
+
+/// A budget names a breakdown value (`team: ml`): that value must get a
+/// slice of its own even when other values filled `--breakdown.max-values`
+/// first, or the budget's tasks count under `other` and it shows nothing
+/// spent for good, with no sign of why.
+#[test]
+fn a_budget_s_value_is_broken_down_past_the_value_cap() {
+    let cfg = BreakdownConfig {
+        max_values: 2,
+        ..by_config_team()
+    };
+    let mut f = Fleet::new(ts(0))
+        .with_breakdown(&cfg, &["workspace".into()])
+        .with_budgets(vec![budget_on("ml", "team", "ml")]);
+    f.set_prices(table());
+    f.set_api_time(ApiTime::host(ts(10)));
+    f.apply_agent_listing(&[
+        labelled_agent("a1", "red", "openai", Some(1)),
+        labelled_agent("a2", "blue", "openai", Some(1)),
+        labelled_agent("a3", "ml", "openai", Some(1)),
+        labelled_agent("a4", "green", "openai", Some(1)),
+    ]);
+    f.apply_task(&with_tokens(
+        on("a3", task("t1", "completed", 5)),
+        Some(1_000_000),
+        None,
+    ));
+    let s = f.snapshot("ws", ts(10), Health::default(), Default::default());
+    assert_eq!(s.budget_spend(&s.budgets[0]).total, pm(3));
+}
