@@ -145,12 +145,39 @@ fn main() {
         },
         ..Default::default()
     };
-    for (what, breakdown) in [("breakdowns off", None), ("breakdowns on", Some(&cfg))] {
+    // Prices (issue 21): the four models, each with a price change, and a
+    // pattern that prices nothing here, as a table of a few dozen would.
+    let mut yaml = String::from("currency: USD\nmodels:\n");
+    for i in 0..4 {
+        yaml.push_str(&format!(
+            "  - {{provider: provider-{i}, model: model-{i}, input_per_million: \"1.25\", output_per_million: 10}}\n  - {{provider: provider-{i}, model: model-{i}, since: 2027-01-15T08:00:50Z, input_per_million: \"0.875\", output_per_million: \"7.5\"}}\n  - {{provider: provider-{i}, model: \"other-{i}-*\", input_per_million: 3, output_per_million: 15}}\n"
+        ));
+    }
+    let table = std::sync::Arc::new(
+        clawmesh_exporter::prices::PriceTable::parse(yaml.as_bytes(), "bench", &Default::default())
+            .expect("the bench's price table"),
+    );
+    let budgets = vec![clawmesh_exporter::fleet::BudgetConfig {
+        name: "all".into(),
+        matches: Default::default(),
+        monthly: Some(clawmesh_exporter::prices::Money(10u128.pow(32))),
+        daily: None,
+    }];
+    for (what, breakdown, priced) in [
+        ("breakdowns off", None, false),
+        ("breakdowns off, priced", None, true),
+        ("breakdowns on", Some(&cfg), false),
+        ("breakdowns on, priced", Some(&cfg), true),
+    ] {
         println!("-- {what}");
         let mut n = 0usize;
         let mut fleet = Fleet::new(ts(0));
         if let Some(cfg) = breakdown {
             fleet = fleet.with_breakdown(cfg, &["workspace".to_string()]);
+        }
+        if priced {
+            fleet = fleet.with_budgets(budgets.clone());
+            fleet.set_prices(table.clone());
         }
         bench("apply a 10,000-agent listing (into a fleet)", 50, || {
             fleet.apply_agent_listing(black_box(&agents));

@@ -88,11 +88,11 @@ class Layout:
         self.row_h = max(self.row_h, h)
         self.panels.append(panel)
 
-    def row(self, title):
+    def row(self, title, pid=None):
         if self.x:
             self.y += self.row_h
         self.x, self.row_h = 0, 0
-        self.add({"type": "row", "title": title, "collapsed": False, "panels": []}, 24, 1)
+        self.add({"type": "row", "title": title, "collapsed": False, "panels": []}, 24, 1, pid)
         self.y += 1
         self.x, self.row_h = 0, 0
 
@@ -307,6 +307,114 @@ def where_row(L):
                            f"{{{{{dim}}}}}")], "s"), 8, 8)
 
 
+def spend_row(L):
+    """What the tasks cost (docs/spend.md): spend by team, provider and model,
+    cost per successful task, waste, the budgets, the tokens without a price.
+    Absent (empty panels) without a price table. Spend is in the price
+    table's currency, per hour over 1 hour as the recording rules of
+    alerts/clawmesh-rules.yml compute it (workspace*:clawmesh_task_spend:rate1h):
+    spend arrives in steps, one per sync that saw tasks finish.
+
+    Panel ids from 50 on (pid=): the row was added between existing rows,
+    whose ids links may name."""
+    pid = iter(range(50, 100))
+    spend, finished = "clawmesh_task_spend_total", "clawmesh_tasks_finished_total"
+    wasted, completed = 'status=~"failed|cancelled"', 'status="completed"'
+    cur = "in the price table's currency"
+    L.row("Spend", pid=next(pid))
+    L.add(stat("Spend per hour", f"What the tasks that finished over the last hour cost, {cur}, summed over the "
+               "selected workspaces (completed, failed and cancelled tasks).",
+               f"sum({rate5m(spend, window='1h')}) * 3600", "short", [("blue", None)], decimals=2), 4, 4, pid=next(pid))
+    L.add(stat("Cost per successful task", "All spend over the last hour (failures and cancellations included) over "
+               "the tasks that completed in it: what a success really costs. Empty while none completed.",
+               f"sum({rate5m(spend, window='1h')}) / sum({rate5m(finished, completed, '1h')})",
+               "short", [("blue", None)], decimals=4), 4, 4, pid=next(pid))
+    L.add(stat("Waste share 1h", "Share of the last hour's spend on tasks that failed or were cancelled: money "
+               "spent on work thrown away. Yellow from 10 %, red from 25 %.",
+               f"(sum({rate5m(spend, wasted, '1h')}) or 0 * sum({rate5m(spend, window='1h')})) "
+               f"/ sum({rate5m(spend, window='1h')})",
+               "percentunit", [("green", None), ("yellow", 0.1), ("red", 0.25)], decimals=1), 4, 4, pid=next(pid))
+    L.add(stat("Budgets spent", "Budgets (month or day) of the selected workspaces whose spend this period has "
+               "reached their amount (ClawMeshBudgetExceeded).",
+               f"count(workspace_budget_period:clawmesh_budget_spend:ratio{{{WS}}} >= 1) or vector(0)", "none",
+               [("green", None), ("red", 1)]), 4, 4, pid=next(pid))
+    L.add(stat("Budgets projected over", "Budgets (month or day) whose spend so far plus the last 6 hours' rate "
+               "until the period's end is above their amount (ClawMeshBudgetProjectedOverrun after 1 h).",
+               f"count(workspace_budget_period:clawmesh_budget_spend:projected_rate6h{{{WS}}} "
+               f"> workspace_budget_period:clawmesh_budget_amount:max{{{WS}}}) or vector(0)", "none",
+               [("green", None), ("yellow", 1)]), 4, 4, pid=next(pid))
+    L.add(stat("Unpriced tokens 1h", "Tokens of the last hour whose provider and model the price table has no "
+               "price for: left out of every spend number, never priced at 0 (ClawMeshUnpricedTokens). "
+               "\"no price table\": the exporter runs without one.",
+               f"sum(increase(clawmesh_task_unpriced_tokens_total{{{WS}}}[1h])) "
+               "or 0 * count(clawmesh_exporter_prices_info)", "short",
+               [("green", None), ("yellow", 1)], no_value="no price table"), 4, 4, pid=next(pid))
+    for dim in WHERE_DIMS:
+        L.add(timeseries(f"Spend per hour by {dim}", f"What finished tasks cost per hour by {dim}, {cur} (1-hour "
+                         f"rate). \"{NONE}\": tasks of no known agent, or the {dim} breakdown is off.",
+                         [(by(dim, f"sum by ({dim}) ({rate5m(spend, window='1h')}) * 3600"),
+                           f"{{{{{dim}}}}}")], "short", stack=True), 8, 8, pid=next(pid))
+    L.add(timeseries("Cost per successful task", "All spend over the last hour (failures and cancellations "
+                     f"included) over the tasks that completed in it, per workspace, {cur}. Gaps: none completed.",
+                     [(f"sum by (workspace) ({rate5m(spend, window='1h')}) "
+                       f"/ (sum by (workspace) ({rate5m(finished, completed, '1h')}) > 0)",
+                       "{{workspace}}")], "short"), 8, 8, pid=next(pid))
+    L.add(timeseries("Spend per hour by status", f"Spend per hour by the tasks' terminal status, {cur}: "
+                     "failed and cancelled are waste.",
+                     [(f"sum by (status) ({rate5m(spend, window='1h')}) * 3600", "{{status}}")], "short",
+                     stack=True), 8, 8, pid=next(pid))
+    L.add(timeseries("Waste share", "Share of the spend on failed and cancelled tasks over the last hour, per "
+                     "workspace. Dashed lines: 10 % and 25 %.",
+                     [(f"(sum by (workspace) ({rate5m(spend, wasted, '1h')}) "
+                       f"or 0 * sum by (workspace) ({rate5m(spend, window='1h')})) "
+                       f"/ sum by (workspace) ({rate5m(spend, window='1h')})", "{{workspace}}")], "percentunit",
+                     steps=[("transparent", None), ("yellow", 0.1), ("red", 0.25)], threshold_style="dashed"),
+          8, 8, pid=next(pid))
+    month = f'{WS}, period="month"'
+    L.add({
+        "type": "bargauge",
+        "title": "Budget used and projected (month)",
+        "description": "Per monthly budget: the share of its amount spent this UTC month, and the share projected "
+                       "at the month's end (spent so far plus the last 6 hours' rate until then). Over 100 % "
+                       "projected for 1 h is ClawMeshBudgetProjectedOverrun; spent, ClawMeshBudgetExceeded.",
+        "datasource": DS,
+        "targets": [target(f"workspace_budget_period:clawmesh_budget_spend:ratio{{{month}}}",
+                           "{{workspace}} {{budget}} used", "A", instant=True),
+                    target(f"workspace_budget_period:clawmesh_budget_spend:projected_rate6h{{{month}}} "
+                           f"/ workspace_budget_period:clawmesh_budget_amount:max{{{month}}}",
+                           "{{workspace}} {{budget}} projected", "B", instant=True)],
+        "fieldConfig": {"defaults": {"unit": "percentunit", "min": 0, "max": 1.5, "color": {"mode": "thresholds"},
+                                     "thresholds": thresholds(("green", None), ("yellow", 0.8), ("red", 1)),
+                                     "mappings": []},
+                        "overrides": []},
+        "options": {"displayMode": "basic", "orientation": "horizontal", "showUnfilled": True,
+                    "valueMode": "color", "namePlacement": "auto", "sizing": "auto", "minVizHeight": 16,
+                    "minVizWidth": 8, "maxVizHeight": 300,
+                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+    }, 8, 8, pid=next(pid))
+    L.add(timeseries("Budget spend, projection and amount (month)", "Per monthly budget, in the price table's "
+                     "currency: spent this UTC month, projected at the month's end, and the amount.",
+                     [(f"workspace_budget_period:clawmesh_budget_spend:max{{{month}}}", "{{workspace}} {{budget}} spent"),
+                      (f"workspace_budget_period:clawmesh_budget_spend:projected_rate6h{{{month}}}",
+                       "{{workspace}} {{budget}} projected"),
+                      (f"workspace_budget_period:clawmesh_budget_amount:max{{{month}}}",
+                       "{{workspace}} {{budget}} amount")], "short"), 8, 8, pid=next(pid))
+    L.add(timeseries("Budget burn rate 1h", "How fast each budget is spent over the last hour: rate * period "
+                     "length / amount (a month counted as 30 days). 1 spends the amount in one period; 10 (dashed) "
+                     "spends a month's in 3 days, a day's in 2.4 h: ClawMeshBudgetFastBurn when the last 5 minutes "
+                     "agree.",
+                     [(f"workspace_budget_period:clawmesh_budget_spend:burn_rate1h{{{WS}}}",
+                       "{{workspace}} {{budget}} {{period}}")], "none",
+                     steps=[("transparent", None), ("red", 10)], threshold_style="dashed"), 8, 8, pid=next(pid))
+    L.add(timeseries("Unpriced tokens by provider and model", "Tokens per hour of tasks whose provider and model "
+                     "the price table has no price for (input and output): their spend is unknown and left out of "
+                     "every spend number. Add the model to the table (docs/spend.md). Empty names: tasks of no "
+                     "known agent. Empty panel: everything is priced.",
+                     [(f'sum by (provider, model) (rate(clawmesh_task_unpriced_tokens_total{{{WS}, '
+                       f'provider=~"$provider", model=~"$model"}}[1h])) * 3600', "{{provider}} {{model}}")],
+                     "short", stack=True), 24, 8, pid=next(pid))
+
+
 def fleet():
     L = Layout()
     failed = 'status="failed"'
@@ -409,6 +517,8 @@ def fleet():
                      [(f"sum by (workspace) ({rate5m('clawmesh_task_tokens_total')}) * 60", "{{workspace}}")],
                      "short"), 12, 8)
 
+    spend_row(L)
+
     L.row("Error budget")
     L.add(slo_panel(stat("Task success budget left (lowest)", "Smallest share of the task-success error budget left "
                          "in the SLO window among the selected workspaces and providers. Red under 10 %, yellow "
@@ -453,8 +563,9 @@ def fleet():
                      [("sum by (result) (rate(clawmesh_webhook_unattributed_requests_total[$__rate_interval])) * 60",
                        "{{result}}")], "cpm", stack=True), 6, 8)
     return dashboard("clawmesh-fleet", "ClawMesh / Fleet overview",
-                     "Agents, tasks, throughput, errors, durations and tokens of ClawMesh workspaces, where they "
-                     "happen (team, env, provider, model), error budgets and webhooks (clawmesh-exporter).",
+                     "Agents, tasks, throughput, errors, durations, tokens and spend of ClawMesh workspaces, where "
+                     "they happen (team, env, provider, model), budgets, error budgets and webhooks "
+                     "(clawmesh-exporter).",
                      L.panels, dims=True)
 
 

@@ -14,6 +14,7 @@ use crate::files::FilesArgs;
 use crate::fleet::settings::{BreakdownArgs, FleetArgs};
 use crate::otlp::settings::OtlpArgs;
 use crate::poll::settings::PollArgs;
+use crate::prices::{PriceOptions, PriceTable, PricesArgs, PricesConfig};
 use crate::secret::Secret;
 use crate::shard::Shard;
 use crate::storage::settings::StorageArgs;
@@ -21,6 +22,7 @@ use crate::webconfig::settings::ServerArgs;
 use crate::webconfig::WebConfig;
 use crate::webhook::settings::WebhookArgs;
 use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
@@ -156,6 +158,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
+    pub prices: PricesArgs,
+    #[command(flatten)]
     pub files: FilesArgs,
     #[command(flatten)]
     pub server: ServerArgs,
@@ -218,6 +222,20 @@ pub struct Config {
     pub files: crate::files::FileLimits,
     /// Checkpoints (`--storage.path`); `None` when off.
     pub storage: Option<crate::storage::StorageConfig>,
+    /// The price table and where it comes from.
+    pub prices: PricesSetup,
+}
+
+/// The price table read at the start, where it came from, and the flags a
+/// reload resolves again over the file's `prices:`.
+#[derive(Debug, Clone)]
+pub struct PricesSetup {
+    /// The `--prices.*` flags.
+    pub flags: PricesArgs,
+    /// Where the table came from; `None`: no table, nothing is priced.
+    pub source: Option<PricesConfig>,
+    /// The table read at the start (`PriceTable::none()` without one).
+    pub table: std::sync::Arc<PriceTable>,
 }
 
 /// A configuration problem, said in one line.
@@ -241,7 +259,7 @@ impl RunArgs {
                     p.0.join("; ")
                 ))
             })?;
-            return self.validate_common(loaded.workspaces, loaded.storage, env);
+            return self.validate_common(loaded.workspaces, loaded.storage, loaded.prices, env);
         }
         let key = match &self.api_key_file {
             Some(path) => {
@@ -296,7 +314,7 @@ impl RunArgs {
             poll,
             labels: Default::default(),
         };
-        self.validate_common(vec![workspace], None, env)
+        self.validate_common(vec![workspace], None, None, env)
     }
 
     /// The checks that do not depend on where the workspaces came from.
@@ -304,9 +322,11 @@ impl RunArgs {
         &self,
         workspaces: Vec<WorkspaceConfig>,
         file_storage: Option<crate::storage::StorageConfig>,
+        file_prices: Option<crate::config_file::FilePrices>,
         env: &dyn Env,
     ) -> Result<Config, ConfigError> {
         let storage = self.storage.resolve(file_storage).map_err(bad)?;
+        let source = resolve_prices(&self.prices, file_prices).map_err(bad)?;
         let listen = parse_listen(&self.listen_address)?;
         let path = &self.telemetry_path;
         if !path.starts_with('/')
@@ -324,6 +344,10 @@ impl RunArgs {
         };
         web.limits = self.server.limits().map_err(bad)?;
         let otlp = crate::otlp::settings::resolve(&self.otlp, env, &files).map_err(bad)?;
+        let table = match &source {
+            Some(s) => load_prices(s, &files).map_err(bad)?,
+            None => PriceTable::none(),
+        };
         Ok(Config {
             workspaces,
             config_file: self.config_file.clone(),
@@ -343,13 +367,156 @@ impl RunArgs {
             webhook: self.webhook.resolve(env, &files).map_err(bad)?,
             files,
             storage,
+            prices: PricesSetup {
+                flags: self.prices.clone(),
+                source,
+                table: std::sync::Arc::new(table),
+            },
         })
+    }
+
+    /// `check-config`'s part beyond the file itself: the price table the
+    /// file's `prices:` and these flags name, read as the start would.
+    /// `Ok(None)`: no table; `Ok(Some(report))`; `Err`: why it would be
+    /// refused.
+    pub fn check_prices(
+        &self,
+        file: &std::path::Path,
+        env: &dyn Env,
+    ) -> Result<Option<String>, String> {
+        let files = self.file_limits().map_err(|e| e.to_string())?;
+        let loaded =
+            crate::config_file::load_file(file, env, &files).map_err(|p| p.0.join("; "))?;
+        let Some(source) = resolve_prices(&self.prices, loaded.prices)? else {
+            return Ok(None);
+        };
+        let table = load_prices(&source, &files)?;
+        Ok(Some(format!(
+            "price table {}: OK, {} entries ({}, {})",
+            source.file.display(),
+            table.entries(),
+            table.currency(),
+            table.format().map_or("", |f| f.name())
+        )))
     }
 
     /// The `--files.*` bounds.
     pub fn file_limits(&self) -> Result<crate::files::FileLimits, ConfigError> {
         self.files.limits().map_err(bad)
     }
+}
+
+/// Where the price table comes from: the `--prices.*` flags over the
+/// config file's `prices:`, key by key (as `--storage.*` over `storage:`);
+/// `None` when neither names a table. A flag counts as given when it is
+/// not its default; where both name a different value the flag's is
+/// taken, and a warning says so.
+pub fn resolve_prices(
+    flags: &PricesArgs,
+    file: Option<crate::config_file::FilePrices>,
+) -> Result<Option<PricesConfig>, String> {
+    let file = file.unwrap_or_default();
+    let unset: PricesArgs = crate::config_file::flag_defaults();
+    if flags.max_entries == 0 {
+        return Err(
+            "--prices.max-entries: must be at least 1 (the most prices, one per model and date, a table may hold)"
+                .into(),
+        );
+    }
+    if flags.max_size == 0 {
+        return Err("--prices.max-size: must be at least 1 byte (e.g. 8MiB)".into());
+    }
+    let mut aliases = BTreeMap::new();
+    for a in &flags.provider_alias {
+        let parsed = a
+            .split_once('=')
+            .map(|(p, t)| (p.trim(), t.trim()))
+            .filter(|(p, t)| !p.is_empty() && !t.is_empty());
+        let Some((provider, table)) = parsed else {
+            return Err(format!(
+                "--prices.provider-alias {a:?}: write PROVIDER=TABLE_PROVIDER, a ClawMesh provider and the price table's name for it (e.g. google=gemini)"
+            ));
+        };
+        if let Some(other) = aliases.insert(provider.to_string(), table.to_string()) {
+            if other != table {
+                return Err(format!(
+                    "--prices.provider-alias: {provider:?} is given twice ({other} and {table}): give it once"
+                ));
+            }
+        }
+    }
+    // Flag over file, key by key; the warning names each difference.
+    fn pick<T: PartialEq + std::fmt::Debug>(
+        key: &str,
+        flag: Option<T>,
+        file: Option<T>,
+    ) -> Option<T> {
+        match (flag, file) {
+            (Some(f), Some(x)) => {
+                if f != x {
+                    tracing::warn!(flag = format!("--prices.{key}"), flag_value = ?f, file_value = ?x, "the --prices flag and prices: in the configuration file differ: the flag's value is used");
+                }
+                Some(f)
+            }
+            (f, x) => f.or(x),
+        }
+    }
+    let path = pick("file", flags.file.clone(), file.file);
+    let provider_aliases = pick(
+        "provider-alias",
+        (!aliases.is_empty()).then_some(aliases),
+        file.provider_aliases,
+    )
+    .unwrap_or_default();
+    let max_entries = pick(
+        "max-entries",
+        (flags.max_entries != unset.max_entries).then_some(flags.max_entries),
+        file.max_entries,
+    )
+    .unwrap_or(unset.max_entries);
+    let max_bytes = pick(
+        "max-size",
+        (flags.max_size != unset.max_size).then_some(flags.max_size),
+        file.max_size,
+    )
+    .unwrap_or(unset.max_size);
+    Ok(path.map(|file| PricesConfig {
+        file,
+        options: PriceOptions {
+            provider_aliases,
+            max_entries,
+            ..PriceOptions::default()
+        },
+        max_bytes,
+    }))
+}
+
+/// Read the price table `cfg` names; `Err`: one line naming the file and
+/// its first problems (each naming its entry and field).
+pub fn load_prices(
+    cfg: &PricesConfig,
+    files: &crate::files::FileLimits,
+) -> Result<PriceTable, String> {
+    PriceTable::load(cfg, files).map_err(|problems| {
+        const SHOWN: usize = 10;
+        let mut line = problems
+            .iter()
+            .take(SHOWN)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if problems.len() > SHOWN {
+            line.push_str(&format!("; and {} more", problems.len() - SHOWN));
+        }
+        // The reader's problems name the file themselves (once is enough).
+        let path = cfg.file.display().to_string();
+        let line = crate::text::shorten(&line, 4096);
+        if line.contains(&path) {
+            format!("the price table is refused: {line}")
+        } else {
+            format!("the price table {path} is refused: {line}")
+        }
+    })
 }
 
 /// `host:port`, or `:port` for every interface.
@@ -475,6 +642,21 @@ mod tests {
                 vec!["--api-key-file", "/nonexistent/key"],
                 Some("k"),
                 "/nonexistent/key",
+            ),
+            (
+                vec!["--prices.provider-alias", "google"],
+                Some("k"),
+                "--prices.provider-alias \"google\": write PROVIDER=TABLE_PROVIDER",
+            ),
+            (
+                vec!["--prices.max-entries", "0"],
+                Some("k"),
+                "--prices.max-entries: must be at least 1",
+            ),
+            (
+                vec!["--prices.file", "/nonexistent/prices.yaml"],
+                Some("k"),
+                "/nonexistent/prices.yaml",
             ),
         ];
         for (flags, key, needle) in cases {
@@ -647,5 +829,46 @@ mod tests {
     #[test]
     fn there_is_no_flag_for_the_key_itself() {
         assert!(Cli::try_parse_from(["clawmesh-exporter", "--api-key", "x"]).is_err());
+    }
+
+    /// The `--prices.*` flags win over the file's `prices:` key by key; a
+    /// key only the file sets is the file's; neither naming a table is no
+    /// table.
+    #[test]
+    fn price_flags_win_over_the_file_key_by_key() {
+        use crate::config_file::FilePrices;
+        let file = FilePrices {
+            file: Some("/etc/file.yaml".into()),
+            provider_aliases: Some([("google".to_string(), "vertex".to_string())].into()),
+            max_entries: Some(7),
+            max_size: None,
+        };
+        let r = resolve_prices(&args(&[]).prices, Some(file.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.file, PathBuf::from("/etc/file.yaml"));
+        assert_eq!(r.options.provider_aliases["google"], "vertex");
+        assert_eq!(r.options.max_entries, 7);
+        assert_eq!(r.max_bytes, 8 << 20);
+        let flags = args(&[
+            "--prices.file",
+            "/etc/flag.json",
+            "--prices.provider-alias",
+            "google=gemini,openai=azure",
+            "--prices.max-entries",
+            "9",
+            "--prices.max-size",
+            "1MiB",
+        ]);
+        let r = resolve_prices(&flags.prices, Some(file)).unwrap().unwrap();
+        assert_eq!(r.file, PathBuf::from("/etc/flag.json"));
+        assert_eq!(r.options.provider_aliases.len(), 2);
+        assert_eq!(r.options.provider_aliases["google"], "gemini");
+        assert_eq!(r.options.max_entries, 9);
+        assert_eq!(r.max_bytes, 1 << 20);
+        assert_eq!(resolve_prices(&args(&[]).prices, None), Ok(None));
+        let twice = args(&["--prices.provider-alias", "google=a,google=b"]);
+        let e = resolve_prices(&twice.prices, None).unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
     }
 }

@@ -56,8 +56,10 @@ pub const RESERVED_LABELS: &[&str] = &[
     "dimension",
 ];
 
-const TOP_KEYS: &[&str] = &["defaults", "workspaces", "storage"];
+const TOP_KEYS: &[&str] = &["defaults", "workspaces", "storage", "prices"];
 const STORAGE_KEYS: &[&str] = &["path", "interval", "max_size", "write_timeout"];
+const PRICES_KEYS: &[&str] = &["file", "provider_aliases", "max_entries", "max_size"];
+const BUDGET_KEYS: &[&str] = &["name", "match", "monthly", "daily"];
 /// The per-workspace settings that are not durations (the durations are
 /// the modules' `DURATIONS` tables, see [`setting_keys`]).
 const OTHER_SETTING_KEYS: &[&str] = &[
@@ -71,6 +73,7 @@ const OTHER_SETTING_KEYS: &[&str] = &[
     "breakdown",
     "heartbeat_series_max",
     "max_agent_lookups",
+    "budgets",
 ];
 
 /// Every key a workspace or `defaults:` may set.
@@ -85,7 +88,7 @@ fn setting_keys() -> Vec<&'static str> {
 
 /// The flags' defaults, for what a file leaves unset: as if no flag and
 /// no environment variable were given.
-fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+pub(crate) fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
     let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true))
         .mut_args(|a| a.env(None::<&'static str>));
     let matches = cmd
@@ -211,6 +214,19 @@ pub struct FileConfig {
     pub workspaces: Vec<WorkspaceConfig>,
     /// `storage:` (read at the start only: a reload keeps the storage).
     pub storage: Option<crate::storage::StorageConfig>,
+    /// `prices:`, what it sets (the `--prices.*` flags win over it).
+    pub prices: Option<FilePrices>,
+}
+
+/// The file's `prices:` as written: each key `None` when unset, so that
+/// the `--prices.*` flags can win key by key (`config::resolve_prices`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilePrices {
+    /// Relative to the configuration file's directory.
+    pub file: Option<std::path::PathBuf>,
+    pub provider_aliases: Option<BTreeMap<String, String>>,
+    pub max_entries: Option<usize>,
+    pub max_size: Option<u64>,
 }
 
 pub fn load_file(path: &Path, env: &dyn Env, files: &FileLimits) -> Result<FileConfig, Problems> {
@@ -273,6 +289,70 @@ fn storage(
         match v.as_str().map(humantime::parse_duration) {
             Some(Ok(d)) => cfg.write_timeout = d,
             _ => p.push("storage.write_timeout: a duration such as 5s".into()),
+        }
+    }
+    Some(cfg)
+}
+
+/// `prices:`: where the price table is (a relative path is taken relative
+/// to the file's directory), the provider aliases and the table's bounds.
+fn prices(v: Option<&Value>, base_dir: &Path, p: &mut Vec<String>) -> Option<FilePrices> {
+    let m = match v {
+        None | Some(Value::Null) => return None,
+        Some(Value::Mapping(m)) => m,
+        Some(_) => {
+            p.push("prices: must be a mapping with file: (and optionally provider_aliases:, max_entries:, max_size:)".into());
+            return None;
+        }
+    };
+    check_keys(m, "prices.", PRICES_KEYS, p);
+    let mut cfg = FilePrices::default();
+    match m.get("file") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(f)) if !f.trim().is_empty() => cfg.file = Some(base_dir.join(f)),
+        Some(_) => p.push("prices.file: must be the path of a price table".into()),
+    }
+    match m.get("provider_aliases") {
+        None | Some(Value::Null) => {}
+        Some(Value::Mapping(a)) => {
+            let mut aliases = BTreeMap::new();
+            for (k, v) in a {
+                match (k.as_str(), v.as_str()) {
+                    (Some(k), Some(v)) if !k.is_empty() && !v.is_empty() => {
+                        aliases.insert(k.to_string(), v.to_string());
+                    }
+                    _ => p.push(format!(
+                        "prices.provider_aliases: {}: every entry must be a ClawMesh provider and the table's name for it, both non-empty strings (google: gemini)",
+                        k.as_str().map_or_else(|| format!("{k:?}"), str::to_string)
+                    )),
+                }
+            }
+            cfg.provider_aliases = Some(aliases);
+        }
+        Some(_) => p.push(
+            "prices.provider_aliases: must be a mapping of ClawMesh provider to the table's (google: gemini)".into(),
+        ),
+    }
+    match m.get("max_entries") {
+        None => {}
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => cfg.max_entries = Some(n as usize),
+            _ => p.push("prices.max_entries: must be a whole number of at least 1".into()),
+        },
+    }
+    match m.get("max_size") {
+        None => {}
+        Some(v) => {
+            let parsed = match v {
+                Value::Number(n) => n.as_u64().ok_or_else(|| "not a whole number".to_string()),
+                Value::String(s) => crate::units::parse_size(s),
+                _ => Err("write it as a size such as \"8MiB\"".to_string()),
+            };
+            match parsed {
+                Ok(n) if n >= 1 => cfg.max_size = Some(n),
+                Ok(_) => p.push("prices.max_size: must be at least 1 byte".into()),
+                Err(e) => p.push(format!("prices.max_size: {e}")),
+            }
         }
     }
     Some(cfg)
@@ -358,10 +438,12 @@ pub fn parse_file(
         }
     }
     let storage = storage(top.get("storage"), base_dir, &mut p);
+    let prices = prices(top.get("prices"), base_dir, &mut p);
     if p.is_empty() {
         Ok(FileConfig {
             workspaces: out,
             storage,
+            prices,
         })
     } else {
         // A bad `defaults:` entry is found once per workspace: say it once.
@@ -723,6 +805,7 @@ fn poll(
         }),
     };
     poll.breakdown = breakdown(m, d, at, p);
+    poll.budgets = budgets(m, d, at, &poll.breakdown, p);
     poll.max_agent_lookups = match setting(m, d, at, "max_agent_lookups") {
         None => poll.max_agent_lookups,
         Some((v, path)) => v.as_u64().map(|n| n as usize).unwrap_or_else(|| {
@@ -737,6 +820,137 @@ fn poll(
         p.push(rule.file_message(at));
     }
     poll
+}
+
+/// A workspace's `budgets:` (else the list in `defaults`, whole), each
+/// checked against the workspace's breakdowns: a budget can only match
+/// labels its series are broken down by.
+fn budgets(
+    m: &serde_norway::Mapping,
+    d: &serde_norway::Mapping,
+    at: &str,
+    breakdown: &crate::fleet::BreakdownConfig,
+    p: &mut Vec<String>,
+) -> Vec<crate::fleet::BudgetConfig> {
+    let Some((v, path)) = setting(m, d, at, "budgets") else {
+        return Vec::new();
+    };
+    // A default list is checked against each workspace's breakdowns: a
+    // problem of one workspace only says which.
+    let whose = if path.starts_with("defaults.") {
+        format!(" (for {at})")
+    } else {
+        String::new()
+    };
+    let items = match v {
+        Value::Null => return Vec::new(),
+        Value::Sequence(s) => s,
+        _ => {
+            p.push(format!(
+                "{path}: must be a list of budgets (name:, monthly: and/or daily:, optionally match:)"
+            ));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let Some(b) = item.as_mapping() else {
+            p.push(format!(
+                "{at}: must be a mapping (name:, monthly:, daily:, match:)"
+            ));
+            continue;
+        };
+        let before = p.len();
+        check_keys(b, &format!("{at}."), BUDGET_KEYS, p);
+        let name = match b.get("name") {
+            Some(Value::String(s)) => s.clone(),
+            _ => {
+                p.push(format!(
+                    "{at}.name: a name is needed (the budget label), 1 to 128 characters"
+                ));
+                String::new()
+            }
+        };
+        if !name.is_empty() && !names.insert(name.clone()) {
+            p.push(format!(
+                "{at}.name: another budget of the workspace is named {name:?}: give each a distinct name"
+            ));
+        }
+        let mut matches = BTreeMap::new();
+        match b.get("match") {
+            None | Some(Value::Null) => {}
+            Some(Value::Mapping(mm)) => {
+                for (k, v) in mm {
+                    match (k.as_str(), v.as_str()) {
+                        (Some(k), Some(v)) => {
+                            matches.insert(k.to_string(), v.to_string());
+                        }
+                        _ => p.push(format!(
+                            "{at}.match: label names and values must be strings (quote a value such as \"42\")"
+                        )),
+                    }
+                }
+            }
+            Some(_) => p.push(format!(
+                "{at}.match: must be a mapping of breakdown label to value, e.g. {{team: ml}}"
+            )),
+        }
+        let monthly = b
+            .get("monthly")
+            .and_then(|v| amount(v, &format!("{at}.monthly"), p));
+        let daily = b
+            .get("daily")
+            .and_then(|v| amount(v, &format!("{at}.daily"), p));
+        let budget = crate::fleet::BudgetConfig {
+            name,
+            matches,
+            monthly,
+            daily,
+        };
+        if p.len() == before {
+            match budget.check(breakdown) {
+                Ok(()) => out.push(budget),
+                Err((field, e)) => p.push(format!("{at}.{field}{whose}: {e}")),
+            }
+        }
+    }
+    out
+}
+
+/// A budget's amount in the currency: a YAML number or a quoted decimal
+/// ("2500.50"), read exactly; `None` when bad (the problem is noted).
+fn amount(v: &Value, path: &str, p: &mut Vec<String>) -> Option<crate::prices::Money> {
+    let text = match v {
+        Value::Number(n) => {
+            // Said here in words: `.nan` or `-5` would otherwise read as
+            // text the decimal reader names less plainly.
+            if n.as_f64().is_some_and(|f| !f.is_finite()) {
+                p.push(format!("{path}: must be a finite amount, not {n}"));
+                return None;
+            }
+            n.to_string()
+        }
+        Value::String(s) => s.trim().to_string(),
+        _ => {
+            p.push(format!(
+                "{path}: must be an amount in the price table's currency: a number or a quoted decimal such as \"2500.50\""
+            ));
+            return None;
+        }
+    };
+    if text.starts_with('-') {
+        p.push(format!("{path}: must not be negative ({text})"));
+        return None;
+    }
+    match crate::prices::Money::parse_decimal(&text, 0) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            p.push(format!("{path}: {text:?} is not an amount: {e}"));
+            None
+        }
+    }
 }
 
 /// `labels:`, each a valid Prometheus label name the exporter does not set itself.
@@ -1065,5 +1279,147 @@ colour: blue
             all.contains("storage.interval") && all.contains("storage.max_size"),
             "{all}"
         );
+    }
+
+    /// A budget the file cannot use is named with its path; the whole file
+    /// is refused.
+    #[test]
+    fn bad_budgets_are_refused_with_their_path() {
+        let text = r#"
+defaults:
+  budgets: {name: x}
+workspaces:
+  - name: a
+    api_key_env: KEY_B
+    budgets:
+      - {name: neg, monthly: -5}
+      - {name: nan, daily: .nan}
+      - {name: garbage, monthly: "lots"}
+      - {name: weekly, weekly: 5}
+      - {name: nothing}
+      - {name: list, monthly: [1]}
+      - "just a name"
+      - {match: {}}
+  - name: b
+    api_key_env: KEY_B
+"#;
+        let e = parse(text, Path::new("."), &env(), &FileLimits::default())
+            .unwrap_err()
+            .0;
+        let want = [
+            "defaults.budgets: must be a list of budgets",
+            "workspaces[0].budgets[0].monthly: must not be negative (-5)",
+            "workspaces[0].budgets[1].daily: must be a finite amount",
+            "workspaces[0].budgets[2].monthly: \"lots\" is not an amount",
+            "workspaces[0].budgets[3].weekly: unknown key (known: name, match, monthly, daily)",
+            "workspaces[0].budgets[4].monthly: a budget needs monthly, daily or both",
+            "workspaces[0].budgets[5].monthly: must be an amount in the price table's currency",
+            "workspaces[0].budgets[6]: must be a mapping",
+            "workspaces[0].budgets[7].name: a name is needed",
+        ];
+        for w in want {
+            assert!(e.iter().any(|l| l.starts_with(w)), "{w:?} not in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    /// Waits for the prices merge (`Money::parse_decimal`): amounts read
+    /// exactly, from numbers and quoted decimals; a budget of a workspace,
+    /// else its defaults'; names unique per workspace; a match only on a
+    /// label the workspace is broken down by.
+    #[test]
+    fn budgets_are_read_exactly_per_workspace_and_from_defaults() {
+        use crate::prices::Money;
+        let unit = 10u128.pow(crate::prices::MONEY_DIGITS);
+        let text = r#"
+defaults:
+  budgets:
+    - {name: all, monthly: 100}
+workspaces:
+  - name: a
+    api_key_env: KEY_B
+    breakdown: {agent_labels: [team]}
+    budgets:
+      - name: a-total
+        monthly: 50000
+        daily: "2500.5"
+      - name: team-ml
+        match: {team: ml}
+        monthly: 8000
+  - name: b
+    api_key_env: KEY_B
+"#;
+        let w = parse(text, Path::new("."), &env(), &FileLimits::default()).unwrap();
+        let a = &w[0].poll.budgets;
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].name, "a-total");
+        assert_eq!(a[0].monthly, Some(Money(50_000 * unit)));
+        assert_eq!(a[0].daily, Some(Money(2500 * unit + unit / 2)));
+        assert_eq!(a[1].matches["team"], "ml");
+        assert_eq!(a[1].daily, None);
+        assert_eq!(w[1].poll.budgets.len(), 1);
+        assert_eq!(w[1].poll.budgets[0].monthly, Some(Money(100 * unit)));
+        let bad = r#"
+defaults:
+  budgets:
+    - {name: ml, match: {team: ml}, monthly: 1}
+workspaces:
+  - name: a
+    api_key_env: KEY_B
+    budgets:
+      - {name: x, monthly: 1}
+      - {name: x, daily: 2}
+      - {name: p, match: {provider: openai}, monthly: 1}
+  - name: b
+    api_key_env: KEY_B
+"#;
+        let e = parse(bad, Path::new("."), &env(), &FileLimits::default())
+            .unwrap_err()
+            .0;
+        let want = [
+            "workspaces[0].budgets[1].name: another budget of the workspace is named \"x\"",
+            "workspaces[0].budgets[2].match: \"provider\" is not a label",
+            "defaults.budgets[0].match (for workspaces[1]): \"team\" is not a label",
+        ];
+        for w in want {
+            assert!(e.iter().any(|l| l.starts_with(w)), "{w:?} not in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn prices_are_read_relative_to_the_file_and_checked() {
+        let dir = dir_with_key();
+        let d = dir.path();
+        let good = "prices:\n  file: prices.yaml\n  provider_aliases: {google: gemini}\n  max_entries: 10\n  max_size: 16MiB\nworkspaces:\n  - api_key_file: a.key\n";
+        let f = parse_file(good, d, &env(), &FileLimits::default()).unwrap();
+        let p = f.prices.unwrap();
+        assert_eq!(p.file, Some(d.join("prices.yaml")));
+        assert_eq!(p.provider_aliases.unwrap()["google"], "gemini");
+        assert_eq!(p.max_entries, Some(10));
+        assert_eq!(p.max_size, Some(16 << 20));
+        let none = parse_file(
+            "workspaces:\n  - api_key_file: a.key\n",
+            d,
+            &env(),
+            &FileLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(none.prices, None);
+        let bad = "prices:\n  file: 3\n  provider_aliases: [google]\n  max_entries: 0\n  max_size: lots\n  colour: blue\nworkspaces:\n  - api_key_file: a.key\n";
+        let e = parse_file(bad, d, &env(), &FileLimits::default())
+            .unwrap_err()
+            .0;
+        let want = [
+            "prices.colour: unknown key (known: file, provider_aliases, max_entries, max_size)",
+            "prices.file: must be the path of a price table",
+            "prices.provider_aliases: must be a mapping",
+            "prices.max_entries: must be a whole number of at least 1",
+            "prices.max_size: \"lots\"",
+        ];
+        for w in want {
+            assert!(e.iter().any(|l| l.starts_with(w)), "{w:?} not in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
     }
 }

@@ -47,6 +47,7 @@ pub async fn run(
                 .map_err(anyhow::Error::msg)?,
         );
     }
+    let spend = demo_spend(&mut cfg);
     let webhook_secret = cfg
         .webhook
         .as_ref()
@@ -79,6 +80,7 @@ pub async fn run(
     println!("  ground truth: http://{sim_addr}/_sim/ground_truth");
     println!("  webhooks:     the simulator delivers signed events to {hook}");
     println!("  breakdowns:   {breakdowns}");
+    println!("  spend:        {spend}");
     // The workspace totals (series with at most one label beside
     // `workspace`): a screenful, where every sliced series would be some
     // two thousand lines.
@@ -105,6 +107,77 @@ pub async fn run(
     crate::shutdown_signal().await;
     running.shutdown().await;
     Ok(())
+}
+
+/// The demo workspace's monthly budget, in the example table's currency:
+/// sized so that the default demo stays below every budget alert.
+pub const DEMO_MONTHLY_BUDGET: &str = "100000";
+
+/// The price table the demo prices with (unless `--prices.file` names
+/// another): the simulator's own models at their list prices, in our YAML.
+fn demo_prices_yaml() -> &'static str {
+    // The simulator's four models at the prices its ground truth uses; to
+    // be replaced by deploy/prices.example.yaml (include_str!) when the
+    // example table ships.
+    r#"# clawmesh price table: the demo's example (list prices, USD)
+currency: USD
+models:
+  - {provider: anthropic, model: claude-sonnet-4, input_per_million: "3", output_per_million: "15"}
+  - {provider: openai, model: gpt-5, input_per_million: "1.25", output_per_million: "10"}
+  - {provider: google, model: gemini-2.5-pro, input_per_million: "1.25", output_per_million: "10"}
+  - {provider: local, model: llama-3.3-70b, input_per_million: "0", output_per_million: "0"}
+"#
+}
+
+/// Price the demo with its example table and hold its workspace to a
+/// `demo` budget, unless the command line named a table; the banner's
+/// line. A table or budget the demo cannot read leaves spend unpriced
+/// (said in the banner) rather than stopping the demo.
+fn demo_spend(cfg: &mut crate::config::Config) -> String {
+    if let Some(s) = &cfg.prices.source {
+        return format!(
+            "priced with {} ({}, {} entries)",
+            s.file.display(),
+            cfg.prices.table.currency(),
+            cfg.prices.table.entries()
+        );
+    }
+    let table = match crate::prices::PriceTable::parse(
+        demo_prices_yaml().as_bytes(),
+        "the demo's price table",
+        &crate::prices::PriceOptions::default(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            return format!(
+                "not priced (the demo's price table is refused: {})",
+                e.join("; ")
+            )
+        }
+    };
+    let currency = table.currency().to_string();
+    let mut line = format!(
+        "priced with the demo's example table ({currency}, {} entries)",
+        table.entries()
+    );
+    cfg.prices.table = std::sync::Arc::new(table);
+    match crate::prices::Money::parse_decimal(DEMO_MONTHLY_BUDGET, 0) {
+        Ok(monthly) => {
+            for w in &mut cfg.workspaces {
+                w.poll.budgets = vec![crate::fleet::BudgetConfig {
+                    name: "demo".into(),
+                    matches: Default::default(),
+                    monthly: Some(monthly),
+                    daily: None,
+                }];
+            }
+            line.push_str(&format!(
+                "; budget demo: {DEMO_MONTHLY_BUDGET} {currency} a month"
+            ));
+        }
+        Err(e) => line.push_str(&format!("; no budget ({DEMO_MONTHLY_BUDGET:?}: {e})")),
+    }
+    line
 }
 
 /// What the banner's example keeps: `clawmesh_up`, open and finished tasks
@@ -142,5 +215,30 @@ fn describe_breakdowns(args: &RunArgs, chosen: bool) -> String {
         format!("{on} (from the command line)")
     } else {
         format!("{on} (the demo's; any --breakdown.* flag replaces them)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits for the prices merge (`PriceTable::parse`, `Money::parse_decimal`).
+    #[test]
+    fn the_demo_prices_with_its_table_and_holds_a_budget() {
+        let table = crate::prices::PriceTable::parse(
+            demo_prices_yaml().as_bytes(),
+            "demo",
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("the demo's table: {e:?}"));
+        assert_eq!(table.currency(), "USD");
+        assert_eq!(table.entries(), 4);
+        let at = crate::api::types::Timestamp::from_micros(1_800_000_000_000_000);
+        let p = table.lookup("anthropic", "claude-sonnet-4", at).unwrap();
+        // 3 and 15 per million tokens.
+        assert_eq!(p.input, crate::prices::Money(3 * 10u128.pow(21)));
+        assert_eq!(p.output, crate::prices::Money(15 * 10u128.pow(21)));
+        let monthly = crate::prices::Money::parse_decimal(DEMO_MONTHLY_BUDGET, 0).unwrap();
+        assert!(monthly > crate::prices::Money::ZERO);
     }
 }

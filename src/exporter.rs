@@ -75,6 +75,8 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
             .storage
             .clone()
             .map(|s| crate::storage::Storage::open(s, (cfg.shard.index, cfg.shard.total))),
+        prices: crate::prices::Prices::new(crate::prices::PriceTable::clone(&cfg.prices.table)),
+        prices_flags: cfg.prices.flags.clone(),
         stopping: stop_rx.clone(),
         handoffs: Default::default(),
         slots: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -82,6 +84,7 @@ pub async fn start(cfg: &Config, listener: TcpListener) -> Result<Running, Start
     hub.update_process(|p| {
         p.shard = cfg.shard;
         p.workspaces_configured = cfg.workspaces.len();
+        p.set_prices(&cfg.prices.table);
     });
     let reload: Option<crate::server::Reload> = cfg.enable_lifecycle.then(|| {
         let sup = supervisor.clone();
@@ -223,6 +226,11 @@ struct Supervisor {
     files: crate::files::FileLimits,
     /// Checkpoints (`--storage.path`), for every slot; a reload keeps them.
     storage: Option<crate::storage::Storage>,
+    /// The price table every slot prices with; a reload replaces it in
+    /// place, restarting no slot.
+    prices: crate::prices::Prices,
+    /// Resolved again over the file's `prices:` at each reload.
+    prices_flags: crate::prices::PricesArgs,
     /// What slots a reload stopped left for their successors.
     handoffs: Arc<poll::Handoffs>,
     /// True once shutdown began: a reload then starts nothing.
@@ -258,6 +266,7 @@ impl Supervisor {
         let mut run = cfg.clone();
         run.poll.storage = self.storage.clone();
         run.poll.handoff = Some(self.handoffs.clone());
+        run.poll.prices = self.prices.clone();
         let task = tokio::spawn(watch_workspace(
             run,
             self.shard,
@@ -311,8 +320,9 @@ impl Supervisor {
             .unwrap_or_default()
     }
 
-    /// Re-read the configuration file; refuse a bad one and keep the old.
-    /// Unchanged workspaces keep running, with their counters.
+    /// Re-read the configuration file and the price table; refuse a bad
+    /// one and keep the old. Unchanged workspaces keep running, with their
+    /// counters; a new price table restarts none.
     async fn reload(&self) -> Result<String, String> {
         let shutting_down = || Err("shutting down: not reloaded".to_string());
         let mut stopping = self.stopping.clone();
@@ -320,35 +330,61 @@ impl Supervisor {
             l = self.reloading.lock() => l,
             _ = stopping.wait_for(|s| *s) => return shutting_down(),
         };
-        let Some(path) = &self.config_file else {
-            return Ok("no --config.file: nothing to reload".into());
-        };
-        // Files are read off the runtime, each within --files.read-timeout;
-        // shutdown does not wait even for that.
-        let (file, files) = (path.clone(), self.files);
-        let reading = tokio::task::spawn_blocking(move || {
-            crate::config_file::load_file(&file, &ProcessEnv as &dyn Env, &files)
-        });
+        if self.config_file.is_none() && self.prices_flags.file.is_none() {
+            return Ok("no --config.file or --prices.file: nothing to reload".into());
+        }
+        // Files are read off the runtime, each within --files.read-timeout
+        // (the price table within its own size bound); shutdown does not
+        // wait even for that.
+        let (file, files, flags) = (
+            self.config_file.clone(),
+            self.files,
+            self.prices_flags.clone(),
+        );
+        let reading =
+            tokio::task::spawn_blocking(move || read_for_reload(file.as_deref(), &flags, &files));
         let result = tokio::select! {
-            r = reading => r.unwrap_or_else(|e| Err(crate::files::Problems(vec![format!("the reading failed: {e}")]))),
+            r = reading => r.unwrap_or_else(|e| Err(format!("the reading failed: {e}"))),
             _ = stopping.wait_for(|s| *s) => return shutting_down(),
         };
-        let new = match result {
-            Ok(f) => {
-                // The storage is the start's (its files, the shard sweep):
-                // a change waits for a restart, and says so.
-                let in_use = self.storage.as_ref().map(|s| &s.cfg);
-                if f.storage.is_some() && f.storage.as_ref() != in_use {
-                    tracing::warn!(file = %path.display(), "storage: in the configuration file differs from the storage in use (read at the start, the flags winning): restart to apply it");
-                }
-                f.workspaces
-            }
-            Err(p) => {
-                let msg = format!("{}: {}", path.display(), p.0.join("; "));
-                tracing::error!(file = %path.display(), problems = %msg, "configuration refused; the previous one keeps running");
+        let shown = self
+            .config_file
+            .as_ref()
+            .or(self.prices_flags.file.as_ref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let (new, table) = match result {
+            Ok(r) => r,
+            Err(msg) => {
+                tracing::error!(file = %shown, problems = %msg, "configuration refused; the previous one (and its price table) keeps running");
                 self.hub.update_process(|p| p.reload_ok = false);
                 return Err(msg);
             }
+        };
+        if let Some(f) = &new {
+            // The storage is the start's (its files, the shard sweep):
+            // a change waits for a restart, and says so.
+            let in_use = self.storage.as_ref().map(|s| &s.cfg);
+            if f.storage.is_some() && f.storage.as_ref() != in_use {
+                tracing::warn!(file = %shown, "storage: in the configuration file differs from the storage in use (read at the start, the flags winning): restart to apply it");
+            }
+        }
+        // In force for every slot at its next sync: none restarts for it,
+        // and what was counted is not priced again.
+        let priced = match &table {
+            Some(t) => format!("price table: {} entries ({})", t.entries(), t.currency()),
+            None => "no price table".to_string(),
+        };
+        let table = table.unwrap_or_else(crate::prices::PriceTable::none);
+        self.hub.update_process(|p| p.set_prices(&table));
+        self.prices.replace(table);
+        let Some(new) = new.map(|f| f.workspaces) else {
+            self.hub.update_process(|p| {
+                p.reload_ok = true;
+                p.reload_success_at = crate::api::types::Timestamp::host_now().as_secs_f64();
+            });
+            tracing::info!(file = %shown, "price table reloaded (no --config.file: the workspaces are the flags')");
+            return Ok(format!("no --config.file: {priced}"));
         };
         let (mut kept, mut started, mut stopped) = (0, 0, 0);
         let wanted: BTreeMap<String, WorkspaceConfig> =
@@ -391,10 +427,42 @@ impl Supervisor {
             p.reload_success_at = crate::api::types::Timestamp::host_now().as_secs_f64();
             p.workspaces_configured = new.len();
         });
-        let msg = format!("configuration reloaded: {kept} workspace(s) kept, {stopped} stopped, {started} started");
-        tracing::info!(file = %path.display(), kept, stopped, started, "configuration reloaded");
+        let msg = format!("configuration reloaded: {kept} workspace(s) kept, {stopped} stopped, {started} started; {priced}");
+        tracing::info!(file = %shown, kept, stopped, started, prices = %priced, "configuration reloaded");
         Ok(msg)
     }
+}
+
+/// What a reload reads, off the runtime: the configuration file (when
+/// there is one) and the price table the flags and its `prices:` name
+/// (`None`: no table). `Err`: the one line saying why the reload is
+/// refused; nothing read is applied then.
+#[allow(clippy::type_complexity)]
+fn read_for_reload(
+    config_file: Option<&std::path::Path>,
+    flags: &crate::prices::PricesArgs,
+    files: &crate::files::FileLimits,
+) -> Result<
+    (
+        Option<crate::config_file::FileConfig>,
+        Option<crate::prices::PriceTable>,
+    ),
+    String,
+> {
+    let loaded = match config_file {
+        Some(path) => Some(
+            crate::config_file::load_file(path, &ProcessEnv as &dyn Env, files)
+                .map_err(|p| format!("{}: {}", path.display(), p.0.join("; ")))?,
+        ),
+        None => None,
+    };
+    let source =
+        crate::config::resolve_prices(flags, loaded.as_ref().and_then(|f| f.prices.clone()))?;
+    let table = match &source {
+        Some(s) => Some(crate::config::load_prices(s, files)?),
+        None => None,
+    };
+    Ok((loaded, table))
 }
 
 async fn halt(slot: Slot) {

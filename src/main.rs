@@ -63,10 +63,20 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
                 Err(e) => return usage_error(&e.to_string()),
             };
             match clawmesh_exporter::config_file::check(&file, &ProcessEnv, &files) {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
-                }
+                // And the price table its `prices:` names (the flags winning).
+                Ok(report) => match cli.run.check_prices(&file, &ProcessEnv) {
+                    Ok(prices) => {
+                        println!("{report}");
+                        if let Some(prices) = prices {
+                            println!("{prices}");
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{}: {}", file.display(), one_line(&e));
+                        ExitCode::from(2)
+                    }
+                },
                 Err(problems) => {
                     for p in &problems.0 {
                         eprintln!("{}: {p}", file.display());

@@ -95,6 +95,9 @@ pub struct ProcessInfo {
     /// The HTTP server's open connections and refusals; filled in by the
     /// hub at render time.
     pub http: HttpStats,
+    /// The price table in force (set at the start and by each reload that
+    /// puts one in force); `None` without one.
+    pub prices: Option<PricesInfo>,
     /// CPU, memory and file descriptors, read by the hub at render time
     /// ([`ProcessResources::read`]); `None` before that (and in the golden
     /// test, whose numbers must not vary), when the families are absent.
@@ -118,8 +121,30 @@ impl Default for ProcessInfo {
             webhook_unattributed: None,
             task_restarts: crate::supervise::TASKS.iter().map(|t| (*t, 0)).collect(),
             http: Default::default(),
+            prices: None,
             resources: None,
         }
+    }
+}
+
+/// What the process families say of the price table in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricesInfo {
+    pub currency: String,
+    /// `clawmesh` or `litellm`.
+    pub format: &'static str,
+    /// Entries held (a model's price from one date on).
+    pub entries: usize,
+}
+
+impl ProcessInfo {
+    /// `table` is the one in force now (none: [`crate::prices::PriceTable::none`]).
+    pub fn set_prices(&mut self, table: &crate::prices::PriceTable) {
+        self.prices = table.format().map(|f| PricesInfo {
+            currency: table.currency().to_string(),
+            format: f.name(),
+            entries: table.entries(),
+        });
     }
 }
 
@@ -205,6 +230,30 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
         labels: &[],
         collect: |p, out| out.push(num(&[], p.reload_success_at)),
     },
+    // The price table in force: which (a reload that puts a new one in
+    // force shows here), and how large.
+    ProcessFamily {
+        name: "clawmesh_exporter_prices_info",
+        help: "The price table in force (constant 1): its currency and format (clawmesh or litellm); absent without --prices.file.",
+        kind: Kind::Gauge,
+        unit: "1",
+        stability: Stability::Experimental,
+        labels: &["currency", "format"],
+        collect: |p, out| {
+            if let Some(t) = &p.prices {
+                out.push(num(&[&t.currency, t.format], 1.0));
+            }
+        },
+    },
+    ProcessFamily {
+        name: "clawmesh_exporter_price_entries",
+        help: "Prices the price table in force holds (one per model and date it holds from); 0 without a table.",
+        kind: Kind::Gauge,
+        unit: "{entry}",
+        stability: Stability::Experimental,
+        labels: &[],
+        collect: |p, out| out.push(num(&[], p.prices.as_ref().map_or(0, |t| t.entries) as f64)),
+    },
     ProcessFamily {
         name: "clawmesh_exporter_task_restarts_total",
         help: "Panics caught in the exporter's loops (key_check, poll_agents, poll_tasks, webhook_worker, otlp_pusher, checkpoint); each loop went on after a pause. Any increase is a bug: see the log.",
@@ -282,3 +331,46 @@ pub const PROCESS_FAMILIES: &[ProcessFamily] = &[
         collect: |p, out| out.extend(p.resources.as_ref().and_then(|r| r.memory_limit_bytes).map(|v| num(&[], v))),
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collected(p: &ProcessInfo, name: &str) -> Vec<(Vec<String>, f64)> {
+        let f = PROCESS_FAMILIES.iter().find(|f| f.name == name).unwrap();
+        let mut out = Vec::new();
+        (f.collect)(p, &mut out);
+        out.into_iter()
+            .map(|s| match s.value {
+                Value::Number(v) => (s.labels.iter().map(|l| l.to_string()).collect(), v),
+                _ => panic!("{name}: not a number"),
+            })
+            .collect()
+    }
+
+    /// Without a table the info is absent and the entries 0; with one,
+    /// both say which table it is.
+    #[test]
+    fn the_price_families_say_which_table_is_in_force() {
+        let mut p = ProcessInfo::default();
+        p.set_prices(&crate::prices::PriceTable::none());
+        assert!(collected(&p, "clawmesh_exporter_prices_info").is_empty());
+        assert_eq!(
+            collected(&p, "clawmesh_exporter_price_entries"),
+            [(vec![], 0.0)]
+        );
+        p.prices = Some(PricesInfo {
+            currency: "EUR".into(),
+            format: "litellm",
+            entries: 1234,
+        });
+        assert_eq!(
+            collected(&p, "clawmesh_exporter_prices_info"),
+            [(vec!["EUR".to_string(), "litellm".to_string()], 1.0)]
+        );
+        assert_eq!(
+            collected(&p, "clawmesh_exporter_price_entries"),
+            [(vec![], 1234.0)]
+        );
+    }
+}

@@ -366,8 +366,13 @@ fn start(
     let label_names: Vec<String> = std::iter::once("workspace".to_string())
         .chain(labels.iter().map(|(k, _)| k.clone()))
         .collect();
-    let fresh =
-        || Fleet::starting(api_start, started, limits).with_breakdown(&cfg.breakdown, &label_names);
+    // Every way a slot's fleet is made (fresh, restored from a checkpoint
+    // or a handoff) starts from this one, so all hold the budgets.
+    let fresh = || {
+        Fleet::starting(api_start, started, limits)
+            .with_breakdown(&cfg.breakdown, &label_names)
+            .with_budgets(cfg.budgets.clone())
+    };
     let mut health = Health {
         token_expiry: token.expires_at.map(|t| t.as_secs_f64()),
         ..Default::default()
@@ -571,8 +576,11 @@ async fn apply_webhooks(
                     if n == 0 {
                         return true;
                     }
+                    // The table in force now (a reload may have replaced it).
+                    let prices = ws.cfg.prices.current();
                     let mut st = ws.lock_at_api_time();
                     let State { fleet, webhook, .. } = &mut *st;
+                    fleet.set_prices(prices);
                     if let Some(tracker) = webhook {
                         crate::supervise::injected(&ws.id, "webhook_worker");
                         for change in batch.drain(..) {
@@ -957,6 +965,10 @@ impl TaskSync {
     }
 
     async fn sync(&mut self, ws: &Workspace) -> Result<(), ApiError> {
+        // What this sync counts is priced with the table in force now (a
+        // reload replaces it in place, restarting no slot).
+        let prices = ws.cfg.prices.current();
+        ws.lock().fleet.set_prices(prices);
         let started = ws.client.api_time();
         let due = self
             .last_reconcile

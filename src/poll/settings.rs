@@ -183,8 +183,9 @@ mod tests {
     /// A reload keeps a workspace running when its settings are equal, and
     /// the comparison goes through the DURATIONS table: every duration of
     /// the settings is a row of it, and a change of any setting a workspace
-    /// has (a duration, the fleet's judgement, the breakdowns, the lookups)
-    /// restarts it, while the exporter's own (storage, handoff) do not.
+    /// has (a duration, the fleet's judgement, the breakdowns, the lookups,
+    /// the budgets) restarts it, while the exporter's own (storage, handoff,
+    /// the price table) do not.
     #[test]
     fn a_reload_compares_every_setting_of_a_workspace() {
         assert_eq!(
@@ -202,7 +203,7 @@ mod tests {
             assert_ne!(base, changed, "{key}");
         }
         type Change = (&'static str, fn(&mut PollConfig));
-        let changes: [Change; 5] = [
+        let changes: [Change; 6] = [
             ("fleet duration", |c| {
                 c.fleet.heartbeat_stale_after += Duration::from_secs(1)
             }),
@@ -212,6 +213,14 @@ mod tests {
             }),
             ("breakdown caps", |c| c.breakdown.max_values += 1),
             ("lookups", |c| c.max_agent_lookups += 1),
+            ("budgets", |c| {
+                c.budgets.push(crate::fleet::BudgetConfig {
+                    name: "b".into(),
+                    matches: Default::default(),
+                    monthly: Some(crate::prices::Money(1)),
+                    daily: None,
+                })
+            }),
         ];
         for (what, change) in changes {
             let mut changed = base.clone();
@@ -225,6 +234,8 @@ mod tests {
                 swept: Arc::default(),
             }),
             handoff: Some(Arc::default()),
+            // The process's one table: a new one restarts no workspace.
+            prices: crate::prices::Prices::new(crate::prices::PriceTable::none()),
             ..base.clone()
         };
         assert_eq!(base, exporters);

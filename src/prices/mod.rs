@@ -57,3 +57,6 @@ impl PartialEq for Prices {
     }
 }
 impl Eq for Prices {}
+
+#[cfg(test)]
+mod tests;

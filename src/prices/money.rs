@@ -52,50 +52,137 @@ impl Money {
         format!("{whole}.{}", f.trim_end_matches('0'))
     }
 
-    /// Read decimal text (`12`, `0.5`, `3e-6`, `5.0000000000000004e-08`)
-    /// scaled by 10^`shift` first (a price per million tokens is read with
-    /// shift -6), exactly; `Err` says why not (negative, not a number,
-    /// more places than a unit holds, too large).
+    /// Read decimal text (`12`, `0.5`, `.5`, `5.`, `3e-6`,
+    /// `5.0000000000000004e-08`, `1E2`) scaled by 10^`shift` first (a price
+    /// per million tokens is read with shift -6), exactly; `Err` says why
+    /// not (negative, not a number, more places than a unit holds, too
+    /// large).
+    ///
+    /// The grammar is YAML 1.2's and JSON's decimal float without a sign
+    /// (`+` is taken, `-` refused): `.5` and `5.` are taken because YAML
+    /// reads them as numbers, so a table written that way means 0.5 and 5.
+    /// No spaces, no `_` separators, no hexadecimal, no `.inf`/`.nan`.
+    /// The value is read digit by digit, never through a float, so any
+    /// decimal that is a whole number of units is held exactly.
     pub fn parse_decimal(text: &str, shift: i32) -> Result<Money, String> {
-        // Interim reader (the prices branch brings the full one).
-        let t = text.trim();
-        let (mant, exp) = match t.find(['e', 'E']) {
-            Some(i) => (
-                &t[..i],
-                t[i + 1..]
-                    .parse::<i32>()
-                    .map_err(|_| "not a decimal".to_string())?,
-            ),
-            None => (t, 0),
-        };
-        let (int, frac) = mant.split_once('.').unwrap_or((mant, ""));
-        if int.is_empty() && frac.is_empty()
-            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-        {
-            return Err(format!("{text:?} is not a decimal"));
+        let s = text.as_bytes();
+        let mut i = 0;
+        match s.first() {
+            None => return Err("is empty: write a decimal number such as 2.5".into()),
+            Some(b'-') => return Err("is negative: a price or an amount is 0 or more".into()),
+            Some(b'+') => i = 1,
+            _ => {}
         }
-        let digits: String = format!("{int}{frac}");
-        let scale = MONEY_DIGITS as i32 + exp + shift - frac.len() as i32;
+        let lower = text.to_ascii_lowercase();
+        let body = lower.trim_start_matches(['+', '.']);
+        if matches!(body, "nan" | "inf" | "infinity") {
+            return Err("is not a finite number: write a decimal number such as 2.5".into());
+        }
+        let not_decimal = || {
+            format!(
+                "{:?} is not a decimal number: write one such as 2.5, 0.000003 or 3e-6",
+                crate::text::shorten(text, 40)
+            )
+        };
+        // Significant digits (leading zeros dropped), and how many of the
+        // digits read were after the point.
+        let mut digits: Vec<u8> = Vec::new();
+        let mut frac_len: i64 = 0;
+        let mut seen_digit = false;
+        let mut seen_point = false;
+        while i < s.len() {
+            match s[i] {
+                c @ b'0'..=b'9' => {
+                    seen_digit = true;
+                    if seen_point {
+                        frac_len += 1;
+                    }
+                    if !(digits.is_empty() && c == b'0') {
+                        digits.push(c - b'0');
+                    }
+                }
+                b'.' if !seen_point => seen_point = true,
+                b'e' | b'E' => break,
+                _ => return Err(not_decimal()),
+            }
+            i += 1;
+        }
+        if !seen_digit {
+            return Err(not_decimal());
+        }
+        let mut exp: i64 = 0;
+        if i < s.len() {
+            // The exponent: [eE][+-]?digits, saturated far past any use so
+            // that a thousand digits cannot overflow it.
+            i += 1;
+            let negative = match s.get(i) {
+                Some(b'-') => {
+                    i += 1;
+                    true
+                }
+                Some(b'+') => {
+                    i += 1;
+                    false
+                }
+                _ => false,
+            };
+            if i >= s.len() {
+                return Err(not_decimal());
+            }
+            for &c in &s[i..] {
+                if !c.is_ascii_digit() {
+                    return Err(not_decimal());
+                }
+                exp = (exp * 10 + (c - b'0') as i64).min(1_000_000_000);
+            }
+            if negative {
+                exp = -exp;
+            }
+        }
+        // value = digits × 10^(exp + shift - frac_len), in units of 10^-27.
+        let mut scale = exp + shift as i64 - frac_len + MONEY_DIGITS as i64;
+        while digits.last() == Some(&0) {
+            digits.pop();
+            scale += 1;
+        }
+        if digits.is_empty() {
+            return Ok(Money::ZERO);
+        }
+        if scale < 0 {
+            let places = MONEY_DIGITS as i64 + shift as i64;
+            return Err(if shift == 0 {
+                format!(
+                    "has more decimal places than a money amount holds ({places}, i.e. 10^-{MONEY_DIGITS} of the currency): round it"
+                )
+            } else {
+                format!(
+                    "has more decimal places than a price holds ({places} places when written per 10^{} tokens): round it",
+                    -shift
+                )
+            });
+        }
+        let too_large = || {
+            format!(
+                "is too large (a money amount holds at most {}): is the unit right?",
+                Money(u128::MAX)
+                    .to_decimal()
+                    .split('.')
+                    .next()
+                    .unwrap_or("")
+            )
+        };
+        if digits.len() as i64 + scale > 39 {
+            return Err(too_large());
+        }
         let mut v: u128 = 0;
-        for b in digits.bytes() {
+        for d in digits {
             v = v
                 .checked_mul(10)
-                .and_then(|v| v.checked_add((b - b'0') as u128))
-                .ok_or("too large")?;
+                .and_then(|v| v.checked_add(d as u128))
+                .ok_or_else(too_large)?;
         }
-        if scale >= 0 {
-            v = 10u128
-                .checked_pow(scale as u32)
-                .and_then(|p| v.checked_mul(p))
-                .ok_or("too large")?;
-        } else {
-            let p = 10u128
-                .checked_pow((-scale) as u32)
-                .ok_or("more decimal places than a unit holds")?;
-            if v % p != 0 {
-                return Err("more decimal places than a unit holds".into());
-            }
-            v /= p;
+        for _ in 0..scale {
+            v = v.checked_mul(10).ok_or_else(too_large)?;
         }
         Ok(Money(v))
     }

@@ -77,7 +77,7 @@ pub struct LatitudeArgs {
     /// The simulated API's clock minus the host's, e.g. -15s or +1m.
     #[arg(long = "clock-offset", value_name = "DURATION", default_value = "0s", allow_hyphen_values = true, value_parser = parse_signed_ms)]
     pub clock_offset_ms: i64,
-    /// An incident for the breakdowns to find: provider-outage[:PROVIDER] (default openai) or heartbeat-loss[:TEAM] (default growth).
+    /// An incident for the breakdowns to find: provider-outage[:PROVIDER] (default openai), heartbeat-loss[:TEAM] (default growth) or spend-spike[:TEAM] (default research: 25x the tokens).
     #[arg(long = "incident", value_name = "KIND", value_parser = Incident::parse)]
     pub incident: Option<Incident>,
 }

@@ -2,6 +2,7 @@
 //! keys, an incident, the label spread), and the demo key every simulator has.
 
 use super::latitude::Latitude;
+use super::pricing::{default_prices, SimPrice};
 use std::time::Duration;
 
 /// The longest a late value (`late_metrics`, `late_failure_codes`) waits
@@ -55,6 +56,13 @@ pub struct SimConfig {
     /// the exporter's memory there. `None` keeps the default fleet (and its
     /// random sequence) unchanged.
     pub label_spread: Option<LabelSpread>,
+    /// What tokens cost, for the ground truth's spend (also switchable:
+    /// `/_sim/prices`); by default realistic list prices of the four
+    /// models. Write the exporter's price file from it with
+    /// [`super::prices_yaml`].
+    pub prices: Vec<SimPrice>,
+    /// The currency of `prices` (the truth's `currency`).
+    pub currency: String,
 }
 
 /// How many distinct `team` and `env` values the agents carry.
@@ -73,15 +81,24 @@ pub enum Incident {
     ProviderOutage { provider: String },
     /// This team's agents stop heartbeating, whatever their status says.
     HeartbeatLoss { team: String },
+    /// The tasks of this team's agents use [`SPEND_SPIKE_FACTOR`] times the
+    /// tokens (input and output): a budget's fast burn fires.
+    SpendSpike { team: String },
 }
 
+/// How many times its usual tokens a task of a spend spike's team uses.
+pub const SPEND_SPIKE_FACTOR: u64 = 25;
+
 /// Who an incident hits unless told otherwise (a provider of life.rs's
-/// `MODELS`, a team of its `TEAMS`).
+/// `MODELS`, a team of its `TEAMS`; each incident its own team, so that two
+/// at once in a demo do not mix).
 pub const OUTAGE_PROVIDER: &str = "openai";
 pub const SILENT_TEAM: &str = "growth";
+pub const SPENDING_TEAM: &str = "research";
 
 impl Incident {
-    /// `provider-outage[:NAME]` or `heartbeat-loss[:TEAM]` (the CLI's).
+    /// `provider-outage[:NAME]`, `heartbeat-loss[:TEAM]` or
+    /// `spend-spike[:TEAM]` (the CLI's).
     pub fn parse(s: &str) -> Result<Incident, String> {
         let (kind, arg) = s.split_once(':').map_or((s, None), |(k, a)| (k, Some(a)));
         let arg = arg.map(str::trim).filter(|a| !a.is_empty());
@@ -92,8 +109,11 @@ impl Incident {
             "heartbeat-loss" => Ok(Incident::HeartbeatLoss {
                 team: arg.unwrap_or(SILENT_TEAM).to_string(),
             }),
+            "spend-spike" => Ok(Incident::SpendSpike {
+                team: arg.unwrap_or(SPENDING_TEAM).to_string(),
+            }),
             other => Err(format!(
-                "unknown incident {other:?}: use provider-outage[:PROVIDER] or heartbeat-loss[:TEAM]"
+                "unknown incident {other:?}: use provider-outage[:PROVIDER], heartbeat-loss[:TEAM] or spend-spike[:TEAM]"
             )),
         }
     }
@@ -106,6 +126,9 @@ impl Incident {
             ),
             Incident::HeartbeatLoss { team } => format!(
                 "incident on: team {team}'s agents stop heartbeating; watch clawmesh_agents_heartbeat_stale by team"
+            ),
+            Incident::SpendSpike { team } => format!(
+                "incident on: team {team}'s tasks use {SPEND_SPIKE_FACTOR}x the tokens; watch clawmesh_budget_spend and the Spend dashboard row (spend by team), where a budget's fast burn fires"
             ),
         }
     }
@@ -132,6 +155,8 @@ impl Default for SimConfig {
             latitude: Latitude::default(),
             incident: None,
             label_spread: None,
+            prices: default_prices(),
+            currency: "USD".to_string(),
         }
     }
 }

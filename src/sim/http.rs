@@ -44,6 +44,7 @@ fn router(sim: Simulator) -> Router {
         .route("/_sim/resume", post(resume))
         .route("/_sim/faults", post(set_faults))
         .route("/_sim/incident", post(set_incident))
+        .route("/_sim/prices", post(set_prices))
         .route("/_sim/keys", post(add_key))
         .route("/_sim/webhooks", post(set_webhooks))
         .fallback(fallback)
@@ -939,7 +940,8 @@ async fn set_faults(State(sim): State<Simulator>, Json(f): Json<Faults>) -> Resp
 }
 
 /// `{"kind": "provider-outage", "provider": "openai"}`,
-/// `{"kind": "heartbeat-loss", "team": "growth"}` or `{"kind": "none"}`.
+/// `{"kind": "heartbeat-loss", "team": "growth"}`,
+/// `{"kind": "spend-spike", "team": "research"}` or `{"kind": "none"}`.
 async fn set_incident(State(sim): State<Simulator>, Json(v): Json<serde_json::Value>) -> Response {
     if v.get("kind").and_then(|k| k.as_str()) == Some("none") {
         sim.set_incident(None);
@@ -951,6 +953,17 @@ async fn set_incident(State(sim): State<Simulator>, Json(v): Json<serde_json::Va
             Json(v).into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("bad incident: {e}\n")).into_response(),
+    }
+}
+
+/// A list of `SimPrice` (`since` RFC 3339 or absent), replacing the list.
+async fn set_prices(
+    State(sim): State<Simulator>,
+    Json(prices): Json<Vec<super::pricing::SimPrice>>,
+) -> Response {
+    match sim.set_prices(prices.clone()) {
+        Ok(()) => Json(prices).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("bad prices: {e}\n")).into_response(),
     }
 }
 

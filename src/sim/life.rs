@@ -1,12 +1,13 @@
 //! The fleet's life: seeding, and the tick that applies status changes.
 //! Every change is a new version that becomes visible after a random lag.
 
-use super::config::{Incident, LabelSpread, SimConfig, MAX_FILL_DELAY};
+use super::config::{Incident, LabelSpread, SimConfig, MAX_FILL_DELAY, SPEND_SPIKE_FACTOR};
 use super::latitude::Latitude;
 use super::model::{
     stamp_with, Agent, AgentConfig, AgentConstraints, AgentOut, Metrics, Output, Store, Task,
     TaskError, Transition, Ts, MICROS,
 };
+use super::pricing::PriceBook;
 use super::truth::FleetCounters;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,12 +19,31 @@ const DAY: i64 = 86_400 * MICROS;
 /// Tasks leave history this long after they finish (standard plans).
 const RETENTION: i64 = 30 * DAY;
 const TEAMS: [&str; 5] = ["payments", "growth", "support", "infra", "research"];
-const MODELS: [(&str, &str); 4] = [
-    ("anthropic", "claude-sonnet-4"),
-    ("openai", "gpt-5"),
-    ("google", "gemini-2.5-pro"),
-    ("local", "llama-3.3-70b"),
+/// Token range of a run to its end.
+type Tokens = (u64, u64);
+/// (provider, model, input tokens, output tokens) of a run that ends: agents
+/// carry long contexts, so input dwarfs output; the reasoning model writes
+/// more; the long-context model reads more; the local model is given
+/// smaller jobs. Ranges are half-open; a cancelled run uses a quarter.
+const MODELS: [(&str, &str, Tokens, Tokens); 4] = [
+    (
+        "anthropic",
+        "claude-sonnet-4",
+        (2_000, 60_000),
+        (200, 6_000),
+    ),
+    ("openai", "gpt-5", (1_500, 40_000), (300, 8_000)),
+    ("google", "gemini-2.5-pro", (3_000, 80_000), (200, 5_000)),
+    ("local", "llama-3.3-70b", (500, 8_000), (100, 2_000)),
 ];
+
+/// The input and output token ranges of a run on `model`.
+fn token_ranges(model: &str) -> (Tokens, Tokens) {
+    MODELS
+        .iter()
+        .find(|m| m.1 == model)
+        .map_or(((200, 20_000), (50, 4_000)), |m| (m.2, m.3))
+}
 const SKILLS: [&str; 6] = [
     "web_search",
     "code",
@@ -105,6 +125,8 @@ pub struct Fleet {
     agent_dims: HashMap<String, (BTreeMap<String, String>, String, String)>,
     /// An incident switched on (see `Incident`).
     pub incident: Option<Incident>,
+    /// The prices tokens are priced with when they are counted.
+    prices: PriceBook,
     lag_max_us: i64,
     changes_per_minute: f64,
     late_output_probability: f64,
@@ -154,6 +176,10 @@ impl Fleet {
             counters_by: BTreeMap::new(),
             agent_dims: HashMap::new(),
             incident: None,
+            // Built in code by tests and the demo (no flag reads a list):
+            // a bad one is a mistake of the caller, said plainly.
+            prices: PriceBook::new(&cfg.prices)
+                .unwrap_or_else(|e| panic!("SimConfig.prices is refused: {e}")),
             lag_max_us: cfg.visibility_lag_max.as_micros() as i64,
             changes_per_minute: cfg.task_changes_per_minute,
             late_output_probability: cfg.late_output_probability,
@@ -324,9 +350,76 @@ impl Fleet {
         f(self.counters_by.entry(key).or_default());
     }
 
+    /// Count `n` tokens of `kind` ("input" or "output") of the finished
+    /// task `t`, and their spend: priced now, with the list held now, at
+    /// the price in force at the task's finish (or as unpriced tokens of
+    /// its provider and model).
+    fn count_tokens(&mut self, t: &Task, kind: &'static str, n: u64) {
+        let dims = self.dims_of(t);
+        let finished = t
+            .finished_at
+            .expect("tokens are counted of finished tasks")
+            .us;
+        let price = self
+            .prices
+            .lookup(&dims.provider, &dims.model, finished)
+            .map(|(input, output)| if kind == "input" { input } else { output });
+        let day = chrono::DateTime::from_timestamp_micros(finished)
+            .expect("an instant of the fleet's life")
+            .format("%Y-%m-%d")
+            .to_string();
+        let unpriced = format!("{}/{}", dims.provider, dims.model);
+        let status = t.status.clone();
+        self.count(t, |c| {
+            *c.tokens.entry(kind.into()).or_default() += n;
+            match price {
+                Some(p) => {
+                    let v = u128::from(n) * p;
+                    *c.spend
+                        .entry(status.clone())
+                        .or_default()
+                        .entry(kind.into())
+                        .or_default() += v;
+                    *c.spend_by_finish_day.entry(day.clone()).or_default() += v;
+                }
+                None => {
+                    *c.unpriced_tokens
+                        .entry(unpriced.clone())
+                        .or_default()
+                        .entry(kind.into())
+                        .or_default() += n
+                }
+            }
+        });
+    }
+
+    /// Replaces the price list: tokens counted from now on are priced
+    /// with it (those counted before keep their spend).
+    pub fn set_prices(&mut self, prices: PriceBook) {
+        self.prices = prices;
+    }
+
+    /// How many times its usual tokens a run of `t`'s agent uses: the
+    /// spend spike's factor for its team's agents, else 1.
+    fn token_factor(&self, t: &Task) -> u64 {
+        let Some(Incident::SpendSpike { team }) = &self.incident else {
+            return 1;
+        };
+        let agent_team = t
+            .agent_id
+            .as_ref()
+            .and_then(|a| self.agent_dims.get(a))
+            .and_then(|(labels, _, _)| labels.get("team"));
+        if agent_team == Some(team) {
+            SPEND_SPIKE_FACTOR
+        } else {
+            1
+        }
+    }
+
     fn new_agent(&mut self, created: Ts, status: &str) -> Agent {
         let id = self.new_id("agt");
-        let (provider, model) = MODELS[self.rng.random_range(0..MODELS.len())];
+        let (provider, model, _, _) = MODELS[self.rng.random_range(0..MODELS.len())];
         let skills = SKILLS
             .iter()
             .filter(|_| self.rng.random_bool(0.4))
@@ -529,6 +622,8 @@ impl Fleet {
                 let started = self.stamp(created_us + queue_us, created.us);
                 finished = self.stamp(started.us + run_us, started.us);
                 let agent = &agents[self.rng.random_range(0..agents.len())];
+                let ((i0, i1), (o0, o1)) = token_ranges(&agent.config.model);
+                let scale = if status == "cancelled" { 4 } else { 1 };
                 t.agent_id = Some(agent.id.clone());
                 t.started_at = Some(started);
                 t.transitions.push(Transition {
@@ -538,8 +633,8 @@ impl Fleet {
                 t.metrics = Metrics {
                     queue_seconds: Some(secs_ms(created.us, started.us)),
                     run_seconds: Some(secs_ms(started.us, finished.us)),
-                    input_tokens: Some(self.rng.random_range(200..20_000)),
-                    output_tokens: Some(self.rng.random_range(50..4_000)),
+                    input_tokens: Some(self.rng.random_range(i0..i1) / scale),
+                    output_tokens: Some(self.rng.random_range(o0..o1) / scale),
                 };
                 t.status = status.to_string();
                 if status == "completed" {
@@ -756,11 +851,11 @@ impl Fleet {
         }
         if let Some(n) = fill.input {
             t.metrics.input_tokens = Some(n);
-            self.count(&t, |c| *c.tokens.entry("input".into()).or_default() += n);
+            self.count_tokens(&t, "input", n);
         }
         if let Some(n) = fill.output {
             t.metrics.output_tokens = Some(n);
-            self.count(&t, |c| *c.tokens.entry("output".into()).or_default() += n);
+            self.count_tokens(&t, "output", n);
         }
         if let Some(e) = fill.error {
             if let Some(code) = &e.code {
@@ -888,10 +983,13 @@ impl Fleet {
         let started = t.started_at.expect("running task started");
         let run_ms = millis(started.us, at.us);
         let run = secs_ms(started.us, at.us);
-        // Cancelled runs used fewer tokens.
+        // Cancelled runs used fewer tokens; a spend spike's team many more
+        // (the same draws, so the rest of the fleet's life is unchanged).
         let scale = if status == "cancelled" { 4 } else { 1 };
-        let input = self.rng.random_range(200..20_000) / scale;
-        let output = self.rng.random_range(50..4_000) / scale;
+        let factor = self.token_factor(&t);
+        let ((i0, i1), (o0, o1)) = token_ranges(&self.dims_of(&t).model);
+        let input = self.rng.random_range(i0..i1) / scale * factor;
+        let output = self.rng.random_range(o0..o1) / scale * factor;
         t.metrics.run_seconds = Some(run);
         t.metrics.input_tokens = Some(input);
         t.metrics.output_tokens = Some(output);
@@ -954,16 +1052,16 @@ impl Fleet {
         );
         self.count(&t, |c| {
             *c.finished_total.entry(status.into()).or_default() += 1;
-            if !late_input {
-                *c.tokens.entry("input".into()).or_default() += input;
-            }
-            if !late_output {
-                *c.tokens.entry("output".into()).or_default() += output;
-            }
             if !late_run {
                 c.run_seconds.observe_ms(run_ms);
             }
         });
+        if !late_input {
+            self.count_tokens(&t, "input", input);
+        }
+        if !late_output {
+            self.count_tokens(&t, "output", output);
+        }
         if fill.run_ms.is_some() || fill.input.is_some() || fill.output.is_some() {
             self.fill_later(fill, now_us);
         }

@@ -10,7 +10,10 @@
 //! `POST /_sim/pause`, `POST /_sim/resume`, `POST /_sim/faults` (body: a
 //! [`Faults`], replaces all), `POST /_sim/keys` (body: a [`SimKey`] with
 //! `expires_at` RFC 3339 or null), `POST /_sim/webhooks` (body: a
-//! [`WebhookSettings`]: deliver signed events of every later change).
+//! [`WebhookSettings`]: deliver signed events of every later change),
+//! `POST /_sim/incident`, `POST /_sim/prices` (body: a list of [`SimPrice`],
+//! replaces the list: tokens committed from then on are priced with it, at
+//! their task's finish instant).
 //!
 //! Notes for test writers:
 //! - A change is visible at `updated_at + lag`, lag uniform in
@@ -34,6 +37,12 @@
 //!   the `page_retry_after` fault, the `cursor_expired` fault, the handler,
 //!   then `truncated_json`. Every request counts against the rate-limit
 //!   window, whatever its answer.
+//! - Spend (`GroundTruth::spend`, by breakdown and by finish day) is
+//!   counted with the tokens, when their value is committed (at the finish,
+//!   or later under late metrics), with the list held then and the price in
+//!   force at the task's `finished_at`: a list posted with a `since` in the
+//!   past does not reprice tokens already counted, so post changes ahead of
+//!   their `since`. Hand the exporter the same list with [`prices_yaml`].
 //! - `requests_by_key` counts requests without a known key under
 //!   `"unauthenticated"`; `requests_by_endpoint` uses `/auth/token`,
 //!   `/agents`, `/agents/{id}`, `/tasks`, `/tasks/{id}` and `other`;
@@ -41,7 +50,8 @@
 //!
 //! Files, lowest first; each imports only from files before it (the layer
 //! test, tests/it/layers.rs, fails on a circle), and this one only declares
-//! them and re-exports the public names: `model`, `latitude`, `faults`,
+//! them and re-exports the public names: `model`, `pricing` (prices and
+//! their exact arithmetic, apart from `crate::prices`), `latitude`, `faults`,
 //! `config`, `webhooks` (settings, counts, signing), `truth`, `life` (the
 //! fleet), `state` (what the handles share), `delivery`, `simulator`, `http`
 //! (adds `Simulator::router` and `serve`); `cli` reads `config` and `latitude`.
@@ -54,6 +64,7 @@ mod http;
 mod latitude;
 mod life;
 mod model;
+mod pricing;
 mod simulator;
 mod state;
 mod truth;
@@ -62,9 +73,13 @@ mod webhooks;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Incident, LabelSpread, SimConfig, SimKey, DEMO_KEY, DEMO_KEY_ID, MAX_FILL_DELAY};
+pub use config::{
+    Incident, LabelSpread, SimConfig, SimKey, DEMO_KEY, DEMO_KEY_ID, MAX_FILL_DELAY,
+    SPEND_SPIKE_FACTOR,
+};
 pub use faults::{Faults, Hostile};
 pub use latitude::{parse_signed_ms, Latitude};
+pub use pricing::{prices_yaml, SimPrice};
 pub use simulator::Simulator;
 pub use truth::{GroundTruth, Observations};
 /// How the simulator signs a webhook body; tests sign their own events with it.

@@ -7,6 +7,7 @@ use super::delivery;
 use super::faults::Faults;
 use super::life::Fleet;
 use super::model::{format_us, whole_second, Clock, MICROS};
+use super::pricing::{self, PriceBook, SimPrice};
 use super::state::{HttpState, Inner, KeyEntry};
 use super::truth::{self, GroundTruth};
 use super::webhooks::{self, WebhookSettings};
@@ -143,6 +144,7 @@ impl Simulator {
                 tokens: c.tokens.clone(),
                 queue_seconds: c.queue_seconds.to_observations(),
                 run_seconds: c.run_seconds.to_observations(),
+                spend: truth::spend_text(&c.spend),
             })
             .collect();
         let agents_by = agents_by(&f, now);
@@ -172,6 +174,14 @@ impl Simulator {
             webhooks: inner.webhooks().counts.clone(),
             by_dims,
             agents_by,
+            currency: inner.cfg.currency.clone(),
+            spend: truth::spend_text(&c.spend),
+            unpriced_tokens: c.unpriced_tokens,
+            spend_by_finish_day: c
+                .spend_by_finish_day
+                .iter()
+                .map(|(day, v)| (day.clone(), pricing::format_spend(*v)))
+                .collect(),
         }
     }
 
@@ -186,13 +196,22 @@ impl Simulator {
         }
     }
 
-    /// Replaces all faults.
+    /// Replaces the price list (refused whole when an entry is bad, naming
+    /// it): tokens counted from now on are priced with it, at their task's
+    /// finish instant; tokens counted before keep their spend.
+    pub fn set_prices(&self, prices: Vec<SimPrice>) -> Result<(), String> {
+        let book = PriceBook::new(&prices)?;
+        self.inner.fleet().set_prices(book);
+        Ok(())
+    }
+
     /// Switch an incident on, or off with `None`.
     pub fn set_incident(&self, incident: Option<Incident>) {
         let now = self.inner.clock.now_us();
         self.inner.fleet().set_incident(incident, now);
     }
 
+    /// Replaces all faults.
     pub fn set_faults(&self, f: Faults) {
         *self.inner.faults.lock().unwrap_or_else(|e| e.into_inner()) = f;
     }

@@ -1469,6 +1469,27 @@ fn sum_by<'a>(rows: impl Iterator<Item = &'a truth::FleetCounters>) -> truth::Fl
         out.queue_seconds.sum_ms += c.queue_seconds.sum_ms;
         out.run_seconds.count += c.run_seconds.count;
         out.run_seconds.sum_ms += c.run_seconds.sum_ms;
+        for (status, kinds) in &c.spend {
+            for (k, v) in kinds {
+                *out.spend
+                    .entry(status.clone())
+                    .or_default()
+                    .entry(k.clone())
+                    .or_default() += v;
+            }
+        }
+        for (m, kinds) in &c.unpriced_tokens {
+            for (k, v) in kinds {
+                *out.unpriced_tokens
+                    .entry(m.clone())
+                    .or_default()
+                    .entry(k.clone())
+                    .or_default() += v;
+            }
+        }
+        for (day, v) in &c.spend_by_finish_day {
+            *out.spend_by_finish_day.entry(day.clone()).or_default() += v;
+        }
     }
     out
 }
@@ -1476,11 +1497,17 @@ fn sum_by<'a>(rows: impl Iterator<Item = &'a truth::FleetCounters>) -> truth::Fl
 #[test]
 fn the_truth_by_breakdown_sums_to_the_totals_under_every_latitude() {
     let start = now_us();
+    // OpenAI's model unpriced: unpriced tokens are in the breakdown too.
     let cfg = SimConfig {
         agents: 100,
         history_tasks: 0,
         task_changes_per_minute: 3000.0,
         latitude: Latitude::all(0),
+        prices: SimConfig::default()
+            .prices
+            .into_iter()
+            .filter(|p| p.provider != "openai")
+            .collect(),
         ..SimConfig::default()
     };
     let mut f = life::Fleet::new(&cfg, start);
@@ -1491,6 +1518,15 @@ fn the_truth_by_breakdown_sums_to_the_totals_under_every_latitude() {
     assert_eq!(by.finished_total, t.finished_total);
     assert_eq!(by.failures_by_code, t.failures_by_code);
     assert_eq!(by.tokens, t.tokens);
+    assert_eq!(by.spend, t.spend);
+    assert_eq!(by.unpriced_tokens, t.unpriced_tokens);
+    assert_eq!(by.spend_by_finish_day, t.spend_by_finish_day);
+    assert!(t.spend["completed"]["output"] > 0);
+    assert!(t.unpriced_tokens.contains_key("openai/gpt-5"));
+    // The spend by finish day is the same spend.
+    let spent: u128 = t.spend_by_finish_day.values().sum();
+    let by_status: u128 = t.spend.values().flat_map(|k| k.values()).sum();
+    assert_eq!(spent, by_status);
     assert_eq!(
         (by.queue_seconds.count, by.queue_seconds.sum_ms),
         (t.queue_seconds.count, t.queue_seconds.sum_ms)
@@ -1572,4 +1608,471 @@ fn a_heartbeat_loss_silences_that_team_only_and_ends() {
     f.set_incident(None, now);
     let now = live(&mut f, now, 1);
     assert_eq!(silent(&f, now, "growth"), 0, "heartbeats resumed");
+}
+
+// ---- spend ----
+
+/// The test's own reading of a decimal as an integer of 10^-`digits`
+/// (apart from the simulator's parser): the digits with the point taken
+/// out, padded with zeros.
+fn units(s: &str, digits: usize) -> u128 {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    assert!(frac.len() <= digits, "{s} has more than {digits} places");
+    let padded = format!("{int}{frac}{}", "0".repeat(digits - frac.len()));
+    padded.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// The price of a million tokens of (provider, model) in force at `at_us`
+/// by `list`, in 10^-21: the entry with the latest `since` at or before it.
+fn price_at(list: &[SimPrice], provider: &str, model: &str, at_us: i64) -> Option<(u128, u128)> {
+    let mut best: Option<(i64, &SimPrice)> = None;
+    for p in list
+        .iter()
+        .filter(|p| p.provider == provider && p.model == model)
+    {
+        let since = p.since.as_deref().map_or(i64::MIN, us);
+        if since <= at_us && best.is_none_or(|(b, _)| since > b) {
+            best = Some((since, p));
+        }
+    }
+    best.map(|(_, p)| {
+        (
+            units(&p.input_per_million, 21),
+            units(&p.output_per_million, 21),
+        )
+    })
+}
+
+/// status -> kind -> spend in 10^-27, from the truth's text.
+fn spend_units(m: &BTreeMap<String, BTreeMap<String, String>>) -> BTreeMap<(String, String), u128> {
+    let mut out = BTreeMap::new();
+    for (status, kinds) in m {
+        for (kind, v) in kinds {
+            *out.entry((status.clone(), kind.clone())).or_default() += units(v, 27);
+        }
+    }
+    out
+}
+
+/// What a list of tasks costs by `list`, priced at each one's finish:
+/// spend by (status, kind), spend by finish day, unpriced tokens.
+#[derive(Debug, Default, PartialEq)]
+struct Reckoning {
+    spend: BTreeMap<(String, String), u128>,
+    by_day: BTreeMap<String, u128>,
+    unpriced: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+fn reckon(
+    tasks: &[&Value],
+    models: &HashMap<String, (String, String)>,
+    list: &[SimPrice],
+) -> Reckoning {
+    let mut r = Reckoning::default();
+    for status in ["completed", "failed", "cancelled"] {
+        for kind in ["input", "output"] {
+            r.spend.insert((status.into(), kind.into()), 0);
+        }
+    }
+    for t in tasks {
+        let finished = us(t["finished_at"].as_str().unwrap());
+        let day = chrono::DateTime::from_timestamp_micros(finished)
+            .unwrap()
+            .date_naive()
+            .to_string();
+        for kind in ["input", "output"] {
+            let Some(n) = t["metrics"][format!("{kind}_tokens")].as_u64() else {
+                continue;
+            };
+            let agent = t["agent_id"]
+                .as_str()
+                .expect("a task with tokens ran on an agent");
+            let (provider, model) = models.get(agent).unwrap_or_else(|| {
+                panic!("agent {agent} was listed neither at the start nor at the end")
+            });
+            match price_at(list, provider, model, finished) {
+                Some((input, output)) => {
+                    let v = u128::from(n) * if kind == "input" { input } else { output };
+                    let status = t["status"].as_str().unwrap().to_string();
+                    *r.spend.entry((status, kind.into())).or_default() += v;
+                    *r.by_day.entry(day.clone()).or_default() += v;
+                }
+                None => {
+                    *r.unpriced
+                        .entry(format!("{provider}/{model}"))
+                        .or_default()
+                        .entry(kind.into())
+                        .or_default() += n
+                }
+            }
+        }
+    }
+    r
+}
+
+async fn agent_models(base: &str, into: &mut HashMap<String, (String, String)>) {
+    for a in list_all(base, "/v1/agents?limit=100").await {
+        let c = &a["config"];
+        into.insert(
+            a["id"].as_str().unwrap().to_string(),
+            (
+                c["model_provider"].as_str().unwrap().to_string(),
+                c["model"].as_str().unwrap().to_string(),
+            ),
+        );
+    }
+}
+
+/// The truth's spend equals the listed tasks priced by the test's own
+/// routine, exactly, under every latitude (late tokens priced when they
+/// come, whole-second ties at a price's `since`, an API clock hours off),
+/// with a price change posted mid-run that holds for the tasks finished
+/// from its `since` on, and a model without a price counted as unpriced.
+#[tokio::test]
+async fn spend_truth_equals_the_listing_priced_independently() {
+    // No price for Google's model: its tokens are unpriced.
+    let first: Vec<SimPrice> = SimConfig::default()
+        .prices
+        .into_iter()
+        .filter(|p| p.provider != "google")
+        .collect();
+    let cfg = SimConfig {
+        task_changes_per_minute: 6000.0,
+        visibility_lag_max: Duration::from_millis(200),
+        tick: Duration::from_millis(20),
+        latitude: Latitude::all(-7 * 3_600_000 + 250),
+        prices: first.clone(),
+        ..small()
+    };
+    let (sim, base) = spawn(cfg).await;
+    let mut models = HashMap::new();
+    agent_models(&base, &mut models).await;
+    wait_until(|| sim.ground_truth().finished_total.values().sum::<u64>() >= 80).await;
+    // A price change at a whole second ahead (ties with whole-second
+    // finishes), posted before any task finishes there.
+    let since_us = (sim.now_us() / MICROS + 3) * MICROS;
+    let since = chrono::DateTime::from_timestamp_micros(since_us)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut second = first.clone();
+    second.push(SimPrice {
+        since: Some(since.clone()),
+        ..SimPrice::new(
+            "anthropic",
+            "claude-sonnet-4",
+            "6",
+            "30.000000000000000000001",
+        )
+    });
+    second.push(SimPrice {
+        since: Some(since.clone()),
+        ..SimPrice::new("openai", "gpt-5", "1.3", "10.5")
+    });
+    let posted = reqwest::Client::new()
+        .post(format!("{base}/_sim/prices"))
+        .json(&second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200, "{}", posted.text().await.unwrap());
+    assert!(
+        sim.now_us() < since_us,
+        "the price change was posted too late"
+    );
+    let done = sim.ground_truth().finished_total.values().sum::<u64>();
+    wait_until(|| {
+        sim.now_us() > since_us + 4 * MICROS
+            && sim.ground_truth().finished_total.values().sum::<u64>() >= done + 150
+    })
+    .await;
+    settle(&sim).await;
+    let g = sim.ground_truth();
+    agent_models(&base, &mut models).await;
+    let start = us(&sim.started_at());
+    // Whole-second stamps: the living fleet's are at or after the start.
+    let path = format!(
+        "/v1/tasks?sort=updated_at&limit=100&updated_after={}",
+        enc(&model::format_us(start - MICROS))
+    );
+    let listed = list_all(&base, &path).await;
+    let finished: Vec<&Value> = listed
+        .iter()
+        .filter(|t| t["finished_at"].as_str().is_some_and(|f| us(f) >= start))
+        .filter(|t| {
+            matches!(
+                t["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            )
+        })
+        .collect();
+    let want = reckon(&finished, &models, &second);
+    assert_eq!(g.currency, "USD");
+    assert_eq!(spend_units(&g.spend), want.spend);
+    let by_day: BTreeMap<String, u128> = g
+        .spend_by_finish_day
+        .iter()
+        .map(|(d, v)| (d.clone(), units(v, 27)))
+        .collect();
+    assert_eq!(by_day, want.by_day);
+    assert_eq!(g.unpriced_tokens, want.unpriced);
+    assert!(
+        want.unpriced
+            .get("google/gemini-2.5-pro")
+            .is_some_and(|k| k.values().sum::<u64>() > 0),
+        "no unpriced tokens: {:?}",
+        want.unpriced
+    );
+    // The change mattered: priced with the first list alone, the same
+    // tasks cost something else; and Claude tasks finished on both sides.
+    assert_ne!(reckon(&finished, &models, &first).spend, want.spend);
+    let claude = |before: bool| {
+        finished
+            .iter()
+            .filter(|t| {
+                let f = us(t["finished_at"].as_str().unwrap());
+                t["metrics"]["input_tokens"].is_u64()
+                    && t["agent_id"]
+                        .as_str()
+                        .is_some_and(|a| models[a].1 == "claude-sonnet-4")
+                    && (f < since_us) == before
+            })
+            .count()
+    };
+    assert!(
+        claude(true) > 0 && claude(false) > 0,
+        "Claude tasks with tokens finished before {since}: {}, from it on: {} (of {} finished)",
+        claude(true),
+        claude(false),
+        finished.len()
+    );
+    // The breakdown sums to the totals.
+    let mut summed: BTreeMap<(String, String), u128> = BTreeMap::new();
+    for d in &g.by_dims {
+        for (k, v) in spend_units(&d.spend) {
+            *summed.entry(k).or_default() += v;
+        }
+    }
+    assert_eq!(summed, want.spend);
+}
+
+/// The simulator refuses a bad price list whole, naming the entry, and keeps
+/// the list it had.
+#[tokio::test]
+async fn a_bad_price_list_is_refused_naming_the_entry() {
+    let (sim, base) = spawn(small()).await;
+    let bad = vec![
+        SimPrice::new("openai", "gpt-5", "1.25", "10"),
+        SimPrice::new("openai", "gpt-5-mini", "0.25", "-2"),
+    ];
+    let r = reqwest::Client::new()
+        .post(format!("{base}/_sim/prices"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("price 1 (openai/gpt-5-mini), output_per_million"),
+        "{text}"
+    );
+    assert!(sim.set_prices(bad).is_err());
+}
+
+#[test]
+fn prices_parse_exactly_and_the_latest_since_holds() {
+    use pricing::{format_spend, parse_per_million, PriceBook};
+    assert_eq!(parse_per_million("3").unwrap(), 3 * 10u128.pow(21));
+    assert_eq!(parse_per_million("1.25").unwrap(), 125 * 10u128.pow(19));
+    assert_eq!(parse_per_million("0.000000000000000000001").unwrap(), 1);
+    assert_eq!(parse_per_million("10000").unwrap(), 10u128.pow(25));
+    for bad in [
+        "",
+        "-1",
+        "1e3",
+        "1.",
+        ".5",
+        "NaN",
+        "10000.1",
+        "99999",
+        "0.0000000000000000000001",
+        " 1",
+    ] {
+        assert!(parse_per_million(bad).is_err(), "{bad:?} was taken");
+    }
+    assert_eq!(format_spend(0), "0");
+    assert_eq!(format_spend(453 * 10u128.pow(23)), "0.0453");
+    assert_eq!(
+        format_spend(12 * 10u128.pow(27) + 1),
+        "12.000000000000000000000000001"
+    );
+
+    let at = |s: &str| Some(s.to_string());
+    let book = PriceBook::new(&[
+        SimPrice::new("anthropic", "claude-sonnet-4", "3", "15"),
+        SimPrice {
+            since: at("2026-12-01T00:00:00Z"),
+            ..SimPrice::new("anthropic", "claude-sonnet-4", "2.5", "12.5")
+        },
+        SimPrice {
+            since: at("2026-11-01T00:00:00+01:00"),
+            ..SimPrice::new("anthropic", "claude-sonnet-4", "4", "20")
+        },
+    ])
+    .unwrap();
+    let p = |s: &str| book.lookup("anthropic", "claude-sonnet-4", us(s));
+    let e = |i: &str, o: &str| Some((parse_per_million(i).unwrap(), parse_per_million(o).unwrap()));
+    assert_eq!(p("2026-10-31T22:59:59.999999Z"), e("3", "15"));
+    assert_eq!(p("2026-10-31T23:00:00Z"), e("4", "20"));
+    assert_eq!(p("2026-11-30T23:59:59.999999Z"), e("4", "20"));
+    // A task finishing exactly at `since` takes the new price.
+    assert_eq!(p("2026-12-01T00:00:00Z"), e("2.5", "12.5"));
+    // Exact names only.
+    assert_eq!(book.lookup("anthropic", "claude-sonnet-4-5", 0), None);
+    assert_eq!(book.lookup("openai", "claude-sonnet-4", 0), None);
+    let dup = PriceBook::new(&[
+        SimPrice::new("openai", "gpt-5", "1", "2"),
+        SimPrice::new("openai", "gpt-5", "1", "3"),
+    ]);
+    assert!(dup.unwrap_err().contains("price 1 (openai/gpt-5), since"));
+    let date = PriceBook::new(&[SimPrice {
+        since: at("yesterday"),
+        ..SimPrice::new("openai", "gpt-5", "1", "2")
+    }]);
+    assert!(date.unwrap_err().contains("price 0 (openai/gpt-5), since"));
+}
+
+/// The same seed with and without a spend spike: the same fleet, with the
+/// spiking team's tokens and spend 25 times as much, everyone else's the same.
+#[test]
+fn a_spend_spike_multiplies_that_teams_tokens_only() {
+    let start = now_us();
+    let cfg = SimConfig {
+        agents: 200,
+        history_tasks: 0,
+        task_changes_per_minute: 3000.0,
+        latitude: Latitude::all(0),
+        ..SimConfig::default()
+    };
+    let spiking = SimConfig {
+        incident: Some(Incident::parse("spend-spike").unwrap()),
+        ..cfg.clone()
+    };
+    let (mut plain, mut spike) = (
+        life::Fleet::new(&cfg, start),
+        life::Fleet::new(&spiking, start),
+    );
+    live(&mut plain, start, 3);
+    live(&mut spike, start, 3);
+    let team = config::SPENDING_TEAM;
+    let mut seen = 0;
+    assert_eq!(
+        plain.counters_by.keys().collect::<Vec<_>>(),
+        spike.counters_by.keys().collect::<Vec<_>>()
+    );
+    for (d, c) in &plain.counters_by {
+        let s = &spike.counters_by[d];
+        let factor = if d.agent_labels.get("team").map(String::as_str) == Some(team) {
+            seen += c.tokens.values().sum::<u64>();
+            SPEND_SPIKE_FACTOR
+        } else {
+            1
+        };
+        for (k, v) in &c.tokens {
+            assert_eq!(s.tokens[k], v * factor, "{d:?} {k}");
+        }
+        for (status, kinds) in &c.spend {
+            for (k, v) in kinds {
+                assert_eq!(
+                    s.spend[status][k],
+                    v * u128::from(factor),
+                    "{d:?} {status} {k}"
+                );
+            }
+        }
+        assert_eq!(s.finished_total, c.finished_total, "{d:?}");
+    }
+    assert!(seen > 10_000, "team {team} used {seen} tokens");
+    let describe = spiking.incident.unwrap().describe();
+    assert!(describe.contains("clawmesh_budget_spend"), "{describe}");
+    // The CLI's form and /_sim/incident's JSON name it alike.
+    let ml = Incident::SpendSpike { team: "ml".into() };
+    assert_eq!(Incident::parse("spend-spike:ml"), Ok(ml.clone()));
+    let json = serde_json::json!({"kind": "spend-spike", "team": "ml"});
+    assert_eq!(serde_json::from_value::<Incident>(json).unwrap(), ml);
+}
+
+/// The default fleet's spend, for sizing the demo's budgets (below every
+/// alert): printed, and held within a band so a change to the token
+/// ranges or prices that moves it far is seen.
+#[test]
+fn the_default_fleet_spends_a_realistic_amount_per_hour() {
+    let start = now_us();
+    let cfg = SimConfig {
+        history_tasks: 0,
+        ..SimConfig::default()
+    };
+    let mut f = life::Fleet::new(&cfg, start);
+    live(&mut f, start, 10);
+    let total: u128 = f.counters.spend.values().flat_map(|k| k.values()).sum();
+    let per_hour = pricing::format_spend(total * 6);
+    let tasks: u64 = f.counters.finished_total.values().sum();
+    println!(
+        "default fleet: {} tasks and {:?} tokens in 10 minutes; {per_hour} USD per hour",
+        tasks, f.counters.tokens
+    );
+    let usd = (total * 6) / 10u128.pow(27);
+    assert!((300..=1500).contains(&usd), "{per_hour} USD per hour");
+    assert!(
+        f.counters.unpriced_tokens.is_empty(),
+        "{:?}",
+        f.counters.unpriced_tokens
+    );
+}
+
+/// The shipped example table carries the simulator's models at its default
+/// prices (read as plain YAML: the exporter's parser is not the judge here).
+#[test]
+fn the_example_price_table_carries_the_default_prices() {
+    // (provider, model, since, input and output per million in 10^-21)
+    type Entry = (String, String, Option<String>, u128, u128);
+    let read = |text: &str| -> (String, Vec<Entry>) {
+        let v: serde_norway::Value = serde_norway::from_str(text).unwrap();
+        let s = |v: &serde_norway::Value| match v {
+            serde_norway::Value::String(s) => s.clone(),
+            serde_norway::Value::Number(n) => n.to_string(),
+            other => panic!("{other:?} is not a string or number"),
+        };
+        let entries = v["models"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    s(&m["provider"]),
+                    s(&m["model"]),
+                    m.get("since").map(s),
+                    units(&s(&m["input_per_million"]), 21),
+                    units(&s(&m["output_per_million"]), 21),
+                )
+            })
+            .collect();
+        (s(&v["currency"]), entries)
+    };
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prices.example.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.starts_with(
+            "# EXAMPLE prices, taken on 2026-12-06 from the providers' public price pages"
+        ),
+        "the example is not marked as one"
+    );
+    let (currency, example) = read(&text);
+    let (ours_currency, ours) = read(&prices_yaml(&SimConfig::default().prices, "USD"));
+    assert_eq!((currency.as_str(), ours_currency.as_str()), ("USD", "USD"));
+    assert_eq!(ours.len(), 4);
+    for e in &ours {
+        assert!(example.contains(e), "{e:?} is not in {path}");
+    }
+    assert!(example.iter().any(|e| e.2.is_some()), "no `since` example");
 }

@@ -76,6 +76,25 @@ pub struct GroundTruth {
     /// Live agents by their labels, provider, model and status.
     #[serde(default)]
     pub agents_by: Vec<AgentDimTruth>,
+    /// The currency of the simulator's prices (and of every spend here).
+    #[serde(default)]
+    pub currency: String,
+    /// Spend of the tokens counted in `tokens`, by the task's terminal
+    /// status and the token kind: exact decimal text in currency units
+    /// ("0.0453"; "0" for each of the 3 statuses × 2 kinds until spent).
+    /// Each value is priced when it is committed, at the price in force at
+    /// its task's `finished_at` (API clock) under the list the simulator
+    /// holds then.
+    #[serde(default)]
+    pub spend: BTreeMap<String, BTreeMap<String, String>>,
+    /// Tokens counted in `tokens` whose model had no price, by
+    /// "provider/model" and kind (never priced at zero).
+    #[serde(default)]
+    pub unpriced_tokens: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Total spend by the UTC day ("YYYY-MM-DD") of the task's finish
+    /// instant, for a budget's day and month gauges.
+    #[serde(default)]
+    pub spend_by_finish_day: BTreeMap<String, String>,
 }
 
 /// What breakdowns read of a task: its agent's labels, provider and model
@@ -97,6 +116,9 @@ pub struct DimTruth {
     pub tokens: BTreeMap<String, u64>,
     pub queue_seconds: Observations,
     pub run_seconds: Observations,
+    /// As `GroundTruth::spend`, of this breakdown's tasks.
+    #[serde(default)]
+    pub spend: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,6 +144,27 @@ pub struct FleetCounters {
     pub tokens: BTreeMap<String, u64>,
     pub queue_seconds: MsObservations,
     pub run_seconds: MsObservations,
+    /// With the tokens: status -> kind -> spend in 10^-27 currency units.
+    pub spend: BTreeMap<String, BTreeMap<String, u128>>,
+    /// With the tokens: "provider/model" -> kind -> tokens without a price.
+    pub unpriced_tokens: BTreeMap<String, BTreeMap<String, u64>>,
+    /// With the tokens: UTC day of the finish -> spend in 10^-27.
+    pub spend_by_finish_day: BTreeMap<String, u128>,
+}
+
+/// Spend amounts as the truth shows them (exact decimal text).
+pub fn spend_text(
+    m: &BTreeMap<String, BTreeMap<String, u128>>,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    m.iter()
+        .map(|(status, kinds)| {
+            let kinds = kinds
+                .iter()
+                .map(|(k, v)| (k.clone(), super::pricing::format_spend(*v)))
+                .collect();
+            (status.clone(), kinds)
+        })
+        .collect()
 }
 
 impl Default for FleetCounters {
@@ -133,6 +176,15 @@ impl Default for FleetCounters {
             tokens: zeros(&["input", "output"]),
             queue_seconds: MsObservations::default(),
             run_seconds: MsObservations::default(),
+            spend: ["completed", "failed", "cancelled"]
+                .iter()
+                .map(|s| {
+                    let kinds = ["input", "output"].map(|k| (k.to_string(), 0u128));
+                    (s.to_string(), kinds.into_iter().collect())
+                })
+                .collect(),
+            unpriced_tokens: BTreeMap::new(),
+            spend_by_finish_day: BTreeMap::new(),
         }
     }
 }

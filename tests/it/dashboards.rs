@@ -21,7 +21,7 @@ pub const DIMENSIONS: [&str; 4] = ["team", "env", "provider", "model"];
 
 /// The families that carry the breakdown dimensions (histograms by their base
 /// name). tests/it/prometheus.rs checks against a real scrape that each does.
-pub const DIMENSION_FAMILIES: [&str; 9] = [
+pub const DIMENSION_FAMILIES: [&str; 10] = [
     "clawmesh_agents",
     "clawmesh_agents_active",
     "clawmesh_agents_heartbeat_stale",
@@ -29,6 +29,7 @@ pub const DIMENSION_FAMILIES: [&str; 9] = [
     "clawmesh_tasks_finished_total",
     "clawmesh_task_failures_total",
     "clawmesh_task_tokens_total",
+    "clawmesh_task_spend_total",
     "clawmesh_task_queue_duration_seconds",
     "clawmesh_task_run_duration_seconds",
 ];
@@ -627,6 +628,7 @@ fn where_panels_break_down_by_their_dimension_and_show_it() {
         "Error ratio",
         "Tokens per minute",
         "Run time p95",
+        "Spend per hour",
     ] {
         for dim in ["team", "provider", "model"] {
             let title = format!("{what} by {dim}");

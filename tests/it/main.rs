@@ -26,6 +26,7 @@ mod scenario;
 mod seams;
 mod secrets;
 mod spend;
+mod spend_config;
 mod webhook;
 
 use std::path::{Path, PathBuf};
