@@ -322,9 +322,25 @@ fn default_prices() -> Vec<SimPrice> {
     SimConfig::default().prices
 }
 
-/// A price file written from `prices` in a new directory.
-fn price_file(prices: &[SimPrice]) -> PathBuf {
-    temp_file("prices.yaml", &prices_yaml(prices, "USD"))
+/// A price file written from `prices` in a directory of its own, removed
+/// with it.
+struct PriceFile {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for PriceFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn price_file(prices: &[SimPrice]) -> PriceFile {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prices.yaml");
+    std::fs::write(&path, prices_yaml(prices, "USD")).unwrap();
+    PriceFile { path, _dir: dir }
 }
 
 /// [`exporter_config`]'s flags plus breakdowns and `--prices.file`.
@@ -704,7 +720,8 @@ async fn spend_survives_kill_9_and_restart_with_storage() {
     })
     .await;
     let ws = sim.truth().workspace_id;
-    let dir = temp_dir("spend-kill");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let storage = dir.join("storage");
     let prices = price_file(&prices);
     let port = free_port();
@@ -785,7 +802,6 @@ async fn spend_survives_kill_9_and_restart_with_storage() {
     assert_unpriced_deltas_match((&e1, &t1), (&e2, &t2), "through kill -9");
     assert_counters_match((&e1, &t1), (&e2, &t2));
     drop(second);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// After a restart with storage the restored counters are served before
@@ -804,7 +820,8 @@ async fn restored_spend_is_served_before_the_first_sync() {
     })
     .await;
     let ws = sim.truth().workspace_id;
-    let dir = temp_dir("spend-restored");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let file = price_file(&prices);
     let storage = dir.join("storage");
     let extra = [
@@ -871,7 +888,6 @@ async fn restored_spend_is_served_before_the_first_sync() {
         "the spend changed while the fleet was paused"
     );
     exporter.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The simulator delivers webhooks (drops, duplicates, failed attempts,
@@ -880,9 +896,18 @@ async fn restored_spend_is_served_before_the_first_sync() {
 /// duplicate has arrived.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_is_counted_once_through_webhooks_and_faults() {
-    let sim = Sim::start(busy_fleet(2105)).await;
+    // A calmer fleet than the others: each change is a delivery or more,
+    // and on a loaded machine the debug build's webhook worker could not
+    // keep up with 3,000 a minute (the polls waited on it for a minute).
+    let sim = Sim::start(SimConfig {
+        task_changes_per_minute: 1200.0,
+        ..busy_fleet(2105)
+    })
+    .await;
     sim.sim.pause();
-    let secret = temp_file("spend-webhook", SECRET);
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
     let prices = price_file(&default_prices());
     let extra = [
         "--webhook.secret-file",
@@ -893,6 +918,13 @@ async fn spend_is_counted_once_through_webhooks_and_faults() {
         "3s",
         "--api.timeout",
         "1s",
+        // The simulator posts every delivery at once, each on a connection
+        // of its pool (no bound on deliveries in flight): on a loaded
+        // machine it held 358 connections to the exporter, and past the
+        // default 512 the exporter refuses new ones, this test's scrapes
+        // among them. The connection cap is not what this test is about.
+        "--web.max-connections",
+        "4096",
     ];
     let exporter = start_exporter(&exporter_config(&sim, &flags(&prices, &extra))).await;
     let_the_start_pass(&sim, &exporter).await;
@@ -908,14 +940,49 @@ async fn spend_is_counted_once_through_webhooks_and_faults() {
         time_scale: 0.001,
     });
     sim.faults(Faults {
-        html_500: 0.06,
-        empty_502: 0.06,
-        unavailable_503: 0.06,
-        rate_limit_429: 0.06,
+        html_500: 0.08,
+        empty_502: 0.08,
+        unavailable_503: 0.08,
+        rate_limit_429: 0.08,
         retry_after_secs: 1,
         ..Faults::default()
     });
-    run_fleet_for(&sim, 250).await;
+    run_fleet_for(&sim, 150).await;
+    // With webhooks healthy the exporter polls less (and under load, with
+    // ~80 deliveries a second, it was seen making 2 requests a minute): the
+    // faults of the busy stretch are left to chance. The fleet pauses (no
+    // more deliveries) and the polls go on until the API has failed some,
+    // each a listing read again that must not count anything twice.
+    sim.sim.pause();
+    let requests = sim.truth().requests_total;
+    let faulty = holds_within(Duration::from_secs(60), || async {
+        sim.truth().faults_injected >= 8
+    })
+    .await;
+    let t = sim.truth();
+    if !faulty {
+        // What the exporter was doing instead.
+        let text = scrape(exporter.addr).await;
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && (l.starts_with("clawmesh_api_")
+                        || l.starts_with("clawmesh_up")
+                        || l.starts_with("clawmesh_last_sync")
+                        || l.starts_with("clawmesh_webhook_")
+                        || l.starts_with("clawmesh_sync"))
+            })
+            .collect();
+        panic!(
+            "{} faulty answers of {} requests ({} in the last 60 s), {} tasks finished; the exporter:\n{}",
+            t.faults_injected,
+            t.requests_total,
+            t.requests_total - requests,
+            t.finished_total.values().sum::<u64>(),
+            lines.join("\n")
+        );
+    }
     let e2 = converge(&sim, &exporter).await;
     let t2 = sim.truth();
     assert_spend_deltas_match((&e1, &t1), (&e2, &t2), "webhooks and faults");
@@ -934,11 +1001,6 @@ async fn spend_is_counted_once_through_webhooks_and_faults() {
         "late deliveries changed the spend"
     );
     let t = sim.truth();
-    assert!(
-        t.faults_injected >= 5,
-        "faults were not exercised: {}",
-        t.faults_injected
-    );
     assert_eq!(t.retry_after_violations, 0);
     let w = &t.webhooks;
     assert!(
@@ -1048,10 +1110,11 @@ async fn budget_gauges_follow_the_truth() {
     })
     .await;
     let team = "payments";
-    let dir = temp_dir("spend-budget");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let file = budget_config(
         &sim,
-        &dir,
+        dir,
         &format!(
             "    budgets:\n      - name: all\n        monthly: 50000\n        daily: \"2500\"\n      - name: team-{team}\n        match: {{team: {team}}}\n        monthly: 8000\n        daily: 400.5\n"
         ),
@@ -1200,7 +1263,6 @@ async fn budget_gauges_follow_the_truth() {
         "the day's end"
     );
     exporter.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ------------------------------------------------------------ OTLP
