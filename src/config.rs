@@ -327,6 +327,7 @@ impl RunArgs {
     ) -> Result<Config, ConfigError> {
         let storage = self.storage.resolve(file_storage).map_err(bad)?;
         let source = resolve_prices(&self.prices, file_prices).map_err(bad)?;
+        budgets_need_prices(&workspaces, source.is_some()).map_err(bad)?;
         let listen = parse_listen(&self.listen_address)?;
         let path = &self.telemetry_path;
         if !path.starts_with('/')
@@ -403,6 +404,18 @@ impl RunArgs {
     /// The `--files.*` bounds.
     pub fn file_limits(&self) -> Result<crate::files::FileLimits, ConfigError> {
         self.files.limits().map_err(bad)
+    }
+}
+
+/// Budgets without a price table would show 0 spent for ever: refused,
+/// naming the first workspace that sets some.
+pub fn budgets_need_prices(workspaces: &[WorkspaceConfig], priced: bool) -> Result<(), String> {
+    match workspaces.iter().find(|w| !w.poll.budgets.is_empty()) {
+        Some(w) if !priced => Err(format!(
+            "workspace {:?} sets budgets: but no price table is configured, so nothing would ever count against them: name one with --prices.file or prices.file (docs/spend.md)",
+            w.key
+        )),
+        _ => Ok(()),
     }
 }
 

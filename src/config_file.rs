@@ -230,8 +230,9 @@ pub struct FilePrices {
 }
 
 pub fn load_file(path: &Path, env: &dyn Env, files: &FileLimits) -> Result<FileConfig, Problems> {
-    let text =
-        crate::files::read_to_string(path, files).map_err(|e| Problems(vec![e.to_string()]))?;
+    // Bounded as YAML (--files.max-yaml-size): the parser's memory is
+    // a multiple of the text.
+    let text = crate::files::read_yaml(path, files).map_err(|e| Problems(vec![e.to_string()]))?;
     parse_file(&text, path.parent().unwrap_or(Path::new(".")), env, files)
 }
 

@@ -111,22 +111,16 @@ pub async fn run(
 
 /// The demo workspace's monthly budget, in the example table's currency:
 /// sized so that the default demo stays below every budget alert.
-pub const DEMO_MONTHLY_BUDGET: &str = "100000";
+pub const DEMO_MONTHLY_BUDGET: &str = "1500000";
+/// The demo's daily budget.
+pub const DEMO_DAILY_BUDGET: &str = "50000";
 
 /// The price table the demo prices with (unless `--prices.file` names
 /// another): the simulator's own models at their list prices, in our YAML.
 fn demo_prices_yaml() -> &'static str {
-    // The simulator's four models at the prices its ground truth uses; to
-    // be replaced by deploy/prices.example.yaml (include_str!) when the
-    // example table ships.
-    r#"# clawmesh price table: the demo's example (list prices, USD)
-currency: USD
-models:
-  - {provider: anthropic, model: claude-sonnet-4, input_per_million: "3", output_per_million: "15"}
-  - {provider: openai, model: gpt-5, input_per_million: "1.25", output_per_million: "10"}
-  - {provider: google, model: gemini-2.5-pro, input_per_million: "1.25", output_per_million: "10"}
-  - {provider: local, model: llama-3.3-70b, input_per_million: "0", output_per_million: "0"}
-"#
+    // The example table the repository ships: the simulator's four models
+    // at the prices its ground truth uses, and a few more.
+    include_str!("../deploy/prices.example.yaml")
 }
 
 /// Price the demo with its example table and hold its workspace to a
@@ -161,18 +155,24 @@ fn demo_spend(cfg: &mut crate::config::Config) -> String {
         table.entries()
     );
     cfg.prices.table = std::sync::Arc::new(table);
-    match crate::prices::Money::parse_decimal(DEMO_MONTHLY_BUDGET, 0) {
-        Ok(monthly) => {
+    let amounts = crate::prices::Money::parse_decimal(DEMO_MONTHLY_BUDGET, 0).and_then(|m| {
+        Ok((
+            m,
+            crate::prices::Money::parse_decimal(DEMO_DAILY_BUDGET, 0)?,
+        ))
+    });
+    match amounts {
+        Ok((monthly, daily)) => {
             for w in &mut cfg.workspaces {
                 w.poll.budgets = vec![crate::fleet::BudgetConfig {
                     name: "demo".into(),
                     matches: Default::default(),
                     monthly: Some(monthly),
-                    daily: None,
+                    daily: Some(daily),
                 }];
             }
             line.push_str(&format!(
-                "; budget demo: {DEMO_MONTHLY_BUDGET} {currency} a month"
+                "; budget demo: {DEMO_MONTHLY_BUDGET} {currency} a month, {DEMO_DAILY_BUDGET} a day"
             ));
         }
         Err(e) => line.push_str(&format!("; no budget ({DEMO_MONTHLY_BUDGET:?}: {e})")),
@@ -222,7 +222,11 @@ fn describe_breakdowns(args: &RunArgs, chosen: bool) -> String {
 mod tests {
     use super::*;
 
-    /// Waits for the prices merge (`PriceTable::parse`, `Money::parse_decimal`).
+    /// The demo prices every model of the simulator at the price its
+    /// ground truth uses, and its budgets hold the default fleet below
+    /// every budget alert (docs/spend.md: a month's amount above 744 times
+    /// the hourly spend, a day's above 24 times; the simulator's own test
+    /// keeps its default fleet under 1,500 USD an hour).
     #[test]
     fn the_demo_prices_with_its_table_and_holds_a_budget() {
         let table = crate::prices::PriceTable::parse(
@@ -232,13 +236,28 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("the demo's table: {e:?}"));
         assert_eq!(table.currency(), "USD");
-        assert_eq!(table.entries(), 4);
         let at = crate::api::types::Timestamp::from_micros(1_800_000_000_000_000);
+        for p in crate::sim::SimConfig::default().prices {
+            let got = table
+                .lookup(&p.provider, &p.model, at)
+                .unwrap_or_else(|| panic!("{}/{} is not in the demo's table", p.provider, p.model));
+            let per_million = |t: &str| crate::prices::Money::parse_decimal(t, -6).unwrap();
+            assert_eq!(got.input, per_million(&p.input_per_million), "{}", p.model);
+            assert_eq!(
+                got.output,
+                per_million(&p.output_per_million),
+                "{}",
+                p.model
+            );
+        }
         let p = table.lookup("anthropic", "claude-sonnet-4", at).unwrap();
         // 3 and 15 per million tokens.
         assert_eq!(p.input, crate::prices::Money(3 * 10u128.pow(21)));
         assert_eq!(p.output, crate::prices::Money(15 * 10u128.pow(21)));
         let monthly = crate::prices::Money::parse_decimal(DEMO_MONTHLY_BUDGET, 0).unwrap();
-        assert!(monthly > crate::prices::Money::ZERO);
+        let daily = crate::prices::Money::parse_decimal(DEMO_DAILY_BUDGET, 0).unwrap();
+        let usd = |n: u128| crate::prices::Money(n * 10u128.pow(crate::prices::MONEY_DIGITS));
+        assert!(monthly > usd(744 * 1500), "the demo's month would page");
+        assert!(daily > usd(24 * 1500), "the demo's day would page");
     }
 }

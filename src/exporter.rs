@@ -458,6 +458,9 @@ fn read_for_reload(
     };
     let source =
         crate::config::resolve_prices(flags, loaded.as_ref().and_then(|f| f.prices.clone()))?;
+    if let Some(f) = &loaded {
+        crate::config::budgets_need_prices(&f.workspaces, source.is_some())?;
+    }
     let table = match &source {
         Some(s) => Some(crate::config::load_prices(s, files)?),
         None => None,

@@ -18,6 +18,12 @@ use std::time::Duration;
 pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_YAML_DEPTH: usize = 64;
+/// The YAML parser holds every event of a document before it is read:
+/// about 50 times the text's size for a hostile one (a price table of
+/// `- {}` lines: 5 MB took 253 MB). 256 KiB peaks near 13 MB, within the
+/// shipped 64 MiB limit beside the exporter's own; real config files and
+/// price tables are a few KiB.
+pub const DEFAULT_MAX_YAML_BYTES: u64 = 256 * 1024;
 
 /// Reads whose thread has not returned yet (a hung read outlives its
 /// deadline). Past this many, new reads are refused at once instead of
@@ -37,6 +43,8 @@ pub struct FileLimits {
     pub max_bytes: u64,
     pub timeout: Duration,
     pub max_yaml_depth: usize,
+    /// YAML longer than this is refused before the parser sees it.
+    pub max_yaml_bytes: u64,
 }
 
 impl Default for FileLimits {
@@ -45,6 +53,7 @@ impl Default for FileLimits {
             max_bytes: DEFAULT_MAX_BYTES,
             timeout: DEFAULT_TIMEOUT,
             max_yaml_depth: DEFAULT_MAX_YAML_DEPTH,
+            max_yaml_bytes: DEFAULT_MAX_YAML_BYTES,
         }
     }
 }
@@ -61,6 +70,9 @@ pub struct FilesArgs {
     /// Deepest nesting accepted in the YAML files (config file, web config).
     #[arg(long = "files.max-yaml-depth", env = "CLAWMESH_FILES_MAX_YAML_DEPTH", default_value_t = DEFAULT_MAX_YAML_DEPTH)]
     pub files_max_yaml_depth: usize,
+    /// Largest YAML file read (config file, web config, a price table in YAML): the YAML parser holds about 50 times the text while it reads, so this bounds its memory (LiteLLM's JSON table is bounded by --prices.max-size instead).
+    #[arg(long = "files.max-yaml-size", env = "CLAWMESH_FILES_MAX_YAML_SIZE", default_value = "256KiB", value_parser = crate::units::parse_size)]
+    pub files_max_yaml_size: u64,
 }
 
 impl FilesArgs {
@@ -75,10 +87,14 @@ impl FilesArgs {
         if self.files_max_yaml_depth < 4 {
             return Err("--files.max-yaml-depth: must be at least 4 (the configuration file itself nests 4 deep)".into());
         }
+        if self.files_max_yaml_size == 0 {
+            return Err("--files.max-yaml-size: must be at least 1 byte, e.g. 256KiB".into());
+        }
         Ok(FileLimits {
             max_bytes: self.files_max_size,
             timeout: self.files_read_timeout,
             max_yaml_depth: self.files_max_yaml_depth,
+            max_yaml_bytes: self.files_max_yaml_size,
         })
     }
 }
@@ -99,6 +115,8 @@ pub enum FileError {
     NotUtf8,
     #[error("is nested deeper than {0} levels (--files.max-yaml-depth)")]
     TooDeep(usize),
+    #[error("is YAML larger than {0} bytes (--files.max-yaml-size): the YAML parser holds about 50 times that while it reads")]
+    YamlTooLarge(u64),
 }
 
 /// The whole file, if it is a regular file within the limits.
@@ -115,7 +133,14 @@ pub fn read_to_string(path: &Path, limits: &FileLimits) -> Result<String, FileEr
 
 /// A YAML file as text, refused when nested deeper than the limit.
 pub fn read_yaml(path: &Path, limits: &FileLimits) -> Result<String, FileError> {
-    let text = read_to_string(path, limits)?;
+    let limits = FileLimits {
+        max_bytes: limits.max_bytes.min(limits.max_yaml_bytes),
+        ..*limits
+    };
+    let text = read_to_string(path, &limits).map_err(|e| match e {
+        FileError::TooLarge { max } if max == limits.max_yaml_bytes => FileError::YamlTooLarge(max),
+        e => e,
+    })?;
     check_yaml_depth(&text, limits.max_yaml_depth)?;
     Ok(text)
 }

@@ -9,7 +9,13 @@ fn ts(secs: i64) -> Timestamp {
 
 /// A small fleet with one of everything, for the golden exposition.
 pub(crate) fn sample_snapshot() -> Snapshot {
-    let mut fleet = Fleet::new(ts(0));
+    let mut fleet = Fleet::new(ts(0)).with_budgets(vec![crate::fleet::BudgetConfig {
+        name: "all".into(),
+        matches: Default::default(),
+        monthly: crate::prices::Money::parse_decimal("5000", 0).ok(),
+        daily: crate::prices::Money::parse_decimal("250.5", 0).ok(),
+    }]);
+    fleet.set_prices(std::sync::Arc::new(sample_prices()));
     let agents: Vec<Agent> = ["idle", "idle", "busy", "error", "hibernating"]
         .iter()
         .enumerate()
@@ -17,7 +23,11 @@ pub(crate) fn sample_snapshot() -> Snapshot {
             last_heartbeat_at: None,
             labels: Vec::new(),
             text_repaired: false,
-            config: Default::default(),
+            // The first agent's model is priced, the second's is not.
+            config: crate::api::types::AgentConfig {
+                model_provider: (i < 2).then(|| "openai".to_string()),
+                model: (i < 2).then(|| ["gpt-5", "gpt-9"][i].to_string()),
+            },
             id: format!("agt_{i}"),
             status: s.to_string(),
             created_at: ts(0),
@@ -26,7 +36,7 @@ pub(crate) fn sample_snapshot() -> Snapshot {
         .collect();
     fleet.apply_agent_listing(&agents);
     let task = |id: &str, status: &str, code: Option<&str>| Task {
-        agent_id: None,
+        agent_id: Some(if status == "failed" { "agt_1" } else { "agt_0" }.into()),
         labels: Vec::new(),
         text_repaired: false,
         id: id.into(),
@@ -85,6 +95,8 @@ pub(crate) fn sample_snapshot() -> Snapshot {
     h.observe(0.02);
     api.durations.insert("/tasks".into(), h);
     let mut snap = fleet.snapshot("ws_test", ts(61), health, api);
+    // The API's time, as a sync sets it (which month and day are current).
+    snap.api_now = Some(ts(61).micros());
     // As the hub stamps it when OTLP is on.
     snap.otlp = Some(crate::fleet::ExportHealth {
         succeeded: 40,
@@ -95,15 +107,23 @@ pub(crate) fn sample_snapshot() -> Snapshot {
     snap
 }
 
+/// The golden fleet's price table: gpt-5 at 1.25 / 10 per million tokens.
+pub(crate) fn sample_prices() -> crate::prices::PriceTable {
+    let yaml = "currency: USD\nmodels:\n  - {provider: openai, model: gpt-5, input_per_million: \"1.25\", output_per_million: 10}\n";
+    crate::prices::PriceTable::parse(yaml.as_bytes(), "golden", &Default::default()).unwrap()
+}
+
 fn process() -> ProcessInfo {
-    ProcessInfo {
+    let mut p = ProcessInfo {
         workspaces_configured: 2,
         workspaces_owned: 1,
         reload_success_at: 1_800_000_000.0,
         shard: crate::shard::Shard { index: 1, total: 2 },
         started_at: 1_799_999_990.0,
         ..Default::default()
-    }
+    };
+    p.set_prices(&sample_prices());
+    p
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 mod bounded;
 mod breakdown;
+mod budget;
 mod counters;
 mod saved;
 pub mod settings;
@@ -17,6 +18,7 @@ pub use bounded::{BoundedNames, OTHER};
 pub use breakdown::{
     breakdown_patterns, glob, sanitize, AgentDims, Breakdown, BreakdownConfig, Patterns,
 };
+pub use budget::BudgetConfig;
 pub use counters::{
     Counters, AGENT_STATUSES, FAILURE_CODES, MAX_DURATION_SECONDS, MAX_UNKNOWN_NAMES,
     OPEN_TASK_STATUSES, REJECT_REASONS, RESOURCES, TASK_DURATION_BUCKETS, TERMINAL_STATUSES,
@@ -28,8 +30,8 @@ pub use snapshot::{
     ExportHealth, Health, Parts, Snapshot, TaskGroup, WebhookHealth,
 };
 pub use spend::{
-    day_end, month_end, BudgetConfig, PeriodSpend, Spend, Unpriced, MAX_UNPRICED_MODELS,
-    SPEND_STATUSES, TOKEN_KINDS,
+    day_end, month_end, PeriodSpend, Spend, Unpriced, MAX_UNPRICED_MODELS, SPEND_STATUSES,
+    TOKEN_KINDS,
 };
 
 use crate::api::clock::ApiTime;

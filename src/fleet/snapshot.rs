@@ -26,8 +26,9 @@
 //! So a number shows the same whichever way it leaves, and no stage has to
 //! know what a later one will add.
 
+use super::budget::BudgetConfig;
 use super::counters::Counters;
-use super::spend::{day_of, month_of, BudgetConfig};
+use super::spend::{day_of, month_of};
 use crate::prices::Money;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -1,62 +1,15 @@
 //! What tasks cost: spend per token kind and terminal status (the counted
 //! families' `clawmesh_task_spend_total`), the tokens no price covered
-//! (`Unpriced`), the spend of tasks finished in the current calendar month
-//! and day (`PeriodSpend`), and the budgets set against it.
+//! (`Unpriced`), and the spend of tasks finished in the current calendar
+//! month and day (`PeriodSpend`). Below `counters.rs`, which holds them per
+//! slice; the budgets set against them are `budget.rs`.
 
 use crate::prices::Money;
 use std::collections::BTreeMap;
 
-/// A budget of a workspace (the config file's `budgets:`): spend of the
-/// tasks whose breakdown values match `matches` (all of them when empty),
-/// per calendar month and optionally per day (UTC).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BudgetConfig {
-    /// The `budget` label; unique in a workspace.
-    pub name: String,
-    /// Breakdown label name -> value (`team: ml`, `provider: openai`); a
-    /// task counts when its slice has every one of them.
-    pub matches: BTreeMap<String, String>,
-    /// Per calendar month (UTC), in the price table's currency.
-    pub monthly: Option<Money>,
-    /// Per day (UTC).
-    pub daily: Option<Money>,
-}
-
-impl BudgetConfig {
-    /// The rules a budget follows, checked once for the config file:
-    /// (field, what is wrong). `breakdown` says which labels exist.
-    pub fn check(&self, breakdown: &super::BreakdownConfig) -> Result<(), (&'static str, String)> {
-        if self.name.is_empty() || self.name.len() > 128 {
-            return Err(("name", "must be 1 to 128 characters".into()));
-        }
-        if self.monthly.is_none() && self.daily.is_none() {
-            return Err(("monthly", "a budget needs monthly, daily or both".into()));
-        }
-        for key in self.matches.keys() {
-            let known = match key.as_str() {
-                "provider" => breakdown.provider,
-                "model" => breakdown.model,
-                k => match k.strip_prefix("task_") {
-                    Some(t) => {
-                        breakdown.task_labels.matches(t) || breakdown.agent_labels.matches(k)
-                    }
-                    None => breakdown.agent_labels.matches(k),
-                },
-            };
-            if !known {
-                return Err((
-                    "match",
-                    format!("{key:?} is not a label the workspace's series are broken down by: a budget on it needs the breakdown (--breakdown.provider, --breakdown.model, --breakdown.agent-labels or --breakdown.task-labels with task_ before the key)"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The terminal statuses spend is kept by, in the order of [`Spend`]'s
 /// arrays (those of `TERMINAL_STATUSES`).
-pub const SPEND_STATUSES: [&str; 3] = super::counters::TERMINAL_STATUSES;
+pub const SPEND_STATUSES: [&str; 3] = ["completed", "failed", "cancelled"];
 /// Token kinds, in the order of [`Spend`]'s arrays.
 pub const TOKEN_KINDS: [&str; 2] = ["input", "output"];
 
@@ -217,6 +170,11 @@ pub fn add_unpriced(u: &mut Unpriced, provider: &str, model: &str, kind: usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spend_is_kept_by_every_terminal_status() {
+        assert_eq!(SPEND_STATUSES, super::super::TERMINAL_STATUSES);
+    }
 
     #[test]
     fn calendar_periods_follow_the_utc_calendar() {

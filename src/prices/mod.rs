@@ -8,6 +8,19 @@
 //! ever happens. The fleet prices each task once, with the price in force
 //! when it finished ([`PriceTable::lookup`]).
 //!
+//! Why 10^-27: a price per million tokens is written with up to 21
+//! decimal places, so per token it needs 27; LiteLLM's per-token doubles,
+//! read as the shortest decimal Python wrote, need up to 24
+//! (5.0000000000000004e-08). A float would round at every addition, and a
+//! counter that rounds differently after a restart is not the same counter.
+//! u128 at this scale holds 3.4 × 10^11 of the currency, a fleet's spend
+//! for ages; a sum that would pass it is refused, never wrapped.
+//!
+//! Numbers are read from their text: `Money::parse_decimal` takes `12`,
+//! `0.5`, `.5` and `5.` (YAML reads those as numbers), `3e-6`; a YAML
+//! price is the scalar's own text (`2.50`, `0.1` exactly as written, not
+//! the float serde_norway would make of them).
+//!
 //! A table is checked whole: a file with one bad entry is refused with every
 //! problem named (entry and field), and the table in use keeps running.
 

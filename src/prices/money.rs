@@ -32,11 +32,13 @@ impl Money {
     }
 
     /// In the currency's unit, as a float (what Prometheus and OTLP carry):
-    /// the whole part and the fraction converted apart, so the float is the
-    /// nearest to the exact amount short of the last bit.
+    /// the double nearest to the exact amount, read from its exact decimal
+    /// text (Rust's float parsing rounds correctly). Dividing the integer
+    /// by 10^27 in floats would round twice: 0.0045 came out as
+    /// 0.0045000000000000005, and the truth's own conversion of the same
+    /// exact amount would disagree.
     pub fn to_f64(self) -> f64 {
-        let unit = 10u128.pow(MONEY_DIGITS);
-        (self.0 / unit) as f64 + (self.0 % unit) as f64 / unit as f64
+        self.to_decimal().parse().unwrap_or(f64::MAX)
     }
 
     /// Exact decimal text in the currency's unit (`12.5`, `0.000003`),

@@ -183,14 +183,23 @@ impl Models {
     }
 }
 
-/// A model's prices, by `since` (micros; `i64::MIN`: always), ascending.
-#[derive(Debug, Clone, Default)]
-struct Dated(Vec<(i64, Price)>);
+/// A model's prices: one always in force (most models: held inline),
+/// or its changes by `since` (micros; `i64::MIN`: always), ascending.
+#[derive(Debug, Clone)]
+enum Dated {
+    Always(Price),
+    Changes(Vec<(i64, Price)>),
+}
 
 impl Dated {
     fn at(&self, at: Timestamp) -> Option<Price> {
-        let n = self.0.partition_point(|(since, _)| *since <= at.0);
-        n.checked_sub(1).map(|i| self.0[i].1)
+        match self {
+            Dated::Always(p) => Some(*p),
+            Dated::Changes(c) => {
+                let n = c.partition_point(|(since, _)| *since <= at.0);
+                n.checked_sub(1).map(|i| c[i].1)
+            }
+        }
     }
 }
 
@@ -228,15 +237,16 @@ impl PriceTable {
     /// YAML or LiteLLM's JSON, told apart by content. `Err`: every
     /// problem, each naming its entry and field.
     pub fn parse(bytes: &[u8], name: &str, opts: &PriceOptions) -> Result<PriceTable, Vec<String>> {
-        Self::parse_with(bytes, name, opts, crate::files::DEFAULT_MAX_YAML_DEPTH)
+        Self::parse_with(bytes, name, opts, &FileLimits::default())
     }
 
     fn parse_with(
         bytes: &[u8],
         name: &str,
         opts: &PriceOptions,
-        max_yaml_depth: usize,
+        limits: &FileLimits,
     ) -> Result<PriceTable, Vec<String>> {
+        let max_yaml_depth = limits.max_yaml_depth;
         let fail = |p: String| Err(vec![format!("{name}: {p}")]);
         // A byte order mark is what some editors write first; neither
         // parser takes it, and it says nothing.
@@ -247,13 +257,24 @@ impl PriceTable {
         if text.trim().is_empty() {
             return fail("is empty: write a price table (docs/spend.md) or name LiteLLM's model_prices_and_context_window.json".into());
         }
+        let yaml_fits = text.len() as u64 <= limits.max_yaml_bytes;
+        let too_large = || {
+            format!(
+                "is YAML larger than {} bytes (--files.max-yaml-size): the YAML parser holds about 50 times that while it reads; raise the flag, or use LiteLLM's JSON format for a table this large",
+                limits.max_yaml_bytes
+            )
+        };
         let mut b = Builder::new(opts);
         b.currency = opts.litellm_currency.clone();
         let format = if text.trim_start().starts_with('{') {
+            b.litellm = true;
             match read_litellm(text, &mut b) {
                 Ok(()) => TableFormat::Litellm,
                 // `{currency: ..., models: [...]}`: our format, in flow style.
                 Err(_) if b.ours => {
+                    if !yaml_fits {
+                        return fail(too_large());
+                    }
                     b = Builder::new(opts);
                     read_ours(text, &mut b, max_yaml_depth);
                     TableFormat::Clawmesh
@@ -264,6 +285,9 @@ impl PriceTable {
                 }
             }
         } else {
+            if !yaml_fits {
+                return fail(too_large());
+            }
             read_ours(text, &mut b, max_yaml_depth);
             TableFormat::Clawmesh
         };
@@ -289,7 +313,7 @@ impl PriceTable {
                 e => format!("check --prices.file (prices.file): {name} {e}"),
             }]
         })?;
-        Self::parse_with(&bytes, &name, &cfg.options, limits.max_yaml_depth)
+        Self::parse_with(&bytes, &name, &cfg.options, &limits)
     }
 
     /// The price per token of `model` of `provider` in force at `at` (the
@@ -340,8 +364,8 @@ struct Builder<'o> {
     /// Problems past MAX_PROBLEMS, counted only.
     more: usize,
     providers: HashMap<String, BuildModels>,
-    /// (provider, model, since) -> the entry that gave it first.
-    seen: HashMap<(String, String, i64), String>,
+    /// Entries are named `entry N` (LiteLLM) rather than `models[N]`.
+    litellm: bool,
     /// LiteLLM "provider/model" keys also found as "model", added at the
     /// end unless the file has that model itself.
     short_names: Vec<(String, String, Price)>,
@@ -349,11 +373,23 @@ struct Builder<'o> {
     ours: bool,
 }
 
+/// A model's prices as read: (since, price, the entry's index).
+type Building = Vec<(i64, Price, usize)>;
+
 #[derive(Default)]
 struct BuildModels {
-    exact: HashMap<String, Dated>,
-    patterns: Vec<(String, Dated)>,
+    exact: HashMap<String, Building>,
+    patterns: Vec<(String, Building)>,
     pattern_index: HashMap<String, usize>,
+}
+
+/// Sorted by since; one price always in force held without a Vec.
+fn dated(mut b: Building) -> Dated {
+    b.sort_by_key(|(since, _, _)| *since);
+    match b.as_slice() {
+        [(i64::MIN, p, _)] => Dated::Always(*p),
+        _ => Dated::Changes(b.into_iter().map(|(s, p, _)| (s, p)).collect()),
+    }
 }
 
 impl<'o> Builder<'o> {
@@ -365,7 +401,7 @@ impl<'o> Builder<'o> {
             problems: Vec::new(),
             more: 0,
             providers: HashMap::new(),
-            seen: HashMap::new(),
+            litellm: false,
             short_names: Vec::new(),
             ours: false,
         }
@@ -381,8 +417,10 @@ impl<'o> Builder<'o> {
 
     /// One price of one model (`what`: the entry, for messages);
     /// `patterns`: whether `*` in the model is a pattern.
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
+        index: usize,
         what: &str,
         provider: &str,
         model: &str,
@@ -391,28 +429,37 @@ impl<'o> Builder<'o> {
         patterns: bool,
     ) {
         let since = since.unwrap_or(i64::MIN);
-        let key = (provider.to_string(), model.to_string(), since);
-        if let Some(first) = self.seen.get(&key) {
-            let p = format!("{what}: gives the price of this model again (first in {first}): keep one, or give each a different since");
-            self.problem(p);
-            return;
+        if !self.providers.contains_key(provider) {
+            self.providers
+                .insert(provider.to_string(), BuildModels::default());
         }
-        self.seen.insert(key, what.to_string());
-        self.entries += 1;
-        let models = self.providers.entry(provider.to_string()).or_default();
+        let Some(models) = self.providers.get_mut(provider) else {
+            return;
+        };
         let dated = if patterns && model.contains('*') {
             let i = *models
                 .pattern_index
                 .entry(model.to_string())
                 .or_insert_with(|| {
-                    models.patterns.push((model.to_string(), Dated::default()));
+                    models.patterns.push((model.to_string(), Vec::new()));
                     models.patterns.len() - 1
                 });
             &mut models.patterns[i].1
         } else {
             models.exact.entry(model.to_string()).or_default()
         };
-        dated.0.push((since, price));
+        if let Some(&(_, _, first)) = dated.iter().find(|d| d.0 == since) {
+            let first = if self.litellm {
+                format!("entry {first}")
+            } else {
+                format!("models[{first}]")
+            };
+            let p = format!("{what}: gives the price of this model again (first in {first}): keep one, or give each a different since");
+            self.problem(p);
+            return;
+        }
+        dated.push((since, price, index));
+        self.entries += 1;
     }
 
     fn finish(mut self, name: &str, format: TableFormat) -> Result<PriceTable, Vec<String>> {
@@ -432,20 +479,15 @@ impl<'o> Builder<'o> {
             models
                 .exact
                 .entry(model)
-                .or_insert_with(|| Dated(vec![(i64::MIN, price)]));
+                .or_insert_with(|| vec![(i64::MIN, price, 0)]);
         }
         let providers = self
             .providers
             .into_iter()
             .map(|(p, m)| {
-                let mut exact = m.exact;
-                for d in exact.values_mut() {
-                    d.0.sort_by_key(|(since, _)| *since);
-                }
-                let mut patterns = m.patterns;
-                for (_, d) in &mut patterns {
-                    d.0.sort_by_key(|(since, _)| *since);
-                }
+                let exact = m.exact.into_iter().map(|(k, b)| (k, dated(b))).collect();
+                let mut patterns: Vec<_> =
+                    m.patterns.into_iter().map(|(k, b)| (k, dated(b))).collect();
                 // Stable: ties keep file order.
                 patterns.sort_by_key(|(p, _)| {
                     std::cmp::Reverse(p.bytes().filter(|&c| c != b'*').count())
@@ -670,7 +712,7 @@ fn entry_read(b: &mut Builder, i: usize, entry: &Value, texts: Option<&BTreeMap<
             input: prices[0],
             output: prices[1],
         };
-        b.add(&what, names[0], names[1], since, price, true);
+        b.add(i, &what, names[0], names[1], since, price, true);
     }
 }
 
@@ -761,12 +803,11 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
         f.write_str("a JSON object of models (LiteLLM's model_prices_and_context_window.json)")
     }
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        let mut keys = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             let i = self.index;
             self.index += 1;
-            // Every model counts, priced or not: the names seen are
-            // kept (to find a name given twice), so this bounds them.
+            // Every model counts, priced or not: reading stops here, after
+            // at most max_entries models kept and as many entries read.
             if i >= self.b.opts.max_entries {
                 return Err(de::Error::custom(format!(
                     "holds more than {} models (--prices.max-entries): raise it, or is this the right file?",
@@ -783,10 +824,6 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
             }
             let entry: Entry = map.next_value()?;
             let what = format!("entry {i} ({:?})", crate::text::shorten(&key, 100));
-            if !keys.insert(key.clone()) {
-                self.b.problem(format!("{what}: is given twice: keep one"));
-                continue;
-            }
             if let Some(price) = entry.check(&what, self.b) {
                 let provider = price.0;
                 if let Some(short) = key
@@ -799,7 +836,7 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
                             .push((provider.clone(), short.to_string(), price.1));
                     }
                 }
-                self.b.add(&what, &provider, &key, None, price.1, false);
+                self.b.add(i, &what, &provider, &key, None, price.1, false);
             }
         }
         Ok(())

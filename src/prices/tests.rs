@@ -293,7 +293,7 @@ fn a_bad_yaml_table_is_refused_with_every_problem_named() {
         "models[3] (p/d): colour: is not a key of a model",
         "models[3] (p/d): input_per_million: is missing",
         "models[4] (p/e): since: \"2026-13-01\" is not a date",
-        "models[6] (p/f): gives the price of this model again (first in models[5] (p/f))",
+        "models[6] (p/f): gives the price of this model again (first in models[5])",
         "models[7] (?/g): provider: is a list, not a name",
         "models[7] (?/g): input_per_million: is a boolean, not a price",
         "models[7] (?/g): output_per_million: is a mapping, not a price",
@@ -561,13 +561,8 @@ fn exact(text: &str, per: u32) -> (BigInt, u32) {
 #[test]
 fn a_million_tasks_add_up_to_the_exact_rational_sum() {
     use rand::{Rng, SeedableRng};
-    // Debug builds run a tenth (a million takes ~10 s unoptimised);
-    // `cargo test --release --lib prices::` runs the million.
-    let tasks = if cfg!(debug_assertions) {
-        100_000
-    } else {
-        1_000_000
-    };
+    // About 6 s unoptimised, 1.3 s in release.
+    let tasks = 1_000_000;
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
     let mut total = Money::ZERO;
     // Numerators summed per denominator 10^k, then one fraction.
@@ -714,8 +709,10 @@ fn deep_nesting_is_refused_without_overflowing_the_stack() {
     assert!(p.contains("is nested deeper than 64 levels"), "{p}");
     let p = problems(&deep("[", 100_000));
     assert!(p.contains("is nested deeper than 64 levels"), "{p}");
+    // (600 levels: under --files.max-yaml-size, so the depth is what
+    // refuses it.)
     let mut y = String::new();
-    for i in 0..1000 {
+    for i in 0..600 {
         y += &format!("{}a:\n", " ".repeat(i));
     }
     assert!(problems(&y).contains("is nested deeper than 64 levels"));
@@ -777,7 +774,7 @@ fn a_litellm_entry_without_costs_is_skipped_and_a_broken_one_named() {
         e = entry(r#""p""#, "1e-6", "1e-6")
     ));
     assert!(
-        p.contains(r#"entry 1 ("m"): is given twice: keep one"#),
+        p.contains(r#"entry 1 ("m"): gives the price of this model again (first in entry 0)"#),
         "{p}"
     );
     assert!(
@@ -983,4 +980,40 @@ fn measure_million_yaml() {
         y += "- {}\n";
     }
     measure("10^6 yaml models", &y, 100_000);
+}
+
+/// A YAML table past `--files.max-yaml-size` is refused before the YAML
+/// parser sees it (the parser holds about 50 times the text), however it
+/// is written; LiteLLM's JSON of the same size is read (streaming).
+#[test]
+fn a_yaml_table_past_the_yaml_limit_is_refused_before_parsing() {
+    let limits = crate::files::FileLimits::default();
+    let mut yaml = String::from("currency: USD\nmodels:\n");
+    while yaml.len() as u64 <= limits.max_yaml_bytes {
+        yaml.push_str("  - {}\n");
+    }
+    let flow = format!(
+        r#"{{"currency": "USD", "models": [{}{{}}]}}"#,
+        "{}, ".repeat(70_000)
+    );
+    for (what, text) in [("block", &yaml), ("flow", &flow)] {
+        let t = std::time::Instant::now();
+        let e = PriceTable::parse(text.as_bytes(), "big.yaml", &PriceOptions::default())
+            .unwrap_err()
+            .join("\n");
+        assert!(e.contains("--files.max-yaml-size"), "{what}: {e}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{what} was parsed"
+        );
+    }
+    // Just under the limit: parsed (and refused for what it holds).
+    let mut small = String::from("currency: USD\nmodels:\n");
+    while small.len() as u64 + 40 < limits.max_yaml_bytes {
+        small.push_str("  - {}\n");
+    }
+    let e = PriceTable::parse(small.as_bytes(), "small.yaml", &PriceOptions::default())
+        .unwrap_err()
+        .join("\n");
+    assert!(!e.contains("--files.max-yaml-size"), "{e}");
 }

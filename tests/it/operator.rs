@@ -108,12 +108,18 @@ fn bad_files_are_refused_at_start_in_one_line() {
         let f = dir.join(format!("{bad:?}"));
         bad.make(&f);
         let path = f.to_str().unwrap();
-        // The YAML files: depth is theirs to refuse.
+        // The YAML files: depth is theirs to refuse, and size by the
+        // lower YAML bound (--files.max-yaml-size, below --files.max-size).
+        let said = if bad == Bad::Huge {
+            "is YAML larger than 262144 bytes (--files.max-yaml-size)"
+        } else {
+            bad.said()
+        };
         for flag in ["--config.file", "--web.config.file"] {
             let mut c = bin();
             c.env("CLAWMESH_API_KEY", "k").args([flag, path]);
             let what = format!("{flag} {bad:?}");
-            assert_one_line_exit_2(&what, run_within(c, limit), &[path, bad.said()]);
+            assert_one_line_exit_2(&what, run_within(c, limit), &[path, said]);
         }
         // Key and secret files: a deep file is plain text (one line of `[`)
         // and passes, so only the others.

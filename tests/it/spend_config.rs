@@ -124,6 +124,27 @@ fn bad_budgets_in_the_config_file_are_refused_at_the_start_with_their_path() {
     );
 }
 
+/// Budgets without a price table would show nothing spent for ever: the
+/// start is refused, saying what to add.
+#[test]
+fn budgets_without_a_price_table_are_refused_at_the_start() {
+    let dir = temp_dir("spend-unpriced-budgets");
+    std::fs::write(dir.join("key"), "k\n").unwrap();
+    let file = dir.join("clawmesh.yml");
+    std::fs::write(
+        &file,
+        "workspaces:\n  - name: a\n    api_url: http://127.0.0.1:1/v1\n    api_key_file: key\n    budgets:\n      - {name: all, monthly: 100}\n",
+    )
+    .unwrap();
+    assert_one_line_exit_2(
+        &["--config.file", file.to_str().unwrap()],
+        &[
+            "sets budgets: but no price table is configured",
+            "--prices.file",
+        ],
+    );
+}
+
 /// `check-config` reads the price table the file's `prices:` names, as
 /// the start would: one it cannot use is a problem (exit code 2, no OK).
 #[test]
