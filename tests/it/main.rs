@@ -25,6 +25,7 @@ mod rules;
 mod scenario;
 mod seams;
 mod secrets;
+mod spend;
 mod spend_config;
 mod webhook;
 

@@ -682,3 +682,16 @@ pub fn assert_deltas_match(
         "exporter deltas (left) differ from the ground truth (right)"
     );
 }
+
+/// [`let_the_start_pass`] for an exporter serving at `addr` (one in its
+/// own process).
+pub async fn let_the_start_pass_at(sim: &Sim, addr: SocketAddr) {
+    let started = exporter_start_host_secs(sim, addr).await;
+    wait_for_sim_clock(
+        sim,
+        started + 2.0,
+        Duration::from_secs(10),
+        "two seconds past the exporter's start",
+    )
+    .await;
+}
