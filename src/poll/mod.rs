@@ -367,11 +367,16 @@ fn start(
         .chain(labels.iter().map(|(k, _)| k.clone()))
         .collect();
     // Every way a slot's fleet is made (fresh, restored from a checkpoint
-    // or a handoff) starts from this one, so all hold the budgets.
+    // or a handoff) starts from this one, so all hold the budgets and the
+    // table in force: restored spend is served from the first render, not
+    // from the first sync (which an outage can hold off for long), and an
+    // agent gone before the first sync keeps its model.
     let fresh = || {
-        Fleet::starting(api_start, started, limits)
+        let mut f = Fleet::starting(api_start, started, limits)
             .with_breakdown(&cfg.breakdown, &label_names)
-            .with_budgets(cfg.budgets.clone())
+            .with_budgets(cfg.budgets.clone());
+        f.set_prices(cfg.prices.current());
+        f
     };
     let mut health = Health {
         token_expiry: token.expires_at.map(|t| t.as_secs_f64()),
