@@ -240,7 +240,7 @@ impl PriceTable {
         Self::parse_with(bytes, name, opts, &FileLimits::default())
     }
 
-    fn parse_with(
+    pub(super) fn parse_with(
         bytes: &[u8],
         name: &str,
         opts: &PriceOptions,
