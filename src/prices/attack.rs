@@ -134,13 +134,13 @@ fn a_giant_json_key_or_value_is_read_or_refused_shortly() {
 /// with NUL, escapes and broken surrogates.
 #[test]
 fn json_duplicates_extreme_numbers_and_odd_keys() {
-    let e = refused(&format!(
-        r#"{{"m": {{"litellm_provider": "openai", "input_cost_per_token": 1e-6, "input_cost_per_token": 0, "output_cost_per_token": 1e-6}}}}"#
-    ));
+    let e = refused(
+        r#"{"m": {"litellm_provider": "openai", "input_cost_per_token": 1e-6, "input_cost_per_token": 0, "output_cost_per_token": 1e-6}}"#,
+    );
     assert!(e.contains("input_cost_per_token: is given twice"), "{e}");
-    let e = refused(&format!(
-        r#"{{"m": {{"litellm_provider": "openai", "litellm_provider": "azure", "input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6}}}}"#
-    ));
+    let e = refused(
+        r#"{"m": {"litellm_provider": "openai", "litellm_provider": "azure", "input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6}}"#,
+    );
     assert!(e.contains("litellm_provider: is given twice"), "{e}");
     // The same model key twice: the second is named.
     let one = entry("\"openai\"", "1e-6", "1e-6");

@@ -558,6 +558,9 @@ fn read_ours(text: &str, b: &mut Builder, max_depth: usize) {
     if let Err(e) = crate::files::check_yaml_depth(text, max_depth) {
         return b.problem(format!("{e}: a price table nests 3 deep"));
     }
+    if let Err(e) = crate::files::check_yaml_aliases(text) {
+        return b.problem(e.to_string());
+    }
     let doc: Value = match serde_norway::from_str(text) {
         Ok(v) => v,
         Err(e) => return b.problem(format!("is not valid YAML (nor LiteLLM's JSON): {e}")),
