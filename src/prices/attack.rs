@@ -81,7 +81,7 @@ fn a_table_of_no_model_is_refused_not_taken_as_no_table() {
     for text in [
         "currency: USD\nmodels: []\n",
         "currency: USD\nmodels:\n",
-        "{currency: USD, models: []}",
+        r#"{"currency": "USD", "models": []}"#,
     ] {
         let e = refused(text);
         assert!(e.contains("no model"), "{text:?}: {e}");

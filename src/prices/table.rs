@@ -294,6 +294,12 @@ impl PriceTable {
         if format == TableFormat::Litellm && b.problems.is_empty() && b.entries == 0 {
             b.problem("holds no priced model (no entry with litellm_provider, input_cost_per_token and output_cost_per_token): is it LiteLLM's model_prices_and_context_window.json?".into());
         }
+        // A table of no model would be taken as no table at all (the
+        // fleet prices nothing and counts no token as unpriced) while
+        // its info says one is in force and budgets are accepted.
+        if format == TableFormat::Clawmesh && b.problems.is_empty() && b.entries == 0 {
+            b.problem("models: holds no model: list the models and their prices (docs/spend.md), or remove the price table".into());
+        }
         b.finish(name, format)
     }
 
