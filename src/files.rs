@@ -117,6 +117,8 @@ pub enum FileError {
     TooDeep(usize),
     #[error("is YAML larger than {0} bytes (--files.max-yaml-size): the YAML parser holds about 50 times that while it reads")]
     YamlTooLarge(u64),
+    #[error("is YAML whose aliases (*name) expand past {0} values, more than its text could hold written out: write the values out instead of repeating aliases")]
+    YamlAliasBomb(usize),
 }
 
 /// The whole file, if it is a regular file within the limits.
@@ -142,7 +144,126 @@ pub fn read_yaml(path: &Path, limits: &FileLimits) -> Result<String, FileError> 
         e => e,
     })?;
     check_yaml_depth(&text, limits.max_yaml_depth)?;
+    check_yaml_aliases(&text)?;
     Ok(text)
+}
+
+/// Refuse YAML whose aliases expand to more values than its text could
+/// hold written out (two per byte, and some), by walking the document as
+/// the parser would expand it and stopping at that count.
+///
+/// The text's size bounds the parser's events, not what they expand to:
+/// serde_norway bounds alias jumps at 100 times the events, but a jump
+/// replays a whole anchored node, so 3 KB of `&a [0,0,...]` and
+/// `[*b,*b,...]` became 10^7 values and 650 MB in a `Value`. Run after
+/// `check_yaml_depth` (the walk recurses as deep as the document). A text
+/// the parser refuses passes here: the caller's parse says why.
+pub fn check_yaml_aliases(text: &str) -> Result<(), FileError> {
+    use serde::de::{
+        DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
+    };
+    use std::cell::Cell;
+    let max = text.len().saturating_mul(2).saturating_add(64);
+    struct Count<'a> {
+        left: &'a Cell<usize>,
+        over: &'a Cell<bool>,
+    }
+    impl<'de> DeserializeSeed<'de> for Count<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl Count<'_> {
+        fn again(&self) -> Self {
+            Count {
+                left: self.left,
+                over: self.over,
+            }
+        }
+        /// One more value; `Err` past the budget.
+        fn one<E: serde::de::Error>(&self) -> Result<(), E> {
+            match self.left.get().checked_sub(1) {
+                Some(n) => {
+                    self.left.set(n);
+                    Ok(())
+                }
+                None => {
+                    self.over.set(true);
+                    Err(E::custom("too many values"))
+                }
+            }
+        }
+    }
+    impl<'de> Visitor<'de> for Count<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any YAML")
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+            self.one()
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+            self.one()
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+            self.one()
+        }
+        fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<(), E> {
+            self.one()
+        }
+        fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<(), E> {
+            self.one()
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+            self.one()
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+            self.one()
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+            self.one()
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+            self.one()
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+            self.one()?;
+            while s.next_element_seed(self.again())?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            self.one()?;
+            while m.next_key_seed(self.again())?.is_some() {
+                m.next_value_seed(self.again())?;
+            }
+            Ok(())
+        }
+        // A tagged value (`!t [...]`): its content counts like any other.
+        fn visit_enum<A: EnumAccess<'de>>(self, e: A) -> Result<(), A::Error> {
+            self.one()?;
+            let (_, v) = e.variant::<serde::de::IgnoredAny>()?;
+            v.newtype_variant_seed(self.again())
+        }
+    }
+    let (left, over) = (Cell::new(max), Cell::new(false));
+    for doc in serde_norway::Deserializer::from_str(text) {
+        let counted = Count {
+            left: &left,
+            over: &over,
+        }
+        .deserialize(doc);
+        if over.get() {
+            return Err(FileError::YamlAliasBomb(max));
+        }
+        if counted.is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Run `f` in its own thread; give up on it at `timeout` (the thread is
@@ -575,5 +696,41 @@ workspaces:
             }
         }
         assert!(checked >= 5, "only {checked} files");
+    }
+
+    /// Any YAML the process reads (the config file, the web config) is
+    /// walked before it is parsed: 3 KB of aliases that would expand to
+    /// 10^7 values is refused at once; aliases that stay small are read.
+    #[test]
+    fn a_yaml_alias_bomb_is_refused_before_the_parser_expands_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("clawmesh.yml");
+        let bomb = format!(
+            "x: &a [{}]\ny: &b [{}]\nworkspaces: [{}]\n",
+            vec!["0"; 1000].join(","),
+            vec!["*a"; 100].join(","),
+            vec!["*b"; 100].join(",")
+        );
+        std::fs::write(&file, &bomb).unwrap();
+        let t = std::time::Instant::now();
+        let e = read_yaml(&file, &FileLimits::default()).unwrap_err();
+        assert!(matches!(e, FileError::YamlAliasBomb(_)), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Tagged content counts too.
+        let tagged = bomb.replace("workspaces: [", "workspaces: !t [");
+        assert!(check_yaml_aliases(&tagged).is_err());
+        let fine = "defaults: &d {poll_interval: 5s}\nworkspaces:\n  - {name: a, <<: *d}\n  - {name: b, <<: *d}\n";
+        std::fs::write(&file, fine).unwrap();
+        read_yaml(&file, &FileLimits::default()).unwrap();
+        // Without aliases, no text is refused: at most a value per byte.
+        for text in [
+            "{a,b,c,d}",
+            "[[],[],[]]",
+            "- \n- \n- \n",
+            "a:\nb:\nc:\n",
+            "? a\n? b\n",
+        ] {
+            check_yaml_aliases(text).unwrap();
+        }
     }
 }

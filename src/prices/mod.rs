@@ -72,4 +72,6 @@ impl PartialEq for Prices {
 impl Eq for Prices {}
 
 #[cfg(test)]
+mod attack;
+#[cfg(test)]
 mod tests;

@@ -240,7 +240,7 @@ impl PriceTable {
         Self::parse_with(bytes, name, opts, &FileLimits::default())
     }
 
-    fn parse_with(
+    pub(super) fn parse_with(
         bytes: &[u8],
         name: &str,
         opts: &PriceOptions,
@@ -293,6 +293,12 @@ impl PriceTable {
         };
         if format == TableFormat::Litellm && b.problems.is_empty() && b.entries == 0 {
             b.problem("holds no priced model (no entry with litellm_provider, input_cost_per_token and output_cost_per_token): is it LiteLLM's model_prices_and_context_window.json?".into());
+        }
+        // A table of no model would be taken as no table at all (the
+        // fleet prices nothing and counts no token as unpriced) while
+        // its info says one is in force and budgets are accepted.
+        if format == TableFormat::Clawmesh && b.problems.is_empty() && b.entries == 0 {
+            b.problem("models: holds no model: list the models and their prices (docs/spend.md), or remove the price table".into());
         }
         b.finish(name, format)
     }
@@ -364,11 +370,10 @@ struct Builder<'o> {
     /// Problems past MAX_PROBLEMS, counted only.
     more: usize,
     providers: HashMap<String, BuildModels>,
-    /// Entries are named `entry N` (LiteLLM) rather than `models[N]`.
+    /// Entries are named `entry N` (LiteLLM) rather than `models[N]`,
+    /// and a "provider/model" key is also found as "model" (unless the
+    /// file has that model itself).
     litellm: bool,
-    /// LiteLLM "provider/model" keys also found as "model", added at the
-    /// end unless the file has that model itself.
-    short_names: Vec<(String, String, Price)>,
     /// A top-level `currency` or `models` key was met in JSON: our format.
     ours: bool,
 }
@@ -402,7 +407,6 @@ impl<'o> Builder<'o> {
             more: 0,
             providers: HashMap::new(),
             litellm: false,
-            short_names: Vec::new(),
             ours: false,
         }
     }
@@ -446,7 +450,11 @@ impl<'o> Builder<'o> {
                 });
             &mut models.patterns[i].1
         } else {
-            models.exact.entry(model.to_string()).or_default()
+            // One price per model is the rule: no room for four.
+            models
+                .exact
+                .entry(model.to_string())
+                .or_insert_with(|| Vec::with_capacity(1))
         };
         if let Some(&(_, _, first)) = dated.iter().find(|d| d.0 == since) {
             let first = if self.litellm {
@@ -462,7 +470,7 @@ impl<'o> Builder<'o> {
         self.entries += 1;
     }
 
-    fn finish(mut self, name: &str, format: TableFormat) -> Result<PriceTable, Vec<String>> {
+    fn finish(self, name: &str, format: TableFormat) -> Result<PriceTable, Vec<String>> {
         if !self.problems.is_empty() {
             let mut out: Vec<String> = self
                 .problems
@@ -474,18 +482,34 @@ impl<'o> Builder<'o> {
             }
             return Err(out);
         }
-        for (provider, model, price) in std::mem::take(&mut self.short_names) {
-            let models = self.providers.entry(provider).or_default();
-            models
-                .exact
-                .entry(model)
-                .or_insert_with(|| vec![(i64::MIN, price, 0)]);
-        }
+        let litellm = self.litellm;
         let providers = self
             .providers
             .into_iter()
             .map(|(p, m)| {
-                let exact = m.exact.into_iter().map(|(k, b)| (k, dated(b))).collect();
+                // Straight into the table's map, short names added there:
+                // the build map and a second copy of every name were the
+                // peak of a large LiteLLM file (74 MB for 90,000 models).
+                let mut shorts = Vec::new();
+                if litellm {
+                    for (k, b) in &m.exact {
+                        let short = k.strip_prefix(p.as_str()).and_then(|k| k.strip_prefix('/'));
+                        if let (Some(short), [(_, price, _)]) = (short, b.as_slice()) {
+                            if !short.is_empty() && !m.exact.contains_key(short) {
+                                shorts.push((short.to_string(), *price));
+                            }
+                        }
+                    }
+                }
+                // Sized once: growing it doubles its buckets past the need.
+                let mut exact: HashMap<String, Dated> =
+                    HashMap::with_capacity(m.exact.len() + shorts.len());
+                for (k, b) in m.exact {
+                    exact.insert(k, dated(b));
+                }
+                for (short, price) in shorts {
+                    exact.entry(short).or_insert(Dated::Always(price));
+                }
                 let mut patterns: Vec<_> =
                     m.patterns.into_iter().map(|(k, b)| (k, dated(b))).collect();
                 // Stable: ties keep file order.
@@ -557,6 +581,9 @@ struct Texts {
 fn read_ours(text: &str, b: &mut Builder, max_depth: usize) {
     if let Err(e) = crate::files::check_yaml_depth(text, max_depth) {
         return b.problem(format!("{e}: a price table nests 3 deep"));
+    }
+    if let Err(e) = crate::files::check_yaml_aliases(text) {
+        return b.problem(e.to_string());
     }
     let doc: Value = match serde_norway::from_str(text) {
         Ok(v) => v,
@@ -826,16 +853,6 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
             let what = format!("entry {i} ({:?})", crate::text::shorten(&key, 100));
             if let Some(price) = entry.check(&what, self.b) {
                 let provider = price.0;
-                if let Some(short) = key
-                    .strip_prefix(provider.as_str())
-                    .and_then(|k| k.strip_prefix('/'))
-                {
-                    if !short.is_empty() {
-                        self.b
-                            .short_names
-                            .push((provider.clone(), short.to_string(), price.1));
-                    }
-                }
                 self.b.add(i, &what, &provider, &key, None, price.1, false);
             }
         }

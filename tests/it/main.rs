@@ -2,6 +2,7 @@
 
 mod util;
 
+mod attack_prices;
 mod breakdown;
 mod budget;
 mod checkpoint;
