@@ -437,7 +437,7 @@ pub fn resolve_prices(
         );
     }
     if flags.max_size == 0 {
-        return Err("--prices.max-size: must be at least 1 byte (e.g. 8MiB)".into());
+        return Err("--prices.max-size: must be at least 1 byte (e.g. 6MiB)".into());
     }
     let mut aliases = BTreeMap::new();
     for a in &flags.provider_alias {
@@ -862,7 +862,7 @@ mod tests {
         assert_eq!(r.file, PathBuf::from("/etc/file.yaml"));
         assert_eq!(r.options.provider_aliases["google"], "vertex");
         assert_eq!(r.options.max_entries, 7);
-        assert_eq!(r.max_bytes, 8 << 20);
+        assert_eq!(r.max_bytes, 6 << 20);
         let flags = args(&[
             "--prices.file",
             "/etc/flag.json",

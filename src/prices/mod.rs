@@ -28,7 +28,9 @@ mod money;
 mod table;
 
 pub use money::{Money, MONEY_DIGITS};
-pub use table::{Price, PriceOptions, PriceTable, PricesArgs, PricesConfig, TableFormat};
+pub use table::{
+    Price, PriceOptions, PriceTable, PricesArgs, PricesConfig, TableFormat, DEFAULT_MAX_ENTRIES,
+};
 
 use std::sync::{Arc, RwLock};
 

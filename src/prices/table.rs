@@ -1,7 +1,7 @@
 //! The table itself, its two file formats and its settings.
 
 use super::{Money, MONEY_DIGITS};
-use crate::api::types::Timestamp;
+use crate::api::types::{Timestamp, MAX_TEXT_LEN};
 use crate::files::{FileError, FileLimits};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_norway::Value;
@@ -18,6 +18,12 @@ const MAX_PRICE: Money = Money(MAX_PER_MILLION as u128 * 10u128.pow(MONEY_DIGITS
 /// Problems listed at most; the rest are counted (a generated file with a
 /// systematic mistake would otherwise print 100,000 lines).
 const MAX_PROBLEMS: usize = 20;
+
+/// The most prices a table holds by default (`--prices.max-entries`):
+/// LiteLLM's table has about 4,900 models; 10,000 at the longest names
+/// the API reads, in a 6 MiB file, fit the shipped 64Mi beside the
+/// exporter, through a reload that holds two (BENCHMARKS.md).
+pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
 
 /// A model's price per token of each kind, in [`Money`] units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +66,7 @@ impl Default for PriceOptions {
     fn default() -> Self {
         PriceOptions {
             provider_aliases: BTreeMap::new(),
-            max_entries: 100_000,
+            max_entries: DEFAULT_MAX_ENTRIES,
             litellm_currency: "USD".into(),
         }
     }
@@ -93,11 +99,11 @@ pub struct PricesArgs {
     #[arg(
         long = "prices.max-entries",
         env = "CLAWMESH_PRICES_MAX_ENTRIES",
-        default_value_t = 100_000
+        default_value_t = DEFAULT_MAX_ENTRIES
     )]
     pub max_entries: usize,
     /// The largest price file read (LiteLLM's table is about 3.4 MB).
-    #[arg(long = "prices.max-size", env = "CLAWMESH_PRICES_MAX_SIZE", default_value = "8MiB", value_parser = crate::units::parse_size)]
+    #[arg(long = "prices.max-size", env = "CLAWMESH_PRICES_MAX_SIZE", default_value = "6MiB", value_parser = crate::units::parse_size)]
     pub max_size: u64,
 }
 
@@ -108,10 +114,10 @@ impl PricesArgs {
     pub fn config(&self) -> Result<Option<PricesConfig>, String> {
         let provider_aliases = parse_aliases(&self.provider_alias)?;
         if self.max_entries == 0 {
-            return Err("--prices.max-entries: must be at least 1, e.g. 100000".into());
+            return Err("--prices.max-entries: must be at least 1, e.g. 10000".into());
         }
         if self.max_size == 0 {
-            return Err("--prices.max-size: must be at least 1 byte, e.g. 8MiB".into());
+            return Err("--prices.max-size: must be at least 1 byte, e.g. 6MiB".into());
         }
         Ok(self.file.as_ref().map(|file| PricesConfig {
             file: file.clone(),
@@ -853,6 +859,12 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
             let what = format!("entry {i} ({:?})", crate::text::shorten(&key, 100));
             if let Some(price) = entry.check(&what, self.b) {
                 let provider = price.0;
+                // A name past the API's 128 bytes is never asked for (the
+                // API's reading hashes it): not kept, so that a table's
+                // memory is bounded by its entries, not by its names.
+                if key.len() > MAX_TEXT_LEN || provider.len() > MAX_TEXT_LEN {
+                    continue;
+                }
                 self.b.add(i, &what, &provider, &key, None, price.1, false);
             }
         }

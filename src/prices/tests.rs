@@ -409,7 +409,7 @@ fn the_flags_build_the_settings() {
     .unwrap();
     let cfg = c.p.config().unwrap().unwrap();
     assert_eq!(cfg.max_bytes, 1 << 20);
-    assert_eq!(cfg.options.max_entries, 100_000);
+    assert_eq!(cfg.options.max_entries, 10_000);
     assert_eq!(cfg.options.provider_aliases["google"], "gemini");
     assert_eq!(cfg.options.provider_aliases["vertex"], "vertex_ai");
     for bad in ["google", "=gemini", "google="] {
@@ -862,7 +862,7 @@ fn a_million_models_are_refused_at_the_limit() {
     let started = std::time::Instant::now();
     let p = json_problems(&text);
     assert!(
-        p.contains("holds more than 100000 models (--prices.max-entries): raise it"),
+        p.contains("holds more than 10000 models (--prices.max-entries): raise it"),
         "{p}"
     );
     // It stops there: it reads a tenth of the file, not all of it.
