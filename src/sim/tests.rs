@@ -2062,10 +2062,9 @@ fn the_example_price_table_carries_the_default_prices() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prices.example.yaml");
     let text = std::fs::read_to_string(path).unwrap();
     assert!(
-        text.starts_with(
-            "# EXAMPLE prices, taken on 2026-12-06 from the providers' public price pages"
-        ),
-        "the example is not marked as one"
+        text.starts_with("# EXAMPLE prices, dated 2026-12-06")
+            && text.contains("NOT checked against\n# their price pages"),
+        "the example is not marked as one, dated and unchecked"
     );
     let (currency, example) = read(&text);
     let (ours_currency, ours) = read(&prices_yaml(&SimConfig::default().prices, "USD"));
