@@ -22,7 +22,6 @@ use crate::webconfig::settings::ServerArgs;
 use crate::webconfig::WebConfig;
 use crate::webhook::settings::WebhookArgs;
 use clap::{Args, Parser, Subcommand};
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
@@ -439,25 +438,7 @@ pub fn resolve_prices(
     if flags.max_size == 0 {
         return Err("--prices.max-size: must be at least 1 byte (e.g. 6MiB)".into());
     }
-    let mut aliases = BTreeMap::new();
-    for a in &flags.provider_alias {
-        let parsed = a
-            .split_once('=')
-            .map(|(p, t)| (p.trim(), t.trim()))
-            .filter(|(p, t)| !p.is_empty() && !t.is_empty());
-        let Some((provider, table)) = parsed else {
-            return Err(format!(
-                "--prices.provider-alias {a:?}: write PROVIDER=TABLE_PROVIDER, a ClawMesh provider and the price table's name for it (e.g. google=gemini)"
-            ));
-        };
-        if let Some(other) = aliases.insert(provider.to_string(), table.to_string()) {
-            if other != table {
-                return Err(format!(
-                    "--prices.provider-alias: {provider:?} is given twice ({other} and {table}): give it once"
-                ));
-            }
-        }
-    }
+    let aliases = crate::prices::parse_aliases(&flags.provider_alias)?;
     // Flag over file, key by key; the warning names each difference.
     fn pick<T: PartialEq + std::fmt::Debug>(
         key: &str,

@@ -29,7 +29,8 @@ mod table;
 
 pub use money::{Money, MONEY_DIGITS};
 pub use table::{
-    Price, PriceOptions, PriceTable, PricesArgs, PricesConfig, TableFormat, DEFAULT_MAX_ENTRIES,
+    parse_aliases, Price, PriceOptions, PriceTable, PricesArgs, PricesConfig, TableFormat,
+    DEFAULT_MAX_ENTRIES,
 };
 
 use std::sync::{Arc, RwLock};

@@ -131,24 +131,31 @@ impl PricesArgs {
     }
 }
 
-/// `PROVIDER=TABLE_PROVIDER` pairs (`--prices.provider-alias`).
+/// `PROVIDER=TABLE_PROVIDER` pairs (`--prices.provider-alias`): trimmed;
+/// a pair given again with the same table is the same pair, with another
+/// it is refused.
 pub fn parse_aliases(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for pair in pairs {
-        let (from, to) = pair
+        let parsed = pair
             .split_once('=')
-            .filter(|(f, t)| !f.is_empty() && !t.is_empty())
-            .ok_or_else(|| {
-                format!(
-                    "--prices.provider-alias {:?}: write PROVIDER=TABLE_PROVIDER, e.g. google=gemini",
-                    crate::text::shorten(pair, 80)
-                )
-            })?;
-        if out.insert(from.to_string(), to.to_string()).is_some() {
+            .map(|(p, t)| (p.trim(), t.trim()))
+            .filter(|(p, t)| !p.is_empty() && !t.is_empty());
+        let Some((provider, table)) = parsed else {
             return Err(format!(
-                "--prices.provider-alias: {:?} is given twice: keep one",
-                crate::text::shorten(from, 80)
+                "--prices.provider-alias {:?}: write PROVIDER=TABLE_PROVIDER, a ClawMesh provider and the price table's name for it (e.g. google=gemini)",
+                crate::text::shorten(pair, 80)
             ));
+        };
+        if let Some(other) = out.insert(provider.to_string(), table.to_string()) {
+            if other != table {
+                return Err(format!(
+                    "--prices.provider-alias: {:?} is given twice ({} and {}): give it once",
+                    crate::text::shorten(provider, 80),
+                    crate::text::shorten(&other, 80),
+                    crate::text::shorten(table, 80)
+                ));
+            }
         }
     }
     Ok(out)
